@@ -1,0 +1,218 @@
+"""Labelled images: class folders, CoOp split files, CSV lists; CoOp-style few-shot sampling."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+VAL_SHOTS_MAX = 4
+
+Item = tuple[str, int]  # (image path, class index)
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says what to change."""
+
+
+@dataclass
+class Dataset:
+    """Class names and the items of each split."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, list[Item]] = field(default_factory=dict)
+    source: str = ""
+
+    def split(self, name: str) -> list[Item]:
+        if not self.splits.get(name):
+            raise DataError(
+                f"{self.source} has no {name!r} split (it has: {', '.join(k for k, v in self.splits.items() if v)}). "
+                "Use a folder with train/ val/ test/ subfolders, a CoOp split_zhou_*.json, or a CSV with a split column."
+            )
+        return self.splits[name]
+
+
+@dataclass
+class FewShotSplit:
+    """K shots per class for fitting, K' per class for validation, and where K' came from."""
+
+    shots: list[Item]
+    val: list[Item]
+    val_source: str  # "val split", "held out from train" or "none"
+
+
+def prompt_name(folder_name: str) -> str:
+    """Class folder name -> the name used in prompts (underscores to spaces)."""
+    return folder_name.replace("_", " ").strip()
+
+
+def check_class_names(names: list[str]) -> None:
+    """Refuse empty or duplicate class names."""
+    for i, n in enumerate(names):
+        if not n.strip():
+            raise DataError(f"class {i} has an empty name; give every class a name")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n.lower() in seen:
+            raise DataError(f"duplicate class name {n!r} (classes {seen[n.lower()]} and {i}); class names must be unique")
+        seen[n.lower()] = i
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB: grayscale is replicated, alpha dropped (as open_clip does)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}. Remove or replace the file.") from exc
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _from_class_folders(root: Path, class_names: list[str] | None) -> tuple[list[str], list[Item]]:
+    folders = _class_folders(root)
+    if not folders:
+        raise DataError(f"{root} has no class subfolders; expected {root}/<class name>/<image files>")
+    names = class_names or [prompt_name(f.name) for f in folders]
+    if len(names) != len(folders):
+        raise DataError(f"{len(names)} class names given for {len(folders)} class folders in {root}")
+    items = []
+    for c, folder in enumerate(folders):
+        images = _images_in(folder)
+        if not images:
+            raise DataError(f"class folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        items += [(str(p), c) for p in images]
+    return names, items
+
+
+def _from_coop_split(root: Path, split_file: Path) -> Dataset:
+    data = json.loads(split_file.read_text())
+    entries = [e for s in SPLITS for e in data.get(s, [])]
+    if not entries:
+        raise DataError(f"{split_file} has no train/val/test entries")
+    image_dir = next(
+        (d for d in [root, *_class_folders(root)] if (d / entries[0][0]).is_file()), None
+    )
+    if image_dir is None:
+        raise DataError(f"images of {split_file} (e.g. {entries[0][0]}) not found under {root} or its subfolders")
+    names: dict[int, str] = {}
+    for _, label, name in entries:
+        names.setdefault(int(label), prompt_name(name))
+    if sorted(names) != list(range(len(names))):
+        raise DataError(f"{split_file}: labels must be 0..C-1")
+    splits = {s: [(str(image_dir / p), int(y)) for p, y, _ in data.get(s, [])] for s in SPLITS}
+    return Dataset(root.name, [names[i] for i in range(len(names))], splits, str(split_file))
+
+
+def _from_csv(path: Path, class_names: list[str] | None) -> Dataset:
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    if rows and rows[0][:2] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path} has no rows; expected lines 'path,label[,split]'")
+    labels = [r[1].strip() for r in rows]
+    if all(lab.isdigit() for lab in labels):
+        count = max(int(lab) for lab in labels) + 1
+        names = class_names or [f"class {i}" for i in range(count)]
+        index = [int(lab) for lab in labels]
+    else:
+        names = class_names or sorted(set(labels))
+        lookup = {n: i for i, n in enumerate(names)}
+        unknown = sorted(set(labels) - set(lookup))
+        if unknown:
+            raise DataError(f"{path}: labels {unknown[:5]} are not in the class-name list")
+        index = [lookup[lab] for lab in labels]
+        names = [prompt_name(n) for n in names]
+    splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
+    for r, y in zip(rows, index):
+        split = r[2].strip() if len(r) > 2 else "train"
+        if split not in SPLITS:
+            raise DataError(f"{path}: split {split!r} is not one of {', '.join(SPLITS)}")
+        p = Path(r[0])
+        splits[split].append((str(p if p.is_absolute() else path.parent / p), y))
+    return Dataset(path.stem, names, splits, str(path))
+
+
+def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -> Dataset:
+    """Read a dataset from a folder (train/ val/ test/ class folders, plain class folders, or a
+    CoOp `split_zhou_*.json` beside the images) or from a CSV of `path,label[,split]`."""
+    root = Path(path)
+    names = None
+    if class_names_file is not None:
+        names = [line.strip() for line in Path(class_names_file).read_text().splitlines() if line.strip()]
+    if not root.exists():
+        raise DataError(f"{root} does not exist")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root} is a file but not a .csv; give a folder or a CSV of path,label[,split]")
+        dataset = _from_csv(root, names)
+    elif split_files := sorted(root.glob("split_zhou_*.json")):
+        dataset = _from_coop_split(root, split_files[0])
+    elif (root / "train").is_dir():
+        splits: dict[str, list[Item]] = {}
+        class_names: list[str] | None = names
+        for s in SPLITS:
+            if (root / s).is_dir():
+                found, splits[s] = _from_class_folders(root / s, names)
+                if class_names is None:
+                    class_names = found
+                elif found != class_names:
+                    raise DataError(f"{root / s} has other classes than {root / 'train'}: every split needs the same class folders")
+        dataset = Dataset(root.name, class_names or [], splits, str(root))
+    else:
+        found, items = _from_class_folders(root, names)
+        dataset = Dataset(root.name, found, {"train": items}, str(root))
+    check_class_names(dataset.class_names)
+    return dataset
+
+
+def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:
+    groups: list[list[Item]] = [[] for _ in range(num_classes)]
+    for item in items:
+        groups[item[1]].append(item)
+    return [sorted(g) for g in groups]
+
+
+def few_shot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
+    """K shots per class from train; K' = min(K, 4) per class from val, or held out from
+    train when there is no val split. Same dataset, shots and seed: same split."""
+    if shots < 1:
+        raise DataError(f"--shots must be at least 1, got {shots}")
+    rng = random.Random(seed)
+    C = len(dataset.class_names)
+    k_val = min(shots, VAL_SHOTS_MAX)
+    train = _by_class(dataset.split("train"), C)
+    has_val = bool(dataset.splits.get("val"))
+    val_groups = _by_class(dataset.splits["val"], C) if has_val else None
+    shots_out: list[Item] = []
+    val_out: list[Item] = []
+    for c, group in enumerate(train):
+        need = shots + (0 if has_val else k_val)
+        if len(group) < need:
+            raise DataError(
+                f"class {dataset.class_names[c]!r} has {len(group)} training image(s), fewer than the {need} needed "
+                f"({shots} shots" + ("" if has_val else f" + {k_val} held out for validation, as there is no val split")
+                + "). Add images or lower --shots."
+            )
+        picked = rng.sample(group, need)
+        shots_out += picked[:shots]
+        val_out += picked[shots:]
+        if has_val:
+            if len(val_groups[c]) < k_val:
+                raise DataError(f"class {dataset.class_names[c]!r} has {len(val_groups[c])} validation image(s), fewer than {k_val}")
+            val_out += rng.sample(val_groups[c], k_val)
+    return FewShotSplit(shots_out, val_out, "val split" if has_val else "held out from train")

@@ -1,0 +1,118 @@
+"""Encode images (with stored augmentations) and prompts, cached on disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .data import Item, load_rgb
+from .datasets import FLIP, Augment
+
+CACHE_ENV = "SEMOBRIDGE_CACHE"
+BATCH_SIZE = 64
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "semobridge"))
+
+
+class EmbeddingCache:
+    """Embeddings on disk keyed by backbone, weights hash, preprocessing and inputs."""
+
+    def __init__(self, folder: str | Path | None = None, enabled: bool = True):
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+        self.enabled = enabled
+
+    def key(self, backbone: Backbone, kind: str, inputs: list) -> str:
+        blob = json.dumps(
+            {"backbone": backbone.identity(), "preprocess": repr(backbone.preprocess), "kind": kind, "inputs": inputs},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self.folder / f"{key}.npy"
+        if not (self.enabled and path.is_file()):
+            return None
+        return torch.from_numpy(np.load(path))
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        from .files import atomic_output
+
+        with atomic_output(self.folder / f"{key}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, value.cpu().numpy())
+
+
+def _file_id(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def augmented_view(image, aug: Augment, copy: int, seed: int, image_size: int):
+    """Copy number `copy` (0 = the original) of a shot, reproducible from (seed, path, copy)."""
+    if copy == 0:
+        return image
+    if aug.kind == FLIP:
+        return T.functional.hflip(image)
+    ops = [T.RandomResizedCrop(image_size, scale=(aug.min_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip()]
+    if aug.jitter:
+        ops.append(T.ColorJitter(0.4, 0.4, 0.4, 0.1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + copy)
+        return T.Compose(ops)(image)
+
+
+def encode_items(
+    backbone: Backbone,
+    items: Sequence[Item],
+    cache: EmbeddingCache,
+    augment: Augment = Augment(0),
+    seed: int = 0,
+    desc: str = "encoding images",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [N·(A+1), d] and labels of the items and their stored augmented copies."""
+    views = [(path, label, copy) for path, label in items for copy in range(augment.copies + 1)]
+    key = cache.key(backbone, "image", [[*_file_id(p), c, augment.describe(), seed] for p, _, c in views])
+    labels = torch.tensor([label for _, label, _ in views], dtype=torch.long)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached, labels
+    out = []
+    for start in tqdm(range(0, len(views), BATCH_SIZE), desc=desc, unit="batch"):
+        pixels = []
+        for path, _, copy in views[start : start + BATCH_SIZE]:
+            view_seed = int(hashlib.sha256(f"{seed}:{path}".encode()).hexdigest()[:8], 16)
+            image = augmented_view(load_rgb(path), augment, copy, view_seed, backbone.image_size)
+            pixels.append(backbone.preprocess(image))
+        out.append(backbone.encode_image(torch.stack(pixels)).cpu())
+    embeddings = torch.cat(out)
+    if not torch.isfinite(embeddings).all():
+        raise ValueError("the backbone produced NaN/inf embeddings; check the checkpoint and the images")
+    cache.put(key, embeddings)
+    return embeddings, labels
+
+
+def encode_prompts(backbone: Backbone, texts: Sequence[str], cache: EmbeddingCache) -> torch.Tensor:
+    """Pooled EOS tokens [M, d_t] of the prompts."""
+    key = cache.key(backbone, "text-eos", list(texts))
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    out = [
+        backbone.encode_text_eos(texts[i : i + 256]).cpu()
+        for i in tqdm(range(0, len(texts), 256), desc="encoding prompts", unit="batch")
+    ]
+    eos = torch.cat(out)
+    cache.put(key, eos)
+    return eos

@@ -1,0 +1,74 @@
+"""Fit SeMoBridge (training-free) or SeMoBridge-T on a FeatureSet."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+
+from .blend import BlendParams
+from .bridge import Bridge
+from .features import FeatureSet
+from .model import ModelInfo, SeMoBridge
+from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
+from .search import search_blend
+from .train import train_bridge
+
+
+def build_head(
+    features: FeatureSet, info: ModelInfo, bridge: Bridge | None = None, class_bias: torch.Tensor | None = None
+) -> SeMoBridge:
+    """The SeMoBridge head from features (training-free bridge unless one is given)."""
+    C = features.num_classes
+    W = features.text_projection
+    text = text_side(features.text_eos, features.text_class, W, C)
+    if bridge is None:
+        bridge = Bridge(W, text.eos_length)
+    with torch.no_grad():
+        I = image_prototypes(features.shot_image, features.shot_label, C)
+        P = bridged_prototypes(bridge, features.shot_image, features.shot_label, C, class_bias)
+        kl = class_kl(I, text.classifier)
+    frozen = Bridge(W, float(bridge.eos_length))
+    frozen.pinv.copy_(bridge.pinv.detach())
+    return SeMoBridge(frozen, text.classifier, P, I, kl, info, class_bias)
+
+
+@torch.no_grad()
+def accuracy(head: SeMoBridge, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of the blend on embeddings."""
+    return float((head(images).argmax(-1) == labels).float().mean())
+
+
+def fit_features(
+    features: FeatureSet,
+    info: ModelInfo,
+    params: BlendParams | None = None,
+    search_trials: int | None = None,
+    train: bool = False,
+    steps: int = 5000,
+    csb: bool = True,
+    seed: int = 0,
+    train_params: BlendParams | None = None,
+    keep_last_step: bool = False,
+    log: Callable[[dict], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> SeMoBridge:
+    """Fit the head. With fixed `params` no search runs; else the blend is searched on val.
+
+    Without a validation split the defaults are used (the published code searched on test;
+    we never do).
+    """
+    features = features.to(device)
+    bridge, bias, variant = None, None, "training-free"
+    if train:
+        bridge, bias = train_bridge(
+            features, steps=steps, csb=csb, seed=seed, params=train_params or BlendParams(), log=log, keep_last=keep_last_step
+        )
+        variant = "trained"
+    head = build_head(features, replace(info, variant=variant, csb=bool(train and csb), seed=seed), bridge, bias)
+    if params is None and features.has_val:
+        params = search_blend(head, features.val_image, features.val_label, trials=search_trials, seed=seed)
+    head = head.with_params(params or BlendParams())
+    if features.has_val:
+        head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)
+    return head.cpu()

@@ -1,0 +1,124 @@
+"""From a folder of labelled images to a fitted model, and its evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .backbones import Backbone, load_backbone
+from .blend import BlendParams
+from .data import Dataset, few_shot_split, load_dataset
+from .datasets import FLIP, Augment, DatasetSpec, find_dataset
+from .encode import EmbeddingCache, encode_items, encode_prompts
+from .features import FeatureSet
+from .fit import fit_features
+from .model import ModelInfo, SeMoBridge
+from .prompts import build_prompts, cupl_file, load_descriptions, templates_for
+
+
+def augment_option(copies: int | None, spec: DatasetSpec | None, shots: int) -> Augment:
+    """`--augment N` (1: a flip; more: N random resized crops with jitter), else the paper's."""
+    if copies is None:
+        return spec.augment_for(shots) if spec is not None else Augment(0)
+    if copies <= 1:
+        return Augment(copies, FLIP)
+    return Augment(copies, "rrc", 0.5, True)
+
+
+@dataclass
+class PromptOptions:
+    """Which prompts describe the classes."""
+
+    templates: Sequence[str] | None = None
+    descriptions: str | Path | None = None  # a CuPL-style JSON file
+    cupl_dir: str | Path | None = None  # folder with the paper's CuPL files
+
+
+def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, prompts: PromptOptions, cache: EmbeddingCache):
+    """Pooled EOS tokens and their classes for every prompt of every class."""
+    desc_path = prompts.descriptions or cupl_file(spec, prompts.cupl_dir)
+    descriptions = load_descriptions(desc_path) if desc_path else None
+    texts, classes = build_prompts(dataset.class_names, templates_for(spec, prompts.templates), descriptions)
+    return encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long)
+
+
+def fit_dataset(
+    data: str | Path,
+    shots: int,
+    *,
+    model: str = "ViT-B-16",
+    pretrained: str | None = "openai",
+    seed: int = 1,
+    train: bool = False,
+    steps: int = 5000,
+    csb: bool = True,
+    params: BlendParams | None = None,
+    search_trials: int | None = None,
+    augment: int | None = None,
+    dataset_name: str | None = None,
+    prompts: PromptOptions = PromptOptions(),
+    cache: EmbeddingCache | None = None,
+    backbone: Backbone | None = None,
+    device: str | torch.device | None = None,
+    log: Callable[[dict], None] | None = None,
+) -> tuple[SeMoBridge, Backbone]:
+    """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset."""
+    dataset = load_dataset(data)
+    spec = find_dataset(dataset_name or dataset.name)
+    split = few_shot_split(dataset, shots, seed)
+    backbone = backbone or load_backbone(model, pretrained, device=device)
+    cache = cache or EmbeddingCache()
+    aug = augment_option(augment, spec, shots)
+    eos, eos_class = class_text(backbone, dataset, spec, prompts, cache)
+    shot_image, shot_label = encode_items(backbone, split.shots, cache, aug, seed, desc="encoding shots")
+    val_image, val_label = encode_items(backbone, split.val, cache, desc="encoding validation")
+    features = FeatureSet(
+        text_projection=backbone.text_projection.cpu(),
+        text_eos=eos,
+        text_class=eos_class,
+        shot_image=shot_image,
+        shot_label=shot_label,
+        val_image=val_image,
+        val_label=val_label,
+        logit_scale=backbone.logit_scale,
+        class_names=dataset.class_names,
+    )
+    info = ModelInfo(
+        class_names=dataset.class_names,
+        backbone=backbone.identity(),
+        image_size=backbone.image_size,
+        mean=list(backbone.mean),
+        std=list(backbone.std),
+        params=BlendParams().to_dict(),
+        shots=shots,
+        val_source=split.val_source,
+        augment=aug.describe(),
+        dataset=spec.key if spec else dataset.name,
+    )
+    head = fit_features(
+        features, info, params=params, search_trials=search_trials, train=train, steps=steps, csb=csb, seed=seed,
+        train_params=spec.train_params if spec else None,
+        keep_last_step=bool(spec and spec.keep_last_step), log=log, device=backbone.device,
+    )
+    return head, backbone
+
+
+@torch.no_grad()
+def evaluate(head: SeMoBridge, backbone: Backbone, data: str | Path, split: str = "test", cache: EmbeddingCache | None = None) -> dict:
+    """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split."""
+    head.check_backbone(backbone)
+    dataset = load_dataset(data)
+    if dataset.class_names != head.info.class_names:
+        raise ValueError(
+            f"the model's classes ({len(head.info.class_names)}) differ from {data}'s ({len(dataset.class_names)}); "
+            "evaluate on the dataset the model was fitted on"
+        )
+    images, labels = encode_items(backbone, dataset.split(split), cache or EmbeddingCache(), desc=f"encoding {split}")
+    return {
+        "split": split,
+        "images": len(labels),
+        "accuracy": float((head(images).argmax(-1) == labels).float().mean()),
+        "zero_shot_accuracy": float((head.zero_shot(images).argmax(-1) == labels).float().mean()),
+    }

@@ -1,0 +1,82 @@
+"""Prompts per class: CLIP's ensemble templates, a dataset template, CuPL descriptions."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from .datasets import DatasetSpec
+
+#: The 7 "ensemble" templates of CLIP's ImageNet notebook.
+ENSEMBLE_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+DEFAULT_TEMPLATE = "a photo of a {}."
+CUPL_ENV = "SEMOBRIDGE_CUPL_DIR"
+
+
+def load_descriptions(path: str | Path) -> dict[str, list[str]]:
+    """A CuPL-style JSON file: class name -> list of sentences; keys lower-cased."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read class descriptions from {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{path} must be a JSON object mapping class names to lists of sentences")
+    return {k.lower(): [str(s) for s in v] for k, v in data.items()}
+
+
+def cupl_file(spec: DatasetSpec | None, cupl_dir: str | Path | None = None) -> Path | None:
+    """The CuPL file of a paper dataset in `cupl_dir` (or $SEMOBRIDGE_CUPL_DIR), if present."""
+    folder = cupl_dir or os.environ.get(CUPL_ENV)
+    if spec is None or spec.cupl is None or folder is None:
+        return None
+    path = Path(folder) / spec.cupl
+    return path if path.is_file() else None
+
+
+def templates_for(spec: DatasetSpec | None, user_templates: Sequence[str] | None = None) -> list[str]:
+    """User templates if given; else the paper's set for a known dataset; else the plain default."""
+    if user_templates:
+        bad = [t for t in user_templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"template {bad[0]!r} has no '{{}}' placeholder for the class name")
+        return list(user_templates)
+    if spec is None:
+        return [DEFAULT_TEMPLATE]
+    return (list(ENSEMBLE_TEMPLATES) if spec.ensemble else []) + ([spec.template] if spec.template else [])
+
+
+def build_prompts(
+    class_names: Sequence[str], templates: Sequence[str], descriptions: dict[str, list[str]] | None = None
+) -> tuple[list[str], list[int]]:
+    """All prompts and the class of each: templates filled in, then the class's descriptions."""
+    texts: list[str] = []
+    classes: list[int] = []
+    missing = []
+    for c, name in enumerate(class_names):
+        mine = [t.format(name) for t in templates]
+        if descriptions is not None:
+            found = descriptions.get(name.lower(), descriptions.get(name.lower().replace(" ", "_")))
+            if found is None:
+                missing.append(name)
+            mine += found or []
+        if not mine:
+            raise ValueError(f"class {name!r} has no prompt: give templates or descriptions for it")
+        texts += mine
+        classes += [c] * len(mine)
+    if missing:
+        warnings.warn(
+            f"no description for {len(missing)} class(es) ({', '.join(missing[:5])}); they use templates only",
+            stacklevel=2,
+        )
+    return texts, classes

@@ -1,0 +1,111 @@
+"""Datasets, few-shot splits, prompts and the paper's per-dataset settings."""
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import SHARED, write_image_folder
+from semobridge.data import DataError, few_shot_split, load_dataset, load_rgb
+from semobridge.datasets import DATASETS, find_dataset
+from semobridge.prompts import ENSEMBLE_TEMPLATES, build_prompts, cupl_file, load_descriptions, templates_for
+
+
+def test_folder_splits_and_class_names(image_folder):
+    ds = load_dataset(image_folder)
+    assert ds.class_names == ["blue whale", "green tree", "red fox"]
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 24, "val": 12, "test": 15}
+
+
+def test_few_shot_split_is_coop_like_and_deterministic(image_folder):
+    ds = load_dataset(image_folder)
+    a, b, c = few_shot_split(ds, 4, seed=1), few_shot_split(ds, 4, seed=1), few_shot_split(ds, 4, seed=2)
+    assert a == b and a.shots != c.shots
+    assert a.val_source == "val split"
+    assert sorted(y for _, y in a.shots) == [0] * 4 + [1] * 4 + [2] * 4
+    assert len(a.val) == 12 and all("/val/" in p for p, _ in a.val)  # K' = min(K, 4)
+    assert len(few_shot_split(ds, 2, seed=1).val) == 6
+
+
+def test_validation_held_out_from_train_without_val(tmp_path):
+    root = write_image_folder(tmp_path, {"train": 7})
+    split = few_shot_split(load_dataset(root / "train"), 3, seed=1)
+    assert split.val_source == "held out from train"
+    assert not set(split.shots) & set(split.val) and len(split.val) == 9
+    with pytest.raises(DataError, match="fewer than the 9 needed"):
+        few_shot_split(load_dataset(root / "train"), 5, seed=1)
+
+
+def test_class_without_images_and_too_few(tmp_path):
+    root = write_image_folder(tmp_path, {"train": 3})
+    (root / "train" / "empty_class").mkdir()
+    with pytest.raises(DataError, match="empty_class has no images"):
+        load_dataset(root / "train")
+    (root / "train" / "empty_class").rmdir()
+    with pytest.raises(DataError, match="has 3 training image"):
+        few_shot_split(load_dataset(root / "train"), 4, seed=1)
+
+
+def test_duplicate_class_names(tmp_path):
+    root = write_image_folder(tmp_path, {"train": 2}, classes=("red fox", "blue whale"))
+    (root / "train" / "red fox").mkdir()
+    (root / "train" / "red_fox" / "000.png").rename(root / "train" / "red fox" / "000.png")
+    with pytest.raises(DataError, match="duplicate class name 'red fox'"):
+        load_dataset(root / "train")
+
+
+def test_grayscale_rgba_converted_and_unreadable_named(tmp_path):
+    Image.new("L", (5, 4), 7).save(tmp_path / "g.png")
+    Image.new("RGBA", (5, 4), (1, 2, 3, 0)).save(tmp_path / "a.png")
+    assert load_rgb(tmp_path / "g.png").getpixel((0, 0)) == (7, 7, 7)
+    assert load_rgb(tmp_path / "a.png").getpixel((0, 0)) == (1, 2, 3)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.jpg"):
+        load_rgb(tmp_path / "bad.jpg")
+
+
+def test_coop_split_file(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    entries = []
+    for i, (name, y) in enumerate([("abyssinian", 0), ("basset_hound", 1)] * 3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(images / f"{name}_{i}.jpg")
+        entries.append([f"{name}_{i}.jpg", y, name])
+    (tmp_path / "split_zhou_OxfordPets.json").write_text(json.dumps({"train": entries[:4], "val": entries[4:], "test": entries[4:]}))
+    ds = load_dataset(tmp_path)
+    assert ds.class_names == ["abyssinian", "basset hound"]
+    assert len(ds.splits["train"]) == 4 and Path(ds.splits["val"][0][0]).is_file()
+
+
+def test_csv(tmp_path):
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "list.csv").write_text("path,label\n0.png,cat\n1.png,dog\n2.png,cat\n3.png,dog\n")
+    ds = load_dataset(tmp_path / "list.csv")
+    assert ds.class_names == ["cat", "dog"] and [y for _, y in ds.splits["train"]] == [0, 1, 0, 1]
+
+
+def test_paper_datasets_and_prompts():
+    assert len(DATASETS) == 11
+    pets = find_dataset("OxfordPets")
+    assert templates_for(pets) == [*ENSEMBLE_TEMPLATES, "a photo of a {}, a type of pet."]
+    assert templates_for(find_dataset("dtd")) == ["{} texture."]
+    assert templates_for(find_dataset("imagenet")) == list(ENSEMBLE_TEMPLATES)
+    assert templates_for(None) == ["a photo of a {}."]
+    assert find_dataset("dtd").augment_for(4).copies == 10 and find_dataset("dtd").augment_for(8).copies == 0
+    assert find_dataset("eurosat").augment_for(2).describe() == "10 rrc+cj (0.5)"
+    assert find_dataset("my_photos") is None
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "cupl").is_dir(), reason="../shared/data/cupl not present")
+def test_every_shared_cupl_file_works():
+    for spec in DATASETS.values():
+        if spec.cupl is None:
+            continue
+        path = cupl_file(spec, SHARED / "data" / "cupl")
+        assert path is not None, spec.key
+        descriptions = load_descriptions(path)
+        names = list(descriptions)[:3]
+        texts, classes = build_prompts(names, templates_for(spec), descriptions)
+        assert len(texts) == sum(len(templates_for(spec)) + len(descriptions[n]) for n in names)
+        assert texts[0] == templates_for(spec)[0].format(names[0])

@@ -1,0 +1,68 @@
+"""Fitting: SeMoBridge-T lowers its loss, the search beats the defaults, results are deterministic."""
+import torch
+
+from conftest import features_info, synthetic_features
+from semobridge.blend import BlendParams, blend
+from semobridge.fit import accuracy, build_head, fit_features
+from semobridge.model import SeMoBridge
+from semobridge.search import candidate_scores, search_blend
+from semobridge.train import train_bridge
+
+
+def test_training_lowers_the_loss_and_logs_every_step():
+    feats = synthetic_features()
+    log = []
+    train_bridge(feats, steps=300, seed=0, log=log.append, progress=False)
+    assert [r["step"] for r in log] == list(range(300))
+    assert set(log[0]) == {"step", "loss", "img", "txtp", "txte", "cons", "bias", "lr", "val_acc"}
+    assert log[0]["bias"] == 0.0 and log[0]["lr"] == 1e-5
+    assert log[-1]["loss"] < log[0]["loss"] - 0.01
+
+
+def test_step_zero_is_the_training_free_bridge():
+    feats = synthetic_features()
+    log = []
+    bridge, bias = train_bridge(feats, steps=1, log=log.append, progress=False)
+    assert len(log) == 1 and log[0]["step"] == 0
+    free = build_head(feats, features_info(feats))
+    torch.testing.assert_close(bridge.pinv.detach(), free.bridge.pinv)
+    assert bias.abs().max() == 0
+
+
+def test_search_is_at_least_as_good_as_the_defaults_on_val():
+    feats = synthetic_features(classes=10, seed=3)
+    head = build_head(feats, features_info(feats))
+    default_acc = accuracy(head.with_params(BlendParams()), feats.val_image, feats.val_label)
+    found = search_blend(head, feats.val_image, feats.val_label, trials=2048, seed=0, progress=False)
+    searched_acc = accuracy(head.with_params(found), feats.val_image, feats.val_label)
+    assert searched_acc >= default_acc
+    assert searched_acc > default_acc  # this synthetic problem leaves room above the defaults
+
+
+def test_candidate_ranking_counts_correct_predictions():
+    feats = synthetic_features(classes=6, seed=4)
+    head = build_head(feats, features_info(feats))
+    aff = head.affinities(feats.val_image)
+    params = torch.stack([BlendParams().to_tensor(), BlendParams(alpha=5, lambda2=0.1).to_tensor()])
+    keys = candidate_scores(aff, head.class_kl, feats.val_label, params)
+    for row, key in zip(params, keys):
+        correct = (blend(aff, head.class_kl, row).argmax(-1) == feats.val_label).sum()
+        assert int(key) == int(correct)
+
+
+def test_fits_are_deterministic(tmp_path):
+    feats = synthetic_features(seed=5)
+    a = fit_features(feats, features_info(feats), train=True, steps=40, seed=7, search_trials=512)
+    b = fit_features(feats, features_info(feats), train=True, steps=40, seed=7, search_trials=512)
+    a.save(tmp_path / "a.safetensors")
+    b.save(tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    loaded = SeMoBridge.load(tmp_path / "a.safetensors")
+    torch.testing.assert_close(loaded(feats.val_image), a(feats.val_image), rtol=0, atol=0)
+    assert loaded.info.variant == "trained" and loaded.info.csb
+
+
+def test_without_val_the_defaults_are_used():
+    feats = synthetic_features(val=0)
+    head = fit_features(feats, features_info(feats))
+    assert head.info.params == BlendParams().to_dict() and head.info.val_accuracy is None
