@@ -104,6 +104,7 @@ def main() -> None:
 @click.option("--shots", required=True, type=int, help="Images per class to fit on (K).")
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name or local-dir:PATH.")
 @click.option("--pretrained", default="openai", show_default=True, help="open_clip tag, checkpoint file, or 'none' (random).")
+@click.option("--classnames", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line, in folder order.")
 @click.option("--dataset", "dataset_name", help="One of the paper's datasets (its prompts and augmentation); default: folder name.")
 @click.option("--augment", type=int, help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
@@ -113,7 +114,7 @@ def main() -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @user_errors
-def fit_cmd(data, shots, model, pretrained, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
+def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
             seed, params, search_trials, train, steps, csb, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     from .pipeline import PromptOptions, fit_dataset
@@ -121,7 +122,7 @@ def fit_cmd(data, shots, model, pretrained, dataset_name, augment, templates, de
     with json_log(log_json) as log:
         head, backbone = fit_dataset(
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=parse_params(params), search_trials=search_trials, augment=augment, dataset_name=dataset_name,
+            params=parse_params(params), search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
             prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=EmbeddingCache(cache_dir),
             device=device, log=log,
         )

@@ -58,6 +58,7 @@ def fit_dataset(
     search_trials: int | None = None,
     augment: int | None = None,
     dataset_name: str | None = None,
+    class_names_file: str | Path | None = None,
     prompts: PromptOptions = PromptOptions(),
     cache: EmbeddingCache | None = None,
     backbone: Backbone | None = None,
@@ -65,7 +66,7 @@ def fit_dataset(
     log: Callable[[dict], None] | None = None,
 ) -> tuple[SeMoBridge, Backbone]:
     """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset."""
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, class_names_file)
     spec = find_dataset(dataset_name or dataset.name)
     split = few_shot_split(dataset, shots, seed)
     backbone = backbone or load_backbone(model, pretrained, device=device)
@@ -110,9 +111,9 @@ def evaluate(head: SeMoBridge, backbone: Backbone, data: str | Path, split: str 
     """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split."""
     head.check_backbone(backbone)
     dataset = load_dataset(data)
-    if dataset.class_names != head.info.class_names:
+    if len(dataset.class_names) != len(head.info.class_names):
         raise ValueError(
-            f"the model's classes ({len(head.info.class_names)}) differ from {data}'s ({len(dataset.class_names)}); "
+            f"the model has {len(head.info.class_names)} classes but {data} has {len(dataset.class_names)}; "
             "evaluate on the dataset the model was fitted on"
         )
     images, labels = encode_items(backbone, dataset.split(split), cache or EmbeddingCache(), desc=f"encoding {split}")
