@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import synthetic_features
+from tests.helpers import synthetic_features
 from semobridge.blend import BlendParams
 from semobridge.cli import main
 from semobridge.model import ModelFileError, SeMoBridge

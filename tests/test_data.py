@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import SHARED, write_image_folder
+from tests.helpers import SHARED, write_image_folder
 from semobridge.data import DataError, few_shot_split, load_dataset, load_rgb
 from semobridge.datasets import DATASETS, find_dataset
 from semobridge.prompts import ENSEMBLE_TEMPLATES, build_prompts, cupl_file, load_descriptions, templates_for

@@ -1,7 +1,7 @@
 """Fitting: SeMoBridge-T lowers its loss, the search beats the defaults, results are deterministic."""
 import torch
 
-from conftest import features_info, synthetic_features
+from tests.helpers import features_info, synthetic_features
 from semobridge.blend import BlendParams, blend
 from semobridge.fit import accuracy, build_head, fit_features
 from semobridge.model import SeMoBridge

@@ -1,0 +1,14 @@
+"""Run exported semobridge classifiers with ONNX Runtime or TensorRT; no PyTorch needed.
+
+    from semobridge_runtime import Classifier
+    clf = Classifier.load("model.onnx")
+    result = clf.predict(image)          # uint8 HxWx3 RGB, a batch, a list, paths or PIL images
+    print(result.class_names[0], result.top_k.scores[0])
+"""
+
+from .classifier import Classifier, Prediction, TopK
+from .errors import InputError, ModelError
+from .metadata import ModelInfo
+
+__all__ = ["Classifier", "InputError", "ModelError", "ModelInfo", "Prediction", "TopK"]
+__version__ = "0.1.0"

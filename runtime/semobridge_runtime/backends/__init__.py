@@ -1,0 +1,23 @@
+"""Inference backends: each loads one model file and runs raw batches."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..metadata import ModelInfo
+
+
+class Backend(Protocol):
+    """What `Classifier` needs from a backend. `run` must be safe to call from several threads."""
+
+    name: str
+    info: ModelInfo
+    providers: tuple[str, ...]
+    max_batch: int | None  # largest batch one run takes; None: unlimited
+    fixed_hw: tuple[int, int] | None  # static input height/width, if any
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        """Run one batch of at most `max_batch` images and return the named outputs."""
+        ...

@@ -1,0 +1,1 @@
+"""Tests of the runtime/ distribution (Python package and C library)."""

@@ -1,0 +1,40 @@
+"""Fixtures for the runtime tests: model files that follow the fused-graph contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from .contract_model import build_contract_model
+
+
+@pytest.fixture(scope="session")
+def make_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Build a synthetic contract model in its own folder: make_model(kind="float", batch=2, ...)."""
+
+    def make(**options) -> Path:
+        return build_contract_model(tmp_path_factory.mktemp("contract") / "model.onnx", **options)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def contract_onnx(make_model: Callable[..., Path]) -> Path:
+    """Always the small synthetic uint8 model (fast enough for valgrind and error tests)."""
+    return make_model()
+
+
+@pytest.fixture(scope="session")
+def onnx_model(contract_onnx: Path) -> Path:
+    """The uint8 model under test. To test the real exporter's output: `return exported_onnx`."""
+    return contract_onnx
+
+
+@pytest.fixture()
+def images() -> list[np.ndarray]:
+    """Seeded random RGB images of several sizes (two share a size, to exercise grouping)."""
+    rng = np.random.default_rng(7)
+    sizes = [(40, 40), (17, 23), (40, 40), (64, 33), (5, 7), (96, 80)]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]

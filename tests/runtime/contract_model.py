@@ -1,0 +1,112 @@
+"""Build small ONNX models that follow the fused-graph contract, for runtime tests.
+
+The graph is a toy classifier (resize to 32x32 -> linear embedding -> L2 norm ->
+cosine against class prototypes -> softmax -> argmax) with the same inputs,
+outputs and metadata as the real exporter's output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MEAN = [0.48145466, 0.4578275, 0.40821073]
+STD = [0.26862954, 0.26130258, 0.27577711]
+SIZE = 32
+
+
+def contract_metadata(class_names: list[str], kind: str, shape: list, embedding_dim: int) -> dict:
+    """The `semobridge` metadata dict the exporter writes."""
+    return {
+        "format_version": 1,
+        "class_names": class_names,
+        "input": {"name": "image", "kind": kind, "shape": shape,
+                  "layout": "NHWC" if kind == "uint8" else "NCHW"},
+        "image_size": SIZE,
+        "mean": MEAN,
+        "std": STD,
+        "num_classes": len(class_names),
+        "embedding_dim": embedding_dim,
+        "backbone": {"name": "toy", "pretrained": "none", "weights_hash": "0" * 16},
+        "variant": "toy",
+        "shots": 1,
+        "params": {},
+        "val_accuracy": None,
+        "library_version": "0.0.0",
+    }
+
+
+def build_contract_model(
+    path: Path,
+    *,
+    num_classes: int = 5,
+    embedding_dim: int = 8,
+    kind: str = "uint8",
+    batch: int | None = None,
+    fixed_size: tuple[int, int] | None = None,
+    metadata: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a contract-conforming model to `path` (and `model.json`-style sidecar) and return it."""
+    rng = np.random.default_rng(seed)
+    class_names = [f"class {i}" for i in range(num_classes)]
+    n_dim = batch if batch is not None else "N"
+    nodes, inits = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    if kind == "uint8":
+        h, w = fixed_size if fixed_size else ("H", "W")
+        shape = [n_dim, h, w, 3]
+        inp = helper.make_tensor_value_info("image", TensorProto.UINT8, shape)
+        nodes += [
+            helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Resize", ["f", "", "", const("sizes", np.array([SIZE, SIZE], np.int64))],
+                             ["r"], mode="linear", axes=[1, 2]),
+            helper.make_node("Div", ["r", const("c255", np.array(255.0, np.float32))], ["u"]),
+            helper.make_node("Sub", ["u", const("mean", np.array(MEAN, np.float32))], ["c"]),
+            helper.make_node("Div", ["c", const("std", np.array(STD, np.float32))], ["x"]),
+        ]
+    elif kind == "float":
+        shape = [n_dim, 3, SIZE, SIZE]
+        inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
+        nodes.append(helper.make_node("Identity", ["image"], ["x"]))
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+
+    proj = rng.standard_normal((3 * SIZE * SIZE, embedding_dim)).astype(np.float32) / 40
+    protos = rng.standard_normal((embedding_dim, num_classes)).astype(np.float32)
+    protos /= np.linalg.norm(protos, axis=0, keepdims=True)
+    nodes += [
+        helper.make_node("Reshape", ["x", const("flat", np.array([0, -1], np.int64))], ["v"]),
+        helper.make_node("MatMul", ["v", const("proj", proj)], ["e"]),
+        helper.make_node("LpNormalization", ["e"], ["embedding"], axis=1, p=2),
+        helper.make_node("MatMul", ["embedding", const("protos", protos)], ["cos"]),
+        helper.make_node("Mul", ["cos", const("scale", np.array(20.0, np.float32))], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+        helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n_dim, num_classes]),
+        helper.make_tensor_value_info("label", TensorProto.INT64, [n_dim]),
+        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [n_dim, embedding_dim]),
+    ]
+    graph = helper.make_graph(nodes, "semobridge_contract", [inp], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    meta = contract_metadata(class_names, kind, shape, embedding_dim)
+    if metadata:
+        helper.set_model_props(model, {"semobridge": json.dumps(meta),
+                                       "semobridge.class_names": "\n".join(class_names)})
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    onnx.save(model, path)
+    if metadata:
+        path.with_name("model.json").write_text(json.dumps(meta, indent=2))
+    return path

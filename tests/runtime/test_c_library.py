@@ -1,0 +1,199 @@
+"""The C library (runtime/c): build it, compare it with the Python runtime, check bad input and leaks.
+
+Building needs a C compiler, make, and (first time) apt access to fetch ONNX Runtime's headers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semobridge_runtime import Classifier
+
+C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
+BUILD = C_DIR / "build"
+VALGRIND = ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
+            f"--suppressions={C_DIR / 'tests' / 'valgrind.supp'}", "-q"]
+
+
+@pytest.fixture(scope="session")
+def c_build() -> Path:
+    """Run `make -C runtime/c` once per session; fail loudly if it does not build."""
+    if not (shutil.which("make") and shutil.which("cc")):
+        pytest.fail("building runtime/c needs make and a C compiler (apt-get install build-essential)")
+    done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"make -C runtime/c failed:\n{done.stdout}\n{done.stderr}")
+    return BUILD
+
+
+def write_ppm(path: Path, image: np.ndarray) -> Path:
+    h, w, _ = image.shape
+    path.write_bytes(b"P6\n# written by the test\n%d %d\n255\n" % (w, h) + image.tobytes())
+    return path
+
+
+def parse_classify(stdout: str) -> dict[str, dict]:
+    """{path: {"label": int, "top": [index...], "scores": np.ndarray}} from `classify --scores`."""
+    results: dict[str, dict] = {}
+    current: dict = {}
+    for line in stdout.splitlines():
+        if not line.startswith("  "):
+            current = results.setdefault(line, {"top": []})
+            continue
+        kind, rest = line.split(maxsplit=1)
+        if kind == "label":
+            current["label"] = int(rest.split()[0])
+        elif kind == "top":
+            current["top"].append(int(rest.split()[0]))
+        elif kind == "scores":
+            current["scores"] = np.array(rest.split(), dtype=np.float64)
+    return results
+
+
+def test_classify_example_matches_python(c_build: Path, onnx_model: Path, images: list[np.ndarray],
+                                         tmp_path: Path) -> None:
+    paths = [write_ppm(tmp_path / f"img{i}.ppm", image) for i, image in enumerate(images)]
+    done = subprocess.run([c_build / "examples" / "classify", "--scores", "--top-k", "3", onnx_model, *paths],
+                          capture_output=True, text=True, check=True)
+    results = parse_classify(done.stdout)
+    expected = Classifier.load(onnx_model, providers=["CPUExecutionProvider"]).predict(images, top_k=3)
+    for i, path in enumerate(paths):
+        got = results[str(path)]
+        assert got["label"] == expected.labels[i]
+        assert got["top"] == expected.top_k.indices[i].tolist()
+        np.testing.assert_allclose(got["scores"], expected.scores[i], rtol=0, atol=1e-5)
+
+
+class Params(ctypes.Structure):
+    _fields_ = [("intra_op_num_threads", ctypes.c_int), ("inter_op_num_threads", ctypes.c_int),
+                ("use_cuda", ctypes.c_bool), ("cuda_device_id", ctypes.c_int),
+                ("graph_optimization_level", ctypes.c_int)]
+
+
+@pytest.fixture(scope="session")
+def lib(c_build: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(c_build / "libsemobridge.so"))
+    lib.sb_default_params.restype = Params
+    lib.sb_open_with_error.restype = ctypes.c_void_p
+    lib.sb_open_with_error.argtypes = [ctypes.c_char_p, Params, ctypes.c_char_p, ctypes.c_size_t]
+    lib.sb_close.argtypes = [ctypes.c_void_p]
+    lib.sb_num_classes.argtypes = lib.sb_embedding_dim.argtypes = [ctypes.c_void_p]
+    lib.sb_class_name.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.sb_class_name.restype = ctypes.c_char_p
+    lib.sb_last_error.argtypes = [ctypes.c_void_p]
+    lib.sb_last_error.restype = ctypes.c_char_p
+    image_args = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 4
+    lib.sb_classify.argtypes = image_args + [ctypes.c_void_p, ctypes.c_void_p]
+    lib.sb_embed.argtypes = image_args + [ctypes.c_void_p]
+    return lib
+
+
+def c_run(lib: ctypes.CDLL, model: Path, batch: np.ndarray, pad: int) -> tuple[np.ndarray, ...]:
+    """Classify and embed `batch` through ctypes, with rows padded by `pad` bytes (stride > 3w)."""
+    n, h, w, _ = batch.shape
+    rows = np.zeros((n, h, w * 3 + pad), np.uint8)
+    rows[:, :, : w * 3] = batch.reshape(n, h, w * 3)
+    err = ctypes.create_string_buffer(512)
+    m = lib.sb_open_with_error(str(model).encode(), lib.sb_default_params(), err, len(err))
+    assert m, err.value.decode()
+    try:
+        classes, dim = lib.sb_num_classes(m), lib.sb_embedding_dim(m)
+        scores, labels = np.empty((n, classes), np.float32), np.empty(n, np.int64)
+        embeddings = np.empty((n, dim), np.float32)
+        rc = lib.sb_classify(m, rows.ctypes.data, n, h, w, w * 3 + pad, scores.ctypes.data, labels.ctypes.data)
+        assert rc == 0, lib.sb_last_error(m)
+        rc = lib.sb_embed(m, rows.ctypes.data, n, h, w, w * 3 + pad, embeddings.ctypes.data)
+        assert rc == 0, lib.sb_last_error(m)
+        names = [lib.sb_class_name(m, i).decode() for i in range(classes)]
+    finally:
+        lib.sb_close(m)
+    return scores, labels, embeddings, names
+
+
+@pytest.mark.parametrize("pad", [0, 5])
+def test_c_batches_match_python(lib: ctypes.CDLL, onnx_model: Path, images: list[np.ndarray], pad: int) -> None:
+    batch = np.stack([images[0], images[2], images[0] // 2])
+    scores, labels, embeddings, names = c_run(lib, onnx_model, batch, pad)
+    expected = Classifier.load(onnx_model, providers=["CPUExecutionProvider"]).predict(batch)
+    assert names == Classifier.load(onnx_model).class_names
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(scores, expected.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(embeddings, expected.embeddings, rtol=0, atol=1e-5)
+
+
+def test_c_static_batch_is_split_and_padded(lib: ctypes.CDLL, make_model, images: list[np.ndarray]) -> None:
+    model = make_model(batch=2, seed=5)
+    batch = np.stack([images[0], images[2]] * 2 + [images[0] // 3])  # 5 images: runs of 2, 2, 1 (+1 padding)
+    scores, labels, embeddings, _ = c_run(lib, model, batch, 0)
+    expected = Classifier.load(model).predict(batch)
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(scores, expected.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(embeddings, expected.embeddings, rtol=0, atol=1e-5)
+
+
+def test_c_one_model_from_threads(lib: ctypes.CDLL, onnx_model: Path, images: list[np.ndarray]) -> None:
+    """ctypes drops the GIL during calls, so these sb_classify calls really run concurrently."""
+    err = ctypes.create_string_buffer(512)
+    m = lib.sb_open_with_error(str(onnx_model).encode(), lib.sb_default_params(), err, len(err))
+    assert m, err.value.decode()
+
+    def classify(i: int) -> np.ndarray:
+        image = np.ascontiguousarray(images[i % len(images)] + np.uint8(i))
+        h, w, _ = image.shape
+        scores, labels = np.empty((1, lib.sb_num_classes(m)), np.float32), np.empty(1, np.int64)
+        assert lib.sb_classify(m, image.ctypes.data, 1, h, w, 3 * w, scores.ctypes.data, labels.ctypes.data) == 0
+        return scores
+
+    try:
+        sequential = [classify(i) for i in range(32)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parallel = list(pool.map(classify, range(32)))
+    finally:
+        lib.sb_close(m)
+    for a, b in zip(sequential, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="session")
+def error_case_args(make_model, contract_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Arguments for tests/test_errors: good, float, not-ours, truncated and missing model paths."""
+    folder = tmp_path_factory.mktemp("bad_models")
+    truncated = folder / "truncated.onnx"
+    truncated.write_bytes(contract_onnx.read_bytes()[:300])
+    return [contract_onnx, make_model(kind="float"), make_model(metadata=False), truncated, folder / "missing.onnx"]
+
+
+def test_c_bad_input(c_build: Path, error_case_args: list[Path]) -> None:
+    done = subprocess.run([c_build / "tests" / "test_errors", *error_case_args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "FAIL" not in done.stdout and done.stdout.count("\nok ") >= 25
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
+@pytest.mark.parametrize("program", ["classify", "test_errors"])
+def test_valgrind_clean(c_build: Path, contract_onnx: Path, error_case_args: list[Path], tmp_path: Path,
+                        program: str) -> None:
+    if program == "classify":
+        ppm = write_ppm(tmp_path / "img.ppm", np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3))
+        command = [c_build / "examples" / "classify", "--scores", contract_onnx, ppm]
+    else:
+        command = [c_build / "tests" / "test_errors", *error_case_args]
+    done = subprocess.run([*VALGRIND, *map(str, command)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+
+
+def test_pkg_config_install(c_build: Path, tmp_path: Path) -> None:
+    subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}", "install", f"DESTDIR={tmp_path}",
+                    "PREFIX=/usr"], check=True, capture_output=True)
+    pc = (tmp_path / "usr/lib/pkgconfig/semobridge.pc").read_text()
+    assert "-lsemobridge" in pc and "prefix=/usr" in pc
+    assert (tmp_path / "usr/include/semobridge.h").is_file() and (tmp_path / "usr/lib/libsemobridge.so").is_file()

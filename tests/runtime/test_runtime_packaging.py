@@ -1,0 +1,32 @@
+"""The runtime stays free of PyTorch: nothing imports it and no dependency pulls it in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+
+
+def test_import_pulls_in_no_torch() -> None:
+    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.backends.ort, sys; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_declared_dependencies_have_no_torch() -> None:
+    project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "semobridge-runtime"
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["numpy", "onnxruntime"]
+    every = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    assert not any("torch" in d.lower() for d in every)
+    installed = metadata.requires("semobridge-runtime") or []
+    assert not any("torch" in d.lower() for d in installed)
+
+
+def test_console_script_declared() -> None:
+    project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["semobridge-run"] == "semobridge_runtime.cli:main"
