@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .backbones import RANDOM, RANDOM_WARNING, BackboneError, load_backbone
+from .backbones import RANDOM, RANDOM_WARNING, BackboneError, best_device, load_backbone
 from .blend import BlendParams
 from .data import DataError
 from .encode import EmbeddingCache
@@ -157,9 +157,10 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 
 @main.command("fit-features")
 @click.argument("features", type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @user_errors
-def fit_features_cmd(features, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+def fit_features_cmd(features, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     from .fit import fit_features
 
@@ -174,7 +175,7 @@ def fit_features_cmd(features, seed, params, search_trials, train, steps, csb, l
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
         head = fit_features(feats, info, params=parse_params(params), search_trials=search_trials, train=train,
-                            steps=steps, csb=csb, seed=seed, log=log)
+                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
         head.save(output)
     click.echo(describe(head))
     click.echo(f"wrote {output}")
