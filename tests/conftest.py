@@ -54,3 +54,14 @@ def tiny_head(tiny_backbone):
 def image_folder(tmp_path_factory) -> Path:
     """train (8), val (4) and test (5) images for 3 classes."""
     return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 8, "val": 4, "test": 5})
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(tiny_head, tiny_backbone, tmp_path_factory) -> Path:
+    """Folder with the tiny model exported as model.onnx (+ model.json), model.pt2,
+    model_fp16.onnx and model_int8.onnx (uint8 input, dynamic N, H, W)."""
+    from semobridge_export import export
+
+    out = tmp_path_factory.mktemp("exported") / "tiny"
+    export(tiny_head, tiny_backbone, out, formats=("onnx", "pt2"), half=True, int8_cpu=True, log=lambda _: None)
+    return out

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
 from .contract_model import build_contract_model
 
 
@@ -27,9 +28,9 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(contract_onnx: Path) -> Path:
-    """The uint8 model under test. To test the real exporter's output: `return exported_onnx`."""
-    return contract_onnx
+def onnx_model(exported_onnx: Path) -> Path:
+    """The uint8 model under test: the tiny open_clip model as the exporter writes it."""
+    return exported_onnx / "model.onnx"
 
 
 @pytest.fixture()

@@ -1,0 +1,147 @@
+"""The table of export formats and one function per format (Ultralytics exporter style)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from torch.export import ExportedProgram
+
+from semobridge.files import atomic_output
+
+from .fused import FusedClassifier
+from .metadata import metadata_props, sidecar_path, with_precision
+from .onnx_graph import save_model, to_onnx, trace
+from .precision import label_agreement, to_fp16, to_int8
+from .program import save_program
+from .reference import reference_scores, session
+from .tensorrt import Profile, build_engine, engine_path_for
+
+
+@dataclass
+class Job:
+    """One export: the module, its metadata, where artifacts are staged, and what was written."""
+
+    fused: FusedClassifier
+    meta: dict[str, Any]
+    stage: Path
+    stem: str = "model"
+    fixed_size: tuple[int, int] | None = None
+    profile: Profile = field(default_factory=Profile)
+    check_images: list[np.ndarray] = field(default_factory=list)
+    log: Callable[[str], None] = print
+    written: dict[str, Path] = field(default_factory=dict)
+    _program: ExportedProgram | None = None
+
+    @property
+    def program(self) -> ExportedProgram:
+        """The torch.export trace, made once and shared by the formats that need it."""
+        if self._program is None:
+            self._program = trace(self.fused, self.fixed_size)
+        return self._program
+
+    def path(self, name: str) -> Path:
+        return self.stage / FORMATS[name].filename.format(stem=self.stem)
+
+    def write_sidecar(self, artifact: Path, meta: dict[str, Any]) -> Path:
+        path = sidecar_path(artifact)
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        self.written[f"{artifact.name} metadata"] = path
+        return path
+
+
+def export_onnx(job: Job) -> Path:
+    """fp32 ONNX graph: uint8 pixels (or normalised floats) -> scores, label, embedding."""
+    path = save_model(to_onnx(job.program), job.path("onnx"), metadata_props(job.meta))
+    job.write_sidecar(path, job.meta)
+    return path
+
+
+def export_onnx_fp16(job: Job) -> Path:
+    """fp16 encoder; LayerNorm, softmax, reductions, preprocessing and the blend stay fp32."""
+    path = to_fp16(job.written["onnx"], job.path("onnx-fp16"))
+    job.write_sidecar(path, with_precision(job.meta, "fp16"))
+    if job.check_images:
+        ref, half = session(job.written["onnx"]), session(path)
+        diff = max(
+            float(np.abs(reference_scores(half, im[None])["scores"] - reference_scores(ref, im[None])["scores"]).max())
+            for im in job.check_images
+        )
+        job.log(f"fp16: max |score difference| against fp32 = {diff:.2e} on {len(job.check_images)} images (ONNX Runtime CPU)")
+    return path
+
+
+def export_onnx_int8(job: Job) -> Path:
+    """Dynamic int8 quantisation of the encoder's matrix products (CPU/ARM)."""
+    path = to_int8(job.written["onnx"], job.path("onnx-int8"))
+    job.write_sidecar(path, with_precision(job.meta, "int8"))
+    if job.check_images:
+        agree = label_agreement(job.written["onnx"], path, job.check_images)
+        job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(job.check_images)} images")
+    return path
+
+
+def export_pt2(job: Job) -> Path:
+    """torch.export program of the same fused module (torch.export.load(...).module())."""
+    path = save_program(job.program, job.path("pt2"), job.meta)
+    job.write_sidecar(path, job.meta)
+    return path
+
+
+def export_engine(job: Job) -> Path:
+    """TensorRT fp16 engine built here from the fp32 ONNX graph (only valid on this GPU and TensorRT)."""
+    path = build_engine(job.written["onnx"], job.path("engine"), job.profile, fp16=True, log=job.log)
+    job.written[f"{path.name} metadata"] = sidecar_path(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the format table."""
+
+    name: str
+    filename: str  # with {stem}
+    runs_on: str
+    options: str
+    write: Callable[[Job], Path]
+    needs_onnx: bool = False
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", "--input, --fixed-size", export_onnx),
+        Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", "--half", export_onnx_fp16, True),
+        Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", "--int8-cpu", export_onnx_int8, True),
+        Format("pt2", "{stem}.pt2", "CPU, GPU (PyTorch torch.export)", "--input, --fixed-size", export_pt2),
+        Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
+               "--engine, --batch, --sizes", export_engine, True),
+    )
+}
+FLAG_FORMATS = {"half": "onnx-fp16", "int8_cpu": "onnx-int8", "engine": "engine"}
+
+
+def format_table() -> str:
+    """The formats as a plain-text table (shown in --help)."""
+    rows = [("format", "file", "runs on", "options")] + [(f.name, f.filename.format(stem="model"), f.runs_on, f.options) for f in FORMATS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def resolve_formats(formats: str | list[str] | tuple[str, ...], **flags: bool) -> list[str]:
+    """Requested formats plus those the flags ask for, in table order; the fp32 ONNX graph is added
+    when a derived format needs it. Unknown names are refused."""
+    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    names += [FLAG_FORMATS[flag] for flag, on in flags.items() if on]
+    if any(FORMATS[n].needs_onnx for n in names):
+        names.append("onnx")
+    if not names:
+        raise ValueError(f"no format requested; choose from {', '.join(FORMATS)}")
+    return [n for n in FORMATS if n in names]
+

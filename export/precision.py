@@ -1,0 +1,123 @@
+"""Reduced-precision copies of an exported fp32 graph: fp16 (GPU) and dynamic int8 (CPU/ARM)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from semobridge.files import atomic_output
+
+from .metadata import METADATA_KEY, metadata_props, with_precision
+from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
+#: Encoder ops that run in fp16. Everything else stays fp32: LayerNorm (the known source of CLIP's
+#: fp16 drift), softmax, reductions, and all of preprocessing, the head and the outputs.
+FP16_OPS = frozenset({
+    "MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Erf", "Gelu", "Sigmoid", "Tanh", "Relu",
+    "Transpose", "Reshape", "Concat", "Slice", "Gather", "Expand", "Squeeze", "Unsqueeze", "Split", "Flatten",
+})
+
+
+def encoder_nodes(graph: ir.Graph) -> list[ir.Node]:
+    """The nodes of the image encoder (everything else: preprocessing, head, outputs)."""
+    nodes = [n for n in graph if module_scope(n.metadata_props) == ENCODER_SCOPE]
+    if not nodes:
+        raise ValueError("no image-encoder nodes found (the graph lacks the exporter's name scopes); "
+                         "convert a graph written by semobridge-export")
+    return nodes
+
+
+def _converted(value: ir.Value, dtype: ir.DataType, graph: ir.Graph, before: ir.Node, cache: dict) -> ir.Value:
+    """`value` as `dtype`: a converted initializer, or one shared Cast inserted before its first user."""
+    key = (value.name, dtype)
+    if key not in cache:
+        if value.is_initializer() and value.const_value is not None:
+            array = value.const_value.numpy().astype(dtype.numpy())
+            converted = ir.Value(name=f"{value.name}_{dtype.name.lower()}", const_value=ir.tensor(array))
+            converted.type, converted.shape = ir.TensorType(dtype), value.shape
+            graph.register_initializer(converted)
+        else:
+            cast = ir.node("Cast", [value], attributes={"to": dtype}, name=f"{value.name}_to_{dtype.name.lower()}")
+            converted = cast.outputs[0]
+            converted.name, converted.type, converted.shape = cast.name, ir.TensorType(dtype), value.shape
+            graph.insert_before(before, cast)
+        cache[key] = converted
+    return cache[key]
+
+
+def half_encoder(model: ir.Model) -> ir.Model:
+    """Run the encoder's FP16_OPS in fp16 (in place); casts at the borders, fp32 everywhere else."""
+    graph, cache = model.graph, {}
+    graph.sort()
+    half = {id(n) for n in encoder_nodes(graph) if n.op_type in FP16_OPS}
+    for node in list(graph):
+        want, have = (ir.DataType.FLOAT16, ir.DataType.FLOAT) if id(node) in half else (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+        for i, value in enumerate(node.inputs):
+            if value is not None and value.dtype == have:
+                node.replace_input_with(i, _converted(value, want, graph, node, cache))
+        if id(node) in half:
+            for out in node.outputs:
+                if out.dtype == ir.DataType.FLOAT:
+                    out.type = ir.TensorType(ir.DataType.FLOAT16)
+    return model
+
+
+def _props(model: ir.Model, precision: str) -> dict[str, str]:
+    """The model's metadata entries with `precision` set."""
+    return metadata_props(with_precision(json.loads(model.metadata_props[METADATA_KEY]), precision))
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 copy of the image encoder; preprocessing, LayerNorm, softmax, reductions and the head stay fp32."""
+    model = half_encoder(ir.load(str(src)))
+    for name, value in list(model.graph.initializers.items()):
+        if not value.uses():  # fp32 originals replaced by fp16 copies
+            del model.graph.initializers[name]
+    return save_model(model, dst, _props(model, "fp16"))
+
+
+def to_int8(src: Path, dst: Path) -> Path:
+    """ONNX Runtime dynamic int8 quantisation of the encoder's matrix products (CPU/ARM targets)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = ir.load(str(src)).graph
+    encoder = {n.name for n in encoder_nodes(graph)}
+    exclude = [n.name for n in graph if n.name not in encoder]
+    with atomic_output(dst) as tmp, _quiet_root_logger():
+        quantize_dynamic(
+            str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+            weight_type=QuantType.QInt8, per_channel=False, extra_options={"MatMulConstBOnly": True},
+        )
+        model = ir.load(str(tmp))
+        save_model(model, tmp, _props(model, "int8"))
+    return Path(dst)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """quantize_dynamic logs advice about calibration pre-processing to the root logger; not ours to show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def label_agreement(reference: Path, candidate: Path, images: Iterable[np.ndarray]) -> float:
+    """Share of images on which two exported graphs give the same label (one image per run)."""
+    from .reference import reference_scores, session
+
+    ref, cand = session(reference), session(candidate)
+    same = [
+        int(reference_scores(ref, image[None])["label"][0] == reference_scores(cand, image[None])["label"][0])
+        for image in images
+    ]
+    if not same:
+        raise ValueError("no images to compare labels on")
+    return float(np.mean(same))

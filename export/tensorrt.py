@@ -1,0 +1,206 @@
+"""TensorRT engines from the exported ONNX graph (TensorRT 10 Python API).
+
+UNVERIFIED: written from the TensorRT 10 Python API documentation; TensorRT could not be
+installed where this was developed. The parts that need no TensorRT (profile shapes, cache
+keys, the trtexec command line) are tested; building is not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from semobridge.files import atomic_output
+
+from .metadata import read_metadata, sidecar_path, with_precision
+from .onnx_graph import ENCODER_SCOPE, module_scope
+
+WORKSPACE_BYTES = 2 << 30
+DEFAULT_CACHE = Path.home() / ".cache" / "semobridge" / "tensorrt"
+FP32_ONNX_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2")
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT is missing or could not build the engine."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Optimisation profile: batch (min, opt, max) and, for dynamic uint8 input, image sizes (H, W)."""
+
+    batch: tuple[int, int, int] = (1, 1, 16)
+    sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
+
+    def shapes(self, meta: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """min, opt and max shapes of the input described by the model's metadata."""
+        if not self.batch[0] <= self.batch[1] <= self.batch[2] or self.batch[0] < 1:
+            raise ValueError(f"batch profile {self.batch} must satisfy 1 <= min <= opt <= max")
+        shape = meta["input"]["shape"]
+        out = []
+        for n, (h, w) in zip(self.batch, self.sizes):
+            if meta["input"]["kind"] == "float":
+                out.append((n, *shape[1:]))
+            else:
+                out.append((n, shape[1] if isinstance(shape[1], int) else h, shape[2] if isinstance(shape[2], int) else w, 3))
+        if any(a > b for lo, hi in zip(out, out[1:]) for a, b in zip(lo, hi)):
+            raise ValueError(f"profile shapes {out} must grow from min to opt to max")
+        return out[0], out[1], out[2]
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: tuple, fp16: bool) -> str:
+    """Engine cache key: GPU, TensorRT version, ONNX file hash, profile and precision."""
+    text = json.dumps([gpu_name, trt_version, onnx_hash, [list(s) for s in shapes], fp16])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def fp32_layer_names(onnx_path: Path) -> list[str]:
+    """ONNX nodes (= parsed TensorRT layer names) pinned to fp32: LayerNorm, softmax, reductions,
+    and every float node outside the encoder (preprocessing with its rounding, the head's blend)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return [
+        n.name for n in model.graph.node
+        if n.op_type in FP32_ONNX_OPS or module_scope({p.key: p.value for p in n.metadata_props}) != ENCODER_SCOPE
+    ]
+
+
+def trtexec_command(onnx_path: Path, engine_path: Path, shapes: tuple, fp16: bool, timing_cache: Path, fp32_layers: list[str]) -> str:
+    """The equivalent trtexec command line."""
+    def dims(shape: tuple[int, ...]) -> str:
+        return "image:" + "x".join(str(d) for d in shape)
+
+    parts = [
+        "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
+        f"--minShapes={dims(shapes[0])}", f"--optShapes={dims(shapes[1])}", f"--maxShapes={dims(shapes[2])}",
+        f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M", f"--timingCacheFile={timing_cache}",
+    ]
+    if fp16:
+        pins = ",".join(f"{name}:fp32" for name in fp32_layers)
+        parts += ["--fp16", "--precisionConstraints=obey", f"--layerPrecisions={pins}", f"--layerOutputTypes={pins}"]
+    return " ".join(parts)
+
+
+def gpu_name() -> str:
+    """Name of CUDA device 0 (for the cache key)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            cudart = None
+    if cudart is not None:
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            return props.name.decode(errors="replace").strip("\x00")
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    raise TensorRTError("no CUDA device found; build TensorRT engines on the machine that will run them")
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTError(
+            f"TensorRT is not installed ({exc}). Install TensorRT 10 on the target (pip install tensorrt, "
+            "or JetPack on a Jetson) and run `semobridge-build-engine MODEL.onnx` there."
+        ) from None
+    return trt
+
+
+def _build(trt, onnx_path: Path, shapes: tuple, fp16: bool, fp32_layers: set[str], timing_cache: Path) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("image", *shapes)
+    config.add_optimization_profile(profile)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            pinned = layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE) or (
+                layer.name in fp32_layers
+            )
+            if pinned and all(layer.get_output(j).dtype == trt.float32 for j in range(layer.num_outputs)):
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise TensorRTError(f"TensorRT could not build an engine from {onnx_path}; see the log above")
+    with atomic_output(timing_cache) as tmp:
+        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(memoryview(engine))
+
+
+def engine_path_for(onnx_path: Path) -> Path:
+    """model.onnx -> model_trt.engine (its metadata: model_trt.json, apart from model.json)."""
+    return onnx_path.with_name(f"{onnx_path.stem}_trt.engine")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path | None = None,
+    profile: Profile = Profile(),
+    fp16: bool = True,
+    cache_dir: str | Path = DEFAULT_CACHE,
+    log=print,
+) -> Path:
+    """Build (or take from the cache) a TensorRT engine and write it with its `<stem>.json` metadata."""
+    onnx_path = Path(onnx_path)
+    engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path)
+    meta = read_metadata(onnx_path)
+    shapes = profile.shapes(meta)
+    cache_dir = Path(cache_dir)
+    fp32_layers = fp32_layer_names(onnx_path)
+    try:
+        trt = _import_tensorrt()
+    except TensorRTError:
+        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache_dir / "timing.cache", fp32_layers))
+        raise
+    gpu = gpu_name()
+    timing_cache = cache_dir / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache"
+    log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers))
+    key = cache_key(file_hash(onnx_path), gpu, trt.__version__, shapes, fp16)
+    cached = cache_dir / f"{key}.engine"
+    if cached.is_file():
+        log(f"engine cache hit: {cached}")
+    else:
+        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache)
+        with atomic_output(cached) as tmp:
+            tmp.write_bytes(data)
+    with atomic_output(engine_path) as tmp:
+        shutil.copyfile(cached, tmp)
+    meta = with_precision(meta, "fp16" if fp16 else "fp32")
+    meta["tensorrt"] = {"version": trt.__version__, "profile": [list(s) for s in shapes], "cache_key": key}
+    with atomic_output(sidecar_path(engine_path)) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return engine_path

@@ -1,0 +1,66 @@
+"""`semobridge-export` and `semobridge-build-engine`."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from semobridge.backbones import RANDOM_WARNING
+from semobridge_export.cli import build_engine_main, main
+from semobridge_export.reference import reference_scores
+from tests.helpers import random_photos
+
+
+def test_help_shows_the_format_table():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine"):
+        assert row in result.output
+
+
+def test_export_from_a_model_file(tiny_head, tmp_path):
+    model = tiny_head.save(tmp_path / "head.safetensors")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--from-model", str(model), "--pretrained", "none", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+    assert "classes       5: red fox" in result.output and "model.onnx" in result.output
+    assert "semobridge-run" in result.output and RANDOM_WARNING in result.output
+    scores = reference_scores(out / "model.onnx", random_photos(2, seed=0))["scores"]
+    assert scores.shape == (2, 5)
+
+
+def test_fit_and_export_in_one_go(image_folder, tmp_path):
+    out = tmp_path / "out"
+    args = ["--data", str(image_folder), "--shots", "2", "--model", "semobridge-tiny", "--pretrained", "none",
+            "--out", str(out), "--fixed-size", "64x48"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["shots"] == 2 and meta["num_classes"] == 3 and meta["input"]["shape"] == ["N", 64, 48, 3]
+    assert "shots         2" in result.output and "val accuracy" in result.output and RANDOM_WARNING in result.output
+
+
+def test_missing_weights_name_both_ways_on(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["--model", "ViT-B-16", "--pretrained", str(tmp_path / "missing.bin"), "--out", str(out)])
+    assert result.exit_code != 0
+    assert "--pretrained" in result.output and "--model semobridge-tiny --pretrained none" in result.output
+    assert not out.exists()
+
+
+def test_bad_options_are_refused(tiny_head, tmp_path):
+    model = tiny_head.save(tmp_path / "head.safetensors")
+    base = ["--from-model", str(model), "--pretrained", "none", "--out", str(tmp_path / "out")]
+    for extra, message in [(["--fixed-size", "12"], "HxW"), (["--formats", "onnx,tflite"], "unknown format"),
+                           (["--batch", "1,2"], "MIN,OPT,MAX")]:
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_engine_without_tensorrt(exported_onnx, tmp_path):
+    result = CliRunner().invoke(build_engine_main, [str(exported_onnx / "model.onnx"), "--cache-dir", str(tmp_path)])
+    if "TensorRT is not installed" not in result.output:
+        return  # TensorRT present: covered by test_tensorrt.test_build_engine
+    assert result.exit_code != 0 and "trtexec --onnx=" in result.output

@@ -1,0 +1,143 @@
+"""The fused ONNX graph: parity with the library, shapes, metadata, atomicity."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnx_ir
+import pytest
+import torch
+
+import semobridge_export.onnx_graph as onnx_graph
+from semobridge_export import FORMATS, FusedClassifier, export, library_scores, read_metadata, reference_scores, session
+from semobridge_export.metadata import CLASS_NAMES_KEY, METADATA_KEY
+from tests.helpers import random_photos
+
+
+def test_scores_match_the_library(exported_onnx, tiny_head, tiny_backbone, odd_photos):
+    """ORT on the fused graph vs open_clip PIL preprocessing -> encode_image -> head."""
+    sess = session(exported_onnx / "model.onnx")
+    batches = [random_photos(4, seed=3, size=(180, 240)), random_photos(3, seed=4, size=(300, 200))]
+    batches += [photo[None] for photo in odd_photos.values()]
+    for images in batches:
+        graph = reference_scores(sess, images)
+        library = library_scores(tiny_head, tiny_backbone, images)
+        assert np.abs(graph["scores"] - library["scores"]).max() <= 1e-4
+        assert np.array_equal(graph["label"], library["label"])
+        assert np.abs(graph["embedding"] - library["embedding"]).max() <= 1e-4
+
+
+def test_graph_matches_the_fused_module_run_eagerly(exported_onnx, tiny_head, tiny_backbone):
+    fused = FusedClassifier(tiny_head, tiny_backbone)
+    images = random_photos(5, seed=7, size=(150, 333))
+    with torch.no_grad():
+        eager = [t.numpy() for t in fused(torch.from_numpy(images))]
+    graph = reference_scores(exported_onnx / "model.onnx", images)
+    for name, value in zip(("scores", "label", "embedding"), eager):
+        assert np.abs(graph[name] - value).max() <= 1e-4, name
+
+
+def test_one_session_takes_batches_1_3_17_of_any_size(exported_onnx):
+    sess = session(exported_onnx / "model.onnx")
+    for n, (h, w) in [(1, (224, 224)), (3, (64, 300)), (17, (411, 97)), (3, (1024, 768)), (1, (9, 9))]:
+        out = reference_scores(sess, random_photos(n, seed=n, size=(h, w)))
+        assert out["scores"].shape == (n, 5) and out["scores"].dtype == np.float32
+        assert out["label"].shape == (n,) and out["label"].dtype == np.int64
+        assert out["embedding"].shape == (n, 64)
+        assert np.allclose(np.linalg.norm(out["embedding"], axis=1), 1, atol=1e-5)
+        assert np.array_equal(out["label"], out["scores"].argmax(1))
+
+
+def test_graph_signature_and_checker(exported_onnx):
+    path = exported_onnx / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    assert "LayerNormalization" in {n.op_type for n in model.graph.node}
+    (inp,) = model.graph.input
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", "H", "W", 3]
+    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding"]
+    types = [o.type.tensor_type.elem_type for o in model.graph.output]
+    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT]
+
+
+def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_backbone):
+    model = onnx.load(str(exported_onnx / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props[METADATA_KEY])
+    assert props[CLASS_NAMES_KEY].split("\n") == tiny_head.info.class_names
+    assert json.loads((exported_onnx / "model.json").read_text()) == meta == read_metadata(exported_onnx / "model.onnx")
+    assert meta["format_version"] == 1
+    assert meta["class_names"] == tiny_head.info.class_names and meta["num_classes"] == 5
+    assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
+    assert meta["input"] == {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", "H", "W", 3], "layout": "NHWC"}
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding"]
+    assert meta["outputs"][0]["shape"] == ["N", 5] and meta["outputs"][1]["dtype"] == "int64"
+    assert meta["mean"] == pytest.approx(list(tiny_backbone.mean)) and meta["std"] == pytest.approx(list(tiny_backbone.std))
+    assert "bicubic" in meta["resize"] and "224" in meta["resize"]
+    assert meta["backbone"] == tiny_backbone.identity()
+    assert meta["params"] == tiny_head.info.params and meta["shots"] == 3
+    assert meta["variant"] == "training-free" and meta["precision"] == "fp32"
+    assert {"val_accuracy", "library_version"} <= set(meta)
+    for name, precision in [("model_fp16", "fp16"), ("model_int8", "int8")]:
+        assert read_metadata(exported_onnx / f"{name}.onnx") == {**meta, "precision": precision}
+        assert json.loads((exported_onnx / f"{name}.json").read_text())["precision"] == precision
+
+
+def test_float_input_and_fixed_size_variants(tiny_head, tiny_backbone, tmp_path):
+    """--input float takes normalised [N, 3, S, S]; --fixed-size gives static H, W."""
+    fused = FusedClassifier(tiny_head, tiny_backbone)
+    images = random_photos(3, seed=11, size=(120, 160))
+    with torch.no_grad():
+        pixels = fused.preprocess(torch.from_numpy(images)).numpy()
+        expected = fused(torch.from_numpy(images))[0].numpy()
+
+    out = export(tiny_head, tiny_backbone, tmp_path / "float", input_kind="float", log=lambda _: None)
+    meta = read_metadata(out["onnx"])
+    assert meta["input"]["kind"] == "float" and meta["input"]["shape"] == ["N", 3, 224, 224]
+    assert np.abs(reference_scores(out["onnx"], pixels)["scores"] - expected).max() <= 1e-4
+
+    out = export(tiny_head, tiny_backbone, tmp_path / "fixed", fixed_size=(120, 160), log=lambda _: None)
+    dims = [d.dim_param or d.dim_value for d in onnx.load(str(out["onnx"])).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 120, 160, 3] and read_metadata(out["onnx"])["input"]["shape"] == ["N", 120, 160, 3]
+    assert np.abs(reference_scores(out["onnx"], images)["scores"] - expected).max() <= 1e-4
+    with pytest.raises(ValueError, match="fixed-size"):
+        export(tiny_head, tiny_backbone, tmp_path / "bad", input_kind="float", fixed_size=(1, 1))
+
+
+def test_failed_export_leaves_nothing(tiny_head, tiny_backbone, tmp_path, monkeypatch):
+    def half_written(job):
+        (job.stage / "model.onnx").write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(FORMATS, "onnx", replace(FORMATS["onnx"], write=half_written))
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(tiny_head, tiny_backbone, tmp_path / "new", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "model.onnx").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        export(tiny_head, tiny_backbone, existing, log=lambda _: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["existing"] and (existing / "model.onnx").read_bytes() == b"old"
+
+
+def test_unknown_format_is_refused_before_any_work(tiny_head, tiny_backbone, tmp_path):
+    with pytest.raises(ValueError, match="unknown format.*choose from"):
+        export(tiny_head, tiny_backbone, tmp_path / "x", formats="onnx,tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_models_use_external_data(exported_onnx, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_graph, "PROTOBUF_LIMIT", 0)  # as if the weights were over 2 GB
+    path = onnx_graph.save_model(onnx_ir.load(str(exported_onnx / "model.onnx")), tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size > 1_000_000
+    assert path.stat().st_size < (exported_onnx / "model.onnx").stat().st_size / 3
+    images = random_photos(2, seed=5)
+    expected = reference_scores(exported_onnx / "model.onnx", images)["scores"]
+    assert np.abs(reference_scores(path, images)["scores"] - expected).max() == 0

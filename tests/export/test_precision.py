@@ -1,0 +1,60 @@
+"""fp16 and dynamic-int8 variants of the fused graph (ONNX Runtime CPU)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from semobridge_export.onnx_graph import ENCODER_SCOPE, module_scope
+from semobridge_export.precision import label_agreement
+from semobridge_export.reference import reference_scores, synthetic_images
+from tests.helpers import random_photos
+
+
+def _scope(node: onnx.NodeProto) -> str:
+    return module_scope({p.key: p.value for p in node.metadata_props})
+
+
+def test_fp16_keeps_layernorm_preprocessing_and_blend_in_fp32(exported_onnx):
+    onnx.checker.check_model(str(exported_onnx / "model_fp16.onnx"), full_check=True)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(exported_onnx / "model_fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types |= {t.name: t.data_type for t in model.graph.initializer}
+    half = [n for n in model.graph.node if n.op_type == "MatMul" and types.get(n.input[1]) == onnx.TensorProto.FLOAT16]
+    assert half and all(_scope(n) == ENCODER_SCOPE for n in half)
+    for node in model.graph.node:
+        float_inputs = [types[i] for i in node.input if types.get(i) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+        if node.op_type in ("LayerNormalization", "Softmax") or _scope(node) in ("preprocess", "head"):
+            assert onnx.TensorProto.FLOAT16 not in float_inputs, f"{node.op_type} {node.name} runs in fp16"
+
+
+def test_fp16_scores_stay_close_to_fp32(exported_onnx):
+    images = random_photos(6, seed=21, size=(200, 260))
+    fp32 = reference_scores(exported_onnx / "model.onnx", images)
+    fp16 = reference_scores(exported_onnx / "model_fp16.onnx", images)
+    assert fp16["scores"].dtype == np.float32
+    assert np.abs(fp16["scores"] - fp32["scores"]).max() < 5e-3
+    assert np.array_equal(fp16["label"], fp32["label"])
+
+
+def test_int8_quantises_only_the_encoder(exported_onnx):
+    model = onnx.load(str(exported_onnx / "model_int8.onnx"))
+    quantised = [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear")]
+    assert quantised
+    assert not [n for n in model.graph.node if n.op_type == "MatMulInteger" and _scope(n) in ("preprocess", "head")]
+    assert sum(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer) >= 4
+
+
+def test_int8_label_agreement(exported_onnx):
+    images = synthetic_images(16, seed=3)
+    agreement = label_agreement(exported_onnx / "model.onnx", exported_onnx / "model_int8.onnx", images)
+    assert 0.5 <= agreement <= 1.0  # random weights: the scores are close together, some labels flip
+
+
+def test_export_reports_fp16_drift_and_int8_agreement(tiny_head, tiny_backbone, tmp_path):
+    from semobridge_export import export
+
+    lines: list[str] = []
+    export(tiny_head, tiny_backbone, tmp_path / "m", formats=(), half=True, int8_cpu=True,
+           check_images=synthetic_images(4, seed=1), log=lines.append)
+    assert any(line.startswith("fp16: max |score difference| against fp32") for line in lines)
+    assert any(line.startswith("int8: label agreement with fp32") and "on 4 images" in line for line in lines)

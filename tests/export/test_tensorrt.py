@@ -1,0 +1,66 @@
+"""TensorRT: what can be checked without TensorRT (profiles, cache keys, trtexec), the rest skipped."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from semobridge_export.tensorrt import Profile, TensorRTError, build_engine, cache_key, fp32_layer_names, trtexec_command
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+META_DYNAMIC = {"input": {"kind": "uint8", "shape": ["N", "H", "W", 3]}}
+META_FIXED = {"input": {"kind": "uint8", "shape": ["N", 480, 640, 3]}}
+META_FLOAT = {"input": {"kind": "float", "shape": ["N", 3, 224, 224]}}
+
+
+def test_profile_shapes():
+    p = Profile(batch=(1, 4, 32), sizes=((64, 64), (480, 640), (1080, 1920)))
+    assert p.shapes(META_DYNAMIC) == ((1, 64, 64, 3), (4, 480, 640, 3), (32, 1080, 1920, 3))
+    assert p.shapes(META_FIXED) == ((1, 480, 640, 3), (4, 480, 640, 3), (32, 480, 640, 3))
+    assert p.shapes(META_FLOAT) == ((1, 3, 224, 224), (4, 3, 224, 224), (32, 3, 224, 224))
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        Profile(batch=(4, 1, 8)).shapes(META_DYNAMIC)
+    with pytest.raises(ValueError, match="grow"):
+        Profile(sizes=((640, 640), (480, 640), (1080, 1920))).shapes(META_DYNAMIC)
+
+
+def test_cache_key_changes_with_gpu_version_onnx_profile_and_precision():
+    shapes = Profile().shapes(META_DYNAMIC)
+    base = cache_key("abc", "Orin", "10.3.0", shapes, True)
+    assert base == cache_key("abc", "Orin", "10.3.0", shapes, True)
+    others = [
+        cache_key("abd", "Orin", "10.3.0", shapes, True),
+        cache_key("abc", "NVIDIA H100", "10.3.0", shapes, True),
+        cache_key("abc", "Orin", "10.4.0", shapes, True),
+        cache_key("abc", "Orin", "10.3.0", Profile(batch=(1, 2, 16)).shapes(META_DYNAMIC), True),
+        cache_key("abc", "Orin", "10.3.0", shapes, False),
+    ]
+    assert len({base, *others}) == 6
+
+
+def test_trtexec_command(exported_onnx, tmp_path):
+    onnx_path = exported_onnx / "model.onnx"
+    pins = fp32_layer_names(onnx_path)
+    assert pins and any("layer_norm" in n for n in pins)
+    shapes = Profile(batch=(1, 8, 32)).shapes(META_DYNAMIC)
+    cmd = trtexec_command(onnx_path, tmp_path / "m.engine", shapes, True, tmp_path / "t.cache", pins)
+    assert cmd.startswith(f"trtexec --onnx={onnx_path} --saveEngine={tmp_path / 'm.engine'}")
+    assert "--minShapes=image:1x32x32x3 --optShapes=image:8x480x640x3 --maxShapes=image:32x1080x1920x3" in cmd
+    assert "--fp16 --precisionConstraints=obey" in cmd and f"--layerPrecisions={pins[0]}:fp32," in cmd
+    assert f"--timingCacheFile={tmp_path / 't.cache'}" in cmd
+    assert "--fp16" not in trtexec_command(onnx_path, tmp_path / "m.engine", shapes, False, tmp_path / "t.cache", pins)
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")
+def test_without_tensorrt_build_engine_says_how_to_get_it(exported_onnx, tmp_path):
+    lines: list[str] = []
+    with pytest.raises(TensorRTError, match="TensorRT is not installed.*semobridge-build-engine"):
+        build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", cache_dir=tmp_path, log=lines.append)
+    assert lines and lines[0].startswith("equivalent: trtexec --onnx=")
+    assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed here: engine building is unverified")
+def test_build_engine(exported_onnx, tmp_path):
+    engine = build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", Profile(batch=(1, 2, 4)), cache_dir=tmp_path)
+    assert engine.stat().st_size > 0 and engine.with_suffix(".json").is_file()
