@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -160,6 +161,9 @@ def load_backbone(
     if pretrained != RANDOM and not is_local_dir and Path(pretrained).suffix and not Path(pretrained).exists():
         raise BackboneError(f"checkpoint file {pretrained} does not exist")
     torch.manual_seed(seed)
+    quiet = logging.getLogger().manager.disable
+    if pretrained == RANDOM:
+        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": we warn louder below
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name,
@@ -174,6 +178,8 @@ def load_backbone(
             "(e.g. open_clip_pytorch_model.bin), or run a smoke test with --model semobridge-tiny "
             "--pretrained none (random weights, results meaningless)."
         ) from exc
+    finally:
+        logging.disable(quiet)
     model.eval().requires_grad_(False)
     _text_projection_owner(model)  # fail early on towers without a text projection
     size, mean, std = _transform_geometry(preprocess)

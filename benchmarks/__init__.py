@@ -1,0 +1,1 @@
+"""Benchmarks: latency across backends, fit time, and the paper's accuracy protocol."""
