@@ -83,7 +83,8 @@ def encode_items(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings [N·(A+1), d] and labels of the items and their stored augmented copies."""
     views = [(path, label, copy) for path, label in items for copy in range(augment.copies + 1)]
-    key = cache.key(backbone, "image", [[*_file_id(p), c, augment.describe(), seed] for p, _, c in views])
+    aug_id = [augment.describe(), seed] if augment.copies else []
+    key = cache.key(backbone, "image", [[*_file_id(p), c, *aug_id] for p, _, c in views])
     labels = torch.tensor([label for _, label, _ in views], dtype=torch.long)
     cached = cache.get(key)
     if cached is not None:
