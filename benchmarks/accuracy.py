@@ -57,6 +57,15 @@ def find_datasets(root: Path, only: list[str] | None = None) -> dict[str, Path]:
     return found
 
 
+def dataset_keys(text: str) -> list[str]:
+    """"EuroSAT,dtd" -> ["eurosat", "dtd"]; unknown names refused."""
+    specs = {name: find_dataset(name) for name in (n.strip() for n in text.split(",")) if name}
+    unknown = [name for name, spec in specs.items() if spec is None]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"not a paper dataset: {', '.join(unknown)} (known: {', '.join(DATASETS)})")
+    return [spec.key for spec in specs.values()]
+
+
 def mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
@@ -67,9 +76,10 @@ def dataset_mean(runs: list[dict[str, Any]], dataset: str, variant: str, shots: 
                  and (variant == ZERO_SHOT or r["shots"] == shots)])
 
 
-def cells(values: dict[int, float | None], variant: str, shots: tuple[int, ...]) -> list[float | None]:
-    """One table row's values; zero-shot (which has no shots) only in the first column, as in the paper."""
-    return [values.get(k) if variant != ZERO_SHOT or i == 0 else None for i, k in enumerate(shots)]
+def cells(values: dict[int, float | None], variant: str, shots: tuple[int, ...]) -> list[str]:
+    """One table row's percentages; zero-shot (which has no shots) only in the first column, as in the paper."""
+    shown = [values.get(k) if variant != ZERO_SHOT or i == 0 else None for i, k in enumerate(shots)]
+    return ["-" if v is None else f"{v:.2f}" for v in shown]
 
 
 def summary(runs: list[dict[str, Any]], shots: tuple[int, ...]) -> dict[str, dict[int, float | None]]:
@@ -78,7 +88,7 @@ def summary(runs: list[dict[str, Any]], shots: tuple[int, ...]) -> dict[str, dic
     out: dict[str, dict[int, float | None]] = {}
     for variant in (ZERO_SHOT, TRAINING_FREE, TRAINED):
         row: dict[int, float | None] = {}
-        for k in shots:
+        for k in shots[:1] if variant == ZERO_SHOT else shots:
             values = [dataset_mean(runs, d, variant, k) for d in datasets]
             row[k] = mean(values) if all(v is not None for v in values) else None
         if any(v is not None for v in row.values()):
@@ -138,7 +148,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, required=True, help="folder holding the datasets, one sub-folder each, named like the paper's")
-    p.add_argument("--datasets", type=lambda s: [find_dataset(n).key for n in s.split(",")], default=None,
+    p.add_argument("--datasets", type=dataset_keys, default=None,
                    help="only these datasets (comma-separated paper names)")
     p.add_argument("--shots", type=parse_ints, default=SHOT_COUNTS, help="shot counts (default 1,2,4,8,16)")
     p.add_argument("--seeds", type=parse_ints, default=(1, 2, 3), help="CoOp sampling seeds (default 1,2,3)")
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if random_weights:
         label += f" [{MEANINGLESS}]"
     headers = ["variant", "source", *(f"{k} shot{'s' if k > 1 else ''}" for k in args.shots)]
-    lines = [f"# Accuracy: {args.model} ({args.pretrained} weights), top-1 % on the test split", ""]
+    lines = [f"# Accuracy: {args.model} (pretrained={args.pretrained}), top-1 % on the test split", ""]
     if random_weights:
         lines += [f"**{MEANINGLESS}. These numbers only show that the harness runs.**", ""]
     if len(datasets) < len(DATASETS):

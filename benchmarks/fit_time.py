@@ -28,6 +28,7 @@ from semobridge.blend import RANGES, BlendParams, blend
 from semobridge.data import VAL_SHOTS_MAX
 from semobridge.features import FeatureSet
 from semobridge.fit import build_head, fit_features
+from semobridge.model import SeMoBridge
 from semobridge.search import search_blend
 from semobridge.train import train_bridge
 
@@ -55,7 +56,7 @@ def val_accuracy(aff: torch.Tensor, kl: torch.Tensor, labels: torch.Tensor, para
     return float((blend(aff, kl, params).argmax(-1) == labels).float().mean())
 
 
-def tpe_search(head, features: FeatureSet, trials: int, seed: int, progress: bool) -> BlendParams:
+def tpe_search(head: SeMoBridge, features: FeatureSet, trials: int, seed: int, progress: bool) -> BlendParams:
     """The published procedure: `trials` sequential Optuna TPE trials over blend.RANGES, maximising validation accuracy."""
     import optuna
 
@@ -122,7 +123,7 @@ HEADERS = ["device", "C", "K", "fit (training-free) s", "our search s", "our val
 def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(HEADERS, [
         [r["device"], r["classes"], r["shots"], r["fit_s"], r["search_s"], f"{100 * r['search_val_acc']:.2f}", r["tpe_trials"],
-         r["tpe_s"], f"{100 * r['tpe_val_acc']:.2f}", f"{r['tpe_over_search_time']:.1f}x",
+         r["tpe_s"], f"{100 * r['tpe_val_acc']:.2f}", f"{r['tpe_over_search_time']:.3g}x",
          "yes" if r["search_val_acc"] >= r["tpe_val_acc"] else "NO", f"{100 * r['defaults_val_acc']:.2f}",
          r["train_steps"], r["train_s"], r["train_ms_per_step"]]
         for r in rows

@@ -172,14 +172,17 @@ def cuda_events(fn: Callable[[], Any]) -> Timer:
     return timed
 
 
-def sample(timer: Timer, warmup: int, iters: int, budget_s: float, min_iters: int = 3) -> list[float]:
-    """Warm up, then time up to `iters` calls (at least `min_iters`, stopping after `budget_s`)."""
+def sample(timers: list[Timer], warmup: int, iters: int, budget_s: float, min_iters: int = 3) -> list[list[float]]:
+    """Warm up, then time the timers in turn, call by call, so that a change of machine load hits all of them
+    alike: up to `iters` rounds (at least `min_iters`, no new round after `budget_s`). Times per timer."""
     for _ in range(warmup):
-        timer()
-    times: list[float] = []
+        for timer in timers:
+            timer()
+    times: list[list[float]] = [[] for _ in timers]
     start = time.perf_counter()
-    while len(times) < iters and (len(times) < min_iters or time.perf_counter() - start < budget_s):
-        times.append(timer())
+    while len(times[0]) < iters and (len(times[0]) < min_iters or time.perf_counter() - start < budget_s):
+        for timer, out in zip(timers, times):
+            out.append(timer())
     return times
 
 
@@ -275,12 +278,12 @@ class OrtRunner:
     def device(self, images: np.ndarray) -> Timer | None:
         if not self.cuda:
             return None
-        x = torch.from_numpy(images).cuda()
+        self._bound = torch.from_numpy(images).cuda()  # kept alive: the binding holds only its pointer
         binding = self.session.io_binding()
-        binding.bind_input("image", "cuda", 0, np.uint8, list(x.shape), x.data_ptr())
+        binding.bind_input("image", "cuda", 0, np.uint8, list(self._bound.shape), self._bound.data_ptr())
         for output in self.session.get_outputs():
             binding.bind_output(output.name, "cuda", 0)
-        return cuda_events(lambda: (x, self.session.run_with_iobinding(binding)))
+        return cuda_events(lambda: self.session.run_with_iobinding(binding))
 
 
 class TensorRTRunner:
@@ -473,21 +476,23 @@ class Settings:
     budget_s: float
 
 
-def measure(row: Row, runner: Runner, images: np.ndarray, settings: Settings) -> Row:
-    """Fill `row` with host (and device) percentiles; a failure is recorded, not raised."""
+def measure(rows: list[Row], runners: list[Runner], images: np.ndarray, settings: Settings) -> list[Row]:
+    """Fill `rows` (one per runner, calls interleaved) with host and device percentiles; a failure is recorded, not raised."""
     try:
-        host = sample(runner.host(images), settings.warmup, settings.iters, settings.budget_s)
-        row.iters = len(host)
-        row.p50_ms, row.p90_ms, row.p99_ms = percentiles(host)
-        row.images_per_s = row.batch * 1e3 / row.p50_ms
-        device_timer = runner.device(images)
-        if device_timer is not None:
-            dev = sample(device_timer, settings.warmup, settings.iters, settings.budget_s)
-            row.device_p50_ms, row.device_p90_ms, row.device_p99_ms = percentiles(dev)
-            row.device_images_per_s = row.batch * 1e3 / row.device_p50_ms
+        host = sample([r.host(images) for r in runners], settings.warmup, settings.iters, settings.budget_s)
+        for row, times in zip(rows, host):
+            row.iters = len(times)
+            row.p50_ms, row.p90_ms, row.p99_ms = percentiles(times)
+            row.images_per_s = row.batch * 1e3 / row.p50_ms
+        device_timers = [r.device(images) for r in runners]
+        if all(t is not None for t in device_timers):
+            for row, times in zip(rows, sample(device_timers, settings.warmup, settings.iters, settings.budget_s)):
+                row.device_p50_ms, row.device_p90_ms, row.device_p99_ms = percentiles(times)
+                row.device_images_per_s = row.batch * 1e3 / row.device_p50_ms
     except Exception as exc:  # one failing case must not lose the others
-        row.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    return row
+        for row in rows:
+            row.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return rows
 
 
 def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
@@ -505,16 +510,15 @@ def random_images(batch: int, hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 
 def run_backend(backend: Backend, models: Models, sizes, batches: tuple[int, ...], settings: Settings, bar) -> list[Row]:
-    """Every case of one backend, fused and bare interleaved per case."""
-    runners = {kind: backend.load(models, kind) for kind in KINDS}
+    """Every case of one backend, the fused model and the bare encoder timed in turn."""
+    runners = [backend.load(models, kind) for kind in KINDS]
     rows = []
     for label, hw in sizes:
         for batch in batches:
-            images = random_images(batch, hw)
-            for kind in KINDS:
-                bar.set_postfix_str(f"{backend.id} {kind} {label} x{batch}")
-                rows.append(measure(Row(backend.name, backend.precision, backend.device, kind, label, batch), runners[kind], images, settings))
-                bar.update()
+            bar.set_postfix_str(f"{backend.id} {label} x{batch}")
+            case = [Row(backend.name, backend.precision, backend.device, kind, label, batch) for kind in KINDS]
+            rows += measure(case, runners, random_images(batch, hw), settings)
+            bar.update(len(KINDS))
     return rows
 
 
@@ -605,13 +609,13 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
     ]
     m = result["machine"]
     lines = [
-        f"# Latency: {result['model']} ({result['pretrained']} weights), {result['classes']} classes",
+        f"# Latency: {result['model']} (pretrained={result['pretrained']}), {result['classes']} classes",
         "",
         f"Machine: {m['gpu'] or 'no GPU'}; CPU {m['cpu']} x {m['cpu_count']} (torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
         f"Encoder: {result['encoder_gflop_per_image']:.2f} GFLOP per image at {result['image_size']}; "
         f"peak {fmt(result['peak_tflops'])} TFLOPS dense fp16.",
         "Times: host uint8 images in, host outputs back (preprocessing included); device = CUDA events on device-resident input. "
-        "fused/bare = fused model over the bare encoder, same backend and run (device time where measured).",
+        "fused/bare = fused model over the bare encoder, same backend and run, calls interleaved (device time where measured).",
         "",
         markdown_table(TABLE_HEADERS, table),
     ]
@@ -629,11 +633,12 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
 def plot(rows: list[Row], path: Path) -> Path:
     """p50 latency vs batch per backend (fused model), one panel per input size; dashed: device time."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({r.input for r in rows})
+    sizes = list(dict.fromkeys(r.input for r in rows))  # in the order measured
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for key in sorted({(r.backend, r.precision, r.device) for r in rows}):
@@ -643,7 +648,11 @@ def plot(rows: list[Row], path: Path) -> Path:
             line, = ax.plot([r.batch for r in case], [r.p50_ms for r in case], "o-", label="/".join(key))
             if case[0].device_p50_ms is not None:
                 ax.plot([r.batch for r in case], [r.device_p50_ms for r in case], "--", color=line.get_color())
-        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="p50 latency (ms)", title=f"fused model, {size} input")
+        ax.set(yscale="log", xlabel="batch", ylabel="p50 latency (ms)", title=f"fused model, {size} input")
+        ax.set_xscale("log", base=2)
+        batches = sorted({r.batch for r in rows})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

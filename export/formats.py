@@ -116,7 +116,9 @@ FORMATS: dict[str, Format] = {
         Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", "--input, --fixed-size", export_onnx),
         Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", "--half", export_onnx_fp16, True),
         Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", "--int8-cpu", export_onnx_int8, True),
-        Format("pt2", "{stem}.pt2", "CPU, GPU (PyTorch torch.export)", "--input, --fixed-size", export_pt2),
+        Format(
+            "pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", "--input, --fixed-size", export_pt2
+        ),
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
                "--engine, --batch, --sizes", export_engine, True),
     )

@@ -46,15 +46,19 @@ def bicubic(t: torch.Tensor, a: float = CUBIC_A) -> torch.Tensor:
 
 
 def resample_weights(
-    in_length: int | torch.SymInt, out_length: int | torch.SymInt, start: int | torch.SymInt, count: int
+    in_length: int | torch.SymInt,
+    out_length: int | torch.SymInt,
+    start: int | torch.SymInt,
+    count: int,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Weights [count, in_length] of output pixels start..start+count of an antialiased
     bicubic resize in_length -> out_length, exactly as PIL's `precompute_coeffs`."""
     scale = in_length / out_length
     stretch = torch.sym_max(scale, 1.0)  # the filter widens when downscaling (antialias)
     # integer ranges cast to float: TensorRT builds float Range only with constant bounds
-    centre = (torch.arange(count).to(torch.float32) + (start + 0.5)) * scale
-    source = torch.arange(in_length).to(torch.float32) + 0.5
+    centre = (torch.arange(count, device=device).to(torch.float32) + (start + 0.5)) * scale
+    source = torch.arange(in_length, device=device).to(torch.float32) + 0.5
     w = bicubic((source[None, :] - centre[:, None]) / stretch)
     return w / w.sum(dim=1, keepdim=True)
 
@@ -80,9 +84,9 @@ class Preprocess(nn.Module):
         h, w = x.shape[2], x.shape[3]
         short = torch.sym_min(h, w)
         new_h, new_w = resized_length(h, short, S), resized_length(w, short, S)
-        across = resample_weights(w, new_w, crop_start(new_w, S), S)  # [S, W]
+        across = resample_weights(w, new_w, crop_start(new_w, S), S, x.device)  # [S, W]
         x = _to_uint8_range(x @ across.T)  # horizontal pass first, as PIL
-        down = resample_weights(h, new_h, crop_start(new_h, S), S)  # [S, H]
+        down = resample_weights(h, new_h, crop_start(new_h, S), S, x.device)  # [S, H]
         return _to_uint8_range(down @ x)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,9 @@ def describe(head: SeMoBridge) -> str:
 fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
     click.option("--params", help="Fixed blend hyper-parameters (JSON or JSON file); skips the search."),
-    click.option("--search-trials", type=int, help="Blend candidates evaluated on validation [default: 8192]."),
+    click.option(
+        "--search-trials", type=int, help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."
+    ),
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),

@@ -14,8 +14,14 @@ from tqdm.auto import tqdm
 from .blend import RANGES, BlendParams, blend
 from .model import SeMoBridge
 
-DEFAULT_TRIALS = 8192
-CHUNK_ELEMENTS = 1 << 24  # candidates x queries x classes evaluated per op
+MAX_TRIALS, MIN_TRIALS = 8192, 1024
+TRIAL_BUDGET = 1 << 32  # candidates x queries x classes evaluated by default
+CHUNK_ELEMENTS = 1 << 22  # per op: larger chunks thrash the cache on a CPU
+
+
+def default_trials(queries: int, classes: int) -> int:
+    """8,192 candidates for small problems, down to 1,024 for ImageNet-sized validation sets."""
+    return max(MIN_TRIALS, min(MAX_TRIALS, TRIAL_BUDGET // (queries * classes)))
 
 
 def candidate_scores(aff: torch.Tensor, kl: torch.Tensor, labels: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -24,12 +30,14 @@ def candidate_scores(aff: torch.Tensor, kl: torch.Tensor, labels: torch.Tensor, 
     chunk = max(1, CHUNK_ELEMENTS // (N * C))
     keys = []
     for rows in params.split(chunk):
-        z = blend(aff, kl, rows)  # [b, N, C]
-        true = z.gather(-1, labels.expand(len(rows), N)[..., None]).squeeze(-1)
-        other = z.scatter(-1, labels.expand(len(rows), N)[..., None], float("-inf")).amax(-1)
-        correct = (true > other).sum(-1).to(z.dtype)
-        margin = ((true - other) / (z.abs().amax(-1) + 1e-12)).clamp(-1, 1).mean(-1)
-        keys.append(correct + 0.5 * (margin + 1) * (1 - 1e-6))
+        z = blend(aff, kl, rows)  # [b, N, C], positive
+        top, index = z.topk(2, dim=-1)
+        target = labels.expand(len(rows), N)
+        hit = index[..., 0] == target  # argmax == label, as accuracy counts it
+        true = z.gather(-1, target[..., None]).squeeze(-1)
+        other = torch.where(hit, top[..., 1], top[..., 0])  # the best wrong class
+        margin = ((true - other) / (top[..., 0] + 1e-12)).clamp(-1, 1).mean(-1)
+        keys.append(hit.sum(-1).to(z.dtype) + 0.5 * (margin + 1) * (1 - 1e-6))
     return torch.cat(keys)
 
 
@@ -47,7 +55,7 @@ def search_blend(
     progress: bool = True,
 ) -> BlendParams:
     """The blend hyper-parameters with the best validation accuracy among `trials` candidates."""
-    trials = trials or DEFAULT_TRIALS
+    trials = trials or default_trials(len(val_label), head.num_classes)
     device = head.text_classifier.device
     aff = head.affinities(val_image.to(device))
     labels, kl = val_label.to(device), head.class_kl

@@ -1,0 +1,100 @@
+"""The benchmark harnesses run end to end at CI size and write what they promise (no timing assertions)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import accuracy, fit_time, latency
+from tests.helpers import write_image_folder
+
+ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
+              "images_per_s", "device_p50_ms", "device_p90_ms", "device_p99_ms", "device_images_per_s", "peak_fraction", "fused_over_bare", "status"}
+
+
+@pytest.fixture(scope="module")
+def quick_latency(tmp_path_factory) -> tuple[dict, Path, str]:
+    """latency --quick on two CPU backends (one PyTorch, one ONNX Runtime), the rest skipped."""
+    out = tmp_path_factory.mktemp("latency")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = latency.main(["--quick", "--out", str(out), "--backends", "torch-eager/*/cpu,onnxruntime-cpu/fp32/*"])
+    return result, out, printed.getvalue()
+
+
+def test_latency_writes_table_json_csv_and_plot(quick_latency) -> None:
+    result, out, printed = quick_latency
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.csv", "results.md", "latency.png"}
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["model"] == "semobridge-tiny" and saved["encoder_gflop_per_image"] > 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == ROW_FIELDS
+    ran = {(r["backend"], r["precision"], r["model"], int(r["batch"])) for r in rows if r["status"] == "ok"}
+    assert ran == {(b, "fp32", m, n) for b in ("torch-eager", "onnxruntime-cpu") for m in ("fused", "bare") for n in (1, 2)}
+    fused = [r for r in saved["rows"] if r["model"] == "fused"]
+    assert all(r["fused_over_bare"] > 0 and r["peak_fraction"] is None for r in fused)
+    for header in ("| backend | precision | device | input | batch | p50 ms | p90 ms | p99 ms | images/s", "fused/bare",
+                   "## Skipped backends", "## Targets"):
+        assert header in printed
+
+
+def test_latency_lists_skipped_backends_with_reasons(quick_latency) -> None:
+    result, _, printed = quick_latency
+    reasons = {(s["backend"], s["precision"], s["device"]): s["reason"] for s in result["skipped"]}
+    assert "not selected" in reasons[("onnxruntime-cpu", "int8", "cpu")]
+    if not torch.cuda.is_available():
+        assert reasons[("torch-cuda-graph", "fp16", "cuda")] == "no CUDA device"
+        assert reasons[("tensorrt", "fp16", "cuda")] in ("no CUDA device", "tensorrt not installed")
+    assert all(reason for reason in reasons.values())
+    assert "| onnxruntime-cuda | fp16 | cuda |" in printed
+    assert all(t["met"] is None for t in result["targets"])  # the targets are for ViT-B/16, not the tiny model
+
+
+def test_peak_table_and_sizes() -> None:
+    assert latency.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert latency.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert latency.peak_tflops(None) is None and latency.peak_tflops("Some GPU") is None
+    assert latency.parse_sizes("224x224,1280x720") == [("224x224", (224, 224)), ("1280x720", (720, 1280))]
+
+
+def test_fit_time_quick_compares_both_searches(tmp_path: Path, capsys) -> None:
+    result = fit_time.main(["--quick", "--no-progress", "--devices", "cpu", "--tpe-trials", "20", "--steps", "3", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert [(r["classes"], r["shots"]) for r in result["rows"]] == [(10, 1), (10, 16)]
+    for row in result["rows"]:
+        assert row["tpe_trials"] == 20 and row["train_steps"] == 3
+        assert 0 <= row["search_val_acc"] <= 1 and 0 <= row["tpe_val_acc"] <= 1
+        assert row["search_s"] > 0 and row["tpe_s"] > 0 and row["tpe_over_search_time"] > 0
+    assert "our val acc" in printed and "TPE val acc" in printed and "TPE time / ours" in printed
+    assert json.loads((tmp_path / "fit_time.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:
+    write_image_folder(tmp_path / "data" / "eurosat", {"train": 3, "val": 1, "test": 2}, classes=("Forest", "River", "Highway or Road"))
+    (tmp_path / "data" / "my_photos").mkdir()  # not a paper dataset: ignored
+    out = tmp_path / "out"
+    result = accuracy.main(["--root", str(tmp_path / "data"), "--model", "semobridge-tiny", "--pretrained", "none", "--shots", "1",
+                            "--seeds", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert result["datasets"] == ["eurosat"] and result["meaningless"] is True
+    assert "RANDOM WEIGHTS" in captured.err
+    assert "| variant | source | 1 shot |" in captured.out
+    assert "| SeMoBridge (training-free) | published (11 datasets, ViT-B/16) | 72.25 |" in captured.out
+    assert "| zero-shot CLIP | published (11 datasets, ViT-B/16) | 65.52 |" in captured.out
+    assert "MEANINGLESS" in captured.out
+    saved = json.loads((out / "accuracy.json").read_text())
+    assert {r["variant"] for r in saved["runs"]} == {"SeMoBridge (training-free)", "zero-shot CLIP"}
+    assert saved["published"]["SeMoBridge-T"]["16"] == 82.20
+
+
+def test_accuracy_without_paper_datasets_says_what_it_expects(tmp_path: Path) -> None:
+    (tmp_path / "holiday").mkdir()
+    with pytest.raises(SystemExit, match="eurosat"):
+        accuracy.main(["--root", str(tmp_path), "--pretrained", "none"])
