@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/accuracy.py
 
 from tqdm.auto import tqdm
 
-from benchmarks.common import REPO, default_out, machine, markdown_table, parse_ints, write_json
+from benchmarks.common import REPO, default_out, machine, markdown_table, parse_ints, write_report
 from semobridge.backbones import RANDOM_WARNING, load_backbone
 from semobridge.datasets import DATASETS, SHOT_COUNTS, find_dataset
 from semobridge.encode import EmbeddingCache
@@ -202,9 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "published": {v: {str(k): x for k, x in row.items()} for v, row in PUBLISHED.items()},
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "accuracy.json", result)
-    (args.out / "accuracy.md").write_text(text + "\n", encoding="utf-8")
+    write_report(args.out, "accuracy", result, text)
     return result
 
 

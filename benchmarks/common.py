@@ -129,6 +129,12 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def write_report(out: Path, stem: str, data: Any, text: str) -> None:
+    """`<stem>.json` and the markdown `<stem>.md` into `out`."""
+    write_json(out / f"{stem}.json", data)
+    (out / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:

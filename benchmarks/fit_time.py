@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/fit_time.py
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_json
+from benchmarks.common import default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_report
 from semobridge.blend import RANGES, BlendParams, blend
 from semobridge.data import VAL_SHOTS_MAX
 from semobridge.features import FeatureSet
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nothing more.", *(f"- {n}" for n in notes), "", table(rows),
     ])
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "fit_time.json", result)
-    (args.out / "fit_time.md").write_text(text + "\n", encoding="utf-8")
+    write_report(args.out, "fit_time", result, text)
     return result
 
 
