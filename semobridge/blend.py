@@ -74,10 +74,10 @@ def blend(aff: torch.Tensor, kl: torch.Tensor, params: torch.Tensor) -> torch.Te
     single = params.ndim == 1
     p = params.reshape(-1, 7, 1, 1).to(aff)
     sigma, alpha, beta, gamma, l1, l2, l3 = p.unbind(1)
-    w = torch.exp(sigma * kl)  # [B, 1, C]
-    z = (
-        l1 * torch.exp(-alpha * (1 - aff[0]))
-        + l2 * w * torch.exp(-beta * (1 - aff[1]))
-        + l3 * w * torch.exp(-gamma * (1 - aff[2]))
-    )
+    log_w = sigma * kl  # log w_c, [B, 1, C]
+    # λ w exp(s (a - 1)) = exp(log λ + log w - s + s a) (no w in the first term): one fused
+    # pass per term, and λ = 0 gives exp(-inf) = 0
+    z = torch.addcmul(l1.log() - alpha, alpha, aff[0]).exp_()
+    z.add_(torch.addcmul(l2.log() + log_w - beta, beta, aff[1]).exp_())
+    z.add_(torch.addcmul(l3.log() + log_w - gamma, gamma, aff[2]).exp_())
     return z[0] if single else z
