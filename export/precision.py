@@ -1,16 +1,15 @@
 """Reduced-precision copies of an exported fp32 graph: fp16 (GPU) and dynamic int8 (CPU/ARM)."""
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import onnx_ir as ir
 
 from semobridge.files import atomic_output
+from semobridge.logs import quiet_root_logger
 
 from .metadata import METADATA_KEY, metadata_props, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
@@ -87,7 +86,7 @@ def to_int8(src: Path, dst: Path) -> Path:
     graph = ir.load(str(src)).graph
     encoder = {n.name for n in encoder_nodes(graph)}
     exclude = [n.name for n in graph if n.name not in encoder]
-    with atomic_output(dst) as tmp, _quiet_root_logger():
+    with atomic_output(dst) as tmp, quiet_root_logger():
         quantize_dynamic(
             str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
             weight_type=QuantType.QInt8, per_channel=False, extra_options={"MatMulConstBOnly": True},
@@ -95,18 +94,6 @@ def to_int8(src: Path, dst: Path) -> Path:
         model = ir.load(str(tmp))
         save_model(model, tmp, _props(model, "int8"))
     return Path(dst)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """quantize_dynamic logs advice about calibration pre-processing to the root logger; not ours to show."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def label_agreement(reference: Path, candidate: Path, images: Iterable[np.ndarray]) -> float:

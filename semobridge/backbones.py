@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from typing import Iterator, Sequence
 import open_clip
 import torch
 from torch import nn
+
+from .logs import quiet_root_logger
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -161,16 +162,16 @@ def load_backbone(
     if pretrained != RANDOM and not is_local_dir and Path(pretrained).suffix and not Path(pretrained).exists():
         raise BackboneError(f"checkpoint file {pretrained} does not exist")
     torch.manual_seed(seed)
-    quiet = logging.getLogger().manager.disable
-    if pretrained == RANDOM:
-        logging.disable(logging.WARNING)  # open_clip's "initialized randomly": we warn louder below
+    # open_clip logs "initialized randomly" to the root logger; we warn louder below
+    quiet = quiet_root_logger() if pretrained == RANDOM else contextlib.nullcontext()
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name,
-            pretrained=None if (pretrained == RANDOM or is_local_dir) else pretrained,
-            load_weights=pretrained != RANDOM,
-            device=device,
-        )
+        with quiet:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=None if (pretrained == RANDOM or is_local_dir) else pretrained,
+                load_weights=pretrained != RANDOM,
+                device=device,
+            )
     except Exception as exc:  # open_clip raises many kinds; all mean "could not get the weights"
         raise BackboneError(
             f"could not load {name} with pretrained={pretrained!r}: {exc}\n"
@@ -178,8 +179,6 @@ def load_backbone(
             "(e.g. open_clip_pytorch_model.bin), or run a smoke test with --model semobridge-tiny "
             "--pretrained none (random weights, results meaningless)."
         ) from exc
-    finally:
-        logging.disable(quiet)
     model.eval().requires_grad_(False)
     _text_projection_owner(model)  # fail early on towers without a text projection
     size, mean, std = _transform_geometry(preprocess)
