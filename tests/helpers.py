@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semobridge.blend import BlendParams
+from benchmarks.common import info_for
+from benchmarks.common import synthetic_features as benchmark_features  # one generator for tests and figures
 from semobridge.features import FeatureSet
 from semobridge.model import ModelInfo
 
@@ -40,28 +41,9 @@ def write_image_folder(root: Path, counts: dict[str, int], classes=("red fox", "
 
 
 def synthetic_features(classes: int = 8, shots: int = 4, val: int = 4, seed: int = 0, d_t: int = 48, d: int = 64) -> FeatureSet:
-    """CLIP-like embeddings with a modality gap: images = class signal + shared offset + noise."""
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(d_t, d, generator=g) * 0.15
-    text_dirs = torch.randn(classes, d_t, generator=g)
-    prompts_per_class = 3
-    eos = 5 * (text_dirs.repeat_interleave(prompts_per_class, 0) + 0.3 * torch.randn(classes * prompts_per_class, d_t, generator=g))
-    gap = 2 * torch.randn(d, generator=g)
-
-    def images(k):
-        y = torch.arange(classes).repeat_interleave(k)
-        return text_dirs[y] @ W + gap + 3.0 * torch.randn(len(y), d, generator=g), y
-
-    shot_image, shot_label = images(shots)
-    val_image, val_label = images(val) if val else (None, None)
-    return FeatureSet(
-        W, eos, torch.arange(classes).repeat_interleave(prompts_per_class), shot_image, shot_label,
-        val_image, val_label, 100.0, [f"class {i}" for i in range(classes)],
-    )
+    """CLIP-like embeddings with a modality gap, small enough for tests (the benchmarks' generator)."""
+    return benchmark_features(classes, shots, val, d_t, d, seed=seed)
 
 
 def features_info(features: FeatureSet) -> ModelInfo:
-    return ModelInfo(
-        class_names=features.class_names, backbone={"name": "synthetic", "pretrained": "none", "weights_hash": "0"},
-        image_size=224, mean=[0.5] * 3, std=[0.5] * 3, params=BlendParams().to_dict(),
-    )
+    return info_for(features, {"name": "synthetic", "pretrained": "none", "weights_hash": "0"})
