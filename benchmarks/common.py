@@ -88,12 +88,30 @@ def default_out(suffix: str = "") -> Path:
     return RESULTS / f"{dt.date.today().isoformat()}-{device_slug()}{suffix}"
 
 
+#: CPU features that decide matrix-product speed (x86 vector widths and int8 dot products; Arm dot products).
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its matrix-relevant features, from /proc/cpuinfo where there is one."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name") or fields.get("Model") or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    found = [f for f in CPU_FEATURES if f in flags]
+    return f"{name} ({platform.machine()}{': ' + ' '.join(found) if found else ''})"
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import onnxruntime
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu_name(),
         "python": platform.python_version(),

@@ -55,7 +55,7 @@ class Job:
 
 def export_onnx(job: Job) -> Path:
     """fp32 ONNX graph: uint8 pixels (or normalised floats) -> scores, label, embedding."""
-    path = save_model(to_onnx(job.program), job.path("onnx"), metadata_props(job.meta))
+    path = save_model(to_onnx(job.program, job.fused.output_names), job.path("onnx"), metadata_props(job.meta))
     job.write_sidecar(path, job.meta)
     return path
 

@@ -23,6 +23,8 @@ class FusedClassifier(nn.Module):
     never touches the caller's models.
     """
 
+    output_names: tuple[str, ...] = OUTPUT_NAMES  # what forward returns, in order (the ONNX graph's output names)
+
     def __init__(self, head: SeMoBridge, backbone: Backbone, input_kind: str = "uint8"):
         super().__init__()
         if input_kind not in INPUT_KINDS:

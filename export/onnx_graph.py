@@ -50,13 +50,13 @@ def module_scope(props: Mapping[str, str]) -> str:
     return names[1] if len(names) > 1 else ""
 
 
-def to_onnx(program: ExportedProgram) -> onnx_ir.Model:
-    """The traced program as an ONNX model (dynamo exporter, OPSET), input `image`, outputs OUTPUT_NAMES."""
+def to_onnx(program: ExportedProgram, output_names: tuple[str, ...] = OUTPUT_NAMES) -> onnx_ir.Model:
+    """The traced program as an ONNX model (dynamo exporter, OPSET), input `image`, outputs `output_names`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own chatter, not about this model
         onnx_program = torch.onnx.export(
             program, (), None, dynamo=True, opset_version=OPSET, input_names=["image"],
-            output_names=list(OUTPUT_NAMES), verbose=False, optimize=True,
+            output_names=list(output_names), verbose=False, optimize=True,
         )
     model = onnx_program.model
     _name_input_dims(model, INPUT_DIM_NAMES)

@@ -79,18 +79,24 @@ def to_fp16(src: Path, dst: Path) -> Path:
     return save_model(model, dst, _props(model, "fp16"))
 
 
-def to_int8(src: Path, dst: Path) -> Path:
-    """ONNX Runtime dynamic int8 quantisation of the encoder's matrix products (CPU/ARM targets)."""
+def quantize_matmuls(src: Path, dst: Path, exclude: Iterable[str] = ()) -> None:
+    """ONNX Runtime dynamic int8 quantisation of the MatMul/Gemm nodes with constant weights, except `exclude`:
+    int8 weights per tensor, uint8 activations quantised at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    graph = ir.load(str(src)).graph
-    encoder = {n.name for n in encoder_nodes(graph)}
-    exclude = [n.name for n in graph if n.name not in encoder]
-    with atomic_output(dst) as tmp, quiet_root_logger():
+    with quiet_root_logger():
         quantize_dynamic(
-            str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+            str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=list(exclude),
             weight_type=QuantType.QInt8, per_channel=False, extra_options={"MatMulConstBOnly": True},
         )
+
+
+def to_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantisation of the encoder's matrix products (CPU/ARM targets)."""
+    graph = ir.load(str(src)).graph
+    encoder = {n.name for n in encoder_nodes(graph)}
+    with atomic_output(dst) as tmp:
+        quantize_matmuls(src, tmp, exclude=[n.name for n in graph if n.name not in encoder])
         model = ir.load(str(tmp))
         save_model(model, tmp, _props(model, "int8"))
     return Path(dst)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy, fit_time, latency
+from benchmarks import accuracy, fit_time, latency, spinning
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
-              "images_per_s", "device_p50_ms", "device_p90_ms", "device_p99_ms", "device_images_per_s", "peak_fraction", "fused_over_bare", "status"}
+              "images_per_s", "device_p50_ms", "device_p90_ms", "device_p99_ms", "device_images_per_s", "peak_fraction", "fused_over_bare", "cpu_matmul_gflop_per_s", "status"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,12 @@ def test_latency_writes_table_json_csv_and_plot(quick_latency) -> None:
     ran = {(r["backend"], r["precision"], r["model"], int(r["batch"])) for r in rows if r["status"] == "ok"}
     assert ran == {(b, "fp32", m, n) for b in ("torch-eager", "onnxruntime-cpu") for m in ("fused", "bare") for n in (1, 2)}
     fused = [r for r in saved["rows"] if r["model"] == "fused"]
-    assert all(r["fused_over_bare"] > 0 and r["peak_fraction"] is None for r in fused)
+    assert all(r["fused_over_bare"] > 0 for r in fused)
+    assert saved["cpu_matmul_shape"] == [latency.MATMUL_ROWS, 64, 256]  # semobridge-tiny's MLP: width 64 -> 256
+    for r in fused:  # on the CPU, % of peak = the encoder's FLOP rate over the reference MatMul's, timed with the case
+        assert r["cpu_matmul_gflop_per_s"] > 0
+        assert r["peak_fraction"] == pytest.approx(saved["encoder_gflop_per_image"] * r["images_per_s"] / r["cpu_matmul_gflop_per_s"])
+    assert "CPU reference: one 256x64x256 matrix product" in printed and "PyTorch fp32" in printed
     for header in ("| backend | precision | device | input | batch | p50 ms | p90 ms | p99 ms | images/s", "fused/bare",
                    "## Skipped backends", "## Targets"):
         assert header in printed
@@ -57,11 +62,30 @@ def test_latency_lists_skipped_backends_with_reasons(quick_latency) -> None:
     assert all(t["met"] is None for t in result["targets"])  # the targets are for ViT-B/16, not the tiny model
 
 
+def test_cpu_targets_name_the_machine_floor() -> None:
+    rows = [latency.Row("onnxruntime-cpu", p, "cpu", "fused", "224x224", 1, p50_ms=ms, cpu_matmul_gflop_per_s=rate)
+            for p, ms, rate in (("int8", 120.0, 350.0), ("fp32", 130.0, 390.0))]
+    cpu = [t for t in latency.targets(rows, "ViT-B-16", None, 2, 35e9) if t["target"].startswith("CPU")]
+    found = {t["target"].split(" fused ")[1].split(",")[0]: t for t in cpu}
+    assert found["int8"]["met"] is False and "floor of 100 ms" in found["int8"]["note"]  # 35 GFLOP at 350 GOP/s
+    assert found["fp32"]["met"] is True and found["fp32"]["note"] == ""  # 90 ms floor, under the 140 ms target: no note
+
+
 def test_peak_table_and_sizes() -> None:
     assert latency.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert latency.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert latency.peak_tflops(None) is None and latency.peak_tflops("Some GPU") is None
     assert latency.parse_sizes("224x224,1280x720") == [("224x224", (224, 224)), ("1280x720", (720, 1280))]
+
+
+def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
+    result = spinning.main(["--model", "semobridge-tiny", "--blocks", "1", "--calls", "2", "--out", str(tmp_path)])
+    assert [r["precision"] for r in result["rows"]] == ["fp32", "int8"]
+    for row in result["rows"]:
+        assert row["calls"] == 2 and row["spinning_on_p50_ms"] > 0 and row["spinning_off_p50_ms"] > 0
+        assert row["off_over_on"] == pytest.approx(row["spinning_off_p50_ms"] / row["spinning_on_p50_ms"])
+    assert "| precision | calls each | spinning on p50 ms |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "spinning.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
 def test_fit_time_quick_compares_both_searches(tmp_path: Path, capsys) -> None:

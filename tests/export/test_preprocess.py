@@ -35,8 +35,7 @@ def preprocess_onnx(tiny_backbone, tmp_path_factory):
     example = torch.randint(0, 256, (2, S + 37, S + 91, 3), dtype=torch.uint8)
     dims = {"image": {0: torch.export.Dim("N"), 1: torch.export.Dim("H"), 2: torch.export.Dim("W")}}
     program = torch.export.export(pre, (example,), dynamic_shapes=dims, strict=False)
-    model = to_onnx(program)
-    model.graph.outputs[0].name = "pixels"
+    model = to_onnx(program, ("pixels",))
     path = save_model(model, tmp_path_factory.mktemp("pre") / "preprocess.onnx")
     return pre, session(path)
 

@@ -1,0 +1,91 @@
+"""One ONNX Runtime CPU session on its own, as an app runs it, with intra-op spinning on (ONNX Runtime's
+default) and off (what latency.py uses, since it interleaves sessions): how much the difference costs.
+
+Sessions are made afresh for each block of calls, blocks alternate between the two settings, and no
+other session exists meanwhile.
+
+    python -m benchmarks.spinning                    # ViT-B-16 fused fp32 and int8, batch 1, 224x224
+    python -m benchmarks.spinning --model semobridge-tiny --blocks 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/spinning.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks.common import default_out, machine, markdown_table, write_report
+from benchmarks.latency import build_models, parse_args as latency_args, parse_sizes, random_images
+
+FORMATS = {"fp32": "onnx", "int8": "onnx-int8"}
+
+
+def time_block(path: Path, spinning: bool, images: np.ndarray, warmup: int, calls: int) -> list[float]:
+    """`calls` timed runs (ms) of a fresh session with intra-op spinning on or off, after `warmup` runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"image": images}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--blocks", type=int, default=6, help="blocks per setting (default 6)")
+    p.add_argument("--calls", type=int, default=10, help="timed calls per block (default 10)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-spinning/)")
+    args = p.parse_args(argv)
+    out = args.out or default_out("-spinning")
+    images = random_images(1, (224, 224))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="semobridge-spinning-") as tmp:
+        models = build_models(latency_args(["--model", args.model]), Path(tmp), parse_sizes("224x224"), (1,))
+        paths = {precision: models.artifact("fused", fmt) for precision, fmt in FORMATS.items()}
+        with tqdm(total=len(paths) * args.blocks * 2, desc="spinning", file=sys.stderr) as bar:
+            for precision, path in paths.items():
+                times: dict[bool, list[float]] = {True: [], False: []}
+                for _ in range(args.blocks):
+                    for spinning in (True, False):
+                        times[spinning] += time_block(path, spinning, images, warmup=2, calls=args.calls)
+                        bar.update()
+                on, off = statistics.median(times[True]), statistics.median(times[False])
+                rows.append({"precision": precision, "calls": len(times[True]), "spinning_on_p50_ms": on,
+                             "spinning_off_p50_ms": off, "off_over_on": off / on})
+    m = machine()
+    text = "\n".join([
+        f"# ONNX Runtime CPU, one session alone: intra-op spinning on vs off ({args.model} fused, batch 1, 224x224)",
+        "",
+        f"CPU {m['cpu']} x {m['cpu_count']}, onnxruntime {m['onnxruntime']}. Fresh session per block of {args.calls} calls, "
+        f"{args.blocks} blocks per setting, alternating.",
+        "",
+        markdown_table(["precision", "calls each", "spinning on p50 ms", "spinning off p50 ms", "off / on"],
+                       [[r["precision"], r["calls"], r["spinning_on_p50_ms"], r["spinning_off_p50_ms"], r["off_over_on"]] for r in rows]),
+    ])
+    print(text)
+    result = {"benchmark": "spinning", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "machine": m, "rows": rows}
+    write_report(out, "spinning", result, text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
