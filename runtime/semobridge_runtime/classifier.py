@@ -48,11 +48,13 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
-             intra_op_num_threads: int | None = None) -> Classifier:
+             intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
         providers: ONNX Runtime execution providers; default TensorRT, CUDA, CPU as available.
+        allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
+            False lets them sleep, leaving the cores to the app's other threads and sessions.
         """
         path = Path(path)
         if not path.is_file():
@@ -61,7 +63,7 @@ class Classifier:
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
-            return cls(OnnxRuntimeBackend(path, providers, intra_op_num_threads))
+            return cls(OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning))
         if backend == "tensorrt":
             from .backends.trt import TensorRTBackend
             return cls(TensorRTBackend(path))

@@ -17,6 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
     return parser
 
 
@@ -39,7 +42,8 @@ def _as_text(images: list[str], result: Prediction) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        classifier = Classifier.load(args.model, backend=args.backend)
+        classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
+                                     allow_spinning=not args.no_spinning)
         result = classifier.predict(args.images, top_k=args.top_k)
     except (InputError, ModelError) as exc:
         print(f"semobridge-run: error: {exc}", file=sys.stderr)

@@ -59,10 +59,11 @@ def parse_classify(stdout: str) -> dict[str, dict]:
     return results
 
 
+@pytest.mark.parametrize("flags", [[], ["--threads", "1", "--no-spinning"]])
 def test_classify_example_matches_python(c_build: Path, onnx_model: Path, images: list[np.ndarray],
-                                         tmp_path: Path) -> None:
+                                         tmp_path: Path, flags: list[str]) -> None:
     paths = [write_ppm(tmp_path / f"img{i}.ppm", image) for i, image in enumerate(images)]
-    done = subprocess.run([c_build / "examples" / "classify", "--scores", "--top-k", "3", onnx_model, *paths],
+    done = subprocess.run([c_build / "examples" / "classify", *flags, "--scores", "--top-k", "3", onnx_model, *paths],
                           capture_output=True, text=True, check=True)
     results = parse_classify(done.stdout)
     expected = Classifier.load(onnx_model, providers=["CPUExecutionProvider"]).predict(images, top_k=3)
@@ -76,13 +77,14 @@ def test_classify_example_matches_python(c_build: Path, onnx_model: Path, images
 class Params(ctypes.Structure):
     _fields_ = [("intra_op_num_threads", ctypes.c_int), ("inter_op_num_threads", ctypes.c_int),
                 ("use_cuda", ctypes.c_bool), ("cuda_device_id", ctypes.c_int),
-                ("graph_optimization_level", ctypes.c_int)]
+                ("graph_optimization_level", ctypes.c_int), ("allow_spinning", ctypes.c_bool)]
 
 
 @pytest.fixture(scope="session")
 def lib(c_build: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(c_build / "libsemobridge.so"))
     lib.sb_default_params.restype = Params
+    assert lib.sb_default_params().allow_spinning is True  # the struct's layout and default, as the header says
     lib.sb_open_with_error.restype = ctypes.c_void_p
     lib.sb_open_with_error.argtypes = [ctypes.c_char_p, Params, ctypes.c_char_p, ctypes.c_size_t]
     lib.sb_close.argtypes = [ctypes.c_void_p]

@@ -120,6 +120,16 @@ def test_float_variant(make_model) -> None:
     assert clf.embed(x).shape == (3, clf.info.embedding_dim)
 
 
+def test_thread_settings_reach_the_session(onnx_model: Path, images: list[np.ndarray]) -> None:
+    spin_key = "session.intra_op.allow_spinning"
+    default = Classifier.load(onnx_model, providers=["CPUExecutionProvider"])
+    quiet = Classifier.load(onnx_model, providers=["CPUExecutionProvider"], intra_op_num_threads=1, allow_spinning=False)
+    assert default._backend._session.get_session_options().get_session_config_entry(spin_key) == "1"
+    options = quiet._backend._session.get_session_options()
+    assert options.get_session_config_entry(spin_key) == "0" and options.intra_op_num_threads == 1
+    np.testing.assert_allclose(quiet.predict(images).scores, default.predict(images).scores, rtol=0, atol=1e-5)
+
+
 def test_threads_match_sequential(onnx_model: Path, images: list[np.ndarray]) -> None:
     clf = Classifier.load(onnx_model)
     jobs = []

@@ -40,6 +40,8 @@ def test_text_output(onnx_model: Path, image_files: list[str], capsys) -> None:
     assert main([str(onnx_model), image_files[0], "--top-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == image_files[0] and len(lines) == 2
+    assert main([str(onnx_model), image_files[0], "--top-k", "1", "--threads", "1", "--no-spinning"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
 
 
 def test_errors_exit_2(onnx_model: Path, tmp_path: Path, capsys) -> None:

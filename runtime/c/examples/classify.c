@@ -1,6 +1,6 @@
 /* classify - print the top-k classes of binary PPM (P6) images with a semobridge model.
  *
- *   classify [--top-k K] [--scores] [--threads N] MODEL IMAGE.ppm...
+ *   classify [--top-k K] [--scores] [--threads N] [--no-spinning] MODEL IMAGE.ppm...
  *
  * Per image:  "<path>", "  label <index> <name>", then k lines "  top <index> <score> <name>",
  * and with --scores one line "  scores <s0> <s1> ..." with every class score.
@@ -90,10 +90,11 @@ int main(int argc, char ** argv) {
         if (strcmp(argv[i], "--scores") == 0) print_scores = 1;
         else if (strcmp(argv[i], "--top-k") == 0 && i + 1 < argc) top_k = atoi(argv[++i]);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) params.intra_op_num_threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--no-spinning") == 0) params.allow_spinning = false;
         else break;
     }
     if (argc - i < 2 || top_k < 1) {
-        fprintf(stderr, "usage: %s [--top-k K] [--scores] [--threads N] MODEL IMAGE.ppm...\n", argv[0]);
+        fprintf(stderr, "usage: %s [--top-k K] [--scores] [--threads N] [--no-spinning] MODEL IMAGE.ppm...\n", argv[0]);
         return 2;
     }
     struct sb_model * model = sb_open_with_error(argv[i], params, err, sizeof err);

@@ -78,9 +78,11 @@ struct sb_params {
     bool use_cuda;               /* sb_open fails (no silent CPU fallback) if the CUDA EP is unavailable */
     int cuda_device_id;
     enum sb_graph_opt graph_optimization_level;
+    bool allow_spinning;         /* true: ORT's CPU threads spin between calls (lowest latency); false: they
+                                    sleep, leaving the cores to the app's other threads and sessions */
 };
 
-/* Defaults: ORT thread counts, CPU only, all graph optimisations. */
+/* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads. */
 SB_API struct sb_params sb_default_params(void);
 
 /* Open a model; NULL on failure. */

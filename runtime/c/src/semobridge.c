@@ -85,6 +85,7 @@ struct sb_params sb_default_params(void) {
         .use_cuda = false,
         .cuda_device_id = 0,
         .graph_optimization_level = SB_GRAPH_OPT_ALL,
+        .allow_spinning = true,
     };
     return p;
 }
@@ -238,6 +239,8 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     ORT_TRY(m, api->CreateSessionOptions(&options), "creating session options");
     ORT_TRY(m, api->SetIntraOpNumThreads(options, p.intra_op_num_threads), "setting intra_op_num_threads");
     ORT_TRY(m, api->SetInterOpNumThreads(options, p.inter_op_num_threads), "setting inter_op_num_threads");
+    ORT_TRY(m, api->AddSessionConfigEntry(options, "session.intra_op.allow_spinning", p.allow_spinning ? "1" : "0"),
+            "setting allow_spinning");
     ORT_TRY(m, api->SetSessionGraphOptimizationLevel(options, (GraphOptimizationLevel) p.graph_optimization_level),
             "setting graph_optimization_level");
     if (p.use_cuda) {

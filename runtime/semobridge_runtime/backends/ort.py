@@ -33,10 +33,11 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, providers: Sequence[str] | None = None,
-                 intra_op_num_threads: int | None = None) -> None:
+                 intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> None:
         options = ort.SessionOptions()
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = intra_op_num_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options,
                                                  providers=choose_providers(providers))
