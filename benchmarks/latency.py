@@ -309,7 +309,7 @@ class OrtRunner:
     """An ONNX Runtime session; on CUDA providers also with device-resident input through IO binding.
 
     CPU sessions run with intra-op spinning off: the benchmark interleaves sessions call by call, and a
-    session's spinning threads slow the next session's call down (about 2x for a MatMul on our 2 cores).
+    session's spinning threads slow the next session's call down (benchmarks/spinning.py measures it).
     """
 
     def __init__(self, path: Path, providers: list, cuda: bool):

@@ -1,8 +1,8 @@
-"""One ONNX Runtime CPU session on its own, as an app runs it, with intra-op spinning on (ONNX Runtime's
-default) and off (what latency.py uses, since it interleaves sessions): how much the difference costs.
+"""ONNX Runtime CPU sessions with intra-op spinning on (ONNX Runtime's default) and off (what latency.py
+uses, since it interleaves sessions): one session on its own, as an app with one model runs it, and
+two sessions (fp32 and int8) taking turns call by call, as an app with two models does.
 
-Sessions are made afresh for each block of calls, blocks alternate between the two settings, and no
-other session exists meanwhile.
+Sessions are made afresh for each block of calls and blocks alternate between the two settings.
 
     python -m benchmarks.spinning                    # ViT-B-16 fused fp32 and int8, batch 1, 224x224
     python -m benchmarks.spinning --model semobridge-tiny --blocks 2
@@ -29,22 +29,25 @@ from benchmarks.latency import build_models, parse_args as latency_args, parse_s
 FORMATS = {"fp32": "onnx", "int8": "onnx-int8"}
 
 
-def time_block(path: Path, spinning: bool, images: np.ndarray, warmup: int, calls: int) -> list[float]:
-    """`calls` timed runs (ms) of a fresh session with intra-op spinning on or off, after `warmup` runs."""
+def time_block(paths: list[Path], spinning: bool, images: np.ndarray, warmup: int, calls: int) -> list[list[float]]:
+    """Fresh sessions of `paths`, intra-op spinning on or off, taking turns call by call: after `warmup`
+    rounds, `calls` timed runs (ms) per session."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for path in paths]
     feed = {"image": images}
     for _ in range(warmup):
-        session.run(None, feed)
-    times = []
+        for session in sessions:
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(calls):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
+        for session, out in zip(sessions, times):
+            start = time.perf_counter()
+            session.run(None, feed)
+            out.append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -61,25 +64,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="semobridge-spinning-") as tmp:
         models = build_models(latency_args(["--model", args.model]), Path(tmp), parse_sizes("224x224"), (1,))
         paths = {precision: models.artifact("fused", fmt) for precision, fmt in FORMATS.items()}
-        with tqdm(total=len(paths) * args.blocks * 2, desc="spinning", file=sys.stderr) as bar:
-            for precision, path in paths.items():
-                times: dict[bool, list[float]] = {True: [], False: []}
-                for _ in range(args.blocks):
+        setups = [("alone", [p]) for p in paths] + [("taking turns", list(paths))]  # (how, precisions run together)
+        times = {(how, p, spin): [] for how, group in setups for p in group for spin in (True, False)}
+        with tqdm(total=len(setups) * args.blocks * 2, desc="spinning", file=sys.stderr) as bar:
+            for _ in range(args.blocks):
+                for how, group in setups:
                     for spinning in (True, False):
-                        times[spinning] += time_block(path, spinning, images, warmup=2, calls=args.calls)
+                        block = time_block([paths[p] for p in group], spinning, images, warmup=2, calls=args.calls)
+                        for p, t in zip(group, block):
+                            times[how, p, spinning] += t
                         bar.update()
-                on, off = statistics.median(times[True]), statistics.median(times[False])
-                rows.append({"precision": precision, "calls": len(times[True]), "spinning_on_p50_ms": on,
-                             "spinning_off_p50_ms": off, "off_over_on": off / on})
+        for how, group in setups:
+            for p in group:
+                on, off = statistics.median(times[how, p, True]), statistics.median(times[how, p, False])
+                rows.append({"sessions": how, "precision": p, "calls": len(times[how, p, True]),
+                             "spinning_on_p50_ms": on, "spinning_off_p50_ms": off, "off_over_on": off / on})
     m = machine()
     text = "\n".join([
-        f"# ONNX Runtime CPU, one session alone: intra-op spinning on vs off ({args.model} fused, batch 1, 224x224)",
+        f"# ONNX Runtime CPU: intra-op spinning on vs off ({args.model} fused, batch 1, 224x224)",
         "",
-        f"CPU {m['cpu']} x {m['cpu_count']}, onnxruntime {m['onnxruntime']}. Fresh session per block of {args.calls} calls, "
-        f"{args.blocks} blocks per setting, alternating.",
+        f"CPU {m['cpu']} x {m['cpu_count']}, onnxruntime {m['onnxruntime']}. Fresh sessions per block of {args.calls} calls, "
+        f"{args.blocks} blocks per setting, alternating. 'taking turns': the fp32 and int8 sessions exist together and run "
+        "one call each in turn.",
         "",
-        markdown_table(["precision", "calls each", "spinning on p50 ms", "spinning off p50 ms", "off / on"],
-                       [[r["precision"], r["calls"], r["spinning_on_p50_ms"], r["spinning_off_p50_ms"], r["off_over_on"]] for r in rows]),
+        markdown_table(["sessions", "precision", "calls each", "spinning on p50 ms", "spinning off p50 ms", "off / on"],
+                       [[r["sessions"], r["precision"], r["calls"], r["spinning_on_p50_ms"], r["spinning_off_p50_ms"],
+                         r["off_over_on"]] for r in rows]),
     ])
     print(text)
     result = {"benchmark": "spinning", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "machine": m, "rows": rows}

@@ -80,11 +80,12 @@ def test_peak_table_and_sizes() -> None:
 
 def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
     result = spinning.main(["--model", "semobridge-tiny", "--blocks", "1", "--calls", "2", "--out", str(tmp_path)])
-    assert [r["precision"] for r in result["rows"]] == ["fp32", "int8"]
+    assert [(r["sessions"], r["precision"]) for r in result["rows"]] == [
+        ("alone", "fp32"), ("alone", "int8"), ("taking turns", "fp32"), ("taking turns", "int8")]
     for row in result["rows"]:
         assert row["calls"] == 2 and row["spinning_on_p50_ms"] > 0 and row["spinning_off_p50_ms"] > 0
         assert row["off_over_on"] == pytest.approx(row["spinning_off_p50_ms"] / row["spinning_on_p50_ms"])
-    assert "| precision | calls each | spinning on p50 ms |" in capsys.readouterr().out
+    assert "| sessions | precision | calls each | spinning on p50 ms |" in capsys.readouterr().out
     assert json.loads((tmp_path / "spinning.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
