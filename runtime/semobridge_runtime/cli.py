@@ -7,7 +7,6 @@ import json
 import sys
 
 from .classifier import Classifier, Prediction
-from .errors import InputError, ModelError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
                                      allow_spinning=not args.no_spinning)
         result = classifier.predict(args.images, top_k=args.top_k)
-    except (InputError, ModelError) as exc:
+    except ValueError as exc:  # InputError, ModelError, and bad settings such as --threads -1
         print(f"semobridge-run: error: {exc}", file=sys.stderr)
         return 2
     print(_as_json(args.images, result) if args.json else _as_text(args.images, result))

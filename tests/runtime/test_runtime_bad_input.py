@@ -125,3 +125,5 @@ def test_unknown_backend_and_provider(onnx_model: Path) -> None:
         Classifier.load(onnx_model, backend="pytorch")
     with pytest.raises(ValueError, match="not available"):
         Classifier.load(onnx_model, providers=["NoSuchExecutionProvider"])
+    with pytest.raises(ValueError, match=r"intra_op_num_threads must be >= 0 \(0: ONNX Runtime's default\), not -1"):
+        Classifier.load(onnx_model, intra_op_num_threads=-1)

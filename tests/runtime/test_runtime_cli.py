@@ -49,6 +49,8 @@ def test_errors_exit_2(onnx_model: Path, tmp_path: Path, capsys) -> None:
     assert "model file not found" in capsys.readouterr().err
     assert main([str(onnx_model), str(tmp_path / "missing.png")]) == 2
     assert "no such image file" in capsys.readouterr().err
+    assert main([str(onnx_model), "x.png", "--threads", "-1"]) == 2
+    assert "intra_op_num_threads must be >= 0" in capsys.readouterr().err
 
 
 def test_console_script(onnx_model: Path, image_files: list[str]) -> None:

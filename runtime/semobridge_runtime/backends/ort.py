@@ -36,6 +36,8 @@ class OnnxRuntimeBackend:
                  intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> None:
         options = ort.SessionOptions()
         if intra_op_num_threads is not None:
+            if intra_op_num_threads < 0:
+                raise ValueError(f"intra_op_num_threads must be >= 0 (0: ONNX Runtime's default), not {intra_op_num_threads}")
             options.intra_op_num_threads = intra_op_num_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
