@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 if __package__ in (None, ""):  # run as a file: python benchmarks/latency.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -217,6 +217,18 @@ def cuda_events(fn: Callable[[], Any]) -> Timer:
     return timed
 
 
+def staged_call(images: np.ndarray, staging: torch.Tensor, execute: Callable[[], Any], outputs: Sequence[torch.Tensor]) -> Timer:
+    """Host-to-host time of a call on fixed device buffers: copy `images` into `staging`, `execute`, fetch `outputs`."""
+    source = torch.from_numpy(images)
+
+    def run() -> None:
+        staging.copy_(source)
+        execute()
+        [o.cpu() for o in outputs]
+
+    return wall_clock(run)
+
+
 def sample(timers: list[Timer], warmup: int, iters: int, budget_s: float, min_iters: int = 3) -> list[list[float]]:
     """Warm up, then time the timers in turn, call by call, so that a change of machine load hits all of them
     alike: up to `iters` rounds (at least `min_iters`, no new round after `budget_s`). Times per timer."""
@@ -292,14 +304,7 @@ class CudaGraphRunner:
 
     def host(self, images: np.ndarray) -> Timer:
         static, graph, out = self._captured(images)
-        source = torch.from_numpy(images)
-
-        def run() -> None:
-            static.copy_(source)
-            graph.replay()
-            [o.cpu() for o in out]
-
-        return wall_clock(run)
+        return staged_call(images, static, graph.replay, out)
 
     def device(self, images: np.ndarray) -> Timer | None:
         return cuda_events(self._captured(images)[1].replay)
@@ -372,14 +377,7 @@ class TensorRTRunner:
 
     def host(self, images: np.ndarray) -> Timer:
         x, outs = self._bind(images)
-        source = torch.from_numpy(images)
-
-        def run() -> None:
-            x.copy_(source)
-            self._execute()
-            [o.cpu() for o in outs]
-
-        return wall_clock(run)
+        return staged_call(images, x, self._execute, outs)
 
     def device(self, images: np.ndarray) -> Timer | None:
         self._bind(images)
