@@ -3,14 +3,20 @@
 Formats (see FORMATS / `semobridge-export --help`): ONNX (fp32, fp16, dynamic int8), a
 torch.export program (.pt2) and TensorRT engines.
 """
-from .exporter import export
-from .formats import FORMATS, format_table
-from .fused import INPUT_KINDS, OUTPUT_NAMES, FusedClassifier
-from .metadata import CLASS_NAMES_KEY, FORMAT_VERSION, METADATA_KEY, build_metadata, read_metadata
-from .preprocess import Preprocess
-from .program import load_program
-from .reference import library_scores, reference_scores, session
-from .tensorrt import Profile, TensorRTError, build_engine
+import os
+
+# ONNX Runtime (1.2x+ on Linux) writes a device id and an event database under ~/.cache unless this is
+# set before it is first imported; nothing we ship writes outside the paths the user gave.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .exporter import export  # noqa: E402
+from .formats import FORMATS, format_table  # noqa: E402
+from .fused import INPUT_KINDS, OUTPUT_NAMES, FusedClassifier  # noqa: E402
+from .metadata import CLASS_NAMES_KEY, FORMAT_VERSION, METADATA_KEY, build_metadata, read_metadata  # noqa: E402
+from .preprocess import Preprocess  # noqa: E402
+from .program import load_program  # noqa: E402
+from .reference import library_scores, reference_scores, session  # noqa: E402
+from .tensorrt import Profile, TensorRTError, build_engine  # noqa: E402
 
 __all__ = [
     "CLASS_NAMES_KEY",

@@ -1,4 +1,8 @@
-"""`semobridge-export` (fit and export in one go) and `semobridge-build-engine` (on the target GPU)."""
+"""`semobridge-export` (fit and export in one go) and `semobridge-build-engine` (on the target GPU).
+
+Every option is checked before the (slow) fit: formats, TensorRT's presence, sizes, the output
+folder, and options that contradict each other.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,52 +10,37 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .formats import FORMATS, format_table
-from .tensorrt import DEFAULT_CACHE, Profile, TensorRTError, build_engine
+from semobridge.clitools import command, version_option
+from semobridge.errors import InputError, ModelError
+from semobridge.validate import image_size, parse_hw
 
-CHECK_IMAGES = 32
-TINY_HINT = (
-    "Offline? Pass --pretrained PATH to a local open_clip checkpoint, or make a smoke run with the "
-    "random-weight test model: --model semobridge-tiny --pretrained none."
-)
-HOW_TO_RUN = {
-    "onnx": "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))",
-    "onnx-fp16": "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)",
-    "onnx-int8": "semobridge-run {path} photo.jpg   (CPU/ARM)",
-    "pt2": "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))",
-    "engine": "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)",
-}
+from .formats import FORMATS, format_table, resolve_formats, unused_options
+from .tensorrt import Profile
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """"480x640" -> (480, 640) as (H, W)."""
-    try:
-        h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        h = w = 0
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"{text!r} is not HxW with positive integers, e.g. 480x640")
-    return h, w
+FIT_OPTIONS = ("data", "shots", "model", "seed", "train")  # what --from-model makes meaningless (but --data: check images)
+FORMAT_OPTIONS = {"input_kind": "--input", "fixed_size": "--fixed-size", "batch": "--batch", "sizes": "--sizes"}
 
 
 def parse_profile(batch: str, sizes: str) -> Profile:
-    """--batch MIN,OPT,MAX and --sizes HxW,HxW,HxW -> Profile."""
+    """--batch MIN,OPT,MAX and --sizes HxW,HxW,HxW -> Profile (sizes inside the graph's limits)."""
     try:
         b = tuple(int(v) for v in batch.split(","))
     except ValueError:
         b = ()
     if len(b) != 3:
-        raise click.BadParameter(f"{batch!r} is not MIN,OPT,MAX, e.g. 1,8,32", param_hint="--batch")
-    s = tuple(parse_size(p) for p in sizes.split(","))
+        raise InputError(f"--batch {batch!r} is not MIN,OPT,MAX", hint="e.g. --batch 1,8,32")
+    s = tuple(image_size(*parse_hw(p, "--sizes entry"), "--sizes entry") for p in sizes.split(","))
     if len(s) != 3:
-        raise click.BadParameter(f"{sizes!r} is not MIN,OPT,MAX sizes, e.g. 64x64,480x640,1080x1920", param_hint="--sizes")
+        raise InputError(f"--sizes {sizes!r} is not MIN,OPT,MAX sizes", hint="e.g. --sizes 64x64,480x640,1080x1920 (HxW)")
     return Profile(b, s)  # type: ignore[arg-type]
 
 
 def profile_options(f):
-    f = click.option("--sizes", default="32x32,480x640,1080x1920", show_default=True,
+    default = Profile()
+    f = click.option("--sizes", default=",".join(f"{h}x{w}" for h, w in default.sizes), show_default=True,
                      help="TensorRT profile image sizes MIN,OPT,MAX as HxW (dynamic uint8 input).")(f)
-    return click.option("--batch", default="1,1,16", show_default=True, help="TensorRT profile batch MIN,OPT,MAX.")(f)
+    return click.option("--batch", default=",".join(map(str, default.batch)), show_default=True,
+                        help="TensorRT profile batch MIN,OPT,MAX.")(f)
 
 
 def _check_images(data: str | None) -> list[np.ndarray] | None:
@@ -60,6 +49,8 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
         return None
     from semobridge.data import load_dataset, load_rgb
 
+    from .exporter import CHECK_IMAGES
+
     dataset = load_dataset(data)
     items = next((dataset.splits[s] for s in ("test", "val", "train") if dataset.splits.get(s)), [])
     return [np.asarray(load_rgb(path)) for path, _ in items[:CHECK_IMAGES]]
@@ -67,24 +58,22 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
 
 def _fitted(data, shots, model, pretrained, from_model, seed, train):
     """(head, backbone): loaded from --from-model, else fitted on --data."""
-    from semobridge.backbones import BackboneError, load_backbone
-    from semobridge.model import ModelFileError, SeMoBridge
+    from semobridge.backbones import load_backbone
+    from semobridge.fit import UNKNOWN_BACKBONE
+    from semobridge.model import SeMoBridge
 
-    try:
-        if from_model:
-            head = SeMoBridge.load(from_model)
-            recorded = head.info.backbone
-            backbone = load_backbone(recorded["name"], pretrained or recorded["pretrained"], device="cpu")
-            head.check_backbone(backbone)
-            return head, backbone
-        from semobridge.pipeline import fit_dataset
+    if from_model:
+        head = SeMoBridge.load(from_model)
+        recorded = head.info.backbone
+        if recorded == UNKNOWN_BACKBONE:
+            raise ModelError(f"{from_model} was fitted from embeddings without naming their backbone, so it cannot be exported",
+                             hint="fit it again with `semobridge fit-features FEATURES.npz --model NAME --pretrained WEIGHTS`")
+        backbone = load_backbone(recorded["name"], pretrained or recorded["pretrained"], device="cpu")
+        head.check_backbone(backbone)
+        return head, backbone
+    from semobridge.pipeline import fit_dataset
 
-        return fit_dataset(data, shots, model=model, pretrained=pretrained or "openai", seed=seed, train=train)
-    except BackboneError as exc:
-        message = str(exc)
-        raise click.ClickException(message if "--pretrained" in message else f"{message}\n{TINY_HINT}") from None
-    except (ModelFileError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    return fit_dataset(data, shots, model=model, pretrained=pretrained or "openai", seed=seed, train=train)
 
 
 def _size(path: Path) -> str:
@@ -98,34 +87,40 @@ def _size(path: Path) -> str:
 
 def _summary(head, backbone, written: dict[str, Path]) -> str:
     from semobridge.backbones import RANDOM_WARNING
+    from semobridge.modelfile import percent
 
     info = head.info
     names = ", ".join(info.class_names[:6]) + (", ..." if len(info.class_names) > 6 else "")
-    acc = "n/a" if info.val_accuracy is None else f"{info.val_accuracy:.1%} ({info.val_source})"
     rows = [
         ("classes", f"{len(info.class_names)}: {names}"),
         ("shots", str(info.shots)),
         ("variant", info.variant),
         ("backbone", f"{info.backbone['name']} ({info.backbone['pretrained']})"),
-        ("val accuracy", acc),
+        ("val accuracy", f"{percent(info.val_accuracy)} ({info.val_source})"),
     ]
     lines = [f"{k:<13} {v}" for k, v in rows] + ["", "artifacts:"]
     lines += [f"  {path.name:<24} {_size(path):>9}" for path in sorted(set(written.values()))]
-    lines += ["", "run:"] + [f"  {HOW_TO_RUN[f].format(path=written[f])}" for f in FORMATS if f in written]
+    lines += ["", "run:"] + [f"  {FORMATS[f].run.format(path=written[f])}" for f in FORMATS if f in written]
     if backbone.is_random:
         lines += ["", RANDOM_WARNING]
     return "\n".join(lines)
 
 
+def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among `names` that the user set on the command line."""
+    return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+
+
 @click.command(epilog="\b\nFormats:\n" + format_table() + "\n\nThe TensorRT path was written from TensorRT 10's documentation and has not been run.")
 @click.option("--data", type=click.Path(exists=True), help="Labelled images (class folders, train/val/test) [default: the bundled demo dataset].")
-@click.option("--shots", default=8, show_default=True, help="Images per class to fit on (K).")
+@click.option("--shots", default=8, show_default=True, type=click.IntRange(min=1), help="Images per class to fit on (K).")
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name.")
 @click.option("--pretrained", help="open_clip tag, local checkpoint file, or 'none' (random weights, smoke tests) [default: openai, or as recorded in --from-model].")
 @click.option("--from-model", type=click.Path(exists=True, dir_okay=False), help="Export this fitted model (.safetensors) instead of fitting.")
 @click.option("--train", is_flag=True, help="Fit SeMoBridge-T (trained) instead of training-free SeMoBridge.")
 @click.option("--seed", default=1, show_default=True, help="Few-shot split and training seed.")
-@click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: new, empty, or holding an earlier export (replaced as a whole).")
 @click.option("--formats", default="onnx", show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="uint8: raw RGB NHWC pixels, preprocessing in the graph; float: normalised NCHW [N,3,S,S].")
@@ -134,24 +129,38 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
 @click.option("--int8-cpu", is_flag=True, help="Also write a dynamic-int8 ONNX graph for CPU/ARM.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT fp16 engine on this machine (TensorRT 10; unverified, see below).")
 @profile_options
-def main(data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes):
+@version_option
+@click.pass_context
+@command
+def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes):
     """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores."""
-    from .exporter import export
+    from .exporter import check_out_dir, export
+    from .tensorrt import _import_tensorrt
 
-    size = parse_size(fixed_size) if fixed_size else None
+    names = resolve_formats(formats, half=half, int8_cpu=int8_cpu, engine=engine)
+    unused = unused_options(names, [FORMAT_OPTIONS[n] for n in _given(ctx, tuple(FORMAT_OPTIONS))])
+    if unused:
+        raise InputError(f"{', '.join(unused)} applies to none of the formats requested ({', '.join(names)})",
+                         hint="drop it, or request the format it is for (see --help)")
+    if from_model:
+        conflicting = [f"--{n}" for n in _given(ctx, FIT_OPTIONS) if n != "data"]
+        if conflicting:
+            raise InputError(f"--from-model exports a fitted model; {', '.join(conflicting)} only apply to fitting",
+                             hint="drop them, or fit with --data instead of --from-model")
+    size = image_size(*parse_hw(fixed_size, "--fixed-size"), "--fixed-size") if fixed_size else None
     profile = parse_profile(batch, sizes)
+    check_out_dir(out)
+    if "engine" in names:
+        _import_tensorrt()  # before minutes of fitting
     if not from_model and data is None:
         from semobridge.demo import demo_dataset
 
         data = str(demo_dataset())
     head, backbone = _fitted(data, shots, model, pretrained, from_model, seed, train)
-    try:
-        written = export(
-            head, backbone, out, formats, half=half, int8_cpu=int8_cpu, engine=engine, fixed_size=size,
-            input_kind=input_kind, profile=profile, check_images=_check_images(data), log=click.echo,
-        )
-    except (ValueError, TensorRTError) as exc:
-        raise click.ClickException(f"{exc}\nNothing was written to {out}.") from None
+    written = export(
+        head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
+        check_images=_check_images(data), log=click.echo,
+    )
     click.echo("\n" + _summary(head, backbone, written))
 
 
@@ -159,17 +168,22 @@ def main(data, shots, model, pretrained, from_model, train, seed, out, formats, 
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Engine file [default: MODEL_trt.engine].")
 @click.option("--fp16/--fp32", default=True, show_default=True, help="fp16 with LayerNorm, softmax, preprocessing and blend pinned to fp32.")
-@click.option("--cache-dir", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(file_okay=False),
-              help="Engine and timing cache (keyed by GPU, TensorRT version and ONNX hash).")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Keep built engines and TensorRT's timing cache here (keyed by GPU, TensorRT version and ONNX hash) [default: none].")
 @profile_options
+@version_option
+@command
 def build_engine_main(model, output, fp16, cache_dir, batch, sizes):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
     The equivalent trtexec command is printed first.
     """
-    try:
-        path = build_engine(model, output, parse_profile(batch, sizes), fp16=fp16, cache_dir=cache_dir, log=click.echo)
-    except (ValueError, TensorRTError) as exc:
-        raise click.ClickException(str(exc)) from None
+    from .tensorrt import build_engine
+
+    path = build_engine(model, output, parse_profile(batch, sizes), fp16=fp16, cache_dir=cache_dir, log=click.echo)
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
+
+
+if __name__ == "__main__":
+    main()

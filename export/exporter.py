@@ -1,6 +1,8 @@
 """export(): a fitted head and its backbone -> the requested artifacts, all or nothing."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -10,8 +12,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from semobridge import __version__
 from semobridge.backbones import Backbone
+from semobridge.errors import InputError
 from semobridge.model import SeMoBridge
+from semobridge.validate import image_size, output_dir
 
 from .formats import FORMATS, Job, resolve_formats
 from .fused import FusedClassifier
@@ -20,7 +25,8 @@ from .preprocess import Preprocess
 from .reference import synthetic_images
 from .tensorrt import Profile, _import_tensorrt
 
-CHECK_IMAGES = 32
+CHECK_IMAGES = 32  # images of the dataset (or synthetic ones) that measure fp16 drift and int8 agreement
+MANIFEST = "manifest.json"
 
 
 def export(
@@ -46,8 +52,11 @@ def export(
     measure the fp16 score drift and the int8 label agreement (synthetic images when None).
     """
     names = resolve_formats(formats, half=half, int8_cpu=int8_cpu, engine=engine)
-    if fixed_size is not None and input_kind != "uint8":
-        raise ValueError("--fixed-size applies to uint8 input only; float input is always [N, 3, S, S]")
+    out_dir = check_out_dir(out_dir)
+    if fixed_size is not None:
+        if input_kind != "uint8":
+            raise InputError("--fixed-size applies to uint8 input only; float input is always [N, 3, S, S]")
+        image_size(*fixed_size, "--fixed-size")
     if "engine" in names:
         _import_tensorrt()  # fail before the slow steps
     fused = FusedClassifier(head, backbone, input_kind)
@@ -57,7 +66,6 @@ def export(
         pre = Preprocess(backbone.image_size, backbone.mean, backbone.std)
         with torch.no_grad():
             check_images = [pre(torch.from_numpy(np.ascontiguousarray(im))[None])[0].numpy() for im in check_images]
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
@@ -65,15 +73,67 @@ def export(
         for name in names:
             log(f"writing {name} ...")
             job.written[name] = FORMATS[name].write(job)
+        write_manifest(stage)
         return _move_into(stage, out_dir, job.written)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> Path:
+    """MANIFEST (manifest.json): every artifact of the export, its size and SHA-256. It marks the folder
+    as ours, so that a later export may replace it as a whole."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    path = folder / MANIFEST
+    path.write_text(json.dumps({"semobridge_export": __version__, "files": entries}, indent=2), encoding="utf-8")
+    return path
+
+
+def _ours(out_dir: Path) -> set[str]:
+    """Top-level names an earlier export wrote into out_dir (from its manifest)."""
+    try:
+        files = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return {MANIFEST} | {name.split("/")[0] for name in files}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """The output folder may be new, empty, or hold exactly an earlier export (which is then replaced
+    as a whole): never files of someone else's. Checked before the fit."""
+    out_dir = output_dir(out_dir, "--out folder")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputError(f"--out {out_dir} is not a folder", hint="choose another path")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _ours(out_dir))
+        if foreign:
+            raise InputError(
+                f"--out {out_dir} holds files that no semobridge export wrote there: {', '.join(foreign[:5])}"
+                + (", ..." if len(foreign) > 5 else ""),
+                hint="choose a new or empty folder (an earlier export's folder is replaced as a whole)",
+            )
+    return out_dir
+
+
 def _move_into(stage: Path, out_dir: Path, written: dict[str, Path]) -> dict[str, Path]:
-    """Move every staged file (external weight files included) into out_dir."""
+    """Replace out_dir's contents by the staged export: new artifacts in, stale ones of an earlier export out,
+    the manifest last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(stage.iterdir()):
-        if path.is_file():
-            os.replace(path, out_dir / path.name)
-    return {key: out_dir / path.name for key, path in written.items()}
+    stale = _ours(out_dir) - {p.name for p in stage.iterdir()}
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == MANIFEST):
+        target = out_dir / path.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(path, target)
+    for name in stale:
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+    return {key: out_dir / path.relative_to(stage) for key, path in written.items()}

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 from torch.export import ExportedProgram
 
+from semobridge.errors import InputError
 from semobridge.files import atomic_output
 
 from .fused import FusedClassifier
@@ -105,7 +106,8 @@ class Format:
     name: str
     filename: str  # with {stem}
     runs_on: str
-    options: str
+    options: tuple[str, ...]  # command-line options that only this format (and its kin) uses
+    run: str  # how to run the artifact, with {path}
     write: Callable[[Job], Path]
     needs_onnx: bool = False
 
@@ -113,14 +115,17 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", "--input, --fixed-size", export_onnx),
-        Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", "--half", export_onnx_fp16, True),
-        Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", "--int8-cpu", export_onnx_int8, True),
-        Format(
-            "pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", "--input, --fixed-size", export_pt2
-        ),
+        Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", ("--input", "--fixed-size"),
+               "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))", export_onnx),
+        Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", ("--half",),
+               "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, True),
+        Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
+               "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, True),
+        Format("pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", ("--input", "--fixed-size"),
+               "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))", export_pt2),
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
-               "--engine, --batch, --sizes", export_engine, True),
+               ("--engine", "--batch", "--sizes"),
+               "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)", export_engine, True),
     )
 }
 FLAG_FORMATS = {"half": "onnx-fp16", "int8_cpu": "onnx-int8", "engine": "engine"}
@@ -128,7 +133,9 @@ FLAG_FORMATS = {"half": "onnx-fp16", "int8_cpu": "onnx-int8", "engine": "engine"
 
 def format_table() -> str:
     """The formats as a plain-text table (shown in --help)."""
-    rows = [("format", "file", "runs on", "options")] + [(f.name, f.filename.format(stem="model"), f.runs_on, f.options) for f in FORMATS.values()]
+    rows = [("format", "file", "runs on", "options")] + [
+        (f.name, f.filename.format(stem="model"), f.runs_on, ", ".join(f.options)) for f in FORMATS.values()
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -139,11 +146,17 @@ def resolve_formats(formats: str | list[str] | tuple[str, ...], **flags: bool) -
     names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise InputError(f"unknown format(s) {', '.join(unknown)}", hint=f"choose from {', '.join(FORMATS)}")
     names += [FLAG_FORMATS[flag] for flag, on in flags.items() if on]
     if any(FORMATS[n].needs_onnx for n in names):
         names.append("onnx")
     if not names:
-        raise ValueError(f"no format requested; choose from {', '.join(FORMATS)}")
+        raise InputError("no format requested", hint=f"choose from {', '.join(FORMATS)}")
     return [n for n in FORMATS if n in names]
 
+
+def unused_options(names: list[str], given: list[str]) -> list[str]:
+    """Options in `given` that none of the formats `names` uses (they would be silently ignored)."""
+    used = {option for n in names for option in FORMATS[n].options}
+    known = {option for f in FORMATS.values() for option in f.options}
+    return [option for option in given if option in known and option not in used]

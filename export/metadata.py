@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from semobridge.modelfile import METADATA_KEY
+from semobridge.modelfile import read_export_metadata as read_metadata  # noqa: F401  (export's name for it)
+from semobridge.validate import limits
+
 from .fused import FusedClassifier
 
 FORMAT_VERSION = 1
-METADATA_KEY = "semobridge"
 CLASS_NAMES_KEY = "semobridge.class_names"  # class names joined by "\n", for the C runtime
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -47,13 +50,14 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
         "mean": [float(v) for v in info.mean],
         "std": [float(v) for v in info.std],
         "resize": fused.preprocess.describe() if fused.preprocess is not None else "none (input already preprocessed)",
-        "backbone": dict(info.backbone),
+        "backbone": {**info.backbone, "pretrained": Path(info.backbone["pretrained"]).name},  # no user paths
         "shots": info.shots,
         "variant": info.variant,
         "params": dict(info.params),
         "val_accuracy": info.val_accuracy,
         "library_version": info.library_version,
         "precision": precision,
+        "limits": limits(),
     }
 
 
@@ -71,14 +75,3 @@ def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
 def sidecar_path(model_path: Path) -> Path:
     """`model.onnx` -> `model.json`, `model_fp16.engine` -> `model_fp16.json`."""
     return Path(model_path).with_suffix(".json")
-
-
-def read_metadata(onnx_path: str | Path) -> dict[str, Any]:
-    """The `semobridge` metadata of an exported ONNX file (weights not loaded)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ValueError(f"{onnx_path} has no '{METADATA_KEY}' metadata; it was not written by semobridge-export")
-    return json.loads(props[METADATA_KEY])

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
+from semobridge.errors import BackendError, InputError
 from semobridge.files import atomic_output
+from semobridge.validate import output_dir, output_file
 
 from .metadata import read_metadata, sidecar_path, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope
 
 WORKSPACE_BYTES = 2 << 30
-DEFAULT_CACHE = Path.home() / ".cache" / "semobridge" / "tensorrt"
 FP32_ONNX_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2")
 
 
-class TensorRTError(RuntimeError):
+class TensorRTError(BackendError):
     """TensorRT is missing or could not build the engine."""
 
 
@@ -38,7 +38,7 @@ class Profile:
     def shapes(self, meta: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """min, opt and max shapes of the input described by the model's metadata."""
         if not self.batch[0] <= self.batch[1] <= self.batch[2] or self.batch[0] < 1:
-            raise ValueError(f"batch profile {self.batch} must satisfy 1 <= min <= opt <= max")
+            raise InputError(f"batch profile {self.batch} must satisfy 1 <= min <= opt <= max")
         shape = meta["input"]["shape"]
         out = []
         for n, (h, w) in zip(self.batch, self.sizes):
@@ -47,7 +47,7 @@ class Profile:
             else:
                 out.append((n, shape[1] if isinstance(shape[1], int) else h, shape[2] if isinstance(shape[2], int) else w, 3))
         if any(a > b for lo, hi in zip(out, out[1:]) for a, b in zip(lo, hi)):
-            raise ValueError(f"profile shapes {out} must grow from min to opt to max")
+            raise InputError(f"profile shapes {out} must grow from min to opt to max")
         return out[0], out[1], out[2]
 
 
@@ -75,7 +75,8 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
     ]
 
 
-def trtexec_command(onnx_path: Path, engine_path: Path, shapes: tuple, fp16: bool, timing_cache: Path, fp32_layers: list[str]) -> str:
+def trtexec_command(onnx_path: Path, engine_path: Path, shapes: tuple, fp16: bool, timing_cache: Path | None,
+                    fp32_layers: list[str]) -> str:
     """The equivalent trtexec command line."""
     def dims(shape: tuple[int, ...]) -> str:
         return "image:" + "x".join(str(d) for d in shape)
@@ -83,8 +84,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, shapes: tuple, fp16: boo
     parts = [
         "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
         f"--minShapes={dims(shapes[0])}", f"--optShapes={dims(shapes[1])}", f"--maxShapes={dims(shapes[2])}",
-        f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M", f"--timingCacheFile={timing_cache}",
-    ]
+        f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M",
+    ] + ([f"--timingCacheFile={timing_cache}"] if timing_cache else [])
     if fp16:
         pins = ",".join(f"{name}:fp32" for name in fp32_layers)
         parts += ["--fp16", "--precisionConstraints=obey", f"--layerPrecisions={pins}", f"--layerOutputTypes={pins}"]
@@ -122,7 +123,7 @@ def _import_tensorrt():
     return trt
 
 
-def _build(trt, onnx_path: Path, shapes: tuple, fp16: bool, fp32_layers: set[str], timing_cache: Path) -> bytes:
+def _build(trt, onnx_path: Path, shapes: tuple, fp16: bool, fp32_layers: set[str], timing_cache: Path | None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -147,13 +148,15 @@ def _build(trt, onnx_path: Path, shapes: tuple, fp16: bool, fp32_layers: set[str
                 layer.precision = trt.float32
                 for j in range(layer.num_outputs):
                     layer.set_output_type(j, trt.float32)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise TensorRTError(f"TensorRT could not build an engine from {onnx_path}; see the log above")
-    with atomic_output(timing_cache) as tmp:
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    if timing_cache is not None:
+        with atomic_output(timing_cache, "TensorRT timing cache") as tmp:
+            tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(engine))
 
 
@@ -171,36 +174,39 @@ def build_engine(
     engine_path: str | Path | None = None,
     profile: Profile = Profile(),
     fp16: bool = True,
-    cache_dir: str | Path = DEFAULT_CACHE,
+    cache_dir: str | Path | None = None,
     log=print,
 ) -> Path:
-    """Build (or take from the cache) a TensorRT engine and write it with its `<stem>.json` metadata."""
+    """Build a TensorRT engine and write it with its `<stem>.json` metadata. With `cache_dir`, built
+    engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise)."""
     onnx_path = Path(onnx_path)
-    engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path)
+    engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
     meta = read_metadata(onnx_path)
     shapes = profile.shapes(meta)
-    cache_dir = Path(cache_dir)
+    cache = Path(output_dir(cache_dir, "--cache-dir")) if cache_dir is not None else None
     fp32_layers = fp32_layer_names(onnx_path)
     try:
         trt = _import_tensorrt()
     except TensorRTError:
-        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache_dir / "timing.cache", fp32_layers))
+        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache and cache / "timing.cache", fp32_layers))
         raise
     gpu = gpu_name()
-    timing_cache = cache_dir / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache"
+    timing_cache = cache / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache" if cache else None
     log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers))
     key = cache_key(file_hash(onnx_path), gpu, trt.__version__, shapes, fp16)
-    cached = cache_dir / f"{key}.engine"
-    if cached.is_file():
+    cached = cache / f"{key}.engine" if cache else None
+    if cached is not None and cached.is_file():
         log(f"engine cache hit: {cached}")
+        data = cached.read_bytes()
     else:
         data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache)
-        with atomic_output(cached) as tmp:
-            tmp.write_bytes(data)
-    with atomic_output(engine_path) as tmp:
-        shutil.copyfile(cached, tmp)
+        if cached is not None:
+            with atomic_output(cached, "cached engine") as tmp:
+                tmp.write_bytes(data)
+    with atomic_output(engine_path, "engine file") as tmp:
+        tmp.write_bytes(data)
     meta = with_precision(meta, "fp16" if fp16 else "fp32")
     meta["tensorrt"] = {"version": trt.__version__, "profile": [list(s) for s in shapes], "cache_key": key}
-    with atomic_output(sidecar_path(engine_path)) as tmp:
+    with atomic_output(sidecar_path(engine_path), "engine metadata") as tmp:
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return engine_path

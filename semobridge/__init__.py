@@ -1,14 +1,22 @@
-"""SeMoBridge: few-shot CLIP classification through a semantic modality bridge (ICLR 2026)."""
+"""SeMoBridge: few-shot CLIP classification through a semantic modality bridge (ICLR 2026).
+
+The public names below load on first use, so that light entry points (`semobridge --help`,
+`semobridge info`) do not import PyTorch.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .backbones import Backbone, load_backbone  # noqa: E402
-from .blend import BlendParams  # noqa: E402
-from .features import FeatureSet  # noqa: E402
-from .fit import fit_features  # noqa: E402
-from .model import ModelInfo, SeMoBridge  # noqa: E402
-from .pipeline import evaluate, fit_dataset  # noqa: E402
+_EXPORTS = {
+    "Backbone": "backbones", "load_backbone": "backbones", "BlendParams": "blend", "FeatureSet": "features",
+    "fit_features": "fit", "ModelInfo": "model", "SeMoBridge": "model", "evaluate": "pipeline", "fit_dataset": "pipeline",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = [
-    "Backbone", "BlendParams", "FeatureSet", "ModelInfo", "SeMoBridge",
-    "evaluate", "fit_dataset", "fit_features", "load_backbone", "__version__",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'semobridge' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

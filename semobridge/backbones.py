@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import copy
 import hashlib
 import os
+import socket
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +17,7 @@ import open_clip
 import torch
 from torch import nn
 
+from .errors import ModelError
 from .logs import quiet_root_logger
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -25,7 +30,13 @@ RANDOM_WARNING = (
 )
 
 
-class BackboneError(ValueError):
+WEIGHTS_HINT = (
+    "pass --pretrained PATH to a local checkpoint file (e.g. open_clip_pytorch_model.bin), or make a smoke test "
+    "with --model semobridge-tiny --pretrained none (random weights, results meaningless)"
+)
+
+
+class BackboneError(ModelError):
     """The backbone cannot be loaded or is not a CLIP-style model."""
 
 
@@ -56,7 +67,7 @@ class Backbone:
     @property
     def text_projection(self) -> torch.Tensor:
         """W [d_t, d]: pooled EOS (after ln_final) -> joint space."""
-        owner, proj = _text_projection_owner(self.model)
+        _, proj = _text_projection_owner(self.model)
         return (proj.weight.t() if isinstance(proj, nn.Linear) else proj).detach().float()
 
     @property
@@ -80,8 +91,7 @@ class Backbone:
     def encode_text_eos(self, texts: Sequence[str]) -> torch.Tensor:
         """Pooled end-of-sequence tokens after ln_final, before W: [M, d_t] float32."""
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with _without_text_projection(self.model):
-            return self.model.encode_text(tokens).float()
+        return _without_text_projection(self.model).encode_text(tokens).float()
 
 
 def _text_projection_owner(model: nn.Module) -> tuple[nn.Module, torch.Tensor | nn.Linear]:
@@ -99,21 +109,56 @@ def _text_projection_owner(model: nn.Module) -> tuple[nn.Module, torch.Tensor | 
     )
 
 
-@contextlib.contextmanager
-def _without_text_projection(model: nn.Module) -> Iterator[None]:
-    """Let open_clip's own encode_text stop at the pooled EOS token (its pooling rule included)."""
+def _without_text_projection(model: nn.Module) -> nn.Module:
+    """A shallow copy of the model whose encode_text stops at the pooled EOS token (open_clip's own
+    pooling rule included). The model itself is not touched, so this is safe across threads."""
     owner, proj = _text_projection_owner(model)
+    clone = copy.copy(model)
+    target = clone if owner is model else copy.copy(owner)
+    if target is not clone:
+        clone._modules = {**model._modules, "text": target}
     if isinstance(proj, nn.Linear):
-        owner.text_projection = None
+        target._modules = {**owner._modules, "text_projection": None}
     else:
-        owner._parameters["text_projection"] = None
+        target._parameters = {**owner._parameters, "text_projection": None}
+    return clone
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout` seconds."""
+    parts = urllib.parse.urlsplit(url)
     try:
-        yield
-    finally:
-        if isinstance(proj, nn.Linear):
-            owner.text_projection = proj
-        else:
-            owner._parameters["text_projection"] = proj
+        with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[str | None]:
+    """Hugging Face hub's offline mode while its endpoint does not answer, so that weights that are
+    not in the local cache fail at once instead of after a minute of retries. Yields why the hub
+    is offline (None when it is online)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield None
+        return
+    if constants.HF_HUB_OFFLINE:
+        yield "HF_HUB_OFFLINE is set"
+    elif _reachable(constants.ENDPOINT, timeout):
+        yield None
+    else:
+        constants.HF_HUB_OFFLINE = True
+        try:
+            yield f"{constants.ENDPOINT} does not answer"
+        finally:
+            constants.HF_HUB_OFFLINE = False
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -160,12 +205,14 @@ def load_backbone(
             "(see open_clip.list_models()), or 'local-dir:/path/to/dir' with open_clip_config.json."
         )
     if pretrained != RANDOM and not is_local_dir and Path(pretrained).suffix and not Path(pretrained).exists():
-        raise BackboneError(f"checkpoint file {pretrained} does not exist")
+        raise BackboneError(f"checkpoint file {pretrained} does not exist", hint=WEIGHTS_HINT)
     torch.manual_seed(seed)
-    # open_clip logs "initialized randomly" to the root logger; we warn louder below
-    quiet = quiet_root_logger() if pretrained == RANDOM else contextlib.nullcontext()
+    downloads = pretrained != RANDOM and not is_local_dir and not Path(pretrained).exists()
+    offline = None
     try:
-        with quiet:
+        # open_clip logs "initialized randomly" and download failures to the root logger; our own
+        # warning and error say it once, louder
+        with quiet_root_logger(logging.CRITICAL), (_hub_offline_unless_reachable() if downloads else contextlib.nullcontext()) as offline:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name,
                 pretrained=None if (pretrained == RANDOM or is_local_dir) else pretrained,
@@ -173,11 +220,10 @@ def load_backbone(
                 device=device,
             )
     except Exception as exc:  # open_clip raises many kinds; all mean "could not get the weights"
+        why = f"the weights are not in the local Hugging Face cache and {offline}" if offline else _first_line(exc)
         raise BackboneError(
-            f"could not load {name} with pretrained={pretrained!r}: {exc}\n"
-            "If this machine is offline, pass --pretrained PATH to a local checkpoint file "
-            "(e.g. open_clip_pytorch_model.bin), or run a smoke test with --model semobridge-tiny "
-            "--pretrained none (random weights, results meaningless)."
+            f"could not load {name} with pretrained={pretrained!r}: {why}",
+            hint="offline (or with HF_HUB_OFFLINE=1) the weights must already be in the Hugging Face cache; " + WEIGHTS_HINT,
         ) from exc
     model.eval().requires_grad_(False)
     _text_projection_owner(model)  # fail early on towers without a text projection

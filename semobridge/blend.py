@@ -1,59 +1,11 @@
-"""The three-term blend of METHOD.md and its hyper-parameters."""
+"""The three-term blend of METHOD.md (its hyper-parameters live in params.py)."""
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 from .bridge import Bridge
-
-#: Search ranges of the published code (name -> (low, high)), in the order of BlendParams.
-RANGES: dict[str, tuple[float, float]] = {
-    "smoothness": (0.0, 1.5),
-    "alpha": (0.0, 10.0),
-    "beta": (0.0, 10.0),
-    "gamma": (0.0, 10.0),
-    "lambda1": (0.0, 1.0),
-    "lambda2": (0.0, 1.0),
-    "lambda3": (0.0, 1.0),
-}
-
-
-@dataclass(frozen=True)
-class BlendParams:
-    """σ, α, β, γ, λ1, λ2, λ3; the defaults are the published values before search."""
-
-    smoothness: float = 0.01
-    alpha: float = 1.0
-    beta: float = 1.0
-    gamma: float = 1.0
-    lambda1: float = 0.5
-    lambda2: float = 0.5
-    lambda3: float = 0.5
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "BlendParams":
-        """Build from a dict with exactly the seven keys; a clear error otherwise."""
-        names = [f.name for f in fields(cls)]
-        unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
-        if unknown or missing:
-            raise ValueError(
-                f"blend parameters need exactly the keys {', '.join(names)}"
-                + (f"; unknown: {', '.join(unknown)}" if unknown else "")
-                + (f"; missing: {', '.join(missing)}" if missing else "")
-            )
-        return cls(**{k: float(values[k]) for k in names})
-
-    @classmethod
-    def from_tensor(cls, row: torch.Tensor) -> "BlendParams":
-        return cls(*(float(v) for v in row))
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-    def to_tensor(self) -> torch.Tensor:
-        return torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float32)
+from .params import RANGES, BlendParams  # noqa: F401  (their home is params.py, torch-free)
 
 
 def affinities(

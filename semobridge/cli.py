@@ -1,51 +1,47 @@
-"""The `semobridge` command: fit, evaluate and predict, from images or from embeddings."""
+"""The `semobridge` command: fit, evaluate and predict, from images or from embeddings.
+
+Heavy libraries (PyTorch, open_clip) load inside the commands that need them, so `--help`
+and `info` answer at once.
+"""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import click
-import numpy as np
-import torch
 
-from . import __version__
-from .backbones import RANDOM, RANDOM_WARNING, BackboneError, best_device, load_backbone
-from .blend import BlendParams
-from .data import DataError
-from .encode import EmbeddingCache
-from .features import FeatureError, FeatureSet
-from .files import atomic_output
-from .model import ModelFileError, ModelInfo, SeMoBridge
+from .clitools import command, version_option
+from .errors import InputError
+from .params import BlendParams
+from .validate import output_file
 
-USER_ERRORS = (DataError, FeatureError, ModelFileError, BackboneError, ValueError, FileNotFoundError)
-
-
-def user_errors(fn):
-    """Turn the library's input errors into one clear line and exit code 1, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+PARAMS_MAX_CHARS = 10_000
 
 
 def parse_params(value: str | None) -> BlendParams | None:
-    """--params: a JSON object or the path of a JSON file with the seven blend keys."""
+    """--params: a JSON object, or the path of a JSON file holding one, with the seven blend keys."""
     if value is None:
         return None
-    text = Path(value).read_text() if Path(value).is_file() else value
+    source = "--params"
+    if Path(value).is_file():
+        source = f"--params file {value}"
+        try:
+            value = Path(value).read_text(encoding="utf-8")[: PARAMS_MAX_CHARS + 1]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {source}: {exc}") from None
+    if len(value) > PARAMS_MAX_CHARS:
+        raise InputError(f"{source} is over {PARAMS_MAX_CHARS:,} characters; it is a small JSON object")
     try:
-        return BlendParams.from_dict(json.loads(text))
+        values = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON and not a file: {value!r} ({exc})", param_hint="--params") from exc
+        raise InputError(f"{source} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}) and not a file",
+                         hint='e.g. --params \'{"smoothness": 0.5, "alpha": 3, "beta": 2, "gamma": 4, '
+                              '"lambda1": 0.5, "lambda2": 0.5, "lambda3": 0.5}\'') from None
+    return BlendParams.from_dict(values, source)
 
 
 @contextlib.contextmanager
@@ -54,32 +50,33 @@ def json_log(path: str | None) -> Iterator:
     if path is None:
         yield None
         return
-    with atomic_output(Path(path)) as tmp, open(tmp, "w") as f:
+    from .files import atomic_output
+
+    with atomic_output(Path(path), "--log-json file") as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield lambda record: f.write(json.dumps(record) + "\n")
 
 
 def report_random(pretrained: str) -> None:
+    from .backbones import RANDOM, RANDOM_WARNING
+
     if pretrained == RANDOM:
         click.secho(RANDOM_WARNING, fg="red", bold=True, err=True)
 
 
-def describe(head: SeMoBridge) -> str:
-    i = head.info
-    acc = f"{i.val_accuracy:.4f} ({i.val_source})" if i.val_accuracy is not None else f"n/a ({i.val_source})"
-    return (
-        f"{i.variant} SeMoBridge, {len(i.class_names)} classes, {i.shots} shots, backbone {i.backbone['name']} "
-        f"({i.backbone['pretrained']})\nblend: {json.dumps({k: round(v, 4) for k, v in i.params.items()})}\nval accuracy: {acc}"
-    )
+def check_outputs(output: str, log_json: str | None) -> None:
+    """Before any work: every file we will write can be written."""
+    output_file(output, "model file (-o)")
+    if log_json is not None:
+        output_file(log_json, "--log-json file")
 
 
 fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
-    click.option("--params", help="Fixed blend hyper-parameters (JSON or JSON file); skips the search."),
-    click.option(
-        "--search-trials", type=int, help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."
-    ),
+    click.option("--params", help="Fixed blend hyper-parameters (JSON object or JSON file); skips the search."),
+    click.option("--search-trials", type=click.IntRange(min=1),
+                 help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."),
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
-    click.option("--steps", default=5000, show_default=True, help="SeMoBridge-T full-batch steps."),
+    click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1), help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
     click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."),
@@ -96,125 +93,153 @@ def with_options(options):
 
 
 @click.group()
-@click.version_option(__version__)
+@version_option
 def main() -> None:
     """Few-shot CLIP classification with SeMoBridge (ICLR 2026)."""
 
 
 @main.command("fit")
 @click.option("--data", required=True, type=click.Path(exists=True), help="Class folders, train/val/test folders, CoOp split or CSV.")
-@click.option("--shots", required=True, type=int, help="Images per class to fit on (K).")
+@click.option("--shots", required=True, type=click.IntRange(min=1), help="Images per class to fit on (K).")
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name or local-dir:PATH.")
 @click.option("--pretrained", default="openai", show_default=True, help="open_clip tag, checkpoint file, or 'none' (random).")
 @click.option("--classnames", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line, in folder order.")
 @click.option("--dataset", "dataset_name", help="One of the paper's datasets (its prompts and augmentation); default: folder name.")
-@click.option("--augment", type=int, help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
+@click.option("--augment", type=click.IntRange(min=0),
+              help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
 @click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences.")
 @click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache [default: ~/.cache/semobridge].")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
-@user_errors
+@command
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
             seed, params, search_trials, train, steps, csb, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
+    check_outputs(output, log_json)
+    params = parse_params(params)
+    from .encode import EmbeddingCache
     from .pipeline import PromptOptions, fit_dataset
 
+    cache = EmbeddingCache(cache_dir)
     with json_log(log_json) as log:
         head, backbone = fit_dataset(
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=parse_params(params), search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
-            prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=EmbeddingCache(cache_dir),
-            device=device, log=log,
+            params=params, search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
+            prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache, device=device, log=log,
         )
         head.save(output)
-    click.echo(describe(head))
+    click.echo(head.info.describe())
     click.echo(f"wrote {output}")
     report_random(backbone.pretrained)
 
 
 @main.command("eval")
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--data", required=True, type=click.Path(exists=True), help="The dataset the model was fitted on (its test split by default).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]), help="Split to evaluate on.")
 @click.option("--pretrained", help="Where to find the backbone weights now (tag or file) [default: as recorded].")
-@click.option("--cache-dir", type=click.Path(file_okay=False))
-@click.option("--device")
-@user_errors
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
+@click.option("--device", help="cpu or cuda [default: cuda when present].")
+@command
 def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
     """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it."""
+    from .backbones import load_backbone
+    from .encode import EmbeddingCache
+    from .model import SeMoBridge
+    from .modelfile import percent
     from .pipeline import evaluate
 
     head = SeMoBridge.load(model_file)
+    cache = EmbeddingCache(cache_dir)
     b = head.info.backbone
     backbone = load_backbone(b["name"], pretrained or b["pretrained"], device=device)
-    result = evaluate(head, backbone, data, split, EmbeddingCache(cache_dir))
-    click.echo(f"{'':14}{'top-1':>8}")
-    click.echo(f"{'SeMoBridge':14}{100 * result['accuracy']:8.2f}")
-    click.echo(f"{'zero-shot CLIP':14}{100 * result['zero_shot_accuracy']:8.2f}")
+    result = evaluate(head, backbone, data, split, cache)
+    click.echo(f"{'':14}{'top-1':>9}")
+    click.echo(f"{'SeMoBridge':14}{percent(result['accuracy']):>9}")
+    click.echo(f"{'zero-shot CLIP':14}{percent(result['zero_shot_accuracy']):>9}")
     click.echo(f"({result['images']} {split} images, {head.info.variant}, {head.info.shots} shots)")
     report_random(backbone.pretrained)
 
 
 @main.command("fit-features")
 @click.argument("features", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", help="open_clip model the features come from (recorded, so that the model can be exported).")
+@click.option("--pretrained", help="Its weights: open_clip tag, checkpoint file, or 'none' (needs --model).")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
-@user_errors
-def fit_features_cmd(features, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+@command
+def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
-    from .fit import fit_features
+    if pretrained is not None and model is None:
+        raise InputError("--pretrained needs --model (the open_clip model the features come from)")
+    check_outputs(output, log_json)
+    params = parse_params(params)
+    from .backbones import best_device
+    from .features import FeatureSet
+    from .fit import fit_features, features_info
 
     feats = FeatureSet.load(features)
-    info = ModelInfo(
-        class_names=feats.class_names,
-        backbone={"name": "unknown (fit-features)", "pretrained": "unknown", "weights_hash": "unknown"},
-        image_size=0, mean=[], std=[], params=BlendParams().to_dict(), shots=round(feats.shots),
-        val_source="val split" if feats.has_val else "none",
-    )
+    backbone = None
+    if model is not None:
+        from .backbones import load_backbone
+
+        backbone = load_backbone(model, pretrained or "openai", device="cpu")
+        feats.check_backbone(backbone, features)
+    info = features_info(feats, backbone)
     if not feats.has_val and params is None:
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
-        head = fit_features(feats, info, params=parse_params(params), search_trials=search_trials, train=train,
+        head = fit_features(feats, info, params=params, search_trials=search_trials, train=train,
                             steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
         head.save(output)
-    click.echo(describe(head))
+    click.echo(head.info.describe())
     click.echo(f"wrote {output}")
+    if backbone is not None:
+        report_random(backbone.pretrained)
 
 
 @main.command("predict-features")
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="SCORES.npy to write.")
-@user_errors
+@command
 def predict_features_cmd(model_file, queries, output) -> None:
     """Blend scores z [Nq, C] for query embeddings (QUERIES.npz, key `image`)."""
+    output_file(output, "scores file (-o)")
+    import numpy as np
+    import torch
+
+    from .features import load_queries
+    from .files import atomic_output
+    from .model import SeMoBridge
+
     head = SeMoBridge.load(model_file)
-    with np.load(queries, allow_pickle=False) as z:
-        if "image" not in z.files:
-            raise FeatureError(f"{queries} has no key 'image' (query embeddings [Nq, d])")
-        q = torch.from_numpy(np.asarray(z["image"], dtype=np.float32))
-    d = head.text_classifier.shape[1]
-    if q.ndim != 2 or q.shape[1] != d:
-        raise FeatureError(f"{queries}: 'image' has shape {tuple(q.shape)}, expected [Nq, {d}] for this model")
-    if not torch.isfinite(q).all():
-        raise FeatureError(f"{queries}: 'image' has NaN or inf values")
+    q = load_queries(queries, head.text_classifier.shape[1])
     with torch.no_grad():
         scores = head(q).numpy().astype(np.float32)
-    with atomic_output(Path(output)) as tmp, open(tmp, "wb") as f:
+    with atomic_output(Path(output), "scores file (-o)") as tmp, open(tmp, "wb") as f:
         np.save(f, scores)
     click.echo(f"wrote {output} {scores.shape}")
 
 
 @main.command("info")
 @click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
-@user_errors
-def info_cmd(model_file) -> None:
-    """Print what a model file records."""
-    head = SeMoBridge.load(model_file)
-    click.echo(describe(head))
-    click.echo(json.dumps(head.info.__dict__, indent=2))
+@click.option("--json", "as_json", is_flag=True, help="Print the recorded metadata as JSON.")
+@command
+def info_cmd(model_file, as_json) -> None:
+    """What a model file (.safetensors) or an exported graph (.onnx) records."""
+    from .modelfile import describe_export, read_export_metadata, read_info
+
+    if Path(model_file).suffix.lower() == ".onnx":
+        meta = read_export_metadata(model_file)
+        click.echo(json.dumps(meta, indent=2) if as_json else describe_export(meta))
+        return
+    info = read_info(model_file)
+    click.echo(json.dumps(asdict(info), indent=2) if as_json else info.describe())
 
 
 if __name__ == "__main__":

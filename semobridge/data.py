@@ -7,7 +7,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .validate import class_names as check_class_names
+from .validate import image_size
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
@@ -16,7 +21,7 @@ VAL_SHOTS_MAX = 4
 Item = tuple[str, int]  # (image path, class index)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data cannot be used as given; the message says what to change."""
 
 
@@ -52,26 +57,27 @@ def prompt_name(folder_name: str) -> str:
     return folder_name.replace("_", " ").strip()
 
 
-def check_class_names(names: list[str]) -> None:
-    """Refuse empty or duplicate class names."""
-    for i, n in enumerate(names):
-        if not n.strip():
-            raise DataError(f"class {i} has an empty name; give every class a name")
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        if n.lower() in seen:
-            raise DataError(f"duplicate class name {n!r} (classes {seen[n.lower()]} and {i}); class names must be unique")
-        seen[n.lower()] = i
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grey images -> 8-bit grey, v8 = (v16 + 128) // 257 (PIL's own
+    conversion would saturate them to white). semobridge_runtime decodes with the same rule."""
+    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return im
+    v = np.asarray(im, dtype=np.int64)
+    return Image.fromarray(((np.clip(v, 0, 65535) + 128) // 257).astype(np.uint8), "L")
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB: grayscale is replicated, alpha dropped (as open_clip does)."""
+    """Open an image as RGB: grayscale is replicated, alpha dropped (as open_clip does), 16-bit
+    scaled to 8; images beyond the graph's size limits (validate.image_size) are refused."""
     try:
         with Image.open(path) as im:
+            image_size(im.height, im.width, f"image {path}")
             im.load()
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}. Remove or replace the file.") from exc
+            return to_8bit(im).convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, InputError):
+            raise DataError(str(exc), hint=f"resize or remove {path}") from None
+        raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the file") from exc
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -99,35 +105,54 @@ def _from_class_folders(root: Path, class_names: list[str] | None) -> tuple[list
 
 
 def _from_coop_split(root: Path, split_file: Path) -> Dataset:
-    data = json.loads(split_file.read_text())
-    entries = [e for s in SPLITS for e in data.get(s, [])]
+    try:
+        data = json.loads(split_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read the CoOp split {split_file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{split_file}: expected a JSON object with train/val/test lists")
+    entries = []
+    for s in SPLITS:
+        for i, e in enumerate(data.get(s) or []):
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], int) and isinstance(e[2], str)):
+                raise DataError(f"{split_file}: {s} entry {i} is {e!r:.80}; expected [relative path, label, class name]")
+            entries.append((s, e))
     if not entries:
         raise DataError(f"{split_file} has no train/val/test entries")
-    image_dir = next(
-        (d for d in [root, *_class_folders(root)] if (d / entries[0][0]).is_file()), None
-    )
+    first = entries[0][1][0]
+    image_dir = next((d for d in [root, *_class_folders(root)] if (d / first).is_file()), None)
     if image_dir is None:
-        raise DataError(f"images of {split_file} (e.g. {entries[0][0]}) not found under {root} or its subfolders")
+        raise DataError(f"images of {split_file} (e.g. {first}) not found under {root} or its subfolders")
     names: dict[int, str] = {}
-    for _, label, name in entries:
-        names.setdefault(int(label), prompt_name(name))
+    for _, (_, label, name) in entries:
+        names.setdefault(label, prompt_name(name))
     if sorted(names) != list(range(len(names))):
         raise DataError(f"{split_file}: labels must be 0..C-1")
-    splits = {s: [(str(image_dir / p), int(y)) for p, y, _ in data.get(s, [])] for s in SPLITS}
+    splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
+    for s, (p, y, _) in entries:
+        splits[s].append((str(image_dir / p), y))
     return Dataset(root.name, [names[i] for i in range(len(names))], splits, str(split_file))
 
 
 def _from_csv(path: Path, class_names: list[str] | None) -> Dataset:
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
-    if rows and rows[0][:2] == ["path", "label"]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(n, r) for n, r in enumerate(csv.reader(f), 1) if r and r[0].strip() and not r[0].startswith("#")]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path} as CSV: {exc}") from None
+    if rows and [c.strip() for c in rows[0][1][:2]] == ["path", "label"]:
         rows = rows[1:]
     if not rows:
         raise DataError(f"{path} has no rows; expected lines 'path,label[,split]'")
-    labels = [r[1].strip() for r in rows]
+    for n, r in rows:
+        if len(r) < 2 or not r[1].strip() or len(r) > 3:
+            raise DataError(f"{path}, line {n}: {','.join(r)!r:.80} is not 'path,label[,split]'")
+    labels = [r[1].strip() for _, r in rows]
     if all(lab.isdigit() for lab in labels):
         count = max(int(lab) for lab in labels) + 1
         names = class_names or [f"class {i}" for i in range(count)]
+        if count > len(names):
+            raise DataError(f"{path}: label {count - 1} given, but there are {len(names)} class names")
         index = [int(lab) for lab in labels]
     else:
         names = class_names or sorted(set(labels))
@@ -138,11 +163,11 @@ def _from_csv(path: Path, class_names: list[str] | None) -> Dataset:
         index = [lookup[lab] for lab in labels]
         names = [prompt_name(n) for n in names]
     splits: dict[str, list[Item]] = {s: [] for s in SPLITS}
-    for r, y in zip(rows, index):
+    for (n, r), y in zip(rows, index):
         split = r[2].strip() if len(r) > 2 else "train"
         if split not in SPLITS:
-            raise DataError(f"{path}: split {split!r} is not one of {', '.join(SPLITS)}")
-        p = Path(r[0])
+            raise DataError(f"{path}, line {n}: split {split!r} is not one of {', '.join(SPLITS)}")
+        p = Path(r[0].strip())
         splits[split].append((str(p if p.is_absolute() else path.parent / p), y))
     return Dataset(path.stem, names, splits, str(path))
 
@@ -153,7 +178,10 @@ def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -
     root = Path(path)
     names = None
     if class_names_file is not None:
-        names = [line.strip() for line in Path(class_names_file).read_text().splitlines() if line.strip()]
+        try:
+            names = [line.strip() for line in Path(class_names_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read the class names from {class_names_file}: {exc}") from None
     if not root.exists():
         raise DataError(f"{root} does not exist")
     if root.is_file():
@@ -176,7 +204,7 @@ def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -
     else:
         found, items = _from_class_folders(root, names)
         dataset = Dataset(root.name, found, {"train": items}, str(root))
-    check_class_names(dataset.class_names)
+    check_class_names(dataset.class_names, f"the classes of {dataset.source}")
     return dataset
 
 

@@ -15,21 +15,27 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .data import Item, load_rgb
 from .datasets import FLIP, Augment
+from .files import atomic_output
+from .validate import output_dir
 
 CACHE_ENV = "SEMOBRIDGE_CACHE"
 BATCH_SIZE = 64
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "semobridge"))
-
-
 class EmbeddingCache:
-    """Embeddings on disk keyed by backbone, weights hash, preprocessing and inputs."""
+    """Embeddings on disk keyed by backbone, weights hash, preprocessing and the inputs' content.
 
-    def __init__(self, folder: str | Path | None = None, enabled: bool = True):
-        self.folder = Path(folder) if folder is not None else default_cache_dir()
-        self.enabled = enabled
+    Off unless a folder is given (`--cache-dir`) or $SEMOBRIDGE_CACHE names one: nothing is
+    written outside the paths the user chose. The folder is checked before any work.
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        folder = folder if folder is not None else os.environ.get(CACHE_ENV) or None
+        self.folder = output_dir(folder, "embedding cache folder") if folder is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
 
     def key(self, backbone: Backbone, kind: str, inputs: list) -> str:
         blob = json.dumps(
@@ -39,24 +45,31 @@ class EmbeddingCache:
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> torch.Tensor | None:
-        path = self.folder / f"{key}.npy"
-        if not (self.enabled and path.is_file()):
+        if not self.enabled:
             return None
-        return torch.from_numpy(np.load(path))
+        path = self.folder / f"{key}.npy"
+        if not path.is_file():
+            return None
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except (OSError, ValueError):
+            return None  # a damaged entry is recomputed and rewritten
 
     def put(self, key: str, value: torch.Tensor) -> None:
         if not self.enabled:
             return
-        from .files import atomic_output
-
-        with atomic_output(self.folder / f"{key}.npy") as tmp:
+        with atomic_output(self.folder / f"{key}.npy", "embedding cache entry") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, value.cpu().numpy())
 
 
-def _file_id(path: str) -> list:
-    st = os.stat(path)
-    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+def content_hash(path: str) -> str:
+    """SHA-256 of a file's bytes: the cache key of an image (same pixels, same key; any edit, a new key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def augmented_view(image, aug: Augment, copy: int, seed: int, image_size: int):
@@ -84,7 +97,8 @@ def encode_items(
     """Embeddings [N·(A+1), d] and labels of the items and their stored augmented copies."""
     views = [(path, label, copy) for path, label in items for copy in range(augment.copies + 1)]
     aug_id = [augment.describe(), seed] if augment.copies else []
-    key = cache.key(backbone, "image", [[*_file_id(p), c, *aug_id] for p, _, c in views])
+    hashes = {p: content_hash(p) for p, _ in items} if cache.enabled else {}
+    key = cache.key(backbone, "image", [[hashes.get(p), c, *aug_id] for p, _, c in views])
     labels = torch.tensor([label for _, label, _ in views], dtype=torch.long)
     cached = cache.get(key)
     if cached is not None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zipfile
+
 import numpy as np
 import torch
 
+from .errors import InputError
+from .validate import class_names as check_class_names
 
-class FeatureError(ValueError):
+
+class FeatureError(InputError):
     """FEATURES.npz (or features computed from images) cannot be fitted."""
 
 
@@ -50,12 +55,24 @@ class FeatureSet:
             move(self.shot_label), move(self.val_image), move(self.val_label), self.logit_scale, list(self.class_names),
         )
 
+    def check_backbone(self, backbone, source: str = "the features") -> None:
+        """Refuse features whose text projection W is not the backbone's (they come from another model)."""
+        W = backbone.text_projection.cpu()
+        if W.shape != self.text_projection.shape or not torch.allclose(W, self.text_projection.cpu(), rtol=1e-4, atol=1e-6):
+            raise FeatureError(
+                f"{source}: text_projection {tuple(self.text_projection.shape)} is not the text projection of "
+                f"{backbone.name} ({backbone.pretrained}, {tuple(W.shape)})",
+                hint="give the --model/--pretrained the features were computed with",
+            )
+
     def validate(self) -> None:
         """Check shapes, labels and values; a clear FeatureError naming the key otherwise."""
         W = self.text_projection
         if W.ndim != 2:
             raise FeatureError(f"text_projection must be [d_t, d], got shape {tuple(W.shape)}")
         d_t, d = W.shape
+        if not torch.isfinite(W).all():
+            raise FeatureError("text_projection has NaN or inf values")
         _width("text_eos", self.text_eos, d_t, "d_t (text_projection rows)")
         _width("shot_image", self.shot_image, d, "d (text_projection columns)")
         _labels("text_class", self.text_class, len(self.text_eos), "text_eos")
@@ -69,7 +86,7 @@ class FeatureSet:
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(C)]
         C = len(self.class_names)
-        _names(self.class_names)
+        check_class_names(self.class_names, "class_names")
         for key, labels in (("text_class", self.text_class), ("shot_label", self.shot_label), ("val_label", self.val_label)):
             if labels is None:
                 continue
@@ -86,28 +103,29 @@ class FeatureSet:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
         """Read FEATURES.npz (keys in the README's contract)."""
-        path = Path(path)
-        try:
-            z = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise FeatureError(f"cannot read {path} as .npz: {exc}") from exc
-        required = ["text_projection", "text_eos", "text_class", "shot_image", "shot_label"]
-        missing = [k for k in required if k not in z.files]
-        if missing:
-            raise FeatureError(f"{path} lacks the key(s) {', '.join(missing)}; required: {', '.join(required)}")
-        get = lambda k: z[k] if k in z.files else None  # noqa: E731
-        names = get("class_names")
-        return cls(
-            text_projection=_float(z["text_projection"]),
-            text_eos=_float(z["text_eos"]),
-            text_class=_int(z["text_class"]),
-            shot_image=_float(z["shot_image"]),
-            shot_label=_int(z["shot_label"]),
-            val_image=_float(get("val_image")) if get("val_image") is not None else None,
-            val_label=_int(get("val_label")) if get("val_label") is not None else None,
-            logit_scale=float(get("logit_scale")) if get("logit_scale") is not None else 100.0,
-            class_names=[str(n) for n in names] if names is not None else [],
-        )
+        with _npz(path) as z:
+            required = ["text_projection", "text_eos", "text_class", "shot_image", "shot_label"]
+            missing = [k for k in required if k not in z.files]
+            if missing:
+                raise FeatureError(f"{path} lacks the key(s) {', '.join(missing)}; required: {', '.join(required)}")
+            get = lambda k: _array(z, k, path) if k in z.files else None  # noqa: E731
+            names = get("class_names")
+            scale = get("logit_scale")
+            if scale is not None and scale.size != 1:
+                raise FeatureError(f"{path}: logit_scale has shape {scale.shape}; it is one number (after exp)")
+            if names is not None and names.dtype.kind not in "US":
+                raise FeatureError(f"{path}: class_names has dtype {names.dtype}; it must hold strings")
+            return cls(
+                text_projection=_float(get("text_projection"), "text_projection", path),
+                text_eos=_float(get("text_eos"), "text_eos", path),
+                text_class=_int(get("text_class"), "text_class", path),
+                shot_image=_float(get("shot_image"), "shot_image", path),
+                shot_label=_int(get("shot_label"), "shot_label", path),
+                val_image=_float(get("val_image"), "val_image", path) if "val_image" in z.files else None,
+                val_label=_int(get("val_label"), "val_label", path) if "val_label" in z.files else None,
+                logit_scale=float(_float(scale, "logit_scale", path).reshape(())) if scale is not None else 100.0,
+                class_names=[str(n) for n in names.reshape(-1)] if names is not None else [],
+            )
 
     def save(self, path: str | Path) -> None:
         """Write FEATURES.npz."""
@@ -121,14 +139,47 @@ class FeatureSet:
         np.savez(path, **out, logit_scale=np.float32(self.logit_scale), class_names=np.array(self.class_names))
 
 
-def _float(a: np.ndarray) -> torch.Tensor:
+def load_queries(path: str | Path, dim: int) -> torch.Tensor:
+    """Query embeddings [Nq, dim] from QUERIES.npz (key `image`), finite float32."""
+    with _npz(path) as z:
+        if "image" not in z.files:
+            raise FeatureError(f"{path} has no key 'image' (query embeddings [Nq, d])")
+        q = _float(_array(z, "image", path), "image", path)
+    _width(f"{path}: 'image'", q, dim, "this model's embedding width")
+    return q
+
+
+def _npz(path: str | Path):
+    """An open .npz archive (no pickles); one clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FeatureError(f"{path} is not a .npz archive of arrays ({type(exc).__name__})",
+                           hint="write it with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise FeatureError(f"{path} holds a single array, not a .npz archive of named arrays", hint="write it with numpy.savez")
+    return z
+
+
+def _array(z, key: str, path: str | Path) -> np.ndarray:
+    try:
+        return z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FeatureError(f"{path}: cannot read {key!r} ({exc}); object arrays and pickles are not accepted") from None
+
+
+def _float(a: np.ndarray, key: str, path: str | Path) -> torch.Tensor:
+    if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
+        raise FeatureError(f"{path}: {key} has dtype {a.dtype}; it must hold real numbers")
     return torch.from_numpy(np.asarray(a, dtype=np.float32))
 
 
-def _int(a: np.ndarray) -> torch.Tensor:
-    a = np.asarray(a)
+def _int(a: np.ndarray, key: str, path: str | Path) -> torch.Tensor:
     if a.dtype.kind not in "iu":
-        raise FeatureError(f"labels must be integers, got dtype {a.dtype}")
+        raise FeatureError(f"{path}: {key} has dtype {a.dtype}; labels must be integers")
     return torch.from_numpy(a.astype(np.int64))
 
 
@@ -145,14 +196,3 @@ def _width(key: str, x: torch.Tensor, width: int, what: str) -> None:
 def _labels(key: str, labels: torch.Tensor, rows: int, of: str) -> None:
     if labels.ndim != 1 or len(labels) != rows:
         raise FeatureError(f"{key} has shape {tuple(labels.shape)}, expected [{rows}] (one label per row of {of})")
-
-
-def _names(names: list[str]) -> None:
-    empty = [i for i, n in enumerate(names) if not n.strip()]
-    if empty:
-        raise FeatureError(f"class name(s) at index {empty[:5]} are empty; give every class a name")
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        if n in seen:
-            raise FeatureError(f"duplicate class name {n!r} (classes {seen[n]} and {i}); class names must be unique")
-        seen[n] = i

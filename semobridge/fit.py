@@ -13,6 +13,10 @@ from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
 from .search import search_blend
 from .train import train_bridge
+from .validate import positive
+
+#: What a model fitted from embeddings records when the backbone is not named (it cannot be exported).
+UNKNOWN_BACKBONE = {"name": "unknown (fit-features)", "pretrained": "unknown", "weights_hash": "unknown"}
 
 
 def build_head(
@@ -31,6 +35,19 @@ def build_head(
     frozen = Bridge(W, float(bridge.eos_length))
     frozen.pinv.copy_(bridge.pinv.detach())
     return SeMoBridge(frozen, text.classifier, P, I, kl, info, class_bias)
+
+
+def features_info(features: FeatureSet, backbone=None) -> ModelInfo:
+    """ModelInfo of a fit from embeddings: the backbone they come from when known (then the model
+    can be exported), else marked unknown."""
+    if backbone is not None:
+        identity, size, mean, std = backbone.identity(), backbone.image_size, list(backbone.mean), list(backbone.std)
+    else:
+        identity, size, mean, std = dict(UNKNOWN_BACKBONE), 0, [], []
+    return ModelInfo(
+        class_names=features.class_names, backbone=identity, image_size=size, mean=mean, std=std,
+        params=BlendParams().to_dict(), shots=round(features.shots), val_source="val split" if features.has_val else "none",
+    )
 
 
 @torch.no_grad()
@@ -58,6 +75,9 @@ def fit_features(
     Without a validation split the defaults are used (the published code searched on test;
     we never do).
     """
+    positive(steps, "steps")
+    if search_trials is not None:
+        positive(search_trials, "search_trials")
     features = features.to(device)
     bridge, bias, variant = None, None, "training-free"
     if train:

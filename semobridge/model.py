@@ -1,48 +1,17 @@
 """The fitted SeMoBridge head (a plain nn.Module) and its safetensors model file."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
 from .blend import BlendParams, affinities, blend
 from .bridge import Bridge
 from .files import atomic_output
+from .modelfile import ModelFileError, ModelInfo, read_info
 from .prototypes import class_weights
-
-FORMAT = "semobridge-model/1"
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, not ours, or made for another backbone."""
-
-
-@dataclass
-class ModelInfo:
-    """Everything about a fitted model that is not a tensor."""
-
-    class_names: list[str]
-    backbone: dict[str, str]  # name, pretrained, weights_hash
-    image_size: int
-    mean: list[float]
-    std: list[float]
-    params: dict[str, float]
-    variant: str = "training-free"  # or "trained" (SeMoBridge-T)
-    shots: int | None = None
-    seed: int | None = None
-    val_accuracy: float | None = None
-    val_source: str = "none"
-    augment: str = ""
-    dataset: str = ""
-    csb: bool = False
-    library_version: str = __version__
-    extra: dict = field(default_factory=dict)
 
 
 class SeMoBridge(nn.Module):
@@ -107,29 +76,19 @@ class SeMoBridge(nn.Module):
         if self.class_bias is not None:
             tensors["class_bias"] = self.class_bias
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-        # one metadata key: safetensors orders several keys arbitrarily, and the file should be reproducible
-        meta = {"semobridge": json.dumps({"format": FORMAT, **asdict(self.info)})}
         path = Path(path)
-        with atomic_output(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        with atomic_output(path, "model file") as tmp:
+            save_file(tensors, str(tmp), metadata=self.info.to_metadata())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "SeMoBridge":
-        """Read a model file written by `save`; a clear error for anything else."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file {path} does not exist")
+        """Read a model file written by `save`, validated (metadata, tensor names and shapes) before use."""
+        info = read_info(path)
         try:
             tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelFileError(f"{path} is not a readable safetensors file ({exc}); re-run `semobridge fit`") from exc
-        fields = json.loads(meta.get("semobridge", "{}"))
-        if fields.pop("format", None) != FORMAT:
-            raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata); fit one with `semobridge fit`")
-        info = ModelInfo(**fields)
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise ModelFileError(f"{path} is damaged ({exc})", hint="fit the model again with `semobridge fit`") from None
         W = tensors["bridge.text_projection"]
         bridge = Bridge(W, float(tensors["bridge.eos_length"][0]))
         bridge.pinv.copy_(tensors["bridge.pinv"])

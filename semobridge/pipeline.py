@@ -9,7 +9,7 @@ import torch
 
 from .backbones import Backbone, load_backbone
 from .blend import BlendParams
-from .data import Dataset, few_shot_split, load_dataset
+from .data import DataError, Dataset, few_shot_split, load_dataset
 from .datasets import FLIP, Augment, DatasetSpec, find_dataset
 from .encode import EmbeddingCache, encode_items, encode_prompts
 from .features import FeatureSet
@@ -111,10 +111,13 @@ def evaluate(head: SeMoBridge, backbone: Backbone, data: str | Path, split: str 
     """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split."""
     head.check_backbone(backbone)
     dataset = load_dataset(data)
-    if len(dataset.class_names) != len(head.info.class_names):
-        raise ValueError(
-            f"the model has {len(head.info.class_names)} classes but {data} has {len(dataset.class_names)}; "
-            "evaluate on the dataset the model was fitted on"
+    if [n.casefold() for n in dataset.class_names] != [n.casefold() for n in head.info.class_names]:
+        theirs, mine = dataset.class_names, head.info.class_names
+        first = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a.casefold() != b.casefold()), min(len(theirs), len(mine)))
+        raise DataError(
+            f"{data} has {len(theirs)} classes, the model {len(mine)}, and they differ at class {first} "
+            f"({theirs[first] if first < len(theirs) else 'none'!r} vs {mine[first] if first < len(mine) else 'none'!r})",
+            hint="evaluate on the dataset (and class names) the model was fitted on",
         )
     images, labels = encode_items(backbone, dataset.split(split), cache or EmbeddingCache(), desc=f"encoding {split}")
     return {

@@ -1,17 +1,34 @@
 """The validation layer: every check on what a user passes, in one place, shared by the CLIs,
-the library and the exporter (the runtime package mirrors the image limits and name rules,
-and a test keeps them equal).
+the library and the exporter. The runtime package (which imports nothing of ours) mirrors the
+image limits, thread cap and class-name rules; tests/test_contract.py keeps them equal.
+
+Nothing here imports PyTorch.
 """
 from __future__ import annotations
 
+import math
+import os
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
 from .errors import InputError
 
-#: Image limits of the fused graph's in-graph resize (documented in the export metadata, enforced
-#: by both runtimes; raise them with Classifier.load(max_pixels=...) / sb_params.max_pixels).
+#: Image limits of the fused graph's in-graph resize (recorded in the export metadata as `limits`,
+#: enforced by both runtimes before anything is allocated; raise them with
+#: Classifier.load(max_pixels=..., max_aspect=...) or sb_params.max_pixels / max_aspect).
 MAX_SIDE = 16384  # longest side in pixels (the graph's dynamic H and W range)
 MAX_PIXELS = 1 << 26  # H x W, 67 MP (8192 x 8192)
 MAX_ASPECT = 32  # long side / short side
 MAX_THREADS = 256  # intra-/inter-op thread counts
+MIN_CLASSES = 2
+MAX_NAME_LENGTH = 256  # characters in a class name
+_NEWLINES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
+
+
+def limits() -> dict[str, int]:
+    """The image limits as the export metadata records them."""
+    return {"max_side": MAX_SIDE, "max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT}
 
 
 def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
@@ -24,3 +41,107 @@ def parse_hw(text: str, what: str = "size") -> tuple[int, int]:
     if h < 1 or w < 1:
         raise InputError(f"{what} {text!r} is not HEIGHTxWIDTH with positive integers", hint="write it as e.g. 480x640 (height x width)")
     return h, w
+
+
+def image_size(h: int, w: int, what: str = "image size") -> tuple[int, int]:
+    """Refuse sizes beyond the graph's limits (before anything is allocated for them)."""
+    if h < 1 or w < 1:
+        raise InputError(f"{what} {h}x{w} must be positive")
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"{what} {h}x{w} has a side over the limit of {MAX_SIDE} pixels", hint="resize the images first")
+    if h * w > MAX_PIXELS:
+        raise InputError(f"{what} {h}x{w} has {h * w:,} pixels, over the limit of {MAX_PIXELS:,}", hint="resize the images first")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise InputError(f"{what} {h}x{w} has an aspect ratio over the limit of {MAX_ASPECT}:1", hint="crop the images first")
+    return h, w
+
+
+def threads(count: int | None, what: str = "thread count") -> int | None:
+    """None or 0 (the library's default) .. MAX_THREADS."""
+    if count is not None and not 0 <= count <= MAX_THREADS:
+        raise InputError(f"{what} must be between 0 (the default) and {MAX_THREADS}, not {count}")
+    return count
+
+
+def positive(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{what} must be a positive integer, not {value!r}")
+    return value
+
+
+def class_names(names: Iterable[Any], source: str = "the class names", minimum: int = MIN_CLASSES) -> list[str]:
+    """Non-empty, at most MAX_NAME_LENGTH characters, no control characters or line breaks,
+    unique ignoring case (prompts are lower-cased), and at least `minimum` of them."""
+    names = list(names)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise InputError(f"{source}: class {i} has a name of type {type(name).__name__}, not text")
+        if not name.strip():
+            raise InputError(f"{source}: class {i} has an empty name", hint="give every class a name")
+        if len(name) > MAX_NAME_LENGTH:
+            raise InputError(f"{source}: class {i} has a name of {len(name)} characters, over {MAX_NAME_LENGTH}")
+        bad = next((c for c in name if unicodedata.category(c) in _NEWLINES), None)
+        if bad is not None:
+            raise InputError(f"{source}: class name {name!r} contains the control character {bad!r}",
+                             hint="class names are one line of printable text")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = name.strip().casefold()
+        if key in seen:
+            raise InputError(f"{source}: duplicate class name {name!r} (classes {seen[key]} and {i}; case is ignored)",
+                             hint="class names must be unique")
+        seen[key] = i
+    if len(names) < minimum:
+        raise InputError(f"{source}: {len(names)} class(es); a classifier needs at least {minimum}")
+    return names
+
+
+def blend_values(values: Any, ranges: Mapping[str, tuple[float, float]], source: str = "--params") -> dict[str, float]:
+    """A JSON object with exactly the blend keys, each a finite number inside its published range."""
+    names = list(ranges)
+    if not isinstance(values, dict):
+        raise InputError(f"{source} must be a JSON object with the keys {', '.join(names)}, not {type(values).__name__}")
+    unknown, missing = sorted(set(values) - set(names)), sorted(set(names) - set(values))
+    if unknown or missing:
+        raise InputError(
+            f"{source} needs exactly the keys {', '.join(names)}"
+            + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+        )
+    out = {}
+    for name in names:
+        v, (lo, hi) = values[name], ranges[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{source}: {name} must be a finite number, not {v!r}")
+        if not lo <= v <= hi:
+            raise InputError(f"{source}: {name} = {v} is outside its range {lo}..{hi} (METHOD.md)")
+        out[name] = float(v)
+    return out
+
+
+def output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """A path we may write a file to: not an existing non-regular file (a device, a folder), not a
+    read-only file, in a folder that exists (or can be made) and is writable. Checked before work starts."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise InputError(f"{what} {path} exists and is not a regular file", hint="choose another path")
+        if not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):  # root passes access() on any mode
+            raise InputError(f"{what} {path} is read-only", hint="make it writable (chmod u+w) or choose another path")
+    output_dir(path.parent, f"the folder of {what} {path}")
+    return path
+
+
+def output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """A folder we may write into: an existing writable folder, or one that can be created."""
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise InputError(f"{what} {path} goes through a broken link {existing}")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {path}: {existing} is not a folder", hint="choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: {existing} is not writable", hint="choose a folder you can write to")
+    return path

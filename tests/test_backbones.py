@@ -64,5 +64,6 @@ def test_local_checkpoint_file(tmp_path, tiny_backbone):
 
 
 def test_offline_tag_names_the_ways_on():
-    with pytest.raises(BackboneError, match="--pretrained PATH"):
+    with pytest.raises(BackboneError, match="not in the local Hugging Face cache") as caught:
         load_backbone("semobridge-tiny", "openai")
+    assert "--pretrained PATH" in caught.value.hint and "HF_HUB_OFFLINE=1" in caught.value.hint

@@ -120,10 +120,10 @@ def test_bad_params_and_queries(features_file, tmp_path):
     run("fit-features", features_file, "-o", tmp_path / "m.safetensors", "--search-trials", 64)
     np.savez(tmp_path / "q.npz", image=np.zeros((2, 5), np.float32))
     result = run("predict-features", tmp_path / "m.safetensors", tmp_path / "q.npz", "-o", tmp_path / "s.npy", ok=False)
-    assert "expected [Nq, 64]" in result.output and not (tmp_path / "s.npy").exists()
+    assert "expected [rows, 64]" in result.output and not (tmp_path / "s.npy").exists()
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
     result = run("predict-features", tmp_path / "junk.safetensors", tmp_path / "q.npz", "-o", tmp_path / "s.npy", ok=False)
-    assert "not a readable safetensors file" in result.output
+    assert "is not a semobridge model file" in result.output
 
 
 def test_failed_fit_from_images_leaves_no_file(image_folder, tmp_path):

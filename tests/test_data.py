@@ -7,6 +7,7 @@ from PIL import Image
 
 from tests.helpers import SHARED, write_image_folder
 from semobridge.data import DataError, few_shot_split, load_dataset, load_rgb
+from semobridge.errors import InputError
 from semobridge.datasets import DATASETS, find_dataset
 from semobridge.prompts import ENSEMBLE_TEMPLATES, build_prompts, cupl_file, load_descriptions, templates_for
 
@@ -50,7 +51,7 @@ def test_duplicate_class_names(tmp_path):
     root = write_image_folder(tmp_path, {"train": 2}, classes=("red fox", "blue whale"))
     (root / "train" / "red fox").mkdir()
     (root / "train" / "red_fox" / "000.png").rename(root / "train" / "red fox" / "000.png")
-    with pytest.raises(DataError, match="duplicate class name 'red fox'"):
+    with pytest.raises(InputError, match="duplicate class name 'red fox'"):
         load_dataset(root / "train")
 
 

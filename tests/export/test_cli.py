@@ -23,7 +23,7 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["--from-model", str(model), "--pretrained", "none", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.json", "model.onnx"]
     assert "classes       5: red fox" in result.output and "model.onnx" in result.output
     assert "semobridge-run" in result.output and RANDOM_WARNING in result.output
     scores = reference_scores(out / "model.onnx", random_photos(2, seed=0))["scores"]
@@ -52,10 +52,13 @@ def test_missing_weights_name_both_ways_on(tmp_path):
 def test_bad_options_are_refused(tiny_head, tmp_path):
     model = tiny_head.save(tmp_path / "head.safetensors")
     base = ["--from-model", str(model), "--pretrained", "none", "--out", str(tmp_path / "out")]
-    for extra, message in [(["--fixed-size", "12"], "HxW"), (["--formats", "onnx,tflite"], "unknown format"),
-                           (["--batch", "1,2"], "MIN,OPT,MAX")]:
+    for extra, message in [(["--fixed-size", "12"], "HEIGHTxWIDTH"), (["--formats", "onnx,tflite"], "unknown format"),
+                           (["--engine", "--batch", "1,2"], "MIN,OPT,MAX"), (["--batch", "1,2,4"], "applies to none"),
+                           (["--fixed-size", "100000x100000"], "over the limit"), (["--fixed-size", "16x4000"], "aspect ratio"),
+                           (["--shots", "4"], "--from-model exports a fitted model"),
+                           (["--model", "ViT-B-32"], "only apply to fitting")]:
         result = CliRunner().invoke(main, base + extra)
-        assert result.exit_code != 0 and message in result.output, result.output
+        assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -12,6 +12,8 @@ import torch
 
 import semobridge_export.onnx_graph as onnx_graph
 from semobridge_export import FORMATS, FusedClassifier, export, library_scores, read_metadata, reference_scores, session
+from semobridge.errors import InputError
+from semobridge_export.exporter import write_manifest
 from semobridge_export.metadata import CLASS_NAMES_KEY, METADATA_KEY
 from tests.helpers import random_photos
 
@@ -122,15 +124,16 @@ def test_failed_export_leaves_nothing(tiny_head, tiny_backbone, tmp_path, monkey
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "model.onnx").write_bytes(b"old")
+    write_manifest(existing)  # an earlier export's folder
     with pytest.raises(RuntimeError):
         export(tiny_head, tiny_backbone, existing, log=lambda _: None)
     assert [p.name for p in tmp_path.iterdir()] == ["existing"] and (existing / "model.onnx").read_bytes() == b"old"
 
 
 def test_unknown_format_is_refused_before_any_work(tiny_head, tiny_backbone, tmp_path):
-    with pytest.raises(ValueError, match="unknown format.*choose from"):
+    with pytest.raises(InputError, match="unknown format") as caught:
         export(tiny_head, tiny_backbone, tmp_path / "x", formats="onnx,tflite")
-    assert list(tmp_path.iterdir()) == []
+    assert "choose from onnx" in caught.value.hint and list(tmp_path.iterdir()) == []
 
 
 def test_large_models_use_external_data(exported_onnx, tmp_path, monkeypatch):

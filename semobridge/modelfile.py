@@ -1,0 +1,213 @@
+"""The model file's metadata: ModelInfo, its validation, and reading it without PyTorch.
+
+A model file is safetensors: an 8-byte little-endian header length, a JSON header (tensor
+dtypes, shapes and offsets, and our metadata under `__metadata__["semobridge"]`), the tensors.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import InputError, ModelError
+from .params import RANGES
+from .validate import blend_values, class_names
+
+FORMAT = "semobridge-model/1"
+METADATA_KEY = "semobridge"  # the key of our metadata, in model files and in exported graphs
+HEADER_MAX = 100 << 20  # bytes: a larger safetensors header is not one of ours
+
+
+class ModelFileError(ModelError):
+    """A model file that is missing, not ours, malformed, or made for another backbone."""
+
+
+@dataclass
+class ModelInfo:
+    """Everything about a fitted model that is not a tensor."""
+
+    class_names: list[str]
+    backbone: dict[str, str]  # name, pretrained, weights_hash
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    params: dict[str, float]
+    variant: str = "training-free"  # or "trained" (SeMoBridge-T)
+    shots: int | None = None
+    seed: int | None = None
+    val_accuracy: float | None = None
+    val_source: str = "none"
+    augment: str = ""
+    dataset: str = ""
+    csb: bool = False
+    library_version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, values: Any, source: str) -> "ModelInfo":
+        """Validated ModelInfo from a model file's metadata; a ModelFileError naming the problem otherwise."""
+        if not isinstance(values, dict):
+            raise ModelFileError(f"{source}: the metadata is a JSON {type(values).__name__}, not an object", hint=_REFIT)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ModelFileError(
+                f"{source}: unknown metadata key(s) {', '.join(unknown)} (written by semobridge "
+                f"{values.get('library_version', '?')}, this is {__version__})", hint="upgrade semobridge, or fit again")
+        missing = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING and n not in values]
+        if missing:
+            raise ModelFileError(f"{source}: metadata lacks {', '.join(missing)}", hint=_REFIT)
+        for name, value in values.items():
+            _check_type(name, value, _TYPES[name], source)
+        backbone = values["backbone"]
+        if set(backbone) != {"name", "pretrained", "weights_hash"} or not all(isinstance(v, str) for v in backbone.values()):
+            raise ModelFileError(f"{source}: 'backbone' must hold the strings name, pretrained and weights_hash", hint=_REFIT)
+        try:
+            class_names(values["class_names"], f"{source}: class_names")
+            blend_values(values["params"], RANGES, f"{source}: params")
+        except InputError as exc:
+            raise ModelFileError(str(exc), hint=_REFIT) from None
+        return cls(**values)
+
+    def describe(self) -> str:
+        """A few lines for people: variant, classes, backbone, blend, validation accuracy."""
+        acc = f"{percent(self.val_accuracy)} ({self.val_source})" if self.val_accuracy is not None else f"n/a ({self.val_source})"
+        b = self.backbone
+        names = ", ".join(self.class_names[:6]) + (", ..." if len(self.class_names) > 6 else "")
+        return "\n".join([
+            f"{self.variant} SeMoBridge, {len(self.class_names)} classes ({names}), {self.shots} shots",
+            f"backbone: {b['name']} ({b['pretrained']}, weights {b['weights_hash']})",
+            "blend: " + ", ".join(f"{k}={v:.4g}" for k, v in self.params.items()),
+            f"val accuracy: {acc}",
+        ])
+
+    def to_metadata(self) -> dict[str, str]:
+        """The safetensors `__metadata__` entry (one key: several would be ordered arbitrarily)."""
+        return {METADATA_KEY: json.dumps({"format": FORMAT, **asdict(self)})}
+
+
+_REFIT = "fit the model again with `semobridge fit`"
+_TYPES: dict[str, tuple[type, ...]] = {
+    "class_names": (list,), "backbone": (dict,), "image_size": (int,), "mean": (list,), "std": (list,),
+    "params": (dict,), "variant": (str,), "shots": (int, type(None)), "seed": (int, type(None)),
+    "val_accuracy": (float, int, type(None)), "val_source": (str,), "augment": (str,), "dataset": (str,),
+    "csb": (bool,), "library_version": (str,), "extra": (dict,),
+}
+
+
+def _check_type(name: str, value: Any, types: tuple[type, ...], source: str) -> None:
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if name in ("mean", "std") and ok:
+        ok = len(value) in (0, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise ModelFileError(f"{source}: metadata {name!r} has the wrong type or shape ({value!r:.80})", hint=_REFIT)
+
+
+def percent(value: float | None) -> str:
+    """Accuracies are shown one way everywhere: a percentage with two decimals."""
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def read_header(path: str | Path) -> tuple[dict[str, dict], dict]:
+    """(tensor entries, our metadata) of a model file, validated as far as the header goes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file",
+                             hint="give the path of a .safetensors file written by `semobridge fit`")
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
+        body = f.read(size) if 0 < size <= HEADER_MAX else b""
+    try:
+        header = json.loads(body)
+        meta = header.pop("__metadata__", None) or {}
+        fields_ = json.loads(meta[METADATA_KEY])
+    except (ValueError, KeyError, TypeError):
+        raise ModelFileError(f"{path} is not a semobridge model file (no readable {FORMAT!r} metadata)", hint=_REFIT) from None
+    if not isinstance(fields_, dict) or fields_.pop("format", None) != FORMAT:
+        raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata)", hint=_REFIT)
+    return header, fields_
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata an exported ONNX graph carries (semobridge-export), without its weights."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
+        raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__})", hint="export it again") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        meta = json.loads(props[METADATA_KEY])
+        if not isinstance(meta, dict):
+            raise ValueError
+    except (KeyError, ValueError):
+        raise ModelError(f"{path} has no readable {METADATA_KEY!r} metadata: it was not written by semobridge-export",
+                         hint="export the model with semobridge-export") from None
+    return meta
+
+
+def describe_export(meta: dict[str, Any]) -> str:
+    """A few lines for people about an exported graph."""
+    backbone = meta.get("backbone") or {}
+    names = list(meta.get("class_names") or [])
+    spec = meta.get("input") or {}
+    rows = [
+        ("classes", f"{len(names)}: " + ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")),
+        ("variant", f"{meta.get('variant')} SeMoBridge, {meta.get('shots')} shots, {meta.get('precision')}"),
+        ("backbone", f"{backbone.get('name')} ({backbone.get('pretrained')}, weights {backbone.get('weights_hash')})"),
+        ("input", f"{spec.get('name')} {spec.get('dtype')} {spec.get('shape')} {spec.get('layout')}"),
+        ("resize", str(meta.get("resize"))),
+        ("limits", ", ".join(f"{k} {v:,}" for k, v in (meta.get("limits") or {}).items()) or "n/a"),
+        ("val accuracy", percent(meta.get("val_accuracy"))),
+        ("library", str(meta.get("library_version"))),
+    ]
+    return "\n".join(f"{k:<13} {v}" for k, v in rows)
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """The validated ModelInfo of a model file, without loading its tensors (or PyTorch)."""
+    header, values = read_header(path)
+    info = ModelInfo.from_metadata(values, str(path))
+    check_tensors(header, len(info.class_names), str(path))
+    return info
+
+
+#: Tensors of a model file -> their shape in terms of C (classes), d and d_t (None: any).
+TENSORS: dict[str, tuple[str, ...]] = {
+    "bridge.pinv": ("d", "d_t"),
+    "bridge.text_projection": ("d_t", "d"),
+    "bridge.eos_length": ("1",),
+    "text_classifier": ("C", "d"),
+    "bridged_prototypes": ("C", "d"),
+    "image_prototypes": ("C", "d"),
+    "class_kl": ("C",),
+    "class_weights": ("C",),
+}
+OPTIONAL_TENSORS = {"class_bias": ("C", "d_t")}
+
+
+def check_tensors(header: dict[str, dict], num_classes: int, source: str) -> None:
+    """Every tensor present, float32, with shapes that agree with each other and with the class names."""
+    specs = {**TENSORS, **{k: v for k, v in OPTIONAL_TENSORS.items() if k in header}}
+    missing = sorted(set(TENSORS) - set(header))
+    if missing:
+        raise ModelFileError(f"{source}: missing tensor(s) {', '.join(missing)}", hint=_REFIT)
+    sizes: dict[str, int] = {"C": num_classes, "1": 1}
+    for name, dims in specs.items():
+        entry = header[name]
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if entry.get("dtype") != "F32" or not isinstance(shape, list) or len(shape) != len(dims):
+            raise ModelFileError(f"{source}: tensor {name} is not float32 with {len(dims)} dimension(s)", hint=_REFIT)
+        for dim, value in zip(dims, shape):
+            if sizes.setdefault(dim, value) != value:
+                what = "the number of class names" if dim == "C" else f"the other tensors ({dim} = {sizes[dim]})"
+                raise ModelFileError(f"{source}: tensor {name} has shape {shape}, which does not match {what}", hint=_REFIT)
