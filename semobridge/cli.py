@@ -27,7 +27,7 @@ def parse_params(value: str | None) -> BlendParams | None:
     if value is None:
         return None
     source = "--params"
-    if Path(value).is_file():
+    if len(value) <= PARAMS_MAX_CHARS and _is_file(value):
         source = f"--params file {value}"
         try:
             value = Path(value).read_text(encoding="utf-8")[: PARAMS_MAX_CHARS + 1]
@@ -42,6 +42,13 @@ def parse_params(value: str | None) -> BlendParams | None:
                          hint='e.g. --params \'{"smoothness": 0.5, "alpha": 3, "beta": 2, "gamma": 4, '
                               '"lambda1": 0.5, "lambda2": 0.5, "lambda3": 0.5}\'') from None
     return BlendParams.from_dict(values, source)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a name too long for the file system: not a file
+        return False
 
 
 @contextlib.contextmanager
