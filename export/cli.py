@@ -119,7 +119,7 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @click.option("--from-model", type=click.Path(exists=True, dir_okay=False), help="Export this fitted model (.safetensors) instead of fitting.")
 @click.option("--train", is_flag=True, help="Fit SeMoBridge-T (trained) instead of training-free SeMoBridge.")
 @click.option("--seed", default=1, show_default=True, help="Few-shot split and training seed.")
-@click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: new, empty, or holding an earlier export (replaced as a whole).")
 @click.option("--formats", default="onnx", show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
