@@ -13,8 +13,27 @@ def test_eos_times_projection_is_clip_text_embedding(tiny_backbone):
         reference = tiny_backbone.model.encode_text(tiny_backbone.tokenizer(texts))
     assert eos.shape == (3, 48)
     torch.testing.assert_close(eos @ tiny_backbone.text_projection, reference, rtol=1e-5, atol=1e-5)
-    # the projection is restored after the EOS pass
+    # the model itself is never touched (safe while other threads use it)
     assert isinstance(tiny_backbone.model.text_projection, nn.Parameter)
+
+
+def test_the_eos_pass_does_not_touch_the_model_while_other_threads_use_it(tiny_backbone):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["a photo of a red fox."] * 4
+    tokens = tiny_backbone.tokenizer(texts)
+    with torch.no_grad():
+        expected = tiny_backbone.model.encode_text(tokens)
+
+    def full_embedding(_):
+        with torch.no_grad():
+            return tiny_backbone.model.encode_text(tokens)
+
+    with ThreadPoolExecutor(4) as pool:
+        eos = pool.map(lambda _: tiny_backbone.encode_text_eos(texts), range(20))
+        full = list(pool.map(full_embedding, range(20)))
+        assert all(e.shape == (4, 48) for e in eos)
+    assert all(torch.equal(f, expected) for f in full)
 
 
 def test_eos_is_ln_final_output_at_eot(tiny_backbone):
