@@ -1,4 +1,4 @@
-"""Bad images and bad model files raise InputError/ModelError with a message naming the fix."""
+"""Bad images and bad model files raise InputError/ModelError/BackendError with a message naming the fix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from semobridge_runtime import Classifier, InputError, ModelError
+from onnx import TensorProto
+
+from semobridge_runtime import BackendError, Classifier, InputError, ModelError
 
 RGB = np.zeros((8, 8, 3), np.uint8)
 
@@ -39,6 +41,7 @@ def clf(onnx_model: Path) -> Classifier:
         (42, "unsupported type int"),
         ([RGB, None], "image 1: unsupported type NoneType"),
         ("no/such/image.png", "no such image file"),
+        (np.zeros((8, 8, 3), np.uint16), "dtype uint16"),
     ],
 )
 def test_bad_images(clf: Classifier, images, message: str) -> None:
@@ -63,8 +66,10 @@ def test_bad_top_k(clf: Classifier, top_k) -> None:
         clf.predict(RGB, top_k=top_k)
 
 
-def test_errors_are_value_errors() -> None:
-    assert issubclass(InputError, ValueError) and issubclass(ModelError, ValueError)
+def test_directory_is_not_an_image(clf: Classifier, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a directory, not an image file") as info:
+        clf.predict(tmp_path)
+    assert "semobridge-run MODEL DIR" in info.value.hint
 
 
 def test_fixed_size_mismatch(make_model) -> None:
@@ -76,12 +81,11 @@ def test_fixed_size_mismatch(make_model) -> None:
 @pytest.mark.parametrize(
     ("images", "message"),
     [
-        (np.zeros((1, 3, 32, 32), np.uint8), "dtype uint8"),
         (np.zeros((1, 3, 32, 32), np.float64), "astype(np.float32)"),
         (np.zeros((3, 32, 32), np.float32), "got shape (3, 32, 32)"),
         (np.zeros((1, 3, 16, 16), np.float32), "[N,3,32,32]"),
         (np.zeros((0, 3, 32, 32), np.float32), "empty batch"),
-        ("image.jpg", "use the uint8 export"),
+        ([np.zeros((3, 32, 32), np.float32)], "as one numpy array, not list"),
     ],
 )
 def test_float_model_bad_input(make_model, images, message: str) -> None:
@@ -89,6 +93,15 @@ def test_float_model_bad_input(make_model, images, message: str) -> None:
     with pytest.raises(InputError) as info:
         clf.predict(images)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("images", [np.zeros((1, 3, 32, 32), np.uint8), RGB, [RGB], "image.jpg"])
+def test_float_model_given_pixels_is_a_model_error(make_model, images) -> None:
+    """As in C (sb_classify on a float model: SB_EMODEL): this model cannot take pixels, the uint8 export can."""
+    clf = Classifier.load(make_model(kind="float"))
+    with pytest.raises(ModelError, match="float-variant model.*not raw pixels") as info:
+        clf.predict(images)
+    assert "uint8 export" in info.value.hint
 
 
 def test_missing_model(tmp_path: Path) -> None:
@@ -121,9 +134,31 @@ def test_newer_format_version(onnx_model: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_backend_and_provider(onnx_model: Path) -> None:
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(InputError, match="unknown backend 'pytorch'"):
         Classifier.load(onnx_model, backend="pytorch")
-    with pytest.raises(ValueError, match="not available"):
+    with pytest.raises(BackendError, match="not available") as info:
         Classifier.load(onnx_model, providers=["NoSuchExecutionProvider"])
-    with pytest.raises(ValueError, match=r"intra_op_num_threads must be >= 0 \(0: ONNX Runtime's default\), not -1"):
-        Classifier.load(onnx_model, intra_op_num_threads=-1)
+    assert "onnxruntime-gpu" in info.value.hint
+
+
+def test_missing_model_is_a_model_error_before_the_backend(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is a directory, not a model file"):
+        Classifier.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"meta_changes": {"embedding_dim": 9}}, "output 'embedding' is float32 [?, 8] but the metadata describes float32 [?, 9]"),
+        ({"meta_changes": {"class_names": ["a", "b", "c", "d"]}}, "output 'scores' is float32 [?, 5]"),
+        ({"rename_outputs": {"label": "argmax"}}, "the graph has no 'label' output"),
+        ({"cast_outputs": {"label": TensorProto.FLOAT}}, "output 'label' is float32 [?] but the metadata describes int64"),
+        ({"cast_outputs": {"scores": TensorProto.DOUBLE}}, "output 'scores' is float64"),
+        ({"meta_changes": {"input": {"name": "image", "kind": "float"}}}, "input 'image' is uint8 [?, ?, ?, 3]"),
+        ({"kind": "float", "meta_changes": {"image_size": 64}}, "input 'image' is float32 [?, 3, 32, 32]"),
+    ],
+)
+def test_graph_that_does_not_match_its_metadata_fails_at_load(make_model, options: dict, message: str) -> None:
+    with pytest.raises(ModelError) as info:
+        Classifier.load(make_model(**options))
+    assert message in str(info.value) and "re-export" in info.value.hint
