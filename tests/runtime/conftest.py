@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +12,20 @@ import numpy as np
 import pytest
 
 from .contract_model import build_contract_model
+
+C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
+
+
+@pytest.fixture(scope="session")
+def c_build() -> Path:
+    """Run `make -C runtime/c` once per session; fail loudly if it does not build."""
+    if not (shutil.which("make") and shutil.which("cc")):
+        pytest.fail("building runtime/c needs make and a C compiler (apt-get install build-essential)")
+    done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"make -C runtime/c failed:\n{done.stdout}\n{done.stderr}")
+    return C_DIR / "build"
 
 
 @pytest.fixture(scope="session")
