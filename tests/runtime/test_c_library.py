@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -280,11 +279,3 @@ def test_python_and_c_classify_failures_alike(lib: ctypes.CDLL, make_model, cont
         lib.sb_close(handle)
     row = next(row for row in ERROR_TABLE if row.python is kind)
     assert c_rc in row.c_codes.values(), f"Python raised {kind.__name__}, C returned {c_rc}: {err}"
-
-
-def test_pkg_config_install(c_build: Path, tmp_path: Path) -> None:
-    subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}", "install", f"DESTDIR={tmp_path}",
-                    "PREFIX=/usr"], check=True, capture_output=True)
-    pc = (tmp_path / "usr/lib/pkgconfig/semobridge.pc").read_text()
-    assert "-lsemobridge" in pc and "prefix=/usr" in pc
-    assert (tmp_path / "usr/include/semobridge.h").is_file() and (tmp_path / "usr/lib/libsemobridge.so").is_file()
