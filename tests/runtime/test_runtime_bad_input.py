@@ -17,8 +17,8 @@ RGB = np.zeros((8, 8, 3), np.uint8)
 
 
 @pytest.fixture(scope="module")
-def clf(onnx_model: Path) -> Classifier:
-    return Classifier.load(onnx_model)
+def clf(contract_onnx: Path) -> Classifier:
+    return Classifier.load(contract_onnx)
 
 
 @pytest.mark.parametrize(
@@ -115,16 +115,16 @@ def test_model_that_is_not_ours(make_model) -> None:
 
 
 @pytest.mark.parametrize("content", ["truncated", "garbage", "empty"])
-def test_corrupt_model(onnx_model: Path, tmp_path: Path, content: str) -> None:
-    data = onnx_model.read_bytes()
+def test_corrupt_model(contract_onnx: Path, tmp_path: Path, content: str) -> None:
+    data = contract_onnx.read_bytes()
     bad = tmp_path / "model.onnx"
     bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00hello" * 100, "empty": b""}[content])
     with pytest.raises(ModelError, match="cannot load .* re-export or re-download"):
         Classifier.load(bad)
 
 
-def test_newer_format_version(onnx_model: Path, tmp_path: Path) -> None:
-    model = onnx.load(str(onnx_model))
+def test_newer_format_version(contract_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(contract_onnx))
     for prop in model.metadata_props:
         if prop.key == "semobridge":
             prop.value = json.dumps({**json.loads(prop.value), "format_version": 99})
@@ -133,11 +133,11 @@ def test_newer_format_version(onnx_model: Path, tmp_path: Path) -> None:
         Classifier.load(tmp_path / "model.onnx")
 
 
-def test_unknown_backend_and_provider(onnx_model: Path) -> None:
+def test_unknown_backend_and_provider(contract_onnx: Path) -> None:
     with pytest.raises(InputError, match="unknown backend 'pytorch'"):
-        Classifier.load(onnx_model, backend="pytorch")
+        Classifier.load(contract_onnx, backend="pytorch")
     with pytest.raises(BackendError, match="not available") as info:
-        Classifier.load(onnx_model, providers=["NoSuchExecutionProvider"])
+        Classifier.load(contract_onnx, providers=["NoSuchExecutionProvider"])
     assert "onnxruntime-gpu" in info.value.hint
 
 

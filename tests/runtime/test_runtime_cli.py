@@ -27,10 +27,10 @@ def image_files(images: list[np.ndarray], tmp_path: Path) -> list[str]:
     return paths
 
 
-def test_json_output(onnx_model: Path, image_files: list[str], images: list[np.ndarray], capsys) -> None:
-    assert main([str(onnx_model), *image_files, "--json", "--top-k", "2"]) == 0
+def test_json_output(contract_onnx: Path, image_files: list[str], images: list[np.ndarray], capsys) -> None:
+    assert main([str(contract_onnx), *image_files, "--json", "--top-k", "2"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    expected = Classifier.load(onnx_model).predict(images[:3], top_k=2)
+    expected = Classifier.load(contract_onnx).predict(images[:3], top_k=2)
     assert [r["image"] for r in rows] == image_files
     for i, row in enumerate(rows):
         assert row["label"] == expected.class_names[i] and len(row["top_k"]) == 2
@@ -38,11 +38,11 @@ def test_json_output(onnx_model: Path, image_files: list[str], images: list[np.n
         np.testing.assert_allclose([t["score"] for t in row["top_k"]], expected.top_k.scores[i], atol=1e-6)
 
 
-def test_text_output(onnx_model: Path, image_files: list[str], capsys) -> None:
-    assert main([str(onnx_model), image_files[0], "--top-k", "1"]) == 0
+def test_text_output(contract_onnx: Path, image_files: list[str], capsys) -> None:
+    assert main([str(contract_onnx), image_files[0], "--top-k", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == image_files[0] and len(lines) == 2
-    assert main([str(onnx_model), image_files[0], "--top-k", "1", "--threads", "1", "--no-spinning"]) == 0
+    assert main([str(contract_onnx), image_files[0], "--top-k", "1", "--threads", "1", "--no-spinning"]) == 0
     assert capsys.readouterr().out.splitlines() == lines
 
 
@@ -116,9 +116,9 @@ def test_version_and_help(capsys) -> None:
         assert action.help, f"{action.option_strings or action.dest} has no help text"
 
 
-def test_console_script(onnx_model: Path, image_files: list[str]) -> None:
+def test_console_script(contract_onnx: Path, image_files: list[str]) -> None:
     script = shutil.which("semobridge-run")
     command = [script] if script else [sys.executable, "-m", "semobridge_runtime.cli"]
-    out = subprocess.run([*command, str(onnx_model), image_files[0], "--json"],
+    out = subprocess.run([*command, str(contract_onnx), image_files[0], "--json"],
                          check=True, capture_output=True, text=True).stdout
     assert json.loads(out)[0]["image"] == image_files[0]
