@@ -18,6 +18,17 @@ MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
 SIZE = 32
 
+#: Models whose graph does not match their metadata, for the load-time checks of both runtimes:
+#: case -> build_contract_model options.
+MISMATCHED = {
+    "embedding width": {"meta_changes": {"embedding_dim": 9}},
+    "class count": {"meta_changes": {"class_names": ["a", "b", "c", "d"]}},
+    "label renamed": {"rename_outputs": {"label": "argmax"}},
+    "label is float": {"cast_outputs": {"label": TensorProto.FLOAT}},
+    "scores are double": {"cast_outputs": {"scores": TensorProto.DOUBLE}},
+    "float input of another size": {"kind": "float", "meta_changes": {"image_size": 64}},
+}
+
 
 def contract_metadata(class_names: list[str], kind: str, shape: list, embedding_dim: int) -> dict:
     """The `semobridge` metadata dict the exporter writes."""

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto
-
 from semobridge_runtime import ERROR_TABLE, Classifier, SemobridgeError
 
 from .conftest import C_DIR
+from .contract_model import MISMATCHED
 
 VALGRIND = ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
             f"--suppressions={C_DIR / 'tests' / 'valgrind.supp'}", "-q"]
@@ -207,20 +206,22 @@ def c_classify(lib: ctypes.CDLL, handle: ctypes.c_void_p, image: np.ndarray) -> 
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("case", "message"),
     [
-        ({"meta_changes": {"embedding_dim": 9}}, "embedding has 8 values but its metadata says 9"),
-        ({"meta_changes": {"class_names": ["a", "b", "c", "d"]}}, "scores have 5 classes but its metadata names 4"),
-        ({"rename_outputs": {"label": "argmax"}}, "no 'label' output"),
-        ({"cast_outputs": {"label": TensorProto.FLOAT}}, "output 'label' has element type 1 and 1 dims, expected 7"),
-        ({"cast_outputs": {"scores": TensorProto.DOUBLE}}, "output 'scores' has element type 11"),
-        ({"kind": "float", "meta_changes": {"image_size": 64}}, "neither uint8 [N,H,W,3] RGB nor float [N,3,S,S]"),
-        ({"meta_changes": {"limits": {"max_side": 0}}}, "limit 'max_side' is not a positive number"),
-        ({"meta_changes": {"limits": [1, 2]}}, "'limits' is not an object"),
+        ("embedding width", "embedding has 8 values but its metadata says 9"),
+        ("class count", "scores have 5 classes but its metadata names 4"),
+        ("label renamed", "no 'label' output"),
+        ("label is float", "output 'label' has element type 1 and 1 dims, expected 7"),
+        ("scores are double", "output 'scores' has element type 11"),
+        ("float input of another size", "neither uint8 [N,H,W,3] RGB nor float [N,3,S,S]"),
+        ("limit not positive", "limit 'max_side' is not a positive number"),
+        ("limits not an object", "'limits' is not an object"),
     ],
 )
-def test_c_refuses_graph_that_does_not_match_its_metadata(lib: ctypes.CDLL, make_model, options: dict,
+def test_c_refuses_graph_that_does_not_match_its_metadata(lib: ctypes.CDLL, make_model, case: str,
                                                           message: str) -> None:
+    bad_limits = {"limit not positive": {"max_side": 0}, "limits not an object": [1, 2]}
+    options = MISMATCHED[case] if case in MISMATCHED else {"meta_changes": {"limits": bad_limits[case]}}
     rc, handle, err = c_load(lib, make_model(**options))
     assert (rc, handle.value) == (-2, None) and message in err, err  # SB_EMODEL, as ModelError in Python
 
@@ -263,7 +264,7 @@ def test_python_and_c_classify_failures_alike(lib: ctypes.CDLL, make_model, cont
     elif case == "not ours":
         model = make_model(metadata=False)
     elif case == "mismatched graph":
-        model = make_model(meta_changes={"embedding_dim": 9})
+        model = make_model(**MISMATCHED["embedding width"])
     elif case == "float model given pixels":
         model = make_model(kind="float")
     elif case == "1 x 1000000 image":

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from onnx import TensorProto
-
 from semobridge_runtime import BackendError, Classifier, InputError, ModelError
+
+from .contract_model import MISMATCHED
 
 RGB = np.zeros((8, 8, 3), np.uint8)
 
@@ -147,18 +147,19 @@ def test_missing_model_is_a_model_error_before_the_backend(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("case", "message"),
     [
-        ({"meta_changes": {"embedding_dim": 9}}, "output 'embedding' is float32 [?, 8] but the metadata describes float32 [?, 9]"),
-        ({"meta_changes": {"class_names": ["a", "b", "c", "d"]}}, "output 'scores' is float32 [?, 5]"),
-        ({"rename_outputs": {"label": "argmax"}}, "the graph has no 'label' output"),
-        ({"cast_outputs": {"label": TensorProto.FLOAT}}, "output 'label' is float32 [?] but the metadata describes int64"),
-        ({"cast_outputs": {"scores": TensorProto.DOUBLE}}, "output 'scores' is float64"),
-        ({"meta_changes": {"input": {"name": "image", "kind": "float"}}}, "input 'image' is uint8 [?, ?, ?, 3]"),
-        ({"kind": "float", "meta_changes": {"image_size": 64}}, "input 'image' is float32 [?, 3, 32, 32]"),
+        ("embedding width", "output 'embedding' is float32 [?, 8] but the metadata describes float32 [?, 9]"),
+        ("class count", "output 'scores' is float32 [?, 5]"),
+        ("label renamed", "the graph has no 'label' output"),
+        ("label is float", "output 'label' is float32 [?] but the metadata describes int64"),
+        ("scores are double", "output 'scores' is float64"),
+        ("float input of another size", "input 'image' is float32 [?, 3, 32, 32]"),
+        ("uint8 graph, float metadata", "input 'image' is uint8 [?, ?, ?, 3]"),
     ],
 )
-def test_graph_that_does_not_match_its_metadata_fails_at_load(make_model, options: dict, message: str) -> None:
+def test_graph_that_does_not_match_its_metadata_fails_at_load(make_model, case: str, message: str) -> None:
+    options = MISMATCHED.get(case, {"meta_changes": {"input": {"name": "image", "kind": "float"}}})
     with pytest.raises(ModelError) as info:
         Classifier.load(make_model(**options))
     assert message in str(info.value) and "re-export" in info.value.hint
