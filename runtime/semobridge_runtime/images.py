@@ -12,7 +12,7 @@ from .limits import ImageLimits
 
 #: File suffixes that semobridge-run picks from a directory or a glob (compared in lower case).
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".pnm", ".ppm", ".tif", ".tiff", ".webp")
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL modes holding 16-bit (or wider) gray samples
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PIL modes of 16-bit (or wider) gray samples
 
 
 def to_8bit(values: np.ndarray) -> np.ndarray:

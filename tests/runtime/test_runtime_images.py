@@ -47,13 +47,13 @@ def test_16bit_png_file(clf: Classifier, gray16: np.ndarray, tmp_path: Path) -> 
     assert np.abs(clf.predict(path).scores - white).max() > 1e-3
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N", "I"])
 def test_16bit_pil_modes(clf: Classifier, gray16: np.ndarray, mode: str) -> None:
     h, w = gray16.shape
     if mode == "I":
         image = Image.fromarray(gray16.astype(np.int32))
     else:
-        order = ">" if mode == "I;16B" else "<"
+        order = {"I;16B": ">", "I;16N": "="}.get(mode, "<")
         image = Image.frombytes(mode, (w, h), gray16.astype(f"{order}u2").tobytes())
     assert image.mode == mode
     np.testing.assert_allclose(clf.predict(image).scores, expected_scores(clf, gray16), atol=1e-6)
