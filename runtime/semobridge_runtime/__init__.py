@@ -7,8 +7,11 @@
 """
 
 from .classifier import Classifier, Prediction, TopK
-from .errors import InputError, ModelError
+from .errors import ERROR_TABLE, BackendError, InputError, ModelError, SemobridgeError
+from .images import to_8bit
+from .limits import ImageLimits
 from .metadata import ModelInfo
 
-__all__ = ["Classifier", "InputError", "ModelError", "ModelInfo", "Prediction", "TopK"]
+__all__ = ["ERROR_TABLE", "BackendError", "Classifier", "ImageLimits", "InputError", "ModelError", "ModelInfo",
+           "Prediction", "SemobridgeError", "TopK", "to_8bit"]
 __version__ = "0.1.0"

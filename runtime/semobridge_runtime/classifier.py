@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +12,7 @@ import numpy as np
 from .backends import Backend
 from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
+from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -43,31 +44,41 @@ class Prediction:
 class Classifier:
     """A loaded model. Immutable after loading, so one instance may serve several threads."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, limits: ImageLimits) -> None:
         self._backend = backend
+        self._limits = limits
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
-             intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> Classifier:
+             intra_op_num_threads: int | None = None, allow_spinning: bool = True, *,
+             max_side: int | None = None, max_pixels: int | None = None,
+             max_aspect: float | None = None) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
         providers: ONNX Runtime execution providers; default TensorRT, CUDA, CPU as available.
+        intra_op_num_threads: 0..256 (0 or None: ONNX Runtime's default, one per core).
         allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
             False lets them sleep, leaving the cores to the app's other threads and sessions.
+        max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
+            longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
+            2**26 and 32). Larger images are refused before they are decoded or run.
         """
-        path = Path(path)
+        path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
+        if backend not in ("auto", "onnxruntime", "tensorrt"):
+            raise InputError(f"unknown backend {backend!r}", hint="use 'auto', 'onnxruntime' or 'tensorrt'")
         if not path.is_file():
-            raise ModelError(f"model file not found: {path}")
+            raise ModelError(f"model file not found: {path}" if not path.is_dir() else
+                             f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
         if backend == "auto":
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
-            return cls(OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning))
-        if backend == "tensorrt":
+            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
+        else:
             from .backends.trt import TensorRTBackend
-            return cls(TensorRTBackend(path))
-        raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnxruntime' or 'tensorrt'")
+            loaded = TensorRTBackend(path)
+        return cls(loaded, replace(loaded.info.limits, **raised))
 
     @property
     def info(self) -> ModelInfo:
@@ -88,6 +99,11 @@ class Classifier:
         return self._backend.fixed_hw
 
     @property
+    def limits(self) -> ImageLimits:
+        """The largest images this classifier takes (see `load`)."""
+        return self._limits
+
+    @property
     def max_batch(self) -> int | None:
         """Images per model run (larger inputs are split); None when unlimited."""
         return self._backend.max_batch
@@ -97,7 +113,12 @@ class Classifier:
                 f"classes={self.info.num_classes}, input={self.info.input_kind!r})")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
-        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images."""
+        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.
+
+        Raises InputError for images it cannot take (the message says why and how to fix them),
+        ModelError when this model cannot take images at all (float variant), BackendError when
+        the inference library fails.
+        """
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive int, got {top_k!r}")
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"))
@@ -118,7 +139,7 @@ class Classifier:
             batch = float_batch(images, size)
             count, groups = len(batch), [Group(np.arange(len(batch)), batch)]
         else:
-            count, groups = uint8_groups(images, backend.fixed_hw)
+            count, groups = uint8_groups(images, backend.fixed_hw, self._limits)
         step = backend.max_batch or max(len(g.batch) for g in groups)
         results: list[np.ndarray | None] = [None] * len(outputs)
         for group in groups:

@@ -1,25 +1,71 @@
-"""`semobridge-run MODEL IMAGE...`: print the top-k classes per image."""
+"""`semobridge-run MODEL IMAGE...`: print the top-k classes per image.
+
+IMAGE may be a file, a directory (every image file in it) or a quoted glob such as 'photos/*.jpg'.
+Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import sys
+from pathlib import Path
 
+from . import __version__
 from .classifier import Classifier, Prediction
+from .errors import InputError, SemobridgeError
+from .images import IMAGE_SUFFIXES
+from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semobridge-run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="semobridge-run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="exported .onnx model or TensorRT .engine/.plan")
-    parser.add_argument("images", nargs="+", help="image files (needs Pillow)")
+    parser.add_argument("images", nargs="+",
+                        help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+                        help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} (default 0: one per core)")
     parser.add_argument("--no-spinning", action="store_true",
                         help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
+    parser.add_argument("--max-side", type=int, default=None,
+                        help=f"refuse images whose longest side exceeds this (default: the model's, else {MAX_SIDE})")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help=f"refuse images with more pixels than this (default: the model's, else {MAX_PIXELS})")
+    parser.add_argument("--max-aspect", type=float, default=None,
+                        help=f"refuse images whose longest/shortest side exceeds this (default: the model's, "
+                             f"else {MAX_ASPECT})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
+
+
+def image_paths(arguments: list[str]) -> list[str]:
+    """Expand directories (their image files, sorted) and globs (their matching image files, sorted)."""
+    paths: list[str] = []
+    for argument in arguments:
+        if Path(argument).is_dir():
+            found = sorted(str(p) for p in Path(argument).iterdir() if _is_image_file(p))
+            where = f"directory {argument}"
+        elif glob.has_magic(argument) and not Path(argument).exists():
+            found = sorted(p for p in glob.glob(argument) if _is_image_file(Path(p)))
+            where = f"glob {argument!r}"
+        else:
+            paths.append(argument)
+            continue
+        if not found:
+            raise InputError(f"no image files in {where}",
+                             hint=f"image files end in {', '.join(IMAGE_SUFFIXES)} (any case)")
+        paths += found
+    return paths
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
 def _as_json(images: list[str], result: Prediction) -> str:
@@ -41,13 +87,18 @@ def _as_text(images: list[str], result: Prediction) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        images = image_paths(args.images)
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
-                                     allow_spinning=not args.no_spinning)
-        result = classifier.predict(args.images, top_k=args.top_k)
-    except ValueError as exc:  # InputError, ModelError, and bad settings such as --threads -1
-        print(f"semobridge-run: error: {exc}", file=sys.stderr)
-        return 2
-    print(_as_json(args.images, result) if args.json else _as_text(args.images, result))
+                                     allow_spinning=not args.no_spinning, max_side=args.max_side,
+                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect)
+        result = classifier.predict(images, top_k=args.top_k)
+    except SemobridgeError as exc:
+        message = " ".join(str(exc).splitlines())  # one line, whatever the inference library said
+        print(f"semobridge-run: error: {message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    print(_as_json(images, result) if args.json else _as_text(images, result))
     return 0
 
 

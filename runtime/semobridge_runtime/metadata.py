@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .limits import ImageLimits
 
 METADATA_KEY = "semobridge"
 SUPPORTED_FORMAT_VERSION = 1
@@ -22,6 +23,7 @@ class ModelInfo:
     input_name: str
     image_size: int
     embedding_dim: int
+    limits: ImageLimits  # the model's own (metadata "limits"), else the defaults
     raw: dict[str, Any]
 
     @property
@@ -42,9 +44,9 @@ def parse_metadata(text: str | None, source: str) -> ModelInfo:
         names = tuple(str(n) for n in raw["class_names"])
         spec = raw["input"]
         kind = str(spec["kind"])
-        info = ModelInfo(names, kind, str(spec.get("name", "image")), int(raw["image_size"]),
-                         int(raw["embedding_dim"]), raw)
-    except (ValueError, KeyError, TypeError) as exc:
+        input_name = str(spec.get("name", "image"))
+        image_size, embedding_dim = int(raw["image_size"]), int(raw["embedding_dim"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{source}: malformed '{METADATA_KEY}' metadata ({exc!r}); re-export the model") from exc
     if version > SUPPORTED_FORMAT_VERSION:
         raise ModelError(
@@ -55,7 +57,8 @@ def parse_metadata(text: str | None, source: str) -> ModelInfo:
         raise ModelError(f"{source}: unknown input kind {kind!r}; upgrade semobridge-runtime")
     if not names:
         raise ModelError(f"{source}: metadata lists no class names; re-export the model")
-    return info
+    limits = ImageLimits.from_metadata(raw.get("limits"), source)
+    return ModelInfo(names, kind, input_name, image_size, embedding_dim, limits, raw)
 
 
 def read_sidecar(model_path: Path) -> ModelInfo:

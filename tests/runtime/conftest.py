@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +12,20 @@ import numpy as np
 import pytest
 
 from .contract_model import build_contract_model
+
+C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
+
+
+@pytest.fixture(scope="session")
+def c_build() -> Path:
+    """Run `make -C runtime/c` once per session; fail loudly if it does not build."""
+    if not (shutil.which("make") and shutil.which("cc")):
+        pytest.fail("building runtime/c needs make and a C compiler (apt-get install build-essential)")
+    done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"make -C runtime/c failed:\n{done.stdout}\n{done.stderr}")
+    return C_DIR / "build"
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +45,16 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(exported_onnx: Path) -> Path:
-    """The uint8 model under test: the tiny open_clip model as the exporter writes it."""
-    return exported_onnx / "model.onnx"
+def onnx_model(request: pytest.FixtureRequest) -> Path:
+    """The tiny open_clip model as the exporter writes it (tests/conftest.py's `exported_onnx`).
+
+    Skipped with the runtime alone (no semobridge, semobridge_export, torch): run
+    `python -m pytest tests/runtime --confcutdir tests/runtime` there, as runtime/README.md says.
+    """
+    try:
+        return request.getfixturevalue("exported_onnx") / "model.onnx"
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
 
 
 @pytest.fixture()

@@ -18,6 +18,17 @@ MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
 SIZE = 32
 
+#: Models whose graph does not match their metadata, for the load-time checks of both runtimes:
+#: case -> build_contract_model options.
+MISMATCHED = {
+    "embedding width": {"meta_changes": {"embedding_dim": 9}},
+    "class count": {"meta_changes": {"class_names": ["a", "b", "c", "d"]}},
+    "label renamed": {"rename_outputs": {"label": "argmax"}},
+    "label is float": {"cast_outputs": {"label": TensorProto.FLOAT}},
+    "scores are double": {"cast_outputs": {"scores": TensorProto.DOUBLE}},
+    "float input of another size": {"kind": "float", "meta_changes": {"image_size": 64}},
+}
+
 
 def contract_metadata(class_names: list[str], kind: str, shape: list, embedding_dim: int) -> dict:
     """The `semobridge` metadata dict the exporter writes."""
@@ -50,8 +61,15 @@ def build_contract_model(
     fixed_size: tuple[int, int] | None = None,
     metadata: bool = True,
     seed: int = 0,
+    meta_changes: dict | None = None,
+    rename_outputs: dict[str, str] | None = None,
+    cast_outputs: dict[str, int] | None = None,
 ) -> Path:
-    """Write a contract-conforming model to `path` (and `model.json`-style sidecar) and return it."""
+    """Write a contract-conforming model to `path` (and `model.json`-style sidecar) and return it.
+
+    meta_changes (metadata keys replaced), rename_outputs (output names replaced) and cast_outputs
+    (output name -> TensorProto type) make models whose metadata does not describe their graph.
+    """
     rng = np.random.default_rng(seed)
     class_names = [f"class {i}" for i in range(num_classes)]
     n_dim = batch if batch is not None else "N"
@@ -97,16 +115,31 @@ def build_contract_model(
         helper.make_tensor_value_info("label", TensorProto.INT64, [n_dim]),
         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [n_dim, embedding_dim]),
     ]
+    for name, elem_type in (cast_outputs or {}).items():
+        for node in nodes:
+            node.input[:] = [f"{name}_raw" if i == name else i for i in node.input]
+            node.output[:] = [f"{name}_raw" if o == name else o for o in node.output]
+        nodes.append(helper.make_node("Cast", [f"{name}_raw"], [name], to=elem_type))
+        outputs = [_retyped(o, o.name, elem_type) if o.name == name else o for o in outputs]
+    for old, new in (rename_outputs or {}).items():
+        nodes.append(helper.make_node("Identity", [old], [new]))
+        outputs = [_retyped(o, new, o.type.tensor_type.elem_type) if o.name == old else o for o in outputs]
     graph = helper.make_graph(nodes, "semobridge_contract", [inp], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     model.ir_version = 9
-    meta = contract_metadata(class_names, kind, shape, embedding_dim)
+    meta = contract_metadata(class_names, kind, shape, embedding_dim) | (meta_changes or {})
     if metadata:
         helper.set_model_props(model, {"semobridge": json.dumps(meta),
-                                       "semobridge.class_names": "\n".join(class_names)})
+                                       "semobridge.class_names": "\n".join(meta["class_names"])})
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     onnx.save(model, path)
     if metadata:
         path.with_name("model.json").write_text(json.dumps(meta, indent=2))
     return path
+
+
+def _retyped(value: onnx.ValueInfoProto, name: str, elem_type: int) -> onnx.ValueInfoProto:
+    """A graph output like `value` (same shape) with another name and element type."""
+    dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+    return helper.make_tensor_value_info(name, elem_type, dims)

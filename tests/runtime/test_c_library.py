@@ -8,31 +8,18 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from semobridge_runtime import ERROR_TABLE, Classifier, SemobridgeError
 
-from semobridge_runtime import Classifier
+from .conftest import C_DIR
+from .contract_model import MISMATCHED
 
-C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
-BUILD = C_DIR / "build"
 VALGRIND = ["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite", "--error-exitcode=1",
             f"--suppressions={C_DIR / 'tests' / 'valgrind.supp'}", "-q"]
-
-
-@pytest.fixture(scope="session")
-def c_build() -> Path:
-    """Run `make -C runtime/c` once per session; fail loudly if it does not build."""
-    if not (shutil.which("make") and shutil.which("cc")):
-        pytest.fail("building runtime/c needs make and a C compiler (apt-get install build-essential)")
-    done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        pytest.fail(f"make -C runtime/c failed:\n{done.stdout}\n{done.stderr}")
-    return BUILD
 
 
 def write_ppm(path: Path, image: np.ndarray) -> Path:
@@ -75,16 +62,23 @@ def test_classify_example_matches_python(c_build: Path, onnx_model: Path, images
 
 
 class Params(ctypes.Structure):
+    """struct sb_params, field for field (new fields are appended at the end)."""
+
     _fields_ = [("intra_op_num_threads", ctypes.c_int), ("inter_op_num_threads", ctypes.c_int),
                 ("use_cuda", ctypes.c_bool), ("cuda_device_id", ctypes.c_int),
-                ("graph_optimization_level", ctypes.c_int), ("allow_spinning", ctypes.c_bool)]
+                ("graph_optimization_level", ctypes.c_int), ("allow_spinning", ctypes.c_bool),
+                ("max_side", ctypes.c_int), ("max_pixels", ctypes.c_int64), ("max_aspect", ctypes.c_double)]
 
 
 @pytest.fixture(scope="session")
 def lib(c_build: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(c_build / "libsemobridge.so"))
     lib.sb_default_params.restype = Params
-    assert lib.sb_default_params().allow_spinning is True  # the struct's layout and default, as the header says
+    defaults = lib.sb_default_params()  # the struct's layout and defaults, as the header says
+    assert defaults.allow_spinning is True and defaults.graph_optimization_level == 99
+    assert (defaults.max_side, defaults.max_pixels, defaults.max_aspect) == (0, 0, 0.0)
+    lib.sb_version.restype = ctypes.c_char_p
+    lib.sb_load.argtypes = [ctypes.c_char_p, Params, ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
     lib.sb_open_with_error.restype = ctypes.c_void_p
     lib.sb_open_with_error.argtypes = [ctypes.c_char_p, Params, ctypes.c_char_p, ctypes.c_size_t]
     lib.sb_close.argtypes = [ctypes.c_void_p]
@@ -193,9 +187,96 @@ def test_valgrind_clean(c_build: Path, contract_onnx: Path, error_case_args: lis
     assert done.returncode == 0, done.stderr[-5000:]
 
 
-def test_pkg_config_install(c_build: Path, tmp_path: Path) -> None:
-    subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}", "install", f"DESTDIR={tmp_path}",
-                    "PREFIX=/usr"], check=True, capture_output=True)
-    pc = (tmp_path / "usr/lib/pkgconfig/semobridge.pc").read_text()
-    assert "-lsemobridge" in pc and "prefix=/usr" in pc
-    assert (tmp_path / "usr/include/semobridge.h").is_file() and (tmp_path / "usr/lib/libsemobridge.so").is_file()
+def c_load(lib: ctypes.CDLL, model: Path, **params) -> tuple[int, ctypes.c_void_p, str]:
+    """sb_load through ctypes: (return code, model handle, error message)."""
+    options = lib.sb_default_params()
+    for name, value in params.items():
+        setattr(options, name, value)
+    handle, err = ctypes.c_void_p(), ctypes.create_string_buffer(512)
+    rc = lib.sb_load(str(model).encode(), options, ctypes.byref(handle), err, len(err))
+    return rc, handle, err.value.decode()
+
+
+def c_classify(lib: ctypes.CDLL, handle: ctypes.c_void_p, image: np.ndarray) -> tuple[int, str]:
+    h, w, _ = image.shape
+    scores, labels = np.empty((1, lib.sb_num_classes(handle)), np.float32), np.empty(1, np.int64)
+    image = np.ascontiguousarray(image)
+    rc = lib.sb_classify(handle, image.ctypes.data, 1, h, w, 3 * w, scores.ctypes.data, labels.ctypes.data)
+    return rc, lib.sb_last_error(handle).decode()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("embedding width", "embedding has 8 values but its metadata says 9"),
+        ("class count", "scores have 5 classes but its metadata names 4"),
+        ("label renamed", "no 'label' output"),
+        ("label is float", "output 'label' has element type 1 and 1 dims, expected 7"),
+        ("scores are double", "output 'scores' has element type 11"),
+        ("float input of another size", "neither uint8 [N,H,W,3] RGB nor float [N,3,S,S]"),
+        ("limit not positive", "limit 'max_side' is not a positive number"),
+        ("limits not an object", "'limits' is not an object"),
+    ],
+)
+def test_c_refuses_graph_that_does_not_match_its_metadata(lib: ctypes.CDLL, make_model, case: str,
+                                                          message: str) -> None:
+    bad_limits = {"limit not positive": {"max_side": 0}, "limits not an object": [1, 2]}
+    options = MISMATCHED[case] if case in MISMATCHED else {"meta_changes": {"limits": bad_limits[case]}}
+    rc, handle, err = c_load(lib, make_model(**options))
+    assert (rc, handle.value) == (-2, None) and message in err, err  # SB_EMODEL, as ModelError in Python
+
+
+def test_c_limits_from_metadata_and_params(lib: ctypes.CDLL, make_model) -> None:
+    model = make_model(meta_changes={"limits": {"max_side": 64, "max_pixels": 1000, "max_aspect": 2}})
+    wide, big = np.zeros((10, 30, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)
+    rc, handle, err = c_load(lib, model)
+    assert rc == 0, err
+    try:
+        assert c_classify(lib, handle, wide) == (-1, "images are 10x30 (HxW): their aspect ratio 3:1 exceeds the "
+                                                     "limit of 2:1; crop or pad them, or raise sb_params.max_aspect")
+        assert "1024 pixels exceed the limit of 1000" in c_classify(lib, handle, big)[1]
+    finally:
+        lib.sb_close(handle)
+    rc, handle, err = c_load(lib, model, max_aspect=3.0, max_pixels=2000)  # the caller's limits win
+    assert rc == 0, err
+    try:
+        assert c_classify(lib, handle, wide)[0] == 0 and c_classify(lib, handle, big)[0] == 0
+    finally:
+        lib.sb_close(handle)
+
+
+def python_kind(action) -> type[SemobridgeError]:
+    with pytest.raises(SemobridgeError) as info:
+        action()
+    return type(info.value)
+
+
+@pytest.mark.parametrize("case", ["missing model", "directory as model", "not ours", "mismatched graph",
+                                  "float model given pixels", "1 x 1000000 image", "aspect ratio", "257 threads"])
+def test_python_and_c_classify_failures_alike(lib: ctypes.CDLL, make_model, contract_onnx: Path, tmp_path: Path,
+                                              case: str) -> None:
+    """The same failure is the same kind in both runtimes: the Python class's C code is what C returns."""
+    model, image, params = contract_onnx, np.zeros((8, 8, 3), np.uint8), {}
+    if case == "missing model":
+        model = tmp_path / "missing.onnx"
+    elif case == "directory as model":
+        model = tmp_path
+    elif case == "not ours":
+        model = make_model(metadata=False)
+    elif case == "mismatched graph":
+        model = make_model(**MISMATCHED["embedding width"])
+    elif case == "float model given pixels":
+        model = make_model(kind="float")
+    elif case == "1 x 1000000 image":
+        image = np.broadcast_to(np.zeros(3, np.uint8), (1, 1_000_000, 3))
+    elif case == "aspect ratio":
+        image = np.zeros((1, 40, 3), np.uint8)
+    else:
+        params = {"intra_op_num_threads": 257}
+    kind = python_kind(lambda: Classifier.load(model, **params).predict(image))
+    c_rc, handle, err = c_load(lib, model, **params)
+    if c_rc == 0:
+        c_rc, err = c_classify(lib, handle, image)
+        lib.sb_close(handle)
+    row = next(row for row in ERROR_TABLE if row.python is kind)
+    assert c_rc in row.c_codes.values(), f"Python raised {kind.__name__}, C returned {c_rc}: {err}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
+from PIL import Image
 
 from semobridge_runtime import Classifier, Prediction
 
@@ -47,8 +47,8 @@ def test_metadata_and_repr(onnx_model: Path) -> None:
     assert "CPUExecutionProvider" in repr(clf)
 
 
-def test_result_fields(onnx_model: Path, images: list[np.ndarray]) -> None:
-    clf = Classifier.load(onnx_model)
+def test_result_fields(contract_onnx: Path, images: list[np.ndarray]) -> None:
+    clf = Classifier.load(contract_onnx)
     result = clf.predict(images, top_k=3)
     n, c = len(images), len(clf.class_names)
     assert isinstance(result, Prediction) and len(result) == n
@@ -63,17 +63,16 @@ def test_result_fields(onnx_model: Path, images: list[np.ndarray]) -> None:
     assert clf.predict(images[0], top_k=10_000).top_k.indices.shape == (1, c)
 
 
-def test_embed(onnx_model: Path, images: list[np.ndarray]) -> None:
-    clf = Classifier.load(onnx_model)
+def test_embed(contract_onnx: Path, images: list[np.ndarray]) -> None:
+    clf = Classifier.load(contract_onnx)
     embeddings = clf.embed(images)
     assert embeddings.shape == (len(images), clf.info.embedding_dim)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(embeddings, clf.predict(images).embeddings, atol=1e-6)
 
 
-def test_input_forms_agree(onnx_model: Path, images: list[np.ndarray], tmp_path: Path) -> None:
-    Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
-    clf = Classifier.load(onnx_model)
+def test_input_forms_agree(contract_onnx: Path, images: list[np.ndarray], tmp_path: Path) -> None:
+    clf = Classifier.load(contract_onnx)
     image = images[3]
     path = tmp_path / "image.png"
     Image.fromarray(image).save(path)
@@ -82,8 +81,8 @@ def test_input_forms_agree(onnx_model: Path, images: list[np.ndarray], tmp_path:
         np.testing.assert_allclose(clf.predict(form).scores, expected, atol=1e-6)
 
 
-def test_channel_conversions(onnx_model: Path, images: list[np.ndarray]) -> None:
-    clf = Classifier.load(onnx_model)
+def test_channel_conversions(contract_onnx: Path, images: list[np.ndarray]) -> None:
+    clf = Classifier.load(contract_onnx)
     gray = images[0][:, :, 0]
     rgb_gray = np.repeat(gray[:, :, None], 3, axis=2)
     expected = clf.predict(rgb_gray).scores

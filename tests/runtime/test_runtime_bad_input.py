@@ -1,4 +1,4 @@
-"""Bad images and bad model files raise InputError/ModelError with a message naming the fix."""
+"""Bad images and bad model files raise InputError/ModelError/BackendError with a message naming the fix."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import numpy as np
 import onnx
 import pytest
 
-from semobridge_runtime import Classifier, InputError, ModelError
+from semobridge_runtime import BackendError, Classifier, InputError, ModelError
+
+from .contract_model import MISMATCHED
 
 RGB = np.zeros((8, 8, 3), np.uint8)
 
 
 @pytest.fixture(scope="module")
-def clf(onnx_model: Path) -> Classifier:
-    return Classifier.load(onnx_model)
+def clf(contract_onnx: Path) -> Classifier:
+    return Classifier.load(contract_onnx)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,7 @@ def clf(onnx_model: Path) -> Classifier:
         (42, "unsupported type int"),
         ([RGB, None], "image 1: unsupported type NoneType"),
         ("no/such/image.png", "no such image file"),
+        (np.zeros((8, 8, 3), np.uint16), "dtype uint16"),
     ],
 )
 def test_bad_images(clf: Classifier, images, message: str) -> None:
@@ -63,8 +66,10 @@ def test_bad_top_k(clf: Classifier, top_k) -> None:
         clf.predict(RGB, top_k=top_k)
 
 
-def test_errors_are_value_errors() -> None:
-    assert issubclass(InputError, ValueError) and issubclass(ModelError, ValueError)
+def test_directory_is_not_an_image(clf: Classifier, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a directory, not an image file") as info:
+        clf.predict(tmp_path)
+    assert "semobridge-run MODEL DIR" in info.value.hint
 
 
 def test_fixed_size_mismatch(make_model) -> None:
@@ -76,12 +81,11 @@ def test_fixed_size_mismatch(make_model) -> None:
 @pytest.mark.parametrize(
     ("images", "message"),
     [
-        (np.zeros((1, 3, 32, 32), np.uint8), "dtype uint8"),
         (np.zeros((1, 3, 32, 32), np.float64), "astype(np.float32)"),
         (np.zeros((3, 32, 32), np.float32), "got shape (3, 32, 32)"),
         (np.zeros((1, 3, 16, 16), np.float32), "[N,3,32,32]"),
         (np.zeros((0, 3, 32, 32), np.float32), "empty batch"),
-        ("image.jpg", "use the uint8 export"),
+        ([np.zeros((3, 32, 32), np.float32)], "as one numpy array, not list"),
     ],
 )
 def test_float_model_bad_input(make_model, images, message: str) -> None:
@@ -89,6 +93,15 @@ def test_float_model_bad_input(make_model, images, message: str) -> None:
     with pytest.raises(InputError) as info:
         clf.predict(images)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("images", [np.zeros((1, 3, 32, 32), np.uint8), RGB, [RGB], "image.jpg"])
+def test_float_model_given_pixels_is_a_model_error(make_model, images) -> None:
+    """As in C (sb_classify on a float model: SB_EMODEL): this model cannot take pixels, the uint8 export can."""
+    clf = Classifier.load(make_model(kind="float"))
+    with pytest.raises(ModelError, match="float-variant model.*not raw pixels") as info:
+        clf.predict(images)
+    assert "uint8 export" in info.value.hint
 
 
 def test_missing_model(tmp_path: Path) -> None:
@@ -102,16 +115,16 @@ def test_model_that_is_not_ours(make_model) -> None:
 
 
 @pytest.mark.parametrize("content", ["truncated", "garbage", "empty"])
-def test_corrupt_model(onnx_model: Path, tmp_path: Path, content: str) -> None:
-    data = onnx_model.read_bytes()
+def test_corrupt_model(contract_onnx: Path, tmp_path: Path, content: str) -> None:
+    data = contract_onnx.read_bytes()
     bad = tmp_path / "model.onnx"
     bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00hello" * 100, "empty": b""}[content])
     with pytest.raises(ModelError, match="cannot load .* re-export or re-download"):
         Classifier.load(bad)
 
 
-def test_newer_format_version(onnx_model: Path, tmp_path: Path) -> None:
-    model = onnx.load(str(onnx_model))
+def test_newer_format_version(contract_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(contract_onnx))
     for prop in model.metadata_props:
         if prop.key == "semobridge":
             prop.value = json.dumps({**json.loads(prop.value), "format_version": 99})
@@ -120,10 +133,33 @@ def test_newer_format_version(onnx_model: Path, tmp_path: Path) -> None:
         Classifier.load(tmp_path / "model.onnx")
 
 
-def test_unknown_backend_and_provider(onnx_model: Path) -> None:
-    with pytest.raises(ValueError, match="unknown backend"):
-        Classifier.load(onnx_model, backend="pytorch")
-    with pytest.raises(ValueError, match="not available"):
-        Classifier.load(onnx_model, providers=["NoSuchExecutionProvider"])
-    with pytest.raises(ValueError, match=r"intra_op_num_threads must be >= 0 \(0: ONNX Runtime's default\), not -1"):
-        Classifier.load(onnx_model, intra_op_num_threads=-1)
+def test_unknown_backend_and_provider(contract_onnx: Path) -> None:
+    with pytest.raises(InputError, match="unknown backend 'pytorch'"):
+        Classifier.load(contract_onnx, backend="pytorch")
+    with pytest.raises(BackendError, match="not available") as info:
+        Classifier.load(contract_onnx, providers=["NoSuchExecutionProvider"])
+    assert "onnxruntime-gpu" in info.value.hint
+
+
+def test_missing_model_is_a_model_error_before_the_backend(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is a directory, not a model file"):
+        Classifier.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("embedding width", "output 'embedding' is float32 [?, 8] but the metadata describes float32 [?, 9]"),
+        ("class count", "output 'scores' is float32 [?, 5]"),
+        ("label renamed", "the graph has no 'label' output"),
+        ("label is float", "output 'label' is float32 [?] but the metadata describes int64"),
+        ("scores are double", "output 'scores' is float64"),
+        ("float input of another size", "input 'image' is float32 [?, 3, 32, 32]"),
+        ("uint8 graph, float metadata", "input 'image' is uint8 [?, ?, ?, 3]"),
+    ],
+)
+def test_graph_that_does_not_match_its_metadata_fails_at_load(make_model, case: str, message: str) -> None:
+    options = MISMATCHED.get(case, {"meta_changes": {"input": {"name": "image", "kind": "float"}}})
+    with pytest.raises(ModelError) as info:
+        Classifier.load(make_model(**options))
+    assert message in str(info.value) and "re-export" in info.value.hint

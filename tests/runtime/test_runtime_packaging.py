@@ -1,4 +1,4 @@
-"""The runtime stays free of PyTorch: nothing imports it and no dependency pulls it in."""
+"""The runtime stays free of PyTorch (nothing imports it, no dependency pulls it in) and reads image files."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 def test_import_pulls_in_no_torch() -> None:
     code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.backends.ort, sys; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "assert 'semobridge' not in sys.modules and 'semobridge_export' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_declared_dependencies_have_no_torch() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["name"] == "semobridge-runtime"
-    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["numpy", "onnxruntime"]
+    # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg"))
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "numpy", "onnxruntime"]
     every = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     assert not any("torch" in d.lower() for d in every)
     installed = metadata.requires("semobridge-runtime") or []

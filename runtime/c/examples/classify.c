@@ -1,9 +1,11 @@
 /* classify - print the top-k classes of binary PPM (P6) images with a semobridge model.
  *
- *   classify [--top-k K] [--scores] [--threads N] [--no-spinning] MODEL IMAGE.ppm...
+ *   classify [--top-k K] [--scores] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...
  *
  * Per image:  "<path>", "  label <index> <name>", then k lines "  top <index> <score> <name>",
  * and with --scores one line "  scores <s0> <s1> ..." with every class score.
+ * Exit codes (docs/errors.md): 0 ok, 2 input error, 3 model error, 4 runtime error; with several
+ * images, the first failure's.
  */
 #include "semobridge.h"
 
@@ -28,7 +30,7 @@ static long ppm_int(FILE * f) {
     return v; /* the single whitespace after the number is consumed */
 }
 
-/* Read a binary PPM with maxval 255; returns malloc'd RGB pixels or NULL. */
+/* Read a binary PPM with maxval 255 and at most SB_MAX_PIXELS pixels; returns malloc'd RGB pixels or NULL. */
 static uint8_t * read_ppm(const char * path, int * w, int * h) {
     FILE * f = fopen(path, "rb");
     uint8_t * rgb = NULL;
@@ -36,7 +38,8 @@ static uint8_t * read_ppm(const char * path, int * w, int * h) {
     if (fgetc(f) == 'P' && fgetc(f) == '6') {
         long width = ppm_int(f), height = ppm_int(f), maxval = ppm_int(f);
         size_t bytes = (size_t) width * (size_t) height * 3;
-        if (width > 0 && height > 0 && maxval == 255 && (rgb = malloc(bytes)) && fread(rgb, 1, bytes, f) != bytes) {
+        if (width > 0 && height > 0 && (long long) width * height <= SB_MAX_PIXELS && maxval == 255 && (rgb = malloc(bytes)) &&
+            fread(rgb, 1, bytes, f) != bytes) {
             free(rgb);
             rgb = NULL;
         }
@@ -47,19 +50,26 @@ static uint8_t * read_ppm(const char * path, int * w, int * h) {
     return rgb;
 }
 
+/* The exit code of an SB_E* code: input error 2, model error 3, runtime error 4. */
+static int exit_code(int rc) { return rc == SB_EINVAL ? 2 : rc == SB_EMODEL ? 3 : 4; }
+
+/* Classify one image and print its classes; returns 0 or an exit code. */
 static int classify(struct sb_model * model, const char * path, int top_k, int print_scores) {
-    int w = 0, h = 0, rc = 1;
+    int w = 0, h = 0, rc = 2, status;
     const int classes = sb_num_classes(model);
     uint8_t * rgb = read_ppm(path, &w, &h);
     float * scores = malloc(sizeof(float) * (size_t) classes);
     int * order = malloc(sizeof(int) * (size_t) classes);
     int64_t label = -1;
     if (!rgb) {
-        fprintf(stderr, "classify: %s: not a readable binary PPM (P6, maxval 255)\n", path);
+        fprintf(stderr, "classify: %s: not a readable binary PPM (P6, maxval 255, at most %lld pixels)\n", path,
+                (long long) SB_MAX_PIXELS);
     } else if (!scores || !order) {
         fprintf(stderr, "classify: out of memory\n");
-    } else if (sb_classify(model, rgb, 1, h, w, 3 * w, scores, &label) != 0) {
+        rc = 4;
+    } else if ((status = sb_classify(model, rgb, 1, h, w, 3 * w, scores, &label)) != SB_OK) {
         fprintf(stderr, "classify: %s: %s\n", path, sb_last_error(model));
+        rc = exit_code(status);
     } else {
         printf("%s\n  label %lld %s\n", path, (long long) label, sb_class_name(model, (int) label));
         for (int i = 0; i < classes; i++) order[i] = i;
@@ -82,27 +92,43 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
     return rc;
 }
 
+static const char usage[] =
+    "usage: classify [--top-k K] [--scores] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...\n"
+    "  --top-k K      classes to print per image (default 5)\n"
+    "  --scores       also print every class score\n"
+    "  --threads N    ONNX Runtime intra-op threads, 0..256 (default 0: one per core)\n"
+    "  --no-spinning  let ONNX Runtime's threads sleep between calls instead of spinning\n"
+    "  --version      print the library version\n"
+    "exit codes: 0 ok, 2 input error, 3 model error, 4 runtime error\n";
+
 int main(int argc, char ** argv) {
     struct sb_params params = sb_default_params();
-    int top_k = 5, print_scores = 0, i = 1, failures = 0;
+    struct sb_model * model = NULL;
+    int top_k = 5, print_scores = 0, i = 1, failure = 0, rc;
     char err[512];
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--scores") == 0) print_scores = 1;
         else if (strcmp(argv[i], "--top-k") == 0 && i + 1 < argc) top_k = atoi(argv[++i]);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) params.intra_op_num_threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--no-spinning") == 0) params.allow_spinning = false;
+        else if (strcmp(argv[i], "--version") == 0) {
+            printf("classify (semobridge %s)\n", sb_version());
+            return 0;
+        }
         else break;
     }
     if (argc - i < 2 || top_k < 1) {
-        fprintf(stderr, "usage: %s [--top-k K] [--scores] [--threads N] [--no-spinning] MODEL IMAGE.ppm...\n", argv[0]);
+        fputs(usage, stderr);
         return 2;
     }
-    struct sb_model * model = sb_open_with_error(argv[i], params, err, sizeof err);
-    if (!model) {
+    if ((rc = sb_load(argv[i], params, &model, err, sizeof err)) != SB_OK) {
         fprintf(stderr, "classify: %s\n", err);
-        return 1;
+        return exit_code(rc);
     }
-    for (i++; i < argc; i++) failures += classify(model, argv[i], top_k, print_scores);
+    for (i++; i < argc; i++) {
+        rc = classify(model, argv[i], top_k, print_scores);
+        failure = failure ? failure : rc;
+    }
     sb_close(model);
-    return failures ? 1 : 0;
+    return failure;
 }

@@ -7,8 +7,9 @@
  *     char err[256];
  *     struct sb_params params = sb_default_params();
  *     params.intra_op_num_threads = 4;
- *     struct sb_model * model = sb_open_with_error("model.onnx", params, err, sizeof err);
- *     if (!model) { fprintf(stderr, "%s\n", err); return 1; }
+ *     struct sb_model * model = NULL;
+ *     int rc = sb_load("model.onnx", params, &model, err, sizeof err);
+ *     if (rc != SB_OK) { fprintf(stderr, "%s\n", err); return rc == SB_EINVAL ? 2 : rc == SB_EMODEL ? 3 : 4; }
  *
  *     int C = sb_num_classes(model);
  *     float * scores = malloc(sizeof(float) * n * C);
@@ -25,11 +26,26 @@
  * Images: n images of h x w RGB pixels, 3 bytes per pixel, row r of image i at
  * rgb + (i * h + r) * stride; stride >= 3 * w. Images must be exactly the size a
  * --fixed-size export expects; batches larger than a static batch size are split.
+ * Images beyond the model's limits (longest side, h * w, longest / shortest side:
+ * by default SB_MAX_SIDE, SB_MAX_PIXELS, SB_MAX_ASPECT, or the model's own from its
+ * metadata) are refused with SB_EINVAL before anything is allocated or run: the
+ * graph's resize costs grow with the image. Raise them with sb_params.max_*.
  *
- * Errors: functions returning int return 0 on success and a negative SB_E* code on
- * failure, with a message in the model's error buffer (sb_last_error). sb_open
- * returns NULL on failure; sb_open_with_error also writes the reason to a caller
- * buffer. The library keeps no global mutable state.
+ * Errors (docs/errors.md): functions returning int return 0 on success and a
+ * negative SB_E* code on failure, with a message in the model's error buffer
+ * (sb_last_error). SB_EINVAL is an input error (change the arguments), SB_EMODEL a
+ * model error (use another model file), SB_ERUNTIME and SB_ENOMEM runtime errors
+ * (ONNX Runtime, the machine). sb_load returns the code and writes the reason to a
+ * caller buffer; sb_open/sb_open_with_error return NULL on failure.
+ *
+ * Telemetry: ONNX Runtime (1.29+ outside Windows) writes a device id under
+ * ~/.cache/Microsoft and uploads usage events unless ORT_DISABLE_TELEMETRY=1 is set
+ * before its first environment is created. sb_load sets it (unless the variable is
+ * already set) before creating its environment, and disables telemetry events on
+ * it. setenv is not thread-safe against getenv in other threads: an app that reads
+ * its environment from other threads while opening its first model should set
+ * ORT_DISABLE_TELEMETRY=1 itself at start-up. Apart from that the library keeps no
+ * global mutable state.
  *
  * Thread safety: after sb_open, sb_classify, sb_embed and the getters may be called
  * on one model from several threads at once (ONNX Runtime's session Run is
@@ -47,21 +63,41 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(SB_BUILD) && defined(__GNUC__)
+/* SB_API marks the exported functions: dllexport while building the DLL (SB_BUILD) and
+ * dllimport when using it (unless SB_STATIC) on Windows; default visibility with GCC/Clang,
+ * where the library is built with -fvisibility=hidden. */
+#if defined(_WIN32)
+#if defined(SB_BUILD)
+#define SB_API __declspec(dllexport)
+#elif defined(SB_STATIC)
+#define SB_API
+#else
+#define SB_API __declspec(dllimport)
+#endif
+#elif defined(SB_BUILD) && defined(__GNUC__)
 #define SB_API __attribute__((visibility("default")))
 #else
 #define SB_API
 #endif
 
+#define SB_VERSION "0.1.0" /* the library version; sb_version() returns the one actually linked */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* Return codes: one per kind of error (docs/errors.md), as in Python and the exit codes. */
 #define SB_OK 0
-#define SB_EINVAL (-1)   /* invalid argument: NULL pointer, bad size, wrong model kind */
-#define SB_EMODEL (-2)   /* the model cannot be used: not ours, unsupported input */
-#define SB_ERUNTIME (-3) /* ONNX Runtime reported an error */
-#define SB_ENOMEM (-4)   /* out of memory */
+#define SB_EINVAL (-1)   /* input error (exit code 2): NULL pointer, bad size, image beyond a limit */
+#define SB_EMODEL (-2)   /* model error (exit code 3): missing or unreadable file, not ours, wrong variant */
+#define SB_ERUNTIME (-3) /* runtime error (exit code 4): ONNX Runtime or the machine failed */
+#define SB_ENOMEM (-4)   /* runtime error (exit code 4): out of memory */
+
+/* Default limits (equal to semobridge.validate and semobridge_runtime.limits). */
+#define SB_MAX_SIDE 16384          /* longest image side in pixels */
+#define SB_MAX_PIXELS (1LL << 26)  /* h * w */
+#define SB_MAX_ASPECT 32.0         /* longest side / shortest side */
+#define SB_MAX_THREADS 256         /* intra_op_num_threads and inter_op_num_threads */
 
 struct sb_model;
 
@@ -80,16 +116,27 @@ struct sb_params {
     enum sb_graph_opt graph_optimization_level;
     bool allow_spinning;         /* true: ORT's CPU threads spin between calls (lowest latency); false: they
                                     sleep, leaving the cores to the app's other threads and sessions */
+    /* Fields are only ever appended (ABI): those below came with the image limits. */
+    int max_side;                /* longest image side; 0: the model's limit (metadata), else SB_MAX_SIDE */
+    int64_t max_pixels;          /* h * w; 0: the model's limit, else SB_MAX_PIXELS */
+    double max_aspect;           /* longest / shortest side; 0: the model's limit, else SB_MAX_ASPECT */
 };
 
-/* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads. */
+/* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits. */
 SB_API struct sb_params sb_default_params(void);
 
-/* Open a model; NULL on failure. */
-SB_API struct sb_model * sb_open(const char * path, struct sb_params params);
+/* Version of the linked library ("0.1.0"; compare with SB_VERSION from the header compiled against). */
+SB_API const char * sb_version(void);
 
-/* Like sb_open; on failure also writes a NUL-terminated reason into err (if err && errlen > 0). */
+/* Open a model into *out (NULL on failure). Returns SB_OK or an SB_E* code; on failure also writes a
+ * NUL-terminated reason into err (if err && errlen > 0). Thread counts must be 0..SB_MAX_THREADS. */
+SB_API int sb_load(const char * path, struct sb_params params, struct sb_model ** out, char * err, size_t errlen);
+
+/* Like sb_load, returning the model or NULL on failure (the reason in err, if err && errlen > 0). */
 SB_API struct sb_model * sb_open_with_error(const char * path, struct sb_params params, char * err, size_t errlen);
+
+/* Like sb_load, returning the model or NULL. */
+SB_API struct sb_model * sb_open(const char * path, struct sb_params params);
 
 /* scores_out: n * sb_num_classes floats; labels_out: n argmax labels. Needs a uint8-input model. */
 SB_API int sb_classify(struct sb_model * model, const uint8_t * rgb, int n, int h, int w, int stride,

@@ -1,7 +1,9 @@
 /* semobridge.c - the semobridge C library over ONNX Runtime's C API. See semobridge.h. */
+#define _POSIX_C_SOURCE 200809L /* setenv, stat */
 #include "semobridge.h"
 
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <onnxruntime_c_api.h>
 #include <pthread.h>
@@ -9,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define SB_ERR_LEN 512
 #define SB_MAX_OUTPUTS 2
@@ -25,6 +28,8 @@ struct sb_model {
     char ** names;
     int num_classes;
     int embedding_dim;
+    int64_t max_side, max_pixels; /* image limits in force (sb_params, else the model's, else SB_MAX_*) */
+    double max_aspect;
     pthread_mutex_t err_lock;
     char err[SB_ERR_LEN];
 };
@@ -55,6 +60,9 @@ static int ort_fail(struct sb_model * m, OrtStatus * status, const char * what) 
     return rc;
 }
 
+/* ORT_TRY(m, call, what): run one OrtApi call; if it fails, record "what: ORT's message" as SB_ERUNTIME
+ * and jump to cleanup. The calling function must declare `int rc` (set here on failure) and have a
+ * `done:` label after which it releases whatever it holds and returns rc. */
 #define ORT_TRY(m, call, what)                     \
     do {                                           \
         OrtStatus * status_ = (call);              \
@@ -78,6 +86,14 @@ static bool mul_size(size_t a, size_t b, size_t * out) {
     return true;
 }
 
+/* ONNX Runtime (1.29+, outside Windows) starts its telemetry (a device id under ~/.cache/Microsoft,
+ * uploads) with its first environment unless ORT_DISABLE_TELEMETRY=1 is set by then. Set it once,
+ * before our first CreateEnv, keeping any value the app chose itself. */
+static pthread_once_t telemetry_once = PTHREAD_ONCE_INIT;
+static void disable_telemetry(void) { setenv("ORT_DISABLE_TELEMETRY", "1", 0); }
+
+const char * sb_version(void) { return SB_VERSION; }
+
 struct sb_params sb_default_params(void) {
     struct sb_params p = {
         .intra_op_num_threads = 0,
@@ -86,8 +102,34 @@ struct sb_params sb_default_params(void) {
         .cuda_device_id = 0,
         .graph_optimization_level = SB_GRAPH_OPT_ALL,
         .allow_spinning = true,
+        .max_side = 0,
+        .max_pixels = 0,
+        .max_aspect = 0.0,
     };
     return p;
+}
+
+/* Where the value of "key" starts in the JSON text, or NULL. A key inside a string value would be
+ * escaped (\"key\"), so a match preceded by a backslash is skipped. Searches [json, end) when end. */
+static const char * json_value(const char * json, const char * key, const char * end) {
+    char quoted[64];
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    for (const char * p = json ? strstr(json, quoted) : NULL; p && (!end || p < end); p = strstr(p + 1, quoted)) {
+        const char * v = p + strlen(quoted);
+        if (p > json && p[-1] == '\\') continue;
+        while (*v == ' ' || *v == '\n' || *v == '\t' || *v == '\r') v++;
+        if (*v != ':') continue;
+        for (v++; *v == ' ' || *v == '\n' || *v == '\t' || *v == '\r'; v++) {}
+        return v;
+    }
+    return NULL;
+}
+
+/* A positive number at v (a JSON value), or -1 when v is NULL or holds anything else. */
+static double json_positive(const char * v) {
+    char * end = NULL;
+    double x = v ? strtod(v, &end) : -1.0;
+    return end != v && x > 0 && x <= DBL_MAX ? x : -1.0;
 }
 
 /* Split the '\n'-joined class names into m->names. */
@@ -111,16 +153,32 @@ static int parse_names(struct sb_model * m, const char * joined) {
     return SB_OK;
 }
 
-/* Read the single input's name, element type and static dims. */
-static int read_input(struct sb_model * m, OrtAllocator * alloc) {
+/* Element type and dims (up to 4; -1 where dynamic) of a tensor type; SB_EMODEL if not a tensor. */
+static int tensor_shape(struct sb_model * m, OrtTypeInfo * type_info, const char * what,
+                        ONNXTensorElementDataType * type, size_t * ndims, int64_t dims[4]) {
+    const OrtApi * api = m->api;
+    int rc = SB_OK;
+    const OrtTensorTypeAndShapeInfo * tensor_info = NULL;
+    ORT_TRY(m, api->CastTypeInfoToTensorInfo(type_info, &tensor_info), what);
+    if (!tensor_info) return fail(m, SB_EMODEL, "%s is not a tensor; re-export the model", what);
+    ORT_TRY(m, api->GetTensorElementType(tensor_info, type), what);
+    ORT_TRY(m, api->GetDimensionsCount(tensor_info, ndims), what);
+    if (*ndims > 4) return fail(m, SB_EMODEL, "%s has %zu dims, at most 4 expected; re-export the model", what, *ndims);
+    ORT_TRY(m, api->GetDimensions(tensor_info, dims, *ndims), what);
+done:
+    return rc;
+}
+
+/* Read the single input's name, element type and static dims: uint8 [N,H,W,3] or float [N,3,S,S]. */
+static int read_input(struct sb_model * m, OrtAllocator * alloc, const char * json) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
     size_t count = 0, ndims = 0;
     char * name = NULL;
     OrtTypeInfo * type_info = NULL;
-    const OrtTensorTypeAndShapeInfo * tensor_info = NULL;
     ONNXTensorElementDataType type;
     int64_t dims[4];
+    const double size = json_positive(json_value(json, "image_size", NULL));
 
     ORT_TRY(m, api->SessionGetInputCount(m->session, &count), "reading the model's inputs");
     if (count != 1) { rc = fail(m, SB_EMODEL, "the model has %zu inputs, expected 1 (image); re-export it", count); goto done; }
@@ -129,15 +187,13 @@ static int read_input(struct sb_model * m, OrtAllocator * alloc) {
     if (!m->input_name) { rc = fail(m, SB_ENOMEM, "out of memory"); goto done; }
     strcpy(m->input_name, name);
     ORT_TRY(m, api->SessionGetInputTypeInfo(m->session, 0, &type_info), "reading the input type");
-    ORT_TRY(m, api->CastTypeInfoToTensorInfo(type_info, &tensor_info), "reading the input type");
-    if (!tensor_info) { rc = fail(m, SB_EMODEL, "the model input is not a tensor; re-export it"); goto done; }
-    ORT_TRY(m, api->GetTensorElementType(tensor_info, &type), "reading the input type");
-    ORT_TRY(m, api->GetDimensionsCount(tensor_info, &ndims), "reading the input shape");
-    if (ndims != 4) { rc = fail(m, SB_EMODEL, "the model input has %zu dims, expected 4; re-export it", ndims); goto done; }
-    ORT_TRY(m, api->GetDimensions(tensor_info, dims, 4), "reading the input shape");
+    if ((rc = tensor_shape(m, type_info, "the model input", &type, &ndims, dims)) != SB_OK) goto done;
     m->input_uint8 = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-    if (m->input_uint8 && dims[3] != 3) {
-        rc = fail(m, SB_EMODEL, "the model input is not [N,H,W,3] RGB; re-export it");
+    if (ndims != 4 || (m->input_uint8 && dims[3] != 3) ||
+        (!m->input_uint8 && (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || dims[1] != 3 ||
+                             (dims[2] > 0 && dims[2] != (int64_t) size) || (dims[3] > 0 && dims[3] != (int64_t) size)))) {
+        rc = fail(m, SB_EMODEL, "the model input is neither uint8 [N,H,W,3] RGB nor float [N,3,S,S] with S the "
+                  "metadata's image_size; re-export it");
         goto done;
     }
     m->batch = dims[0] > 0 ? dims[0] : -1;
@@ -149,14 +205,15 @@ done:
     return rc;
 }
 
-/* Find output `name`; store its dim 1 (or -1 if dynamic/absent) in *width. */
-static int output_width(struct sb_model * m, OrtAllocator * alloc, const char * name, int64_t * width) {
+/* Check output `name` is a `type` tensor of `ndims` dims; store dim 1 (-1 if dynamic or ndims < 2) in *width. */
+static int read_output(struct sb_model * m, OrtAllocator * alloc, const char * name,
+                       ONNXTensorElementDataType want_type, size_t want_ndims, int64_t * width) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
     size_t count = 0, ndims = 0;
     OrtTypeInfo * type_info = NULL;
-    const OrtTensorTypeAndShapeInfo * tensor_info = NULL;
-    int64_t dims[2] = {-1, -1};
+    ONNXTensorElementDataType type;
+    int64_t dims[4] = {-1, -1, -1, -1};
     bool found = false;
 
     ORT_TRY(m, api->SessionGetOutputCount(m->session, &count), "reading the model's outputs");
@@ -165,53 +222,76 @@ static int output_width(struct sb_model * m, OrtAllocator * alloc, const char * 
         ORT_TRY(m, api->SessionGetOutputName(m->session, i, alloc, &out_name), "reading an output name");
         found = strcmp(out_name, name) == 0;
         ort_free(api, alloc, out_name);
-        if (!found) continue;
-        ORT_TRY(m, api->SessionGetOutputTypeInfo(m->session, i, &type_info), "reading an output type");
-        ORT_TRY(m, api->CastTypeInfoToTensorInfo(type_info, &tensor_info), "reading an output type");
-        if (tensor_info) {
-            ORT_TRY(m, api->GetDimensionsCount(tensor_info, &ndims), "reading an output shape");
-            if (ndims == 2) ORT_TRY(m, api->GetDimensions(tensor_info, dims, 2), "reading an output shape");
-        }
+        if (found) ORT_TRY(m, api->SessionGetOutputTypeInfo(m->session, i, &type_info), "reading an output type");
     }
     if (!found) { rc = fail(m, SB_EMODEL, "the model has no '%s' output; re-export it with semobridge", name); goto done; }
-    *width = dims[1];
+    if ((rc = tensor_shape(m, type_info, name, &type, &ndims, dims)) != SB_OK) goto done;
+    if (type != want_type || ndims != want_ndims) {
+        rc = fail(m, SB_EMODEL, "output '%s' has element type %d and %zu dims, expected %d and %zu; re-export the model",
+                  name, (int) type, ndims, (int) want_type, want_ndims);
+        goto done;
+    }
+    *width = ndims > 1 && dims[1] > 0 ? dims[1] : -1;
 done:
     if (type_info) api->ReleaseTypeInfo(type_info);
     return rc;
 }
 
-/* Integer value of "key": in the semobridge JSON metadata, or -1. */
-static long json_int(const char * json, const char * key) {
-    const char * p = json ? strstr(json, key) : NULL;
-    if (!p) return -1;
-    p += strlen(key);
-    while (*p == ' ' || *p == '"' || *p == ':') p++;
-    return strtol(p, NULL, 10);
-}
-
-static int read_outputs(struct sb_model * m, OrtAllocator * alloc, OrtModelMetadata * meta) {
+/* The outputs: scores float [N, classes], label int64 [N], embedding float [N, d] with d as in the metadata. */
+static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const char * json) {
     int rc;
     int64_t scores_width = -1, embedding_width = -1, unused = -1;
-    char * json = NULL;
-    if ((rc = output_width(m, alloc, "scores", &scores_width)) != SB_OK) return rc;
-    if ((rc = output_width(m, alloc, "label", &unused)) != SB_OK) return rc;
-    if ((rc = output_width(m, alloc, "embedding", &embedding_width)) != SB_OK) return rc;
+    const double meta_dim = json_positive(json_value(json, "embedding_dim", NULL));
+    if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width)) != SB_OK ||
+        (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused)) != SB_OK ||
+        (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
+        return rc;
+    }
     if (scores_width > 0 && scores_width != m->num_classes) {
         return fail(m, SB_EMODEL, "the model's scores have %lld classes but its metadata names %d; re-export it",
                     (long long) scores_width, m->num_classes);
     }
-    if (embedding_width <= 0) { /* dynamic in the graph: take it from the JSON metadata */
-        ORT_TRY(m, m->api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &json), "reading metadata");
-        embedding_width = json_int(json, "\"embedding_dim\"");
+    if (meta_dim > 0 && embedding_width > 0 && (double) embedding_width != meta_dim) {
+        return fail(m, SB_EMODEL, "the model's embedding has %lld values but its metadata says %.0f; re-export it",
+                    (long long) embedding_width, meta_dim);
     }
+    if (embedding_width <= 0) embedding_width = meta_dim > 0 && meta_dim <= INT_MAX ? (int64_t) meta_dim : -1;
     if (embedding_width <= 0 || embedding_width > INT_MAX) {
-        rc = fail(m, SB_EMODEL, "cannot tell the model's embedding size; re-export it");
-        goto done;
+        return fail(m, SB_EMODEL, "cannot tell the model's embedding size; re-export it");
     }
     m->embedding_dim = (int) embedding_width;
-done:
-    ort_free(m->api, alloc, json);
-    return rc;
+    return SB_OK;
+}
+
+/* The image limits in force: the caller's (sb_params), else the model's ("limits" in its metadata), else SB_MAX_*. */
+static int read_limits(struct sb_model * m, const char * json, struct sb_params p) {
+    const char * limits = json_value(json, "limits", NULL);
+    const char * end = limits && *limits == '{' ? strchr(limits, '}') : NULL;
+    const char * keys[3] = {"max_side", "max_pixels", "max_aspect"};
+    const double defaults[3] = {SB_MAX_SIDE, (double) SB_MAX_PIXELS, SB_MAX_ASPECT};
+    double values[3];
+    if (limits && !end) return fail(m, SB_EMODEL, "the model's metadata 'limits' is not an object; re-export it");
+    for (int i = 0; i < 3; i++) {
+        const char * v = limits ? json_value(limits, keys[i], end) : NULL;
+        values[i] = v ? json_positive(v) : defaults[i];
+        if (values[i] <= 0) return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number; re-export it", keys[i]);
+    }
+    m->max_side = p.max_side > 0 ? p.max_side : (int64_t) values[0];
+    m->max_pixels = p.max_pixels > 0 ? p.max_pixels : (int64_t) values[1];
+    m->max_aspect = p.max_aspect > 0 ? p.max_aspect : values[2];
+    return SB_OK;
+}
+
+static int check_params(struct sb_model * m, struct sb_params p) {
+    if (p.intra_op_num_threads < 0 || p.intra_op_num_threads > SB_MAX_THREADS ||
+        p.inter_op_num_threads < 0 || p.inter_op_num_threads > SB_MAX_THREADS) {
+        return fail(m, SB_EINVAL, "thread counts must be 0..%d (0: ONNX Runtime's default), got intra_op_num_threads=%d "
+                    "and inter_op_num_threads=%d", SB_MAX_THREADS, p.intra_op_num_threads, p.inter_op_num_threads);
+    }
+    if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect >= 0 && p.max_aspect <= DBL_MAX)) {
+        return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be >= 0 (0: the model's limit)");
+    }
+    return SB_OK;
 }
 
 static int load(struct sb_model * m, const char * path, struct sb_params p) {
@@ -222,20 +302,21 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     OrtModelMetadata * meta = NULL;
     OrtAllocator * alloc = NULL;
     char * names = NULL;
-    FILE * f;
+    char * json = NULL;
+    struct stat st;
 
     if (!path) return fail(m, SB_EINVAL, "model path is NULL");
-    if (p.intra_op_num_threads < 0 || p.inter_op_num_threads < 0) {
-        return fail(m, SB_EINVAL, "thread counts must be >= 0 (0: ONNX Runtime's default)");
-    }
-    if (!(f = fopen(path, "rb"))) return fail(m, SB_EINVAL, "cannot open model file '%s': %s", path, strerror(errno));
-    fclose(f);
+    if ((rc = check_params(m, p)) != SB_OK) return rc;
+    if (stat(path, &st) != 0) return fail(m, SB_EMODEL, "cannot open model file '%s': %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return fail(m, SB_EMODEL, "'%s' is a directory, not a model file", path);
+    pthread_once(&telemetry_once, disable_telemetry);
     m->api = api = OrtGetApiBase()->GetApi(ORT_API_VERSION);
     if (!api) {
         return fail(m, SB_ERUNTIME, "ONNX Runtime %s lacks C API version %d; link a newer ONNX Runtime",
                     OrtGetApiBase()->GetVersionString(), ORT_API_VERSION);
     }
     ORT_TRY(m, api->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "semobridge", &m->env), "creating the ONNX Runtime env");
+    ORT_TRY(m, api->DisableTelemetryEvents(m->env), "disabling ONNX Runtime telemetry");
     ORT_TRY(m, api->CreateSessionOptions(&options), "creating session options");
     ORT_TRY(m, api->SetIntraOpNumThreads(options, p.intra_op_num_threads), "setting intra_op_num_threads");
     ORT_TRY(m, api->SetInterOpNumThreads(options, p.inter_op_num_threads), "setting inter_op_num_threads");
@@ -253,42 +334,67 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
         ORT_TRY(m, api->SessionOptionsAppendExecutionProvider_CUDA_V2(options, cuda),
                 "use_cuda: the CUDA execution provider is unavailable (CPU-only ONNX Runtime? unset use_cuda)");
     }
-    ORT_TRY(m, api->CreateSession(m->env, path, options, &m->session),
-            "ONNX Runtime cannot load the model (truncated, corrupt or not ONNX?)");
+    {
+        OrtStatus * status = api->CreateSession(m->env, path, options, &m->session);
+        if (status) { /* the file is there but ONNX Runtime cannot read it: a model error */
+            rc = fail(m, SB_EMODEL, "ONNX Runtime cannot load the model (truncated, corrupt or not ONNX?); re-export "
+                      "or re-download it: %s", api->GetErrorMessage(status));
+            api->ReleaseStatus(status);
+            goto done;
+        }
+    }
     ORT_TRY(m, api->CreateCpuMemoryInfo(OrtDeviceAllocator, OrtMemTypeDefault, &m->mem), "creating memory info");
     ORT_TRY(m, api->GetAllocatorWithDefaultOptions(&alloc), "getting the default allocator");
     ORT_TRY(m, api->SessionGetModelMetadata(m->session, &meta), "reading model metadata");
     ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge.class_names", &names),
             "reading model metadata");
-    if (!names) {
-        rc = fail(m, SB_EMODEL, "'%s' has no semobridge.class_names metadata: not a semobridge export; "
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &json), "reading model metadata");
+    if (!names || !json) {
+        rc = fail(m, SB_EMODEL, "'%s' has no semobridge metadata: not a semobridge export; "
                   "export the model with semobridge", path);
         goto done;
     }
-    if ((rc = parse_names(m, names)) != SB_OK) goto done;
-    if ((rc = read_input(m, alloc)) != SB_OK) goto done;
-    rc = read_outputs(m, alloc, meta);
+    if ((rc = parse_names(m, names)) != SB_OK || (rc = read_input(m, alloc, json)) != SB_OK ||
+        (rc = read_outputs(m, alloc, json)) != SB_OK) {
+        goto done;
+    }
+    rc = read_limits(m, json, p);
 done:
     ort_free(api, alloc, names);
+    ort_free(api, alloc, json);
     if (meta) api->ReleaseModelMetadata(meta);
     if (cuda) api->ReleaseCUDAProviderOptions(cuda);
     if (options) api->ReleaseSessionOptions(options);
     return rc;
 }
 
-struct sb_model * sb_open_with_error(const char * path, struct sb_params params, char * err, size_t errlen) {
-    struct sb_model * m = calloc(1, sizeof *m);
+int sb_load(const char * path, struct sb_params params, struct sb_model ** out, char * err, size_t errlen) {
+    int rc;
+    struct sb_model * m;
     if (err && errlen > 0) err[0] = '\0';
+    if (!out) {
+        if (err && errlen > 0) snprintf(err, errlen, "out is NULL: pass the address of a struct sb_model *");
+        return SB_EINVAL;
+    }
+    *out = NULL;
+    m = calloc(1, sizeof *m);
     if (!m || pthread_mutex_init(&m->err_lock, NULL) != 0) {
         if (err && errlen > 0) snprintf(err, errlen, "out of memory opening the model");
         free(m);
-        return NULL;
+        return SB_ENOMEM;
     }
-    if (load(m, path, params) != SB_OK) {
+    if ((rc = load(m, path, params)) != SB_OK) {
         if (err && errlen > 0) snprintf(err, errlen, "%s", m->err);
         sb_close(m);
-        return NULL;
+        return rc;
     }
+    *out = m;
+    return SB_OK;
+}
+
+struct sb_model * sb_open_with_error(const char * path, struct sb_params params, char * err, size_t errlen) {
+    struct sb_model * m = NULL;
+    sb_load(path, params, &m, err, errlen);
     return m;
 }
 
@@ -310,15 +416,28 @@ void sb_close(struct sb_model * m) {
     free(m);
 }
 
-/* Check the image arguments shared by sb_classify and sb_embed. */
+/* Check the image arguments shared by sb_classify and sb_embed, before anything is allocated or run. */
 static int check_images(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride) {
     size_t bytes;
+    const int longest = h > w ? h : w, shortest = h > w ? w : h;
     if (!m->input_uint8) {
         return fail(m, SB_EMODEL, "this model takes normalised float32 NCHW input (float export); "
                     "sb_classify/sb_embed need the uint8 export");
     }
     if (!rgb) return fail(m, SB_EINVAL, "rgb is NULL");
     if (n <= 0 || h <= 0 || w <= 0) return fail(m, SB_EINVAL, "n, h and w must be > 0 (got n=%d h=%d w=%d)", n, h, w);
+    if (longest > m->max_side) {
+        return fail(m, SB_EINVAL, "images are %dx%d (HxW): the longest side %d exceeds the limit of %lld; crop or "
+                    "resize them, or raise sb_params.max_side", h, w, longest, (long long) m->max_side);
+    }
+    if ((int64_t) h * w > m->max_pixels) {
+        return fail(m, SB_EINVAL, "images are %dx%d (HxW): their %lld pixels exceed the limit of %lld; crop or "
+                    "resize them, or raise sb_params.max_pixels", h, w, (long long) h * w, (long long) m->max_pixels);
+    }
+    if ((double) longest > m->max_aspect * (double) shortest) {
+        return fail(m, SB_EINVAL, "images are %dx%d (HxW): their aspect ratio %.4g:1 exceeds the limit of %g:1; "
+                    "crop or pad them, or raise sb_params.max_aspect", h, w, (double) longest / shortest, m->max_aspect);
+    }
     if (w > INT_MAX / 3) return fail(m, SB_EINVAL, "w=%d is too large: 3 * w overflows int", w);
     if (stride < 3 * w) {
         return fail(m, SB_EINVAL, "stride=%d is smaller than 3 * w = %d: a row holds w RGB pixels", stride, 3 * w);
@@ -327,6 +446,7 @@ static int check_images(struct sb_model * m, const uint8_t * rgb, int n, int h, 
         return fail(m, SB_EINVAL, "images are %dx%d but the model was exported with a fixed size of %lldx%lld; "
                     "resize them", h, w, (long long) m->height, (long long) m->width);
     }
+    /* stride >= 3 * w, so this also bounds the n * h * w * 3 bytes of the input tensor */
     if (!mul_size((size_t) n, (size_t) h, &bytes) || !mul_size(bytes, (size_t) stride, &bytes) ||
         bytes > (size_t) INT64_MAX) {
         return fail(m, SB_EINVAL, "n * h * stride = %d * %d * %d bytes overflows size_t", n, h, stride);

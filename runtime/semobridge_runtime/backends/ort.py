@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnxruntime as ort
 
-from ..errors import ModelError
-from ..metadata import METADATA_KEY, parse_metadata
+# ONNX Runtime (1.29+ on Linux/macOS) writes a device id and an event cache under
+# ~/.cache/Microsoft/DeveloperTools and uploads usage events, from the moment it initialises
+# (`import onnxruntime`); only this variable, set before that, stops it. An explicit value wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402  (after the telemetry opt-out)
+
+from ..contract import Tensor, check_graph  # noqa: E402
+from ..errors import BackendError, ModelError  # noqa: E402
+from ..limits import check_threads  # noqa: E402
+from ..metadata import METADATA_KEY, parse_metadata  # noqa: E402
+
+ort.disable_telemetry_events()  # also stops events when the app initialised ONNX Runtime before us
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_ELEMENT_TYPES = {"uint8": "tensor(uint8)", "float": "tensor(float)"}
+_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64",
+           "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int32)": "int32"}
 
 
 def choose_providers(requested: Sequence[str] | None) -> list[str]:
@@ -22,9 +33,14 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
         return [p for p in PREFERRED_PROVIDERS if p in available]
     missing = [p for p in requested if p not in available]
     if missing:
-        raise ValueError(f"execution providers {missing} are not available in this onnxruntime build "
-                         f"(available: {available}); install onnxruntime-gpu for CUDA/TensorRT")
+        raise BackendError(f"execution providers {missing} are not available in this onnxruntime build "
+                           f"(available: {available})", hint="install onnxruntime-gpu for CUDA/TensorRT")
     return list(requested)
+
+
+def _tensors(args: Sequence[ort.NodeArg]) -> list[Tensor]:
+    return [Tensor(a.name, _DTYPES.get(a.type, a.type), tuple(d if isinstance(d, int) else None for d in a.shape))
+            for a in args]
 
 
 class OnnxRuntimeBackend:
@@ -36,25 +52,22 @@ class OnnxRuntimeBackend:
                  intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> None:
         options = ort.SessionOptions()
         if intra_op_num_threads is not None:
-            if intra_op_num_threads < 0:
-                raise ValueError(f"intra_op_num_threads must be >= 0 (0: ONNX Runtime's default), not {intra_op_num_threads}")
-            options.intra_op_num_threads = intra_op_num_threads
+            options.intra_op_num_threads = check_threads(intra_op_num_threads, "intra_op_num_threads")
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        chosen = choose_providers(providers)
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options,
-                                                 providers=choose_providers(providers))
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises several unrelated types for unreadable files
             raise ModelError(f"ONNX Runtime cannot load {path} ({exc}); the file is truncated, corrupt "
                              "or not ONNX: re-export or re-download it") from exc
+        self._path = path
         metadata = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.info = parse_metadata(metadata, str(path))
+        check_graph(self.info, _tensors(self._session.get_inputs()), _tensors(self._session.get_outputs()), str(path))
         self.providers = tuple(self._session.get_providers())
-        inputs = self._session.get_inputs()
-        if len(inputs) != 1 or inputs[0].type != _ELEMENT_TYPES[self.info.input_kind]:
-            raise ModelError(f"{path}: graph inputs {[(i.name, i.type) for i in inputs]} do not match "
-                             f"its metadata (one {self.info.input_kind} input); re-export the model")
-        self._input = inputs[0].name
-        shape = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        shape = [d if isinstance(d, int) else None for d in first.shape]
         self.max_batch = shape[0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]
         self.fixed_hw = (height, width) if height and width else None
@@ -64,4 +77,9 @@ class OnnxRuntimeBackend:
         if self.max_batch is not None and n < self.max_batch:  # static batch: pad, then drop padding
             padding = np.zeros((self.max_batch - n, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, padding])
-        return [out[:n] for out in self._session.run(list(outputs), {self._input: batch})]
+        try:
+            values = self._session.run(list(outputs), {self._input: batch})
+        except Exception as exc:  # ORT's own exception types derive from Exception only
+            raise BackendError(f"ONNX Runtime failed running {self._path} on a batch of shape {batch.shape}: "
+                               f"{exc}") from exc
+        return [out[:n] for out in values]

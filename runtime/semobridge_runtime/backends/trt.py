@@ -13,10 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from ..contract import Tensor, check_graph
+from ..errors import BackendError, ModelError
 from ..metadata import read_sidecar
-
-OUTPUTS = ("scores", "label", "embedding")
+from .engine_io import EngineIO
 
 
 def _import_tensorrt() -> tuple[Any, Any]:
@@ -27,8 +27,8 @@ def _import_tensorrt() -> tuple[Any, Any]:
         except ImportError:
             from cuda import cudart
     except ImportError as exc:
-        raise ModelError(f"loading a TensorRT engine needs TensorRT 10 and cuda-python ({exc}): "
-                         "pip install 'semobridge-runtime[tensorrt]', or load the .onnx model instead") from None
+        raise BackendError(f"loading a TensorRT engine needs TensorRT 10 and cuda-python ({exc})",
+                           hint="pip install 'semobridge-runtime[tensorrt]', or load the .onnx model instead") from None
     return trt, cudart
 
 
@@ -39,53 +39,27 @@ class TensorRTBackend:
     providers = ("TensorRT",)
 
     def __init__(self, path: Path) -> None:
-        self._trt, self._cudart = _import_tensorrt()
+        trt, cudart = _import_tensorrt()
         self.info = read_sidecar(path)
-        self._runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
             raise ModelError(f"TensorRT cannot deserialize {path}: it is corrupt or was built for another "
-                             "TensorRT version or GPU; rebuild the engine on this machine")
-        self._context = self._engine.create_execution_context()
+                             "TensorRT version or GPU", hint="rebuild the engine on this machine")
+        tensors = {mode: [] for mode in (trt.TensorIOMode.INPUT, trt.TensorIOMode.OUTPUT)}
+        for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)):
+            shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+            tensors[engine.get_tensor_mode(name)].append(Tensor(name, dtype, shape))
+        check_graph(self.info, tensors[trt.TensorIOMode.INPUT], tensors[trt.TensorIOMode.OUTPUT], str(path))
+        self._input = tensors[trt.TensorIOMode.INPUT][0].name
+        self._io = EngineIO(trt, cudart, engine)
         self._lock = threading.Lock()
-        self._input = self.info.input_name
-        shape = list(self._engine.get_tensor_shape(self._input))
-        self.max_batch = shape[0] if shape[0] > 0 else \
-            self._engine.get_tensor_profile_shape(self._input, 0)[2][0]
+        shape = list(engine.get_tensor_shape(self._input))
+        self.max_batch = shape[0] if shape[0] > 0 else engine.get_tensor_profile_shape(self._input, 0)[2][0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]
         self.fixed_hw = (height, width) if height > 0 and width > 0 else None
 
-    def _check(self, result: tuple) -> Any:
-        err, *values = result
-        if err != self._cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA call failed: {self._cudart.cudaGetErrorName(err)[1]}")
-        return values[0] if values else None
-
     def run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
-        cudart = self._cudart
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
-            self._context.set_input_shape(self._input, batch.shape)
-            hosts = {self._input: np.ascontiguousarray(batch)}
-            for name in OUTPUTS:
-                dtype = self._trt.nptype(self._engine.get_tensor_dtype(name))
-                hosts[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype)
-            stream = self._check(cudart.cudaStreamCreate())
-            devices: dict[str, int] = {}
-            try:
-                for name, host in hosts.items():
-                    devices[name] = self._check(cudart.cudaMalloc(host.nbytes))
-                    self._context.set_tensor_address(name, devices[name])
-                source = hosts[self._input]
-                self._check(cudart.cudaMemcpyAsync(devices[self._input], source.ctypes.data, source.nbytes, h2d, stream))
-                if not self._context.execute_async_v3(int(stream)):
-                    raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
-                for name in outputs:
-                    self._check(cudart.cudaMemcpyAsync(hosts[name].ctypes.data, devices[name],
-                                                       hosts[name].nbytes, d2h, stream))
-                self._check(cudart.cudaStreamSynchronize(stream))
-            finally:
-                for pointer in devices.values():
-                    cudart.cudaFree(pointer)
-                cudart.cudaStreamDestroy(stream)
-        return [hosts[name] for name in outputs]
+            return self._io.run({self._input: batch}, outputs)

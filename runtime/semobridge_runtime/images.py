@@ -1,0 +1,51 @@
+"""Image files and PIL images -> uint8 pixels: size checked from the header before decoding, 16-bit scaled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .limits import ImageLimits
+
+#: File suffixes that semobridge-run picks from a directory or a glob (compared in lower case).
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".pnm", ".ppm", ".tif", ".tiff", ".webp")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PIL modes of 16-bit (or wider) gray samples
+
+
+def to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit samples to 8 bits, rounded to the nearest level: v8 = (v16 + 128) // 257.
+
+    257 = 65535 / 255 maps 0 -> 0 and 65535 -> 255 exactly; adding 128 (half of 257, rounded
+    down) rounds to nearest. Values outside 0..65535 (PIL's 32-bit mode "I") are clipped first.
+    semobridge's image loader uses the same formula, so fitting and inference see the same pixels.
+    """
+    wide = np.clip(np.asarray(values, dtype=np.int64), 0, 65535)
+    return ((wide + 128) // 257).astype(np.uint8)
+
+
+def read_image(path: Path, limits: ImageLimits) -> np.ndarray:
+    """Decode an image file to uint8 pixels (HxW gray or HxWx3 RGB), refusing it by its header first."""
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an image file",
+                         hint="pass the image files in it; semobridge-run MODEL DIR classifies every image in DIR")
+    if not path.is_file():
+        raise InputError(f"no such image file: {path}")
+    try:
+        with Image.open(path) as img:  # reads the header only
+            return pil_pixels(img, limits, str(path))
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path} is too large to decode ({exc})",
+                         hint="Pillow refuses it as a possible decompression bomb; crop or resize it") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot decode image file {path}: {exc}") from None
+
+
+def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:
+    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before)."""
+    limits.check(img.height, img.width, where)
+    if img.mode in SIXTEEN_BIT_MODES:
+        return to_8bit(np.asarray(img))
+    return np.asarray(img.convert("RGB"))
