@@ -80,7 +80,7 @@ class Backbone:
     def encode_text_eos(self, texts: Sequence[str]) -> torch.Tensor:
         """Pooled end-of-sequence tokens after ln_final, before W: [M, d_t] float32."""
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with _without_text_projection(self.model):
+        with without_text_projection(self.model):
             return self.model.encode_text(tokens).float()
 
 
@@ -100,7 +100,7 @@ def _text_projection_owner(model: nn.Module) -> tuple[nn.Module, torch.Tensor | 
 
 
 @contextlib.contextmanager
-def _without_text_projection(model: nn.Module) -> Iterator[None]:
+def without_text_projection(model: nn.Module) -> Iterator[None]:
     """Let open_clip's own encode_text stop at the pooled EOS token (its pooling rule included)."""
     owner, proj = _text_projection_owner(model)
     if isinstance(proj, nn.Linear):

@@ -41,6 +41,10 @@ class ModelInfo:
     augment: str = ""
     dataset: str = ""
     csb: bool = False
+    # the prompts of the fit, reused to enrol new classes on the device: templates with "{}"
+    # for the class name, and the descriptions of the model's classes (lower-case name -> sentences)
+    templates: list[str] = field(default_factory=list)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
