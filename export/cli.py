@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .formats import FORMATS, format_table
+from .formats import DEFAULT_FORMATS, FORMATS, format_table
 from .tensorrt import DEFAULT_CACHE, Profile, TensorRTError, build_engine
 
 CHECK_IMAGES = 32
@@ -18,6 +18,8 @@ HOW_TO_RUN = {
     "onnx": "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))",
     "onnx-fp16": "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)",
     "onnx-int8": "semobridge-run {path} photo.jpg   (CPU/ARM)",
+    "text": "semobridge-classes add shop.classes NAME IMAGE... --model {onnx}   (enrol a class; then semobridge-run {onnx} --classes shop.classes IMAGE)",
+    "text-int8": "Classifier.load('{onnx}', text_model='{path}')   (enrol with the int8 text tower)",
     "pt2": "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))",
     "engine": "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)",
 }
@@ -111,7 +113,8 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
     ]
     lines = [f"{k:<13} {v}" for k, v in rows] + ["", "artifacts:"]
     lines += [f"  {path.name:<24} {_size(path):>9}" for path in sorted(set(written.values()))]
-    lines += ["", "run:"] + [f"  {HOW_TO_RUN[f].format(path=written[f])}" for f in FORMATS if f in written]
+    onnx = written.get("onnx", "model.onnx")
+    lines += ["", "run:"] + [f"  {HOW_TO_RUN[f].format(path=written[f], onnx=onnx)}" for f in FORMATS if f in written]
     if backbone.is_random:
         lines += ["", RANDOM_WARNING]
     return "\n".join(lines)
@@ -126,7 +129,7 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
 @click.option("--train", is_flag=True, help="Fit SeMoBridge-T (trained) instead of training-free SeMoBridge.")
 @click.option("--seed", default=1, show_default=True, help="Few-shot split and training seed.")
 @click.option("--out", default="export", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--formats", default="onnx", show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
+@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="uint8: raw RGB NHWC pixels, preprocessing in the graph; float: normalised NCHW [N,3,S,S].")
 @click.option("--fixed-size", help="Static input height and width HxW (uint8 input; friendlier to TensorRT).")
