@@ -36,21 +36,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_profile(batch: str, sizes: str) -> Profile:
-    """--batch MIN,OPT,MAX and --sizes HxW,HxW,HxW -> Profile."""
+def _min_opt_max(text: str, option: str, example: str) -> tuple[int, int, int]:
     try:
-        b = tuple(int(v) for v in batch.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        b = ()
-    if len(b) != 3:
-        raise click.BadParameter(f"{batch!r} is not MIN,OPT,MAX, e.g. 1,8,32", param_hint="--batch")
+        values = ()
+    if len(values) != 3:
+        raise click.BadParameter(f"{text!r} is not MIN,OPT,MAX, e.g. {example}", param_hint=option)
+    return values  # type: ignore[return-value]
+
+
+def parse_profile(batch: str, sizes: str, class_counts: str = ",".join(map(str, Profile.classes))) -> Profile:
+    """--batch MIN,OPT,MAX, --sizes HxW,HxW,HxW and --class-counts MIN,OPT,MAX -> Profile."""
+    b = _min_opt_max(batch, "--batch", "1,8,32")
     s = tuple(parse_size(p) for p in sizes.split(","))
     if len(s) != 3:
         raise click.BadParameter(f"{sizes!r} is not MIN,OPT,MAX sizes, e.g. 64x64,480x640,1080x1920", param_hint="--sizes")
-    return Profile(b, s)  # type: ignore[arg-type]
+    return Profile(b, s, _min_opt_max(class_counts, "--class-counts", "1,100,4096"))  # type: ignore[arg-type]
 
 
 def profile_options(f):
+    f = click.option("--class-counts", default=",".join(map(str, Profile.classes)), show_default=True,
+                     help="TensorRT profile class count MIN,OPT,MAX (class sets the engine takes).")(f)
     f = click.option("--sizes", default="32x32,480x640,1080x1920", show_default=True,
                      help="TensorRT profile image sizes MIN,OPT,MAX as HxW (dynamic uint8 input).")(f)
     return click.option("--batch", default="1,1,16", show_default=True, help="TensorRT profile batch MIN,OPT,MAX.")(f)
@@ -137,12 +144,13 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
 @click.option("--int8-cpu", is_flag=True, help="Also write a dynamic-int8 ONNX graph for CPU/ARM.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT fp16 engine on this machine (TensorRT 10; unverified, see below).")
 @profile_options
-def main(data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes):
+def main(data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes,
+         class_counts):
     """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores."""
     from .exporter import export
 
     size = parse_size(fixed_size) if fixed_size else None
-    profile = parse_profile(batch, sizes)
+    profile = parse_profile(batch, sizes, class_counts)
     if not from_model and data is None:
         from semobridge.demo import demo_dataset
 
@@ -165,14 +173,14 @@ def main(data, shots, model, pretrained, from_model, train, seed, out, formats, 
 @click.option("--cache-dir", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(file_okay=False),
               help="Engine and timing cache (keyed by GPU, TensorRT version and ONNX hash).")
 @profile_options
-def build_engine_main(model, output, fp16, cache_dir, batch, sizes):
+def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
     The equivalent trtexec command is printed first.
     """
     try:
-        path = build_engine(model, output, parse_profile(batch, sizes), fp16=fp16, cache_dir=cache_dir, log=click.echo)
+        path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir, log=click.echo)
     except (ValueError, TensorRTError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")

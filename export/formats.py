@@ -159,7 +159,7 @@ FORMATS: dict[str, Format] = {
             "pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", "--input, --fixed-size", export_pt2
         ),
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
-               "--engine, --batch, --sizes, --classes", export_engine, "onnx"),
+               "--engine, --batch, --sizes, --class-counts", export_engine, "onnx"),
     )
 }
 DEFAULT_FORMATS = ("onnx", "text")
