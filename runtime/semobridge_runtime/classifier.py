@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backends import Backend
+from .classes import ClassSet, Identity, check_name
+from .enrol import FittedHead, TextSide, class_tensors
 from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
 from .metadata import ModelInfo
@@ -41,20 +44,33 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model. Immutable after loading, so one instance may serve several threads."""
+    """A loaded model and its class set.
 
-    def __init__(self, backend: Backend) -> None:
+    One instance may serve several threads: predictions read the class set once per call, and
+    class edits (add_class, remove_class, rename_class, load_classes) swap in a new set atomically.
+    """
+
+    def __init__(self, backend: Backend, path: Path, text_model: str | PathLike | None = None) -> None:
         self._backend = backend
+        self._path = path
+        self._text_model = text_model
+        self._classes: ClassSet | None = None  # None: the graph's own (fitted) classes
+        self._fitted: FittedHead | None = None
+        self._text: TextSide | None = None
+        self._edit = threading.Lock()
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
-             intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> Classifier:
+             intra_op_num_threads: int | None = None, allow_spinning: bool = True,
+             classes: str | PathLike | None = None, text_model: str | PathLike | None = None) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
         providers: ONNX Runtime execution providers; default TensorRT, CUDA, CPU as available.
         allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
             False lets them sleep, leaving the cores to the app's other threads and sessions.
+        classes: a class file (save_classes, semobridge-classes) to use instead of the fitted classes.
+        text_model: the text tower for add_class (default: the export's text.onnx; e.g. text_int8.onnx).
         """
         path = Path(path)
         if not path.is_file():
@@ -63,11 +79,17 @@ class Classifier:
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
-            return cls(OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning))
-        if backend == "tensorrt":
+            clf = cls(OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning), path, text_model)
+        elif backend == "tensorrt":
             from .backends.trt import TensorRTBackend
-            return cls(TensorRTBackend(path))
-        raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnxruntime' or 'tensorrt'")
+            clf = cls(TensorRTBackend(path), path, text_model)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnxruntime' or 'tensorrt'")
+        if classes is not None:
+            clf.load_classes(classes)
+        elif clf._backend.needs_classes:
+            clf._classes = clf._fitted_head().fitted
+        return clf
 
     @property
     def info(self) -> ModelInfo:
@@ -75,7 +97,63 @@ class Classifier:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._backend.info.class_names)
+        classes = self._classes
+        return list(classes.names if classes is not None else self._backend.info.class_names)
+
+    # ------------------------------------------------------------------ class sets
+
+    def _identity(self) -> Identity:
+        if not self._backend.head_inputs:
+            raise ModelError(f"{self._path} has its classes baked in; re-export it with semobridge-export to change them")
+        return Identity.of(self.info.raw, str(self._path))
+
+    def _fitted_head(self) -> FittedHead:
+        if self._fitted is None:
+            self._identity()
+            self._fitted = FittedHead(self._path, self.info)
+        return self._fitted
+
+    def _current(self) -> ClassSet:
+        return self._classes if self._classes is not None else self._fitted_head().fitted
+
+    def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
+        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
+
+        Its text classifier comes from the fit's prompt templates (and descriptions) filled with
+        `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
+        this model's own graph. Every class's weight is recomputed over the new class set.
+        """
+        check_name(name, tuple(self.class_names))
+        if images is None or (isinstance(images, (list, tuple)) and not images):
+            raise InputError(f"no images for class {name!r}: give at least one")
+        fitted = self._fitted_head()
+        if "features" not in getattr(self._backend, "outputs", ("features",)):
+            raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
+        if self._text is None:
+            self._text = TextSide(self._path, self.info, fitted, self._text_model, self.providers)
+        features = self._run(images, ("features",), self._classes)[0]
+        tensors = class_tensors(name, features, self._text, fitted, prompts)
+        with self._edit:
+            self._classes = self._current().added(name, *tensors)
+
+    def remove_class(self, name: str) -> None:
+        """Forget a class; every remaining class's weight is recomputed."""
+        with self._edit:
+            self._classes = self._current().removed(name)
+
+    def rename_class(self, old: str, new: str) -> None:
+        with self._edit:
+            self._classes = self._current().renamed(old, new)
+
+    def save_classes(self, path: str | PathLike) -> None:
+        """Write the class set to a class file (atomic: on failure an existing file stays as it was)."""
+        self._current().save(path, self._identity())
+
+    def load_classes(self, path: str | PathLike) -> None:
+        """Use the classes of a class file (written for this model's backbone and bridge)."""
+        classes = ClassSet.load(path, self._identity())
+        with self._edit:
+            self._classes = classes
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -94,25 +172,27 @@ class Classifier:
 
     def __repr__(self) -> str:
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={self.info.num_classes}, input={self.info.input_kind!r})")
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r})")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive int, got {top_k!r}")
-        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"))
+        classes = self._classes  # one class set for the whole call, whatever edits happen meanwhile
+        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        names = self.info.class_names
+        names = classes.names if classes is not None else self.info.class_names
         top = TopK(order, [[names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1))
         return Prediction(labels, [names[i] for i in labels], scores, top, embeddings)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",))[0]
+        return self._run(images, ("embedding",), self._classes)[0]
 
-    def _run(self, images: Any, outputs: Sequence[str]) -> list[np.ndarray]:
+    def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend
+        feeds = classes.feeds() if classes is not None else None
         if self.info.input_kind == "float":
             size = backend.fixed_hw[0] if backend.fixed_hw else self.info.image_size
             batch = float_batch(images, size)
@@ -124,7 +204,7 @@ class Classifier:
         for group in groups:
             for start in range(0, len(group.batch), step):
                 chunk = group.batch[start:start + step]
-                for j, value in enumerate(backend.run(chunk, outputs)):
+                for j, value in enumerate(backend.run(chunk, outputs, feeds)):
                     if results[j] is None:
                         results[j] = np.empty((count, *value.shape[1:]), value.dtype)
                     results[j][group.indices[start:start + step]] = value

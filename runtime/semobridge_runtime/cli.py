@@ -15,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files (needs Pillow)")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--classes", metavar="FILE", help="class file to use instead of the fitted classes (semobridge-classes)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--no-spinning", action="store_true",
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
-                                     allow_spinning=not args.no_spinning)
+                                     allow_spinning=not args.no_spinning, classes=args.classes)
         result = classifier.predict(args.images, top_k=args.top_k)
     except ValueError as exc:  # InputError, ModelError, and bad settings such as --threads -1
         print(f"semobridge-run: error: {exc}", file=sys.stderr)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import ModelError
 from ..metadata import read_sidecar
-
-OUTPUTS = ("scores", "label", "embedding")
 
 
 def _import_tensorrt() -> tuple[Any, Any]:
@@ -37,6 +35,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     providers = ("TensorRT",)
+    needs_classes = True  # an engine's class-set inputs have no defaults (the fitted classes come from head.safetensors)
 
     def __init__(self, path: Path) -> None:
         self._trt, self._cudart = _import_tensorrt()
@@ -49,6 +48,10 @@ class TensorRTBackend:
         self._context = self._engine.create_execution_context()
         self._lock = threading.Lock()
         self._input = self.info.input_name
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
+        self.head_inputs = tuple(n for n in inputs if n != self._input)
+        self.outputs = tuple(n for n in names if n not in inputs)
         shape = list(self._engine.get_tensor_shape(self._input))
         self.max_batch = shape[0] if shape[0] > 0 else \
             self._engine.get_tensor_profile_shape(self._input, 0)[2][0]
@@ -61,13 +64,18 @@ class TensorRTBackend:
             raise RuntimeError(f"CUDA call failed: {self._cudart.cudaGetErrorName(err)[1]}")
         return values[0] if values else None
 
-    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        if self.head_inputs and not classes:
+            raise ModelError("this engine takes its class set as inputs; load it through Classifier.load")
         with self._lock:
-            self._context.set_input_shape(self._input, batch.shape)
             hosts = {self._input: np.ascontiguousarray(batch)}
-            for name in OUTPUTS:
+            hosts |= {name: np.ascontiguousarray(classes[name], np.float32) for name in self.head_inputs}
+            for name, host in hosts.items():
+                self._context.set_input_shape(name, host.shape)
+            inputs = tuple(hosts)
+            for name in self.outputs:
                 dtype = self._trt.nptype(self._engine.get_tensor_dtype(name))
                 hosts[name] = np.empty(tuple(self._context.get_tensor_shape(name)), dtype)
             stream = self._check(cudart.cudaStreamCreate())
@@ -76,8 +84,9 @@ class TensorRTBackend:
                 for name, host in hosts.items():
                     devices[name] = self._check(cudart.cudaMalloc(host.nbytes))
                     self._context.set_tensor_address(name, devices[name])
-                source = hosts[self._input]
-                self._check(cudart.cudaMemcpyAsync(devices[self._input], source.ctypes.data, source.nbytes, h2d, stream))
+                for name in inputs:
+                    source = hosts[name]
+                    self._check(cudart.cudaMemcpyAsync(devices[name], source.ctypes.data, source.nbytes, h2d, stream))
                 if not self._context.execute_async_v3(int(stream)):
                     raise RuntimeError("TensorRT execution failed; see the TensorRT log above")
                 for name in outputs:

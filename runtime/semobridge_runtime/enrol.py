@@ -1,0 +1,107 @@
+"""Enrolment: a class name and its shots' image embeddings -> the class's head tensors.
+
+What it reads beside the model (named in the model's metadata, "enrolment"): the fitted head
+(head.safetensors: W⁺, W, L and the fitted classes; a semobridge model file) and the text tower
+(text.onnx, with its tokenizer's vocabulary). The prompts are the fit's: its templates filled
+with the class name, plus the fit's descriptions of that class if it had any.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import head, tensorfile
+from .classes import ClassSet
+from .errors import InputError, ModelError
+from .metadata import ModelInfo
+from .tokenizer import Tokenizer
+
+HEAD_FORMAT = "semobridge-model/1"  # semobridge's model file (semobridge/model.py)
+TEXT_METADATA_KEY = "semobridge.text"
+
+
+def _enrolment_path(model_path: Path, info: ModelInfo, key: str) -> Path:
+    files = info.raw.get("enrolment") or {}
+    if key not in files:
+        raise ModelError(f"{model_path} was exported without class enrolment; re-export it with semobridge-export")
+    path = model_path.parent / files[key]
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: adding, removing and renaming classes need it beside {model_path.name} "
+                         "(semobridge-export writes it with the default formats, onnx,text)")
+    return path
+
+
+class FittedHead:
+    """The fitted head of an export: the bridge's fixed parts and the fitted class set."""
+
+    def __init__(self, model_path: Path, info: ModelInfo):
+        path = _enrolment_path(model_path, info, "head")
+        tensors, meta = tensorfile.read(path, "model head")
+        try:
+            fields = json.loads(meta.get("semobridge", "{}"))
+            if fields.get("format") != HEAD_FORMAT:
+                raise ValueError(f"format {fields.get('format')!r}")
+            self.pinv = np.asarray(tensors["bridge.pinv"], np.float32)
+            self.text_projection = np.asarray(tensors["bridge.text_projection"], np.float32)
+            self.eos_length = float(tensors["bridge.eos_length"][0])
+            names = tuple(fields["class_names"])
+            fitted = ClassSet(names, *(tensors[n] for n in ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
+        if names != info.class_names or fields.get("backbone", {}).get("weights_hash") != info.raw["backbone"]["weights_hash"]:
+            raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
+        self.fitted = fitted
+
+
+class TextSide:
+    """Prompts of a class -> its text classifier T_c, through the exported text tower."""
+
+    def __init__(self, model_path: Path, info: ModelInfo, fitted: FittedHead, text_model: Path | None, providers: Sequence[str]):
+        import onnxruntime as ort
+
+        path = Path(text_model) if text_model is not None else _enrolment_path(model_path, info, "text_model")
+        if not path.is_file():
+            raise ModelError(f"text model {path} not found")
+        try:
+            self._session = ort.InferenceSession(str(path), providers=list(providers))
+            meta = json.loads(self._session.get_modelmeta().custom_metadata_map[TEXT_METADATA_KEY])
+            tokenizer = meta["tokenizer"]
+        except Exception as exc:  # ORT raises several unrelated types for unreadable files
+            raise ModelError(f"{path} is not a semobridge text model ({exc}); re-export the model") from exc
+        if meta["backbone"]["weights_hash"] != info.raw["backbone"]["weights_hash"]:
+            raise ModelError(f"{path} is the text tower of another backbone than {model_path.name}'s; use the one exported with it")
+        self._tokenizer = Tokenizer(path.parent / tokenizer["vocabulary"], tokenizer["context_length"], tokenizer["clean"])
+        self._input = self._session.get_inputs()[0].name
+        prompts = info.raw.get("prompts") or {}
+        self.templates: list[str] = list(prompts.get("templates", []))
+        self.descriptions: dict[str, list[str]] = dict(prompts.get("descriptions", {}))
+        self._W = fitted.text_projection
+
+    def prompts(self, name: str) -> list[str]:
+        """The fit's templates filled with `name`, then the fit's descriptions of it (if any)."""
+        return [t.format(name) for t in self.templates] + list(self.descriptions.get(name.lower(), []))
+
+    def eos(self, prompts: Sequence[str]) -> np.ndarray:
+        """Pooled EOS tokens [M, d_t] of the prompts."""
+        return self._session.run(None, {self._input: self._tokenizer(list(prompts))})[0]
+
+    def classifier(self, name: str, prompts: Sequence[str] | None = None) -> np.ndarray:
+        """T_c [d] from `prompts`, or from the fit's prompts for `name`."""
+        prompts = self.prompts(name) if prompts is None else list(prompts)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InputError(f"no usable prompt for class {name!r}: this model records no prompt templates, so pass "
+                             "prompts=[...] (sentences describing the class, e.g. 'a photo of a blue mug.')")
+        return head.text_classifier(self.eos(prompts), self._W)
+
+
+def class_tensors(name: str, features: np.ndarray, text: TextSide, fitted: FittedHead,
+                  prompts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T_c, P_c, I_c) of a new class from its shots' image embeddings F [K, d] (not normalised)."""
+    if len(features) == 0:
+        raise InputError(f"no images for class {name!r}: give at least one")
+    P = head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length)
+    return text.classifier(name, prompts), P, head.image_prototype(features)
