@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backends import Backend
-from .classes import ClassSet, Identity, check_name
-from .enrol import FittedHead, TextSide, class_tensors
+from .classes import ClassSet
+from .enrol import Enrolment
 from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
 from .metadata import ModelInfo
@@ -52,12 +51,7 @@ class Classifier:
 
     def __init__(self, backend: Backend, path: Path, text_model: str | PathLike | None = None) -> None:
         self._backend = backend
-        self._path = path
-        self._text_model = text_model
-        self._classes: ClassSet | None = None  # None: the graph's own (fitted) classes
-        self._fitted: FittedHead | None = None
-        self._text: TextSide | None = None
-        self._edit = threading.Lock()
+        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
@@ -87,8 +81,8 @@ class Classifier:
             raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnxruntime' or 'tensorrt'")
         if classes is not None:
             clf.load_classes(classes)
-        elif clf._backend.needs_classes:
-            clf._classes = clf._fitted_head().fitted
+        elif clf._backend.needs_classes:  # no defaults in the graph: feed the fitted classes
+            clf._enrolment.classes = clf._enrolment.fitted().fitted
         return clf
 
     @property
@@ -97,24 +91,12 @@ class Classifier:
 
     @property
     def class_names(self) -> list[str]:
-        classes = self._classes
-        return list(classes.names if classes is not None else self._backend.info.class_names)
+        return list(self._enrolment.names())
 
-    # ------------------------------------------------------------------ class sets
-
-    def _identity(self) -> Identity:
-        if not self._backend.head_inputs:
-            raise ModelError(f"{self._path} has its classes baked in; re-export it with semobridge-export to change them")
-        return Identity.of(self.info.raw, str(self._path))
-
-    def _fitted_head(self) -> FittedHead:
-        if self._fitted is None:
-            self._identity()
-            self._fitted = FittedHead(self._path, self.info)
-        return self._fitted
-
-    def _current(self) -> ClassSet:
-        return self._classes if self._classes is not None else self._fitted_head().fitted
+    @property
+    def classes(self) -> ClassSet:
+        """The class set in use: names and the graph's class-set inputs (read-only arrays; `.feeds()`)."""
+        return self._enrolment.current()
 
     def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
         """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
@@ -123,37 +105,24 @@ class Classifier:
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
         this model's own graph. Every class's weight is recomputed over the new class set.
         """
-        check_name(name, tuple(self.class_names))
         if images is None or (isinstance(images, (list, tuple)) and not images):
             raise InputError(f"no images for class {name!r}: give at least one")
-        fitted = self._fitted_head()
-        if "features" not in getattr(self._backend, "outputs", ("features",)):
-            raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
-        if self._text is None:
-            self._text = TextSide(self._path, self.info, fitted, self._text_model, self.providers)
-        features = self._run(images, ("features",), self._classes)[0]
-        tensors = class_tensors(name, features, self._text, fitted, prompts)
-        with self._edit:
-            self._classes = self._current().added(name, *tensors)
+        self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""
-        with self._edit:
-            self._classes = self._current().removed(name)
+        self._enrolment.remove(name)
 
     def rename_class(self, old: str, new: str) -> None:
-        with self._edit:
-            self._classes = self._current().renamed(old, new)
+        self._enrolment.rename(old, new)
 
     def save_classes(self, path: str | PathLike) -> None:
         """Write the class set to a class file (atomic: on failure an existing file stays as it was)."""
-        self._current().save(path, self._identity())
+        self._enrolment.save(path)
 
     def load_classes(self, path: str | PathLike) -> None:
         """Use the classes of a class file (written for this model's backbone and bridge)."""
-        classes = ClassSet.load(path, self._identity())
-        with self._edit:
-            self._classes = classes
+        self._enrolment.load(path)
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -178,7 +147,7 @@ class Classifier:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images."""
         if not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be a positive int, got {top_k!r}")
-        classes = self._classes  # one class set for the whole call, whatever edits happen meanwhile
+        classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -188,7 +157,7 @@ class Classifier:
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",), self._classes)[0]
+        return self._run(images, ("embedding",), self._enrolment.classes)[0]
 
     def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend

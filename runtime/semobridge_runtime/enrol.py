@@ -9,13 +9,15 @@ with the class name, plus the fit's descriptions of that class if it had any.
 from __future__ import annotations
 
 import json
+import threading
+from os import PathLike
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import head, tensorfile
-from .classes import ClassSet
+from .classes import ClassSet, Identity, check_name
 from .errors import InputError, ModelError
 from .metadata import ModelInfo
 from .tokenizer import Tokenizer
@@ -105,3 +107,69 @@ def class_tensors(name: str, features: np.ndarray, text: TextSide, fitted: Fitte
         raise InputError(f"no images for class {name!r}: give at least one")
     P = head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length)
     return text.classifier(name, prompts), P, head.image_prototype(features)
+
+
+class Enrolment:
+    """The class set of a loaded model, and its edits.
+
+    `classes` is None while the model uses its own (fitted) classes; every edit replaces it with a
+    new ClassSet under a lock, so a reader that takes `classes` once sees one whole set. The
+    fitted head and the text tower are read on first need.
+    """
+
+    def __init__(self, model_path: Path, info: ModelInfo, head_inputs: Sequence[str], outputs: Sequence[str],
+                 providers: Sequence[str], text_model: str | PathLike | None = None):
+        self.classes: ClassSet | None = None
+        self._path, self._info, self._providers = model_path, info, providers
+        self._head_inputs, self._outputs = tuple(head_inputs), tuple(outputs)
+        self._text_model = Path(text_model) if text_model is not None else None
+        self._fitted: FittedHead | None = None
+        self._text: TextSide | None = None
+        self._lock = threading.Lock()
+
+    def identity(self) -> Identity:
+        if not self._head_inputs:
+            raise ModelError(f"{self._path} has its classes baked in; re-export it with semobridge-export to change them")
+        return Identity.of(self._info.raw, str(self._path))
+
+    def fitted(self) -> FittedHead:
+        if self._fitted is None:
+            self.identity()
+            self._fitted = FittedHead(self._path, self._info)
+        return self._fitted
+
+    def current(self) -> ClassSet:
+        classes = self.classes
+        return classes if classes is not None else self.fitted().fitted
+
+    def names(self) -> tuple[str, ...]:
+        classes = self.classes
+        return classes.names if classes is not None else self._info.class_names
+
+    def add(self, name: str, features: Callable[[], np.ndarray], prompts: Sequence[str] | None = None) -> None:
+        """Enrol `name` from its shots' embeddings (`features()` computes them) and its prompts."""
+        check_name(name, self.names())
+        fitted = self.fitted()
+        if "features" not in self._outputs:
+            raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
+        if self._text is None:
+            self._text = TextSide(self._path, self._info, fitted, self._text_model, self._providers)
+        tensors = class_tensors(name, features(), self._text, fitted, prompts)
+        self._edit(lambda classes: classes.added(name, *tensors))
+
+    def remove(self, name: str) -> None:
+        self._edit(lambda classes: classes.removed(name))
+
+    def rename(self, old: str, new: str) -> None:
+        self._edit(lambda classes: classes.renamed(old, new))
+
+    def save(self, path: str | PathLike) -> None:
+        self.current().save(path, self.identity())
+
+    def load(self, path: str | PathLike) -> None:
+        classes = ClassSet.load(path, self.identity())
+        self._edit(lambda _: classes)
+
+    def _edit(self, change: Callable[[ClassSet], ClassSet]) -> None:
+        with self._lock:
+            self.classes = change(self.current())

@@ -39,8 +39,9 @@ def bridged_prototype(features: np.ndarray, pinv: np.ndarray, text_projection: n
 
 
 def affinity_sums(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.ndarray:
-    """Row sums Σ_j exp(I_c · T_j) [C] (float64): the softmax denominators of the class KL."""
-    return np.exp(image_protos.astype(np.float64) @ text_classifier.T.astype(np.float64)).sum(axis=1)
+    """Row sums Σ_j exp(I_c · T_j) [C]: the softmax denominators of the class KL (a float32 product,
+    as semobridge's, summed in float64 so that later edits can add and subtract terms exactly)."""
+    return np.exp((image_protos @ text_classifier.T).astype(np.float64)).sum(axis=1)
 
 
 def class_kl(image_protos: np.ndarray, text_classifier: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:

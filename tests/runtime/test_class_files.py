@@ -45,7 +45,7 @@ def test_byte_layout(shop, enrol_export) -> None:
         assert spec["dtype"] == "F32" and spec["shape"] == shape and spec["data_offsets"][0] == offset
         offset = spec["data_offsets"][1]
         np.testing.assert_array_equal(np.frombuffer(body[spec["data_offsets"][0]:offset], "<f4").reshape(shape),
-                                      getattr(clf._classes, name))
+                                      getattr(clf.classes, name))
     spec = header["class_names"]
     assert spec["dtype"] == "U8" and spec["data_offsets"] == [offset, len(body)]
     assert body[offset:].decode("utf-8").split("\n") == clf.class_names
@@ -57,7 +57,7 @@ def test_safetensors_reads_ours_and_we_read_safetensors(shop, tmp_path) -> None:
 
     clf, path = shop
     loaded = load_file(str(path))
-    np.testing.assert_array_equal(loaded["class_kl"], clf._classes.class_kl)
+    np.testing.assert_array_equal(loaded["class_kl"], clf.classes.class_kl)
     arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([1, 2], np.int64), "c": np.zeros(3, np.uint8)}
     save_file(arrays, str(tmp_path / "x.safetensors"), metadata={"k": "v"})
     tensors, meta = tensorfile.read(tmp_path / "x.safetensors")
@@ -101,7 +101,7 @@ def test_refusals(shop, enrol_export, tmp_path) -> None:
             clf.load_classes(bad)
         with pytest.raises(ModelError, match=message):
             Classifier.load(enrol_export, classes=bad)
-    assert clf.class_names == list(ENROL_CLASSES[:3]) and clf._classes is None
+    assert clf.class_names == list(ENROL_CLASSES[:3]) and clf._enrolment.classes is None
 
 
 def test_a_model_with_baked_classes_refuses_class_files(shop, contract_onnx) -> None:

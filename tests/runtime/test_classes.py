@@ -25,7 +25,7 @@ def query_images(pool) -> np.ndarray:
 def assert_same_as_fit(clf: Classifier, head, backbone, pool) -> None:
     """Class set, scores and labels of the runtime equal those of the fitted head."""
     assert clf.class_names == head.info.class_names
-    classes = clf._classes
+    classes = clf.classes
     for name, expected in [("text_classifier", head.text_classifier), ("bridged_prototypes", head.bridged_prototypes),
                            ("image_prototypes", head.image_prototypes), ("class_kl", head.class_kl)]:
         np.testing.assert_allclose(getattr(classes, name), expected.numpy(), rtol=0, atol=TOL, err_msg=name)
@@ -74,7 +74,7 @@ def test_the_graph_defaults_are_the_fitted_classes(enrol_export, enrol_pool, fit
     np.testing.assert_allclose(plain, library_scores(head, tiny_backbone, images)["scores"], rtol=0, atol=TOL)
     clf = Classifier.load(enrol_export)
     clf.add_class("white swan", shots(enrol_pool, "white swan"))
-    fed = session(enrol_export).run(["scores"], {"image": images, **clf._classes.feeds()})[0]
+    fed = session(enrol_export).run(["scores"], {"image": images, **clf.classes.feeds()})[0]
     np.testing.assert_array_equal(fed, clf.predict(images).scores)
 
 
@@ -88,8 +88,8 @@ def test_prompts_given_at_enrolment(enrol_export, enrol_pool, tiny_backbone) -> 
     clf.add_class("swan", shots(enrol_pool, "white swan"), prompts=prompts)
     eos = tiny_backbone.encode_text_eos(prompts)
     expected = text_side(eos, torch.zeros(2, dtype=torch.long), tiny_backbone.text_projection, 1).classifier[0]
-    np.testing.assert_allclose(clf._classes.text_classifier[-1], expected.numpy(), rtol=0, atol=TOL)
-    assert clf._text.prompts("white swan") == [t.format("white swan") for t in ENROL_TEMPLATES]
+    np.testing.assert_allclose(clf.classes.text_classifier[-1], expected.numpy(), rtol=0, atol=TOL)
+    assert clf._enrolment._text.prompts("white swan") == [t.format("white swan") for t in ENROL_TEMPLATES]
 
 
 def test_int8_text_tower(enrol_export, enrol_pool) -> None:
@@ -97,7 +97,7 @@ def test_int8_text_tower(enrol_export, enrol_pool) -> None:
     fast = Classifier.load(enrol_export, text_model=enrol_export.with_name("text_int8.onnx"))
     for clf in (exact, fast):
         clf.add_class("white swan", shots(enrol_pool, "white swan"))
-    a, b = exact._classes.text_classifier[-1], fast._classes.text_classifier[-1]
+    a, b = exact.classes.text_classifier[-1], fast.classes.text_classifier[-1]
     assert 0.99 < float(a @ b) < 1.0
 
 
@@ -129,7 +129,7 @@ def test_bad_images_change_nothing(enrol_export, enrol_pool, tmp_path) -> None:
                             ([tmp_path / "missing.png"], "no such image file"), (np.zeros((2, 2, 3), np.float32), "dtype")]:
         with pytest.raises(InputError, match=message):
             clf.add_class("white swan", images)
-    assert clf.class_names == list(ENROL_CLASSES[:3]) and clf._classes is None
+    assert clf.class_names == list(ENROL_CLASSES[:3]) and clf._enrolment.classes is None
 
 
 def test_the_last_class_cannot_be_removed(enrol_export) -> None:
@@ -165,3 +165,15 @@ def test_predictions_during_edits_see_one_class_set(enrol_export, enrol_pool) ->
         match = [names for names, s in states.items() if s.shape == result.scores.shape and np.array_equal(s, result.scores)]
         assert match, "a prediction mixed two class sets"
         assert result.class_names == [match[0][i] for i in result.labels]
+
+
+def test_without_the_text_packages_enrolment_says_what_to_install(enrol_export, enrol_pool, tmp_path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ftfy", None)  # as if not installed
+    clf = Classifier.load(enrol_export)
+    with pytest.raises(InputError, match=r"pip install 'semobridge-runtime\[classes\]'"):
+        clf.add_class("white swan", shots(enrol_pool, "white swan"))
+    clf.remove_class("red fox")  # everything but enrolment works without them
+    clf.save_classes(tmp_path / "x.classes")
+    assert Classifier.load(enrol_export, classes=tmp_path / "x.classes").class_names == ["blue whale", "green tree"]

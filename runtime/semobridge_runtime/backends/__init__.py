@@ -18,6 +18,7 @@ class Backend(Protocol):
     max_batch: int | None  # largest batch one run takes; None: unlimited
     fixed_hw: tuple[int, int] | None  # static input height/width, if any
     head_inputs: tuple[str, ...]  # the graph's class-set inputs (none: the classes are baked in)
+    outputs: tuple[str, ...]  # the graph's output names
     needs_classes: bool  # the class-set inputs have no defaults and must always be fed
 
     def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
