@@ -110,8 +110,8 @@ def export_text(job: Job) -> Path:
     path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
     vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
     shutil.copyfile(vocabulary_file(), vocabulary)
-    shutil.copyfile(VOCABULARY_LICENSE, vocabulary.with_name(f"{vocabulary.name}.LICENSE.txt"))
-    job.written["text vocabulary"] = vocabulary
+    licence = shutil.copyfile(VOCABULARY_LICENSE, vocabulary.with_name(f"{vocabulary.name}.LICENSE.txt"))
+    job.written |= {"text vocabulary": vocabulary, "text vocabulary licence": Path(licence)}
     job.written["head"] = job.fused.head.save(job.stage / ENROLMENT_FILES["head"])
     return path
 

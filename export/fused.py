@@ -60,6 +60,13 @@ class FusedClassifier(nn.Module):
         h = self.head
         return dict(zip(HEAD_INPUTS, (h.text_classifier, h.bridged_prototypes, h.image_prototypes, h.class_kl)))
 
+    def classify(self, q: torch.Tensor, *classes: torch.Tensor | None) -> torch.Tensor:
+        """Blend scores [N, C] of image embeddings q [N, d] against a class set (HEAD_INPUTS order;
+        the fitted tensors where none is given)."""
+        given = classes + (None,) * (len(HEAD_INPUTS) - len(classes))
+        T, P, I, kl = (f if g is None else g for g, f in zip(given, self.fitted_classes().values()))
+        return blend(affinities(q, T, P, I, self.head.bridge), kl, self.head.params)
+
     def forward(
         self,
         image: torch.Tensor,
@@ -68,11 +75,9 @@ class FusedClassifier(nn.Module):
         image_prototypes: torch.Tensor | None = None,
         class_kl: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        given = (text_classifier, bridged_prototypes, image_prototypes, class_kl)
-        T, P, I, kl = (f if g is None else g for g, f in zip(given, self.fitted_classes().values()))
         x = self.preprocess(image) if self.preprocess is not None else image
         q = self.encoder(x).float()
-        scores = blend(affinities(q, T, P, I, self.head.bridge), kl, self.head.params)
+        scores = self.classify(q, text_classifier, bridged_prototypes, image_prototypes, class_kl)
         return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q
 
     def example_input(self, batch: int = 2, size: tuple[int, int] | None = None) -> torch.Tensor:

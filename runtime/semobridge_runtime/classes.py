@@ -3,8 +3,9 @@
 A class set holds, per class c, what METHOD.md's blend needs: the text classifier T_c, the
 bridged prototype P_c, the image prototype I_c (unit vectors, [C, d] each) and the class KL
 D_c ([C], bits). Editing returns a new set (the old one stays valid for predictions running
-at the same time); the KL of every class is recomputed over the whole new set, from running
-softmax denominators, so one edit costs O(C·d) instead of a C x C product.
+at the same time); the KL of every class is recomputed over the whole new set from the
+softmax denominators Σ_j exp(I_c · T_j), which an edit updates (and the first edit recovers
+from the KL itself), so one edit costs O(C·d) instead of a C x C product.
 
 A class file is a safetensors file; docs/classes.md gives its exact byte layout.
 """
@@ -113,25 +114,29 @@ class ClassSet:
         return self.names.index(name)
 
     def _sums(self) -> np.ndarray:
-        return self.sums if self.sums is not None else head.affinity_sums(self.image_prototypes, self.text_classifier)
+        """The softmax denominators of the class KL: kept from the last edit, else recovered from the KL."""
+        if self.sums is not None:
+            return self.sums
+        found = head.sums_from_kl(self.image_prototypes, self.text_classifier, self.class_kl)
+        return found if found is not None else head.affinity_sums(self.image_prototypes, self.text_classifier)
 
     def added(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray) -> "ClassSet":
-        """This set with one more class at the end; every class's KL recomputed."""
+        """This set with one more class at the end; every class's KL recomputed, in O(C·d)."""
         check_name(name, self.names)
         T = np.vstack([self.text_classifier, text_classifier[None].astype(np.float32)])
         I = np.vstack([self.image_prototypes, image_prototype[None].astype(np.float32)])
         P = np.vstack([self.bridged_prototypes, bridged_prototype[None].astype(np.float32)])
-        I64, T64 = I.astype(np.float64), T.astype(np.float64)
-        sums = np.append(self._sums() + np.exp(I64[:-1] @ T64[-1]), np.exp(T64 @ I64[-1]).sum())
+        column, row = (np.exp(a.astype(np.float64)) for a in (I[:-1] @ T[-1], T @ I[-1]))
+        sums = np.append(self._sums() + column, row.sum())
         return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums)
 
     def removed(self, name: str) -> "ClassSet":
-        """This set without class `name`; every remaining class's KL recomputed."""
+        """This set without class `name`; every remaining class's KL recomputed, in O(C·d)."""
         r = self.index(name)
         if len(self) == 1:
             raise InputError(f"{name!r} is the last class; a model needs at least one: add another class first")
         keep = np.arange(len(self)) != r
-        sums = (self._sums() - np.exp(self.image_prototypes.astype(np.float64) @ self.text_classifier[r].astype(np.float64)))[keep]
+        sums = (self._sums() - np.exp((self.image_prototypes @ self.text_classifier[r]).astype(np.float64)))[keep]
         T, I = self.text_classifier[keep], self.image_prototypes[keep]
         names = tuple(n for n in self.names if n != name)
         return ClassSet(names, T, self.bridged_prototypes[keep], I, head.class_kl(I, T, sums), sums)

@@ -68,8 +68,10 @@ class TextSide:
         path = Path(text_model) if text_model is not None else _enrolment_path(model_path, info, "text_model")
         if not path.is_file():
             raise ModelError(f"text model {path} not found")
+        available = ort.get_available_providers()  # the model's providers where ONNX Runtime has them (not for engines)
+        providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(str(path), providers=list(providers))
+            self._session = ort.InferenceSession(str(path), providers=providers)
             meta = json.loads(self._session.get_modelmeta().custom_metadata_map[TEXT_METADATA_KEY])
             tokenizer = meta["tokenizer"]
         except Exception as exc:  # ORT raises several unrelated types for unreadable files

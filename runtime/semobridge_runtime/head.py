@@ -44,6 +44,11 @@ def affinity_sums(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.n
     return np.exp((image_protos @ text_classifier.T).astype(np.float64)).sum(axis=1)
 
 
+def own_affinities(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.ndarray:
+    """I_c · T_c [C], float64."""
+    return np.einsum("cd,cd->c", image_protos, text_classifier).astype(np.float64)
+
+
 def class_kl(image_protos: np.ndarray, text_classifier: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:
     """D_c = log2((1 + ε) / (softmax_j(I_c · T_j)[c] + ε)) in bits [C], float32.
 
@@ -53,6 +58,15 @@ def class_kl(image_protos: np.ndarray, text_classifier: np.ndarray, sums: np.nda
     """
     if sums is None:
         sums = affinity_sums(image_protos, text_classifier)
-    own = np.einsum("cd,cd->c", image_protos.astype(np.float64), text_classifier.astype(np.float64))
-    p = np.exp(own) / sums
+    p = np.exp(own_affinities(image_protos, text_classifier)) / sums
     return np.log2((1 + KL_EPS) / (p + KL_EPS)).astype(np.float32)
+
+
+def sums_from_kl(image_protos: np.ndarray, text_classifier: np.ndarray, kl: np.ndarray) -> np.ndarray | None:
+    """The affinity sums recovered from the class KL in O(C·d), inverting class_kl:
+    p_c = (1 + ε) / 2^D_c - ε and Σ_j exp(I_c · T_j) = exp(I_c · T_c) / p_c (within ~1e-6 relative,
+    the float32 rounding of D). None if the KL does not fit (then compute affinity_sums)."""
+    p = (1 + KL_EPS) / np.exp2(kl.astype(np.float64)) - KL_EPS
+    if not np.all(np.isfinite(p) & (p > 0)):
+        return None
+    return np.exp(own_affinities(image_protos, text_classifier)) / p

@@ -69,3 +69,15 @@ def test_class_kl_over_the_whole_set_and_after_edits(features) -> None:
     np.testing.assert_array_equal(classes.image_prototypes, I[keep].numpy())
     np.testing.assert_array_equal(classes.bridged_prototypes, P[keep].numpy())
     assert all(not a.flags.writeable for a in classes.feeds().values())
+
+
+def test_the_first_edit_recovers_the_softmax_denominators_from_the_kl() -> None:
+    """sums_from_kl inverts class_kl in O(C·d) (so no edit needs the C x C product), within float32 rounding."""
+    rng = np.random.default_rng(5)
+    T = head.normalize(rng.standard_normal((400, 64)).astype(np.float32))
+    I = head.normalize(T + 0.7 * rng.standard_normal((400, 64)).astype(np.float32)).astype(np.float32)
+    exact = head.affinity_sums(I, T)
+    recovered = head.sums_from_kl(I, T, head.class_kl(I, T))
+    np.testing.assert_allclose(recovered, exact, rtol=1e-6, atol=0)
+    assert head.sums_from_kl(I, T, np.full(400, np.nan, np.float32)) is None
+    assert head.sums_from_kl(I, T, np.full(400, 40.0, np.float32)) is None  # p <= 0: not a KL of these prototypes
