@@ -177,3 +177,37 @@ def test_without_the_text_packages_enrolment_says_what_to_install(enrol_export, 
     clf.remove_class("red fox")  # everything but enrolment works without them
     clf.save_classes(tmp_path / "x.classes")
     assert Classifier.load(enrol_export, classes=tmp_path / "x.classes").class_names == ["blue whale", "green tree"]
+
+
+def test_semobridge_t_keeps_its_trained_bridge_and_gives_new_classes_no_bias(enrol_export, fit_on, enrol_pool, tiny_backbone,
+                                                                           tmp_path) -> None:
+    """A SeMoBridge-T model (a trained W+ and class biases): a new class is bridged with the trained W+ and
+    no bias (semobridge's bridged_prototypes with b = 0); the fitted classes keep their prototypes; class
+    files of the training-free model (bridged with pinv(W)) are refused."""
+    import torch
+
+    from semobridge.prototypes import bridged_prototypes, class_kl
+    from semobridge_export import export
+
+    trained = fit_on(ENROL_CLASSES[:3])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as if trained: W+ moved, class biases learnt
+        trained.bridge.pinv.add_(0.05 * torch.randn(trained.bridge.pinv.shape, generator=g))
+        trained.class_bias = 0.3 * torch.randn(3, trained.bridge.pinv.shape[1], generator=g)
+    trained.info.variant = "trained"
+    model = export(trained, tiny_backbone, tmp_path / "t", log=lambda _: None)["onnx"]
+    clf = Classifier.load(model)
+    clf.add_class("white swan", shots(enrol_pool, "white swan"))
+    F = torch.from_numpy(clf._run(shots(enrol_pool, "white swan"), ("features",), None)[0])
+    with torch.no_grad():
+        expected = bridged_prototypes(trained.bridge, F, torch.zeros(len(F), dtype=torch.long), 1,
+                                      torch.zeros(1, trained.bridge.pinv.shape[1]))[0]
+    classes = clf.classes
+    np.testing.assert_allclose(classes.bridged_prototypes[-1], expected.numpy(), rtol=0, atol=TOL)
+    np.testing.assert_array_equal(classes.bridged_prototypes[:3], trained.bridged_prototypes.numpy())
+    kl = class_kl(torch.from_numpy(np.array(classes.image_prototypes)), torch.from_numpy(np.array(classes.text_classifier)))
+    np.testing.assert_allclose(classes.class_kl, kl.numpy(), rtol=0, atol=TOL)
+
+    Classifier.load(enrol_export).save_classes(tmp_path / "free.classes")
+    with pytest.raises(ModelError, match="another W\\+"):
+        clf.load_classes(tmp_path / "free.classes")
