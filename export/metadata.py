@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from semobridge.backbones import Backbone
+
 from .fused import FusedClassifier
 
 FORMAT_VERSION = 1
@@ -82,7 +84,7 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
     }
 
 
-def text_metadata(backbone, tokenizer: dict[str, Any], text_width: int, precision: str = "fp32") -> dict[str, Any]:
+def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], text_width: int, precision: str = "fp32") -> dict[str, Any]:
     """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
     return {
         "format_version": FORMAT_VERSION,

@@ -3,7 +3,7 @@
 UNVERIFIED: written from the TensorRT 10 Python API documentation; TensorRT could not be
 installed where this was developed. The parts that need no TensorRT (profile shapes, cache
 keys, the trtexec command line, the ONNX model without class-set defaults) are tested;
-building is not. The class set is an engine input with its own profile range (--classes).
+building is not. The class set is an engine input with its own profile range (--class-counts).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Profile:
         """min, opt and max shapes of every graph input: the image, then the class-set inputs ([C, ...])."""
         if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
             raise ValueError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
-        shapes = {"image": self.shapes(meta)}
+        shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
         for spec in meta.get("head_inputs", []):
             shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
         return shapes

@@ -95,11 +95,14 @@ class TextSide:
 
     def classifier(self, name: str, prompts: Sequence[str] | None = None) -> np.ndarray:
         """T_c [d] from `prompts`, or from the fit's prompts for `name`."""
-        prompts = self.prompts(name) if prompts is None else list(prompts)
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise InputError(f"no usable prompt for class {name!r}: this model records no prompt templates, so pass "
-                             "prompts=[...] (sentences describing the class, e.g. 'a photo of a blue mug.')")
-        return head.text_classifier(self.eos(prompts), self._W)
+        if prompts is None:
+            prompts = self.prompts(name)
+            if not prompts:
+                raise InputError(f"no prompt for class {name!r}: this model records no prompt templates (it was fitted "
+                                 "from embeddings), so pass prompts=[...], e.g. ['a photo of a blue mug.']")
+        elif isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise InputError(f"prompts for class {name!r} must be a non-empty list of non-empty strings, got {prompts!r}")
+        return head.text_classifier(self.eos(list(prompts)), self._W)
 
 
 def class_tensors(name: str, features: np.ndarray, text: TextSide, fitted: FittedHead,

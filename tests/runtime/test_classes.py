@@ -211,3 +211,15 @@ def test_semobridge_t_keeps_its_trained_bridge_and_gives_new_classes_no_bias(enr
     Classifier.load(enrol_export).save_classes(tmp_path / "free.classes")
     with pytest.raises(ModelError, match="another W\\+"):
         clf.load_classes(tmp_path / "free.classes")
+
+
+def test_a_model_without_recorded_templates_needs_prompts(onnx_model, images) -> None:
+    """The tiny test model was fitted from embeddings: no templates, so enrolment asks for prompts."""
+    clf = Classifier.load(onnx_model)
+    with pytest.raises(InputError, match="records no prompt templates.*prompts="):
+        clf.add_class("black cat", images[:2])
+    for bad in ("a photo of a cat.", [], [""], [3]):
+        with pytest.raises(InputError, match="non-empty list of non-empty strings"):
+            clf.add_class("black cat", images[:2], prompts=bad)
+    clf.add_class("black cat", images[:2], prompts=["a photo of a black cat."])
+    assert clf.class_names[-1] == "black cat" and clf.predict(images[0]).scores.shape == (1, 6)
