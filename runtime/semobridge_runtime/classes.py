@@ -26,6 +26,8 @@ FORMAT = "semobridge-classes/1"
 #: per-class tensors, named as the fused graph's head inputs, in file order
 TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
+#: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
+MAX_NAME_LENGTH = 256
 FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",
                         "Zp": "a paragraph separator"}
 
@@ -56,13 +58,14 @@ def check_name(name: Any, taken: tuple[str, ...] = ()) -> str:
         raise InputError(f"a class name must be a string, not {type(name).__name__}")
     if not name.strip():
         raise InputError(f"class name {name!r} is empty; give the class a name")
-    if name != name.strip():
-        raise InputError(f"class name {name!r} starts or ends with white space; use {name.strip()!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(f"class name {name[:40]!r}... has {len(name)} characters, over {MAX_NAME_LENGTH}; shorten it")
     for ch in name:
         kind = FORBIDDEN_CATEGORIES.get(unicodedata.category(ch))
         if kind:
-            raise InputError(f"class name {name!r} contains {kind} (U+{ord(ch):04X}); remove it")
-    clash = next((t for t in taken if t.casefold() == name.casefold()), None)
+            raise InputError(f"class name {name!r} contains {kind} (U+{ord(ch):04X}); class names are one line of text")
+    key = name.strip().casefold()
+    clash = next((t for t in taken if t.strip().casefold() == key), None)
     if clash is not None:
         raise InputError(f"there is already a class named {clash!r}" + ("" if clash == name else
                          f" (names are compared ignoring case, as prompts are lower-cased)") +

@@ -107,9 +107,10 @@ def test_int8_text_tower(enrol_export, enrol_pool) -> None:
 def test_bad_names(enrol_export, enrol_pool) -> None:
     clf = Classifier.load(enrol_export)
     images = shots(enrol_pool, "white swan")
-    for name, message in [("", "empty"), ("   ", "empty"), (" swan", "white space"), ("red\nfox", "control character"),
+    for name, message in [("", "empty"), ("   ", "empty"), ("x" * 257, "over 256"), ("red\nfox", "control character"),
                           ("a\tb", "control character"), ("bell\x07", "control character"), ("x\u2028y", "line separator"),
-                          ("red fox", "already a class named 'red fox'"), ("Red Fox", "ignoring case"), (3, "string")]:
+                          ("red fox", "already a class named 'red fox'"), ("Red Fox ", "ignoring case"), (3, "string"),
+                          ("\ud800", "lone surrogate")]:
         with pytest.raises(InputError, match=message):
             clf.add_class(name, images)
     with pytest.raises(InputError, match="already a class named 'green tree'"):
