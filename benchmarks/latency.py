@@ -65,6 +65,9 @@ class BareEncoder(FusedClassifier):
 
     output_names = ("embedding",)
 
+    def fitted_classes(self) -> dict[str, torch.Tensor]:  # no head, so no class-set inputs
+        return {}
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.encoder(self.preprocess(image)).float()
 
@@ -118,8 +121,8 @@ class Models:
         """The exported file of `kind` in format `fmt_name` (a FORMATS key), exported once."""
         job = self.jobs[kind]
         if fmt_name not in job.written:
-            if FORMATS[fmt_name].needs_onnx:
-                self.artifact(kind, "onnx")
+            if FORMATS[fmt_name].needs:
+                self.artifact(kind, FORMATS[fmt_name].needs)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 job.written[fmt_name] = FORMATS[fmt_name].write(job)
@@ -130,7 +133,7 @@ class Models:
         module = copy.deepcopy(self.modules[kind]).cuda()
         example = module.example_input(batch=2).cuda()
         with torch.device("cuda"), torch.no_grad():
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes(module, None), strict=False)
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes(module, None, head_as_data=False), strict=False)
         path = save_program(program, self.stage / f"{kind}_cuda.pt2", self.jobs[kind].meta)
         return load_program(path)[0]
 

@@ -18,7 +18,7 @@ from semobridge.errors import InputError
 from semobridge.model import SeMoBridge
 from semobridge.validate import image_size, output_dir
 
-from .formats import FORMATS, Job, resolve_formats
+from .formats import DEFAULT_FORMATS, FORMATS, Job, resolve_formats
 from .fused import FusedClassifier
 from .metadata import build_metadata
 from .preprocess import Preprocess
@@ -33,7 +33,7 @@ def export(
     head: SeMoBridge,
     backbone: Backbone,
     out_dir: str | os.PathLike,
-    formats: str | Sequence[str] = ("onnx",),
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
     *,
     half: bool = False,
     int8_cpu: bool = False,
@@ -69,7 +69,7 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        job = Job(fused, build_metadata(fused, fixed_size), stage, stem, fixed_size, profile, list(check_images or []), log)
+        job = Job(fused, build_metadata(fused, fixed_size), stage, stem, fixed_size, profile, list(check_images or []), log, backbone)
         for name in names:
             log(f"writing {name} ...")
             job.written[name] = FORMATS[name].write(job)

@@ -62,6 +62,13 @@ def half_encoder(model: ir.Model) -> ir.Model:
             for out in node.outputs:
                 if out.dtype == ir.DataType.FLOAT:
                     out.type = ir.TensorType(ir.DataType.FLOAT16)
+    for i, out in enumerate(graph.outputs):  # an encoder node's output that is also a graph output stays fp32 there
+        if out.dtype == ir.DataType.FLOAT16:
+            name, out.name = out.name, f"{out.name}_fp16"
+            cast = ir.node("Cast", [out], attributes={"to": ir.DataType.FLOAT}, name=f"{name}_output_fp32")
+            cast.outputs[0].name, cast.outputs[0].type, cast.outputs[0].shape = name, ir.TensorType(ir.DataType.FLOAT), out.shape
+            graph.append(cast)
+            graph.outputs[i] = cast.outputs[0]
     return model
 
 

@@ -43,6 +43,10 @@ class ModelInfo:
     augment: str = ""
     dataset: str = ""
     csb: bool = False
+    # the prompts of the fit, reused to enrol new classes on the device: templates with "{}"
+    # for the class name, and the descriptions of the model's classes (lower-case name -> sentences)
+    templates: list[str] = field(default_factory=list)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -94,7 +98,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "class_names": (list,), "backbone": (dict,), "image_size": (int,), "mean": (list,), "std": (list,),
     "params": (dict,), "variant": (str,), "shots": (int, type(None)), "seed": (int, type(None)),
     "val_accuracy": (float, int, type(None)), "val_source": (str,), "augment": (str,), "dataset": (str,),
-    "csb": (bool,), "library_version": (str,), "extra": (dict,),
+    "csb": (bool,), "templates": (list,), "descriptions": (dict,), "library_version": (str,), "extra": (dict,),
 }
 
 

@@ -15,7 +15,7 @@ from .encode import EmbeddingCache, encode_items, encode_prompts
 from .features import FeatureSet
 from .fit import fit_features
 from .model import ModelInfo, SeMoBridge
-from .prompts import build_prompts, cupl_file, load_descriptions, templates_for
+from .prompts import build_prompts, class_descriptions, cupl_file, load_descriptions, templates_for
 
 
 def augment_option(copies: int | None, spec: DatasetSpec | None, shots: int) -> Augment:
@@ -36,12 +36,24 @@ class PromptOptions:
     cupl_dir: str | Path | None = None  # folder with the paper's CuPL files
 
 
-def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, prompts: PromptOptions, cache: EmbeddingCache):
+@dataclass
+class ClassText:
+    """Pooled EOS tokens of every prompt of every class, and the prompts' sources."""
+
+    eos: torch.Tensor  # [M, d_t]
+    prompt_class: torch.Tensor  # int64 [M]
+    templates: list[str]
+    descriptions: dict[str, list[str]]  # the classes' descriptions, by lower-case class name
+
+
+def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, prompts: PromptOptions, cache: EmbeddingCache) -> ClassText:
     """Pooled EOS tokens and their classes for every prompt of every class."""
     desc_path = prompts.descriptions or cupl_file(spec, prompts.cupl_dir)
     descriptions = load_descriptions(desc_path) if desc_path else None
-    texts, classes = build_prompts(dataset.class_names, templates_for(spec, prompts.templates), descriptions)
-    return encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long)
+    templates = templates_for(spec, prompts.templates)
+    texts, classes = build_prompts(dataset.class_names, templates, descriptions)
+    used = class_descriptions(dataset.class_names, descriptions) if descriptions else {}
+    return ClassText(encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long), templates, used)
 
 
 def fit_dataset(
@@ -72,13 +84,13 @@ def fit_dataset(
     backbone = backbone or load_backbone(model, pretrained, device=device)
     cache = cache or EmbeddingCache()
     aug = augment_option(augment, spec, shots)
-    eos, eos_class = class_text(backbone, dataset, spec, prompts, cache)
+    text = class_text(backbone, dataset, spec, prompts, cache)
     shot_image, shot_label = encode_items(backbone, split.shots, cache, aug, seed, desc="encoding shots")
     val_image, val_label = encode_items(backbone, split.val, cache, desc="encoding validation")
     features = FeatureSet(
         text_projection=backbone.text_projection.cpu(),
-        text_eos=eos,
-        text_class=eos_class,
+        text_eos=text.eos,
+        text_class=text.prompt_class,
         shot_image=shot_image,
         shot_label=shot_label,
         val_image=val_image,
@@ -97,6 +109,8 @@ def fit_dataset(
         val_source=split.val_source,
         augment=aug.describe(),
         dataset=spec.key if spec else dataset.name,
+        templates=text.templates,
+        descriptions=text.descriptions,
     )
     head = fit_features(
         features, info, params=params, search_trials=search_trials, train=train, steps=steps, csb=csb, seed=seed,

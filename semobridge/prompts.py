@@ -56,6 +56,18 @@ def templates_for(spec: DatasetSpec | None, user_templates: Sequence[str] | None
     return (list(ENSEMBLE_TEMPLATES) if spec.ensemble else []) + ([spec.template] if spec.template else [])
 
 
+def class_descriptions(class_names: Sequence[str], descriptions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The sentences of each class found in `descriptions` (keyed by lower-case name, or with `_`
+    for spaces), keyed by the lower-case class name: what a model records for enrolment."""
+    found = {}
+    for name in class_names:
+        key = name.lower()
+        sentences = descriptions.get(key, descriptions.get(key.replace(" ", "_")))
+        if sentences is not None:
+            found[key] = list(sentences)
+    return found
+
+
 def build_prompts(
     class_names: Sequence[str], templates: Sequence[str], descriptions: dict[str, list[str]] | None = None
 ) -> tuple[list[str], list[int]]:
@@ -63,13 +75,13 @@ def build_prompts(
     texts: list[str] = []
     classes: list[int] = []
     missing = []
+    found = class_descriptions(class_names, descriptions) if descriptions is not None else {}
     for c, name in enumerate(class_names):
         mine = [t.format(name) for t in templates]
         if descriptions is not None:
-            found = descriptions.get(name.lower(), descriptions.get(name.lower().replace(" ", "_")))
-            if found is None:
+            if name.lower() not in found:
                 missing.append(name)
-            mine += found or []
+            mine += found.get(name.lower(), [])
         if not mine:
             raise ValueError(f"class {name!r} has no prompt: give templates or descriptions for it")
         texts += mine

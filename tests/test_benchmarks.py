@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy, fit_time, latency, spinning
+from benchmarks import accuracy, classes, fit_time, latency, spinning
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
@@ -123,3 +123,19 @@ def test_accuracy_without_paper_datasets_says_what_it_expects(tmp_path: Path) ->
     (tmp_path / "holiday").mkdir()
     with pytest.raises(SystemExit, match="eurosat"):
         accuracy.main(["--root", str(tmp_path), "--pretrained", "none"])
+
+
+def test_classes_quick_reports_overhead_enrolment_and_refit(tmp_path: Path, capsys) -> None:
+    result = classes.main(["--quick", "--batches", "1", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    (row,) = result["head_as_data"]
+    assert row["batch"] == 1 and row["classes"] == 50
+    assert row["data_over_baked"] == pytest.approx(row["data_p50_ms"] / row["baked_p50_ms"])
+    enrol = result["enrolment"]
+    assert enrol["classes"] == 50 and enrol["prompts"] == 7 and enrol["class_file_bytes"] > 50 * 3 * 64 * 4
+    assert all(ms > 0 for ms in enrol["parts_ms"].values()) and enrol["add_class_ms"] > 0
+    assert result["refit_export"]["classes"] == 51 and result["refit_export"]["total_s"] > 0
+    for header in ("## Head as data", "| classes | batch | baked p50 ms | as data p50 ms |", "head maths, later edits",
+                   "## The same change by re-fit + re-export"):
+        assert header in printed
+    assert json.loads((tmp_path / "classes.json").read_text())["enrolment"]["classes"] == 50

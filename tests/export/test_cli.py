@@ -14,7 +14,8 @@ from tests.helpers import random_photos
 def test_help_shows_the_format_table():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine"):
+    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine",
+                "text       text.onnx", "text-int8  text_int8.onnx"):
         assert row in result.output
 
 
@@ -23,7 +24,10 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["--from-model", str(model), "--pretrained", "none", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bpe_simple_vocab_16e6.txt.gz", "bpe_simple_vocab_16e6.txt.gz.LICENSE.txt", "head.safetensors", "manifest.json",
+        "model.json", "model.onnx", "text.onnx",
+    ]
     assert "classes       5: red fox" in result.output and "model.onnx" in result.output
     assert "semobridge-run" in result.output and RANDOM_WARNING in result.output
     scores = reference_scores(out / "model.onnx", random_photos(2, seed=0))["scores"]

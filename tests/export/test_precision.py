@@ -58,3 +58,22 @@ def test_export_reports_fp16_drift_and_int8_agreement(tiny_head, tiny_backbone, 
            check_images=synthetic_images(4, seed=1), log=lines.append)
     assert any(line.startswith("fp16: max |score difference| against fp32") for line in lines)
     assert any(line.startswith("int8: label agreement with fp32") and "on 4 images" in line for line in lines)
+
+
+def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onnx):
+    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` stays fp32."""
+    from semobridge_export import session
+
+    images = random_photos(3, seed=5, size=(120, 90))
+    fp32 = session(exported_onnx / "model.onnx")
+    inputs = [(i.name, i.type, i.shape) for i in fp32.get_overridable_initializers()]
+    rng = np.random.default_rng(0)  # a random 7-class set
+    classes = {name: rng.random((7, 64) if name != "class_kl" else (7,), dtype=np.float32) for name, *_ in inputs}
+    for variant in ("model_fp16.onnx", "model_int8.onnx"):
+        sess = session(exported_onnx / variant)
+        assert [(i.name, i.type, i.shape) for i in sess.get_overridable_initializers()] == inputs
+        assert [o.type for o in sess.get_outputs()] == ["tensor(float)", "tensor(int64)", "tensor(float)", "tensor(float)"]
+        fed = dict(zip(["scores", "label", "embedding", "features"], sess.run(None, {"image": images, **classes})))
+        assert fed["scores"].shape == (3, 7)
+        reference = fp32.run(None, {"image": images, **classes})
+        assert np.abs(fed["features"] - reference[3]).max() < 0.05 * np.abs(reference[3]).max()

@@ -63,3 +63,73 @@ def images() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     sizes = [(40, 40), (17, 23), (40, 40), (64, 33), (5, 7), (96, 80)]
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+# ---------------------------------------------------------------- class enrolment
+
+ENROL_CLASSES = ("blue whale", "green tree", "red fox", "white swan", "yellow cab")
+ENROL_TEMPLATES = ("a photo of a {}.", "art of the {}.")
+ENROL_DESCRIPTIONS = {"red fox": ["A small orange wild dog.", "Its tail is bushy."], "blue whale": ["The largest animal."]}
+ENROL_PARAMS = {"smoothness": 0.5, "alpha": 3.0, "beta": 2.0, "gamma": 4.0, "lambda1": 0.5, "lambda2": 0.4, "lambda3": 0.3}
+ENROL_SHOTS = 3
+
+
+@pytest.fixture(scope="session")
+def enrol_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images of five classes, {train (3 = the shots), val (3), test (2)}/<class>/*.png, all 224x224,
+    where the graph's preprocessing equals open_clip's PIL preprocessing exactly."""
+    from PIL import Image
+
+    from tests.helpers import random_photos
+
+    root = tmp_path_factory.mktemp("enrol_pool")
+    for s, (split, n) in enumerate({"train": ENROL_SHOTS, "val": ENROL_SHOTS, "test": 2}.items()):
+        for c, name in enumerate(ENROL_CLASSES):
+            folder = root / split / name.replace(" ", "_")
+            folder.mkdir(parents=True)
+            for i, img in enumerate(random_photos(n, seed=100 * s + c, size=(224, 224))):
+                tint = np.array([(c * 67) % 256, (c * 131) % 256, (c * 29) % 256])
+                Image.fromarray((img * 0.6 + 0.4 * tint).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Callable:
+    """fit_on(classes) -> the head `semobridge fit` makes from those classes of the pool (fixed blend
+    parameters, the pool's shots, the same templates and descriptions)."""
+    import json
+    import warnings
+
+    from semobridge.blend import BlendParams
+    from semobridge.encode import EmbeddingCache
+    from semobridge.pipeline import PromptOptions, fit_dataset
+
+    descriptions = tmp_path_factory.mktemp("descriptions") / "descriptions.json"
+    descriptions.write_text(json.dumps(ENROL_DESCRIPTIONS))
+
+    def fit(classes: tuple[str, ...]):
+        data = tmp_path_factory.mktemp("dataset")
+        for split in ("train", "val", "test"):
+            for name in classes:
+                (data / split).mkdir(exist_ok=True)
+                (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes without descriptions
+            head, _ = fit_dataset(
+                data, ENROL_SHOTS, backbone=tiny_backbone, params=BlendParams.from_dict(ENROL_PARAMS),
+                prompts=PromptOptions(templates=list(ENROL_TEMPLATES), descriptions=descriptions),
+                cache=EmbeddingCache(enabled=False),
+            )
+        return head
+
+    return fit
+
+
+@pytest.fixture(scope="session")
+def enrol_export(fit_on: Callable, tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.onnx (+ text.onnx, head.safetensors, vocabulary) fitted by semobridge on the pool's first three classes."""
+    from semobridge_export import export
+
+    out = tmp_path_factory.mktemp("enrol_export") / "model"
+    export(fit_on(ENROL_CLASSES[:3]), tiny_backbone, out, int8_cpu=True, log=lambda _: None)
+    return out / "model.onnx"

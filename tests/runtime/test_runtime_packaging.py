@@ -12,7 +12,8 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 
 def test_import_pulls_in_no_torch() -> None:
-    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.backends.ort, sys; "
+    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.classes_cli, "
+            "semobridge_runtime.backends.ort, semobridge_runtime.tokenizer, sys; "
             "assert 'torch' not in sys.modules, 'torch was imported'; "
             "assert 'semobridge' not in sys.modules and 'semobridge_export' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -32,3 +33,4 @@ def test_declared_dependencies_have_no_torch() -> None:
 def test_console_script_declared() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["semobridge-run"] == "semobridge_runtime.cli:main"
+    assert project["scripts"]["semobridge-classes"] == "semobridge_runtime.classes_cli:main"
