@@ -118,7 +118,7 @@ def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFac
             head, _ = fit_dataset(
                 data, ENROL_SHOTS, backbone=tiny_backbone, params=BlendParams.from_dict(ENROL_PARAMS),
                 prompts=PromptOptions(templates=list(ENROL_TEMPLATES), descriptions=descriptions),
-                cache=EmbeddingCache(enabled=False),
+                cache=EmbeddingCache(),
             )
         return head
 

@@ -59,7 +59,7 @@ def test_errors_leave_the_file_as_it_was(enrol_export, enrol_pool, tmp_path, cap
     truncated = tmp_path / "truncated.classes"
     truncated.write_bytes(before[:100])
     assert classes_main(["list", str(truncated)]) == 3 and "truncated" in capsys.readouterr().err
-    assert run_main([model, str(shots(enrol_pool, "red fox", "test")[0]), "--classes", str(truncated)]) == 2
+    assert run_main([model, str(shots(enrol_pool, "red fox", "test")[0]), "--classes", str(truncated)]) == 3
     assert "truncated" in capsys.readouterr().err
 
 

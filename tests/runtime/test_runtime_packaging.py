@@ -22,8 +22,9 @@ def test_import_pulls_in_no_torch() -> None:
 def test_declared_dependencies_have_no_torch() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["name"] == "semobridge-runtime"
-    # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg"))
-    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "numpy", "onnxruntime"]
+    # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg")); ftfy and regex:
+    # open_clip's exact tokenizer, to enrol classes
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "ftfy", "numpy", "onnxruntime", "regex"]
     every = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     assert not any("torch" in d.lower() for d in every)
     installed = metadata.requires("semobridge-runtime") or []
