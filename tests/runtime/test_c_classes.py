@@ -7,7 +7,7 @@ its class set as data (contract_model.py, `head_as_data`), fast enough for valgr
 from __future__ import annotations
 
 import ctypes
-import json
+import os
 import re
 import shutil
 import subprocess
@@ -271,6 +271,8 @@ def bad_files(toy_files, tmp_path_factory) -> dict[str, tuple[Path, str, bool]]:
         files[case] = (folder / f"{i:02d}.classes", message, python)
     files["missing"] = (folder / "missing.classes", "cannot read class file", True)
     files["directory"] = (folder, "is a directory, not a class file", True)
+    os.mkfifo(folder / "pipe.classes")  # opening it must not block
+    files["a pipe"] = (folder / "pipe.classes", "is not a regular file (a pipe or a device); pass a class file", False)
     with open(folder / "huge.classes", "wb") as f:  # sparse: no disk used
         f.write((100_000_001).to_bytes(8, "little"))
         f.truncate(8 + 100_000_001)

@@ -1,8 +1,9 @@
 /* classes.c - class sets and class files (docs/classes.md). See classes.h. */
-#define _POSIX_C_SOURCE 200809L /* pread, fstat */
+#define _POSIX_C_SOURCE 200809L /* open, pread, fstat */
 #include "classes.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -334,8 +335,8 @@ static bool host_is_big_endian(void) {
 }
 
 /* A class file's header: parsed JSON with its metadata checked (steps 2 and 3 of docs/classes.md). */
-static int check_header(const struct json * j, const struct class_identity * id, const char * source, size_t * meta_out,
-                        char * err, size_t errlen) {
+static int check_header(const struct json * j, const struct class_identity * id, const char * source, char * err,
+                        size_t errlen) {
     size_t meta = 0;
     char q[80], q2[80], q3[80], q4[80];
     bool nomem = false;
@@ -380,7 +381,6 @@ static int check_header(const struct json * j, const struct class_identity * id,
     free(weights);
     free(bridge);
     free(backbone);
-    *meta_out = meta;
     return rc;
 }
 
@@ -517,19 +517,20 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         {sb_head_inputs[2], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[3], "F32", 4, 0, {0, 0}, 0, 0},
         {NAMES_TENSOR, "U8", 1, 0, {0, 0}, 0, 0},
     };
-    FILE * f = fopen(path, "rb");
+    const int fd = open(path, O_RDONLY | O_NONBLOCK); /* not blocking on a FIFO: it is refused below */
     snprintf(source, sizeof source, "class file '%s'", path);
-    if (!f) return say(err, errlen, SB_EMODEL, "cannot read %s: %s", source, strerror(errno));
-    if (fstat(fileno(f), &st) != 0) {
+    if (fd < 0) return say(err, errlen, SB_EMODEL, "cannot read %s: %s", source, strerror(errno));
+    if (fstat(fd, &st) != 0) {
         rc = say(err, errlen, SB_EMODEL, "cannot read %s: %s", source, strerror(errno));
         goto done;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = say(err, errlen, SB_EMODEL, "%s is %s, not a class file", source, S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
+        rc = say(err, errlen, SB_EMODEL, S_ISDIR(st.st_mode) ? "%s is a directory, not a class file"
+                                                             : "%s is not a regular file (a pipe or a device); pass a class file", source);
         goto done;
     }
     const uint64_t size = (uint64_t) st.st_size;
-    if (size < 8 || fread(length, 1, 8, f) != 8) { /* 1. truncation */
+    if (size < 8 || !read_at(fd, length, 8, 0)) { /* 1. truncation */
         rc = say(err, errlen, SB_EMODEL, "%s is truncated or not a safetensors file (%llu bytes)", source, (unsigned long long) size);
         goto done;
     }
@@ -548,7 +549,7 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
         goto done;
     }
-    if (fread(header, 1, (size_t) n, f) != (size_t) n) {
+    if (!read_at(fd, header, n, 8)) {
         rc = say(err, errlen, SB_EMODEL, "%s is truncated (reading its header failed); write it again", source);
         goto done;
     }
@@ -560,15 +561,14 @@ int classes_read(const void * owner, const char * path, const struct class_ident
                                 "JSON: %s)", source, why);
         goto done;
     }
-    size_t meta;
-    if ((rc = check_header(&j, id, source, &meta, err, errlen)) != SB_OK ||               /* 2, 3. format, hashes */
+    if ((rc = check_header(&j, id, source, err, errlen)) != SB_OK ||                      /* 2, 3. format, hashes */
         (rc = check_tensors(&j, t, size - 8 - n, id, source, err, errlen)) != SB_OK) {  /* 4, 5. offsets, shapes */
         goto done;
     }
-    rc = read_set(owner, fileno(f), 8 + n, t, source, out, err, errlen);                 /* 5, 6. names, values */
+    rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen);                        /* 5, 6. names, values */
 done:
     json_free(&j);
     free(header);
-    fclose(f);
+    close(fd);
     return rc;
 }
