@@ -191,13 +191,19 @@ static int compare_keys(const void * a, const void * b) {
     return (x->index > y->index) - (x->index < y->index);
 }
 
-/* Check the names of a set as semobridge.validate.class_names does; a message in why on failure. */
-static int check_names(const struct sb_classes * c, char * why, size_t whylen) {
+/* The byte length of name i of a set made from `bytes` bytes of names (a name may hold a NUL byte, which is refused). */
+static size_t name_length(const struct sb_classes * c, int i, size_t bytes) {
+    return (size_t) ((i + 1 < c->count ? c->names[i + 1] - 1 : c->names_buf + bytes) - c->names[i]);
+}
+
+/* Check the names of a set made from `bytes` bytes of names as semobridge.validate.class_names does; a message in why
+ * on failure. */
+static int check_names(const struct sb_classes * c, size_t bytes, char * why, size_t whylen) {
     char q[80], q2[80];
     size_t total = 0;
     for (int i = 0; i < c->count; i++) {
         const unsigned char * s = (const unsigned char *) c->names[i];
-        const size_t len = strlen(c->names[i]);
+        const size_t len = name_length(c, i, bytes);
         size_t chars = 0, step;
         uint32_t cp = 0;
         bool blank = true;
@@ -228,7 +234,7 @@ static int check_names(const struct sb_classes * c, char * why, size_t whylen) {
     }
     size_t offset = 0;
     for (int i = 0; i < c->count; i++) {
-        keys[i] = (struct name_key){buf + offset, name_key(c->names[i], strlen(c->names[i]), buf + offset), i};
+        keys[i] = (struct name_key){buf + offset, name_key(c->names[i], name_length(c, i, bytes), buf + offset), i};
         offset += keys[i].len;
     }
     qsort(keys, (size_t) c->count, sizeof *keys, compare_keys);
@@ -243,8 +249,8 @@ static int check_names(const struct sb_classes * c, char * why, size_t whylen) {
     }
     if (later >= 0) {
         rc = say(why, whylen, SB_EMODEL, "class name %d, %s, repeats class %d, %s, ignoring case and surrounding white "
-                 "space", later, quoted(q, c->names[later], strlen(c->names[later])), first,
-                 quoted(q2, c->names[first], strlen(c->names[first])));
+                 "space", later, quoted(q, c->names[later], name_length(c, later, bytes)), first,
+                 quoted(q2, c->names[first], name_length(c, first, bytes)));
     }
 done:
     free(keys);
@@ -470,7 +476,7 @@ static int read_set(const void * owner, int fd, uint64_t data_start, const struc
         rc = say(err, errlen, SB_ENOMEM, "out of memory for the %d classes of %s", C, source);
         goto done;
     }
-    if ((rc = check_names(c, why, sizeof why)) != SB_OK) {
+    if ((rc = check_names(c, (size_t) names_len, why, sizeof why)) != SB_OK) {
         rc = say(err, errlen, rc, rc == SB_ENOMEM ? "%s: %s" : "%s has unusable class names (%s); write it again", source, why);
         goto done;
     }

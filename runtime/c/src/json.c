@@ -54,11 +54,12 @@ static size_t push(struct parser * p, enum json_type type) {
 static int hex4(struct parser * p, uint32_t * out) {
     uint32_t v = 0;
     if (p->len - p->pos < 4) return syntax(p, "short \\u escape");
-    for (int i = 0; i < 4; i++) {
-        const unsigned char c = p->s[p->pos++];
-        v = v * 16 + (uint32_t) (c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
-                                 c >= 'A' && c <= 'F' ? c - 'A' + 10 : 99);
-        if (v > 0xFFFF) return syntax(p, "bad \\u escape");
+    for (int i = 0; i < 4; i++, p->pos++) {
+        const unsigned char c = p->s[p->pos];
+        const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+                          c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0) return syntax(p, "bad \\u escape");
+        v = v * 16 + (uint32_t) digit;
     }
     *out = v;
     return 0;
