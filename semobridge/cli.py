@@ -20,6 +20,7 @@ from .encode import EmbeddingCache
 from .features import FeatureError, FeatureSet
 from .files import atomic_output
 from .model import ModelFileError, ModelInfo, SeMoBridge
+from .search import SEARCH_METHODS
 
 USER_ERRORS = (DataError, FeatureError, ModelFileError, BackboneError, ValueError, FileNotFoundError)
 
@@ -76,8 +77,10 @@ fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
     click.option("--params", help="Fixed blend hyper-parameters (JSON or JSON file); skips the search."),
     click.option(
-        "--search-trials", type=int, help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."
+        "--search-trials", type=int, help="Blend candidates evaluated on validation [default: 1024; tpe: 1000]."
     ),
+    click.option("--search", type=click.Choice(SEARCH_METHODS), default="coordinate", show_default=True,
+                 help="Blend search: ours, or tpe (the published 1,000 Optuna TPE trials; needs optuna)."),
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
@@ -117,14 +120,14 @@ def main() -> None:
 @with_options(fit_options)
 @user_errors
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+            seed, params, search_trials, search, train, steps, csb, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     from .pipeline import PromptOptions, fit_dataset
 
     with json_log(log_json) as log:
         head, backbone = fit_dataset(
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=parse_params(params), search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
+            params=parse_params(params), search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
             prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=EmbeddingCache(cache_dir),
             device=device, log=log,
         )
@@ -162,7 +165,7 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @user_errors
-def fit_features_cmd(features, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+def fit_features_cmd(features, device, seed, params, search_trials, search, train, steps, csb, log_json, output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     from .fit import fit_features
 
@@ -176,7 +179,7 @@ def fit_features_cmd(features, device, seed, params, search_trials, train, steps
     if not feats.has_val and params is None:
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
-        head = fit_features(feats, info, params=parse_params(params), search_trials=search_trials, train=train,
+        head = fit_features(feats, info, params=parse_params(params), search_trials=search_trials, search=search, train=train,
                             steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
         head.save(output)
     click.echo(describe(head))
