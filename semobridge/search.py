@@ -34,7 +34,7 @@ from .model import SeMoBridge
 
 SEARCH_METHODS = ("coordinate", "tpe")
 DEFAULT_TRIALS = {"coordinate": 1024, "tpe": 1000}  # tpe: the published count
-SHORTLIST = 16  # wrong classes kept per query from each affinity's ranking
+SHORTLIST = 16  # wrong classes kept per query from the ranking by each affinity and by D
 STARTS = 4  # coordinate-ascent starts (the best of the Sobol screen)
 SCREEN = 0.125  # the share of the trials spent on the Sobol screen ...
 SCREEN_QUERIES = 1024  # ... scored on a sample of about this many queries first
@@ -57,7 +57,7 @@ def search_blend(
     """The blend hyper-parameters with the best validation accuracy found by `method` with `trials` candidates."""
     if method not in SEARCH_METHODS:
         raise InputError(f"unknown blend search {method!r}", hint=f"use one of: {', '.join(SEARCH_METHODS)}")
-    trials = trials or DEFAULT_TRIALS[method]
+    trials = DEFAULT_TRIALS[method] if trials is None else trials
     if trials < 1:
         raise InputError(f"the blend search needs at least 1 trial, got {trials}")
     if head.num_classes < 2:  # every setting is right
@@ -243,7 +243,7 @@ def _best_t(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 class Ascent:
-    """Coordinate ascent on a shortlist from one start; `trials` counts grid values (one exact λ search each)."""
+    """Coordinate ascent on a shortlist from one start; `trials` counts grid values (one λ search each)."""
 
     COARSE = 21  # values of the coarse grid over a parameter's whole range
     FINE = 3  # the fine grid: the current value ± 1..FINE steps of 1/200 of the range

@@ -153,8 +153,9 @@ def test_unknown_search_and_no_trials_are_input_errors():
     head, images, labels = head_and_val(5)
     with pytest.raises(InputError, match="unknown blend search 'grid'"):
         S.search_blend(head, images, labels, method="grid")
-    with pytest.raises(InputError, match="at least 1 trial"):
-        S.search_blend(head, images, labels, trials=-3)
+    for trials in (0, -3):
+        with pytest.raises(InputError, match="at least 1 trial"):
+            S.search_blend(head, images, labels, trials=trials)
 
 
 def test_tpe_is_the_published_optuna_study():
