@@ -89,7 +89,7 @@ def default_out(suffix: str = "") -> Path:
 
 
 #: CPU features that decide matrix-product speed (x86 vector widths and int8 dot products; Arm dot products).
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 
 
 def cpu_model() -> str:
@@ -119,6 +119,26 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement (Linux: /proc/self/clear_refs; elsewhere the peak since start)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB since start or the last reset_peak_rss()."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (1024 * 1024 if platform.system() == "Darwin" else 1024)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

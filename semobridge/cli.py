@@ -16,7 +16,7 @@ import click
 
 from .clitools import command, version_option
 from .errors import InputError
-from .params import BlendParams
+from .params import SEARCH_METHODS, BlendParams
 from .validate import output_file
 
 PARAMS_MAX_CHARS = 10_000
@@ -81,7 +81,9 @@ fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
     click.option("--params", help="Fixed blend hyper-parameters (JSON object or JSON file); skips the search."),
     click.option("--search-trials", type=click.IntRange(min=1),
-                 help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."),
+                 help="Blend search budget on validation [default: 1024; tpe: 1000 trials]."),
+    click.option("--search", type=click.Choice(SEARCH_METHODS), default=SEARCH_METHODS[0], show_default=True,
+                 help="Blend search: ours, or tpe (the published 1,000 Optuna TPE trials; needs optuna)."),
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1), help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
@@ -123,7 +125,7 @@ def main() -> None:
 @with_options(fit_options)
 @command
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+            seed, params, search_trials, search, train, steps, csb, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     check_outputs(output, log_json)
     params = parse_params(params)
@@ -134,8 +136,9 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
     with json_log(log_json) as log:
         head, backbone = fit_dataset(
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=params, search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
-            prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache, device=device, log=log,
+            params=params, search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name,
+            class_names_file=classnames, prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache,
+            device=device, log=log,
         )
         head.save(output)
     click.echo(head.info.describe())
@@ -179,7 +182,8 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @command
-def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, log_json,
+                     output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     if pretrained is not None and model is None:
         raise InputError("--pretrained needs --model (the open_clip model the features come from)")
@@ -200,7 +204,7 @@ def fit_features_cmd(features, model, pretrained, device, seed, params, search_t
     if not feats.has_val and params is None:
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
-        head = fit_features(feats, info, params=params, search_trials=search_trials, train=train,
+        head = fit_features(feats, info, params=params, search_trials=search_trials, search=search, train=train,
                             steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
         head.save(output)
     click.echo(head.info.describe())

@@ -61,6 +61,7 @@ def fit_features(
     info: ModelInfo,
     params: BlendParams | None = None,
     search_trials: int | None = None,
+    search: str = "coordinate",
     train: bool = False,
     steps: int = 5000,
     csb: bool = True,
@@ -72,12 +73,11 @@ def fit_features(
 ) -> SeMoBridge:
     """Fit the head. With fixed `params` no search runs; else the blend is searched on val.
 
+    `search` is the procedure (search.SEARCH_METHODS: "coordinate", or "tpe", the published one).
     Without a validation split the defaults are used (the published code searched on test;
     we never do).
     """
     positive(steps, "steps")
-    if search_trials is not None:
-        positive(search_trials, "search_trials")
     features = features.to(device)
     bridge, bias, variant = None, None, "training-free"
     if train:
@@ -87,7 +87,7 @@ def fit_features(
         variant = "trained"
     head = build_head(features, replace(info, variant=variant, csb=bool(train and csb), seed=seed), bridge, bias)
     if params is None and features.has_val:
-        params = search_blend(head, features.val_image, features.val_label, trials=search_trials, seed=seed)
+        params = search_blend(head, features.val_image, features.val_label, trials=search_trials, seed=seed, method=search)
     head = head.with_params(params or BlendParams())
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)

@@ -68,6 +68,7 @@ def fit_dataset(
     csb: bool = True,
     params: BlendParams | None = None,
     search_trials: int | None = None,
+    search: str = "coordinate",
     augment: int | None = None,
     dataset_name: str | None = None,
     class_names_file: str | Path | None = None,
@@ -113,7 +114,7 @@ def fit_dataset(
         descriptions=text.descriptions,
     )
     head = fit_features(
-        features, info, params=params, search_trials=search_trials, train=train, steps=steps, csb=csb, seed=seed,
+        features, info, params=params, search_trials=search_trials, search=search, train=train, steps=steps, csb=csb, seed=seed,
         train_params=spec.train_params if spec else None,
         keep_last_step=bool(spec and spec.keep_last_step), log=log, device=backbone.device,
     )

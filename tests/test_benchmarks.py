@@ -90,14 +90,23 @@ def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
 
 
 def test_fit_time_quick_compares_both_searches(tmp_path: Path, capsys) -> None:
-    result = fit_time.main(["--quick", "--no-progress", "--devices", "cpu", "--tpe-trials", "20", "--steps", "3", "--out", str(tmp_path)])
+    result = fit_time.main(["--quick", "--no-progress", "--devices", "cpu", "--tpe-trials", "20", "--trials", "64", "--steps", "3",
+                            "--seeds", "0,1", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert [(r["classes"], r["shots"]) for r in result["rows"]] == [(10, 1), (10, 16)]
     for row in result["rows"]:
-        assert row["tpe_trials"] == 20 and row["train_steps"] == 3
-        assert 0 <= row["search_val_acc"] <= 1 and 0 <= row["tpe_val_acc"] <= 1
-        assert row["search_s"] > 0 and row["tpe_s"] > 0 and row["tpe_over_search_time"] > 0
-    assert "our val acc" in printed and "TPE val acc" in printed and "TPE time / ours" in printed
+        assert row["tpe_trials"] == 20 and row["trials"] == 64 and row["train_steps"] == 3 and row["seeds"] == [0, 1]
+        assert [r["seed"] for r in row["runs"]] == [0, 1]
+        for name in ("ours", "tpe", "defaults"):
+            for split in ("val", "test"):
+                runs = [r[f"{name}_{split}_acc"] for r in row["runs"]]
+                assert 0 <= min(runs) and max(runs) <= 1
+                assert row[f"{name}_{split}_acc"] == pytest.approx(sum(runs) / 2)
+        assert row["runs"][0]["test_images"] == 2000 and row["runs"][0]["val_images"] == 10 * row["val_per_class"]
+        assert row["search_s"] > 0 and row["tpe_s"] > 0 and row["tpe_over_search_time"] == pytest.approx(row["tpe_s"] / row["search_s"])
+        assert row["tpe_over_search_cpu"] == pytest.approx(row["tpe_cpu_s"] / row["search_cpu_s"])
+        assert 100 < row["ours_peak_mb"] < 2048 and 100 < row["tpe_peak_mb"] < 2048  # the whole process, torch included
+    assert "| device | C | K | seeds | our search s | TPE s | TPE time / ours | target >= 20x |" in printed
     assert json.loads((tmp_path / "fit_time.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 

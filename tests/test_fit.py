@@ -2,10 +2,10 @@
 import torch
 
 from tests.helpers import features_info, synthetic_features
-from semobridge.blend import BlendParams, blend
+from semobridge.blend import BlendParams
 from semobridge.fit import accuracy, build_head, fit_features
 from semobridge.model import SeMoBridge
-from semobridge.search import candidate_scores, search_blend
+from semobridge.search import search_blend
 from semobridge.train import train_bridge
 
 
@@ -37,17 +37,6 @@ def test_search_is_at_least_as_good_as_the_defaults_on_val():
     searched_acc = accuracy(head.with_params(found), feats.val_image, feats.val_label)
     assert searched_acc >= default_acc
     assert searched_acc > default_acc  # this synthetic problem leaves room above the defaults
-
-
-def test_candidate_ranking_counts_correct_predictions():
-    feats = synthetic_features(classes=6, seed=4)
-    head = build_head(feats, features_info(feats))
-    aff = head.affinities(feats.val_image)
-    params = torch.stack([BlendParams().to_tensor(), BlendParams(alpha=5, lambda2=0.1).to_tensor()])
-    keys = candidate_scores(aff, head.class_kl, feats.val_label, params)
-    for row, key in zip(params, keys):
-        correct = (blend(aff, head.class_kl, row).argmax(-1) == feats.val_label).sum()
-        assert int(key) == int(correct)
 
 
 def test_fits_are_deterministic(tmp_path):
