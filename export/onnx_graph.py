@@ -16,6 +16,7 @@ from torch.export import Dim, ExportedProgram
 from semobridge.files import atomic_output
 
 from .fused import OUTPUT_NAMES, FusedClassifier
+from .rewrites import fuse_slices
 
 OPSET = 18  # LayerNormalization as one op
 PROTOBUF_LIMIT = 2**31 - 2**26  # beyond this (2 GB less a margin) the weights go to external data
@@ -59,6 +60,7 @@ def to_onnx(program: ExportedProgram, output_names: tuple[str, ...] = OUTPUT_NAM
             output_names=list(output_names), verbose=False, optimize=True,
         )
     model = onnx_program.model
+    fuse_slices(model)  # the resize's window cuts: one copy each instead of two
     _name_input_dims(model, INPUT_DIM_NAMES)
     for node in model.graph:  # keep the module scopes (used by precision.py); drop stack traces and FX dumps
         for key in [k for k in node.metadata_props if k != SCOPES_KEY]:
