@@ -10,6 +10,7 @@ from .formats import FORMATS, format_table
 from .tensorrt import DEFAULT_CACHE, Profile, TensorRTError, build_engine
 
 CHECK_IMAGES = 32
+FIT_IMAGES = 256  # at most this many of the few-shot images measure the int8 label agreement
 TINY_HINT = (
     "Offline? Pass --pretrained PATH to a local open_clip checkpoint, or make a smoke run with the "
     "random-weight test model: --model semobridge-tiny --pretrained none."
@@ -63,6 +64,15 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
     dataset = load_dataset(data)
     items = next((dataset.splits[s] for s in ("test", "val", "train") if dataset.splits.get(s)), [])
     return [np.asarray(load_rgb(path)) for path, _ in items[:CHECK_IMAGES]]
+
+
+def _fit_images(data: str, shots: int, seed: int) -> list[np.ndarray]:
+    """The few-shot images the head is fitted on (the same split as fitting), at most FIT_IMAGES spread over it,
+    for the int8 label agreement."""
+    from semobridge.data import few_shot_split, load_dataset, load_rgb
+
+    items = few_shot_split(load_dataset(data), shots, seed).shots
+    return [np.asarray(load_rgb(path)) for path, _ in items[::-(-len(items) // FIT_IMAGES)]]
 
 
 def _fitted(data, shots, model, pretrained, from_model, seed, train):
@@ -148,7 +158,8 @@ def main(data, shots, model, pretrained, from_model, train, seed, out, formats, 
     try:
         written = export(
             head, backbone, out, formats, half=half, int8_cpu=int8_cpu, engine=engine, fixed_size=size,
-            input_kind=input_kind, profile=profile, check_images=_check_images(data), log=click.echo,
+            input_kind=input_kind, profile=profile, check_images=_check_images(data),
+            fit_images=_fit_images(data, shots, seed) if int8_cpu and not from_model else None, log=click.echo,
         )
     except (ValueError, TensorRTError) as exc:
         raise click.ClickException(f"{exc}\nNothing was written to {out}.") from None

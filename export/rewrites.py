@@ -49,3 +49,38 @@ def fuse_slices(model: ir.Model) -> int:
         fused += 1
     return fused
 
+
+#: Ops that only move or reshape elements: a Cast after them converts the same values as before them.
+DATA_MOVEMENT = frozenset({"Slice", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+def sink_input_casts(model: ir.Model) -> int:
+    """Move each Cast of a graph input below the data-movement ops that follow it: they then move the input's
+    narrow elements (uint8 pixels, not float32), and the Cast converts only what they keep (the resize's
+    windows, not the whole image). For ONNX Runtime only: TensorRT takes uint8 only into a Cast. Returns the
+    number of ops the Casts moved past."""
+    graph, moved = model.graph, 0
+    work = [n for n in graph if n.op_type == "Cast" and n.inputs[0] in graph.inputs]
+    while work:
+        cast = work.pop()
+        source, result = cast.inputs[0], cast.outputs[0]
+        for use in list(result.uses()):
+            user, index = use.node, use.idx
+            if user.op_type == "Shape":
+                user.replace_input_with(index, source)
+            elif user.op_type in DATA_MOVEMENT and index == 0 and len(user.outputs) == 1:
+                user.replace_input_with(0, source)
+                moved_out = user.outputs[0]
+                later = ir.node("Cast", [moved_out], attributes={"to": cast.attributes["to"].as_int()},
+                                name=f"{cast.name}_after_{user.name}")
+                later.outputs[0].type, later.outputs[0].shape = moved_out.type, moved_out.shape
+                for other in list(moved_out.uses()):
+                    if other.node is not later:
+                        other.node.replace_input_with(other.idx, later.outputs[0])
+                moved_out.type = source.type
+                graph.insert_after(user, later)
+                work.append(later)
+                moved += 1
+        if not result.uses() and result not in graph.outputs:
+            graph.remove(cast, safe=True)
+    return moved

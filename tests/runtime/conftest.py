@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +29,13 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(exported_onnx: Path) -> Path:
-    """The uint8 model under test: the tiny open_clip model as the exporter writes it."""
-    return exported_onnx / "model.onnx"
+def onnx_model(exported_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uint8 model under test: the tiny open_clip model as the exporter writes it, fp32, alone in its folder
+    (on the CPU, Classifier.load would pick an int8 artifact beside it; tests/runtime/test_int8_choice.py)."""
+    folder = tmp_path_factory.mktemp("fp32")
+    for name in ("model.onnx", "model.json"):
+        shutil.copy(exported_onnx / name, folder / name)
+    return folder / "model.onnx"
 
 
 @pytest.fixture()
