@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from semobridge.backbones import Backbone
 from semobridge.model import SeMoBridge
@@ -55,6 +56,9 @@ def export(
     fused = FusedClassifier(head, backbone, input_kind)
     if check_images is None and {"onnx-fp16", "onnx-int8"} & set(names):
         check_images = synthetic_images(CHECK_IMAGES, seed=0)
+    if fixed_size is not None:  # a static input takes only its size: the check and fit images at that size
+        check_images, fit_images = ([np.asarray(Image.fromarray(np.asarray(im)).resize(fixed_size[::-1], Image.BICUBIC))
+                                     for im in images] for images in (check_images or [], fit_images or []))
     if input_kind == "float":
         pre = Preprocess(backbone.image_size, backbone.mean, backbone.std)
         with torch.no_grad():

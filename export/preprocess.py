@@ -123,7 +123,7 @@ class Band:
         return w / w.sum(dim=2, keepdim=True)
 
 
-def _to_uint8_range(x: torch.Tensor) -> torch.Tensor:
+def to_uint8_range(x: torch.Tensor) -> torch.Tensor:
     """What PIL does after each pass: round half up (its fixed-point `(ss + half) >> bits`) and clip to 0..255
     (kept as float)."""
     return (x + 0.5).floor().clamp(0, 255)
@@ -168,12 +168,12 @@ class Preprocess(nn.Module):
         for start, weight in zip(starts.tolist(), weights):  # horizontal pass first, as PIL: each block's window
             torch._check(start >= 0)
             torch._check(start <= w - length)
-            window = x[:, :, start:start + length][:, top:top + span]  # columns first: the smaller copy
+            window = x[:, :, start:start + length][:, top:top + span]  # one cut in ONNX (rewrites.fuse_slices)
             blocks.append(window.permute(0, 3, 1, 2) @ weight)  # NHWC -> NCHW
-        x = _to_uint8_range(torch.cat(blocks, dim=3)[..., :S])  # [N, 3, span, S]
+        x = to_uint8_range(torch.cat(blocks, dim=3)[..., :S])  # [N, 3, span, S]
         index = (rows - rows[0])[:, None] + torch.arange(down.length, device=x.device)  # [blocks, length]
         x = down.weights(rows) @ x[:, :, index]  # [N, 3, blocks, BAND, S]
-        return _to_uint8_range(x.flatten(2, 3)[:, :, :S])
+        return to_uint8_range(x.flatten(2, 3)[:, :, :S])
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return (self.pixels(image) - self.mean) / self.std
