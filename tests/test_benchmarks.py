@@ -158,3 +158,21 @@ def test_accuracy_without_paper_datasets_says_what_it_expects(tmp_path: Path) ->
     (tmp_path / "holiday").mkdir()
     with pytest.raises(SystemExit, match="eurosat"):
         accuracy.main(["--root", str(tmp_path), "--pretrained", "none"])
+
+
+def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, capsys) -> None:
+    from benchmarks import preprocess
+
+    result = preprocess.main(["--quick", "--sizes", "120x160,480x640", "--out", str(tmp_path)])
+    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, uint8 cuts",
+              "fused fp32, dense", "fused fp32, banded", "fused int8, dense", "fused int8, banded"}
+    assert {(r["graph"], r["input"]) for r in result["rows"]} == {(g, s) for g in graphs for s in ("120x160", "480x640")}
+    for row in result["rows"]:
+        assert row["p50_ms"] > 0 and row["over_floor"] > 0
+        assert (row["dense_over_banded"] is not None) == ("banded" in row["graph"])
+    goals = {t[0]: t for t in result["targets"]}
+    assert goals["preprocess banded, 3024x4032: p50 <= 10 ms"][2] == "not measured"
+    assert goals["preprocess banded, 480x640: no slower than dense"][2] in ("met", "NOT met")
+    assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
+    assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))

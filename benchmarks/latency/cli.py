@@ -20,6 +20,7 @@ from .measure import Row, Settings, add_ratios, parse_sizes, run_backend, short_
 from .models import KINDS, build_models, encoder_flops
 from .report import plot, report
 from .targets import targets
+from .timing import CLOCKS, use_clock
 
 CPU_BATCHES = (1, 8)
 GPU_BATCHES = (1, 8, 32, 256)
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="output folder, refused if it holds results unless --force (default: a fresh benchmarks/results/<date>-<device>/; "
                         "--quick: under benchmarks/results/quick/)")
     p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="host times by the wall clock (latency, default) or by CPU time (work; for ratios on a shared machine)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: semobridge-tiny, batch 1 and 2, 224x224, few iterations")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the markdown report; write results.json, results.csv, results.md and latency.png."""
     args = parse_args(argv)
     out = results_folder(args.out, quick=args.quick, force=args.force)
+    use_clock(args.clock)
     sizes = parse_sizes(args.sizes)
     backends, skipped = select_backends([p.strip() for p in args.backends.split(",") if p.strip()])
     batches_of = {b.id: args.batches or (GPU_BATCHES if b.device == "cuda" else CPU_BATCHES) for b in backends}
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "classes": args.classes, "image_size": models.modules["fused"].image_size, "machine": info,
         "encoder_gflop_per_image": flops / 1e9, "peak_tflops": peak,
         "cpu_matmul_shape": floor.shape if any(r.cpu_matmul_gflop_per_s for r in rows) else None,
-        "settings": {"warmup": args.warmup, "iters": args.iters, "budget_s": args.budget, "sizes": args.sizes, "batches": batches_of},
+        "settings": {"warmup": args.warmup, "iters": args.iters, "budget_s": args.budget, "sizes": args.sizes, "batches": batches_of,
+                     "clock": args.clock},
         "skipped": skipped, "rows": [asdict(r) for r in rows],
     }
     result["targets"] = targets(rows, args.model, info["gpu"], info["cpu_count"], flops)

@@ -51,8 +51,9 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
         f"Encoder: {result['encoder_gflop_per_image']:.2f} GFLOP per image at {result['image_size']}"
         + (f"; GPU peak {fmt(result['peak_tflops'])} TFLOPS dense fp16." if result["peak_tflops"] else "."),
         *cpu_rate_lines(result, rows),
-        "Times: host uint8 images in (input = HEIGHTxWIDTH), host outputs back (preprocessing included); device = CUDA events on "
-        "device-resident input. "
+        "Times: host uint8 images in (input = HEIGHTxWIDTH), host outputs back (preprocessing included)"
+        + ("" if result["settings"].get("clock", "wall") == "wall" else ", as this process's CPU time (--clock cpu), not latency")
+        + "; device = CUDA events on device-resident input. "
         "fused/bare = fused model over the bare encoder, same backend and run, calls interleaved (device time where measured).",
         "",
         markdown_table(TABLE_HEADERS, table),
