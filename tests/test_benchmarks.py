@@ -65,17 +65,52 @@ def test_latency_lists_skipped_backends_with_reasons(quick_latency) -> None:
 def test_cpu_targets_name_the_machine_floor() -> None:
     rows = [latency.Row("onnxruntime-cpu", p, "cpu", "fused", "224x224", 1, p50_ms=ms, cpu_matmul_gflop_per_s=rate)
             for p, ms, rate in (("int8", 120.0, 350.0), ("fp32", 130.0, 390.0))]
-    cpu = [t for t in latency.targets(rows, "ViT-B-16", None, 2, 35e9) if t["target"].startswith("CPU")]
-    found = {t["target"].split(" fused ")[1].split(",")[0]: t for t in cpu}
-    assert found["int8"]["met"] is False and "floor of 100 ms" in found["int8"]["note"]  # 35 GFLOP at 350 GOP/s
-    assert found["fp32"]["met"] is True and found["fp32"]["note"] == ""  # 90 ms floor, under the 140 ms target: no note
+    found = {t["target"]: t for t in latency.targets(rows, "ViT-B-16", None, 2, 35e9)}
+    int8 = found["CPU (2 cores) ViT-B/16 fused int8, batch 1, 224x224: p50 <= 50 ms"]
+    fp32 = found["CPU (2 cores) ViT-B/16 fused fp32, batch 1, 224x224: p50 <= 140 ms"]
+    assert int8["met"] is False and "floor of 100 ms" in int8["note"]  # 35 GFLOP at 350 GOP/s
+    assert fp32["met"] is True and fp32["note"] == ""  # 90 ms floor, under the 140 ms target: no note
+    # the same rows against their own floors: int8 120 ms over 100 ms, fp32 130 ms over 89.7 ms
+    int8 = found["CPU ViT-B/16 fused int8, batch 1, 224x224: p50 <= 1.3 x its floor"]
+    fp32 = found["CPU ViT-B/16 fused fp32, batch 1, 224x224: p50 <= 1.05 x its floor"]
+    assert int8["met"] is True and int8["measured"].startswith("1.20 x")
+    assert fp32["met"] is False and fp32["measured"].startswith("1.45 x")
+
+
+def test_every_target_comes_from_the_table() -> None:
+    names = [t["target"] for t in latency.targets([], "ViT-B-16", None, 2, 35e9)]
+    assert names == [t.name for t in latency.TARGETS if t.kind != "overhead"]  # no overhead rows without rows
 
 
 def test_peak_table_and_sizes() -> None:
+    from semobridge.errors import InputError
+    from semobridge.validate import parse_hw
+
     assert latency.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert latency.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert latency.peak_tflops(None) is None and latency.peak_tflops("Some GPU") is None
-    assert latency.parse_sizes("224x224,1280x720") == [("224x224", (224, 224)), ("1280x720", (720, 1280))]
+    # HEIGHTxWIDTH, the one convention: a size copied from a benchmark into an export profile means the same frame
+    assert latency.parse_sizes("224x224, 720x1280") == [("224x224", (224, 224)), ("720x1280", (720, 1280))]
+    assert [hw for _, hw in latency.parse_sizes("480x640,1080x1920")] == [parse_hw("480x640"), parse_hw("1080x1920")]
+    with pytest.raises(InputError, match="HEIGHTxWIDTH"):
+        latency.parse_sizes("224x224,720")
+
+
+def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    first = common.results_folder(None, "-x")
+    first.mkdir()
+    second = common.results_folder(None, "-x")
+    assert second == first.with_name(first.name + "-2") and not second.exists()
+    quick = common.results_folder(None, quick=True)
+    assert quick.parent == tmp_path / "quick"
+    (first / "results.md").write_text("committed")
+    with pytest.raises(SystemExit, match="--force"):
+        common.results_folder(first)
+    assert common.results_folder(first, force=True) == first
+    assert common.results_folder(tmp_path / "new") == tmp_path / "new"
 
 
 def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
@@ -148,3 +183,21 @@ def test_classes_quick_reports_overhead_enrolment_and_refit(tmp_path: Path, caps
                    "## The same change by re-fit + re-export"):
         assert header in printed
     assert json.loads((tmp_path / "classes.json").read_text())["enrolment"]["classes"] == 50
+
+
+def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, capsys) -> None:
+    from benchmarks import preprocess
+
+    result = preprocess.main(["--quick", "--sizes", "120x160,480x640", "--out", str(tmp_path)])
+    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, uint8 cuts",
+              "fused fp32, dense", "fused fp32, banded", "fused int8, dense", "fused int8, banded"}
+    assert {(r["graph"], r["input"]) for r in result["rows"]} == {(g, s) for g in graphs for s in ("120x160", "480x640")}
+    for row in result["rows"]:
+        assert row["p50_ms"] > 0 and row["over_floor"] > 0
+        assert (row["dense_over_banded"] is not None) == ("banded" in row["graph"])
+    goals = {t[0]: t for t in result["targets"]}
+    assert goals["preprocess banded, 3024x4032: p50 <= 10 ms"][2] == "not measured"
+    assert goals["preprocess banded, 480x640: no slower than dense"][2] in ("met", "NOT met")
+    assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
+    assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))

@@ -45,16 +45,22 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(request: pytest.FixtureRequest) -> Path:
-    """The tiny open_clip model as the exporter writes it (tests/conftest.py's `exported_onnx`).
+def onnx_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uint8 model under test: the tiny open_clip model as the exporter writes it (tests/conftest.py's
+    `exported_onnx`), fp32, alone in its folder (on the CPU, Classifier.load would pick an int8 artifact beside
+    it; tests/runtime/test_int8_choice.py).
 
     Skipped with the runtime alone (no semobridge, semobridge_export, torch): run
     `python -m pytest tests/runtime --confcutdir tests/runtime` there, as runtime/README.md says.
     """
     try:
-        return request.getfixturevalue("exported_onnx") / "model.onnx"
+        exported = request.getfixturevalue("exported_onnx")
     except pytest.FixtureLookupError:
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
+    folder = tmp_path_factory.mktemp("fp32")
+    for name in ("model.onnx", "model.json"):
+        shutil.copy(exported / name, folder / name)
+    return folder / "model.onnx"
 
 
 @pytest.fixture()
