@@ -41,6 +41,9 @@ class ModelInfo:
     augment: str = ""
     dataset: str = ""
     csb: bool = False
+    protocol: str = ""  # "paper" or "consistent" (semobridge.protocol); "" in files from before
+    steps: int | None = None  # SeMoBridge-T updates applied
+    kept_step: int | None = None  # updates applied to reach the kept W⁺ and class bias
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -131,8 +134,7 @@ class SeMoBridge(nn.Module):
             raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata); fit one with `semobridge fit`")
         info = ModelInfo(**fields)
         W = tensors["bridge.text_projection"]
-        bridge = Bridge(W, float(tensors["bridge.eos_length"][0]))
-        bridge.pinv.copy_(tensors["bridge.pinv"])
+        bridge = Bridge(W, float(tensors["bridge.eos_length"][0]), pinv=tensors["bridge.pinv"])
         return cls(
             bridge,
             tensors["text_classifier"],
