@@ -19,7 +19,6 @@ from semobridge.fit import fit_features
 from semobridge.model import ModelInfo, SeMoBridge
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parents[1]
 #: Noise of the synthetic embeddings, relative to the class signal: validation accuracy of the
 #: default blend lands around 25-95 % for 10-1000 classes at d = 512 (neither chance nor 100 %).
 TEXT_NOISE, IMAGE_NOISE = 1.2, 6.0

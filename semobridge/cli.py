@@ -66,9 +66,11 @@ def report_random(pretrained: str) -> None:
 def describe(head: SeMoBridge) -> str:
     i = head.info
     acc = f"{i.val_accuracy:.4f} ({i.val_source})" if i.val_accuracy is not None else f"n/a ({i.val_source})"
+    trained = f", kept step {i.kept_step} of {i.steps}" if i.kept_step is not None else ""
     return (
         f"{i.variant} SeMoBridge, {len(i.class_names)} classes, {i.shots} shots, backbone {i.backbone['name']} "
-        f"({i.backbone['pretrained']})\nblend: {json.dumps({k: round(v, 4) for k, v in i.params.items()})}\nval accuracy: {acc}"
+        f"({i.backbone['pretrained']})\nprotocol: {i.protocol or 'unrecorded'}{trained}\n"
+        f"blend: {json.dumps({k: round(v, 4) for k, v in i.params.items()})}\nval accuracy: {acc}"
     )
 
 
@@ -81,6 +83,11 @@ fit_options = [
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
+    click.option(
+        "--protocol", type=click.Choice(["paper", "consistent"]),
+        help="paper: the published code's order (P from the last step, update-then-evaluate, whole val split, square "
+        "crops); consistent: P from the kept step [default: paper for the paper's datasets and --train].",
+    ),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
     click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."),
 ]
@@ -111,13 +118,13 @@ def main() -> None:
 @click.option("--augment", type=int, help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
 @click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences.")
-@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files.")
+@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files [default: the package's].")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Embedding cache [default: ~/.cache/semobridge].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @user_errors
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+            seed, params, search_trials, train, steps, csb, protocol, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     from .pipeline import PromptOptions, fit_dataset
 
@@ -126,7 +133,7 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
             params=parse_params(params), search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
             prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=EmbeddingCache(cache_dir),
-            device=device, log=log,
+            device=device, log=log, protocol=protocol,
         )
         head.save(output)
     click.echo(describe(head))
@@ -141,19 +148,22 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
 @click.option("--pretrained", help="Where to find the backbone weights now (tag or file) [default: as recorded].")
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 @click.option("--device")
+@click.option("--ood-of", type=click.Choice(["imagenet"]),
+              help="DATA is a variant of this dataset (ImageNet-V2, -Sketch, -A, -R) with its classes or a subset, "
+              "named by index, WordNet id or class name; plain class folders are evaluated whole.")
 @user_errors
-def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
+def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of) -> None:
     """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it."""
     from .pipeline import evaluate
 
     head = SeMoBridge.load(model_file)
     b = head.info.backbone
     backbone = load_backbone(b["name"], pretrained or b["pretrained"], device=device)
-    result = evaluate(head, backbone, data, split, EmbeddingCache(cache_dir))
+    result = evaluate(head, backbone, data, split, EmbeddingCache(cache_dir), ood_of=ood_of)
     click.echo(f"{'':14}{'top-1':>8}")
     click.echo(f"{'SeMoBridge':14}{100 * result['accuracy']:8.2f}")
     click.echo(f"{'zero-shot CLIP':14}{100 * result['zero_shot_accuracy']:8.2f}")
-    click.echo(f"({result['images']} {split} images, {head.info.variant}, {head.info.shots} shots)")
+    click.echo(f"({result['images']} {result['split']} images, {result['classes']}, {head.info.variant}, {head.info.shots} shots)")
     report_random(backbone.pretrained)
 
 
@@ -162,7 +172,7 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @user_errors
-def fit_features_cmd(features, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+def fit_features_cmd(features, device, seed, params, search_trials, train, steps, csb, protocol, log_json, output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     from .fit import fit_features
 
@@ -177,7 +187,7 @@ def fit_features_cmd(features, device, seed, params, search_trials, train, steps
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
         head = fit_features(feats, info, params=parse_params(params), search_trials=search_trials, train=train,
-                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
+                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device(), protocol=protocol)
         head.save(output)
     click.echo(describe(head))
     click.echo(f"wrote {output}")
