@@ -105,7 +105,7 @@ class Objective:
     every cosine of the loss is a product in the d_t basis: s n(F)·P = (s n(F) Wᵀ) Ptᵀ with a
     constant left factor, n(G)·P = V (Pt M)ᵀ, P·T = Pt (T Wᵀ)ᵀ. One step then costs eight
     products of N rows where the autograd form of `losses` and the previous validation needed
-    thirteen (benchmarks/train_time.py counts them).
+    eleven (benchmarks/train_time.py counts them).
     """
 
     def __init__(self, features: FeatureSet, text: TextSide):
