@@ -12,7 +12,7 @@ from benchmarks.train_time import autograd_trainer
 from semobridge.blend import BlendParams
 from semobridge.data import few_shot_split, load_dataset
 from semobridge.datasets import find_dataset
-from semobridge.fit import build_head, fit_features
+from semobridge.fit import fit_features
 from semobridge.pipeline import augment_option, description_file, PromptOptions
 from semobridge.protocol import CONSISTENT, PAPER, default_protocol
 from semobridge.train import train_bridge
@@ -58,18 +58,19 @@ def both(problem, request):
         feats.text_class.numpy(), feats.num_classes, feats.logit_scale, f64(feats.val_image), feats.val_label.numpy(),
         tuple(SELECT.to_dict().values()), STEPS, order=order,
     )
-    result = train_bridge(feats, steps=STEPS, params=SELECT, progress=False, protocol=order)
-    return order, (Wp, B, P, kept), result
+    head = fit_features(feats, features_info(feats), params=PARAMS, train=True, steps=STEPS, train_params=SELECT, protocol=order)
+    return order, (Wp, B, P, kept), head
 
 
 def test_the_kept_step_and_test_scores_match_the_reference(problem, both):
+    """`fit_features(train=True, protocol=...)` end to end against the independent trainer."""
     feats, test_image, test_label = problem
-    order, (Wp, B, P, kept), result = both
-    assert result.kept_step == kept
-    assert result.updates == (STEPS if order == "paper" else STEPS - 1)
-    assert 0 < kept < result.updates  # neither end: the order of operations decides what is kept
-    np.testing.assert_allclose(result.prototypes.double().numpy(), P, rtol=1e-4, atol=1e-5)
-    head = build_head(feats, features_info(feats), result.bridge, result.class_bias, result.prototypes).with_params(PARAMS)
+    order, (Wp, B, P, kept), head = both
+    assert head.info.kept_step == kept and head.info.protocol == order
+    assert head.info.steps == (STEPS if order == "paper" else STEPS - 1)
+    assert 0 < kept < head.info.steps  # neither end: the order of operations decides what is kept
+    np.testing.assert_allclose(head.bridged_prototypes.double().numpy(), P, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(head.bridge.pinv.double().numpy(), Wp, rtol=1e-4, atol=1e-5)
     text = R.text_side(f64(feats.text_eos), feats.text_class.numpy(), f64(feats.text_projection), feats.num_classes)
     I = R.image_prototypes(f64(feats.shot_image), feats.shot_label.numpy(), feats.num_classes)
     want = R.logits(f64(test_image), text.T, P, I, Wp, f64(feats.text_projection), text.L, R.class_kl(I, text.T),
@@ -83,11 +84,11 @@ def test_the_kept_step_and_test_scores_match_the_reference(problem, both):
 def test_paper_prototypes_come_from_the_last_step(problem, both):
     """M1: P from the last state differs from P of the kept state, which the query side uses."""
     feats, _, _ = problem
-    order, (Wp, B, P, kept), result = both
+    order, (Wp, B, P, kept), head = both
     text = R.text_side(f64(feats.text_eos), feats.text_class.numpy(), f64(feats.text_projection), feats.num_classes)
     P_kept = R.bridged_prototypes(f64(feats.shot_image), feats.shot_label.numpy(), feats.num_classes, Wp,
                                   f64(feats.text_projection), text.L, B)
-    gap = np.abs(P_kept - result.prototypes.double().numpy()).max()
+    gap = np.abs(P_kept - head.bridged_prototypes.double().numpy()).max()
     assert (gap > 1e-3) if order == "paper" else (gap < 1e-5)
 
 
