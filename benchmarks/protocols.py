@@ -125,7 +125,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = [(c, k, s) for c in args.classes for k in args.shots for s in args.seeds]
-    rows = [r for c, k, s in tqdm(cases, desc="protocols", file=sys.stderr) for r in run(c, k, s, args)]
+    rows: list[dict[str, Any]] = []
+    for i, (c, k, s) in enumerate(tqdm(cases, desc="protocols", file=sys.stderr)):
+        rows += run(c, k, s, args)
+        result, text = report(rows, cases[: i + 1], args)
+        write_report(args.out, "protocols", result, text)  # after every case: a long run interrupted keeps its rows
+    print(text)
+    return result
+
+
+def report(rows: list[dict[str, Any]], cases: list[tuple[int, int, int]], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The markdown text and the JSON of the cases run so far."""
     headers = ["C", "K", "test accuracy", *VARIANTS, "paper - consistent (mean)", "per seed"]
     text = "\n".join([
         f"# Paper vs consistent protocol: SeMoBridge-T on synthetic embeddings (d = {args.width}, {args.steps} updates)", "",
@@ -138,11 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for v in VARIANTS)] for c, k, s in cases
         ]),
     ])
-    print(text)
     result = {"benchmark": "protocols", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
               "args": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
-    write_report(args.out, "protocols", result, text)
-    return result
+    return result, text
 
 
 if __name__ == "__main__":
