@@ -87,6 +87,11 @@ fit_options = [
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1), help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
+    click.option(
+        "--protocol", type=click.Choice(["paper", "consistent"]),
+        help="paper: the published code's order (P from the last step, update-then-evaluate, whole val split, square "
+        "crops); consistent: P from the kept step [default: paper for the paper's datasets and --train].",
+    ),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
     click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."),
 ]
@@ -118,14 +123,14 @@ def main() -> None:
               help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
 @click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences.")
-@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files.")
+@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files [default: the package's].")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @command
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, search, train, steps, csb, log_json, output) -> None:
+            seed, params, search_trials, search, train, steps, csb, protocol, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     check_outputs(output, log_json)
     params = parse_params(params)
@@ -138,7 +143,7 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
             params=params, search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name,
             class_names_file=classnames, prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache,
-            device=device, log=log,
+            device=device, log=log, protocol=protocol,
         )
         head.save(output)
     click.echo(head.info.describe())
@@ -154,8 +159,11 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
+@click.option("--ood-of", type=click.Choice(["imagenet"]),
+              help="DATA is a variant of this dataset (ImageNet-V2, -Sketch, -A, -R) with its classes or a subset, "
+              "named by index, WordNet id or class name; plain class folders are evaluated whole.")
 @command
-def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
+def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of) -> None:
     """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it."""
     from .backbones import load_backbone
     from .encode import EmbeddingCache
@@ -167,11 +175,11 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
     cache = EmbeddingCache(cache_dir)
     b = head.info.backbone
     backbone = load_backbone(b["name"], pretrained or b["pretrained"], device=device)
-    result = evaluate(head, backbone, data, split, cache)
+    result = evaluate(head, backbone, data, split, cache, ood_of=ood_of)
     click.echo(f"{'':14}{'top-1':>9}")
     click.echo(f"{'SeMoBridge':14}{percent(result['accuracy']):>9}")
     click.echo(f"{'zero-shot CLIP':14}{percent(result['zero_shot_accuracy']):>9}")
-    click.echo(f"({result['images']} {split} images, {head.info.variant}, {head.info.shots} shots)")
+    click.echo(f"({result['images']} {result['split']} images, {result['classes']}, {head.info.variant}, {head.info.shots} shots)")
     report_random(backbone.pretrained)
 
 
@@ -182,7 +190,7 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @command
-def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, log_json,
+def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, protocol, log_json,
                      output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     if pretrained is not None and model is None:
@@ -205,7 +213,7 @@ def fit_features_cmd(features, model, pretrained, device, seed, params, search_t
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
         head = fit_features(feats, info, params=params, search_trials=search_trials, search=search, train=train,
-                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
+                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device(), protocol=protocol)
         head.save(output)
     click.echo(head.info.describe())
     click.echo(f"wrote {output}")

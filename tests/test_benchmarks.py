@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy, classes, fit_time, latency, spinning
+from benchmarks import accuracy, classes, fit_time, latency, protocols, spinning, train_time
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
@@ -145,6 +145,31 @@ def test_fit_time_quick_compares_both_searches(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "fit_time.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
+def test_train_time_quick_counts_flops_and_checks_equivalence(tmp_path: Path, capsys) -> None:
+    result = train_time.main(["--quick", "--check-steps", "5", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    (row,) = result["rows"]
+    N, C, d, V = row["shot_rows"], row["classes"], train_time.WIDTH, row["val_rows"]
+    products = train_time.step_products(N, C, d, d, V)
+    assert len(products["autograd"]) == 20 and len(products["ours"]) == 17
+    big = lambda ps: sum(1 for p in ps if N in p)  # noqa: E731  products over the N shot rows
+    assert (big(products["autograd"]), big(products["ours"])) == (11, 8)
+    assert row["gflop_ours"] < row["gflop_autograd"] and row["floor_s"] > 0 and row["ours_s"] > 0
+    assert row["max_rel_loss_diff"] < 1e-4 and row["kept_step_ours"] == row["kept_step_autograd"]
+    assert "floor s/step" in printed and "target min" in printed
+    assert json.loads((tmp_path / "train_time.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_protocols_quick_trains_three_variants(tmp_path: Path, capsys) -> None:
+    result = protocols.main(["--quick", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert [r["variant"] for r in result["rows"]] == list(protocols.VARIANTS)
+    assert [r["val_per_class"] for r in result["rows"]] == [2, 2, 20]
+    assert [r["updates"] for r in result["rows"]] == [29, 30, 30]
+    assert all(0 <= r["test_acc_searched"] <= 1 for r in result["rows"])
+    assert "paper - consistent (mean)" in printed and (tmp_path / "protocols.md").is_file()
+
+
 def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:
     write_image_folder(tmp_path / "data" / "eurosat", {"train": 3, "val": 1, "test": 2}, classes=("Forest", "River", "Highway or Road"))
     (tmp_path / "data" / "my_photos").mkdir()  # not a paper dataset: ignored
@@ -161,6 +186,7 @@ def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:
     saved = json.loads((out / "accuracy.json").read_text())
     assert {r["variant"] for r in saved["runs"]} == {"SeMoBridge (training-free)", "zero-shot CLIP"}
     assert saved["published"]["SeMoBridge-T"]["16"] == 82.20
+    assert saved["protocol"] == "paper" and "protocol paper" in captured.out
 
 
 def test_accuracy_without_paper_datasets_says_what_it_expects(tmp_path: Path) -> None:
