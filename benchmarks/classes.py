@@ -45,7 +45,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmarks.common import benchmark_head, default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_report
-from benchmarks.latency import random_images, sample, wall_clock
+from benchmarks.latency.measure import random_images
+from benchmarks.latency.timing import sample, wall_clock
 from semobridge.backbones import load_backbone
 from semobridge.blend import BlendParams
 from semobridge.fit import fit_features

@@ -20,6 +20,7 @@ from .tensorrt import Profile
 FIT_OPTIONS = ("data", "shots", "model", "seed", "train")  # what --from-model makes meaningless (but --data: check images)
 FORMAT_OPTIONS = {"input_kind": "--input", "fixed_size": "--fixed-size", "batch": "--batch", "sizes": "--sizes",
                   "class_counts": "--class-counts"}
+FIT_IMAGES = 256  # at most this many of the few-shot images measure the int8 label agreement
 
 
 def _min_opt_max(text: str, option: str, example: str) -> tuple[int, int, int]:
@@ -61,6 +62,15 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
     dataset = load_dataset(data)
     items = next((dataset.splits[s] for s in ("test", "val", "train") if dataset.splits.get(s)), [])
     return [np.asarray(load_rgb(path)) for path, _ in items[:CHECK_IMAGES]]
+
+
+def _fit_images(data: str, shots: int, seed: int) -> list[np.ndarray]:
+    """The few-shot images the head is fitted on (the same split as fitting), at most FIT_IMAGES spread over it,
+    for the int8 label agreement."""
+    from semobridge.data import few_shot_split, load_dataset, load_rgb
+
+    items = few_shot_split(load_dataset(data), shots, seed).shots
+    return [np.asarray(load_rgb(path)) for path, _ in items[::-(-len(items) // FIT_IMAGES)]]
 
 
 def _fitted(data, shots, model, pretrained, from_model, seed, train):
@@ -168,7 +178,8 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
     head, backbone = _fitted(data, shots, model, pretrained, from_model, seed, train)
     written = export(
         head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
-        check_images=_check_images(data), log=click.echo,
+        check_images=_check_images(data),
+        fit_images=_fit_images(data, shots, seed) if "onnx-int8" in names and not from_model else None, log=click.echo,
     )
     click.echo("\n" + _summary(head, backbone, written))
 

@@ -18,7 +18,7 @@ from semobridge.files import atomic_output
 from .fused import FusedClassifier
 from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
 from .onnx_graph import save_model, to_onnx, trace
-from .precision import label_agreement, quantize_matmuls, to_fp16, to_int8
+from .precision import label_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
 from .program import save_program
 from .reference import reference_scores, session, text_drift
 from .tensorrt import Profile, build_engine, engine_path_for
@@ -36,6 +36,7 @@ class Job:
     fixed_size: tuple[int, int] | None = None
     profile: Profile = field(default_factory=Profile)
     check_images: list[np.ndarray] = field(default_factory=list)
+    fit_images: list[np.ndarray] = field(default_factory=list)  # the few-shot images the head was fitted on, if known
     log: Callable[[str], None] = print
     backbone: Backbone | None = None  # for the text tower
     written: dict[str, Path] = field(default_factory=dict)
@@ -83,12 +84,17 @@ def export_onnx_fp16(job: Job) -> Path:
 
 
 def export_onnx_int8(job: Job) -> Path:
-    """Dynamic int8 quantisation of the encoder's matrix products (CPU/ARM)."""
-    path = to_int8(job.written["onnx"], job.path("onnx-int8"))
-    job.write_sidecar(path, with_precision(job.meta, "int8"))
-    if job.check_images:
-        agree = label_agreement(job.written["onnx"], path, job.check_images)
-        job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(job.check_images)} images")
+    """The CPU int8 artifact (see precision.to_int8), with its label agreement with the fp32 graph measured on the
+    fit images (else the check images) and recorded in its metadata as "int8"."""
+    meta = with_precision(job.meta, "int8")
+    path = to_int8(job.written["onnx"], job.path("onnx-int8"), meta)
+    images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
+    if images:
+        agree = label_agreement(job.written["onnx"], path, images)
+        meta = {**meta, "int8": {"label_agreement": round(agree, 4), "images": len(images), "measured_on": source}}
+        set_metadata(path, meta)
+        job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(images)} {source}")
+    job.write_sidecar(path, meta)
     return path
 
 

@@ -15,6 +15,7 @@ from semobridge.backbones import Backbone
 from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
 
+from .attention import with_standard_attention
 from .preprocess import Preprocess
 
 INPUT_KINDS = ("uint8", "float")
@@ -43,7 +44,7 @@ class FusedClassifier(nn.Module):
         self.input_kind = input_kind
         self.image_size = backbone.image_size
         self.preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std) if input_kind == "uint8" else None
-        self.encoder = copy.deepcopy(backbone.model.visual).float().cpu().eval().requires_grad_(False)
+        self.encoder = with_standard_attention(copy.deepcopy(backbone.model.visual)).float().cpu().eval().requires_grad_(False)
         self.head = copy.deepcopy(head).float().cpu().eval().requires_grad_(False)
         self.eval()
 

@@ -16,6 +16,7 @@ from torch.export import Dim, ExportedProgram
 from semobridge.files import atomic_output
 
 from .fused import HEAD_INPUTS, OUTPUT_NAMES, FusedClassifier
+from .rewrites import fuse_slices
 
 OPSET = 18  # LayerNormalization as one op
 PROTOBUF_LIMIT = 2**31 - 2**26  # beyond this (2 GB less a margin) the weights go to external data
@@ -75,6 +76,7 @@ def to_onnx(
             output_names=list(output_names), verbose=False, optimize=True,
         )
     model = onnx_program.model
+    fuse_slices(model)  # the resize's window cuts: one copy each instead of two
     _name_input_dims(model, INPUT_DIM_NAMES)
     for value in model.graph.inputs:
         if defaults and value.name in defaults:

@@ -21,6 +21,7 @@ ENSEMBLE_TEMPLATES = (
 )
 DEFAULT_TEMPLATE = "a photo of a {}."
 CUPL_ENV = "SEMOBRIDGE_CUPL_DIR"
+PACKAGED_CUPL = Path(__file__).resolve().parent / "cupl"
 
 
 def load_descriptions(path: str | Path) -> dict[str, list[str]]:
@@ -36,12 +37,23 @@ def load_descriptions(path: str | Path) -> dict[str, list[str]]:
 
 
 def cupl_file(spec: DatasetSpec | None, cupl_dir: str | Path | None = None) -> Path | None:
-    """The CuPL file of a paper dataset in `cupl_dir` (or $SEMOBRIDGE_CUPL_DIR), if present."""
-    folder = cupl_dir or os.environ.get(CUPL_ENV)
-    if spec is None or spec.cupl is None or folder is None:
+    """The CuPL file of a paper dataset: in `cupl_dir`, else $SEMOBRIDGE_CUPL_DIR, else the
+    package's own (semobridge/cupl, all but ImageNet's); None when there is none."""
+    if spec is None or spec.cupl is None:
         return None
-    path = Path(folder) / spec.cupl
+    path = Path(cupl_dir or os.environ.get(CUPL_ENV) or PACKAGED_CUPL) / spec.cupl
     return path if path.is_file() else None
+
+
+def missing_cupl_message(spec: DatasetSpec, cupl_dir: str | Path | None = None) -> str:
+    """What to say when a paper dataset's CuPL file is not found."""
+    where = cupl_dir or os.environ.get(CUPL_ENV) or f"the package ({PACKAGED_CUPL})"
+    return (
+        f"no CuPL descriptions for {spec.key}: {spec.cupl} is not in {where}"
+        + (" (ImageNet's file is not shipped with semobridge)" if spec.key == "imagenet" else "")
+        + ". The published results use them; fitting with templates only. "
+        f"Give --cupl-dir DIR with {spec.cupl} (class name -> sentences) or --descriptions FILE."
+    )
 
 
 def templates_for(spec: DatasetSpec | None, user_templates: Sequence[str] | None = None) -> list[str]:

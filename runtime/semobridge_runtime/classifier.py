@@ -57,7 +57,7 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
-             intra_op_num_threads: int | None = None, allow_spinning: bool = True, *,
+             intra_op_num_threads: int | None = None, allow_spinning: bool = True, prefer_int8: bool = True, *,
              classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
              max_aspect: float | None = None) -> Classifier:
@@ -68,6 +68,9 @@ class Classifier:
         intra_op_num_threads: 0..256 (0 or None: ONNX Runtime's default, one per core).
         allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
             False lets them sleep, leaving the cores to the app's other threads and sessions.
+        prefer_int8: on the CPU only, load `model_int8.onnx` from beside `model.onnx` instead when its export
+            measured the same labels as fp32 on >= 99% of the fit images (see `precision.int8_beside`; the
+            repr says which precision runs). False: load `path` as given.
         classes: a class file (save_classes, semobridge-classes) to use instead of the fitted classes.
         text_model: the text tower for add_class (default: the export's text.onnx; e.g. text_int8.onnx).
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
@@ -83,7 +86,10 @@ class Classifier:
         if backend == "auto":
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
-            from .backends.ort import OnnxRuntimeBackend
+            from .backends.ort import OnnxRuntimeBackend, choose_providers
+            from .precision import int8_beside
+
+            path = (prefer_int8 and int8_beside(path, choose_providers(providers))) or path
             loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
         else:
             from .backends.trt import TensorRTBackend
@@ -155,8 +161,11 @@ class Classifier:
         return self._backend.max_batch
 
     def __repr__(self) -> str:
+        raw = self.info.raw
+        agreement = (raw.get("int8") or {}).get("label_agreement")
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r})")
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
+                + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "") + ")")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.

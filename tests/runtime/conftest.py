@@ -45,16 +45,23 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(request: pytest.FixtureRequest) -> Path:
-    """The tiny open_clip model as the exporter writes it (tests/conftest.py's `exported_onnx`).
+def onnx_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uint8 model under test: the tiny open_clip model as the exporter writes it (tests/conftest.py's
+    `exported_onnx`), in a folder without the int8 artifact (on the CPU, Classifier.load would pick it instead;
+    tests/runtime/test_int8_choice.py).
 
     Skipped with the runtime alone (no semobridge, semobridge_export, torch): run
     `python -m pytest tests/runtime --confcutdir tests/runtime` there, as runtime/README.md says.
     """
     try:
-        return request.getfixturevalue("exported_onnx") / "model.onnx"
+        exported = request.getfixturevalue("exported_onnx")
     except pytest.FixtureLookupError:
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
+    folder = tmp_path_factory.mktemp("fp32")
+    for path in exported.iterdir():
+        if path.is_file() and not path.name.startswith("model_int8."):
+            shutil.copy(path, folder / path.name)
+    return folder / "model.onnx"
 
 
 @pytest.fixture()
@@ -127,9 +134,12 @@ def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def enrol_export(fit_on: Callable, tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """model.onnx (+ text.onnx, head.safetensors, vocabulary) fitted by semobridge on the pool's first three classes."""
+    """model.onnx (+ text.onnx, text_int8.onnx, head.safetensors, vocabulary) fitted by semobridge on the pool's
+    first three classes. The int8 image model is removed: Classifier.load runs fp32, to compare with fit exactly."""
     from semobridge_export import export
 
     out = tmp_path_factory.mktemp("enrol_export") / "model"
     export(fit_on(ENROL_CLASSES[:3]), tiny_backbone, out, int8_cpu=True, log=lambda _: None)
+    for path in out.glob("model_int8.*"):
+        path.unlink()
     return out / "model.onnx"
