@@ -158,6 +158,30 @@ def test_c_swaps_concurrently_on_the_real_model(c_build, real, python_class_file
     assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout + done.stderr
 
 
+def test_c_runs_the_int8_artifact_as_python(clib, request, tmp_path) -> None:
+    """The C library opens the file it is given: model_int8.onnx (which Classifier.load prefers on the CPU) scores as
+    the Python runtime does on it, with its fitted classes and with a class file (the same head inputs as fp32)."""
+    try:
+        int8 = request.getfixturevalue("exported_onnx") / "model_int8.onnx"
+    except (pytest.FixtureLookupError, ImportError):
+        pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
+    python = Classifier.load(int8, prefer_int8=False)
+    assert python.info.raw["precision"] == "int8"
+    images = np.random.default_rng(5).integers(0, 256, (3, 40, 36, 3), np.uint8)
+    fitted = python.class_names, python.predict(images)
+    python.remove_class(python.class_names[0])
+    python.rename_class(python.class_names[0], "renamed")
+    python.save_classes(tmp_path / "int8.classes")
+    edited = python.class_names, python.predict(images)
+    with CModel(clib, int8) as c:
+        for path, (names, expected) in ((None, fitted), (tmp_path / "int8.classes", edited)):
+            assert c.set_classes(path) == (0, "")
+            assert c.names == names
+            scores, labels = c.classify(images)
+            np.testing.assert_allclose(scores, expected.scores, rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(labels, expected.labels)
+
+
 # ---------------------------------------------------------------- the toy model: refusals, threads, memory checks
 
 @pytest.fixture(scope="module")
