@@ -205,8 +205,11 @@ def test_classes_quick_reports_overhead_enrolment_and_refit(tmp_path: Path, caps
     assert enrol["classes"] == 50 and enrol["prompts"] == 7 and enrol["class_file_bytes"] > 50 * 3 * 64 * 4
     assert all(ms > 0 for ms in enrol["parts_ms"].values()) and enrol["add_class_ms"] > 0
     assert result["refit_export"]["classes"] == 51 and result["refit_export"]["total_s"] > 0
+    c = result["c_library"]
+    assert c["classes"] == c["fitted_classes"] == 50 and c["embedding_dim"] == 64
+    assert c["set_classes_ms"] > 0 and c["set_over_fitted"] == pytest.approx(c["classify_set_ms"] / c["classify_fitted_ms"], rel=1e-3)
     for header in ("## Head as data", "| classes | batch | baked p50 ms | as data p50 ms |", "head maths, later edits",
-                   "## The same change by re-fit + re-export"):
+                   "## The same change by re-fit + re-export", "## C library", "| sb_set_classes ms |"):
         assert header in printed
     assert json.loads((tmp_path / "classes.json").read_text())["enrolment"]["classes"] == 50
 
