@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/spinning.py
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import machine, markdown_table, results_folder, write_report
+from benchmarks.common import add_out_options, machine, markdown_table, results_folder, write_report
 from benchmarks.latency import build_models, random_images
 from benchmarks.latency.runners import OrtRunner
 
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--blocks", type=int, default=6, help="blocks per setting (default 6)")
     p.add_argument("--calls", type=int, default=10, help="timed calls per block (default 10)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder, refused if it holds results unless --force (default: a fresh benchmarks/results/<date>-<device>-spinning/)")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
+    add_out_options(p, "-spinning")
     args = p.parse_args(argv)
     out = results_folder(args.out, "-spinning", force=args.force)
     images = random_images(1, SIZE)
