@@ -10,6 +10,7 @@ Sessions are made afresh for each block of calls and blocks alternate between th
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from benchmarks.common import add_out_options, machine, markdown_table, results_folder, write_report
 from benchmarks.latency import build_models, random_images
 from benchmarks.latency.runners import OrtRunner
+from benchmarks.latency.timing import sample
 
 FORMATS = {"fp32": "onnx", "int8": "onnx-int8"}
 SIZE = (224, 224)
@@ -35,14 +37,7 @@ def time_block(paths: list[Path], spinning: bool, images: np.ndarray, warmup: in
     """Fresh sessions of `paths`, intra-op spinning on or off, taking turns call by call: after `warmup`
     rounds, `calls` timed runs (ms) per session."""
     timers = [OrtRunner(path, ["CPUExecutionProvider"], cuda=False, spinning=spinning).host(images) for path in paths]
-    for _ in range(warmup):
-        for timer in timers:
-            timer()
-    times: list[list[float]] = [[] for _ in timers]
-    for _ in range(calls):
-        for timer, out in zip(timers, times):
-            out.append(timer())
-    return times
+    return sample(timers, warmup, calls, budget_s=math.inf, min_iters=calls)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
