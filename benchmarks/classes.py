@@ -44,7 +44,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks.common import benchmark_head, default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_report
+from benchmarks.common import (
+    add_out_options, benchmark_head, info_for, machine, markdown_table, parse_ints, results_folder, synthetic_features, write_report,
+)
 from benchmarks.latency.measure import random_images
 from benchmarks.latency.timing import sample, wall_clock
 from semobridge.backbones import load_backbone
@@ -264,11 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=50, help="repeats of each enrolment part (default 50)")
     p.add_argument("--quick", action="store_true", help="CI-sized: semobridge-tiny, 50 classes, few calls")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-classes/)")
+    add_out_options(p, "-classes", quick=True)
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.classes, args.iters, args.budget, args.warmup, args.repeats = "semobridge-tiny", 50, 3, 1.0, 1, 3
-    out = args.out or default_out("-classes")
+    out = results_folder(args.out, "-classes", quick=args.quick, force=args.force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning: speed does not depend on weights
         backbone = load_backbone(args.model, "none", device="cpu")

@@ -113,6 +113,29 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
     assert common.results_folder(tmp_path / "new") == tmp_path / "new"
 
 
+HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
+                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."]}
+
+
+@pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
+def test_every_harness_refuses_to_overwrite_results(name: str, tmp_path: Path) -> None:
+    import importlib
+
+    (tmp_path / "results.md").write_text("committed")
+    with pytest.raises(SystemExit, match="--force"):
+        importlib.import_module(f"benchmarks.{name}").main([*HARNESS_ARGS[name], "--out", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"] and (tmp_path / "results.md").read_text() == "committed"
+
+
+def test_quick_runs_write_under_results_quick(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    for harness in (fit_time, train_time, protocols):
+        assert harness.parse_args(["--quick"]).out.parent == tmp_path / "quick"
+        assert harness.parse_args([]).out.parent == tmp_path
+
+
 def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
     result = spinning.main(["--model", "semobridge-tiny", "--blocks", "1", "--calls", "2", "--out", str(tmp_path)])
     assert [(r["sessions"], r["precision"]) for r in result["rows"]] == [
