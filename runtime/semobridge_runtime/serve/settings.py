@@ -1,0 +1,37 @@
+"""How every model instance of the server loads the model: one function, used by each instance and,
+once before the server starts, by `semobridge-serve` itself (to fail early and publish the metadata)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from ..classifier import Classifier
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The model file and the runtime's load options, carried to the instances in the model config."""
+
+    model: str  # absolute path of the .onnx file
+    threads: int | None = None  # ONNX Runtime intra-op threads per instance (None: one per core)
+    allow_spinning: bool = True
+    max_side: int | None = None
+    max_pixels: int | None = None
+    max_aspect: float | None = None
+    # --classes FILE (issue 10) belongs here, applied in load_classifier below, so that every
+    # instance and the published class names (the config's metadata, labels.txt) use the same classes.
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        return cls(**json.loads(text))
+
+
+def load_classifier(settings: ServeSettings) -> Classifier:
+    """The classifier one model instance runs."""
+    return Classifier.load(settings.model, intra_op_num_threads=settings.threads,
+                           allow_spinning=settings.allow_spinning, max_side=settings.max_side,
+                           max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
