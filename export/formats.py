@@ -19,6 +19,7 @@ from .precision import label_agreement, to_fp16, to_int8
 from .program import save_program
 from .reference import reference_scores, session
 from .tensorrt import Profile, build_engine, engine_path_for
+from .triton import write_repository
 
 
 @dataclass
@@ -99,6 +100,11 @@ def export_engine(job: Job) -> Path:
     return path
 
 
+def export_triton(job: Job) -> Path:
+    """Triton model repository for the official container (ONNX Runtime backend; TensorRT plan when an engine was built)."""
+    return write_repository(job.path("triton"), job.written["onnx"], job.meta, job.profile, job.written.get("engine"))
+
+
 @dataclass(frozen=True)
 class Format:
     """One row of the format table."""
@@ -126,6 +132,10 @@ FORMATS: dict[str, Format] = {
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
                ("--engine", "--batch", "--sizes"),
                "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)", export_engine, True),
+        Format("triton", "triton", "Triton Inference Server container (ONNX Runtime backend; TensorRT plan with --engine)",
+               ("--batch", "--sizes"),
+               "docker run -p 8000-8002:8000-8002 -v {path}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+               "tritonserver --model-repository=/models   (unverified; or semobridge-serve model.onnx)", export_triton, True),
     )
 }
 FLAG_FORMATS = {"half": "onnx-fp16", "int8_cpu": "onnx-int8", "engine": "engine"}
