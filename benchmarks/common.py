@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -165,3 +166,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def parse_ints(text: str) -> tuple[int, ...]:
     """"1,8,32" -> (1, 8, 32)."""
     return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held together while picking, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -91,7 +91,7 @@ def test_tritonserver_parses_it_and_only_lacks_the_backends(repository, tmp_path
     """PyTriton's tritonserver reads the configs with Triton's own parser; it has no ONNX Runtime or TensorRT
     backend, so loading stops exactly there (a config error would stop it earlier, with another message)."""
     from semobridge_runtime.serve.server import Distribution, python_library_dir
-    from tests.serve.conftest import free_ports
+    from benchmarks.common import free_ports
 
     try:
         dist = Distribution.find()

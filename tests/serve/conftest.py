@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,24 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.common import free_ports  # one picker for tests and benchmarks
+
 if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None:
     pytest.skip("needs the serve extra: pip install './runtime[serve]' (nvidia-pytriton, tritonclient)",
                 allow_module_level=True)
 
 READY_TIMEOUT_S = 180.0
 SERVE = [sys.executable, "-m", "semobridge_runtime.serve.cli"]
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held together while picking, so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
