@@ -29,10 +29,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                         help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
+    add_load_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> None:
+    """--threads, spinning and the image limits: Classifier.load's options (semobridge-run, semobridge-serve).
+
+    spinning: the default for ONNX Runtime's intra-op spinning; the option offered turns it the other way
+    (--no-spinning, dest no_spinning; or --spinning, dest spinning).
+    """
     parser.add_argument("--threads", type=int, default=None,
                         help=f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} (default 0: one per core)")
-    parser.add_argument("--no-spinning", action="store_true",
-                        help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
+    if spinning:
+        parser.add_argument("--no-spinning", action="store_true",
+                            help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
+    else:
+        parser.add_argument("--spinning", action="store_true",
+                            help="let ONNX Runtime's CPU threads spin between calls (default: they sleep, leaving "
+                                 "the cores to the server's network threads)")
     parser.add_argument("--max-side", type=int, default=None,
                         help=f"refuse images whose longest side exceeds this (default: the model's, else {MAX_SIDE})")
     parser.add_argument("--max-pixels", type=int, default=None,
@@ -40,8 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-aspect", type=float, default=None,
                         help=f"refuse images whose longest/shortest side exceeds this (default: the model's, "
                              f"else {MAX_ASPECT})")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
 
 
 def image_paths(arguments: list[str]) -> list[str]:

@@ -29,7 +29,7 @@ def pending(served) -> int:
 def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, local, tmp_path) -> None:
     ports = free_ports(3)
     # one thread: each request of 8 images is one model run of a fraction of a second, the others wait
-    served = start_server(serve_model, tmp_path, "--max-batch", "8", "--threads", "1", "--no-spinning", ports=ports)
+    served = start_server(serve_model, tmp_path, "--max-batch", "8", "--threads", "1", ports=ports)
     batch = np.random.default_rng(3).integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
     expected = local.predict(batch)
     clients = [RemoteClassifier(served.grpc) for _ in range(8)]

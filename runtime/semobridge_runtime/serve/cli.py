@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import BackendError, InputError, ModelError, SemobridgeError
-from ..limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
+from ..cli import add_load_options
 from .protocol import MODEL_NAME
 from .repository import Batching
 from .server import Endpoints, TritonServer
@@ -47,18 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         "batches form only from requests that queue while the model is busy)")
     p.add_argument("--instances", type=int, default=batching.instances,
                    help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
-                        "ONNX Runtime session (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"ONNX Runtime intra-op threads per instance, 0..{MAX_THREADS} (default 0: one per core)")
-    p.add_argument("--no-spinning", action="store_true",
-                   help="let ONNX Runtime's threads sleep between runs (use with several instances on few cores)")
-    p.add_argument("--max-side", type=int, default=None,
-                   help=f"refuse images whose longest side exceeds this (default: the model's, else {MAX_SIDE})")
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help=f"refuse images with more pixels than this (default: the model's, else {MAX_PIXELS})")
-    p.add_argument("--max-aspect", type=float, default=None,
-                   help=f"refuse images whose longest/shortest side exceeds this (default: the model's, "
-                        f"else {MAX_ASPECT})")
+                        "ONNX Runtime session of --threads threads (default %(default)s)")
+    add_load_options(p, spinning=False)  # --threads (per instance), --spinning, --max-side, --max-pixels, --max-aspect
     p.add_argument("--drain-timeout", type=int, default=30,
                    help="seconds to finish in-flight requests after SIGTERM before exiting (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show Triton's own log")
@@ -80,7 +70,7 @@ def _check(args: argparse.Namespace) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Load the model once (to fail early), start Triton, wait for a signal or its exit."""
     _check(args)
-    settings = ServeSettings(str(Path(args.model).resolve()), args.threads, not args.no_spinning,
+    settings = ServeSettings(str(Path(args.model).resolve()), args.threads, args.spinning,
                              args.max_side, args.max_pixels, args.max_aspect)
     classifier = load_classifier(settings)
     if classifier.info.input_kind != "uint8":
