@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import importlib.util
 import os
 import shutil
@@ -113,6 +114,10 @@ def check_ports(endpoints: Endpoints) -> None:
             try:
                 probe.bind((endpoints.address, port))
             except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise InputError(f"cannot listen on {endpoints.address}:{port} ({option}): {exc.strerror or exc}",
+                                     hint="--address takes an address of this machine (0.0.0.0: all of them)"
+                                     ) from None
                 raise _port_error(option, port, endpoints.address, exc.strerror) from None
 
 
