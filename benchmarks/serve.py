@@ -8,7 +8,8 @@ one 224x224 image per request, back to back, for `--budget` seconds, to
   serve no batching  semobridge-serve with --max-batch 1 (every request its own model run)
   in-process         c threads calling one shared Classifier.predict (no server)
 
-and, as the ceiling, the in-process runtime on batches of 1, 4, 16, 64 images from one thread.
+and, as the ceiling, the in-process runtime on batches of 1, 4, 16, 64 images from one thread, with
+ONNX Runtime's intra-op spinning on (the runtime's default) and off (what the server's sessions use).
 The clients are gRPC (tritonclient's asyncio client, one event loop) on the same machine, so on
 a small CPU they take cores from the server: the ratios are conservative there.
 
@@ -50,7 +51,7 @@ class Row:
     """One measured case."""
 
     model: str
-    mode: str  # one of MODES, or "in-process batch"
+    mode: str  # one of MODES, or "in-process batch" (", no spinning")
     concurrency: int  # clients (threads for in-process); 1 for batch rows
     batch: int  # images per request (per call for batch rows)
     requests: int
@@ -151,15 +152,17 @@ def measure_server(model_path: Path, name: str, mode: str, images: np.ndarray, a
 
 
 def measure_in_process(model_path: Path, name: str, images: np.ndarray, args: argparse.Namespace) -> list[Row]:
+    """Batches with ONNX Runtime's spinning on (the runtime's default) and off (the server's), then threads (default)."""
     from semobridge_runtime import Classifier
 
-    classifier = Classifier.load(model_path)
-    classifier.predict(images[:4])  # warm-up
     rows = []
-    for b in args.batches:
-        batch = np.stack([images[i % len(images)] for i in range(b)])
-        latencies, seconds = closed_loop(1, args.budget, lambda _: classifier.predict(batch))
-        rows.append(row(name, "in-process batch", 1, b, latencies, seconds))
+    for spinning in (True, False):
+        classifier = Classifier.load(model_path, allow_spinning=spinning)
+        classifier.predict(images[:4])  # warm-up
+        for b in args.batches:
+            batch = np.stack([images[i % len(images)] for i in range(b)])
+            latencies, seconds = closed_loop(1, args.budget, lambda _: classifier.predict(batch))
+            rows.append(row(name, f"in-process batch{'' if spinning else ', no spinning'}", 1, b, latencies, seconds))
     for c in args.concurrency:
         latencies, seconds = closed_loop(c, args.budget, lambda i: classifier.predict(images[i % len(images)]))
         rows.append(row(name, "in-process", c, 1, latencies, seconds))
@@ -186,12 +189,12 @@ def summary(rows: list[Row]) -> list[dict[str, Any]]:
     out = []
     for model in dict.fromkeys(r.model for r in rows):
         mine = [r for r in rows if r.model == model]
-        best_batch = max((r for r in mine if r.mode == "in-process batch"), key=lambda r: r.images_per_s)
+        best_batch = max((r for r in mine if r.mode.startswith("in-process batch")), key=lambda r: r.images_per_s)
         served = [r for r in mine if r.mode == "serve batching"]
         best_served = max(served, key=lambda r: r.images_per_s) if served else None
         at16 = next((r for r in served if r.concurrency == 16), None)
         out.append({"model": model, "in_process_best_images_per_s": best_batch.images_per_s,
-                    "in_process_best_batch": best_batch.batch,
+                    "in_process_best_batch": best_batch.batch, "in_process_best_mode": best_batch.mode,
                     "serve_best_images_per_s": best_served.images_per_s if best_served else None,
                     "serve_best_concurrency": best_served.concurrency if best_served else None,
                     "serve_over_in_process": best_served.images_per_s / best_batch.images_per_s if best_served else None,
@@ -209,7 +212,7 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
              "## Target: served throughput (with batching) >= 90 % of the in-process runtime at its best batch", "",
              markdown_table(["model", "in-process best (images/s, batch)", "served best (images/s, clients)",
                              "served / in-process", "served p99 at 16 clients (ms)"],
-                            [[s["model"], f"{fmt(s['in_process_best_images_per_s'])} (batch {s['in_process_best_batch']})",
+                            [[s["model"], f"{fmt(s['in_process_best_images_per_s'])} ({s['in_process_best_mode'][11:]} {s['in_process_best_batch']})",
                               f"{fmt(s['serve_best_images_per_s'])} (c={s['serve_best_concurrency']})",
                               fmt(s["serve_over_in_process"]), fmt(s["serve_p99_ms_at_16"])] for s in result["summary"]]),
              "", "## All cases", "",
@@ -234,7 +237,8 @@ def plot(rows: list[Row], path: Path) -> Path:
             if case:
                 throughput.plot([r.concurrency for r in case], [r.images_per_s for r in case], "o-", label=mode)
                 tail.plot([r.concurrency for r in case], [r.p99_ms for r in case], "o-", label=mode)
-        best = max((r.images_per_s for r in rows if r.model == model and r.mode == "in-process batch"), default=None)
+        best = max((r.images_per_s for r in rows if r.model == model and r.mode.startswith("in-process batch")),
+                   default=None)
         if best:
             throughput.axhline(best, ls="--", color="gray", label="in-process, best batch")
         throughput.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=f"{model}: throughput")

@@ -20,7 +20,8 @@ def test_quick_run_writes_table_json_and_plot(serve_model, tmp_path) -> None:
     assert (out / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((out / "serve.json").read_text())["rows"]
     cases = {(r["mode"], r["concurrency"], r["batch"]) for r in rows}
-    assert cases == {(m, c, 1) for m in bench.MODES for c in (1, 4)} | {("in-process batch", 1, b) for b in (1, 4)}
+    batch_modes = ("in-process batch", "in-process batch, no spinning")
+    assert cases == {(m, c, 1) for m in bench.MODES for c in (1, 4)} | {(m, 1, b) for m in batch_modes for b in (1, 4)}
     assert all(r["requests"] >= 2 * r["concurrency"] and r["images_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in rows)
     (summary,) = result["summary"]
     assert summary["serve_over_in_process"] > 0 and summary["serve_p99_ms_at_16"] is None  # 16 clients not run
