@@ -212,7 +212,8 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
              "## Target: served throughput (with batching) >= 90 % of the in-process runtime at its best batch", "",
              markdown_table(["model", "in-process best (images/s, batch)", "served best (images/s, clients)",
                              "served / in-process", "served p99 at 16 clients (ms)"],
-                            [[s["model"], f"{fmt(s['in_process_best_images_per_s'])} ({s['in_process_best_mode'][11:]} {s['in_process_best_batch']})",
+                            [[s["model"], f"{fmt(s['in_process_best_images_per_s'])} (batch {s['in_process_best_batch']}"
+                              f"{s['in_process_best_mode'][len('in-process batch'):]})",
                               f"{fmt(s['serve_best_images_per_s'])} (c={s['serve_best_concurrency']})",
                               fmt(s["serve_over_in_process"]), fmt(s["serve_p99_ms_at_16"])] for s in result["summary"]]),
              "", "## All cases", "",
