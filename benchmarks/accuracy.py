@@ -1,8 +1,9 @@
 """The paper's accuracy protocol on the datasets found under a folder, beside the published numbers.
 
 CoOp few-shot splits (1, 2, 4, 8, 16 shots; seeds 1, 2, 3), top-1 on the test split, training-free
-SeMoBridge and/or SeMoBridge-T (`--train`), the paper's prompts (CuPL descriptions from
-`--cupl-dir`) and augmentations, through `semobridge.pipeline.fit_dataset` and `evaluate`.
+SeMoBridge and/or SeMoBridge-T (`--train`), the paper's prompts (the packaged CuPL descriptions, or
+`--cupl-dir`) and augmentations, in the published code's order of operations (`--protocol paper`,
+the default; semobridge.protocol), through `semobridge.pipeline.fit_dataset` and `evaluate`.
 Datasets are the sub-folders of `--root` named like the paper's (caltech101, eurosat, dtd, ...;
 see semobridge.datasets), each readable by `semobridge.data.load_dataset`.
 
@@ -26,11 +27,12 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/accuracy.py
 
 from tqdm.auto import tqdm
 
-from benchmarks.common import REPO, default_out, machine, markdown_table, parse_ints, write_report
+from benchmarks.common import default_out, machine, markdown_table, parse_ints, write_report
 from semobridge.backbones import RANDOM_WARNING, load_backbone
 from semobridge.datasets import DATASETS, SHOT_COUNTS, find_dataset
 from semobridge.encode import EmbeddingCache
 from semobridge.pipeline import PromptOptions, evaluate, fit_dataset
+from semobridge.protocol import PROTOCOLS
 
 TRAINING_FREE, TRAINED, ZERO_SHOT = "SeMoBridge (training-free)", "SeMoBridge-T", "zero-shot CLIP"
 #: METHOD.md: average top-1 (%) over the 11 datasets, ViT-B/16 OpenAI weights, by shots.
@@ -39,7 +41,6 @@ PUBLISHED: dict[str, dict[int, float]] = {
     TRAINING_FREE: {1: 72.25, 2: 73.91, 4: 75.77, 8: 77.00, 16: 78.09},
     TRAINED: {1: 74.01, 2: 76.20, 4: 78.21, 8: 80.10, 16: 82.20},
 }
-DEFAULT_CUPL = REPO.parent / "shared" / "data" / "cupl"
 MEANINGLESS = "MEANINGLESS: random weights (--pretrained none)"
 
 
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             warnings.simplefilter("ignore")
             head, _ = fit_dataset(
                 datasets[key], k, seed=seed, train=variant == TRAINED, steps=args.steps, search_trials=args.search_trials,
-                dataset_name=key, prompts=prompts, cache=cache, backbone=backbone,
+                dataset_name=key, prompts=prompts, cache=cache, backbone=backbone, protocol=args.protocol,
             )
         result = evaluate(head, backbone, datasets[key], "test", cache)
         base = {"dataset": key, "shots": k, "seed": seed, "test_images": result["images"]}
@@ -158,8 +159,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-training-free", dest="training_free", action="store_false", help="skip training-free SeMoBridge")
     p.add_argument("--steps", type=int, default=5000, help="SeMoBridge-T steps (default 5000, as published)")
     p.add_argument("--search-trials", type=int, default=None, help="blend search candidates (default: the library's)")
-    p.add_argument("--cupl-dir", type=Path, default=DEFAULT_CUPL if DEFAULT_CUPL.is_dir() else None,
-                   help="folder with the paper's CuPL description files (default ../shared/data/cupl when present)")
+    p.add_argument("--cupl-dir", type=Path, default=None,
+                   help="folder with the paper's CuPL description files (default: the package's; ImageNet's is not shipped)")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="paper",
+                   help="paper (default): the published code's order of operations; consistent: ours (semobridge.protocol)")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/semobridge)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-accuracy/)")
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if random_weights:
         label += f" [{MEANINGLESS}]"
     headers = ["variant", "source", *(f"{k} shot{'s' if k > 1 else ''}" for k in args.shots)]
-    lines = [f"# Accuracy: {args.model} (pretrained={args.pretrained}), top-1 % on the test split", ""]
+    lines = [f"# Accuracy: {args.model} (pretrained={args.pretrained}), top-1 % on the test split, protocol {args.protocol}", ""]
     if random_weights:
         lines += [f"**{MEANINGLESS}. These numbers only show that the harness runs.**", ""]
     if len(datasets) < len(DATASETS):
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "accuracy", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "model": args.model,
         "pretrained": args.pretrained, "meaningless": random_weights, "datasets": datasets, "shots": list(args.shots),
-        "seeds": list(args.seeds), "cupl_dir": str(args.cupl_dir) if args.cupl_dir else None, "steps": args.steps,
+        "seeds": list(args.seeds), "cupl_dir": str(args.cupl_dir) if args.cupl_dir else "packaged", "steps": args.steps,
+        "protocol": args.protocol,
         "ours": {v: {str(k): x for k, x in row.items()} for v, row in ours.items()},
         "published": {v: {str(k): x for k, x in row.items()} for v, row in PUBLISHED.items()},
         "runs": runs,

@@ -20,6 +20,7 @@ from semobridge.fit import fit_features
 from semobridge.model import ModelInfo, SeMoBridge
 
 RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = "quick"  # results/quick/: CI-sized runs, not committed
 REPO = Path(__file__).resolve().parents[1]
 #: Noise of the synthetic embeddings, relative to the class signal: validation accuracy of the
 #: default blend lands around 25-95 % for 10-1000 classes at d = 512 (neither chance nor 100 %).
@@ -89,8 +90,26 @@ def default_out(suffix: str = "") -> Path:
     return RESULTS / f"{dt.date.today().isoformat()}-{device_slug()}{suffix}"
 
 
+def results_folder(out: Path | None, suffix: str = "", *, quick: bool = False, force: bool = False) -> Path:
+    """Where a run writes, decided before it starts; results are never overwritten by default.
+
+    `out` as given, refused if it exists and is not empty unless `force`; else a fresh
+    benchmarks/results/<date>-<device><suffix>/ (-2, -3, ... when taken), under results/quick/ for a CI-sized
+    `quick` run (ignored by git, so it never replaces a committed result).
+    """
+    if out is not None:
+        if out.exists() and any(out.iterdir()) and not force:
+            raise SystemExit(f"{out} already holds results; choose another --out, or pass --force to overwrite them")
+        return out
+    base = default_out(suffix)
+    base = RESULTS / QUICK / base.name if quick else base
+    candidates = (base.with_name(f"{base.name}-{n}") if n > 1 else base for n in range(1, 10_000))
+    return next(c for c in candidates if not c.exists())
+
+
 #: CPU features that decide matrix-product speed (x86 vector widths and int8 dot products; Arm dot products).
-CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "asimd",
+                "asimddp", "i8mm", "bf16", "sve")
 
 
 def cpu_model() -> str:
@@ -120,6 +139,26 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement (Linux: /proc/self/clear_refs; elsewhere the peak since start)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB since start or the last reset_peak_rss()."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / (1024 * 1024 if platform.system() == "Darwin" else 1024)
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU latency run: benchmarks/latency.py on every CUDA backend for ViT-B-16 and ViT-B-32,
+# One prepared GPU latency run: python -m benchmarks.latency on every CUDA backend for ViT-B-16 and ViT-B-32,
 # for a GPU machine that has PyTorch with CUDA but no route to a package index.
 #
 #   benchmarks/gpu_run.sh OUT_DIR [WHEEL_DIR]

@@ -1,4 +1,4 @@
-"""ONNX Runtime CPU sessions with intra-op spinning on (ONNX Runtime's default) and off (what latency.py
+"""ONNX Runtime CPU sessions with intra-op spinning on (ONNX Runtime's default) and off (what benchmarks.latency
 uses, since it interleaves sessions): one session on its own, as an app with one model runs it, and
 two sessions (fp32 and int8) taking turns call by call, as an app with two models does.
 
@@ -23,31 +23,25 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/spinning.py
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import default_out, machine, markdown_table, write_report
-from benchmarks.latency import build_models, parse_args as latency_args, parse_sizes, random_images
+from benchmarks.common import machine, markdown_table, results_folder, write_report
+from benchmarks.latency import build_models, random_images
+from benchmarks.latency.runners import OrtRunner
 
 FORMATS = {"fp32": "onnx", "int8": "onnx-int8"}
+SIZE = (224, 224)
 
 
 def time_block(paths: list[Path], spinning: bool, images: np.ndarray, warmup: int, calls: int) -> list[list[float]]:
     """Fresh sessions of `paths`, intra-op spinning on or off, taking turns call by call: after `warmup`
     rounds, `calls` timed runs (ms) per session."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for path in paths]
-    feed = {"image": images}
+    timers = [OrtRunner(path, ["CPUExecutionProvider"], cuda=False, spinning=spinning).host(images) for path in paths]
     for _ in range(warmup):
-        for session in sessions:
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
+        for timer in timers:
+            timer()
+    times: list[list[float]] = [[] for _ in timers]
     for _ in range(calls):
-        for session, out in zip(sessions, times):
-            start = time.perf_counter()
-            session.run(None, feed)
-            out.append((time.perf_counter() - start) * 1e3)
+        for timer, out in zip(timers, times):
+            out.append(timer())
     return times
 
 
@@ -56,13 +50,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--blocks", type=int, default=6, help="blocks per setting (default 6)")
     p.add_argument("--calls", type=int, default=10, help="timed calls per block (default 10)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-spinning/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder, refused if it holds results unless --force (default: a fresh benchmarks/results/<date>-<device>-spinning/)")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
     args = p.parse_args(argv)
-    out = args.out or default_out("-spinning")
-    images = random_images(1, (224, 224))
+    out = results_folder(args.out, "-spinning", force=args.force)
+    images = random_images(1, SIZE)
     rows = []
     with tempfile.TemporaryDirectory(prefix="semobridge-spinning-") as tmp:
-        models = build_models(latency_args(["--model", args.model]), Path(tmp), parse_sizes("224x224"), (1,))
+        models = build_models(args.model, "none", 100, 0, Path(tmp), [SIZE], (1,))
         paths = {precision: models.artifact("fused", fmt) for precision, fmt in FORMATS.items()}
         setups = [("alone", [p]) for p in paths] + [("taking turns", list(paths))]  # (how, precisions run together)
         times = {(how, p, spin): [] for how, group in setups for p in group for spin in (True, False)}

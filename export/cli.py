@@ -14,29 +14,37 @@ from semobridge.clitools import command, version_option
 from semobridge.errors import InputError, ModelError
 from semobridge.validate import image_size, parse_hw
 
-from .formats import FORMATS, format_table, resolve_formats, unused_options
+from .formats import DEFAULT_FORMATS, FORMATS, format_table, resolve_formats, unused_options
 from .tensorrt import Profile
 
 FIT_OPTIONS = ("data", "shots", "model", "seed", "train")  # what --from-model makes meaningless (but --data: check images)
-FORMAT_OPTIONS = {"input_kind": "--input", "fixed_size": "--fixed-size", "batch": "--batch", "sizes": "--sizes"}
+FORMAT_OPTIONS = {"input_kind": "--input", "fixed_size": "--fixed-size", "batch": "--batch", "sizes": "--sizes",
+                  "class_counts": "--class-counts"}
+FIT_IMAGES = 256  # at most this many of the few-shot images measure the int8 label agreement
 
 
-def parse_profile(batch: str, sizes: str) -> Profile:
-    """--batch MIN,OPT,MAX and --sizes HxW,HxW,HxW -> Profile (sizes inside the graph's limits)."""
+def _min_opt_max(text: str, option: str, example: str) -> tuple[int, int, int]:
     try:
-        b = tuple(int(v) for v in batch.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        b = ()
-    if len(b) != 3:
-        raise InputError(f"--batch {batch!r} is not MIN,OPT,MAX", hint="e.g. --batch 1,8,32")
+        values = ()
+    if len(values) != 3:
+        raise InputError(f"{option} {text!r} is not MIN,OPT,MAX", hint=f"e.g. {option} {example}")
+    return values  # type: ignore[return-value]
+
+
+def parse_profile(batch: str, sizes: str, class_counts: str) -> Profile:
+    """--batch MIN,OPT,MAX, --sizes HxW,HxW,HxW (inside the graph's limits) and --class-counts MIN,OPT,MAX -> Profile."""
     s = tuple(image_size(*parse_hw(p, "--sizes entry"), "--sizes entry") for p in sizes.split(","))
     if len(s) != 3:
         raise InputError(f"--sizes {sizes!r} is not MIN,OPT,MAX sizes", hint="e.g. --sizes 64x64,480x640,1080x1920 (HxW)")
-    return Profile(b, s)  # type: ignore[arg-type]
+    return Profile(_min_opt_max(batch, "--batch", "1,8,32"), s, _min_opt_max(class_counts, "--class-counts", "1,100,4096"))  # type: ignore[arg-type]
 
 
 def profile_options(f):
     default = Profile()
+    f = click.option("--class-counts", default=",".join(map(str, default.classes)), show_default=True,
+                     help="TensorRT profile class count MIN,OPT,MAX (the class sets the engine takes).")(f)
     f = click.option("--sizes", default=",".join(f"{h}x{w}" for h, w in default.sizes), show_default=True,
                      help="TensorRT profile image sizes MIN,OPT,MAX as HxW (dynamic uint8 input).")(f)
     return click.option("--batch", default=",".join(map(str, default.batch)), show_default=True,
@@ -54,6 +62,15 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
     dataset = load_dataset(data)
     items = next((dataset.splits[s] for s in ("test", "val", "train") if dataset.splits.get(s)), [])
     return [np.asarray(load_rgb(path)) for path, _ in items[:CHECK_IMAGES]]
+
+
+def _fit_images(data: str, shots: int, seed: int) -> list[np.ndarray]:
+    """The few-shot images the head is fitted on (the same split as fitting), at most FIT_IMAGES spread over it,
+    for the int8 label agreement."""
+    from semobridge.data import few_shot_split, load_dataset, load_rgb
+
+    items = few_shot_split(load_dataset(data), shots, seed).shots
+    return [np.asarray(load_rgb(path)) for path, _ in items[::-(-len(items) // FIT_IMAGES)]]
 
 
 def _fitted(data, shots, model, pretrained, from_model, seed, train):
@@ -100,7 +117,8 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
     ]
     lines = [f"{k:<13} {v}" for k, v in rows] + ["", "artifacts:"]
     lines += [f"  {path.name:<24} {_size(path):>9}" for path in sorted(set(written.values()))]
-    lines += ["", "run:"] + [f"  {FORMATS[f].run.format(path=written[f])}" for f in FORMATS if f in written]
+    onnx = written.get("onnx", "model.onnx")
+    lines += ["", "run:"] + [f"  {FORMATS[f].run.format(path=written[f], onnx=onnx)}" for f in FORMATS if f in written]
     if backbone.is_random:
         lines += ["", RANDOM_WARNING]
     return "\n".join(lines)
@@ -121,7 +139,7 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @click.option("--seed", default=1, show_default=True, help="Few-shot split and training seed.")
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: new, empty, or holding an earlier export (replaced as a whole).")
-@click.option("--formats", default="onnx", show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
+@click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="uint8: raw RGB NHWC pixels, preprocessing in the graph; float: normalised NCHW [N,3,S,S].")
 @click.option("--fixed-size", help="Static input height and width HxW (uint8 input; friendlier to TensorRT).")
@@ -132,7 +150,8 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @version_option
 @click.pass_context
 @command
-def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes):
+def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch,
+         sizes, class_counts):
     """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores."""
     from .exporter import check_out_dir, export
     from .tensorrt import _import_tensorrt
@@ -148,7 +167,7 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
             raise InputError(f"--from-model exports a fitted model; {', '.join(conflicting)} only apply to fitting",
                              hint="drop them, or fit with --data instead of --from-model")
     size = image_size(*parse_hw(fixed_size, "--fixed-size"), "--fixed-size") if fixed_size else None
-    profile = parse_profile(batch, sizes)
+    profile = parse_profile(batch, sizes, class_counts)
     check_out_dir(out)
     if "engine" in names:
         _import_tensorrt()  # before minutes of fitting
@@ -159,7 +178,8 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
     head, backbone = _fitted(data, shots, model, pretrained, from_model, seed, train)
     written = export(
         head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
-        check_images=_check_images(data), log=click.echo,
+        check_images=_check_images(data),
+        fit_images=_fit_images(data, shots, seed) if "onnx-int8" in names and not from_model else None, log=click.echo,
     )
     click.echo("\n" + _summary(head, backbone, written))
 
@@ -173,7 +193,7 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
 @profile_options
 @version_option
 @command
-def build_engine_main(model, output, fp16, cache_dir, batch, sizes):
+def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
@@ -181,7 +201,7 @@ def build_engine_main(model, output, fp16, cache_dir, batch, sizes):
     """
     from .tensorrt import build_engine
 
-    path = build_engine(model, output, parse_profile(batch, sizes), fp16=fp16, cache_dir=cache_dir, log=click.echo)
+    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir, log=click.echo)
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from semobridge import __version__
 from semobridge.backbones import Backbone
@@ -18,7 +19,7 @@ from semobridge.errors import InputError
 from semobridge.model import SeMoBridge
 from semobridge.validate import image_size, output_dir
 
-from .formats import FORMATS, Job, resolve_formats
+from .formats import DEFAULT_FORMATS, FORMATS, Job, resolve_formats
 from .fused import FusedClassifier
 from .metadata import build_metadata
 from .preprocess import Preprocess
@@ -33,7 +34,7 @@ def export(
     head: SeMoBridge,
     backbone: Backbone,
     out_dir: str | os.PathLike,
-    formats: str | Sequence[str] = ("onnx",),
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
     *,
     half: bool = False,
     int8_cpu: bool = False,
@@ -42,6 +43,7 @@ def export(
     input_kind: str = "uint8",
     profile: Profile = Profile(),
     check_images: Sequence[np.ndarray] | None = None,
+    fit_images: Sequence[np.ndarray] | None = None,
     stem: str = "model",
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
@@ -49,7 +51,8 @@ def export(
 
     Everything is written into a temporary folder beside `out_dir` and moved in only when every
     format succeeded, so a failed export leaves nothing behind. `check_images` (uint8 HxWx3)
-    measure the fp16 score drift and the int8 label agreement (synthetic images when None).
+    measure the fp16 score drift (synthetic images when None); the int8 label agreement is measured on
+    `fit_images` (the few-shot images the head was fitted on) when given, else on the check images.
     """
     names = resolve_formats(formats, half=half, int8_cpu=int8_cpu, engine=engine)
     out_dir = check_out_dir(out_dir)
@@ -62,14 +65,19 @@ def export(
     fused = FusedClassifier(head, backbone, input_kind)
     if check_images is None and {"onnx-fp16", "onnx-int8"} & set(names):
         check_images = synthetic_images(CHECK_IMAGES, seed=0)
-    if input_kind == "float" and check_images:
+    if fixed_size is not None:  # a static input takes only its size: the check and fit images at that size
+        check_images, fit_images = ([np.asarray(Image.fromarray(np.asarray(im)).resize(fixed_size[::-1], Image.BICUBIC))
+                                     for im in images] for images in (check_images or [], fit_images or []))
+    if input_kind == "float":
         pre = Preprocess(backbone.image_size, backbone.mean, backbone.std)
         with torch.no_grad():
-            check_images = [pre(torch.from_numpy(np.ascontiguousarray(im))[None])[0].numpy() for im in check_images]
+            check_images, fit_images = ([pre(torch.from_numpy(np.ascontiguousarray(im))[None])[0].numpy() for im in images]
+                                        for images in (check_images or [], fit_images or []))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        job = Job(fused, build_metadata(fused, fixed_size), stage, stem, fixed_size, profile, list(check_images or []), log)
+        job = Job(fused, build_metadata(fused, fixed_size), stage, stem, fixed_size, profile, list(check_images or []),
+                  list(fit_images or []), log, backbone)
         for name in names:
             log(f"writing {name} ...")
             job.written[name] = FORMATS[name].write(job)

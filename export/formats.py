@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx_ir
 from torch.export import ExportedProgram
 
+from semobridge.backbones import Backbone
 from semobridge.errors import InputError
 from semobridge.files import atomic_output
 
 from .fused import FusedClassifier
-from .metadata import metadata_props, sidecar_path, with_precision
+from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
 from .onnx_graph import save_model, to_onnx, trace
-from .precision import label_agreement, to_fp16, to_int8
+from .precision import label_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
 from .program import save_program
-from .reference import reference_scores, session
+from .reference import reference_scores, session, text_drift
 from .tensorrt import Profile, build_engine, engine_path_for
+from .text import TEXT_OUTPUTS, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
 from .triton import write_repository
 
 
@@ -33,13 +37,15 @@ class Job:
     fixed_size: tuple[int, int] | None = None
     profile: Profile = field(default_factory=Profile)
     check_images: list[np.ndarray] = field(default_factory=list)
+    fit_images: list[np.ndarray] = field(default_factory=list)  # the few-shot images the head was fitted on, if known
     log: Callable[[str], None] = print
+    backbone: Backbone | None = None  # for the text tower
     written: dict[str, Path] = field(default_factory=dict)
     _program: ExportedProgram | None = None
 
     @property
     def program(self) -> ExportedProgram:
-        """The torch.export trace, made once and shared by the formats that need it."""
+        """The torch.export trace with the class set as inputs, made once for the ONNX graph."""
         if self._program is None:
             self._program = trace(self.fused, self.fixed_size)
         return self._program
@@ -56,8 +62,10 @@ class Job:
 
 
 def export_onnx(job: Job) -> Path:
-    """fp32 ONNX graph: uint8 pixels (or normalised floats) -> scores, label, embedding."""
-    path = save_model(to_onnx(job.program, job.fused.output_names), job.path("onnx"), metadata_props(job.meta))
+    """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set -> scores,
+    label, embedding, features; the class-set inputs default to the fitted classes."""
+    model = to_onnx(job.program, job.fused.output_names, defaults=job.fused.fitted_classes())
+    path = save_model(model, job.path("onnx"), metadata_props(job.meta))
     job.write_sidecar(path, job.meta)
     return path
 
@@ -77,19 +85,54 @@ def export_onnx_fp16(job: Job) -> Path:
 
 
 def export_onnx_int8(job: Job) -> Path:
-    """Dynamic int8 quantisation of the encoder's matrix products (CPU/ARM)."""
-    path = to_int8(job.written["onnx"], job.path("onnx-int8"))
-    job.write_sidecar(path, with_precision(job.meta, "int8"))
-    if job.check_images:
-        agree = label_agreement(job.written["onnx"], path, job.check_images)
-        job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(job.check_images)} images")
+    """The CPU int8 artifact (see precision.to_int8), with its label agreement with the fp32 graph measured on the
+    fit images (else the check images) and recorded in its metadata as "int8"."""
+    meta = with_precision(job.meta, "int8")
+    path = to_int8(job.written["onnx"], job.path("onnx-int8"), meta)
+    images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
+    if images:
+        agree = label_agreement(job.written["onnx"], path, images)
+        meta = {**meta, "int8": {"label_agreement": round(agree, 4), "images": len(images), "measured_on": source}}
+        set_metadata(path, meta)
+        job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(images)} {source}")
+    job.write_sidecar(path, meta)
     return path
 
 
 def export_pt2(job: Job) -> Path:
-    """torch.export program of the same fused module (torch.export.load(...).module())."""
-    path = save_program(job.program, job.path("pt2"), job.meta)
+    """torch.export program of the same fused module with the fitted classes as constants
+    (torch.export.load(...).module()(image))."""
+    path = save_program(trace(job.fused, job.fixed_size, head_as_data=False), job.path("pt2"), job.meta)
     job.write_sidecar(path, job.meta)
+    return path
+
+
+def export_text(job: Job) -> Path:
+    """What class enrolment needs beside the graph: the text tower (token ids -> pooled EOS before W),
+    the tokenizer's vocabulary (with its licence) and the fitted head (W+, W, L, the fitted classes)."""
+    if job.backbone is None:
+        raise ValueError("the text format needs the backbone (export(head, backbone, ...))")
+    tower = TextTower(job.backbone)
+    width = int(job.fused.head.bridge.text_projection.shape[0])
+    meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), width)
+    path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
+    vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
+    shutil.copyfile(vocabulary_file(), vocabulary)
+    licence = shutil.copyfile(VOCABULARY_LICENSE, vocabulary.with_name(f"{vocabulary.name}.LICENSE.txt"))
+    job.written |= {"text vocabulary": vocabulary, "text vocabulary licence": Path(licence)}
+    job.written["head"] = job.fused.head.save(job.stage / ENROLMENT_FILES["head"])
+    return path
+
+
+def export_text_int8(job: Job) -> Path:
+    """Dynamic int8 quantisation of the text tower's matrix products (CPU/ARM enrolment)."""
+    path = job.path("text-int8")
+    with atomic_output(path) as tmp:
+        quantize_matmuls(job.written["text"], tmp)
+        model = onnx_ir.load(str(tmp))
+        meta = json.loads(model.metadata_props[TEXT_METADATA_KEY])
+        save_model(model, tmp, {TEXT_METADATA_KEY: json.dumps({**meta, "precision": "int8"})})
+    job.log(f"int8 text tower: min cosine similarity to fp32 = {text_drift(job.written['text'], path):.5f} on the example prompts")
     return path
 
 
@@ -115,7 +158,7 @@ class Format:
     options: tuple[str, ...]  # command-line options that only this format (and its kin) uses
     run: str  # how to run the artifact, with {path}
     write: Callable[[Job], Path]
-    needs_onnx: bool = False
+    needs: str | None = None  # the format this one is derived from
 
 
 FORMATS: dict[str, Format] = {
@@ -123,43 +166,49 @@ FORMATS: dict[str, Format] = {
     for f in (
         Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", ("--input", "--fixed-size"),
                "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))", export_onnx),
+        Format("text", "text.onnx", "class enrolment (add_class): + vocabulary, head.safetensors", (),
+               "semobridge-classes add shop.classes NAME IMAGE... --model {onnx}   "
+               "(enrol a class; then semobridge-run {onnx} --classes shop.classes IMAGE)", export_text),
         Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", ("--half",),
-               "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, True),
+               "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, "onnx"),
         Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
-               "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, True),
+               "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, "onnx"),
+        Format("text-int8", "text_int8.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
+               "Classifier.load('{onnx}', text_model='{path}')   (enrol with the int8 text tower)", export_text_int8, "text"),
         Format("pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", ("--input", "--fixed-size"),
                "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))", export_pt2),
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
-               ("--engine", "--batch", "--sizes"),
-               "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)", export_engine, True),
+               ("--engine", "--batch", "--sizes", "--class-counts"),
+               "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)", export_engine, "onnx"),
         Format("triton", "triton", "Triton Inference Server container (ONNX Runtime backend; TensorRT plan with --engine)",
                ("--batch", "--sizes"),
                "docker run -p 8000-8002:8000-8002 -v {path}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
-               "tritonserver --model-repository=/models   (unverified; or semobridge-serve model.onnx)", export_triton, True),
+               "tritonserver --model-repository=/models   (unverified; or semobridge-serve model.onnx)", export_triton, "onnx"),
     )
 }
-FLAG_FORMATS = {"half": "onnx-fp16", "int8_cpu": "onnx-int8", "engine": "engine"}
+DEFAULT_FORMATS = ("onnx", "text")
+FLAG_FORMATS = {"half": ("onnx-fp16",), "int8_cpu": ("onnx-int8", "text-int8"), "engine": ("engine",)}
 
 
 def format_table() -> str:
     """The formats as a plain-text table (shown in --help)."""
     rows = [("format", "file", "runs on", "options")] + [
-        (f.name, f.filename.format(stem="model"), f.runs_on, ", ".join(f.options)) for f in FORMATS.values()
+        (f.name, f.filename.format(stem="model"), f.runs_on,
+         ", ".join(f.options) + (" (default)" if f.name in DEFAULT_FORMATS else "")) for f in FORMATS.values()
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def resolve_formats(formats: str | list[str] | tuple[str, ...], **flags: bool) -> list[str]:
-    """Requested formats plus those the flags ask for, in table order; the fp32 ONNX graph is added
-    when a derived format needs it. Unknown names are refused."""
+    """Requested formats plus those the flags ask for, in table order; the format a derived one
+    needs (the fp32 ONNX graph, the text tower) is added. Unknown names are refused."""
     names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
         raise InputError(f"unknown format(s) {', '.join(unknown)}", hint=f"choose from {', '.join(FORMATS)}")
-    names += [FLAG_FORMATS[flag] for flag, on in flags.items() if on]
-    if any(FORMATS[n].needs_onnx for n in names):
-        names.append("onnx")
+    names += [name for flag, on in flags.items() if on for name in FLAG_FORMATS[flag]]
+    names += [FORMATS[n].needs for n in names if FORMATS[n].needs]
     if not names:
         raise InputError("no format requested", hint=f"choose from {', '.join(FORMATS)}")
     return [n for n in FORMATS if n in names]

@@ -1,4 +1,8 @@
-"""The fused classifier: raw pixels -> class scores, label and embedding in one module."""
+"""The fused classifier: raw pixels -> class scores, label and embeddings in one module.
+
+The head's per-class tensors (METHOD.md's T, P, I and the class KL) are inputs of the fused
+module, so the exported graph serves any class set; the fitted values are their defaults.
+"""
 from __future__ import annotations
 
 import copy
@@ -8,19 +12,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from semobridge.backbones import Backbone
+from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
 
+from .attention import with_standard_attention
 from .preprocess import Preprocess
 
 INPUT_KINDS = ("uint8", "float")
-OUTPUT_NAMES = ("scores", "label", "embedding")
+#: graph outputs: blend scores [N, C], argmax label [N], n(q) [N, d], and the image embedding q
+#: itself [N, d] (METHOD.md's F, NOT normalised: what class enrolment averages)
+OUTPUT_NAMES = ("scores", "label", "embedding", "features")
+#: the head's per-class inputs (all float32, class count C first), in forward's order
+HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 
 
 class FusedClassifier(nn.Module):
-    """uint8 RGB [N, H, W, 3] (or normalised float [N, 3, S, S]) -> (scores [N, C], label [N], embedding [N, d]).
+    """uint8 RGB [N, H, W, 3] (or normalised float [N, 3, S, S]) and optionally a class set
+    -> (scores [N, C], label [N], embedding [N, d], features [N, d]).
 
     Holds CPU float32 copies of the backbone's image encoder and of the head, so exporting
-    never touches the caller's models.
+    never touches the caller's models. Class-set tensors left out are the fitted ones.
     """
 
     output_names: tuple[str, ...] = OUTPUT_NAMES  # what forward returns, in order (the ONNX graph's output names)
@@ -33,7 +44,7 @@ class FusedClassifier(nn.Module):
         self.input_kind = input_kind
         self.image_size = backbone.image_size
         self.preprocess = Preprocess(backbone.image_size, backbone.mean, backbone.std) if input_kind == "uint8" else None
-        self.encoder = copy.deepcopy(backbone.model.visual).float().cpu().eval().requires_grad_(False)
+        self.encoder = with_standard_attention(copy.deepcopy(backbone.model.visual)).float().cpu().eval().requires_grad_(False)
         self.head = copy.deepcopy(head).float().cpu().eval().requires_grad_(False)
         self.eval()
 
@@ -45,11 +56,30 @@ class FusedClassifier(nn.Module):
     def embedding_dim(self) -> int:
         return int(self.head.image_prototypes.shape[1])
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fitted_classes(self) -> dict[str, torch.Tensor]:
+        """The fitted class set: HEAD_INPUTS name -> tensor (the graph inputs' defaults)."""
+        h = self.head
+        return dict(zip(HEAD_INPUTS, (h.text_classifier, h.bridged_prototypes, h.image_prototypes, h.class_kl)))
+
+    def classify(self, q: torch.Tensor, *classes: torch.Tensor | None) -> torch.Tensor:
+        """Blend scores [N, C] of image embeddings q [N, d] against a class set (HEAD_INPUTS order;
+        the fitted tensors where none is given)."""
+        given = classes + (None,) * (len(HEAD_INPUTS) - len(classes))
+        T, P, I, kl = (f if g is None else g for g, f in zip(given, self.fitted_classes().values()))
+        return blend(affinities(q, T, P, I, self.head.bridge), kl, self.head.params)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text_classifier: torch.Tensor | None = None,
+        bridged_prototypes: torch.Tensor | None = None,
+        image_prototypes: torch.Tensor | None = None,
+        class_kl: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.preprocess(image) if self.preprocess is not None else image
         q = self.encoder(x).float()
-        scores = self.head(q)
-        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1)
+        scores = self.classify(q, text_classifier, bridged_prototypes, image_prototypes, class_kl)
+        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q
 
     def example_input(self, batch: int = 2, size: tuple[int, int] | None = None) -> torch.Tensor:
         """An input of the right kind for tracing (`size` = H, W of uint8 images)."""

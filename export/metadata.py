@@ -1,10 +1,12 @@
 """The `semobridge` metadata every exported model carries (in the file and as `<stem>.json`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from semobridge.backbones import Backbone
 from semobridge.modelfile import METADATA_KEY
 from semobridge.modelfile import read_export_metadata as read_metadata  # noqa: F401  (export's name for it)
 from semobridge.validate import limits
@@ -13,7 +15,11 @@ from .fused import FusedClassifier
 
 FORMAT_VERSION = 1
 CLASS_NAMES_KEY = "semobridge.class_names"  # class names joined by "\n", for the C runtime
+TEXT_METADATA_KEY = "semobridge.text"  # the text tower's metadata (text.onnx)
 PRECISIONS = ("fp32", "fp16", "int8")
+CLASS_FILE_FORMAT = "semobridge-classes/1"  # docs/classes.md
+#: what class enrolment reads beside the model (paths relative to the model file)
+ENROLMENT_FILES = {"head": "head.safetensors", "text_model": "text.onnx"}
 
 
 def input_spec(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -26,12 +32,27 @@ def input_spec(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None
 
 
 def output_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
-    C, d = fused.num_classes, fused.embedding_dim
+    d = fused.embedding_dim
     return [
-        {"name": "scores", "dtype": "float32", "shape": ["N", C]},
+        {"name": "scores", "dtype": "float32", "shape": ["N", "C"]},
         {"name": "label", "dtype": "int64", "shape": ["N"]},
         {"name": "embedding", "dtype": "float32", "shape": ["N", d]},
+        {"name": "features", "dtype": "float32", "shape": ["N", d]},
     ]
+
+
+def head_input_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
+    """The class-set inputs (float32, C classes; the fitted classes are their defaults)."""
+    return [
+        {"name": name, "dtype": "float32", "shape": ["C", *tensor.shape[1:]]}
+        for name, tensor in fused.fitted_classes().items()
+    ]
+
+
+def bridge_hash(fused: FusedClassifier) -> str:
+    """SHA-256 (first 16 hex digits) of W+ as float32: class files are valid only with the W+ they were bridged with."""
+    pinv = fused.head.bridge.pinv.detach().float().cpu().contiguous().numpy()
+    return hashlib.sha256(pinv.astype("<f4").tobytes()).hexdigest()[:16]
 
 
 def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None, precision: str = "fp32") -> dict[str, Any]:
@@ -58,6 +79,23 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
         "library_version": info.library_version,
         "precision": precision,
         "limits": limits(),
+        "head_inputs": head_input_specs(fused),
+        "bridge_hash": bridge_hash(fused),
+        "class_file_format": CLASS_FILE_FORMAT,
+        "prompts": {"templates": list(info.templates), "descriptions": dict(info.descriptions)},
+        "enrolment": dict(ENROLMENT_FILES),
+    }
+
+
+def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], text_width: int, precision: str = "fp32") -> dict[str, Any]:
+    """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone.identity(),
+        "input": {"name": "tokens", "dtype": "int64", "shape": ["M", tokenizer["context_length"]]},
+        "output": {"name": "eos", "dtype": "float32", "shape": ["M", text_width]},
+        "tokenizer": tokenizer,
+        "precision": precision,
     }
 
 

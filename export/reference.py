@@ -57,3 +57,16 @@ def synthetic_images(n: int, seed: int = 0) -> list[np.ndarray]:
         img = img + 0.04 * torch.randn(1, 3, h, w, generator=g)
         images.append((img.clamp(0, 1)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
     return images
+
+
+def text_drift(reference: str | os.PathLike, candidate: str | os.PathLike, names: tuple[str, ...] = ("dog", "red fox", "tabby cat")) -> float:
+    """Smallest cosine similarity between two text towers' pooled EOS tokens over CLIP's ensemble
+    prompts of a few class names (e.g. the int8 tower against the fp32 one)."""
+    from open_clip.tokenizer import tokenize
+
+    from semobridge.prompts import ENSEMBLE_TEMPLATES
+
+    ref, cand = session(reference), session(candidate)
+    tokens = tokenize([t.format(n) for n in names for t in ENSEMBLE_TEMPLATES], context_length=ref.get_inputs()[0].shape[1])
+    a, b = (s.run(None, {"tokens": tokens.numpy()})[0] for s in (ref, cand))
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())

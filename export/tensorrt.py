@@ -2,7 +2,8 @@
 
 UNVERIFIED: written from the TensorRT 10 Python API documentation; TensorRT could not be
 installed where this was developed. The parts that need no TensorRT (profile shapes, cache
-keys, the trtexec command line) are tested; building is not.
+keys, the trtexec command line, the ONNX model without class-set defaults) are tested;
+building is not. The class set is an engine input with its own profile range (--class-counts).
 """
 from __future__ import annotations
 
@@ -30,10 +31,21 @@ class TensorRTError(BackendError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Optimisation profile: batch (min, opt, max) and, for dynamic uint8 input, image sizes (H, W)."""
+    """Optimisation profile: batch (min, opt, max), for dynamic uint8 input image sizes (H, W), and
+    the class count of the class-set inputs (min, opt, max)."""
 
     batch: tuple[int, int, int] = (1, 1, 16)
     sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
+    classes: tuple[int, int, int] = (1, 100, 4096)
+
+    def input_shapes(self, meta: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """min, opt and max shapes of every graph input: the image, then the class-set inputs ([C, ...])."""
+        if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
+            raise InputError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
+        shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
+        for spec in meta.get("head_inputs", []):
+            shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
+        return shapes
 
     def shapes(self, meta: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """min, opt and max shapes of the input described by the model's metadata."""
@@ -59,9 +71,9 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: tuple, fp16: bool) -> str:
+def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tuple, fp16: bool) -> str:
     """Engine cache key: GPU, TensorRT version, ONNX file hash, profile and precision."""
-    text = json.dumps([gpu_name, trt_version, onnx_hash, [list(s) for s in shapes], fp16])
+    text = json.dumps([gpu_name, trt_version, onnx_hash, shapes, fp16])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -75,15 +87,19 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
     ]
 
 
-def trtexec_command(onnx_path: Path, engine_path: Path, shapes: tuple, fp16: bool, timing_cache: Path | None,
+def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], fp16: bool, timing_cache: Path | None,
                     fp32_layers: list[str]) -> str:
-    """The equivalent trtexec command line."""
-    def dims(shape: tuple[int, ...]) -> str:
-        return "image:" + "x".join(str(d) for d in shape)
+    """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes).
+
+    trtexec takes the class-set inputs as weights while they have initializers (their defaults);
+    build_engine removes those first, and so must whoever runs this command (see strip_class_defaults).
+    """
+    def dims(i: int) -> str:
+        return ",".join(f"{name}:" + "x".join(str(d) for d in s[i]) for name, s in shapes.items())
 
     parts = [
         "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-        f"--minShapes={dims(shapes[0])}", f"--optShapes={dims(shapes[1])}", f"--maxShapes={dims(shapes[2])}",
+        f"--minShapes={dims(0)}", f"--optShapes={dims(1)}", f"--maxShapes={dims(2)}",
         f"--memPoolSize=workspace:{WORKSPACE_BYTES >> 20}M",
     ] + ([f"--timingCacheFile={timing_cache}"] if timing_cache else [])
     if fp16:
@@ -123,18 +139,31 @@ def _import_tensorrt():
     return trt
 
 
-def _build(trt, onnx_path: Path, shapes: tuple, fp16: bool, fp32_layers: set[str], timing_cache: Path | None) -> bytes:
+def strip_class_defaults(onnx_path: Path) -> bytes:
+    """The ONNX model without the initializers of its graph inputs (the class set's defaults):
+    TensorRT's parser turns an input that has an initializer into a constant, so the class set
+    becomes a real engine input only without them. External weights stay where they are."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inputs = {i.name for i in model.graph.input}
+    kept = [t for t in model.graph.initializer if t.name not in inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model.SerializeToString()
+
+
+def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(strip_class_defaults(onnx_path), str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    profile.set_shape("image", *shapes)
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
@@ -182,7 +211,7 @@ def build_engine(
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
     meta = read_metadata(onnx_path)
-    shapes = profile.shapes(meta)
+    shapes = profile.input_shapes(meta)
     cache = Path(output_dir(cache_dir, "--cache-dir")) if cache_dir is not None else None
     fp32_layers = fp32_layer_names(onnx_path)
     try:
@@ -206,7 +235,7 @@ def build_engine(
     with atomic_output(engine_path, "engine file") as tmp:
         tmp.write_bytes(data)
     meta = with_precision(meta, "fp16" if fp16 else "fp32")
-    meta["tensorrt"] = {"version": trt.__version__, "profile": [list(s) for s in shapes], "cache_key": key}
+    meta["tensorrt"] = {"version": trt.__version__, "profile": shapes, "cache_key": key}
     with atomic_output(sidecar_path(engine_path), "engine metadata") as tmp:
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return engine_path

@@ -91,7 +91,7 @@ class Backbone:
     def encode_text_eos(self, texts: Sequence[str]) -> torch.Tensor:
         """Pooled end-of-sequence tokens after ln_final, before W: [M, d_t] float32."""
         tokens = self.tokenizer(list(texts)).to(self.device)
-        return _without_text_projection(self.model).encode_text(tokens).float()
+        return without_text_projection(self.model).encode_text(tokens).float()
 
 
 def _text_projection_owner(model: nn.Module) -> tuple[nn.Module, torch.Tensor | nn.Linear]:
@@ -109,7 +109,7 @@ def _text_projection_owner(model: nn.Module) -> tuple[nn.Module, torch.Tensor | 
     )
 
 
-def _without_text_projection(model: nn.Module) -> nn.Module:
+def without_text_projection(model: nn.Module) -> nn.Module:
     """A shallow copy of the model whose encode_text stops at the pooled EOS token (open_clip's own
     pooling rule included). The model itself is not touched, so this is safe across threads."""
     owner, proj = _text_projection_owner(model)

@@ -16,15 +16,16 @@ def truncated_pinv(text_projection: torch.Tensor, atol: float = PINV_ATOL) -> to
 class Bridge(nn.Module):
     """bridge(x, b) = L · n(x W⁺ + b) · W (METHOD.md, "The bridge").
 
-    `pinv` is a buffer for training-free SeMoBridge and a parameter for SeMoBridge-T.
+    `pinv` is a buffer for training-free SeMoBridge and a parameter for SeMoBridge-T; it is
+    the truncated pseudo-inverse of W unless given (a trained or stored W⁺).
     """
 
-    def __init__(self, text_projection: torch.Tensor, eos_length: float, trainable: bool = False):
+    def __init__(self, text_projection: torch.Tensor, eos_length: float, trainable: bool = False, pinv: torch.Tensor | None = None):
         super().__init__()
         W = text_projection.detach().float()
         self.register_buffer("text_projection", W)
         self.register_buffer("eos_length", torch.tensor(float(eos_length)))
-        pinv = truncated_pinv(W)
+        pinv = truncated_pinv(W) if pinv is None else pinv.detach().float().clone()
         if trainable:
             self.pinv = nn.Parameter(pinv)
         else:

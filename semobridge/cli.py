@@ -16,7 +16,7 @@ import click
 
 from .clitools import command, version_option
 from .errors import InputError
-from .params import BlendParams
+from .params import SEARCH_METHODS, BlendParams
 from .validate import output_file
 
 PARAMS_MAX_CHARS = 10_000
@@ -81,10 +81,17 @@ fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
     click.option("--params", help="Fixed blend hyper-parameters (JSON object or JSON file); skips the search."),
     click.option("--search-trials", type=click.IntRange(min=1),
-                 help="Blend candidates evaluated on validation [default: 8192, fewer for large sets]."),
+                 help="Blend search budget on validation [default: 1024; tpe: 1000 trials]."),
+    click.option("--search", type=click.Choice(SEARCH_METHODS), default=SEARCH_METHODS[0], show_default=True,
+                 help="Blend search: ours, or tpe (the published 1,000 Optuna TPE trials; needs optuna)."),
     click.option("--train", is_flag=True, help="Train SeMoBridge-T (else training-free)."),
     click.option("--steps", default=5000, show_default=True, type=click.IntRange(min=1), help="SeMoBridge-T full-batch steps."),
     click.option("--csb/--no-csb", default=True, show_default=True, help="Class-specific bias (SeMoBridge-T)."),
+    click.option(
+        "--protocol", type=click.Choice(["paper", "consistent"]),
+        help="paper: the published code's order (P from the last step, update-then-evaluate, whole val split, square "
+        "crops); consistent: P from the kept step [default: paper for the paper's datasets and --train].",
+    ),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
     click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."),
 ]
@@ -116,14 +123,14 @@ def main() -> None:
               help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
 @click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
 @click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences.")
-@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files.")
+@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files [default: the package's].")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @command
 def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+            seed, params, search_trials, search, train, steps, csb, protocol, log_json, output) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     check_outputs(output, log_json)
     params = parse_params(params)
@@ -134,8 +141,9 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
     with json_log(log_json) as log:
         head, backbone = fit_dataset(
             data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=params, search_trials=search_trials, augment=augment, dataset_name=dataset_name, class_names_file=classnames,
-            prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache, device=device, log=log,
+            params=params, search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name,
+            class_names_file=classnames, prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache,
+            device=device, log=log, protocol=protocol,
         )
         head.save(output)
     click.echo(head.info.describe())
@@ -151,8 +159,11 @@ def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, t
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
+@click.option("--ood-of", type=click.Choice(["imagenet"]),
+              help="DATA is a variant of this dataset (ImageNet-V2, -Sketch, -A, -R) with its classes or a subset, "
+              "named by index, WordNet id or class name; plain class folders are evaluated whole.")
 @command
-def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
+def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of) -> None:
     """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it."""
     from .backbones import load_backbone
     from .encode import EmbeddingCache
@@ -164,11 +175,11 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
     cache = EmbeddingCache(cache_dir)
     b = head.info.backbone
     backbone = load_backbone(b["name"], pretrained or b["pretrained"], device=device)
-    result = evaluate(head, backbone, data, split, cache)
+    result = evaluate(head, backbone, data, split, cache, ood_of=ood_of)
     click.echo(f"{'':14}{'top-1':>9}")
     click.echo(f"{'SeMoBridge':14}{percent(result['accuracy']):>9}")
     click.echo(f"{'zero-shot CLIP':14}{percent(result['zero_shot_accuracy']):>9}")
-    click.echo(f"({result['images']} {split} images, {head.info.variant}, {head.info.shots} shots)")
+    click.echo(f"({result['images']} {result['split']} images, {result['classes']}, {head.info.variant}, {head.info.shots} shots)")
     report_random(backbone.pretrained)
 
 
@@ -179,7 +190,8 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @command
-def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, train, steps, csb, log_json, output) -> None:
+def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, protocol, log_json,
+                     output) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     if pretrained is not None and model is None:
         raise InputError("--pretrained needs --model (the open_clip model the features come from)")
@@ -200,8 +212,8 @@ def fit_features_cmd(features, model, pretrained, device, seed, params, search_t
     if not feats.has_val and params is None:
         click.echo("no val_image in FEATURES.npz: using the default blend hyper-parameters (no search)", err=True)
     with json_log(log_json) as log:
-        head = fit_features(feats, info, params=params, search_trials=search_trials, train=train,
-                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device())
+        head = fit_features(feats, info, params=params, search_trials=search_trials, search=search, train=train,
+                            steps=steps, csb=csb, seed=seed, log=log, device=device or best_device(), protocol=protocol)
         head.save(output)
     click.echo(head.info.describe())
     click.echo(f"wrote {output}")

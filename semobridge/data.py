@@ -49,7 +49,7 @@ class FewShotSplit:
 
     shots: list[Item]
     val: list[Item]
-    val_source: str  # "val split", "held out from train" or "none"
+    val_source: str  # "val split" (K' per class of it), "whole val split", "held out from train" or "none"
 
 
 def prompt_name(folder_name: str) -> str:
@@ -215,9 +215,10 @@ def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:
     return [sorted(g) for g in groups]
 
 
-def few_shot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
-    """K shots per class from train; K' = min(K, 4) per class from val, or held out from
-    train when there is no val split. Same dataset, shots and seed: same split."""
+def few_shot_split(dataset: Dataset, shots: int, seed: int, whole_val: bool = False) -> FewShotSplit:
+    """K shots per class from train; for validation K' = min(K, 4) per class from val (or the
+    whole val split with `whole_val`), or K' held out from train when there is no val split.
+    Same dataset, shots and seed: same split, and the same shots with or without `whole_val`."""
     if shots < 1:
         raise DataError(f"--shots must be at least 1, got {shots}")
     rng = random.Random(seed)
@@ -240,7 +241,11 @@ def few_shot_split(dataset: Dataset, shots: int, seed: int) -> FewShotSplit:
         shots_out += picked[:shots]
         val_out += picked[shots:]
         if has_val:
-            if len(val_groups[c]) < k_val:
-                raise DataError(f"class {dataset.class_names[c]!r} has {len(val_groups[c])} validation image(s), fewer than {k_val}")
-            val_out += rng.sample(val_groups[c], k_val)
+            drawn = rng.sample(val_groups[c], min(k_val, len(val_groups[c])))  # drawn either way: the same shots
+            if not whole_val:
+                if len(drawn) < k_val:
+                    raise DataError(f"class {dataset.class_names[c]!r} has {len(val_groups[c])} validation image(s), fewer than {k_val}")
+                val_out += drawn
+    if has_val and whole_val:
+        return FewShotSplit(shots_out, list(dataset.splits["val"]), "whole val split")
     return FewShotSplit(shots_out, val_out, "val split" if has_val else "held out from train")

@@ -14,20 +14,22 @@ class Augment:
     """A stored augmentation: `copies` augmented copies of every shot.
 
     kind "flip" is a fixed horizontal flip; "rrc" is a random resized crop with scale
-    (`min_scale`, 1) and a random flip, plus colour jitter 0.4/0.4/0.4/0.1 when `jitter`.
+    (`min_scale`, 1), aspect ratio 1 when `square` (the published code) else 3/4 to 4/3, and a
+    random flip, plus colour jitter 0.4/0.4/0.4/0.1 when `jitter`.
     """
 
     copies: int = 0
     kind: str = FLIP
     min_scale: float = 0.5
     jitter: bool = False
+    square: bool = False
 
     def describe(self) -> str:
         if self.copies == 0:
             return "none"
         if self.kind == FLIP:
             return f"{self.copies} flip"
-        return f"{self.copies} rrc{'+cj' if self.jitter else ''} ({self.min_scale})"
+        return f"{self.copies} rrc{'+cj' if self.jitter else ''} ({self.min_scale}{', square' if self.square else ''})"
 
 
 NONE = Augment(0)
@@ -60,7 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("food101", "a photo of {}, a type of food.", "food-101.json"),
         DatasetSpec("oxford_pets", "a photo of a {}, a type of pet.", "oxford_pets.json"),
         DatasetSpec(
-            "imagenet", None, None, augment=(ONE_FLIP,) * 5, keep_last_step=True,
+            "imagenet", None, "imagenet.json", augment=(ONE_FLIP,) * 5, keep_last_step=True,
             train_params=BlendParams(smoothness=0.02, alpha=0.6, beta=0.45, gamma=0.7, lambda1=50, lambda2=40, lambda3=10),
         ),
         DatasetSpec("sun397", "a photo of a {}.", "sun397.json", augment=(ONE_FLIP,) * 5),

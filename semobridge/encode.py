@@ -78,7 +78,11 @@ def augmented_view(image, aug: Augment, copy: int, seed: int, image_size: int):
         return image
     if aug.kind == FLIP:
         return T.functional.hflip(image)
-    ops = [T.RandomResizedCrop(image_size, scale=(aug.min_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip()]
+    ratio = (1.0, 1.0) if aug.square else (3 / 4, 4 / 3)
+    ops = [
+        T.RandomResizedCrop(image_size, scale=(aug.min_scale, 1.0), ratio=ratio, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+    ]
     if aug.jitter:
         ops.append(T.ColorJitter(0.4, 0.4, 0.4, 0.1))
     with torch.random.fork_rng(devices=[]):

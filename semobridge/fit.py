@@ -11,6 +11,7 @@ from .bridge import Bridge
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
+from .protocol import Protocol, default_protocol, get_protocol
 from .search import search_blend
 from .train import train_bridge
 from .validate import positive
@@ -20,9 +21,14 @@ UNKNOWN_BACKBONE = {"name": "unknown (fit-features)", "pretrained": "unknown", "
 
 
 def build_head(
-    features: FeatureSet, info: ModelInfo, bridge: Bridge | None = None, class_bias: torch.Tensor | None = None
+    features: FeatureSet,
+    info: ModelInfo,
+    bridge: Bridge | None = None,
+    class_bias: torch.Tensor | None = None,
+    prototypes: torch.Tensor | None = None,
 ) -> SeMoBridge:
-    """The SeMoBridge head from features (training-free bridge unless one is given)."""
+    """The SeMoBridge head from features (training-free bridge unless one is given; bridged
+    prototypes from the bridge and class bias unless given)."""
     C = features.num_classes
     W = features.text_projection
     text = text_side(features.text_eos, features.text_class, W, C)
@@ -30,10 +36,9 @@ def build_head(
         bridge = Bridge(W, text.eos_length)
     with torch.no_grad():
         I = image_prototypes(features.shot_image, features.shot_label, C)
-        P = bridged_prototypes(bridge, features.shot_image, features.shot_label, C, class_bias)
+        P = prototypes if prototypes is not None else bridged_prototypes(bridge, features.shot_image, features.shot_label, C, class_bias)
         kl = class_kl(I, text.classifier)
-    frozen = Bridge(W, float(bridge.eos_length))
-    frozen.pinv.copy_(bridge.pinv.detach())
+    frozen = Bridge(W, float(bridge.eos_length), pinv=bridge.pinv)
     return SeMoBridge(frozen, text.classifier, P, I, kl, info, class_bias)
 
 
@@ -61,6 +66,7 @@ def fit_features(
     info: ModelInfo,
     params: BlendParams | None = None,
     search_trials: int | None = None,
+    search: str = "coordinate",
     train: bool = False,
     steps: int = 5000,
     csb: bool = True,
@@ -69,25 +75,30 @@ def fit_features(
     keep_last_step: bool = False,
     log: Callable[[dict], None] | None = None,
     device: torch.device | str = "cpu",
+    protocol: str | Protocol | None = None,
 ) -> SeMoBridge:
     """Fit the head. With fixed `params` no search runs; else the blend is searched on val.
 
+    `search` is the procedure (search.SEARCH_METHODS: "coordinate", or "tpe", the published one).
     Without a validation split the defaults are used (the published code searched on test;
-    we never do).
+    we never do). `protocol` (default: paper with `train`, else consistent) decides the order
+    of SeMoBridge-T's model selection and where the prototypes come from.
     """
     positive(steps, "steps")
-    if search_trials is not None:
-        positive(search_trials, "search_trials")
+    protocol = get_protocol(protocol) if protocol is not None else default_protocol(None, train)
     features = features.to(device)
-    bridge, bias, variant = None, None, "training-free"
+    info = replace(info, protocol=protocol.name, seed=seed, csb=bool(train and csb), variant="trained" if train else "training-free")
     if train:
-        bridge, bias = train_bridge(
-            features, steps=steps, csb=csb, seed=seed, params=train_params or BlendParams(), log=log, keep_last=keep_last_step
+        result = train_bridge(
+            features, steps=steps, csb=csb, seed=seed, params=train_params or BlendParams(), log=log, keep_last=keep_last_step,
+            protocol=protocol,
         )
-        variant = "trained"
-    head = build_head(features, replace(info, variant=variant, csb=bool(train and csb), seed=seed), bridge, bias)
+        info.kept_step, info.steps = result.kept_step, result.updates
+        head = build_head(features, info, result.bridge, result.class_bias, result.prototypes)
+    else:
+        head = build_head(features, info)
     if params is None and features.has_val:
-        params = search_blend(head, features.val_image, features.val_label, trials=search_trials, seed=seed)
+        params = search_blend(head, features.val_image, features.val_label, trials=search_trials, seed=seed, method=search)
     head = head.with_params(params or BlendParams())
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)

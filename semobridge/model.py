@@ -90,8 +90,7 @@ class SeMoBridge(nn.Module):
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise ModelFileError(f"{path} is damaged ({exc})", hint="fit the model again with `semobridge fit`") from None
         W = tensors["bridge.text_projection"]
-        bridge = Bridge(W, float(tensors["bridge.eos_length"][0]))
-        bridge.pinv.copy_(tensors["bridge.pinv"])
+        bridge = Bridge(W, float(tensors["bridge.eos_length"][0]), pinv=tensors["bridge.pinv"])
         return cls(
             bridge,
             tensors["text_classifier"],

@@ -43,6 +43,13 @@ class ModelInfo:
     augment: str = ""
     dataset: str = ""
     csb: bool = False
+    protocol: str = ""  # "paper" or "consistent" (semobridge.protocol); "" in files from before
+    steps: int | None = None  # SeMoBridge-T updates applied
+    kept_step: int | None = None  # updates applied to reach the kept W⁺ and class bias
+    # the prompts of the fit, reused to enrol new classes on the device: templates with "{}"
+    # for the class name, and the descriptions of the model's classes (lower-case name -> sentences)
+    templates: list[str] = field(default_factory=list)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -80,6 +87,8 @@ class ModelInfo:
         return "\n".join([
             f"{self.variant} SeMoBridge, {len(self.class_names)} classes ({names}), {self.shots} shots",
             f"backbone: {b['name']} ({b['pretrained']}, weights {b['weights_hash']})",
+            f"protocol: {self.protocol or 'unrecorded'}"
+            + (f", kept step {self.kept_step} of {self.steps}" if self.kept_step is not None else ""),
             "blend: " + ", ".join(f"{k}={v:.4g}" for k, v in self.params.items()),
             f"val accuracy: {acc}",
         ])
@@ -94,7 +103,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "class_names": (list,), "backbone": (dict,), "image_size": (int,), "mean": (list,), "std": (list,),
     "params": (dict,), "variant": (str,), "shots": (int, type(None)), "seed": (int, type(None)),
     "val_accuracy": (float, int, type(None)), "val_source": (str,), "augment": (str,), "dataset": (str,),
-    "csb": (bool,), "library_version": (str,), "extra": (dict,),
+    "csb": (bool,), "protocol": (str,), "steps": (int, type(None)), "kept_step": (int, type(None)), "templates": (list,), "descriptions": (dict,), "library_version": (str,), "extra": (dict,),
 }
 
 

@@ -6,6 +6,9 @@ from typing import Any
 
 from .validate import blend_values
 
+#: Blend searches: ours (search.py, coordinate ascent) and the published one (1,000 Optuna TPE trials).
+SEARCH_METHODS = ("coordinate", "tpe")
+
 #: Search ranges of the published code (name -> (low, high)), in the order of BlendParams.
 RANGES: dict[str, tuple[float, float]] = {
     "smoothness": (0.0, 1.5),

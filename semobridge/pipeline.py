@@ -1,7 +1,8 @@
 """From a folder of labelled images to a fitted model, and its evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,19 +13,25 @@ from .blend import BlendParams
 from .data import DataError, Dataset, few_shot_split, load_dataset
 from .datasets import FLIP, Augment, DatasetSpec, find_dataset
 from .encode import EmbeddingCache, encode_items, encode_prompts
+from .errors import InputError
 from .features import FeatureSet
 from .fit import fit_features
 from .model import ModelInfo, SeMoBridge
-from .prompts import build_prompts, cupl_file, load_descriptions, templates_for
+from .ood import OOD_OF, describe_classes, imagenet_indices, restrict
+from .prompts import build_prompts, class_descriptions, cupl_file, load_descriptions, missing_cupl_message, templates_for
+from .protocol import CONSISTENT, Protocol, default_protocol, get_protocol
 
 
-def augment_option(copies: int | None, spec: DatasetSpec | None, shots: int) -> Augment:
-    """`--augment N` (1: a flip; more: N random resized crops with jitter), else the paper's."""
+def augment_option(copies: int | None, spec: DatasetSpec | None, shots: int, protocol: Protocol = CONSISTENT) -> Augment:
+    """`--augment N` (1: a flip; more: N random resized crops with jitter), else the paper's;
+    crops are square in the paper protocol."""
     if copies is None:
-        return spec.augment_for(shots) if spec is not None else Augment(0)
-    if copies <= 1:
-        return Augment(copies, FLIP)
-    return Augment(copies, "rrc", 0.5, True)
+        aug = spec.augment_for(shots) if spec is not None else Augment(0)
+    elif copies <= 1:
+        aug = Augment(copies, FLIP)
+    else:
+        aug = Augment(copies, "rrc", 0.5, True)
+    return replace(aug, square=protocol.square_crops and aug.kind != FLIP)
 
 
 @dataclass
@@ -33,15 +40,37 @@ class PromptOptions:
 
     templates: Sequence[str] | None = None
     descriptions: str | Path | None = None  # a CuPL-style JSON file
-    cupl_dir: str | Path | None = None  # folder with the paper's CuPL files
+    cupl_dir: str | Path | None = None  # folder with the paper's CuPL files [default: the package's]
 
 
-def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, prompts: PromptOptions, cache: EmbeddingCache):
+def description_file(spec: DatasetSpec | None, prompts: PromptOptions) -> Path | None:
+    """--descriptions, else the paper dataset's CuPL file (a warning when it has none)."""
+    if prompts.descriptions:
+        return Path(prompts.descriptions)
+    path = cupl_file(spec, prompts.cupl_dir)
+    if path is None and spec is not None and spec.cupl is not None:
+        warnings.warn(missing_cupl_message(spec, prompts.cupl_dir), stacklevel=2)
+    return path
+
+
+@dataclass
+class ClassText:
+    """Pooled EOS tokens of every prompt of every class, and the prompts' sources."""
+
+    eos: torch.Tensor  # [M, d_t]
+    prompt_class: torch.Tensor  # int64 [M]
+    templates: list[str]
+    descriptions: dict[str, list[str]]  # the classes' descriptions, by lower-case class name
+
+
+def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, descriptions: Path | None,
+               prompts: PromptOptions, cache: EmbeddingCache) -> ClassText:
     """Pooled EOS tokens and their classes for every prompt of every class."""
-    desc_path = prompts.descriptions or cupl_file(spec, prompts.cupl_dir)
-    descriptions = load_descriptions(desc_path) if desc_path else None
-    texts, classes = build_prompts(dataset.class_names, templates_for(spec, prompts.templates), descriptions)
-    return encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long)
+    loaded = load_descriptions(descriptions) if descriptions else None
+    templates = templates_for(spec, prompts.templates)
+    texts, classes = build_prompts(dataset.class_names, templates, loaded)
+    used = class_descriptions(dataset.class_names, loaded) if loaded else {}
+    return ClassText(encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long), templates, used)
 
 
 def fit_dataset(
@@ -56,6 +85,7 @@ def fit_dataset(
     csb: bool = True,
     params: BlendParams | None = None,
     search_trials: int | None = None,
+    search: str = "coordinate",
     augment: int | None = None,
     dataset_name: str | None = None,
     class_names_file: str | Path | None = None,
@@ -64,21 +94,27 @@ def fit_dataset(
     backbone: Backbone | None = None,
     device: str | torch.device | None = None,
     log: Callable[[dict], None] | None = None,
+    protocol: str | Protocol | None = None,
 ) -> tuple[SeMoBridge, Backbone]:
-    """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset."""
+    """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset.
+
+    `protocol` (semobridge.protocol): default paper for the paper's datasets and for `train`,
+    consistent otherwise."""
     dataset = load_dataset(data, class_names_file)
     spec = find_dataset(dataset_name or dataset.name)
-    split = few_shot_split(dataset, shots, seed)
+    protocol = get_protocol(protocol) if protocol is not None else default_protocol(spec, train)
+    split = few_shot_split(dataset, shots, seed, whole_val=protocol.whole_val_split)
     backbone = backbone or load_backbone(model, pretrained, device=device)
     cache = cache or EmbeddingCache()
-    aug = augment_option(augment, spec, shots)
-    eos, eos_class = class_text(backbone, dataset, spec, prompts, cache)
+    aug = augment_option(augment, spec, shots, protocol)
+    descriptions = description_file(spec, prompts)
+    text = class_text(backbone, dataset, spec, descriptions, prompts, cache)
     shot_image, shot_label = encode_items(backbone, split.shots, cache, aug, seed, desc="encoding shots")
     val_image, val_label = encode_items(backbone, split.val, cache, desc="encoding validation")
     features = FeatureSet(
         text_projection=backbone.text_projection.cpu(),
-        text_eos=eos,
-        text_class=eos_class,
+        text_eos=text.eos,
+        text_class=text.prompt_class,
         shot_image=shot_image,
         shot_label=shot_label,
         val_image=val_image,
@@ -97,32 +133,57 @@ def fit_dataset(
         val_source=split.val_source,
         augment=aug.describe(),
         dataset=spec.key if spec else dataset.name,
+        templates=text.templates,
+        descriptions=text.descriptions,
+        extra={"descriptions": descriptions.name if descriptions else "none"},
     )
     head = fit_features(
-        features, info, params=params, search_trials=search_trials, train=train, steps=steps, csb=csb, seed=seed,
+        features, info, params=params, search_trials=search_trials, search=search, train=train, steps=steps, csb=csb, seed=seed,
         train_params=spec.train_params if spec else None,
-        keep_last_step=bool(spec and spec.keep_last_step), log=log, device=backbone.device,
+        keep_last_step=bool(spec and spec.keep_last_step), log=log, device=backbone.device, protocol=protocol,
     )
     return head, backbone
 
 
 @torch.no_grad()
-def evaluate(head: SeMoBridge, backbone: Backbone, data: str | Path, split: str = "test", cache: EmbeddingCache | None = None) -> dict:
-    """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split."""
+def evaluate(
+    head: SeMoBridge,
+    backbone: Backbone,
+    data: str | Path,
+    split: str = "test",
+    cache: EmbeddingCache | None = None,
+    ood_of: str | None = None,
+) -> dict:
+    """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split.
+
+    With `ood_of="imagenet"` the data is an ImageNet variant (V2, Sketch, A, R): its classes are
+    mapped to the ImageNet model's (semobridge.ood), and a folder of plain class folders is
+    evaluated whole.
+    """
     head.check_backbone(backbone)
     dataset = load_dataset(data)
-    if [n.casefold() for n in dataset.class_names] != [n.casefold() for n in head.info.class_names]:
+    classes = None
+    if ood_of is not None:
+        if ood_of not in OOD_OF:
+            raise InputError(f"--ood-of {ood_of!r} is not supported", hint=f"use one of: {', '.join(OOD_OF)}")
+        indices = imagenet_indices(dataset.class_names, head.info.class_names)
+        head, classes = restrict(head, indices), describe_classes(indices)
+        if not dataset.splits.get(split) and set(dataset.splits) == {"train"}:
+            split = "train"  # plain class folders: every image
+    elif [n.casefold() for n in dataset.class_names] != [n.casefold() for n in head.info.class_names]:
         theirs, mine = dataset.class_names, head.info.class_names
         first = next((i for i, (a, b) in enumerate(zip(theirs, mine)) if a.casefold() != b.casefold()), min(len(theirs), len(mine)))
         raise DataError(
             f"{data} has {len(theirs)} classes, the model {len(mine)}, and they differ at class {first} "
             f"({theirs[first] if first < len(theirs) else 'none'!r} vs {mine[first] if first < len(mine) else 'none'!r})",
-            hint="evaluate on the dataset (and class names) the model was fitted on",
+            hint="evaluate on the dataset (and class names) the model was fitted on, or an ImageNet variant with --ood-of imagenet",
         )
-    images, labels = encode_items(backbone, dataset.split(split), cache or EmbeddingCache(), desc=f"encoding {split}")
+    items = dataset.split(split)
+    images, labels = encode_items(backbone, items, cache or EmbeddingCache(), desc=f"encoding {split}")
     return {
-        "split": split,
+        "split": "folder" if ood_of is not None and split == "train" else split,
         "images": len(labels),
+        "classes": classes or f"{len(dataset.class_names)} classes",
         "accuracy": float((head(images).argmax(-1) == labels).float().mean()),
         "zero_shot_accuracy": float((head.zero_shot(images).argmax(-1) == labels).float().mean()),
     }

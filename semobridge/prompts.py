@@ -21,6 +21,7 @@ ENSEMBLE_TEMPLATES = (
 )
 DEFAULT_TEMPLATE = "a photo of a {}."
 CUPL_ENV = "SEMOBRIDGE_CUPL_DIR"
+PACKAGED_CUPL = Path(__file__).resolve().parent / "cupl"
 
 
 def load_descriptions(path: str | Path) -> dict[str, list[str]]:
@@ -36,12 +37,23 @@ def load_descriptions(path: str | Path) -> dict[str, list[str]]:
 
 
 def cupl_file(spec: DatasetSpec | None, cupl_dir: str | Path | None = None) -> Path | None:
-    """The CuPL file of a paper dataset in `cupl_dir` (or $SEMOBRIDGE_CUPL_DIR), if present."""
-    folder = cupl_dir or os.environ.get(CUPL_ENV)
-    if spec is None or spec.cupl is None or folder is None:
+    """The CuPL file of a paper dataset: in `cupl_dir`, else $SEMOBRIDGE_CUPL_DIR, else the
+    package's own (semobridge/cupl, all but ImageNet's); None when there is none."""
+    if spec is None or spec.cupl is None:
         return None
-    path = Path(folder) / spec.cupl
+    path = Path(cupl_dir or os.environ.get(CUPL_ENV) or PACKAGED_CUPL) / spec.cupl
     return path if path.is_file() else None
+
+
+def missing_cupl_message(spec: DatasetSpec, cupl_dir: str | Path | None = None) -> str:
+    """What to say when a paper dataset's CuPL file is not found."""
+    where = cupl_dir or os.environ.get(CUPL_ENV) or f"the package ({PACKAGED_CUPL})"
+    return (
+        f"no CuPL descriptions for {spec.key}: {spec.cupl} is not in {where}"
+        + (" (ImageNet's file is not shipped with semobridge)" if spec.key == "imagenet" else "")
+        + ". The published results use them; fitting with templates only. "
+        f"Give --cupl-dir DIR with {spec.cupl} (class name -> sentences) or --descriptions FILE."
+    )
 
 
 def templates_for(spec: DatasetSpec | None, user_templates: Sequence[str] | None = None) -> list[str]:
@@ -56,6 +68,18 @@ def templates_for(spec: DatasetSpec | None, user_templates: Sequence[str] | None
     return (list(ENSEMBLE_TEMPLATES) if spec.ensemble else []) + ([spec.template] if spec.template else [])
 
 
+def class_descriptions(class_names: Sequence[str], descriptions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The sentences of each class found in `descriptions` (keyed by lower-case name, or with `_`
+    for spaces), keyed by the lower-case class name: what a model records for enrolment."""
+    found = {}
+    for name in class_names:
+        key = name.lower()
+        sentences = descriptions.get(key, descriptions.get(key.replace(" ", "_")))
+        if sentences is not None:
+            found[key] = list(sentences)
+    return found
+
+
 def build_prompts(
     class_names: Sequence[str], templates: Sequence[str], descriptions: dict[str, list[str]] | None = None
 ) -> tuple[list[str], list[int]]:
@@ -63,13 +87,13 @@ def build_prompts(
     texts: list[str] = []
     classes: list[int] = []
     missing = []
+    found = class_descriptions(class_names, descriptions) if descriptions is not None else {}
     for c, name in enumerate(class_names):
         mine = [t.format(name) for t in templates]
         if descriptions is not None:
-            found = descriptions.get(name.lower(), descriptions.get(name.lower().replace(" ", "_")))
-            if found is None:
+            if name.lower() not in found:
                 missing.append(name)
-            mine += found or []
+            mine += found.get(name.lower(), [])
         if not mine:
             raise ValueError(f"class {name!r} has no prompt: give templates or descriptions for it")
         texts += mine

@@ -59,9 +59,10 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_onnx(tiny_head, tiny_backbone, tmp_path_factory) -> Path:
     """Folder with the tiny model exported as model.onnx (+ model.json), model.pt2,
-    model_fp16.onnx and model_int8.onnx (uint8 input, dynamic N, H, W)."""
+    model_fp16.onnx and model_int8.onnx (uint8 input, dynamic N, H, W), and what class enrolment
+    needs: text.onnx, text_int8.onnx, the vocabulary and head.safetensors."""
     from semobridge_export import export
 
     out = tmp_path_factory.mktemp("exported") / "tiny"
-    export(tiny_head, tiny_backbone, out, formats=("onnx", "pt2"), half=True, int8_cpu=True, log=lambda _: None)
+    export(tiny_head, tiny_backbone, out, formats=("onnx", "text", "pt2"), half=True, int8_cpu=True, log=lambda _: None)
     return out

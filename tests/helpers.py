@@ -11,8 +11,6 @@ from benchmarks.common import synthetic_features as benchmark_features  # one ge
 from semobridge.features import FeatureSet
 from semobridge.model import ModelInfo
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 def random_photos(n: int, seed: int, size: tuple[int, int] = (96, 128)) -> np.ndarray:
     """Smooth random RGB images uint8 [n, H, W, 3] (low-frequency noise, photo-like statistics)."""

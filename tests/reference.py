@@ -275,3 +275,73 @@ def synthetic(seed=0, C=5, d_t=48, d=64, n_query=20):
     r = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
     return Synthetic(W=r(W), eos=r(eos), prompt_class=pc, F=r(F), labels=labels,
                      q=r(q), q_labels=q_labels, C=C)
+
+
+# ----------------------------------------------------------------- training protocol (order of operations)
+
+
+def _bias_grad(B):
+    """Gradient of the bias term mean_c (|B_c| - mean |B|)^2 (0 where |B_c| = 0)."""
+    norms = np.linalg.norm(B, axis=1, keepdims=True)
+    coef = 2.0 / len(B) * (norms - norms.mean())
+    return np.where(norms > 0, coef / np.where(norms > 0, norms, 1.0), 0.0) * B
+
+
+def train(F, labels, W, eos, prompt_class, C, s, q, q_labels, blend_params, steps, order="paper", keep_last=False):
+    """SeMoBridge-T trained in float64 in one of the two orders of operations.
+
+    "paper" (the published code): each of `steps` iterations updates with AdamW, then
+    evaluates the blend with `blend_params` (sigma, alpha, beta, gamma, l1, l2, l3) on (q,
+    q_labels); the first strictly best state is kept (the untrained one is never a candidate;
+    keep_last keeps the state after all updates); the prototypes for testing come from the
+    LAST state. "consistent": evaluate, then update, `steps - 1` updates; prototypes from the
+    kept state. Returns (W+ kept, B kept, P for testing, kept step = updates applied).
+    """
+    import torch
+
+    text = text_side(eos, prompt_class, W, C)
+    Wp = pinv_truncated(W)
+    B = np.zeros((C, W.shape[0]))
+    I = image_prototypes(F, labels, C)
+    D = class_kl(I, text.T)
+    lr_wd, beta1, beta2, eps = 0.01, 0.9, 0.999, 1e-8
+    moments = {"Wp": [np.zeros_like(Wp), np.zeros_like(Wp)], "B": [np.zeros_like(B), np.zeros_like(B)]}
+
+    def accuracy(Wp, B):
+        P = bridged_prototypes(F, labels, C, Wp, W, text.L, B)
+        z = logits(q, text.T, P, I, Wp, W, text.L, D, *blend_params)
+        return (z.argmax(1) == q_labels).mean()
+
+    def gradients(Wp, B):
+        Wp_t = torch.tensor(Wp, requires_grad=True)
+        B_t = torch.tensor(B, requires_grad=True)
+        out = losses(Wp_t, B_t, torch.from_numpy(F), labels, torch.from_numpy(W), torch.from_numpy(text.T),
+                     torch.from_numpy(text.E), text.L, s, C, xp=torch)
+        (LAMBDA_IT * out["img"] + (1 - LAMBDA_IT) * (out["txtp"] + out["txte"]) / 2 + LAMBDA_C * out["cons"]).backward()
+        return Wp_t.grad.numpy(), B_t.grad.numpy() + LAMBDA_B * _bias_grad(B)
+
+    def adamw(name, p, g, lr, t):
+        m, v = moments[name]
+        p = p * (1 - lr * lr_wd)
+        m[:] = beta1 * m + (1 - beta1) * g
+        v[:] = beta2 * v + (1 - beta2) * g * g
+        return p - lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+
+    updates = steps if order == "paper" else steps - 1
+    best, kept = -1.0, None
+    for e in range(steps):
+        if order == "consistent" and not keep_last:
+            acc = accuracy(Wp, B)
+            if acc > best:
+                best, kept = acc, (Wp.copy(), B.copy(), e)
+        if e < updates:
+            gW, gB = gradients(Wp, B)
+            Wp, B = adamw("Wp", Wp, gW, learning_rate(e), e + 1), adamw("B", B, gB, learning_rate(e), e + 1)
+            if order == "paper" and not keep_last:
+                acc = accuracy(Wp, B)
+                if acc > best:
+                    best, kept = acc, (Wp.copy(), B.copy(), e + 1)
+    last = (Wp, B, updates)
+    kept = kept if kept is not None else last
+    P_from = last if order == "paper" else kept
+    return kept[0], kept[1], bridged_prototypes(F, labels, C, P_from[0], W, text.L, P_from[1]), kept[2]

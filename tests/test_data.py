@@ -5,11 +5,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import SHARED, write_image_folder
+from tests.helpers import write_image_folder
 from semobridge.data import DataError, few_shot_split, load_dataset, load_rgb
 from semobridge.errors import InputError
 from semobridge.datasets import DATASETS, find_dataset
-from semobridge.prompts import ENSEMBLE_TEMPLATES, build_prompts, cupl_file, load_descriptions, templates_for
+from semobridge.prompts import (
+    ENSEMBLE_TEMPLATES,
+    PACKAGED_CUPL,
+    build_prompts,
+    cupl_file,
+    load_descriptions,
+    missing_cupl_message,
+    templates_for,
+)
 
 
 def test_folder_splits_and_class_names(image_folder):
@@ -98,15 +106,23 @@ def test_paper_datasets_and_prompts():
     assert find_dataset("my_photos") is None
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "cupl").is_dir(), reason="../shared/data/cupl not present")
-def test_every_shared_cupl_file_works():
+def test_every_packaged_cupl_file_works_and_imagenet_is_missing():
     for spec in DATASETS.values():
-        if spec.cupl is None:
+        path = cupl_file(spec)
+        if spec.key == "imagenet":
+            assert path is None  # not shipped: fit_dataset warns
             continue
-        path = cupl_file(spec, SHARED / "data" / "cupl")
-        assert path is not None, spec.key
+        assert path is not None and path.parent == PACKAGED_CUPL, spec.key
         descriptions = load_descriptions(path)
         names = list(descriptions)[:3]
         texts, classes = build_prompts(names, templates_for(spec), descriptions)
         assert len(texts) == sum(len(templates_for(spec)) + len(descriptions[n]) for n in names)
         assert texts[0] == templates_for(spec)[0].format(names[0])
+    assert sorted(p.name for p in PACKAGED_CUPL.glob("*.json")) == sorted(s.cupl for s in DATASETS.values() if s.key != "imagenet")
+
+
+def test_cupl_dir_overrides_the_packaged_files(tmp_path):
+    (tmp_path / "imagenet.json").write_text(json.dumps({"tench": ["A tench is a fish."]}))
+    assert cupl_file(find_dataset("imagenet"), tmp_path) == tmp_path / "imagenet.json"
+    assert cupl_file(find_dataset("dtd"), tmp_path) is None
+    assert "ImageNet's file is not shipped" in missing_cupl_message(find_dataset("imagenet"))

@@ -4,6 +4,10 @@
     clf = Classifier.load("model.onnx")
     result = clf.predict(image)          # uint8 HxWx3 RGB, a batch, a list, paths or PIL images
     print(result.class_names[0], result.top_k.scores[0])
+
+    clf.add_class("blue mug", ["mug1.jpg", "mug2.jpg"])   # enrol a class from a few images
+    clf.remove_class("coat"); clf.rename_class("bag", "handbag")
+    clf.save_classes("shop.classes")     # later: Classifier.load("model.onnx", classes="shop.classes")
 """
 
 from .classifier import Classifier, Prediction, TopK

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backends import Backend
+from .classes import ClassSet
+from .enrol import Enrolment
 from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
@@ -56,15 +58,21 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model. Immutable after loading, so one instance may serve several threads."""
+    """A loaded model and its class set.
 
-    def __init__(self, backend: Backend, limits: ImageLimits) -> None:
+    One instance may serve several threads: predictions read the class set once per call, and
+    class edits (add_class, remove_class, rename_class, load_classes) swap in a new set atomically.
+    """
+
+    def __init__(self, backend: Backend, limits: ImageLimits, path: Path, text_model: str | PathLike | None = None) -> None:
         self._backend = backend
         self._limits = limits
+        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
-             intra_op_num_threads: int | None = None, allow_spinning: bool = True, *,
+             intra_op_num_threads: int | None = None, allow_spinning: bool = True, prefer_int8: bool = True, *,
+             classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
              max_aspect: float | None = None) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
@@ -74,6 +82,11 @@ class Classifier:
         intra_op_num_threads: 0..256 (0 or None: ONNX Runtime's default, one per core).
         allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
             False lets them sleep, leaving the cores to the app's other threads and sessions.
+        prefer_int8: on the CPU only, load `model_int8.onnx` from beside `model.onnx` instead when its export
+            measured the same labels as fp32 on >= 99% of the fit images (see `precision.int8_beside`; the
+            repr says which precision runs). False: load `path` as given.
+        classes: a class file (save_classes, semobridge-classes) to use instead of the fitted classes.
+        text_model: the text tower for add_class (default: the export's text.onnx; e.g. text_int8.onnx).
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
             2**26 and 32). Larger images are refused before they are decoded or run.
@@ -87,12 +100,20 @@ class Classifier:
         if backend == "auto":
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
-            from .backends.ort import OnnxRuntimeBackend
+            from .backends.ort import OnnxRuntimeBackend, choose_providers
+            from .precision import int8_beside
+
+            path = (prefer_int8 and int8_beside(path, choose_providers(providers))) or path
             loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
-        return cls(loaded, replace(loaded.info.limits, **raised))
+        clf = cls(loaded, replace(loaded.info.limits, **raised), path, text_model)
+        if classes is not None:
+            clf.load_classes(classes)
+        elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
+            clf._enrolment.classes = clf._enrolment.fitted().fitted
+        return clf
 
     @property
     def info(self) -> ModelInfo:
@@ -100,7 +121,38 @@ class Classifier:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._backend.info.class_names)
+        return list(self._enrolment.names())
+
+    @property
+    def classes(self) -> ClassSet:
+        """The class set in use: names and the graph's class-set inputs (read-only arrays; `.feeds()`)."""
+        return self._enrolment.current()
+
+    def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
+        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
+
+        Its text classifier comes from the fit's prompt templates (and descriptions) filled with
+        `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
+        this model's own graph. Every class's weight is recomputed over the new class set.
+        """
+        if images is None or (isinstance(images, (list, tuple)) and not images):
+            raise InputError(f"no images for class {name!r}: give at least one")
+        self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+
+    def remove_class(self, name: str) -> None:
+        """Forget a class; every remaining class's weight is recomputed."""
+        self._enrolment.remove(name)
+
+    def rename_class(self, old: str, new: str) -> None:
+        self._enrolment.rename(old, new)
+
+    def save_classes(self, path: str | PathLike) -> None:
+        """Write the class set to a class file (atomic: on failure an existing file stays as it was)."""
+        self._enrolment.save(path)
+
+    def load_classes(self, path: str | PathLike) -> None:
+        """Use the classes of a class file (written for this model's backbone and bridge)."""
+        self._enrolment.load(path)
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -123,8 +175,11 @@ class Classifier:
         return self._backend.max_batch
 
     def __repr__(self) -> str:
+        raw = self.info.raw
+        agreement = (raw.get("int8") or {}).get("label_agreement")
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={self.info.num_classes}, input={self.info.input_kind!r})")
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
+                + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "") + ")")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.
@@ -134,15 +189,18 @@ class Classifier:
         the inference library fails.
         """
         check_top_k(top_k)
-        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"))
-        return Prediction.of(scores, labels, embeddings, self.info.class_names, top_k)
+        classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
+        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
+        names = classes.names if classes is not None else self.info.class_names
+        return Prediction.of(scores, labels, embeddings, names, top_k)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",))[0]
+        return self._run(images, ("embedding",), self._enrolment.classes)[0]
 
-    def _run(self, images: Any, outputs: Sequence[str]) -> list[np.ndarray]:
+    def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend
+        feeds = classes.feeds() if classes is not None else None
         if self.info.input_kind == "float":
             size = backend.fixed_hw[0] if backend.fixed_hw else self.info.image_size
             batch = float_batch(images, size)
@@ -154,7 +212,7 @@ class Classifier:
         for group in groups:
             for start in range(0, len(group.batch), step):
                 chunk = group.batch[start:start + step]
-                for j, value in enumerate(backend.run(chunk, outputs)):
+                for j, value in enumerate(backend.run(chunk, outputs, feeds)):
                     if results[j] is None:
                         results[j] = np.empty((count, *value.shape[1:]), value.dtype)
                     results[j][group.indices[start:start + step]] = value

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--classes", metavar="FILE",
+                        help="class file to use instead of the fitted classes (written by semobridge-classes or save_classes)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                         help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
     add_load_options(parser)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images = image_paths(args.images)
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
-                                     allow_spinning=not args.no_spinning, max_side=args.max_side,
+                                     allow_spinning=not args.no_spinning, classes=args.classes, max_side=args.max_side,
                                      max_pixels=args.max_pixels, max_aspect=args.max_aspect)
         result = classifier.predict(images, top_k=args.top_k)
     except SemobridgeError as exc:

@@ -14,7 +14,8 @@ from tests.helpers import random_photos
 def test_help_shows_the_format_table():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine"):
+    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine",
+                "text       text.onnx", "text-int8  text_int8.onnx"):
         assert row in result.output
 
 
@@ -23,7 +24,10 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["--from-model", str(model), "--pretrained", "none", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bpe_simple_vocab_16e6.txt.gz", "bpe_simple_vocab_16e6.txt.gz.LICENSE.txt", "head.safetensors", "manifest.json",
+        "model.json", "model.onnx", "text.onnx",
+    ]
     assert "classes       5: red fox" in result.output and "model.onnx" in result.output
     assert "semobridge-run" in result.output and RANDOM_WARNING in result.output
     scores = reference_scores(out / "model.onnx", random_photos(2, seed=0))["scores"]
@@ -33,12 +37,15 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
 def test_fit_and_export_in_one_go(image_folder, tmp_path):
     out = tmp_path / "out"
     args = ["--data", str(image_folder), "--shots", "2", "--model", "semobridge-tiny", "--pretrained", "none",
-            "--out", str(out), "--fixed-size", "64x48"]
+            "--out", str(out), "--fixed-size", "64x48", "--int8-cpu"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 2 and meta["num_classes"] == 3 and meta["input"]["shape"] == ["N", 64, 48, 3]
     assert "shots         2" in result.output and "val accuracy" in result.output and RANDOM_WARNING in result.output
+    # the int8 label agreement is measured on the 2 x 3 images the head was fitted on
+    assert "int8: label agreement with fp32 = " in result.output and "on 6 few-shot images" in result.output
+    assert json.loads((out / "model_int8.json").read_text())["int8"]["measured_on"] == "few-shot images"
 
 
 def test_missing_weights_name_both_ways_on(tmp_path):

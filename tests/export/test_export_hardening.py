@@ -24,7 +24,8 @@ def test_a_plain_export_replaces_an_earlier_one_as_a_whole(tiny_head, tiny_backb
     export(tiny_head, tiny_backbone, out, int8_cpu=True, log=lambda _: None)
     assert "model_int8.onnx" in _names(out)
     export(tiny_head, tiny_backbone, out, log=lambda _: None)
-    assert _names(out) == ["manifest.json", "model.json", "model.onnx"]  # no stale int8 graph with old classes
+    names = _names(out)
+    assert "model.onnx" in names and not [n for n in names if "int8" in n]  # no stale int8 graph with old classes
 
 
 def test_a_folder_with_other_files_is_refused_before_the_fit(tmp_path):

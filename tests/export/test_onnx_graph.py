@@ -37,7 +37,7 @@ def test_graph_matches_the_fused_module_run_eagerly(exported_onnx, tiny_head, ti
     with torch.no_grad():
         eager = [t.numpy() for t in fused(torch.from_numpy(images))]
     graph = reference_scores(exported_onnx / "model.onnx", images)
-    for name, value in zip(("scores", "label", "embedding"), eager):
+    for name, value in zip(("scores", "label", "embedding", "features"), eager):
         assert np.abs(graph[name] - value).max() <= 1e-4, name
 
 
@@ -58,13 +58,17 @@ def test_graph_signature_and_checker(exported_onnx):
     model = onnx.load(str(path))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert "LayerNormalization" in {n.op_type for n in model.graph.node}
-    (inp,) = model.graph.input
+    inp, *head = model.graph.input
     assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["N", "H", "W", 3]
-    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding"]
+    assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in head] == [
+        ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])
+    ]
+    assert {i.name for i in model.graph.initializer} >= {i.name for i in head}  # defaults: the fitted classes
+    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features"]
     types = [o.type.tensor_type.elem_type for o in model.graph.output]
-    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT]
+    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
 
 
 def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_backbone):
@@ -77,8 +81,13 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["class_names"] == tiny_head.info.class_names and meta["num_classes"] == 5
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
     assert meta["input"] == {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", "H", "W", 3], "layout": "NHWC"}
-    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding"]
-    assert meta["outputs"][0]["shape"] == ["N", 5] and meta["outputs"][1]["dtype"] == "int64"
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features"]
+    assert meta["outputs"][0]["shape"] == ["N", "C"] and meta["outputs"][1]["dtype"] == "int64"
+    assert [(h["name"], h["shape"]) for h in meta["head_inputs"]] == [
+        ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])
+    ]
+    assert meta["enrolment"] == {"head": "head.safetensors", "text_model": "text.onnx"}
+    assert meta["class_file_format"] == "semobridge-classes/1" and len(meta["bridge_hash"]) == 16
     assert meta["mean"] == pytest.approx(list(tiny_backbone.mean)) and meta["std"] == pytest.approx(list(tiny_backbone.std))
     assert "bicubic" in meta["resize"] and "224" in meta["resize"]
     assert meta["backbone"] == tiny_backbone.identity()
@@ -86,7 +95,9 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["variant"] == "training-free" and meta["precision"] == "fp32"
     assert {"val_accuracy", "library_version"} <= set(meta)
     for name, precision in [("model_fp16", "fp16"), ("model_int8", "int8")]:
-        assert read_metadata(exported_onnx / f"{name}.onnx") == {**meta, "precision": precision}
+        written = read_metadata(exported_onnx / f"{name}.onnx")
+        assert {k: v for k, v in written.items() if k != "int8"} == {**meta, "precision": precision}
+        assert ("int8" in written) == (precision == "int8")  # the int8 artifact's label agreement with fp32
         assert json.loads((exported_onnx / f"{name}.json").read_text())["precision"] == precision
 
 

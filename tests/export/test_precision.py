@@ -1,6 +1,8 @@
 """fp16 and dynamic-int8 variants of the fused graph (ONNX Runtime CPU)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 
@@ -50,11 +52,51 @@ def test_int8_label_agreement(exported_onnx):
     assert 0.5 <= agreement <= 1.0  # random weights: the scores are close together, some labels flip
 
 
-def test_export_reports_fp16_drift_and_int8_agreement(tiny_head, tiny_backbone, tmp_path):
+def test_export_reports_fp16_drift_and_records_int8_agreement(tiny_head, tiny_backbone, tmp_path):
     from semobridge_export import export
+    from semobridge_export.metadata import read_metadata
 
     lines: list[str] = []
-    export(tiny_head, tiny_backbone, tmp_path / "m", formats=(), half=True, int8_cpu=True,
-           check_images=synthetic_images(4, seed=1), log=lines.append)
+    images = synthetic_images(6, seed=1)
+    out = tmp_path / "m"
+    export(tiny_head, tiny_backbone, out, formats=(), half=True, int8_cpu=True, check_images=images[:4],
+           fit_images=images[4:], log=lines.append)
     assert any(line.startswith("fp16: max |score difference| against fp32") for line in lines)
-    assert any(line.startswith("int8: label agreement with fp32") and "on 4 images" in line for line in lines)
+    reported = [line for line in lines if line.startswith("int8: label agreement with fp32")]
+    assert len(reported) == 1 and reported[0].endswith("on 2 few-shot images")  # the fit images, not the check images
+    recorded = read_metadata(out / "model_int8.onnx")["int8"]
+    agreement = label_agreement(out / "model.onnx", out / "model_int8.onnx", images[4:])
+    assert recorded == {"label_agreement": round(agreement, 4), "images": 2, "measured_on": "few-shot images"}
+    assert json.loads((out / "model_int8.json").read_text())["int8"] == recorded
+    assert "int8" not in read_metadata(out / "model.onnx")
+
+
+def test_int8_artifact_runs_onnxruntime_operators_the_fp32_graph_stays_standard(exported_onnx):
+    int8 = onnx.load(str(exported_onnx / "model_int8.onnx"))
+    ops = {(n.domain or "ai.onnx", n.op_type) for n in int8.graph.node}
+    assert {("com.microsoft", "MultiHeadAttention"), ("com.microsoft", "BiasGelu")} <= ops
+    users = [n.op_type for n in int8.graph.node if "image" in n.input]
+    assert "Cast" not in users and "Slice" in users  # the resize cuts its windows from the uint8 pixels
+    fp32 = onnx.load(str(exported_onnx / "model.onnx"))
+    assert {n.domain for n in fp32.graph.node} <= {"", "ai.onnx"}  # what TensorRT parses: standard operators only
+    users = [n.op_type for n in fp32.graph.node if "image" in n.input and n.op_type != "Shape"]
+    assert users == ["Cast"]  # TensorRT takes uint8 pixels only into a Cast
+
+
+def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onnx):
+    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` stays fp32."""
+    from semobridge_export import session
+
+    images = random_photos(3, seed=5, size=(120, 90))
+    fp32 = session(exported_onnx / "model.onnx")
+    inputs = [(i.name, i.type, i.shape) for i in fp32.get_overridable_initializers()]
+    rng = np.random.default_rng(0)  # a random 7-class set
+    classes = {name: rng.random((7, 64) if name != "class_kl" else (7,), dtype=np.float32) for name, *_ in inputs}
+    for variant in ("model_fp16.onnx", "model_int8.onnx"):
+        sess = session(exported_onnx / variant)
+        assert [(i.name, i.type, i.shape) for i in sess.get_overridable_initializers()] == inputs
+        assert [o.type for o in sess.get_outputs()] == ["tensor(float)", "tensor(int64)", "tensor(float)", "tensor(float)"]
+        fed = dict(zip(["scores", "label", "embedding", "features"], sess.run(None, {"image": images, **classes})))
+        assert fed["scores"].shape == (3, 7)
+        reference = fp32.run(None, {"image": images, **classes})
+        assert np.abs(fed["features"] - reference[3]).max() < 0.05 * np.abs(reference[3]).max()

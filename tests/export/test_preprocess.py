@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from semobridge_export.onnx_graph import save_model, to_onnx
-from semobridge_export.preprocess import Preprocess, crop_start, resized_length
+from semobridge_export.preprocess import BAND, Preprocess, crop_start, resized_length
 from semobridge_export.reference import session
 
 S = 224
@@ -71,3 +71,74 @@ def test_one_session_takes_any_batch_and_size(preprocess_onnx):
     for n, h, w in [(1, 50, 70), (3, 224, 224), (17, 97, 33), (2, 640, 480)]:
         out = sess.run(None, {"image": rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)})[0]
         assert out.shape == (n, 3, S, S)
+
+
+def _pil_coefficients(in_length: int, out_length: int) -> list[tuple[int, np.ndarray]]:
+    """PIL's `precompute_coeffs` for the bicubic filter, in double precision: (xmin, normalised weights) per output."""
+    scale = in_length / out_length
+    stretch = max(scale, 1.0)
+    support = 2.0 * stretch
+    out = []
+    for j in range(out_length):
+        centre = (j + 0.5) * scale
+        xmin, xmax = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_length)
+        t = np.abs((np.arange(xmin, xmax) + 0.5 - centre) / stretch)
+        k = np.where(t < 1, (1.5 * t - 2.5) * t * t + 1, np.where(t < 2, ((-0.5 * t + 2.5) * t - 4) * t + 2, 0.0))
+        out.append((xmin, k / k.sum()))
+    return out
+
+
+@pytest.mark.parametrize("in_length, short_other", [(13, 20), (224, 224), (517, 300), (4032, 3024), (3024, 4032),
+                                                    (16, 16384), (16384, 16), (1, 7), (225, 224), (2000, 227)])
+def test_band_windows_hold_pils_taps_and_weights(in_length, short_other):
+    """Every block's window holds PIL's taps of its outputs, and the weights over it are PIL's coefficients."""
+    h, w = in_length, short_other  # the band of the first (vertical) pass of an h x w image
+    band, _ = Preprocess(S, (0.5,) * 3, (0.5,) * 3).bands(h, w)
+    out, first, length = int(band.out_length), int(band.first), band.length
+    starts = band.starts()
+    weights = band.weights(starts).numpy()
+    reference = _pil_coefficients(h, out)
+    assert length <= h
+    for block, start in enumerate(starts.tolist()):
+        assert 0 <= start <= h - length
+        for k in range(BAND):
+            j = first + min(block * BAND + k, S - 1)
+            xmin, coefficients = reference[j]
+            assert start <= xmin and xmin + len(coefficients) <= start + length, (block, k)
+            dense = np.zeros(length)
+            dense[xmin - start:xmin - start + len(coefficients)] = coefficients
+            np.testing.assert_allclose(weights[block, k], dense, atol=2e-6)
+
+
+def test_band_work_follows_the_filter_not_the_input_side():
+    """A 16384-pixel side costs windows of a few pixels (upscaled) or BAND x scale + taps (downscaled), not 16384."""
+    pre = Preprocess(S, (0.5,) * 3, (0.5,) * 3)
+    down, across = pre.bands(16384, 16)  # upscaled 14x across, the crop keeps 224 of 229376 rows
+    assert across.length <= 8 and down.length <= 8
+    assert int(down.starts()[-1] - down.starts()[0]) + down.length <= 32  # rows the horizontal pass reads
+    down, across = pre.bands(3024, 4032)
+    scale = 4032 / across.out_length.item()
+    assert across.length <= BAND * scale + 4 * scale + 2 and down.length <= BAND * 13.5 + 4 * 13.5 + 2
+
+
+def _pil_reference(photo: np.ndarray) -> np.ndarray:
+    """open_clip's transform as PIL's two passes, horizontal then vertical, and the centre crop: grey levels [3, S, S].
+
+    Pillow up to 12 always resizes horizontally first; Pillow 13 goes vertical first when the height loses more than
+    twice the pixels the width does (python-pillow/Pillow#9549), which moves roundings by up to 2 grey levels on
+    such tall images. The graph follows the two passes in this order."""
+    h, w = photo.shape[:2]
+    new_h, new_w = resized_length(h, min(h, w), S), resized_length(w, min(h, w), S)
+    resized = Image.fromarray(photo).resize((new_w, h), Image.BICUBIC).resize((new_w, new_h), Image.BICUBIC)
+    top, left = crop_start(new_h, S), crop_start(new_w, S)
+    return np.asarray(resized)[top:top + S, left:left + S].astype(np.float32).transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("h, w", [(3024, 4032), (4032, 3024), (16, 16384), (16384, 16), (7, 3000), (2500, 900)])
+def test_graph_matches_pil_on_large_and_extreme_shapes(preprocess_onnx, grace_hopper, h, w):
+    pre, sess = preprocess_onnx
+    photo = np.asarray(grace_hopper.resize((w, h), Image.LANCZOS))
+    graph = _grey_levels(pre, sess.run(None, {"image": photo[None]})[0])[0]
+    diff = np.abs(graph - _pil_reference(photo))
+    assert diff.max() <= 1.0 + 1e-3, f"{h}x{w}: {diff.max():.3f} grey levels"
+    assert (diff > 0.5).mean() < 1e-3, f"{h}x{w}: {(diff > 0.5).mean():.2%} of pixels differ"

@@ -5,7 +5,10 @@ import importlib.util
 
 import pytest
 
-from semobridge_export.tensorrt import Profile, TensorRTError, build_engine, cache_key, fp32_layer_names, trtexec_command
+from semobridge_export.metadata import read_metadata
+from semobridge_export.tensorrt import (
+    Profile, TensorRTError, build_engine, cache_key, fp32_layer_names, strip_class_defaults, trtexec_command,
+)
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 META_DYNAMIC = {"input": {"kind": "uint8", "shape": ["N", "H", "W", 3]}}
@@ -42,13 +45,33 @@ def test_trtexec_command(exported_onnx, tmp_path):
     onnx_path = exported_onnx / "model.onnx"
     pins = fp32_layer_names(onnx_path)
     assert pins and any("layer_norm" in n for n in pins)
-    shapes = Profile(batch=(1, 8, 32)).shapes(META_DYNAMIC)
+    shapes = Profile(batch=(1, 8, 32)).input_shapes(read_metadata(onnx_path))
     cmd = trtexec_command(onnx_path, tmp_path / "m.engine", shapes, True, tmp_path / "t.cache", pins)
     assert cmd.startswith(f"trtexec --onnx={onnx_path} --saveEngine={tmp_path / 'm.engine'}")
-    assert "--minShapes=image:1x32x32x3 --optShapes=image:8x480x640x3 --maxShapes=image:32x1080x1920x3" in cmd
+    assert ("--minShapes=image:1x32x32x3,text_classifier:1x64,bridged_prototypes:1x64,image_prototypes:1x64,class_kl:1 "
+            "--optShapes=image:8x480x640x3,text_classifier:100x64,") in cmd
+    assert "--maxShapes=image:32x1080x1920x3,text_classifier:4096x64," in cmd and "class_kl:4096 " in cmd
     assert "--fp16 --precisionConstraints=obey" in cmd and f"--layerPrecisions={pins[0]}:fp32," in cmd
     assert f"--timingCacheFile={tmp_path / 't.cache'}" in cmd
     assert "--fp16" not in trtexec_command(onnx_path, tmp_path / "m.engine", shapes, False, tmp_path / "t.cache", pins)
+
+
+def test_class_count_profile_and_class_set_inputs(exported_onnx):
+    """The class set gets its own profile range, and the ONNX model TensorRT parses has no defaults for it
+    (an input with an initializer would be a constant in the engine)."""
+    import onnx
+
+    meta = read_metadata(exported_onnx / "model.onnx")
+    shapes = Profile(classes=(2, 10, 50)).input_shapes(meta)
+    assert shapes["image"] == Profile().shapes(meta)
+    assert shapes["text_classifier"] == ((2, 64), (10, 64), (50, 64)) and shapes["class_kl"] == ((2,), (10,), (50,))
+    with pytest.raises(ValueError, match="class-count profile"):
+        Profile(classes=(5, 2, 10)).input_shapes(meta)
+    stripped = onnx.load_from_string(strip_class_defaults(exported_onnx / "model.onnx"))
+    initializers = {t.name for t in stripped.graph.initializer}
+    assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
+    assert not initializers & {i.name for i in stripped.graph.input}
+    assert len(initializers) == len(onnx.load(str(exported_onnx / "model.onnx")).graph.initializer) - 4
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")

@@ -45,16 +45,23 @@ def contract_onnx(make_model: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(request: pytest.FixtureRequest) -> Path:
-    """The tiny open_clip model as the exporter writes it (tests/conftest.py's `exported_onnx`).
+def onnx_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uint8 model under test: the tiny open_clip model as the exporter writes it (tests/conftest.py's
+    `exported_onnx`), in a folder without the int8 artifact (on the CPU, Classifier.load would pick it instead;
+    tests/runtime/test_int8_choice.py).
 
     Skipped with the runtime alone (no semobridge, semobridge_export, torch): run
     `python -m pytest tests/runtime --confcutdir tests/runtime` there, as runtime/README.md says.
     """
     try:
-        return request.getfixturevalue("exported_onnx") / "model.onnx"
+        exported = request.getfixturevalue("exported_onnx")
     except pytest.FixtureLookupError:
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
+    folder = tmp_path_factory.mktemp("fp32")
+    for path in exported.iterdir():
+        if path.is_file() and not path.name.startswith("model_int8."):
+            shutil.copy(path, folder / path.name)
+    return folder / "model.onnx"
 
 
 @pytest.fixture()
@@ -63,3 +70,76 @@ def images() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     sizes = [(40, 40), (17, 23), (40, 40), (64, 33), (5, 7), (96, 80)]
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+# ---------------------------------------------------------------- class enrolment
+
+ENROL_CLASSES = ("blue whale", "green tree", "red fox", "white swan", "yellow cab")
+ENROL_TEMPLATES = ("a photo of a {}.", "art of the {}.")
+ENROL_DESCRIPTIONS = {"red fox": ["A small orange wild dog.", "Its tail is bushy."], "blue whale": ["The largest animal."]}
+ENROL_PARAMS = {"smoothness": 0.5, "alpha": 3.0, "beta": 2.0, "gamma": 4.0, "lambda1": 0.5, "lambda2": 0.4, "lambda3": 0.3}
+ENROL_SHOTS = 3
+
+
+@pytest.fixture(scope="session")
+def enrol_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images of five classes, {train (3 = the shots), val (3), test (2)}/<class>/*.png, all 224x224,
+    where the graph's preprocessing equals open_clip's PIL preprocessing exactly."""
+    from PIL import Image
+
+    from tests.helpers import random_photos
+
+    root = tmp_path_factory.mktemp("enrol_pool")
+    for s, (split, n) in enumerate({"train": ENROL_SHOTS, "val": ENROL_SHOTS, "test": 2}.items()):
+        for c, name in enumerate(ENROL_CLASSES):
+            folder = root / split / name.replace(" ", "_")
+            folder.mkdir(parents=True)
+            for i, img in enumerate(random_photos(n, seed=100 * s + c, size=(224, 224))):
+                tint = np.array([(c * 67) % 256, (c * 131) % 256, (c * 29) % 256])
+                Image.fromarray((img * 0.6 + 0.4 * tint).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Callable:
+    """fit_on(classes) -> the head `semobridge fit` makes from those classes of the pool (fixed blend
+    parameters, the pool's shots, the same templates and descriptions)."""
+    import json
+    import warnings
+
+    from semobridge.blend import BlendParams
+    from semobridge.encode import EmbeddingCache
+    from semobridge.pipeline import PromptOptions, fit_dataset
+
+    descriptions = tmp_path_factory.mktemp("descriptions") / "descriptions.json"
+    descriptions.write_text(json.dumps(ENROL_DESCRIPTIONS))
+
+    def fit(classes: tuple[str, ...]):
+        data = tmp_path_factory.mktemp("dataset")
+        for split in ("train", "val", "test"):
+            for name in classes:
+                (data / split).mkdir(exist_ok=True)
+                (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # classes without descriptions
+            head, _ = fit_dataset(
+                data, ENROL_SHOTS, backbone=tiny_backbone, params=BlendParams.from_dict(ENROL_PARAMS),
+                prompts=PromptOptions(templates=list(ENROL_TEMPLATES), descriptions=descriptions),
+                cache=EmbeddingCache(),
+            )
+        return head
+
+    return fit
+
+
+@pytest.fixture(scope="session")
+def enrol_export(fit_on: Callable, tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model.onnx (+ text.onnx, text_int8.onnx, head.safetensors, vocabulary) fitted by semobridge on the pool's
+    first three classes. The int8 image model is removed: Classifier.load runs fp32, to compare with fit exactly."""
+    from semobridge_export import export
+
+    out = tmp_path_factory.mktemp("enrol_export") / "model"
+    export(fit_on(ENROL_CLASSES[:3]), tiny_backbone, out, int8_cpu=True, log=lambda _: None)
+    for path in out.glob("model_int8.*"):
+        path.unlink()
+    return out / "model.onnx"

@@ -12,7 +12,8 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 
 def test_import_pulls_in_no_torch() -> None:
-    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.backends.ort, sys; "
+    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.classes_cli, "
+            "semobridge_runtime.backends.ort, semobridge_runtime.tokenizer, sys; "
             "import semobridge_runtime.serve, semobridge_runtime.serve.cli; "
             "assert 'torch' not in sys.modules, 'torch was imported'; "
             "assert 'semobridge' not in sys.modules and 'semobridge_export' not in sys.modules; "
@@ -23,8 +24,9 @@ def test_import_pulls_in_no_torch() -> None:
 def test_declared_dependencies_have_no_torch() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["name"] == "semobridge-runtime"
-    # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg"))
-    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "numpy", "onnxruntime"]
+    # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg")); ftfy and regex:
+    # open_clip's exact tokenizer, to enrol classes
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "ftfy", "numpy", "onnxruntime", "regex"]
     every = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     assert not any("torch" in d.lower() for d in every)
     installed = metadata.requires("semobridge-runtime") or []
@@ -34,6 +36,7 @@ def test_declared_dependencies_have_no_torch() -> None:
 def test_console_script_declared() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["semobridge-run"] == "semobridge_runtime.cli:main"
+    assert project["scripts"]["semobridge-classes"] == "semobridge_runtime.classes_cli:main"
     assert project["scripts"]["semobridge-serve"] == "semobridge_runtime.serve.cli:main"
 
 

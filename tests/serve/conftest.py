@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,8 +84,15 @@ def start_server(model: Path, tmp: Path, *options: str, ports: list[int] | None 
 
 
 @pytest.fixture(scope="session")
-def serve_model(exported_onnx: Path) -> Path:
-    return exported_onnx / "model.onnx"
+def serve_model(exported_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as the exporter writes it, without the int8 artifact: on the CPU the server and the
+    reference would load model_int8.onnx instead, whose dynamic quantisation scales each run's activations
+    together, so that a request's scores would depend on the requests batched with it."""
+    folder = tmp_path_factory.mktemp("fp32")
+    for path in exported_onnx.iterdir():
+        if path.is_file() and not path.name.startswith("model_int8."):
+            shutil.copy(path, folder / path.name)
+    return folder / "model.onnx"
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class OnnxRuntimeBackend:
     """Runs a fused semobridge ONNX graph with one shared (thread-safe) InferenceSession."""
 
     name = "onnxruntime"
+    needs_classes = False  # the class-set inputs default to the fitted classes
 
     def __init__(self, path: Path, providers: Sequence[str] | None = None,
                  intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> None:
@@ -54,6 +55,7 @@ class OnnxRuntimeBackend:
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = check_threads(intra_op_num_threads, "intra_op_num_threads")
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        options.log_severity_level = 3  # not the warning that the class-set inputs (by design) have defaults
         chosen = choose_providers(providers)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
@@ -67,18 +69,20 @@ class OnnxRuntimeBackend:
         self.providers = tuple(self._session.get_providers())
         first = self._session.get_inputs()[0]
         self._input = first.name
+        self.head_inputs = tuple(i.name for i in self._session.get_overridable_initializers())
+        self.outputs = tuple(o.name for o in self._session.get_outputs())
         shape = [d if isinstance(d, int) else None for d in first.shape]
         self.max_batch = shape[0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]
         self.fixed_hw = (height, width) if height and width else None
 
-    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         n = len(batch)
         if self.max_batch is not None and n < self.max_batch:  # static batch: pad, then drop padding
             padding = np.zeros((self.max_batch - n, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, padding])
         try:
-            values = self._session.run(list(outputs), {self._input: batch})
+            values = self._session.run(list(outputs), {self._input: batch, **(classes or {})})
         except Exception as exc:  # ORT's own exception types derive from Exception only
             raise BackendError(f"ONNX Runtime failed running {self._path} on a batch of shape {batch.shape}: "
                                f"{exc}") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     providers = ("TensorRT",)
+    needs_classes = True  # an engine's class-set inputs have no defaults (the fitted classes come from head.safetensors)
 
     def __init__(self, path: Path) -> None:
         trt, cudart = _import_tensorrt()
@@ -55,11 +56,16 @@ class TensorRTBackend:
         self._input = tensors[trt.TensorIOMode.INPUT][0].name
         self._io = EngineIO(trt, cudart, engine)
         self._lock = threading.Lock()
+        inputs = [t.name for t in tensors[trt.TensorIOMode.INPUT]]
+        self.head_inputs = tuple(inputs[1:])
+        self.outputs = tuple(t.name for t in tensors[trt.TensorIOMode.OUTPUT])
         shape = list(engine.get_tensor_shape(self._input))
         self.max_batch = shape[0] if shape[0] > 0 else engine.get_tensor_profile_shape(self._input, 0)[2][0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]
         self.fixed_hw = (height, width) if height > 0 and width > 0 else None
 
-    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        if self.head_inputs and not classes:
+            raise ModelError("this engine takes its class set as inputs", hint="load it through Classifier.load")
         with self._lock:
-            return self._io.run({self._input: batch}, outputs)
+            return self._io.run({self._input: batch, **{name: classes[name] for name in self.head_inputs}}, outputs)

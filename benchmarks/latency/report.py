@@ -1,0 +1,101 @@
+"""The markdown report (the fused rows with their bare ratio, failures, skipped backends, targets) and the plot."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import fmt, markdown_table
+
+from .backends import LIBRARY
+from .measure import Row
+from .targets import find, status_text
+
+LIBRARY_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+
+TABLE_HEADERS = ["backend", "precision", "device", "input", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+                 "device p50 ms", "device images/s", "% of peak", "bare p50 ms", "fused/bare"]
+
+
+def cpu_rate_lines(result: dict[str, Any], rows: list[Row]) -> list[str]:
+    """The CPU reference MatMul's median rate per precision and the encoder floor it implies (none if no CPU row)."""
+    shape = result.get("cpu_matmul_shape")
+    rates: dict[str, list[float]] = {}
+    for r in rows:
+        if r.cpu_matmul_gflop_per_s and r.model == "fused":
+            library = LIBRARY_NAMES[LIBRARY[r.backend]]
+            rates.setdefault(f"{library} {r.precision}", []).append(r.cpu_matmul_gflop_per_s)
+    if not shape or not rates:
+        return []
+    flops = result["encoder_gflop_per_image"]
+    parts = [f"{p} {fmt(statistics.median(v))} {'GOP/s' if p.endswith('int8') else 'GFLOP/s'} (encoder floor "
+             f"{fmt(1e3 * flops / statistics.median(v))} ms per image)" for p, v in sorted(rates.items())]
+    return [f"CPU reference: one {'x'.join(map(str, shape))} matrix product in the backend's library and precision, timed in "
+            f"the same rounds as each CPU case (medians over cases): {'; '.join(parts)}. On the CPU, % of peak is against this rate."]
+
+
+def report(result: dict[str, Any], rows: list[Row]) -> str:
+    """The markdown report: the fused rows with their bare ratio, failures, skipped backends and targets."""
+    bare = {r.case(): r for r in rows if r.model == "bare"}
+    table = [
+        [r.backend, r.precision, r.device, r.input, r.batch, r.p50_ms, r.p90_ms, r.p99_ms, r.images_per_s,
+         r.device_p50_ms, r.device_images_per_s, f"{100 * r.peak_fraction:.1f}" if r.peak_fraction is not None else "n/a",
+         bare[r.case()].best_p50 if r.case() in bare else None, r.fused_over_bare]
+        for r in rows if r.model == "fused" and r.status == "ok"
+    ]
+    m = result["machine"]
+    lines = [
+        f"# Latency: {result['model']} (pretrained={result['pretrained']}), {result['classes']} classes",
+        "",
+        f"Machine: {m['gpu'] or 'no GPU'}; CPU {m['cpu']} x {m['cpu_count']} (torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
+        f"Encoder: {result['encoder_gflop_per_image']:.2f} GFLOP per image at {result['image_size']}"
+        + (f"; GPU peak {fmt(result['peak_tflops'])} TFLOPS dense fp16." if result["peak_tflops"] else "."),
+        *cpu_rate_lines(result, rows),
+        "Times: host uint8 images in (input = HEIGHTxWIDTH), host outputs back (preprocessing included)"
+        + ("" if result["settings"].get("clock", "wall") == "wall" else ", as this process's CPU time (--clock cpu), not latency")
+        + "; device = CUDA events on device-resident input. "
+        "fused/bare = fused model over the bare encoder, same backend and run, calls interleaved (device time where measured).",
+        "",
+        markdown_table(TABLE_HEADERS, table),
+    ]
+    failed = [r for r in rows if r.status != "ok"]
+    if failed:
+        lines += ["", "## Failed cases", "", markdown_table(["backend", "precision", "device", "model", "input", "batch", "error"],
+                                                            [[r.backend, r.precision, r.device, r.model, r.input, r.batch, r.status] for r in failed])]
+    lines += ["", "## Skipped backends", "", markdown_table(["backend", "precision", "device", "reason"],
+                                                             [[s["backend"], s["precision"], s["device"], s["reason"]] for s in result["skipped"]])]
+    lines += ["", "## Targets", "", markdown_table(["target", "measured", "status"],
+                                                   [[t["target"], t["measured"], status_text(t)] for t in result["targets"]])]
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> Path:
+    """p50 latency vs batch per backend (fused model), one panel per input size; dashed: device time."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(dict.fromkeys(r.input for r in rows))  # in the order measured
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for key in sorted({(r.backend, r.precision, r.device) for r in rows}):
+            case = sorted(find(rows, backend=key[0], precision=key[1], device=key[2], model="fused", input=size), key=lambda r: r.batch)
+            if not case:
+                continue
+            line, = ax.plot([r.batch for r in case], [r.p50_ms for r in case], "o-", label="/".join(key))
+            if case[0].device_p50_ms is not None:
+                ax.plot([r.batch for r in case], [r.device_p50_ms for r in case], "--", color=line.get_color())
+        ax.set(yscale="log", xlabel="batch", ylabel="p50 latency (ms)", title=f"fused model, {size} input")
+        ax.set_xscale("log", base=2)
+        batches = sorted({r.batch for r in rows})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,152 @@
+"""Runners: one per way of calling a model (PyTorch eager or exported, CUDA graph, ONNX Runtime, TensorRT), each
+giving a host-to-host timer and, on CUDA, a device timer."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .timing import Timer, cuda_events, staged_call, wall_clock
+
+
+class Runner(Protocol):
+    def host(self, images: np.ndarray) -> Timer:
+        """One call from host uint8 images to host outputs."""
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        """One call on device-resident input (CUDA events), None on the CPU."""
+
+
+def _outputs(out: Any) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+class TorchRunner:
+    """A PyTorch module (eager or a torch.export program) on `device`."""
+
+    def __init__(self, module: nn.Module, device: str):
+        self.module, self.on = module, torch.device(device)
+
+    def _call(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.inference_mode(), self.on:  # preprocessing builds its weights on the default device
+            return _outputs(self.module(x))
+
+    def host(self, images: np.ndarray) -> Timer:
+        x = torch.from_numpy(images)
+        return wall_clock(lambda: [o.cpu() for o in self._call(x.to(self.on))])
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        if self.on.type != "cuda":
+            return None
+        x = torch.from_numpy(images).to(self.on)
+        return cuda_events(lambda: self._call(x))
+
+
+class CudaGraphRunner:
+    """A PyTorch module captured as one CUDA graph per input shape (static input and output buffers)."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self._graph: tuple[tuple[int, ...], torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]] | None = None
+
+    def _captured(self, images: np.ndarray) -> tuple[torch.Tensor, torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]:
+        if self._graph is None or self._graph[0] != images.shape:
+            self._graph = None  # free the previous shape's graph and pool first
+            static = torch.from_numpy(images).cuda()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.inference_mode(), torch.device("cuda"):
+                for _ in range(3):
+                    self.module(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode(), torch.device("cuda"):
+                out = _outputs(self.module(static))
+            self._graph = (images.shape, static, graph, out)
+        return self._graph[1:]
+
+    def host(self, images: np.ndarray) -> Timer:
+        static, graph, out = self._captured(images)
+        return staged_call(images, static, graph.replay, out)
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        return cuda_events(self._captured(images)[1].replay)
+
+
+class OrtRunner:
+    """An ONNX Runtime session; on CUDA providers also with device-resident input through IO binding.
+
+    CPU sessions run with intra-op spinning off unless `spinning`: the benchmark interleaves sessions call by
+    call, and a session's spinning threads slow the next session's call down (benchmarks/spinning.py measures it).
+    """
+
+    def __init__(self, path: Path, providers: list, cuda: bool, spinning: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if not cuda:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.cuda = cuda
+
+    def host(self, images: np.ndarray) -> Timer:
+        feed = {self.input: images}
+        return wall_clock(lambda: self.session.run(None, feed))
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        if not self.cuda:
+            return None
+        self._bound = torch.from_numpy(images).cuda()  # kept alive: the binding holds only its pointer
+        binding = self.session.io_binding()
+        binding.bind_input(self.input, "cuda", 0, np.uint8, list(self._bound.shape), self._bound.data_ptr())
+        for output in self.session.get_outputs():
+            binding.bind_output(output.name, "cuda", 0)
+        return cuda_events(lambda: self.session.run_with_iobinding(binding))
+
+
+class TensorRTRunner:
+    """A serialized TensorRT engine run on torch-allocated device buffers (UNVERIFIED: no TensorRT where written)."""
+
+    def __init__(self, path: Path):
+        import tensorrt as trt
+
+        self.trt = trt
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {path}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.outputs = [n for n in names if n != self.input]
+        self.dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                       trt.int64: torch.int64, trt.uint8: torch.uint8, trt.bool: torch.bool}
+
+    def _bind(self, images: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = torch.from_numpy(images).cuda()
+        self.context.set_input_shape(self.input, tuple(x.shape))
+        self.context.set_tensor_address(self.input, x.data_ptr())
+        outs = []
+        for name in self.outputs:
+            dtype = self.dtypes[self.engine.get_tensor_dtype(name)]
+            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            outs.append(out)
+        return x, outs
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT execution failed; see the TensorRT log")
+
+    def host(self, images: np.ndarray) -> Timer:
+        x, outs = self._bind(images)
+        return staged_call(images, x, self._execute, outs)
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        self._bind(images)
+        return cuda_events(self._execute)
+

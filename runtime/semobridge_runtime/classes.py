@@ -1,0 +1,198 @@
+"""Class sets: the per-class tensors the fused graph takes as inputs, their edits and class files.
+
+A class set holds, per class c, what METHOD.md's blend needs: the text classifier T_c, the
+bridged prototype P_c, the image prototype I_c (unit vectors, [C, d] each) and the class KL
+D_c ([C], bits). Editing returns a new set (the old one stays valid for predictions running
+at the same time); the KL of every class is recomputed over the whole new set from the
+softmax denominators Σ_j exp(I_c · T_j), which an edit updates (and the first edit recovers
+from the KL itself), so one edit costs O(C·d) instead of a C x C product.
+
+A class file is a safetensors file; docs/classes.md gives its exact byte layout.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from . import head, tensorfile
+from .errors import InputError, ModelError
+
+FORMAT = "semobridge-classes/1"
+#: per-class tensors, named as the fused graph's head inputs, in file order
+TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
+#: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
+MAX_NAME_LENGTH = 256
+FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",
+                        "Zp": "a paragraph separator"}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a class file must match to be used with a model: the backbone weights, the bridge's W⁺
+    (prototypes are bridged with it) and the embedding width."""
+
+    backbone: str
+    weights_hash: str
+    bridge_hash: str
+    embedding_dim: int
+
+    @classmethod
+    def of(cls, raw: dict[str, Any], source: str) -> "Identity":
+        """From an exported model's metadata."""
+        if "bridge_hash" not in raw or "head_inputs" not in raw:
+            raise ModelError(f"{source} was exported before class sets existed (its classes are fixed); "
+                             "re-export it with semobridge-export to add or remove classes")
+        return cls(str(raw["backbone"]["name"]), str(raw["backbone"]["weights_hash"]), str(raw["bridge_hash"]),
+                   int(raw["embedding_dim"]))
+
+
+def check_name(name: Any, taken: tuple[str, ...] = ()) -> str:
+    """A usable class name, not among `taken` (compared ignoring case: the text side lower-cases)."""
+    if not isinstance(name, str):
+        raise InputError(f"a class name must be a string, not {type(name).__name__}")
+    if not name.strip():
+        raise InputError(f"class name {name!r} is empty; give the class a name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(f"class name {name[:40]!r}... has {len(name)} characters, over {MAX_NAME_LENGTH}; shorten it")
+    for ch in name:
+        kind = FORBIDDEN_CATEGORIES.get(unicodedata.category(ch))
+        if kind:
+            raise InputError(f"class name {name!r} contains {kind} (U+{ord(ch):04X}); class names are one line of text")
+    key = name.strip().casefold()
+    clash = next((t for t in taken if t.strip().casefold() == key), None)
+    if clash is not None:
+        raise InputError(f"there is already a class named {clash!r}" + ("" if clash == name else
+                         f" (names are compared ignoring case, as prompts are lower-cased)") +
+                         "; choose another name, or remove that class first")
+    return name
+
+
+def _frozen(array: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    array = np.ascontiguousarray(array, dtype=dtype)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Class names and their head tensors (read-only arrays; edits return a new set)."""
+
+    names: tuple[str, ...]
+    text_classifier: np.ndarray  # T [C, d]
+    bridged_prototypes: np.ndarray  # P [C, d]
+    image_prototypes: np.ndarray  # I [C, d]
+    class_kl: np.ndarray  # D [C], bits
+    sums: np.ndarray | None = field(default=None, repr=False, compare=False)  # Σ_j exp(I_c·T_j), float64 [C]
+
+    def __post_init__(self) -> None:
+        for name in TENSORS:
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        C, shapes = len(self.names), [getattr(self, n).shape for n in TENSORS]
+        if len({s[1:] for s in shapes[:3]}) != 1 or any(s[0] != C for s in shapes) or len(shapes[3]) != 1:
+            raise ModelError(f"class tensors of shapes {shapes} do not fit {C} classes")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.text_classifier.shape[1])
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The fused graph's head inputs."""
+        return {name: getattr(self, name) for name in TENSORS}
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            near = [n for n in self.names if n.casefold() == str(name).casefold()]
+            hint = f"; did you mean {near[0]!r}?" if near else f"; the classes are: {', '.join(self.names[:20])}" + (
+                ", ..." if len(self.names) > 20 else "")
+            raise InputError(f"there is no class named {name!r}{hint}")
+        return self.names.index(name)
+
+    def _sums(self) -> np.ndarray:
+        """The softmax denominators of the class KL: kept from the last edit, else recovered from the KL."""
+        if self.sums is not None:
+            return self.sums
+        found = head.sums_from_kl(self.image_prototypes, self.text_classifier, self.class_kl)
+        return found if found is not None else head.affinity_sums(self.image_prototypes, self.text_classifier)
+
+    def added(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray) -> "ClassSet":
+        """This set with one more class at the end; every class's KL recomputed, in O(C·d)."""
+        check_name(name, self.names)
+        T = np.vstack([self.text_classifier, text_classifier[None].astype(np.float32)])
+        I = np.vstack([self.image_prototypes, image_prototype[None].astype(np.float32)])
+        P = np.vstack([self.bridged_prototypes, bridged_prototype[None].astype(np.float32)])
+        column, row = (np.exp(a.astype(np.float64)) for a in (I[:-1] @ T[-1], T @ I[-1]))
+        sums = np.append(self._sums() + column, row.sum())
+        return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums)
+
+    def removed(self, name: str) -> "ClassSet":
+        """This set without class `name`; every remaining class's KL recomputed, in O(C·d)."""
+        r = self.index(name)
+        if len(self) == 1:
+            raise InputError(f"{name!r} is the last class; a model needs at least one: add another class first")
+        keep = np.arange(len(self)) != r
+        sums = (self._sums() - np.exp((self.image_prototypes @ self.text_classifier[r]).astype(np.float64)))[keep]
+        T, I = self.text_classifier[keep], self.image_prototypes[keep]
+        names = tuple(n for n in self.names if n != name)
+        return ClassSet(names, T, self.bridged_prototypes[keep], I, head.class_kl(I, T, sums), sums)
+
+    def renamed(self, old: str, new: str) -> "ClassSet":
+        """This set with class `old` called `new` (its tensors unchanged)."""
+        r = self.index(old)
+        check_name(new, self.names[:r] + self.names[r + 1:])
+        return replace(self, names=(*self.names[:r], new, *self.names[r + 1:]))
+
+    # ------------------------------------------------------------------ class files
+
+    def to_bytes(self, identity: Identity) -> bytes:
+        """The class file (docs/classes.md)."""
+        meta = {
+            "format": FORMAT, "backbone": identity.backbone, "weights_hash": identity.weights_hash,
+            "bridge_hash": identity.bridge_hash, "num_classes": str(len(self)), "embedding_dim": str(self.embedding_dim),
+        }
+        names = np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8)
+        return tensorfile.encode({**self.feeds(), NAMES_TENSOR: names}, meta)
+
+    def save(self, path: str | os.PathLike, identity: Identity) -> None:
+        """Write the class file atomically: on failure the old file stays as it was."""
+        tensorfile.write_atomic(path, self.to_bytes(identity))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, identity: Identity) -> "ClassSet":
+        """Read a class file and check it against the model's identity (ModelError if it does not fit)."""
+        tensors, meta = tensorfile.read(path, "class file")
+        source = f"class file {path}"
+        if meta.get("format") != FORMAT:
+            raise ModelError(f"{source} is not a semobridge class file (format {meta.get('format')!r}, expected {FORMAT!r}); "
+                             "write one with Classifier.save_classes or semobridge-classes")
+        if meta.get("weights_hash") != identity.weights_hash:
+            raise ModelError(f"{source} was made for the backbone {meta.get('backbone')!r} with weights "
+                             f"{meta.get('weights_hash')}, but this model's backbone is {identity.backbone!r} with weights "
+                             f"{identity.weights_hash}; enrol the classes again with this model")
+        if meta.get("bridge_hash") != identity.bridge_hash:
+            raise ModelError(f"{source} was bridged with another W+ (bridge {meta.get('bridge_hash')}, this model's: "
+                             f"{identity.bridge_hash}; a SeMoBridge-T model and a training-free one differ); "
+                             "enrol the classes again with this model")
+        missing = [n for n in (*TENSORS, NAMES_TENSOR) if n not in tensors]
+        if missing:
+            raise ModelError(f"{source} lacks the tensor(s) {', '.join(missing)}; write it again")
+        try:
+            names = tuple(bytes(tensors[NAMES_TENSOR]).decode("utf-8").split("\n"))
+            for i, name in enumerate(names):
+                check_name(name, names[:i])
+        except (UnicodeDecodeError, InputError) as exc:
+            raise ModelError(f"{source} has unusable class names ({exc}); write it again") from exc
+        classes = cls(names, *(tensors[n] for n in TENSORS))
+        if classes.embedding_dim != identity.embedding_dim:
+            raise ModelError(f"{source} has {classes.embedding_dim}-wide prototypes; this model's are {identity.embedding_dim}")
+        if not all(np.isfinite(t).all() for t in classes.feeds().values()):
+            raise ModelError(f"{source} holds NaN or infinite values; write it again")
+        return classes

@@ -1,0 +1,50 @@
+"""The two protocols around the method: the published code's order of operations, and ours.
+
+The formulas are the same in both (METHOD.md); what differs is the order around them:
+
+| | paper (the published code) | consistent |
+|---|---|---|
+| M1 prototypes P at test time | from the LAST training step (class bias included); the query side uses the kept W⁺ | from the kept state |
+| M2 model selection | update, then evaluate: candidates are the states after 1 … N updates (strict >) | evaluate, then update: candidates are the states after 0 … N-1 updates |
+| M3 validation | a given val split, whole | min(K, 4) images per class of it |
+| M5 random resized crops | square (aspect ratio 1) | torchvision's 3/4 - 4/3 |
+
+Both use the CuPL descriptions for the paper's datasets (M6: shipped in semobridge/cupl, all but
+ImageNet's; a warning when the file is missing), and without a val split both hold out
+min(K, 4) images per class of train.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .datasets import DatasetSpec
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Switches of one protocol (see the module docstring)."""
+
+    name: str
+    prototypes_from_last_step: bool  # M1
+    update_then_evaluate: bool  # M2
+    whole_val_split: bool  # M3
+    square_crops: bool  # M5
+
+
+PAPER = Protocol("paper", True, True, True, True)
+CONSISTENT = Protocol("consistent", False, False, False, False)
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (PAPER, CONSISTENT)}
+
+
+def get_protocol(name: str | Protocol) -> Protocol:
+    """A protocol by name; a clear error for an unknown one."""
+    if isinstance(name, Protocol):
+        return name
+    if name not in PROTOCOLS:
+        raise InputError(f"unknown protocol {name!r}", hint=f"choose one of: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def default_protocol(spec: DatasetSpec | None, train: bool) -> Protocol:
+    """paper for the paper's eleven datasets and for SeMoBridge-T; consistent otherwise."""
+    return PAPER if spec is not None or train else CONSISTENT
