@@ -67,6 +67,7 @@ class Classifier:
     def __init__(self, backend: Backend, limits: ImageLimits, path: Path, text_model: str | PathLike | None = None) -> None:
         self._backend = backend
         self._limits = limits
+        self._path = path
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
 
     @classmethod
@@ -118,6 +119,11 @@ class Classifier:
     @property
     def info(self) -> ModelInfo:
         return self._backend.info
+
+    @property
+    def path(self) -> Path:
+        """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
+        return self._path
 
     @property
     def class_names(self) -> list[str]:

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=batching.instances,
                    help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
                         "ONNX Runtime session of --threads threads (default %(default)s)")
-    add_load_options(p, spinning=False)  # --threads (per instance), --spinning, --max-side, --max-pixels, --max-aspect
+    add_load_options(p, spinning=False)  # --no-int8, --threads (per instance), --spinning, the image limits
     p.add_argument("--drain-timeout", type=int, default=30,
                    help="seconds to finish in-flight requests after SIGTERM before exiting (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show Triton's own log")
@@ -67,11 +67,17 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--model-name {args.model_name!r} may only hold letters, digits, '.', '_' and '-'")
 
 
+def settings_of(args: argparse.Namespace) -> ServeSettings:
+    """How every instance loads the model, from the command line (paths made absolute: Triton runs elsewhere)."""
+    return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spinning,
+                         prefer_int8=not args.no_int8, max_side=args.max_side, max_pixels=args.max_pixels,
+                         max_aspect=args.max_aspect)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the model once (to fail early), start Triton, wait for a signal or its exit."""
     _check(args)
-    settings = ServeSettings(str(Path(args.model).resolve()), args.threads, args.spinning,
-                             args.max_side, args.max_pixels, args.max_aspect)
+    settings = settings_of(args)
     classifier = load_classifier(settings)
     if classifier.info.input_kind != "uint8":
         raise ModelError(f"{args.model} is a float-variant export; semobridge-serve serves uint8 exports",

@@ -36,7 +36,7 @@ def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[st
         "shots": json.dumps(meta.get("shots")),
         "library_version": json.dumps(meta.get("library_version")),
         "runtime_version": json.dumps(__version__),
-        "model_sha256": json.dumps(_sha256(Path(settings.model))),
+        "model_sha256": json.dumps(_sha256(classifier.path)),  # the file that runs (model_int8.onnx if chosen)
         SETTINGS: settings.to_json(),
     }
 
