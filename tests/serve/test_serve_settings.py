@@ -33,3 +33,10 @@ def test_the_int8_choice_is_the_runtimes_and_the_config_names_the_file_that_runs
     assert parameters["semobridge"]["precision"] == precision
     assert parameters["model_sha256"] == sha256(exported_onnx / runs)
     assert parameters["semobridge_serve"]["prefer_int8"] == (not options)
+
+
+def test_a_class_file_is_carried_to_the_instances_by_its_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = settings_of(_parser().parse_args(["model.onnx", "--classes", "shop.classes"]))
+    assert settings.classes == str(tmp_path / "shop.classes") and settings.model == str(tmp_path / "model.onnx")
+    assert settings_of(_parser().parse_args(["model.onnx"])).classes is None

@@ -3,8 +3,9 @@
 HTTP/REST and gRPC (KServe v2 protocol), dynamic batching, health (/v2/health/ready, /v2/health/live),
 statistics (/v2/models/NAME/stats) and Prometheus metrics (/metrics on the metrics port).
 Inputs per request: `image` uint8 [B,H,W,3] RGB or `encoded` BYTES [B,1] (JPEG/PNG files);
-outputs: scores, label, embedding, class_name. SIGTERM or Ctrl-C: stop accepting requests, finish
-those in flight (up to --drain-timeout), exit.
+outputs: scores, label, embedding, class_name. --classes FILE serves a class file's classes (semobridge-classes)
+instead of the fitted ones. SIGTERM or Ctrl-C: stop accepting requests, finish those in flight (up to
+--drain-timeout), exit.
 Exit codes: 0 stopped, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
 """
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=batching.instances,
                    help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
                         "ONNX Runtime session of --threads threads (default %(default)s)")
-    add_load_options(p, spinning=False)  # --no-int8, --threads (per instance), --spinning, the image limits
+    add_load_options(p, spinning=False)  # --classes, --no-int8, --threads (per instance), --spinning, limits
     p.add_argument("--drain-timeout", type=int, default=30,
                    help="seconds to finish in-flight requests after SIGTERM before exiting (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show Triton's own log")
@@ -69,9 +70,10 @@ def _check(args: argparse.Namespace) -> None:
 
 def settings_of(args: argparse.Namespace) -> ServeSettings:
     """How every instance loads the model, from the command line (paths made absolute: Triton runs elsewhere)."""
+    classes = str(Path(args.classes).resolve()) if args.classes is not None else None
     return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spinning,
                          prefer_int8=not args.no_int8, max_side=args.max_side, max_pixels=args.max_pixels,
-                         max_aspect=args.max_aspect)
+                         max_aspect=args.max_aspect, classes=classes)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -103,7 +105,7 @@ def serve(args: argparse.Namespace) -> int:
         if stopping:  # stopped while starting: not a failure
             return 0
         raise
-    classes, host = classifier.info.num_classes, endpoints.address
+    classes, host = len(classifier.class_names), endpoints.address
     del classifier  # the instances hold their own sessions
     print(f"semobridge-serve: ready: model '{args.model_name}' ({classes} classes) on HTTP {host}:{endpoints.http_port}, "
           f"gRPC {host}:{endpoints.grpc_port}, metrics http://{host}:{endpoints.metrics_port}/metrics", flush=True)

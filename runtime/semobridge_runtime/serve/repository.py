@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .. import __version__
@@ -13,6 +13,7 @@ from ..classifier import Classifier
 from .protocol import ENCODED, IMAGE, LABELS_FILE, METADATA, SETTINGS
 from .settings import ServeSettings
 
+CLASSES_FILE = "served.classes"  # the class set served, beside config.pbtxt
 MODEL_PY = "from semobridge_runtime.serve.model import TritonPythonModel  # noqa: F401  (semobridge-serve)\n"
 
 
@@ -26,24 +27,25 @@ class Batching:
 
 
 def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[str, str]:
-    """What the config's `parameters` publish: the metadata (limits in force) and the identity of the model."""
-    info = classifier.info
-    meta = {**info.raw, "limits": asdict(classifier.limits)}
+    """What the config's `parameters` publish: the metadata (the classes and limits in force) and the identity
+    of the model and of its class file."""
+    names = classifier.class_names
+    meta = {**classifier.info.raw, "class_names": names, "num_classes": len(names), "limits": asdict(classifier.limits)}
     return {
         METADATA: json.dumps(meta),
-        "class_names": json.dumps(list(info.class_names)),
+        "class_names": json.dumps(names),
         "backbone": json.dumps(meta.get("backbone", {}).get("name")),
         "shots": json.dumps(meta.get("shots")),
         "library_version": json.dumps(meta.get("library_version")),
         "runtime_version": json.dumps(__version__),
         "model_sha256": json.dumps(_sha256(classifier.path)),  # the file that runs (model_int8.onnx if chosen)
+        "classes_sha256": json.dumps(_sha256(Path(settings.classes)) if settings.classes else None),  # None: fitted
         SETTINGS: settings.to_json(),
     }
 
 
 def config_text(name: str, classifier: Classifier, settings: ServeSettings, batching: Batching) -> str:
     """config.pbtxt of the served model (Triton's ModelConfig in protobuf text format)."""
-    info = classifier.info
     h, w = classifier.fixed_size or (-1, -1)
     lines = [
         f'name: "{name}"',
@@ -54,9 +56,9 @@ def config_text(name: str, classifier: Classifier, settings: ServeSettings, batc
         f'  {{ name: "{ENCODED}" data_type: TYPE_STRING dims: [ 1 ] optional: true allow_ragged_batch: true }}',
         "]",
         "output [",
-        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {info.num_classes} ] label_filename: "{LABELS_FILE}" }},',
+        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {len(classifier.class_names)} ] label_filename: "{LABELS_FILE}" }},',
         '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] },',
-        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {info.embedding_dim} ] }},',
+        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {classifier.info.embedding_dim} ] }},',
         '  { name: "class_name" data_type: TYPE_STRING dims: [ 1 ] }',
         "]",
         f"instance_group [ {{ count: {batching.instances} kind: KIND_CPU }} ]",
@@ -70,9 +72,16 @@ def config_text(name: str, classifier: Classifier, settings: ServeSettings, batc
 
 def write_repository(root: Path, name: str, classifier: Classifier, settings: ServeSettings,
                      batching: Batching) -> Path:
-    """Write the repository under `root` (a fresh folder) and return it."""
+    """Write the repository under `root` (a fresh folder) and return it.
+
+    With a class file, the class set `classifier` uses is written into the repository, and every instance
+    loads that copy: they serve what the config publishes even if the user's file changes meanwhile.
+    """
     folder = root / name
     (folder / "1").mkdir(parents=True)
+    if settings.classes is not None:
+        classifier.save_classes(folder / CLASSES_FILE)
+        settings = replace(settings, classes=str(folder / CLASSES_FILE))
     (folder / "config.pbtxt").write_text(config_text(name, classifier, settings, batching), encoding="utf-8")
     (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in classifier.class_names), encoding="utf-8")
     (folder / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")

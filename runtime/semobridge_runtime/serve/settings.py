@@ -24,8 +24,7 @@ class ServeSettings:
     max_side: int | None = None
     max_pixels: int | None = None
     max_aspect: float | None = None
-    # --classes FILE (issue 10) belongs here, applied in load_classifier below, so that every
-    # instance and the published class names (the config's metadata, labels.txt) use the same classes.
+    classes: str | None = None  # absolute path of a class file used instead of the fitted classes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -39,5 +38,5 @@ def load_classifier(settings: ServeSettings) -> Classifier:
     """The classifier one model instance runs."""
     return Classifier.load(settings.model, intra_op_num_threads=settings.threads,
                            allow_spinning=settings.allow_spinning, prefer_int8=settings.prefer_int8,
-                           max_side=settings.max_side,
+                           classes=settings.classes, max_side=settings.max_side,
                            max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
