@@ -144,8 +144,17 @@ def export_engine(job: Job) -> Path:
 
 
 def export_triton(job: Job) -> Path:
-    """Triton model repository for the official container (ONNX Runtime backend; TensorRT plan when an engine was built)."""
-    return write_repository(job.path("triton"), job.written["onnx"], job.meta, job.profile, job.written.get("engine"))
+    """Triton model repository for the official container: the ONNX Runtime model and, with --engine, a TensorRT
+    plan with the fitted classes built in (Triton batches every input, and the class set is not per image)."""
+    plan = None
+    if "engine" in job.written:
+        plan = build_engine(job.written["onnx"], job.stage / ".triton-plan" / "model.plan", job.profile, fp16=True,
+                            log=job.log, class_inputs=False)
+    try:
+        return write_repository(job.path("triton"), job.written["onnx"], job.meta, job.profile, plan)
+    finally:
+        if plan is not None:
+            shutil.rmtree(plan.parent, ignore_errors=True)
 
 
 @dataclass(frozen=True)

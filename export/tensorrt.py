@@ -38,12 +38,13 @@ class Profile:
     sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
     classes: tuple[int, int, int] = (1, 100, 4096)
 
-    def input_shapes(self, meta: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """min, opt and max shapes of every graph input: the image, then the class-set inputs ([C, ...])."""
+    def input_shapes(self, meta: dict, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """min, opt and max shapes of every engine input: the image, then the class-set inputs ([C, ...]) unless
+        the classes are built in (class_inputs=False)."""
         if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
             raise InputError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
         shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
-        for spec in meta.get("head_inputs", []):
+        for spec in meta.get("head_inputs", []) if class_inputs else []:
             shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
         return shapes
 
@@ -151,12 +152,14 @@ def strip_class_defaults(onnx_path: Path) -> bytes:
     return model.SerializeToString()
 
 
-def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None) -> bytes:
+def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None,
+           class_inputs: bool) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(strip_class_defaults(onnx_path), str(onnx_path)):
+    graph = strip_class_defaults(onnx_path) if class_inputs else onnx_path.read_bytes()  # defaults: constants
+    if not parser.parse(graph, str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
@@ -205,13 +208,16 @@ def build_engine(
     fp16: bool = True,
     cache_dir: str | Path | None = None,
     log=print,
+    class_inputs: bool = True,
 ) -> Path:
     """Build a TensorRT engine and write it with its `<stem>.json` metadata. With `cache_dir`, built
-    engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise)."""
+    engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise).
+    class_inputs=False builds the fitted classes (the graph's defaults) into the engine as constants,
+    leaving the image its only input (for servers that batch every input, as Triton does)."""
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
     meta = read_metadata(onnx_path)
-    shapes = profile.input_shapes(meta)
+    shapes = profile.input_shapes(meta, class_inputs)
     cache = Path(output_dir(cache_dir, "--cache-dir")) if cache_dir is not None else None
     fp32_layers = fp32_layer_names(onnx_path)
     try:
@@ -228,7 +234,7 @@ def build_engine(
         log(f"engine cache hit: {cached}")
         data = cached.read_bytes()
     else:
-        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache)
+        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs)
         if cached is not None:
             with atomic_output(cached, "cached engine") as tmp:
                 tmp.write_bytes(data)

@@ -3,8 +3,10 @@
     triton/semobridge/config.pbtxt      platform onnxruntime_onnx: dynamic batching, instance groups,
                                         the TensorRT accelerator with the export's profile (--batch, --sizes)
     triton/semobridge/labels.txt        class names, for Triton's classification extension on `scores`
-    triton/semobridge/1/model.onnx      the fp32 fused graph (a hard link to model.onnx where possible)
-    triton/semobridge_trt/...           platform tensorrt_plan, when an engine was built (--engine)
+    triton/semobridge/1/model.onnx      the fp32 fused graph with the fitted classes as constants (Triton
+                                        feeds only `image`; model.onnx.data, if any, is a hard link)
+    triton/semobridge_trt/...           platform tensorrt_plan, when an engine was built (--engine): a plan
+                                        with the fitted classes built in, since Triton batches every input
 
 The parameters carry the model's metadata (`semobridge`, as semobridge-serve publishes it), so
 RemoteClassifier talks to this server as it does to semobridge-serve. UNVERIFIED: the official
@@ -18,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from .tensorrt import Profile
 
@@ -54,9 +58,10 @@ def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxrun
     return "\n".join(lines) + "\n"
 
 
-def write_repository(root: Path, onnx: Path, meta: dict[str, Any], profile: Profile, engine: Path | None = None) -> Path:
-    """The repository under `root`: the ONNX Runtime model, and the TensorRT-plan model when `engine` is given."""
-    models = [(MODEL_NAME, "onnxruntime_onnx", [(onnx, "model.onnx")] + _external_data(onnx))]
+def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Profile, engine: Path | None = None) -> Path:
+    """The repository under `root`: the ONNX Runtime model, and the TensorRT-plan model when `engine` (built with
+    the classes as constants: build_engine(..., class_inputs=False)) is given."""
+    models = [(MODEL_NAME, "onnxruntime_onnx", _external_data(graph))]
     if engine is not None:
         models.append((f"{MODEL_NAME}_trt", "tensorrt_plan", [(engine, "model.plan")]))
     for name, platform, files in models:
@@ -66,7 +71,19 @@ def write_repository(root: Path, onnx: Path, meta: dict[str, Any], profile: Prof
         (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in meta["class_names"]), encoding="utf-8")
         for source, target in files:
             _link_or_copy(source, folder / "1" / target)
+    (root / MODEL_NAME / "1" / "model.onnx").write_bytes(fixed_class_graph(graph))
     return root
+
+
+def fixed_class_graph(path: Path) -> bytes:
+    """The ONNX graph with its class-set inputs made constants (their defaults, the fitted classes): Triton feeds
+    only the image, and ONNX Runtime (and its TensorRT accelerator) then treats them as weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model.SerializeToString()
 
 
 def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:
@@ -90,8 +107,8 @@ def _parameters(meta: dict[str, Any]) -> dict[str, str]:
             "library_version": json.dumps(meta["library_version"])}
 
 
-def _external_data(onnx: Path) -> list[tuple[Path, str]]:
-    data = onnx.with_name(f"{onnx.name}.data")  # weights past 2 GB (onnx_graph.save_model)
+def _external_data(graph: Path) -> list[tuple[Path, str]]:
+    data = graph.with_name(f"{graph.name}.data")  # weights past 2 GB (onnx_graph.save_model)
     return [(data, "model.onnx.data")] if data.is_file() else []
 
 

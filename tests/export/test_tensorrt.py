@@ -83,7 +83,28 @@ def test_without_tensorrt_build_engine_says_how_to_get_it(exported_onnx, tmp_pat
     assert not (tmp_path / "m.engine").exists()
 
 
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")
+def test_an_engine_with_the_classes_built_in_takes_only_the_image(exported_onnx, tmp_path):
+    """class_inputs=False (the Triton plan): TensorRT parses the graph with its class-set defaults, which it makes
+    constants, so the profile covers the image alone, as the printed trtexec line shows."""
+    lines: list[str] = []
+    with pytest.raises(TensorRTError):
+        build_engine(exported_onnx / "model.onnx", tmp_path / "m.plan", Profile(batch=(1, 2, 8)), class_inputs=False,
+                     log=lines.append)
+    assert "--minShapes=image:1x32x32x3 --optShapes=image:2x480x640x3 --maxShapes=image:8x1080x1920x3 " in lines[0]
+    assert "text_classifier" not in lines[0] and not (tmp_path / "m.plan").exists()
+
+
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed here: engine building is unverified")
 def test_build_engine(exported_onnx, tmp_path):
     engine = build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", Profile(batch=(1, 2, 4)), cache_dir=tmp_path)
     assert engine.stat().st_size > 0 and engine.with_suffix(".json").is_file()
+    import tensorrt as trt
+
+    for path, class_inputs in ((engine, True), (tmp_path / "fixed.plan", False)):
+        built = trt.Runtime(trt.Logger()).deserialize_cuda_engine(
+            build_engine(exported_onnx / "model.onnx", path, Profile(batch=(1, 2, 4)), class_inputs=class_inputs).read_bytes())
+        names = [built.get_tensor_name(i) for i in range(built.num_io_tensors)]
+        inputs = [n for n in names if built.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        assert inputs == (["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
+                          if class_inputs else ["image"])

@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from google.protobuf import json_format, text_format
@@ -56,12 +57,51 @@ def test_the_onnx_runtime_config_follows_the_schema_and_the_graph(repository, ex
     assert list(outputs["embedding"].dims) == dims["embedding"][1:] == [meta["embedding_dim"]]
     assert dims["label"] == [None] and list(outputs["label"].dims) == [1] and list(outputs["label"].reshape.shape) == []
     assert (folder / outputs["scores"].label_filename).read_text().splitlines() == meta["class_names"]
-    assert (folder / "1" / "model.onnx").read_bytes() == (exported_onnx / "model.onnx").read_bytes()
     (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
     assert trt.parameters["trt_profile_min_shapes"] == "image:1x32x32x3"
     assert trt.parameters["trt_profile_max_shapes"] == "image:16x1080x1920x3"
     assert json.loads(config.parameters["semobridge"].string_value) == meta
+
+
+def test_the_served_graph_has_the_fitted_classes_as_constants(repository, exported_onnx) -> None:
+    """Triton feeds only `image`: the repository's graph is the export's with the class-set defaults as weights,
+    and gives the export's scores exactly."""
+    import onnxruntime as ort
+
+    served = onnx.load(repository / MODEL_NAME / "1" / "model.onnx")
+    assert [i.name for i in served.graph.input] == ["image"]
+    assert {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"} <= {t.name for t in served.graph.initializer}
+    images = np.random.default_rng(5).integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    ours, theirs = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                    for p in (exported_onnx / "model.onnx", repository / MODEL_NAME / "1" / "model.onnx"))
+    assert [i.name for i in theirs.get_inputs()] == ["image"] and not theirs.get_overridable_initializers()
+    for want, got in zip(ours.run(["scores", "embedding"], {"image": images}), theirs.run(["scores", "embedding"], {"image": images})):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_with_an_engine_the_plan_is_built_with_the_classes_inside(exported_onnx, tmp_path, monkeypatch) -> None:
+    """TensorRT is not installed here: what the triton format asks the builder for (the classes built in, the
+    export's profile) is checked; tests/export/test_tensorrt.py checks that request's shapes."""
+    from semobridge_export import formats
+
+    asked = {}
+
+    def build(onnx_path, engine_path, profile, **options):
+        asked.update(onnx=onnx_path, profile=profile, **options)
+        engine_path.parent.mkdir(parents=True)
+        engine_path.write_bytes(b"a plan")
+        return engine_path
+
+    monkeypatch.setattr(formats, "build_engine", build)
+    meta = json.loads((exported_onnx / "model.json").read_text())
+    job = formats.Job(None, meta, tmp_path, profile=Profile((1, 2, 8)), log=lambda _: None,
+                      written={"onnx": exported_onnx / "model.onnx", "engine": tmp_path / "model_trt.engine"})
+    root = formats.export_triton(job)
+    assert asked["class_inputs"] is False and asked["onnx"] == exported_onnx / "model.onnx"
+    assert asked["profile"] == Profile((1, 2, 8)) and asked["fp16"] is True
+    assert (root / f"{MODEL_NAME}_trt" / "1" / "model.plan").read_bytes() == b"a plan"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["triton"]  # the built plan's staging folder is gone
 
 
 def test_the_tensorrt_plan_variant(repository) -> None:
