@@ -93,7 +93,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple]
     """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes).
 
     trtexec takes the class-set inputs as weights while they have initializers (their defaults);
-    build_engine removes those first, and so must whoever runs this command (see strip_class_defaults).
+    build_engine removes those first, and so must whoever runs this command for an engine that takes the
+    class set (see class_set_graph).
     """
     def dims(i: int) -> str:
         return ",".join(f"{name}:" + "x".join(str(d) for d in s[i]) for name, s in shapes.items())
@@ -140,15 +141,18 @@ def _import_tensorrt():
     return trt
 
 
-def strip_class_defaults(onnx_path: Path) -> bytes:
-    """The ONNX model without the initializers of its graph inputs (the class set's defaults):
-    TensorRT's parser turns an input that has an initializer into a constant, so the class set
-    becomes a real engine input only without them. External weights stay where they are."""
+def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
+    """The ONNX model with its class set (the graph inputs that have initializers: the fitted classes as
+    defaults) as inputs only, without those initializers (as_inputs=True: TensorRT's parser turns an input
+    that has an initializer into a constant, so the class set becomes a real engine input only without
+    them), or as constants only, no longer inputs (False: for servers that feed only the image).
+    External weights stay where they are."""
     model = onnx.load(str(onnx_path), load_external_data=False)
-    inputs = {i.name for i in model.graph.input}
-    kept = [t for t in model.graph.initializer if t.name not in inputs]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    defaults = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
+    field = model.graph.initializer if as_inputs else model.graph.input
+    kept = [value for value in field if value.name not in defaults]
+    del field[:]
+    field.extend(kept)
     return model.SerializeToString()
 
 
@@ -158,8 +162,7 @@ def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_laye
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    graph = strip_class_defaults(onnx_path) if class_inputs else onnx_path.read_bytes()  # defaults: constants
-    if not parser.parse(graph, str(onnx_path)):
+    if not parser.parse(class_set_graph(onnx_path, class_inputs), str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()

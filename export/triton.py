@@ -21,9 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from .tensorrt import Profile
+from .tensorrt import Profile, class_set_graph
 
 MODEL_NAME = "semobridge"  # semobridge-serve's default name too: one client setting for both servers
 LABELS_FILE = "labels.txt"
@@ -71,19 +69,9 @@ def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Pro
         (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in meta["class_names"]), encoding="utf-8")
         for source, target in files:
             _link_or_copy(source, folder / "1" / target)
-    (root / MODEL_NAME / "1" / "model.onnx").write_bytes(fixed_class_graph(graph))
+    # Triton feeds only `image`: the class set as constants, which ONNX Runtime (and its TensorRT accelerator) folds
+    (root / MODEL_NAME / "1" / "model.onnx").write_bytes(class_set_graph(graph, as_inputs=False))
     return root
-
-
-def fixed_class_graph(path: Path) -> bytes:
-    """The ONNX graph with its class-set inputs made constants (their defaults, the fitted classes): Triton feeds
-    only the image, and ONNX Runtime (and its TensorRT accelerator) then treats them as weights."""
-    model = onnx.load(str(path), load_external_data=False)
-    weights = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    del model.graph.input[:]
-    model.graph.input.extend(inputs)
-    return model.SerializeToString()
 
 
 def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
-    Profile, TensorRTError, build_engine, cache_key, fp32_layer_names, strip_class_defaults, trtexec_command,
+    Profile, TensorRTError, build_engine, cache_key, class_set_graph, fp32_layer_names, trtexec_command,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -67,7 +67,7 @@ def test_class_count_profile_and_class_set_inputs(exported_onnx):
     assert shapes["text_classifier"] == ((2, 64), (10, 64), (50, 64)) and shapes["class_kl"] == ((2,), (10,), (50,))
     with pytest.raises(ValueError, match="class-count profile"):
         Profile(classes=(5, 2, 10)).input_shapes(meta)
-    stripped = onnx.load_from_string(strip_class_defaults(exported_onnx / "model.onnx"))
+    stripped = onnx.load_from_string(class_set_graph(exported_onnx / "model.onnx"))
     initializers = {t.name for t in stripped.graph.initializer}
     assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
     assert not initializers & {i.name for i in stripped.graph.input}
