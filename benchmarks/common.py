@@ -217,3 +217,16 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def save_figure(fig: Any, axes: Iterable[Any], path: Path, dpi: int) -> Path:
+    """Grid and legend on every panel, then the figure written to `path` (PNG) and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

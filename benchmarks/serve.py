@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/serve.py
 import numpy as np
 
 from benchmarks.common import (benchmark_head, default_out, fmt, free_ports, machine, markdown_table, parse_ints,
-                               write_report)
+                               save_figure, write_report)
 
 MODELS = ("semobridge-tiny", "ViT-B-16")
 CONCURRENCY = (1, 4, 16, 64)
@@ -244,13 +244,7 @@ def plot(rows: list[Row], path: Path) -> Path:
             throughput.axhline(best, ls="--", color="gray", label="in-process, best batch")
         throughput.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title=f"{model}: throughput")
         tail.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)", title=f"{model}: p99")
-        for ax in (throughput, tail):
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes.flat, path, dpi=110)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
