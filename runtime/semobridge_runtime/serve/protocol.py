@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import BackendError, InputError, ModelError, SemobridgeError
+from ..errors import ERROR_TABLE, ModelError, SemobridgeError
 
 MODEL_NAME = "semobridge"
 IMAGE, ENCODED = "image", "encoded"
@@ -21,7 +21,7 @@ LABELS_FILE = "labels.txt"  # one class name per line, for Triton's classificati
 METADATA = "semobridge"  # config parameter: the model's metadata JSON, with the limits in force
 SETTINGS = "semobridge_serve"  # config parameter: how each model instance loads the model (ServeSettings)
 
-_KINDS = {cls.kind: cls for cls in (InputError, ModelError, BackendError)}
+_KINDS = {row.kind: row.python for row in ERROR_TABLE}
 _HINT = "; hint: "
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 
