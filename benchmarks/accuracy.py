@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/accuracy.py
 
 from tqdm.auto import tqdm
 
-from benchmarks.common import default_out, machine, markdown_table, parse_ints, write_report
+from benchmarks.common import add_out_options, machine, markdown_table, parse_ints, results_folder, write_report
 from semobridge.backbones import RANDOM_WARNING, load_backbone
 from semobridge.datasets import DATASETS, SHOT_COUNTS, find_dataset
 from semobridge.encode import EmbeddingCache
@@ -165,11 +165,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="paper (default): the published code's order of operations; consistent: ours (semobridge.protocol)")
     p.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/semobridge)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-accuracy/)")
+    add_out_options(p, "-accuracy")
     args = p.parse_args(argv)
     if not (args.training_free or args.train):
         p.error("nothing to run: --no-training-free without --train")
-    args.out = args.out or default_out("-accuracy")
+    args.out = results_folder(args.out, "-accuracy", force=args.force)
     return args
 
 

@@ -15,6 +15,9 @@ what enrolling one class takes on the device, and the re-fit + re-export it repl
 3. Re-fit + re-export: what the same change costs without enrolment, from cached embeddings (no
    encoding, no blend search: a lower bound): semobridge's training-free fit of C + 1 classes and
    the export of the fused ONNX graph (a TensorRT engine rebuild on the target comes on top).
+4. The C library (runtime/c, built with make): sb_set_classes of the class file of part 2 (C
+   classes), and sb_classify at batch 1 fed that class set against fed nothing (the graph's
+   defaults, the same C fitted classes), in turns (runtime/c/tools/time_classes.c).
 
     python -m benchmarks.classes                 # ViT-B-16 (random weights), 1,000 classes
     python -m benchmarks.classes --quick         # CI-sized: semobridge-tiny, 50 classes
@@ -22,8 +25,10 @@ what enrolling one class takes on the device, and the re-fit + re-export it repl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +44,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmarks.common import benchmark_head, default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_report
+from benchmarks.common import (
+    add_out_options, benchmark_head, info_for, machine, markdown_table, parse_ints, results_folder, synthetic_features, write_report,
+)
 from benchmarks.latency.measure import random_images
 from benchmarks.latency.timing import sample, wall_clock
 from semobridge.backbones import load_backbone
@@ -54,6 +61,7 @@ from semobridge_runtime.enrol import TextSide
 
 OVERHEAD_TARGET = 0.03
 ENROL_TARGET_MS = 20.0
+C_DIR = Path(__file__).resolve().parents[1] / "runtime" / "c"
 
 
 def ort_session(path: Path):
@@ -181,12 +189,23 @@ def refit_export(backbone, classes: int, shots: int, stage: Path, bar) -> dict[s
     return {"classes": classes, "fit_s": fit_s, "export_s": export_s, "total_s": fit_s + export_s}
 
 
+def c_library(model: Path, class_file: Path, args: argparse.Namespace, bar) -> dict[str, Any]:
+    """runtime/c/tools/time_classes on the export and the class file: sb_set_classes, and classify fed the set or not."""
+    made = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"], capture_output=True, text=True)
+    if made.returncode != 0:
+        return {"skipped": f"make -C runtime/c failed: {(made.stderr or made.stdout).strip().splitlines()[-1:]}"}
+    done = subprocess.run([str(C_DIR / "build" / "tools" / "time_classes"), "--iters", str(args.iters), "--loads",
+                           str(args.repeats), str(model), str(class_file)], capture_output=True, text=True, check=True)
+    bar.update()
+    return json.loads(done.stdout)
+
+
 def fmt_load(load: Sequence[float]) -> str:
     return "/".join(f"{v:.1f}" for v in load)
 
 
 def report(result: dict[str, Any]) -> str:
-    m, enrol, refit = result["machine"], result["enrolment"], result["refit_export"]
+    m, enrol, refit, c = result["machine"], result["enrolment"], result["refit_export"], result["c_library"]
     overhead = markdown_table(
         ["classes", "batch", "baked p50 ms", "as data p50 ms", "fed p50 ms", "as data / baked", "fed / baked"],
         [[r["classes"], r["batch"], r["baked_p50_ms"], r["data_p50_ms"], r["fed_p50_ms"], r["data_over_baked"],
@@ -226,6 +245,13 @@ def report(result: dict[str, Any]) -> str:
         "## The same change by re-fit + re-export (from cached embeddings, no search)",
         "",
         markdown_table(["classes", "fit s", "export s", "total s"], [[refit["classes"], refit["fit_s"], refit["export_s"], refit["total_s"]]]),
+        "",
+        "## C library (runtime/c; batch 1, 224x224, calls in turns, ONNX Runtime threads not spinning)",
+        "",
+        c["skipped"] if "skipped" in c else markdown_table(
+            ["classes", "sb_set_classes ms", "classify, fitted (fed nothing) p50 ms", "classify, fed the class set p50 ms",
+             "fed / fitted"],
+            [[c["classes"], c["set_classes_ms"], c["classify_fitted_ms"], c["classify_set_ms"], c["set_over_fitted"]]]),
     ])
 
 
@@ -240,26 +266,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=50, help="repeats of each enrolment part (default 50)")
     p.add_argument("--quick", action="store_true", help="CI-sized: semobridge-tiny, 50 classes, few calls")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-classes/)")
+    add_out_options(p, "-classes", quick=True)
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.classes, args.iters, args.budget, args.warmup, args.repeats = "semobridge-tiny", 50, 3, 1.0, 1, 3
-    out = args.out or default_out("-classes")
+    out = results_folder(args.out, "-classes", quick=args.quick, force=args.force)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning: speed does not depend on weights
         backbone = load_backbone(args.model, "none", device="cpu")
     fitted = benchmark_head(backbone, args.classes)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="semobridge-classes-") as tmp, \
-            tqdm(total=len(args.batches) + 3, desc="classes", file=sys.stderr) as bar:
+            tqdm(total=len(args.batches) + 4, desc="classes", file=sys.stderr) as bar:
         stage = Path(tmp)
         rows = head_as_data(FusedClassifier(fitted, backbone), stage, args.batches, args, bar)
         written = export(fitted, backbone, stage / "export", formats=("onnx", "text"), log=lambda _: None)
         enrol = enrolment(written["onnx"], args.shots, args.repeats, stage, bar)
         refit = refit_export(backbone, args.classes + 1, args.shots, stage, bar)
+        clib = c_library(written["onnx"], stage / "shop.classes", args, bar)
     result = {"benchmark": "classes", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model,
               "machine": machine(), "load_average": [load, os.getloadavg()], "head_as_data": rows, "enrolment": enrol,
-              "refit_export": refit}
+              "refit_export": refit, "c_library": clib}
     text = report(result)
     print(text)
     write_report(out, "classes", result, text)

@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: synthetic embeddings, result folders, tables and files."""
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import json
@@ -85,11 +86,6 @@ def device_slug() -> str:
     return slug(gpu_name() or f"cpu{os.cpu_count()}")
 
 
-def default_out(suffix: str = "") -> Path:
-    """benchmarks/results/<date>-<device><suffix>/"""
-    return RESULTS / f"{dt.date.today().isoformat()}-{device_slug()}{suffix}"
-
-
 def results_folder(out: Path | None, suffix: str = "", *, quick: bool = False, force: bool = False) -> Path:
     """Where a run writes, decided before it starts; results are never overwritten by default.
 
@@ -101,10 +97,16 @@ def results_folder(out: Path | None, suffix: str = "", *, quick: bool = False, f
         if out.exists() and any(out.iterdir()) and not force:
             raise SystemExit(f"{out} already holds results; choose another --out, or pass --force to overwrite them")
         return out
-    base = default_out(suffix)
-    base = RESULTS / QUICK / base.name if quick else base
+    base = (RESULTS / QUICK if quick else RESULTS) / f"{dt.date.today().isoformat()}-{device_slug()}{suffix}"
     candidates = (base.with_name(f"{base.name}-{n}") if n > 1 else base for n in range(1, 10_000))
     return next(c for c in candidates if not c.exists())
+
+
+def add_out_options(p: argparse.ArgumentParser, suffix: str = "", *, quick: bool = False) -> None:
+    """--out and --force as every harness takes them (read by `results_folder`); `quick`: the harness has --quick."""
+    where = f"a fresh benchmarks/results/<date>-<device>{suffix}/" + ("; --quick: under benchmarks/results/quick/" if quick else "")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder, refused if it holds results unless --force (default: {where})")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
 
 
 #: CPU features that decide matrix-product speed (x86 vector widths and int8 dot products; Arm dot products).

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import (
-    default_out, fmt, info_for, machine, markdown_table, parse_ints, peak_rss_mb, reset_peak_rss, synthetic_features, write_report,
+    add_out_options, fmt, info_for, machine, markdown_table, parse_ints, peak_rss_mb, reset_peak_rss, results_folder, synthetic_features, write_report,
 )
 from semobridge.blend import BlendParams
 from semobridge.data import VAL_SHOTS_MAX
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tpe-trials", type=int, default=None, help="Optuna TPE trials (default 1000, as published; --quick: 50)")
     p.add_argument("--devices", default="cpu,cuda", help="devices to time on (cuda only where present)")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's, one per core)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-fit-time/)")
+    add_out_options(p, "-fit-time", quick=True)
     p.add_argument("--quick", action="store_true", help="CI-sized: C 10, one seed, 10 steps, 50 TPE trials")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no per-step progress bars")
     args = p.parse_args(argv)
@@ -185,7 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
     args.steps = args.steps or (10 if args.quick else 5000)
     args.tpe_trials = args.tpe_trials or (50 if args.quick else DEFAULT_TRIALS["tpe"])
-    args.out = args.out or default_out("-fit-time")
+    args.out = results_folder(args.out, "-fit-time", quick=args.quick, force=args.force)
     return args
 
 

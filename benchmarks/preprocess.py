@@ -26,7 +26,7 @@ import torch
 from onnx import TensorProto, helper
 from tqdm.auto import tqdm
 
-from benchmarks.common import benchmark_head, machine, markdown_table, results_folder, write_report
+from benchmarks.common import add_out_options, benchmark_head, machine, markdown_table, results_folder, write_report
 from benchmarks.latency.measure import parse_sizes, random_images
 from benchmarks.latency.models import ExportCache
 from benchmarks.latency.runners import OrtRunner
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 3; --quick: 1)")
     p.add_argument("--iters", type=int, default=None, help="timed rounds at most (default 50; --quick: 3)")
     p.add_argument("--budget", type=float, default=None, help="seconds per size after 3 rounds (default 60; --quick: 1)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: a fresh benchmarks/results/<date>-<device>-preprocess/)")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
+    add_out_options(p, "-preprocess", quick=True)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="by the wall clock (latency, default) or by CPU time (work; for ratios on a shared machine)")
     p.add_argument("--quick", action="store_true", help="CI-sized run")

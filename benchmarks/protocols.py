@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/protocols.py
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.common import default_out, info_for, machine, markdown_table, parse_ints, synthetic_features, write_report
+from benchmarks.common import add_out_options, info_for, machine, markdown_table, parse_ints, results_folder, synthetic_features, write_report
 from semobridge.blend import BlendParams
 from semobridge.data import VAL_SHOTS_MAX
 from semobridge.features import FeatureSet
@@ -108,14 +108,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val", type=int, default=20, help="validation embeddings per class of the whole split (default 20)")
     p.add_argument("--test", type=int, default=50, help="test embeddings per class (default 50)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-protocols/)")
+    add_out_options(p, "-protocols", quick=True)
     p.add_argument("--quick", action="store_true", help="CI-sized")
     args = p.parse_args(argv)
     args.classes = args.classes or ((5,) if args.quick else (10, 100))
     args.shots = args.shots or ((2,) if args.quick else (1, 4, 16))
     args.seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
     args.steps = args.steps or (30 if args.quick else 5000)
-    args.out = args.out or default_out("-protocols")
+    args.out = results_folder(args.out, "-protocols", quick=args.quick, force=args.force)
     return args
 
 

@@ -14,7 +14,7 @@ The clients are gRPC (tritonclient's asyncio client, one event loop) on the same
 a small CPU they take cores from the server: the ratios are conservative there.
 
     python -m benchmarks.serve                                  # semobridge-tiny and ViT-B-16
-    python -m benchmarks.serve --quick --out /tmp/serve-bench   # CI-sized: tiny, concurrency 1 and 4
+    python -m benchmarks.serve --quick                          # CI-sized: tiny, concurrency 1 and 4
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/serve.py
 
 import numpy as np
 
-from benchmarks.common import (benchmark_head, default_out, fmt, free_ports, machine, markdown_table, parse_ints,
-                               save_figure, write_report)
+from benchmarks.common import (add_out_options, benchmark_head, fmt, free_ports, machine, markdown_table, parse_ints,
+                               results_folder, save_figure, write_report)
 
 MODELS = ("semobridge-tiny", "ViT-B-16")
 CONCURRENCY = (1, 4, 16, 64)
@@ -258,20 +258,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", type=parse_ints, default=None, help="in-process batch sizes (default 1,4,16,64; --quick: 1,4)")
     p.add_argument("--budget", type=float, default=None, help="seconds per case (default 15; --quick: 1)")
     p.add_argument("--queue-delay-us", type=int, default=1000, help="serve batching: --max-queue-delay-us (default 1000)")
-    p.add_argument("--out", type=Path, default=None, help="output folder, new or empty "
-                                                          "(default benchmarks/results/<date>-<device>-serve/)")
-    p.add_argument("--force", action="store_true", help="write into --out even if it holds files (replacing ours)")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (needs --out): semobridge-tiny, few short cases")
+    p.add_argument("--quick", action="store_true", help="CI-sized run: semobridge-tiny, few short cases")
+    add_out_options(p, "-serve", quick=True)
     args = p.parse_args(argv)
-    if args.quick and args.out is None:
-        p.error("--quick needs --out (its figures are not results to keep)")
     args.models = [m for m in (args.models or ("semobridge-tiny" if args.quick else ",".join(MODELS))).split(",") if m]
     args.concurrency = args.concurrency or ((1, 4) if args.quick else CONCURRENCY)
     args.batches = args.batches or ((1, 4) if args.quick else BATCHES)
     args.budget = args.budget if args.budget is not None else (1.0 if args.quick else 15.0)
-    args.out = args.out or default_out("-serve")
-    if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        p.error(f"--out {args.out} holds files already; choose a new folder or pass --force")
+    args.out = results_folder(args.out, "-serve", quick=args.quick, force=args.force)
     return args
 
 

@@ -10,6 +10,7 @@ Sessions are made afresh for each block of calls and blocks alternate between th
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -23,9 +24,10 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/spinning.py
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import machine, markdown_table, results_folder, write_report
+from benchmarks.common import add_out_options, machine, markdown_table, results_folder, write_report
 from benchmarks.latency import build_models, random_images
 from benchmarks.latency.runners import OrtRunner
+from benchmarks.latency.timing import sample
 
 FORMATS = {"fp32": "onnx", "int8": "onnx-int8"}
 SIZE = (224, 224)
@@ -35,14 +37,7 @@ def time_block(paths: list[Path], spinning: bool, images: np.ndarray, warmup: in
     """Fresh sessions of `paths`, intra-op spinning on or off, taking turns call by call: after `warmup`
     rounds, `calls` timed runs (ms) per session."""
     timers = [OrtRunner(path, ["CPUExecutionProvider"], cuda=False, spinning=spinning).host(images) for path in paths]
-    for _ in range(warmup):
-        for timer in timers:
-            timer()
-    times: list[list[float]] = [[] for _ in timers]
-    for _ in range(calls):
-        for timer, out in zip(timers, times):
-            out.append(timer())
-    return times
+    return sample(timers, warmup, calls, budget_s=math.inf, min_iters=calls)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -50,9 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="ViT-B-16")
     p.add_argument("--blocks", type=int, default=6, help="blocks per setting (default 6)")
     p.add_argument("--calls", type=int, default=10, help="timed calls per block (default 10)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder, refused if it holds results unless --force (default: a fresh benchmarks/results/<date>-<device>-spinning/)")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
+    add_out_options(p, "-spinning")
     args = p.parse_args(argv)
     out = results_folder(args.out, "-spinning", force=args.force)
     images = random_images(1, SIZE)

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/train_time.py
 
 import torch
 
-from benchmarks.common import default_out, machine, markdown_table, parse_ints, synthetic_features, write_report
+from benchmarks.common import add_out_options, machine, markdown_table, parse_ints, results_folder, synthetic_features, write_report
 from semobridge.blend import BlendParams, affinities, blend
 from semobridge.bridge import Bridge
 from semobridge.data import VAL_SHOTS_MAX
@@ -184,14 +184,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
     p.add_argument("--check-steps", type=int, default=0, help="also compare both trainers' loss over this many steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/<date>-<device>-train-time/)")
+    add_out_options(p, "-train-time", quick=True)
     p.add_argument("--quick", action="store_true", help="CI-sized: C 10, 3 steps, 1 round")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     args.classes = args.classes or ((10,) if args.quick else (100, 1000))
     args.steps = args.steps or (3 if args.quick else 6)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    args.out = args.out or default_out("-train-time")
+    args.out = results_folder(args.out, "-train-time", quick=args.quick, force=args.force)
     return args
 
 

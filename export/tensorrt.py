@@ -111,18 +111,15 @@ def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple]
 
 
 def gpu_name() -> str:
-    """Name of CUDA device 0 (for the cache key)."""
+    """Name of CUDA device 0 (for the cache key): through cuda-python as the runtime imports it, else PyTorch."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            cudart = None
-    if cudart is not None:
-        err, props = cudart.cudaGetDeviceProperties(0)
+        from semobridge_runtime.backends.engine_io import cuda_runtime
+
+        err, props = cuda_runtime().cudaGetDeviceProperties(0)
         if int(err) == 0:
             return props.name.decode(errors="replace").strip("\x00")
+    except ImportError:  # no cuda-python (or no semobridge-runtime): PyTorch's CUDA
+        pass
     import torch
 
     if torch.cuda.is_available():

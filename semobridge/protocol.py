@@ -11,7 +11,8 @@ The formulas are the same in both (METHOD.md); what differs is the order around 
 
 Both use the CuPL descriptions for the paper's datasets (M6: shipped in semobridge/cupl, all but
 ImageNet's; a warning when the file is missing), and without a val split both hold out
-min(K, 4) images per class of train.
+min(K, 4) images per class of train. M3 sets apart the paper's datasets only: a val split of
+your own data is always used whole (`whole_val`).
 """
 from __future__ import annotations
 
@@ -48,3 +49,10 @@ def get_protocol(name: str | Protocol) -> Protocol:
 def default_protocol(spec: DatasetSpec | None, train: bool) -> Protocol:
     """paper for the paper's eleven datasets and for SeMoBridge-T; consistent otherwise."""
     return PAPER if spec is not None or train else CONSISTENT
+
+
+def whole_val(protocol: Protocol, spec: DatasetSpec | None) -> bool:
+    """Use the whole val split: in the paper protocol, and always for data that is not one of the
+    paper's datasets (its val split is the user's choice); the consistent protocol samples min(K, 4)
+    per class of a paper dataset's val split."""
+    return protocol.whole_val_split or spec is None

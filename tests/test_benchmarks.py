@@ -113,6 +113,29 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
     assert common.results_folder(tmp_path / "new") == tmp_path / "new"
 
 
+HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
+                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."]}
+
+
+@pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
+def test_every_harness_refuses_to_overwrite_results(name: str, tmp_path: Path) -> None:
+    import importlib
+
+    (tmp_path / "results.md").write_text("committed")
+    with pytest.raises(SystemExit, match="--force"):
+        importlib.import_module(f"benchmarks.{name}").main([*HARNESS_ARGS[name], "--out", str(tmp_path)])
+    assert [p.name for p in tmp_path.iterdir()] == ["results.md"] and (tmp_path / "results.md").read_text() == "committed"
+
+
+def test_quick_runs_write_under_results_quick(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    for harness in (fit_time, train_time, protocols):
+        assert harness.parse_args(["--quick"]).out.parent == tmp_path / "quick"
+        assert harness.parse_args([]).out.parent == tmp_path
+
+
 def test_spinning_times_one_session_per_setting(tmp_path: Path, capsys) -> None:
     result = spinning.main(["--model", "semobridge-tiny", "--blocks", "1", "--calls", "2", "--out", str(tmp_path)])
     assert [(r["sessions"], r["precision"]) for r in result["rows"]] == [
@@ -205,8 +228,11 @@ def test_classes_quick_reports_overhead_enrolment_and_refit(tmp_path: Path, caps
     assert enrol["classes"] == 50 and enrol["prompts"] == 7 and enrol["class_file_bytes"] > 50 * 3 * 64 * 4
     assert all(ms > 0 for ms in enrol["parts_ms"].values()) and enrol["add_class_ms"] > 0
     assert result["refit_export"]["classes"] == 51 and result["refit_export"]["total_s"] > 0
+    c = result["c_library"]
+    assert c["classes"] == c["fitted_classes"] == 50 and c["embedding_dim"] == 64
+    assert c["set_classes_ms"] > 0 and c["set_over_fitted"] == pytest.approx(c["classify_set_ms"] / c["classify_fitted_ms"], rel=1e-3)
     for header in ("## Head as data", "| classes | batch | baked p50 ms | as data p50 ms |", "head maths, later edits",
-                   "## The same change by re-fit + re-export"):
+                   "## The same change by re-fit + re-export", "## C library", "| sb_set_classes ms |"):
         assert header in printed
     assert json.loads((tmp_path / "classes.json").read_text())["enrolment"]["classes"] == 50
 

@@ -36,7 +36,7 @@ def test_fit_eval_from_images(image_folder, tmp_path, tiny_backbone):
     assert "val accuracy" in out and "RANDOM WEIGHTS" in out
     head = SeMoBridge.load(model)
     info = head.info
-    assert info.class_names == ["blue whale", "green tree", "red fox"] and info.shots == 4 and info.val_source == "val split"
+    assert info.class_names == ["blue whale", "green tree", "red fox"] and info.shots == 4 and info.val_source == "whole val split"
     assert info.backbone == tiny_backbone.identity() and info.image_size == 224 and info.variant == "training-free"
     assert 0 <= info.val_accuracy <= 1
     head.check_backbone(tiny_backbone)

@@ -14,7 +14,7 @@ from semobridge.data import few_shot_split, load_dataset
 from semobridge.datasets import find_dataset
 from semobridge.fit import fit_features
 from semobridge.pipeline import augment_option, description_file, PromptOptions
-from semobridge.protocol import CONSISTENT, PAPER, default_protocol
+from semobridge.protocol import CONSISTENT, PAPER, default_protocol, whole_val
 from semobridge.train import train_bridge
 from tests import reference as R
 from tests.helpers import features_info, synthetic_features
@@ -127,6 +127,8 @@ def test_defaults_and_data_choices(image_folder):
     assert default_protocol(find_dataset("dtd"), train=False) is PAPER
     assert default_protocol(None, train=True) is PAPER
     assert default_protocol(None, train=False) is CONSISTENT
+    assert whole_val(CONSISTENT, None) and whole_val(PAPER, None) and whole_val(PAPER, find_dataset("dtd"))
+    assert not whole_val(CONSISTENT, find_dataset("dtd"))  # a paper dataset's val split, sampled as before
     dataset = load_dataset(image_folder)  # 3 classes, 8 train and 4 val images each
     sampled, whole = few_shot_split(dataset, 2, seed=3), few_shot_split(dataset, 2, seed=3, whole_val=True)
     assert sampled.shots == whole.shots  # the protocol does not change the shots of a seed

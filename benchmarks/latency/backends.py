@@ -95,7 +95,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("onnxruntime-cuda", "onnxruntime", "fp16", "cuda", _ort_provider("CUDAExecutionProvider"), _ort("onnx-fp16", "cuda")),
     Backend("onnxruntime-tensorrt", "onnxruntime", "fp16", "cuda", _ort_provider("TensorrtExecutionProvider"),
             _ort("onnx", "cuda", fp16=True, tensorrt=True)),
-    Backend("tensorrt", "tensorrt", "fp16", "cuda", _tensorrt, lambda m, k: TensorRTRunner(m.artifact(k, "engine"))),
+    Backend("tensorrt", "tensorrt", "fp16", "cuda", _tensorrt, lambda m, k: TensorRTRunner(m.artifact(k, "engine"), m.class_set(k))),
 )
 LIBRARY = {b.name: b.library for b in BACKENDS}  # a row names its backend; this names the library
 

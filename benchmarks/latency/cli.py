@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmarks.common import machine, parse_ints, results_folder, write_csv, write_json
+from benchmarks.common import add_out_options, machine, parse_ints, results_folder, write_csv, write_json
 
 from . import __doc__ as DOC
 from .backends import select_backends
@@ -38,10 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per case (default 10; --quick: 1)")
     p.add_argument("--iters", type=int, default=None, help="timed calls per case at most (default 200; --quick: 3)")
     p.add_argument("--budget", type=float, default=None, help="seconds per case after at least 3 timed calls (default 10; --quick: 1)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder, refused if it holds results unless --force (default: a fresh benchmarks/results/<date>-<device>/; "
-                        "--quick: under benchmarks/results/quick/)")
-    p.add_argument("--force", action="store_true", help="write into an --out folder that already holds results")
+    add_out_options(p, quick=True)
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="host times by the wall clock (latency, default) or by CPU time (work; for ratios on a shared machine)")
     p.add_argument("--quick", action="store_true", help="CI-sized run: semobridge-tiny, batch 1 and 2, 224x224, few iterations")

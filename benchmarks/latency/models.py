@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,6 +77,10 @@ class ExportCache:
                 warnings.simplefilter("ignore")
                 job.written[fmt_name] = FORMATS[fmt_name].write(job)
         return job.written[fmt_name]
+
+    def class_set(self, kind: str) -> dict[str, np.ndarray]:
+        """The fitted class set of `kind` as the runtime feeds it to an engine (name -> array; none for the bare encoder)."""
+        return {name: t.detach().numpy() for name, t in self.modules[kind].fitted_classes().items()}
 
     def cuda_program(self, kind: str) -> nn.Module:
         """torch.export program traced on CUDA (a CPU trace pins its constants to the CPU), saved and loaded back."""

@@ -110,43 +110,20 @@ class OrtRunner:
 
 
 class TensorRTRunner:
-    """A serialized TensorRT engine run on torch-allocated device buffers (UNVERIFIED: no TensorRT where written)."""
+    """A serialized TensorRT engine through the runtime's EngineIO (its stream and device buffers), fed the class set
+    as the runtime feeds it (UNVERIFIED: no TensorRT where written)."""
 
-    def __init__(self, path: Path):
-        import tensorrt as trt
+    def __init__(self, path: Path, classes: dict[str, np.ndarray]):
+        from semobridge_runtime.backends.engine_io import EngineIO
 
-        self.trt = trt
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {path}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.outputs = [n for n in names if n != self.input]
-        self.dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                       trt.int64: torch.int64, trt.uint8: torch.uint8, trt.bool: torch.bool}
-
-    def _bind(self, images: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = torch.from_numpy(images).cuda()
-        self.context.set_input_shape(self.input, tuple(x.shape))
-        self.context.set_tensor_address(self.input, x.data_ptr())
-        outs = []
-        for name in self.outputs:
-            dtype = self.dtypes[self.engine.get_tensor_dtype(name)]
-            out = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, out.data_ptr())
-            outs.append(out)
-        return x, outs
-
-    def _execute(self) -> None:
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RuntimeError("TensorRT execution failed; see the TensorRT log")
+        self.io = EngineIO(path)
+        self.classes = classes
+        self.input = next(n for n in self.io.inputs if n not in classes)
 
     def host(self, images: np.ndarray) -> Timer:
-        x, outs = self._bind(images)
-        return staged_call(images, x, self._execute, outs)
+        feed = {self.input: images, **self.classes}
+        return wall_clock(lambda: self.io.run(feed, self.io.outputs))
 
     def device(self, images: np.ndarray) -> Timer | None:
-        self._bind(images)
-        return cuda_events(self._execute)
-
+        self._staged = self.io.upload({self.input: images, **self.classes})  # kept alive while the copies run
+        return cuda_events(self.io.execute, torch.cuda.ExternalStream(self.io.stream))

@@ -31,14 +31,14 @@ def wall_clock(fn: Callable[[], Any]) -> Timer:
     return timed
 
 
-def cuda_events(fn: Callable[[], Any]) -> Timer:
-    """Device time of `fn` on the current CUDA stream, by CUDA events."""
+def cuda_events(fn: Callable[[], Any], stream: torch.cuda.Stream | None = None) -> Timer:
+    """Device time of the work `fn` enqueues on `stream` (default: the current CUDA stream), by CUDA events."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def timed() -> float:
-        start.record()
+        start.record(stream)
         fn()
-        end.record()
+        end.record(stream)
         end.synchronize()
         return start.elapsed_time(end)
 

@@ -8,6 +8,7 @@
 
 A class file that does not exist yet starts as the model's fitted classes. Every edit is written
 atomically: if anything fails, the file stays as it was.
+Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from pathlib import Path
 from . import tensorfile
 from .classes import FORMAT, NAMES_TENSOR
 from .classifier import Classifier
-from .errors import InputError, ModelError
-
-INPUT_EXIT, MODEL_EXIT = 2, 3
+from .errors import ModelError, SemobridgeError, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,12 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(_list(args.file) if args.command == "list" else _edit(args))
-    except ModelError as exc:
-        print(f"semobridge-classes: error: {exc}", file=sys.stderr)
-        return MODEL_EXIT
-    except (InputError, ValueError) as exc:
-        print(f"semobridge-classes: error: {exc}", file=sys.stderr)
-        return INPUT_EXIT
+    except SemobridgeError as exc:
+        return report("semobridge-classes", exc)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .classifier import Classifier, Prediction
-from .errors import InputError, SemobridgeError
+from .errors import InputError, SemobridgeError, report
 from .images import IMAGE_SUFFIXES
 from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
 
@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                      max_pixels=args.max_pixels, max_aspect=args.max_aspect)
         result = classifier.predict(images, top_k=args.top_k)
     except SemobridgeError as exc:
-        message = " ".join(str(exc).splitlines())  # one line, whatever the inference library said
-        print(f"semobridge-run: error: {message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return report("semobridge-run", exc)
     print(_as_json(images, result) if args.json else _as_text(images, result))
     return 0
 

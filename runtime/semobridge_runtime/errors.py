@@ -8,6 +8,7 @@ another model file, a runtime error comes from the machine or the inference libr
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 INPUT_EXIT, MODEL_EXIT, BACKEND_EXIT = 2, 3, 4
@@ -59,3 +60,13 @@ ERROR_TABLE = (
     ErrorKind(ModelError.kind, ModelError, {"SB_EMODEL": -2}, ModelError.exit_code),
     ErrorKind(BackendError.kind, BackendError, {"SB_ERUNTIME": -3, "SB_ENOMEM": -4}, BackendError.exit_code),
 )
+
+
+def report(prog: str, error: SemobridgeError) -> int:
+    """How a command line shows an error: `PROG: error: <message on one line>`, then `hint: <hint>`, on stderr;
+    returns the exit code of its kind."""
+    message = " ".join(str(error).splitlines())  # one line, whatever the inference library said
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+    return error.exit_code

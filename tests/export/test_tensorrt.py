@@ -7,7 +7,7 @@ import pytest
 
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
-    Profile, TensorRTError, build_engine, cache_key, class_set_graph, fp32_layer_names, trtexec_command,
+    Profile, TensorRTError, build_engine, cache_key, class_set_graph, fp32_layer_names, gpu_name, trtexec_command,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -95,6 +95,16 @@ def test_an_engine_with_the_classes_built_in_takes_only_the_image(exported_onnx,
     assert "text_classifier" not in lines[0] and not (tmp_path / "m.plan").exists()
 
 
+def test_gpu_name_asks_the_runtimes_cuda_binding_then_pytorch():
+    import torch
+
+    if torch.cuda.is_available():
+        assert gpu_name() == torch.cuda.get_device_name(0)
+    else:  # cuda-python's answer (an error without a GPU) is not taken for a name: the lookup ends in an error that says why
+        with pytest.raises(TensorRTError, match="no CUDA device found"):
+            gpu_name()
+
+
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed here: engine building is unverified")
 def test_build_engine(exported_onnx, tmp_path):
     engine = build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", Profile(batch=(1, 2, 4)), cache_dir=tmp_path)
@@ -108,3 +118,19 @@ def test_build_engine(exported_onnx, tmp_path):
         inputs = [n for n in names if built.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         assert inputs == (["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
                           if class_inputs else ["image"])
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed here: the runtime's engine backend is unverified")
+def test_the_runtime_runs_a_built_engine_with_its_class_set_inputs(exported_onnx, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from semobridge_runtime import Classifier
+
+    folder = shutil.copytree(exported_onnx, tmp_path / "export")  # head.safetensors beside the engine: the fitted classes
+    engine = build_engine(folder / "model.onnx", profile=Profile(batch=(1, 2, 4)), fp16=False)
+    images = list(np.random.default_rng(0).integers(0, 256, (3, 64, 80, 3), dtype=np.uint8))
+    ours, reference = Classifier.load(engine).predict(images), Classifier.load(folder / "model.onnx").predict(images)
+    np.testing.assert_array_equal(ours.labels, reference.labels)
+    np.testing.assert_allclose(ours.scores, reference.scores, atol=1e-3)

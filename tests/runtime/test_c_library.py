@@ -67,7 +67,8 @@ class Params(ctypes.Structure):
     _fields_ = [("intra_op_num_threads", ctypes.c_int), ("inter_op_num_threads", ctypes.c_int),
                 ("use_cuda", ctypes.c_bool), ("cuda_device_id", ctypes.c_int),
                 ("graph_optimization_level", ctypes.c_int), ("allow_spinning", ctypes.c_bool),
-                ("max_side", ctypes.c_int), ("max_pixels", ctypes.c_int64), ("max_aspect", ctypes.c_double)]
+                ("max_side", ctypes.c_int), ("max_pixels", ctypes.c_int64), ("max_aspect", ctypes.c_double),
+                ("classes_path", ctypes.c_char_p)]
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +77,7 @@ def lib(c_build: Path) -> ctypes.CDLL:
     lib.sb_default_params.restype = Params
     defaults = lib.sb_default_params()  # the struct's layout and defaults, as the header says
     assert defaults.allow_spinning is True and defaults.graph_optimization_level == 99
-    assert (defaults.max_side, defaults.max_pixels, defaults.max_aspect) == (0, 0, 0.0)
+    assert (defaults.max_side, defaults.max_pixels, defaults.max_aspect, defaults.classes_path) == (0, 0, 0.0, None)
     lib.sb_version.restype = ctypes.c_char_p
     lib.sb_load.argtypes = [ctypes.c_char_p, Params, ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
     lib.sb_open_with_error.restype = ctypes.c_void_p

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from semobridge_runtime import Classifier
 from semobridge_runtime.classes_cli import main as classes_main
@@ -61,6 +63,17 @@ def test_errors_leave_the_file_as_it_was(enrol_export, enrol_pool, tmp_path, cap
     assert classes_main(["list", str(truncated)]) == 3 and "truncated" in capsys.readouterr().err
     assert run_main([model, str(shots(enrol_pool, "red fox", "test")[0]), "--classes", str(truncated)]) == 3
     assert "truncated" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
+def test_a_runtime_error_exits_4_with_its_hint(tmp_path, capsys) -> None:
+    engine = tmp_path / "model.engine"  # a TensorRT engine where TensorRT is missing: the machine lacks a library
+    engine.write_bytes(b"\x00" * 16)
+    assert classes_main(["rename", str(tmp_path / "shop.classes"), "a", "b", "--model", str(engine)]) == 4
+    err = capsys.readouterr().err
+    assert "semobridge-classes: error: loading a TensorRT engine needs TensorRT 10" in err
+    assert "hint: pip install 'semobridge-runtime[tensorrt]'" in err
+    assert not (tmp_path / "shop.classes").exists()
 
 
 def test_console_script(enrol_export, tmp_path) -> None:

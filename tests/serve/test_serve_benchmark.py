@@ -26,5 +26,6 @@ def test_quick_run_writes_table_json_and_plot(serve_model, tmp_path) -> None:
     (summary,) = result["summary"]
     assert summary["serve_over_in_process"] > 0 and summary["serve_p99_ms_at_16"] is None  # 16 clients not run
     assert "## Target" in printed.getvalue() and "served / in-process" in printed.getvalue()
-    with pytest.raises(SystemExit):  # results are never overwritten by default
+    with pytest.raises(SystemExit, match="--force"):  # results are never overwritten by default
         bench.parse_args(["--quick", "--out", str(out)])
+    assert bench.parse_args(["--quick", "--out", str(out), "--force"]).out == out

@@ -1,6 +1,6 @@
 /* classify - print the top-k classes of binary PPM (P6) images with a semobridge model.
  *
- *   classify [--top-k K] [--scores] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...
+ *   classify [--top-k K] [--scores] [--classes FILE] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...
  *
  * Per image:  "<path>", "  label <index> <name>", then k lines "  top <index> <score> <name>",
  * and with --scores one line "  scores <s0> <s1> ..." with every class score.
@@ -93,9 +93,10 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
 }
 
 static const char usage[] =
-    "usage: classify [--top-k K] [--scores] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...\n"
+    "usage: classify [--top-k K] [--scores] [--classes FILE] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...\n"
     "  --top-k K      classes to print per image (default 5)\n"
     "  --scores       also print every class score\n"
+    "  --classes FILE a class file (semobridge-classes, Classifier.save_classes) instead of the fitted classes\n"
     "  --threads N    ONNX Runtime intra-op threads, 0..256 (default 0: one per core)\n"
     "  --no-spinning  let ONNX Runtime's threads sleep between calls instead of spinning\n"
     "  --version      print the library version\n"
@@ -109,6 +110,7 @@ int main(int argc, char ** argv) {
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--scores") == 0) print_scores = 1;
         else if (strcmp(argv[i], "--top-k") == 0 && i + 1 < argc) top_k = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--classes") == 0 && i + 1 < argc) params.classes_path = argv[++i];
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) params.intra_op_num_threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--no-spinning") == 0) params.allow_spinning = false;
         else if (strcmp(argv[i], "--version") == 0) {

@@ -21,6 +21,19 @@
  *         printf("%s\n", sb_class_name(model, (int) labels[0]));
  *     }
  *     free(scores); free(labels);
+ *
+ *     // Class sets (docs/classes.md): use a class file written by semobridge_runtime (Classifier.save_classes,
+ *     // semobridge-classes); NULL returns to the fitted classes. Or open with params.classes_path = "shop.classes".
+ *     if (sb_set_classes(model, "shop.classes") != SB_OK) fprintf(stderr, "%s\n", sb_last_error(model));
+ *     // When other threads may swap the set meanwhile, hold one for the call and for its names:
+ *     struct sb_classes * classes = sb_get_classes(model);
+ *     scores = malloc(sizeof(float) * n * sb_classes_count(classes));
+ *     labels = malloc(sizeof(int64_t) * n);
+ *     if (sb_classify_with(model, classes, rgb, n, h, w, stride, scores, labels) == SB_OK) {
+ *         printf("%s\n", sb_classes_name(classes, (int) labels[0]));
+ *     }
+ *     sb_release_classes(classes);
+ *     free(scores); free(labels);
  *     sb_close(model);
  *
  * Images: n images of h x w RGB pixels, 3 bytes per pixel, row r of image i at
@@ -47,9 +60,11 @@
  * ORT_DISABLE_TELEMETRY=1 itself at start-up. Apart from that the library keeps no
  * global mutable state.
  *
- * Thread safety: after sb_open, sb_classify, sb_embed and the getters may be called
- * on one model from several threads at once (ONNX Runtime's session Run is
- * thread-safe and the model is otherwise read-only). The error buffer is per
+ * Thread safety: after sb_open, sb_classify, sb_embed, sb_set_classes and the getters
+ * may be called on one model from several threads at once (ONNX Runtime's session Run
+ * is thread-safe; class sets are immutable, and a swap publishes a new one under a
+ * lock while each call holds a reference to the set it began with). sb_class_name's
+ * pointer is the exception: it lasts until the next swap (see it). The error buffer is per
  * model: failures write it under a lock, and a later failure in any thread
  * replaces it. So when threads share a model, read sb_last_error only while no
  * other thread is calling into that model, or give each thread its own model when
@@ -98,8 +113,10 @@ extern "C" {
 #define SB_MAX_PIXELS (1LL << 26)  /* h * w */
 #define SB_MAX_ASPECT 32.0         /* longest side / shortest side */
 #define SB_MAX_THREADS 256         /* intra_op_num_threads and inter_op_num_threads */
+#define SB_MAX_CLASSES (1 << 20)   /* classes in a class set (the graph's range of C) */
 
 struct sb_model;
+struct sb_classes; /* an immutable class set: names and the graph's class-set inputs (docs/classes.md) */
 
 enum sb_graph_opt {
     SB_GRAPH_OPT_DISABLE = 0,
@@ -120,6 +137,8 @@ struct sb_params {
     int max_side;                /* longest image side; 0: the model's limit (metadata), else SB_MAX_SIDE */
     int64_t max_pixels;          /* h * w; 0: the model's limit, else SB_MAX_PIXELS */
     double max_aspect;           /* longest / shortest side; 0: the model's limit, else SB_MAX_ASPECT */
+    /* Those below came with class sets. */
+    const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
 };
 
 /* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits. */
@@ -138,16 +157,46 @@ SB_API struct sb_model * sb_open_with_error(const char * path, struct sb_params 
 /* Like sb_load, returning the model or NULL. */
 SB_API struct sb_model * sb_open(const char * path, struct sb_params params);
 
-/* scores_out: n * sb_num_classes floats; labels_out: n argmax labels. Needs a uint8-input model. */
+/* scores_out: n * C floats, C the class count of the model's current set (sb_num_classes; if another thread may
+ * swap the set meanwhile, use sb_get_classes and sb_classify_with); labels_out: n argmax labels. Needs a uint8-input
+ * model. */
 SB_API int sb_classify(struct sb_model * model, const uint8_t * rgb, int n, int h, int w, int stride,
                 float * scores_out, int64_t * labels_out);
 
 /* emb_out: n * sb_embedding_dim floats, L2-normalised. Needs a uint8-input model. */
 SB_API int sb_embed(struct sb_model * model, const uint8_t * rgb, int n, int h, int w, int stride, float * emb_out);
 
-SB_API int sb_num_classes(const struct sb_model * model);       /* -1 if model is NULL */
+SB_API int sb_num_classes(const struct sb_model * model);       /* of the current class set; -1 if model is NULL */
 SB_API int sb_embedding_dim(const struct sb_model * model);     /* -1 if model is NULL */
-SB_API const char * sb_class_name(const struct sb_model * model, int i); /* NULL if out of range */
+/* Name i of the current class set, NULL if out of range. The pointer stays valid until the model's class set is
+ * swapped (sb_set_classes) or it is closed: with swaps in other threads, use sb_get_classes and sb_classes_name. */
+SB_API const char * sb_class_name(const struct sb_model * model, int i);
+
+/* Class sets (docs/classes.md). A model starts with its fitted classes, or those of sb_params.classes_path.
+ *
+ * sb_set_classes makes the class file at `path` (written by semobridge_runtime's Classifier.save_classes or
+ * semobridge-classes) the model's class set; path NULL returns to the fitted classes. The file is read and checked
+ * whole first (truncation, format, the model's backbone weights and bridge hashes, tensor offsets and shapes, names,
+ * finite values): on failure it returns SB_EMODEL (SB_EINVAL for a NULL model, SB_ENOMEM) with the reason in
+ * sb_last_error, and the model keeps its class set. A model exported with its classes baked in refuses (SB_EMODEL).
+ *
+ * Swaps are atomic with respect to calls in other threads: each sb_classify uses the set that was current when it
+ * began, whole, for the whole call, so its scores are those of the old set or of the new one, never a mix. A set is
+ * freed when the model and the last call or reference using it are done with it. */
+SB_API int sb_set_classes(struct sb_model * model, const char * path);
+
+/* A reference to the model's current class set (NULL if model is NULL): its count and names stay as they are however
+ * the model's set changes meanwhile, until sb_release_classes. Classify with exactly this set (its count sizes
+ * scores_out, its names name the labels) through sb_classify_with. Release every reference; a set may be released
+ * after its model is closed, but used only with the open model it came from. */
+SB_API struct sb_classes * sb_get_classes(struct sb_model * model);
+SB_API void sb_release_classes(struct sb_classes * classes);             /* NULL is allowed */
+SB_API int sb_classes_count(const struct sb_classes * classes);          /* -1 if classes is NULL */
+SB_API const char * sb_classes_name(const struct sb_classes * classes, int i); /* NULL if out of range */
+
+/* sb_classify with class set `classes` (from sb_get_classes(model)); scores_out: n * sb_classes_count(classes) floats. */
+SB_API int sb_classify_with(struct sb_model * model, const struct sb_classes * classes, const uint8_t * rgb, int n,
+                            int h, int w, int stride, float * scores_out, int64_t * labels_out);
 
 /* Message of the most recent failure on this model ("" if none); owned by the model. */
 SB_API const char * sb_last_error(const struct sb_model * model);

@@ -13,6 +13,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "classes.h"
+#include "json.h"
+
 #define SB_ERR_LEN 512
 #define SB_MAX_OUTPUTS 2
 
@@ -24,12 +27,18 @@ struct sb_model {
     char * input_name;
     bool input_uint8;
     int64_t batch, height, width; /* static input dims, or -1 when dynamic */
-    char * names_buf;             /* class names, each NUL-terminated */
-    char ** names;
-    int num_classes;
     int embedding_dim;
     int64_t max_side, max_pixels; /* image limits in force (sb_params, else the model's, else SB_MAX_*) */
     double max_aspect;
+    char * path;                  /* the model file, for messages */
+    bool head_as_data;            /* the graph takes the class set as inputs (docs/classes.md) */
+    char * backbone;              /* metadata backbone.name, backbone.weights_hash, bridge_hash: what class files match */
+    char * weights_hash;
+    char * bridge_hash;
+    size_t weights_hash_len, bridge_hash_len;
+    struct sb_classes * fitted;   /* the fitted classes (the graph's defaults) */
+    struct sb_classes * classes;  /* the current class set (one reference is the model's); swapped under classes_lock */
+    pthread_mutex_t classes_lock;
     pthread_mutex_t err_lock;
     char err[SB_ERR_LEN];
 };
@@ -105,52 +114,18 @@ struct sb_params sb_default_params(void) {
         .max_side = 0,
         .max_pixels = 0,
         .max_aspect = 0.0,
+        .classes_path = NULL,
     };
     return p;
 }
 
-/* Where the value of "key" starts in the JSON text, or NULL. A key inside a string value would be
- * escaped (\"key\"), so a match preceded by a backslash is skipped. Searches [json, end) when end. */
-static const char * json_value(const char * json, const char * key, const char * end) {
-    char quoted[64];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    for (const char * p = json ? strstr(json, quoted) : NULL; p && (!end || p < end); p = strstr(p + 1, quoted)) {
-        const char * v = p + strlen(quoted);
-        if (p > json && p[-1] == '\\') continue;
-        while (*v == ' ' || *v == '\n' || *v == '\t' || *v == '\r') v++;
-        if (*v != ':') continue;
-        for (v++; *v == ' ' || *v == '\n' || *v == '\t' || *v == '\r'; v++) {}
-        return v;
-    }
-    return NULL;
-}
-
-/* A positive number at v (a JSON value), or -1 when v is NULL or holds anything else. */
-static double json_positive(const char * v) {
-    char * end = NULL;
-    double x = v ? strtod(v, &end) : -1.0;
-    return end != v && x > 0 && x <= DBL_MAX ? x : -1.0;
-}
-
-/* Split the '\n'-joined class names into m->names. */
-static int parse_names(struct sb_model * m, const char * joined) {
-    size_t len = strlen(joined);
-    int count = 1;
-    for (size_t i = 0; i < len; i++) count += joined[i] == '\n';
-    if (len == 0) return fail(m, SB_EMODEL, "the model's semobridge.class_names metadata is empty; re-export it");
-    m->names_buf = malloc(len + 1);
-    m->names = malloc(sizeof(char *) * (size_t) count);
-    if (!m->names_buf || !m->names) return fail(m, SB_ENOMEM, "out of memory reading class names");
-    memcpy(m->names_buf, joined, len + 1);
-    m->names[0] = m->names_buf;
-    for (size_t i = 0, k = 1; i < len; i++) {
-        if (m->names_buf[i] == '\n') {
-            m->names_buf[i] = '\0';
-            m->names[k++] = m->names_buf + i + 1;
-        }
-    }
-    m->num_classes = count;
-    return SB_OK;
+/* A positive number at `key` of JSON object `object`: the number, 0 when absent, -1 when not a positive number. */
+static double json_positive(const struct json * j, size_t object, const char * key) {
+    size_t value;
+    double x = -1;
+    const int found = json_get(j, object, key, &value);
+    if (found == 0) return 0;
+    return found == 1 && json_double(j, value, &x) && x > 0 && x <= DBL_MAX ? x : -1;
 }
 
 /* Element type and dims (up to 4; -1 where dynamic) of a tensor type; SB_EMODEL if not a tensor. */
@@ -170,7 +145,7 @@ done:
 }
 
 /* Read the single input's name, element type and static dims: uint8 [N,H,W,3] or float [N,3,S,S]. */
-static int read_input(struct sb_model * m, OrtAllocator * alloc, const char * json) {
+static int read_input(struct sb_model * m, OrtAllocator * alloc, const struct json * meta) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
     size_t count = 0, ndims = 0;
@@ -178,7 +153,7 @@ static int read_input(struct sb_model * m, OrtAllocator * alloc, const char * js
     OrtTypeInfo * type_info = NULL;
     ONNXTensorElementDataType type;
     int64_t dims[4];
-    const double size = json_positive(json_value(json, "image_size", NULL));
+    const double size = json_positive(meta, 0, "image_size");
 
     ORT_TRY(m, api->SessionGetInputCount(m->session, &count), "reading the model's inputs");
     if (count != 1) { rc = fail(m, SB_EMODEL, "the model has %zu inputs, expected 1 (image); re-export it", count); goto done; }
@@ -238,18 +213,18 @@ done:
 }
 
 /* The outputs: scores float [N, classes], label int64 [N], embedding float [N, d] with d as in the metadata. */
-static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const char * json) {
+static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct json * meta) {
     int rc;
     int64_t scores_width = -1, embedding_width = -1, unused = -1;
-    const double meta_dim = json_positive(json_value(json, "embedding_dim", NULL));
+    const double meta_dim = json_positive(meta, 0, "embedding_dim");
     if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width)) != SB_OK ||
         (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused)) != SB_OK ||
         (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
         return rc;
     }
-    if (scores_width > 0 && scores_width != m->num_classes) {
+    if (scores_width > 0 && scores_width != m->fitted->count) {
         return fail(m, SB_EMODEL, "the model's scores have %lld classes but its metadata names %d; re-export it",
-                    (long long) scores_width, m->num_classes);
+                    (long long) scores_width, m->fitted->count);
     }
     if (meta_dim > 0 && embedding_width > 0 && (double) embedding_width != meta_dim) {
         return fail(m, SB_EMODEL, "the model's embedding has %lld values but its metadata says %.0f; re-export it",
@@ -264,22 +239,72 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const char * 
 }
 
 /* The image limits in force: the caller's (sb_params), else the model's ("limits" in its metadata), else SB_MAX_*. */
-static int read_limits(struct sb_model * m, const char * json, struct sb_params p) {
-    const char * limits = json_value(json, "limits", NULL);
-    const char * end = limits && *limits == '{' ? strchr(limits, '}') : NULL;
+static int read_limits(struct sb_model * m, const struct json * meta, struct sb_params p) {
     const char * keys[3] = {"max_side", "max_pixels", "max_aspect"};
     const double defaults[3] = {SB_MAX_SIDE, (double) SB_MAX_PIXELS, SB_MAX_ASPECT};
     double values[3];
-    if (limits && !end) return fail(m, SB_EMODEL, "the model's metadata 'limits' is not an object; re-export it");
+    size_t limits = 0;
+    const int found = json_get(meta, 0, "limits", &limits);
+    if (found < 0 || (found == 1 && meta->tokens[limits].type != JSON_OBJECT)) {
+        return fail(m, SB_EMODEL, "the model's metadata 'limits' is not an object; re-export it");
+    }
     for (int i = 0; i < 3; i++) {
-        const char * v = limits ? json_value(limits, keys[i], end) : NULL;
-        values[i] = v ? json_positive(v) : defaults[i];
-        if (values[i] <= 0) return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number; re-export it", keys[i]);
+        values[i] = found ? json_positive(meta, limits, keys[i]) : 0;
+        if (values[i] == 0) values[i] = defaults[i];
+        if (values[i] < 0) return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number; re-export it", keys[i]);
     }
     m->max_side = p.max_side > 0 ? p.max_side : (int64_t) values[0];
     m->max_pixels = p.max_pixels > 0 ? p.max_pixels : (int64_t) values[1];
     m->max_aspect = p.max_aspect > 0 ? p.max_aspect : values[2];
     return SB_OK;
+}
+
+/* A metadata string at `key` of object `object`, decoded (malloc'd), or NULL (absent, not a string, or no memory). */
+static char * json_text(const struct json * j, size_t object, const char * key, size_t * len) {
+    size_t value;
+    return json_get(j, object, key, &value) == 1 && j->tokens[value].type == JSON_STRING ? json_string(j, value, len) : NULL;
+}
+
+/* The class-set inputs (docs/classes.md): the graph takes them when it has all four as overridable initializers, float32
+ * [C, d] and [C]. The metadata's backbone and bridge hashes are what a class file must match. */
+static int read_head_inputs(struct sb_model * m, const struct json * meta) {
+    const OrtApi * api = m->api;
+    int rc = SB_OK, found = 0;
+    size_t count = 0, backbone;
+    OrtAllocator * alloc = NULL;
+    ORT_TRY(m, api->GetAllocatorWithDefaultOptions(&alloc), "getting the default allocator");
+    ORT_TRY(m, api->SessionGetOverridableInitializerCount(m->session, &count), "reading the model's class-set inputs");
+    for (size_t i = 0; i < count; i++) {
+        char * name = NULL;
+        int k = 0;
+        ORT_TRY(m, api->SessionGetOverridableInitializerName(m->session, i, alloc, &name), "reading a class-set input");
+        while (k < SB_HEAD_INPUTS && strcmp(name, sb_head_inputs[k]) != 0) k++;
+        ort_free(api, alloc, name);
+        if (k == SB_HEAD_INPUTS) continue;
+        OrtTypeInfo * type_info = NULL;
+        ONNXTensorElementDataType type;
+        size_t ndims = 0;
+        int64_t dims[4];
+        ORT_TRY(m, api->SessionGetOverridableInitializerTypeInfo(m->session, i, &type_info), "reading a class-set input");
+        rc = tensor_shape(m, type_info, sb_head_inputs[k], &type, &ndims, dims);
+        api->ReleaseTypeInfo(type_info);
+        if (rc != SB_OK) goto done;
+        if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ndims != (k < 3 ? 2u : 1u) ||
+            (k < 3 && dims[1] > 0 && dims[1] != m->embedding_dim)) {
+            rc = fail(m, SB_EMODEL, "the model's class-set input '%s' is not float32 %s; re-export it", sb_head_inputs[k],
+                      k < 3 ? "[C, d] with d its embedding width" : "[C]");
+            goto done;
+        }
+        found++;
+    }
+    m->head_as_data = found == SB_HEAD_INPUTS;
+    if (json_get(meta, 0, "backbone", &backbone) == 1) {
+        m->backbone = json_text(meta, backbone, "name", NULL);
+        m->weights_hash = json_text(meta, backbone, "weights_hash", &m->weights_hash_len);
+    }
+    m->bridge_hash = json_text(meta, 0, "bridge_hash", &m->bridge_hash_len);
+done:
+    return rc;
 }
 
 static int check_params(struct sb_model * m, struct sb_params p) {
@@ -302,13 +327,16 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     OrtModelMetadata * meta = NULL;
     OrtAllocator * alloc = NULL;
     char * names = NULL;
-    char * json = NULL;
+    char * text = NULL;
+    struct json json = {0};
     struct stat st;
 
     if (!path) return fail(m, SB_EINVAL, "model path is NULL");
     if ((rc = check_params(m, p)) != SB_OK) return rc;
     if (stat(path, &st) != 0) return fail(m, SB_EMODEL, "cannot open model file '%s': %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return fail(m, SB_EMODEL, "'%s' is a directory, not a model file", path);
+    if (!(m->path = malloc(strlen(path) + 1))) return fail(m, SB_ENOMEM, "out of memory opening the model");
+    strcpy(m->path, path);
     pthread_once(&telemetry_once, disable_telemetry);
     m->api = api = OrtGetApiBase()->GetApi(ORT_API_VERSION);
     if (!api) {
@@ -348,20 +376,40 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     ORT_TRY(m, api->SessionGetModelMetadata(m->session, &meta), "reading model metadata");
     ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge.class_names", &names),
             "reading model metadata");
-    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &json), "reading model metadata");
-    if (!names || !json) {
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &text), "reading model metadata");
+    if (!names || !text) {
         rc = fail(m, SB_EMODEL, "'%s' has no semobridge metadata: not a semobridge export; "
                   "export the model with semobridge", path);
         goto done;
     }
-    if ((rc = parse_names(m, names)) != SB_OK || (rc = read_input(m, alloc, json)) != SB_OK ||
-        (rc = read_outputs(m, alloc, json)) != SB_OK) {
+    {
+        char why[128];
+        const int parsed = json_parse(&json, text, strlen(text), JSON_ALLOW_NONFINITE, why, sizeof why);
+        if (parsed != 0 || json.tokens[0].type != JSON_OBJECT) {
+            rc = parsed == -2 ? fail(m, SB_ENOMEM, "out of memory reading the model's metadata")
+                              : fail(m, SB_EMODEL, "the model's semobridge metadata is not a JSON object (%s); re-export it",
+                                     parsed ? why : "another value");
+            goto done;
+        }
+    }
+    {
+        char err[SB_ERR_LEN];
+        if ((rc = classes_fitted(m, names, &m->fitted, err, sizeof err)) != SB_OK) {
+            rc = fail(m, rc, "%s", err);
+            goto done;
+        }
+        classes_retain(m->fitted);
+        m->classes = m->fitted;
+    }
+    if ((rc = read_input(m, alloc, &json)) != SB_OK || (rc = read_outputs(m, alloc, &json)) != SB_OK ||
+        (rc = read_limits(m, &json, p)) != SB_OK || (rc = read_head_inputs(m, &json)) != SB_OK) {
         goto done;
     }
-    rc = read_limits(m, json, p);
+    if (p.classes_path) rc = sb_set_classes(m, p.classes_path);
 done:
+    json_free(&json);
     ort_free(api, alloc, names);
-    ort_free(api, alloc, json);
+    ort_free(api, alloc, text);
     if (meta) api->ReleaseModelMetadata(meta);
     if (cuda) api->ReleaseCUDAProviderOptions(cuda);
     if (options) api->ReleaseSessionOptions(options);
@@ -380,6 +428,12 @@ int sb_load(const char * path, struct sb_params params, struct sb_model ** out, 
     m = calloc(1, sizeof *m);
     if (!m || pthread_mutex_init(&m->err_lock, NULL) != 0) {
         if (err && errlen > 0) snprintf(err, errlen, "out of memory opening the model");
+        free(m);
+        return SB_ENOMEM;
+    }
+    if (pthread_mutex_init(&m->classes_lock, NULL) != 0) {
+        if (err && errlen > 0) snprintf(err, errlen, "out of memory opening the model");
+        pthread_mutex_destroy(&m->err_lock);
         free(m);
         return SB_ENOMEM;
     }
@@ -410,8 +464,13 @@ void sb_close(struct sb_model * m) {
         if (m->env) m->api->ReleaseEnv(m->env);
     }
     free(m->input_name);
-    free(m->names);
-    free(m->names_buf);
+    free(m->path);
+    free(m->backbone);
+    free(m->weights_hash);
+    free(m->bridge_hash);
+    classes_release(m->classes);
+    classes_release(m->fitted);
+    pthread_mutex_destroy(&m->classes_lock);
     pthread_mutex_destroy(&m->err_lock);
     free(m);
 }
@@ -481,11 +540,30 @@ done:
     return rc;
 }
 
-/* Run the model over n images in chunks of the model's static batch (or all at once). */
-static int run(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride,
+/* The inputs of a class set with values: its four tensors, over its memory (ORT does not write to inputs). */
+static int class_inputs(struct sb_model * m, const struct sb_classes * c, OrtValue * values[SB_HEAD_INPUTS]) {
+    int rc = SB_OK;
+    for (int k = 0; k < SB_HEAD_INPUTS; k++) {
+        const int64_t shape[2] = {c->count, k < 3 ? c->dim : 1};
+        const size_t rows = (size_t) c->count * (size_t) c->dim;
+        ORT_TRY(m, m->api->CreateTensorWithDataAsOrtValue(m->mem, c->values + (size_t) k * rows,
+                                                         sizeof(float) * (k < 3 ? rows : (size_t) c->count), shape,
+                                                         k < 3 ? 2 : 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &values[k]),
+                "creating a class-set input");
+    }
+done:
+    return rc;
+}
+
+/* Run the model over n images in chunks of the model's static batch (or all at once), fed class set c if it has values
+ * (else the graph's defaults, the fitted classes). */
+static int run(struct sb_model * m, const struct sb_classes * c, const uint8_t * rgb, int n, int h, int w, int stride,
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
+    const char * input_names[1 + SB_HEAD_INPUTS] = {m->input_name};
+    OrtValue * inputs[1 + SB_HEAD_INPUTS] = {NULL};
+    const size_t ninputs = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
     const int chunk = m->batch > 0 && m->batch < n ? (int) m->batch : n;
     const int64_t rows = m->batch > 0 ? m->batch : chunk; /* images per run, padding included */
     const size_t image_bytes = (size_t) h * (size_t) w * 3, row_bytes = (size_t) w * 3;
@@ -501,6 +579,8 @@ static int run(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, in
         if (!mul_size((size_t) n, outs[k].per_image, &total)) return fail(m, SB_EINVAL, "n=%d is too large", n);
     }
     if (!mul_size((size_t) rows, image_bytes, &input_bytes)) return fail(m, SB_EINVAL, "batch is too large");
+    for (size_t k = 1; k < ninputs; k++) input_names[k] = sb_head_inputs[k - 1];
+    if (ninputs > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
     for (int start = 0; start < n; start += chunk) {
         const int count = n - start < chunk ? n - start : chunk;
         const uint8_t * first = rgb + (size_t) start * (size_t) h * (size_t) stride;
@@ -519,8 +599,9 @@ static int run(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, in
         ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, data, input_bytes, shape, 4,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, &input),
                 "creating the input tensor");
-        ORT_TRY(m, api->Run(m->session, NULL, (const char * const *) &m->input_name,
-                            (const OrtValue * const *) &input, 1, names, nouts, outputs),
+        inputs[0] = input;
+        ORT_TRY(m, api->Run(m->session, NULL, input_names, (const OrtValue * const *) inputs, ninputs, names, nouts,
+                            outputs),
                 "running the model");
         for (size_t k = 0; k < nouts && rc == SB_OK; k++) rc = copy_output(m, outputs[k], &outs[k], rows, start, count);
         api->ReleaseValue(input);
@@ -533,6 +614,9 @@ static int run(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, in
     }
 done:
     if (input) api->ReleaseValue(input);
+    for (size_t k = 1; k < ninputs; k++) {
+        if (inputs[k]) api->ReleaseValue(inputs[k]);
+    }
     for (size_t k = 0; k < nouts; k++) {
         if (outputs[k]) api->ReleaseValue(outputs[k]);
     }
@@ -540,17 +624,89 @@ done:
     return rc;
 }
 
-int sb_classify(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride,
-                float * scores_out, int64_t * labels_out) {
+/* The current class set, one reference taken (release it with classes_release). */
+static struct sb_classes * current(const struct sb_model * model) {
+    struct sb_model * m = (struct sb_model *) model; /* the lock is not part of the model's value */
+    pthread_mutex_lock(&m->classes_lock);
+    struct sb_classes * c = m->classes;
+    classes_retain(c);
+    pthread_mutex_unlock(&m->classes_lock);
+    return c;
+}
+
+/* Make c (whose reference the model takes over) the current class set; the old one goes with its last reader. */
+static void publish(struct sb_model * m, struct sb_classes * c) {
+    pthread_mutex_lock(&m->classes_lock);
+    struct sb_classes * old = m->classes;
+    m->classes = c;
+    pthread_mutex_unlock(&m->classes_lock);
+    classes_release(old);
+}
+
+int sb_set_classes(struct sb_model * m, const char * path) {
+    struct sb_classes * c = NULL;
+    char err[SB_ERR_LEN];
     int rc;
     if (!m) return SB_EINVAL;
+    if (!path) {
+        classes_retain(m->fitted);
+        publish(m, m->fitted);
+        return SB_OK;
+    }
+    if (!m->head_as_data) {
+        return fail(m, SB_EMODEL, "'%s' has its classes baked in; re-export it with semobridge-export to change them",
+                    m->path);
+    }
+    if (!m->weights_hash || !m->bridge_hash || !m->backbone) {
+        return fail(m, SB_EMODEL, "'%s' was exported before class sets existed (its metadata has no backbone weights "
+                    "and bridge hashes); re-export it with semobridge-export to change its classes", m->path);
+    }
+    const struct class_identity id = {m->backbone, m->weights_hash, m->weights_hash_len, m->bridge_hash,
+                                      m->bridge_hash_len, m->embedding_dim};
+    if ((rc = classes_read(m, path, &id, &c, err, sizeof err)) != SB_OK) return fail(m, rc, "%s", err);
+    publish(m, c);
+    return SB_OK;
+}
+
+struct sb_classes * sb_get_classes(struct sb_model * m) { return m ? current(m) : NULL; }
+
+void sb_release_classes(struct sb_classes * classes) { classes_release(classes); }
+
+int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
+
+const char * sb_classes_name(const struct sb_classes * classes, int i) {
+    return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
+}
+
+static int classify(struct sb_model * m, const struct sb_classes * c, const uint8_t * rgb, int n, int h, int w,
+                    int stride, float * scores_out, int64_t * labels_out) {
+    int rc;
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
     const struct sb_output outs[2] = {
-        {"scores", scores_out, (size_t) m->num_classes, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
+        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
         {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
     };
-    return run(m, rgb, n, h, w, stride, outs, 2);
+    return run(m, c, rgb, n, h, w, stride, outs, 2);
+}
+
+int sb_classify(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride,
+                float * scores_out, int64_t * labels_out) {
+    if (!m) return SB_EINVAL;
+    struct sb_classes * c = current(m); /* one class set for the whole call */
+    const int rc = classify(m, c, rgb, n, h, w, stride, scores_out, labels_out);
+    classes_release(c);
+    return rc;
+}
+
+int sb_classify_with(struct sb_model * m, const struct sb_classes * classes, const uint8_t * rgb, int n, int h, int w,
+                     int stride, float * scores_out, int64_t * labels_out) {
+    if (!m) return SB_EINVAL;
+    if (!classes) return fail(m, SB_EINVAL, "classes is NULL: pass a class set from sb_get_classes(model)");
+    if (classes->owner != m) {
+        return fail(m, SB_EINVAL, "this class set belongs to another model: take one from sb_get_classes(model)");
+    }
+    return classify(m, classes, rgb, n, h, w, stride, scores_out, labels_out);
 }
 
 int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride, float * emb_out) {
@@ -560,15 +716,25 @@ int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int 
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
     const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    return run(m, rgb, n, h, w, stride, &out, 1);
+    return run(m, NULL, rgb, n, h, w, stride, &out, 1); /* the embedding does not depend on the class set */
 }
 
-int sb_num_classes(const struct sb_model * m) { return m ? m->num_classes : -1; }
+int sb_num_classes(const struct sb_model * m) {
+    if (!m) return -1;
+    struct sb_classes * c = current(m);
+    const int count = c->count;
+    classes_release(c);
+    return count;
+}
 
 int sb_embedding_dim(const struct sb_model * m) { return m ? m->embedding_dim : -1; }
 
 const char * sb_class_name(const struct sb_model * m, int i) {
-    return m && i >= 0 && i < m->num_classes ? m->names[i] : NULL;
+    if (!m) return NULL;
+    struct sb_classes * c = current(m);
+    const char * name = i >= 0 && i < c->count ? c->names[i] : NULL; /* valid while the model holds c (see the header) */
+    classes_release(c);
+    return name;
 }
 
 const char * sb_last_error(const struct sb_model * m) { return m ? m->err : "model is NULL"; }

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..contract import Tensor, check_graph
-from ..errors import BackendError, ModelError
+from ..errors import ModelError
 from ..metadata import read_sidecar
 from .engine_io import EngineIO
-
-
-def _import_tensorrt() -> tuple[Any, Any]:
-    try:
-        import tensorrt as trt
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
-    except ImportError as exc:
-        raise BackendError(f"loading a TensorRT engine needs TensorRT 10 and cuda-python ({exc})",
-                           hint="pip install 'semobridge-runtime[tensorrt]', or load the .onnx model instead") from None
-    return trt, cudart
 
 
 class TensorRTBackend:
@@ -37,28 +24,23 @@ class TensorRTBackend:
 
     name = "tensorrt"
     providers = ("TensorRT",)
-    needs_classes = True  # an engine's class-set inputs have no defaults (the fitted classes come from head.safetensors)
 
     def __init__(self, path: Path) -> None:
-        trt, cudart = _import_tensorrt()
+        self._io = io = EngineIO(path)
         self.info = read_sidecar(path)
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise ModelError(f"TensorRT cannot deserialize {path}: it is corrupt or was built for another "
-                             "TensorRT version or GPU", hint="rebuild the engine on this machine")
-        tensors = {mode: [] for mode in (trt.TensorIOMode.INPUT, trt.TensorIOMode.OUTPUT)}
-        for name in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)):
-            shape = tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
-            tensors[engine.get_tensor_mode(name)].append(Tensor(name, dtype, shape))
-        check_graph(self.info, tensors[trt.TensorIOMode.INPUT], tensors[trt.TensorIOMode.OUTPUT], str(path))
-        self._input = tensors[trt.TensorIOMode.INPUT][0].name
-        self._io = EngineIO(trt, cudart, engine)
+        engine = io.engine
+
+        def tensor(name: str) -> Tensor:
+            return Tensor(name, io.dtypes[name].name, tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name)))
+
+        head = {spec["name"] for spec in self.info.raw.get("head_inputs", [])}  # the class set: real engine inputs
+        images = [tensor(n) for n in io.inputs if n not in head]
+        check_graph(self.info, images, [tensor(n) for n in io.outputs], str(path))
+        self._input = images[0].name
         self._lock = threading.Lock()
-        inputs = [t.name for t in tensors[trt.TensorIOMode.INPUT]]
-        self.head_inputs = tuple(inputs[1:])
-        self.outputs = tuple(t.name for t in tensors[trt.TensorIOMode.OUTPUT])
+        self.head_inputs = tuple(n for n in io.inputs if n in head)
+        self.needs_classes = bool(self.head_inputs)  # they have no defaults: the fitted classes come from head.safetensors
+        self.outputs = io.outputs
         shape = list(engine.get_tensor_shape(self._input))
         self.max_batch = shape[0] if shape[0] > 0 else engine.get_tensor_profile_shape(self._input, 0)[2][0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]

@@ -1,0 +1,49 @@
+/* classes.h - class sets and class files (docs/classes.md). Internal to the library (not installed).
+ *
+ * A class set is immutable once made and reference-counted (atomically), so a reader that holds a
+ * reference sees one whole set however often the model's current set is swapped; it holds no ONNX
+ * Runtime object, so it may be released after its model is closed.
+ */
+#ifndef SB_CLASSES_H
+#define SB_CLASSES_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define SB_HEAD_INPUTS 4
+
+/* The graph inputs of a class set, in the order of `values` (docs/classes.md). */
+extern const char * const sb_head_inputs[SB_HEAD_INPUTS];
+
+struct sb_classes {
+    atomic_int refs;
+    const void * owner; /* the model it was made for */
+    int count, dim;
+    float * values;      /* text_classifier, bridged_prototypes, image_prototypes [count, dim] and class_kl [count],
+                            one after the other; NULL for the fitted classes (the graph's defaults) */
+    char * names_buf;    /* the names, each NUL-terminated */
+    char ** names;
+};
+
+/* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */
+struct class_identity {
+    const char * backbone;
+    const char * weights_hash;
+    size_t weights_hash_len;
+    const char * bridge_hash;
+    size_t bridge_hash_len;
+    int embedding_dim;
+};
+
+/* The fitted classes of `owner` from its '\n'-joined names (values NULL). SB_OK or an SB_E* code with a message in err. */
+int classes_fitted(const void * owner, const char * joined, struct sb_classes ** out, char * err, size_t errlen);
+
+/* Read and check a class file for `owner` (docs/classes.md, "Reading one"). SB_OK, or an SB_E* code with a message in
+ * err and *out untouched. */
+int classes_read(const void * owner, const char * path, const struct class_identity * id, struct sb_classes ** out,
+                 char * err, size_t errlen);
+
+void classes_retain(struct sb_classes * c);
+void classes_release(struct sb_classes * c); /* frees the set with its last reference; NULL is allowed */
+
+#endif /* SB_CLASSES_H */
