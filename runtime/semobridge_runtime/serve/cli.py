@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BackendError, InputError, ModelError, SemobridgeError
+from ..errors import BackendError, InputError, ModelError, SemobridgeError, report
 from ..cli import add_load_options
 from .protocol import MODEL_NAME
 from .repository import Batching
@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(args)
     except SemobridgeError as exc:
-        print(f"semobridge-serve: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return report("semobridge-serve", exc)
 
 
 def _say(text: str) -> None:
