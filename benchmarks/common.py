@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -206,3 +207,28 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def parse_ints(text: str) -> tuple[int, ...]:
     """"1,8,32" -> (1, 8, 32)."""
     return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held together while picking, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def save_figure(fig: Any, axes: Iterable[Any], path: Path, dpi: int) -> Path:
+    """Grid and legend on every panel, then the figure written to `path` (PNG) and closed."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

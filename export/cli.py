@@ -94,7 +94,7 @@ def _fitted(data, shots, model, pretrained, from_model, seed, train):
 
 
 def _size(path: Path) -> str:
-    n = float(path.stat().st_size)
+    n = float(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -23,6 +23,7 @@ from .program import save_program
 from .reference import reference_scores, session, text_drift
 from .tensorrt import Profile, build_engine, engine_path_for
 from .text import TEXT_OUTPUTS, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
+from .triton import write_repository
 
 
 @dataclass
@@ -142,6 +143,20 @@ def export_engine(job: Job) -> Path:
     return path
 
 
+def export_triton(job: Job) -> Path:
+    """Triton model repository for the official container: the ONNX Runtime model and, with --engine, a TensorRT
+    plan with the fitted classes built in (Triton batches every input, and the class set is not per image)."""
+    plan = None
+    if "engine" in job.written:
+        plan = build_engine(job.written["onnx"], job.stage / ".triton-plan" / "model.plan", job.profile, fp16=True,
+                            log=job.log, class_inputs=False)
+    try:
+        return write_repository(job.path("triton"), job.written["onnx"], job.meta, job.profile, plan)
+    finally:
+        if plan is not None:
+            shutil.rmtree(plan.parent, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Format:
     """One row of the format table."""
@@ -174,6 +189,10 @@ FORMATS: dict[str, Format] = {
         Format("engine", engine_path_for(Path("{stem}.onnx")).name, "NVIDIA GPU (TensorRT 10, this GPU only)",
                ("--engine", "--batch", "--sizes", "--class-counts"),
                "semobridge-run {path} photo.jpg --backend tensorrt   (this GPU and TensorRT version only)", export_engine, "onnx"),
+        Format("triton", "triton", "Triton Inference Server container (ONNX Runtime backend; TensorRT plan with --engine)",
+               ("--batch", "--sizes"),
+               "docker run -p 8000-8002:8000-8002 -v {path}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+               "tritonserver --model-repository=/models   (unverified; or semobridge-serve model.onnx)", export_triton, "onnx"),
     )
 }
 DEFAULT_FORMATS = ("onnx", "text")

@@ -38,12 +38,13 @@ class Profile:
     sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
     classes: tuple[int, int, int] = (1, 100, 4096)
 
-    def input_shapes(self, meta: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """min, opt and max shapes of every graph input: the image, then the class-set inputs ([C, ...])."""
+    def input_shapes(self, meta: dict, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """min, opt and max shapes of every engine input: the image, then the class-set inputs ([C, ...]) unless
+        the classes are built in (class_inputs=False)."""
         if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
             raise InputError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
         shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
-        for spec in meta.get("head_inputs", []):
+        for spec in meta.get("head_inputs", []) if class_inputs else []:
             shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
         return shapes
 
@@ -92,7 +93,8 @@ def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple]
     """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes).
 
     trtexec takes the class-set inputs as weights while they have initializers (their defaults);
-    build_engine removes those first, and so must whoever runs this command (see strip_class_defaults).
+    build_engine removes those first, and so must whoever runs this command for an engine that takes the
+    class set (see class_set_graph).
     """
     def dims(i: int) -> str:
         return ",".join(f"{name}:" + "x".join(str(d) for d in s[i]) for name, s in shapes.items())
@@ -136,24 +138,28 @@ def _import_tensorrt():
     return trt
 
 
-def strip_class_defaults(onnx_path: Path) -> bytes:
-    """The ONNX model without the initializers of its graph inputs (the class set's defaults):
-    TensorRT's parser turns an input that has an initializer into a constant, so the class set
-    becomes a real engine input only without them. External weights stay where they are."""
+def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
+    """The ONNX model with its class set (the graph inputs that have initializers: the fitted classes as
+    defaults) as inputs only, without those initializers (as_inputs=True: TensorRT's parser turns an input
+    that has an initializer into a constant, so the class set becomes a real engine input only without
+    them), or as constants only, no longer inputs (False: for servers that feed only the image).
+    External weights stay where they are."""
     model = onnx.load(str(onnx_path), load_external_data=False)
-    inputs = {i.name for i in model.graph.input}
-    kept = [t for t in model.graph.initializer if t.name not in inputs]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    defaults = {i.name for i in model.graph.input} & {t.name for t in model.graph.initializer}
+    field = model.graph.initializer if as_inputs else model.graph.input
+    kept = [value for value in field if value.name not in defaults]
+    del field[:]
+    field.extend(kept)
     return model.SerializeToString()
 
 
-def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None) -> bytes:
+def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None,
+           class_inputs: bool) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(strip_class_defaults(onnx_path), str(onnx_path)):
+    if not parser.parse(class_set_graph(onnx_path, class_inputs), str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
@@ -202,13 +208,16 @@ def build_engine(
     fp16: bool = True,
     cache_dir: str | Path | None = None,
     log=print,
+    class_inputs: bool = True,
 ) -> Path:
     """Build a TensorRT engine and write it with its `<stem>.json` metadata. With `cache_dir`, built
-    engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise)."""
+    engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise).
+    class_inputs=False builds the fitted classes (the graph's defaults) into the engine as constants,
+    leaving the image its only input (for servers that batch every input, as Triton does)."""
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
     meta = read_metadata(onnx_path)
-    shapes = profile.input_shapes(meta)
+    shapes = profile.input_shapes(meta, class_inputs)
     cache = Path(output_dir(cache_dir, "--cache-dir")) if cache_dir is not None else None
     fp32_layers = fp32_layer_names(onnx_path)
     try:
@@ -225,7 +234,7 @@ def build_engine(
         log(f"engine cache hit: {cached}")
         data = cached.read_bytes()
     else:
-        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache)
+        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs)
         if cached is not None:
             with atomic_output(cached, "cached engine") as tmp:
                 tmp.write_bytes(data)

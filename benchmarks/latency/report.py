@@ -5,7 +5,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import fmt, markdown_table
+from benchmarks.common import fmt, markdown_table, save_figure
 
 from .backends import LIBRARY
 from .measure import Row
@@ -92,10 +92,5 @@ def plot(rows: list[Row], path: Path) -> Path:
         batches = sorted({r.batch for r in rows})
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, axes[0], path, dpi=120)
 

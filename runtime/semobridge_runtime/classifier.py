@@ -20,6 +20,11 @@ from .metadata import ModelInfo
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
+def check_top_k(top_k: object) -> None:
+    if not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a positive int, got {top_k!r}")
+
+
 @dataclass(frozen=True)
 class TopK:
     """The k best classes per image, best first."""
@@ -42,6 +47,15 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def of(cls, scores: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, class_names: Sequence[str],
+           top_k: int) -> Prediction:
+        """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller."""
+        k = min(top_k, scores.shape[1])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1))
+        return cls(labels, [class_names[i] for i in labels], scores, top, embeddings)
+
 
 class Classifier:
     """A loaded model and its class set.
@@ -53,6 +67,7 @@ class Classifier:
     def __init__(self, backend: Backend, limits: ImageLimits, path: Path, text_model: str | PathLike | None = None) -> None:
         self._backend = backend
         self._limits = limits
+        self._path = path
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
 
     @classmethod
@@ -104,6 +119,11 @@ class Classifier:
     @property
     def info(self) -> ModelInfo:
         return self._backend.info
+
+    @property
+    def path(self) -> Path:
+        """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
+        return self._path
 
     @property
     def class_names(self) -> list[str]:
@@ -174,15 +194,11 @@ class Classifier:
         ModelError when this model cannot take images at all (float variant), BackendError when
         the inference library fails.
         """
-        if not isinstance(top_k, int) or top_k < 1:
-            raise InputError(f"top_k must be a positive int, got {top_k!r}")
+        check_top_k(top_k)
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
-        k = min(top_k, scores.shape[1])
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         names = classes.names if classes is not None else self.info.class_names
-        top = TopK(order, [[names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1))
-        return Prediction(labels, [names[i] for i in labels], scores, top, embeddings)
+        return Prediction.of(scores, labels, embeddings, names, top_k)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""

@@ -27,14 +27,34 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--classes", metavar="FILE",
-                        help="class file to use instead of the fitted classes (written by semobridge-classes or save_classes)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                         help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
+    add_load_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> None:
+    """--classes, --no-int8, --threads, spinning and the image limits: Classifier.load's options
+    (semobridge-run, semobridge-serve).
+
+    spinning: the default for ONNX Runtime's intra-op spinning; the option offered turns it the other way
+    (--no-spinning, dest no_spinning; or --spinning, dest spinning).
+    """
+    parser.add_argument("--classes", metavar="FILE",
+                        help="class file to use instead of the fitted classes (written by semobridge-classes or save_classes)")
+    parser.add_argument("--no-int8", action="store_true",
+                        help="run MODEL as given; by default, on the CPU, model_int8.onnx beside it runs instead when its "
+                             "export measured the same labels as fp32 on >= 99%% of the fit images")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} (default 0: one per core)")
-    parser.add_argument("--no-spinning", action="store_true",
-                        help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
+    if spinning:
+        parser.add_argument("--no-spinning", action="store_true",
+                            help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
+    else:
+        parser.add_argument("--spinning", action="store_true",
+                            help="let ONNX Runtime's CPU threads spin between calls (default: they sleep, leaving "
+                                 "the cores to the server's network threads)")
     parser.add_argument("--max-side", type=int, default=None,
                         help=f"refuse images whose longest side exceeds this (default: the model's, else {MAX_SIDE})")
     parser.add_argument("--max-pixels", type=int, default=None,
@@ -42,8 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-aspect", type=float, default=None,
                         help=f"refuse images whose longest/shortest side exceeds this (default: the model's, "
                              f"else {MAX_ASPECT})")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
 
 
 def image_paths(arguments: list[str]) -> list[str]:
@@ -91,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images = image_paths(args.images)
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
-                                     allow_spinning=not args.no_spinning, classes=args.classes, max_side=args.max_side,
+                                     allow_spinning=not args.no_spinning, prefer_int8=not args.no_int8,
+                                     classes=args.classes, max_side=args.max_side,
                                      max_pixels=args.max_pixels, max_aspect=args.max_aspect)
         result = classifier.predict(images, top_k=args.top_k)
     except SemobridgeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,26 @@ def read_image(path: Path, limits: ImageLimits) -> np.ndarray:
                          hint="pass the image files in it; semobridge-run MODEL DIR classifies every image in DIR")
     if not path.is_file():
         raise InputError(f"no such image file: {path}")
+    return _decode(path, limits, str(path))
+
+
+def decode_image(data: bytes, limits: ImageLimits, where: str) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, ... bytes) like an image file; `where` names it in errors."""
+    return _decode(io.BytesIO(data), limits, where)
+
+
+def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.ndarray:
     try:
-        with Image.open(path) as img:  # reads the header only
-            return pil_pixels(img, limits, str(path))
+        with Image.open(source) as img:  # reads the header only
+            return pil_pixels(img, limits, where)
     except Image.DecompressionBombError as exc:
-        raise InputError(f"{path} is too large to decode ({exc})",
+        raise InputError(f"{where} is too large to decode ({exc})",
                          hint="Pillow refuses it as a possible decompression bomb; crop or resize it") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot decode image file {path}: {exc}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"cannot decode {where}: not an image format Pillow reads",
+                         hint="pass JPEG, PNG, BMP, GIF, TIFF or WebP images") from None
+    except OSError as exc:
+        raise InputError(f"cannot decode {where}: {exc}") from None
 
 
 def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
-    Profile, TensorRTError, build_engine, cache_key, fp32_layer_names, gpu_name, strip_class_defaults, trtexec_command,
+    Profile, TensorRTError, build_engine, cache_key, class_set_graph, fp32_layer_names, gpu_name, trtexec_command,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -67,7 +67,7 @@ def test_class_count_profile_and_class_set_inputs(exported_onnx):
     assert shapes["text_classifier"] == ((2, 64), (10, 64), (50, 64)) and shapes["class_kl"] == ((2,), (10,), (50,))
     with pytest.raises(ValueError, match="class-count profile"):
         Profile(classes=(5, 2, 10)).input_shapes(meta)
-    stripped = onnx.load_from_string(strip_class_defaults(exported_onnx / "model.onnx"))
+    stripped = onnx.load_from_string(class_set_graph(exported_onnx / "model.onnx"))
     initializers = {t.name for t in stripped.graph.initializer}
     assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
     assert not initializers & {i.name for i in stripped.graph.input}
@@ -81,6 +81,18 @@ def test_without_tensorrt_build_engine_says_how_to_get_it(exported_onnx, tmp_pat
         build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", cache_dir=tmp_path, log=lines.append)
     assert lines and lines[0].startswith("equivalent: trtexec --onnx=")
     assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")
+def test_an_engine_with_the_classes_built_in_takes_only_the_image(exported_onnx, tmp_path):
+    """class_inputs=False (the Triton plan): TensorRT parses the graph with its class-set defaults, which it makes
+    constants, so the profile covers the image alone, as the printed trtexec line shows."""
+    lines: list[str] = []
+    with pytest.raises(TensorRTError):
+        build_engine(exported_onnx / "model.onnx", tmp_path / "m.plan", Profile(batch=(1, 2, 8)), class_inputs=False,
+                     log=lines.append)
+    assert "--minShapes=image:1x32x32x3 --optShapes=image:2x480x640x3 --maxShapes=image:8x1080x1920x3 " in lines[0]
+    assert "text_classifier" not in lines[0] and not (tmp_path / "m.plan").exists()
 
 
 def test_gpu_name_asks_the_runtimes_cuda_binding_then_pytorch():
@@ -97,6 +109,15 @@ def test_gpu_name_asks_the_runtimes_cuda_binding_then_pytorch():
 def test_build_engine(exported_onnx, tmp_path):
     engine = build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", Profile(batch=(1, 2, 4)), cache_dir=tmp_path)
     assert engine.stat().st_size > 0 and engine.with_suffix(".json").is_file()
+    import tensorrt as trt
+
+    for path, class_inputs in ((engine, True), (tmp_path / "fixed.plan", False)):
+        built = trt.Runtime(trt.Logger()).deserialize_cuda_engine(
+            build_engine(exported_onnx / "model.onnx", path, Profile(batch=(1, 2, 4)), class_inputs=class_inputs).read_bytes())
+        names = [built.get_tensor_name(i) for i in range(built.num_io_tensors)]
+        inputs = [n for n in names if built.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        assert inputs == (["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
+                          if class_inputs else ["image"])
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason="TensorRT is not installed here: the runtime's engine backend is unverified")

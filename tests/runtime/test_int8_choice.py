@@ -56,3 +56,21 @@ def test_fp32_is_kept_otherwise(export_folder, agreement, changes) -> None:
 
 def test_the_choice_can_be_turned_off(export_folder) -> None:
     assert Classifier.load(export_folder(1.0), prefer_int8=False).info.raw["precision"] == "fp32"
+
+
+def test_semobridge_run_keeps_fp32_with_no_int8(export_folder, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from semobridge_runtime.cli import main
+
+    path, image = export_folder(1.0), np.random.default_rng(4).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    printed = {}
+    for options in ([], ["--no-int8"]):
+        assert main([str(path), str(tmp_path / "a.png"), "--json", *options]) == 0
+        printed[bool(options)] = [entry["score"] for entry in json.loads(capsys.readouterr().out)[0]["top_k"]]
+    for no_int8, precision in ((False, "int8"), (True, "fp32")):
+        reference = Classifier.load(path, prefer_int8=not no_int8)
+        assert reference.info.raw["precision"] == precision
+        np.testing.assert_allclose(printed[no_int8], reference.predict(image).top_k.scores[0], rtol=0, atol=1e-6)
+    assert printed[False] != printed[True]  # the two precisions tell apart

@@ -1,0 +1,116 @@
+"""A Triton Inference Server model repository for the official Triton container.
+
+    triton/semobridge/config.pbtxt      platform onnxruntime_onnx: dynamic batching, instance groups,
+                                        the TensorRT accelerator with the export's profile (--batch, --sizes)
+    triton/semobridge/labels.txt        class names, for Triton's classification extension on `scores`
+    triton/semobridge/1/model.onnx      the fp32 fused graph with the fitted classes as constants (Triton
+                                        feeds only `image`; model.onnx.data, if any, is a hard link)
+    triton/semobridge_trt/...           platform tensorrt_plan, when an engine was built (--engine): a plan
+                                        with the fitted classes built in, since Triton batches every input
+
+The parameters carry the model's metadata (`semobridge`, as semobridge-serve publishes it), so
+RemoteClassifier talks to this server as it does to semobridge-serve. UNVERIFIED: the official
+container cannot run where this was written; the configs are checked against Triton's model-config
+schema (tritonclient's model_config_pb2) in the tests, but Triton has not loaded them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .tensorrt import Profile, class_set_graph
+
+MODEL_NAME = "semobridge"  # semobridge-serve's default name too: one client setting for both servers
+LABELS_FILE = "labels.txt"
+TRT_WORKSPACE_BYTES = 1 << 30
+
+
+def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxruntime_onnx", name: str = MODEL_NAME) -> str:
+    """config.pbtxt (Triton's ModelConfig, protobuf text format) for the fused graph described by `meta`."""
+    spec = meta["input"]
+    if spec["kind"] == "uint8":
+        dims, dtype = [d if isinstance(d, int) else -1 for d in spec["shape"][1:]], "TYPE_UINT8"
+    else:
+        dims, dtype = list(spec["shape"][1:]), "TYPE_FP32"
+    max_batch = profile.batch[2]
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {max_batch}",
+        f'input [ {{ name: "{spec["name"]}" data_type: {dtype} dims: {_dims(dims)} }} ]',
+        "output [",
+        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {meta["num_classes"]} ] label_filename: "{LABELS_FILE}" }},',
+        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } },  # the graph\'s label is [N]',
+        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {meta["embedding_dim"]} ] }}',
+        "]",
+        "dynamic_batching { }",
+        "instance_group [ { count: 1 kind: KIND_AUTO } ]  # one per GPU where there are GPUs, else one on the CPU",
+    ]
+    if platform == "onnxruntime_onnx":
+        lines += _tensorrt_accelerator(meta, profile)
+    lines += [f"parameters {{ key: {_text(key)} value: {{ string_value: {_text(value)} }} }}"
+              for key, value in _parameters(meta).items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Profile, engine: Path | None = None) -> Path:
+    """The repository under `root`: the ONNX Runtime model, and the TensorRT-plan model when `engine` (built with
+    the classes as constants: build_engine(..., class_inputs=False)) is given."""
+    models = [(MODEL_NAME, "onnxruntime_onnx", _external_data(graph))]
+    if engine is not None:
+        models.append((f"{MODEL_NAME}_trt", "tensorrt_plan", [(engine, "model.plan")]))
+    for name, platform, files in models:
+        folder = root / name
+        (folder / "1").mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(config_text(meta, profile, platform, name), encoding="utf-8")
+        (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in meta["class_names"]), encoding="utf-8")
+        for source, target in files:
+            _link_or_copy(source, folder / "1" / target)
+    # Triton feeds only `image`: the class set as constants, which ONNX Runtime (and its TensorRT accelerator) folds
+    (root / MODEL_NAME / "1" / "model.onnx").write_bytes(class_set_graph(graph, as_inputs=False))
+    return root
+
+
+def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:
+    """ONNX Runtime's TensorRT execution provider on GPU instances, fp16, engines cached, its profile fixed
+    to the export's (--batch, --sizes) so that new image sizes inside it do not rebuild engines."""
+    name = meta["input"]["name"]
+    low, opt, high = ("x".join(map(str, shape)) for shape in profile.shapes(meta))
+    settings = {"precision_mode": "FP16", "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
+                "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/tmp/semobridge_trt_cache",
+                "trt_profile_min_shapes": f"{name}:{low}", "trt_profile_opt_shapes": f"{name}:{opt}",
+                "trt_profile_max_shapes": f"{name}:{high}"}
+    parameters = " ".join(f"parameters {{ key: {_text(k)} value: {_text(v)} }}" for k, v in settings.items())
+    return ["optimization { execution_accelerators { gpu_execution_accelerator: [",
+            f'  {{ name: "tensorrt" {parameters} }}',
+            "] } }"]
+
+
+def _parameters(meta: dict[str, Any]) -> dict[str, str]:
+    return {"semobridge": json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
+            "backbone": json.dumps(meta["backbone"]["name"]), "shots": json.dumps(meta["shots"]),
+            "library_version": json.dumps(meta["library_version"])}
+
+
+def _external_data(graph: Path) -> list[tuple[Path, str]]:
+    data = graph.with_name(f"{graph.name}.data")  # weights past 2 GB (onnx_graph.save_model)
+    return [(data, "model.onnx.data")] if data.is_file() else []
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _dims(dims: list[int]) -> str:
+    return "[ " + ", ".join(map(str, dims)) + " ]"
+
+
+def _text(value: str) -> str:
+    """A protobuf text-format string literal (JSON's escapes are a subset of its C escapes)."""
+    return json.dumps(value, ensure_ascii=False)

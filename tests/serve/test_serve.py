@@ -1,0 +1,142 @@
+"""semobridge-serve end to end on loopback: parity with the in-process runtime over gRPC and HTTP, for pixels
+and encoded files, metadata through Triton's endpoints, and malformed requests refused alone."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semobridge_runtime import BackendError, InputError, ModelError
+from semobridge_runtime.serve import RemoteClassifier
+
+from .conftest import jpeg, png
+
+TOL = 1e-5
+
+
+def http_json(url: str, body: dict | None = None) -> tuple[int, dict]:
+    """GET (or POST a JSON body) like curl; the status and the decoded answer."""
+    data = None if body is None else json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def image_request(image: np.ndarray, datatype: str = "UINT8", outputs: list | None = None) -> dict:
+    body = {"inputs": [{"name": "image", "shape": [1, *image.shape], "datatype": datatype,
+                        "data": image.reshape(-1).tolist()}]}
+    return body if outputs is None else {**body, "outputs": outputs}
+
+
+def assert_same(remote, reference) -> None:
+    assert np.abs(remote.scores - reference.scores).max() <= TOL
+    assert np.abs(remote.embeddings - reference.embeddings).max() <= TOL
+    np.testing.assert_array_equal(remote.labels, reference.labels)
+    assert remote.class_names == reference.class_names
+    assert remote.top_k.names == reference.top_k.names
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_results_equal_the_in_process_runtime(server, local, photos, protocol) -> None:
+    url = server.grpc if protocol == "grpc" else server.http
+    with RemoteClassifier(url) as remote:
+        assert remote.class_names == local.class_names and remote.max_batch == 16
+        assert_same(remote.predict(photos, top_k=3), local.predict(photos, top_k=3))  # pixels, sizes mixed
+        assert_same(remote.predict(np.stack(photos[:1] * 20)), local.predict(np.stack(photos[:1] * 20)))  # > max_batch
+        assert_same(remote.predict_encoded([png(p) for p in photos]), local.predict(photos))  # lossless: same pixels
+        decoded = [np.asarray(Image.open(io.BytesIO(jpeg(p)))) for p in photos]  # the server decodes them alike
+        assert_same(remote.predict_encoded([jpeg(p) for p in photos]), local.predict(decoded))
+        np.testing.assert_allclose(remote.embed(photos[2]), local.embed(photos[2]), atol=TOL)
+
+
+def test_plain_http_request_and_model_metadata(server, local, photos) -> None:
+    status, answer = http_json(f"{server.http}/v2/models/semobridge/infer", image_request(
+        photos[3], outputs=[{"name": "class_name"}, {"name": "label"}, {"name": "scores", "parameters": {"classification": 2}}]))
+    assert status == 200, answer
+    out = {o["name"]: o for o in answer["outputs"]}
+    expected = local.predict(photos[3], top_k=2)
+    assert out["class_name"]["data"] == [expected.class_names[0]] and out["label"]["data"] == [int(expected.labels[0])]
+    # Triton's classification extension (labels.txt): "score:index:name", best first
+    assert [entry.split(":", 2)[2] for entry in out["scores"]["data"]] == expected.top_k.names[0]
+
+    status, config = http_json(f"{server.http}/v2/models/semobridge/config")
+    assert status == 200 and config["max_batch_size"] == 16 and "dynamic_batching" in config
+    parameters = {key: json.loads(value["string_value"]) for key, value in config["parameters"].items()}
+    assert parameters["class_names"] == local.class_names
+    assert parameters["backbone"] == local.info.raw["backbone"]["name"] == "semobridge-tiny"
+    assert parameters["shots"] == local.info.raw["shots"] and parameters["library_version"]
+    assert parameters["semobridge"]["limits"] == {"max_side": 16384, "max_pixels": 1 << 26, "max_aspect": 32}
+    status, meta = http_json(f"{server.http}/v2/models/semobridge")
+    assert status == 200 and {t["name"] for t in meta["inputs"]} == {"image", "encoded"}
+    assert {t["name"] for t in meta["outputs"]} == {"scores", "label", "embedding", "class_name"}
+    status, _ = http_json(f"{server.http}/v2/health/ready")
+    assert status == 200
+
+
+FAULTS = {  # request -> words the 400 answer must contain
+    "wrong dtype": ({"inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "FP32", "data": [0.5] * 48}]},
+                    ["FP32", "UINT8"]),
+    "2 channels": ({"inputs": [{"name": "image", "shape": [1, 4, 4, 2], "datatype": "UINT8", "data": [1] * 32}]},
+                   ["shape", "[-1,-1,-1,3]"]),
+    "empty": ({"inputs": [{"name": "image", "shape": [1, 0, 4, 3], "datatype": "UINT8", "data": []}]},
+              ["input error", "empty"]),
+    "oversized": ({"inputs": [{"name": "image", "shape": [1, 1, 20000, 3], "datatype": "UINT8", "data": [0] * 60000}]},
+                  ["input error", "1x20000", "exceeds the limit of 16384", "hint"]),
+    "garbage bytes": ({"inputs": [{"name": "encoded", "shape": [1, 1], "datatype": "BYTES", "data": ["not a jpeg"]}]},
+                      ["input error", "cannot decode encoded image 0", "hint"]),
+    "both inputs": ({"inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "UINT8", "data": [1] * 48},
+                                {"name": "encoded", "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]},
+                    ["input error", "exactly one"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_malformed_request_gets_a_4xx_and_the_server_keeps_serving(server, local, photos, fault) -> None:
+    body, words = FAULTS[fault]
+    status, answer = http_json(f"{server.http}/v2/models/semobridge/infer", body)
+    assert status == 400, answer
+    for word in words:
+        assert word in answer["error"], answer
+    status, answer = http_json(f"{server.http}/v2/models/semobridge/infer", image_request(photos[0]))
+    assert status == 200
+    scores = next(o for o in answer["outputs"] if o["name"] == "scores")["data"]
+    assert np.abs(np.array(scores) - local.predict(photos[0]).scores[0]).max() <= TOL
+
+
+def test_remote_errors_keep_the_error_model(server, photos) -> None:
+    with RemoteClassifier(server.grpc) as remote:
+        with pytest.raises(InputError, match="exceeds the limit") as refused:  # checked before sending
+            remote.predict(np.zeros((1, 20000, 3), np.uint8))
+        assert refused.value.hint
+        with pytest.raises(InputError, match="cannot decode encoded image 0") as refused:  # refused by the server
+            remote.predict_encoded(b"GIF89a broken")
+        assert "JPEG" in refused.value.hint
+    with pytest.raises(InputError, match="nope"):
+        RemoteClassifier(server.grpc, model_name="nope")
+    port = server.metrics_port + 1000
+    with pytest.raises(BackendError) as unreachable:
+        RemoteClassifier(f"127.0.0.1:{port}", timeout_s=5)
+    assert "semobridge-serve running" in unreachable.value.hint
+
+
+def test_bad_options_and_model_fail_before_start(serve_model, tmp_path) -> None:
+    import subprocess
+
+    from .conftest import SERVE
+
+    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "model file not found"),
+             ([str(serve_model), "--max-batch", "0"], InputError.exit_code, "--max-batch must be from 1"),
+             ([str(serve_model), "--threads", "100000"], InputError.exit_code, "intra_op_num_threads"),
+             ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name")]
+    for argv, code, words in cases:
+        done = subprocess.run([*SERVE, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == code, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,87 @@
+"""Stopping and starting: SIGTERM drains the requests in flight (those still in transit are refused, and told so),
+the ports are free again at once, and a port already in use gives one clear line."""
+
+from __future__ import annotations
+
+import signal
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+
+from semobridge_runtime import BackendError, InputError
+from semobridge_runtime.serve import RemoteClassifier
+
+from .conftest import SERVE, free_ports, start_server
+
+
+def pending(served) -> int:
+    """Triton's own count of requests accepted and waiting to run (Prometheus gauge)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(float(re.search(r'^nv_inference_pending_request_count\{model="semobridge".*\} (\S+)$', text, re.M)[1]))
+
+
+def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, local, tmp_path) -> None:
+    ports = free_ports(3)
+    # one thread: each request of 8 images is one model run of a fraction of a second, the others wait
+    served = start_server(serve_model, tmp_path, "--max-batch", "8", "--threads", "1", ports=ports)
+    batch = np.random.default_rng(3).integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    expected = local.predict(batch)
+    clients = [RemoteClassifier(served.grpc) for _ in range(8)]
+    results: list[object] = []
+
+    def request(remote: RemoteClassifier) -> None:
+        try:
+            results.append(remote.predict(batch))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=request, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    deadline, waiting = time.monotonic() + 60, 0
+    while waiting < 3 and not results and time.monotonic() < deadline:
+        waiting = pending(served)
+    assert waiting >= 3, f"the requests never queued (pending {waiting}, answered {len(results)}): the test proves nothing"
+    served.process.send_signal(signal.SIGTERM)  # with `waiting` requests accepted and not yet run
+    for t in threads:
+        t.join(timeout=180)
+    for c in clients:
+        c.close()
+    assert served.stop() == 0, served.stderr()
+    assert "SIGTERM" in served.stderr() and "stopped" in served.stderr()
+    answered = [r for r in results if not isinstance(r, Exception)]
+    late = [r for r in results if isinstance(r, Exception)]
+    assert len(results) == 8 and len(answered) >= waiting + 1  # the queued ones and the one running: none lost
+    print(f"\nSIGTERM with {waiting} requests queued: {len(answered)} answered, {len(late)} refused as late")
+    for result in answered:
+        np.testing.assert_array_equal(result.labels, expected.labels)
+    for exc in late:  # still in transit at SIGTERM: refused, and told so
+        assert isinstance(exc, BackendError) and "stopping" in str(exc), exc
+
+    again = start_server(serve_model, tmp_path, ports=ports)  # same ports, at once
+    try:
+        with RemoteClassifier(again.grpc) as remote:
+            np.testing.assert_array_equal(remote.predict(batch[:2]).labels, expected.labels[:2])
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_port_in_use_gives_one_clear_line(serve_model) -> None:
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", grpc))
+        taken.listen()
+        done = subprocess.run([*SERVE, str(serve_model), "--address", "127.0.0.1", "--http-port", str(http),
+                               "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == InputError.exit_code
+    errors = [line for line in done.stderr.splitlines() if line.startswith("semobridge-serve: error:")]
+    assert errors == [f"semobridge-serve: error: cannot listen on 127.0.0.1:{grpc} (--grpc-port): "
+                      "Address already in use"], done.stderr
+    assert "hint: stop the program that uses port" in done.stderr and "Traceback" not in done.stderr
