@@ -1,7 +1,6 @@
 """export(): a fitted head and its backbone -> the requested artifacts, all or nothing."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from PIL import Image
 from semobridge import __version__
 from semobridge.backbones import Backbone
 from semobridge.errors import InputError
+from semobridge.files import file_sha256
 from semobridge.model import SeMoBridge
 from semobridge.validate import image_size, output_dir
 
@@ -87,19 +87,11 @@ def export(
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path) -> Path:
     """MANIFEST (manifest.json): every artifact of the export, its size and SHA-256. It marks the folder
     as ours, so that a later export may replace it as a whole."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     path = folder / MANIFEST
     path.write_text(json.dumps({"semobridge_export": __version__, "files": entries}, indent=2), encoding="utf-8")
     return path

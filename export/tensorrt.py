@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from semobridge.errors import BackendError, InputError
-from semobridge.files import atomic_output
+from semobridge.files import atomic_output, file_sha256
 from semobridge.validate import output_dir, output_file
 
 from .metadata import read_metadata, sidecar_path, with_precision
@@ -62,14 +62,6 @@ class Profile:
         if any(a > b for lo, hi in zip(out, out[1:]) for a, b in zip(lo, hi)):
             raise InputError(f"profile shapes {out} must grow from min to opt to max")
         return out[0], out[1], out[2]
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tuple, fp16: bool) -> str:
@@ -228,7 +220,7 @@ def build_engine(
     gpu = gpu_name()
     timing_cache = cache / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache" if cache else None
     log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers))
-    key = cache_key(file_hash(onnx_path), gpu, trt.__version__, shapes, fp16)
+    key = cache_key(file_sha256(onnx_path), gpu, trt.__version__, shapes, fp16)
     cached = cache / f"{key}.engine" if cache else None
     if cached is not None and cached.is_file():
         log(f"engine cache hit: {cached}")

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .data import Item, load_rgb
 from .datasets import FLIP, Augment
-from .files import atomic_output
+from .files import atomic_output, file_sha256
 from .validate import output_dir
 
 CACHE_ENV = "SEMOBRIDGE_CACHE"
@@ -63,15 +63,6 @@ class EmbeddingCache:
                 np.save(f, value.cpu().numpy())
 
 
-def content_hash(path: str) -> str:
-    """SHA-256 of a file's bytes: the cache key of an image (same pixels, same key; any edit, a new key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def augmented_view(image, aug: Augment, copy: int, seed: int, image_size: int):
     """Copy number `copy` (0 = the original) of a shot, reproducible from (seed, path, copy)."""
     if copy == 0:
@@ -101,7 +92,7 @@ def encode_items(
     """Embeddings [N·(A+1), d] and labels of the items and their stored augmented copies."""
     views = [(path, label, copy) for path, label in items for copy in range(augment.copies + 1)]
     aug_id = [augment.describe(), seed] if augment.copies else []
-    hashes = {p: content_hash(p) for p, _ in items} if cache.enabled else {}
+    hashes = {p: file_sha256(p) for p, _ in items}  # an image's key: any edit, a new key if cache.enabled else {}
     key = cache.key(backbone, "image", [[hashes.get(p), c, *aug_id] for p, _, c in views])
     labels = torch.tensor([label for _, label, _ in views], dtype=torch.long)
     cached = cache.get(key)

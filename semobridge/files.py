@@ -1,7 +1,8 @@
-"""Atomic file output: a failure leaves nothing half-written behind, and an existing file keeps its mode."""
+"""Files: atomic output (a failure leaves nothing half-written behind, an existing file keeps its mode) and content hashes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
@@ -36,3 +37,12 @@ def atomic_output(path: str | os.PathLike, what: str = "output file") -> Iterato
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
