@@ -35,7 +35,7 @@ from semobridge.pipeline import PromptOptions, evaluate, fit_dataset
 from semobridge.protocol import PROTOCOLS
 
 TRAINING_FREE, TRAINED, ZERO_SHOT = "SeMoBridge (training-free)", "SeMoBridge-T", "zero-shot CLIP"
-#: METHOD.md: average top-1 (%) over the 11 datasets, ViT-B/16 OpenAI weights, by shots.
+#: docs/method.md: average top-1 (%) over the 11 datasets, ViT-B/16 OpenAI weights, by shots.
 PUBLISHED: dict[str, dict[int, float]] = {
     ZERO_SHOT: {1: 65.52},
     TRAINING_FREE: {1: 72.25, 2: 73.91, 4: 75.77, 8: 77.00, 16: 78.09},

@@ -1,6 +1,6 @@
 """The fused classifier: raw pixels -> class scores, label and embeddings in one module.
 
-The head's per-class tensors (METHOD.md's T, P, I and the class KL) are inputs of the fused
+The head's per-class tensors (docs/method.md's T, P, I and the class KL) are inputs of the fused
 module, so the exported graph serves any class set; the fitted values are their defaults.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .preprocess import Preprocess
 
 INPUT_KINDS = ("uint8", "float")
 #: graph outputs: blend scores [N, C], argmax label [N], n(q) [N, d], and the image embedding q
-#: itself [N, d] (METHOD.md's F, NOT normalised: what class enrolment averages)
+#: itself [N, d] (docs/method.md's F, NOT normalised: what class enrolment averages)
 OUTPUT_NAMES = ("scores", "label", "embedding", "features")
 #: the head's per-class inputs (all float32, class count C first), in forward's order
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")

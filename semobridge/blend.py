@@ -1,4 +1,4 @@
-"""The three-term blend of METHOD.md (its hyper-parameters live in params.py)."""
+"""The three-term blend of docs/method.md (its hyper-parameters live in params.py)."""
 from __future__ import annotations
 
 import torch

@@ -14,7 +14,7 @@ def truncated_pinv(text_projection: torch.Tensor, atol: float = PINV_ATOL) -> to
 
 
 class Bridge(nn.Module):
-    """bridge(x, b) = L · n(x W⁺ + b) · W (METHOD.md, "The bridge").
+    """bridge(x, b) = L · n(x W⁺ + b) · W (docs/method.md, "The bridge").
 
     `pinv` is a buffer for training-free SeMoBridge and a parameter for SeMoBridge-T; it is
     the truncated pseudo-inverse of W unless given (a trained or stored W⁺).

@@ -1,4 +1,4 @@
-"""The blend hyper-parameters of METHOD.md and the ranges the published code searched (no PyTorch)."""
+"""The blend hyper-parameters of docs/method.md and the ranges the published code searched (no PyTorch)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields

@@ -1,6 +1,6 @@
 """The two protocols around the method: the published code's order of operations, and ours.
 
-The formulas are the same in both (METHOD.md); what differs is the order around them:
+The formulas are the same in both (docs/method.md); what differs is the order around them:
 
 | | paper (the published code) | consistent |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Text classifier, image and bridged prototypes, and the class weights (METHOD.md)."""
+"""Text classifier, image and bridged prototypes, and the class weights (docs/method.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

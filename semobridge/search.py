@@ -1,4 +1,4 @@
-"""Blend hyper-parameter search on the validation split (σ, α, β, γ, λ1-3 of METHOD.md, "Logits").
+"""Blend hyper-parameter search on the validation split (σ, α, β, γ, λ1-3 of docs/method.md, "Logits").
 
 Two procedures, chosen by `method`:
 

@@ -1,6 +1,6 @@
 """SeMoBridge-T: train W⁺ and the class-specific bias with image and text supervision.
 
-`losses` states every loss term as METHOD.md writes it. `train_bridge` minimises the same
+`losses` states every loss term as docs/method.md writes it. `train_bridge` minimises the same
 objective with a hand-written gradient (`Objective`) that needs fewer and larger matrix
 products, and selects the kept state in the order of a protocol (semobridge.protocol).
 """
@@ -46,7 +46,7 @@ def losses(
     text: TextSide,
     logit_scale: float,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term of METHOD.md ("SeMoBridge-T training"), full batch, differentiable."""
+    """Every loss term of docs/method.md ("SeMoBridge-T training"), full batch, differentiable."""
     C = text.classifier.shape[0]
     classes = torch.arange(C, device=images.device)
     eos = bridge.pseudo_eos(images, class_bias[labels] if class_bias is not None else None)  # Ê [N, d_t]

@@ -114,7 +114,7 @@ def blend_values(values: Any, ranges: Mapping[str, tuple[float, float]], source:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise InputError(f"{source}: {name} must be a finite number, not {v!r}")
         if not lo <= v <= hi:
-            raise InputError(f"{source}: {name} = {v} is outside its range {lo}..{hi} (METHOD.md)")
+            raise InputError(f"{source}: {name} = {v} is outside its range {lo}..{hi} (docs/method.md)")
         out[name] = float(v)
     return out
 

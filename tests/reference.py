@@ -1,6 +1,6 @@
 """Independent float64 NumPy reference of the SeMoBridge method.
 
-Written from ../shared/design/METHOD.md only (sections Notation, Text side, The
+Written from the method description (docs/method.md) only (sections Notation, Text side, The
 bridge, Prototypes, Class weights, Logits, SeMoBridge-T training), without
 looking at the library's implementation.  Every function takes and returns
 float64 NumPy arrays.  A few functions accept an ``xp`` module argument so the

@@ -1,4 +1,4 @@
-"""The library against an independent float64 reference of METHOD.md (tests/reference.py).
+"""The library against an independent float64 reference of docs/method.md (tests/reference.py).
 
 Every formula of the method (text side, bridge, prototypes, class weights, the
 three-term blend, the SeMoBridge-T losses, their gradients and the learning-rate

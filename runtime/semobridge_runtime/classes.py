@@ -1,6 +1,6 @@
 """Class sets: the per-class tensors the fused graph takes as inputs, their edits and class files.
 
-A class set holds, per class c, what METHOD.md's blend needs: the text classifier T_c, the
+A class set holds, per class c, what docs/method.md's blend needs: the text classifier T_c, the
 bridged prototype P_c, the image prototype I_c (unit vectors, [C, d] each) and the class KL
 D_c ([C], bits). Editing returns a new set (the old one stays valid for predictions running
 at the same time); the KL of every class is recomputed over the whole new set from the

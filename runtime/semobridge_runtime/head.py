@@ -1,4 +1,4 @@
-"""The training-free head's maths in numpy (METHOD.md), for enrolling classes on the device.
+"""The training-free head's maths in numpy (docs/method.md), for enrolling classes on the device.
 
 semobridge (semobridge/prototypes.py, bridge.py) is the source of truth: tests check these
 functions against it number for number (tests/runtime/test_head.py), on random data and
