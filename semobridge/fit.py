@@ -11,7 +11,7 @@ from .bridge import Bridge
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
-from .protocol import Protocol, default_protocol, get_protocol
+from .protocol import Protocol, get_protocol
 from .search import search_blend
 from .train import train_bridge
 from .validate import positive
@@ -85,7 +85,7 @@ def fit_features(
     of SeMoBridge-T's model selection and where the prototypes come from.
     """
     positive(steps, "steps")
-    protocol = get_protocol(protocol) if protocol is not None else default_protocol(None, train)
+    protocol = get_protocol(protocol, train=train)
     features = features.to(device)
     info = replace(info, protocol=protocol.name, seed=seed, csb=bool(train and csb), variant="trained" if train else "training-free")
     if train:

@@ -19,7 +19,7 @@ from .fit import fit_features
 from .model import ModelInfo, SeMoBridge
 from .ood import OOD_OF, describe_classes, imagenet_indices, restrict
 from .prompts import build_prompts, class_descriptions, cupl_file, load_descriptions, missing_cupl_message, templates_for
-from .protocol import CONSISTENT, Protocol, default_protocol, get_protocol, whole_val
+from .protocol import CONSISTENT, Protocol, get_protocol, whole_val
 
 
 def augment_option(copies: int | None, spec: DatasetSpec | None, shots: int, protocol: Protocol = CONSISTENT) -> Augment:
@@ -102,7 +102,7 @@ def fit_dataset(
     consistent otherwise."""
     dataset = load_dataset(data, class_names_file)
     spec = find_dataset(dataset_name or dataset.name)
-    protocol = get_protocol(protocol) if protocol is not None else default_protocol(spec, train)
+    protocol = get_protocol(protocol, spec, train)
     split = few_shot_split(dataset, shots, seed, whole_val=whole_val(protocol, spec))
     backbone = backbone or load_backbone(model, pretrained, device=device)
     cache = cache or EmbeddingCache()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .datasets import DatasetSpec
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ CONSISTENT = Protocol("consistent", False, False, False, False)
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (PAPER, CONSISTENT)}
 
 
-def get_protocol(name: str | Protocol) -> Protocol:
-    """A protocol by name; a clear error for an unknown one."""
+def get_protocol(name: str | Protocol | None, spec: DatasetSpec | None = None, train: bool = False) -> Protocol:
+    """A protocol by name (None: `default_protocol(spec, train)`); a clear error for an unknown one."""
+    if name is None:
+        return default_protocol(spec, train)
     if isinstance(name, Protocol):
         return name
     if name not in PROTOCOLS:

@@ -12,6 +12,7 @@ from benchmarks.train_time import autograd_trainer
 from semobridge.blend import BlendParams
 from semobridge.data import few_shot_split, load_dataset
 from semobridge.datasets import find_dataset
+from semobridge.errors import InputError
 from semobridge.fit import fit_features
 from semobridge.pipeline import augment_option, description_file, PromptOptions
 from semobridge.protocol import CONSISTENT, PAPER, default_protocol, whole_val
@@ -127,6 +128,10 @@ def test_defaults_and_data_choices(image_folder):
     assert default_protocol(find_dataset("dtd"), train=False) is PAPER
     assert default_protocol(None, train=True) is PAPER
     assert default_protocol(None, train=False) is CONSISTENT
+    feats = synthetic_features(classes=3, shots=2, seed=0)
+    with pytest.raises(InputError, match="unknown protocol 'papr'") as refused:
+        fit_features(feats, features_info(feats), protocol="papr")
+    assert "paper, consistent" in refused.value.hint
     assert whole_val(CONSISTENT, None) and whole_val(PAPER, None) and whole_val(PAPER, find_dataset("dtd"))
     assert not whole_val(CONSISTENT, find_dataset("dtd"))  # a paper dataset's val split, sampled as before
     dataset = load_dataset(image_folder)  # 3 classes, 8 train and 4 val images each
