@@ -94,7 +94,7 @@ class ClassSet:
         for name in TENSORS:
             object.__setattr__(self, name, _frozen(getattr(self, name)))
         C, shapes = len(self.names), [getattr(self, n).shape for n in TENSORS]
-        if len({s[1:] for s in shapes[:3]}) != 1 or any(s[0] != C for s in shapes) or len(shapes[3]) != 1:
+        if [len(s) for s in shapes] != [2, 2, 2, 1] or len({s[1] for s in shapes[:3]}) != 1 or any(s[0] != C for s in shapes):
             raise ModelError(f"class tensors of shapes {shapes} do not fit {C} classes")
 
     def __len__(self) -> int:

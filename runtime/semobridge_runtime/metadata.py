@@ -46,7 +46,7 @@ def parse_metadata(text: str | None, source: str) -> ModelInfo:
         kind = str(spec["kind"])
         input_name = str(spec.get("name", "image"))
         image_size, embedding_dim = int(raw["image_size"]), int(raw["embedding_dim"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ModelError(f"{source}: malformed '{METADATA_KEY}' metadata ({exc!r}); re-export the model") from exc
     if version > SUPPORTED_FORMAT_VERSION:
         raise ModelError(

@@ -38,12 +38,14 @@ def read(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, np.ndar
         raise ModelError(f"{bad} (its header claims {n} bytes, the file has {len(data) - 8} after the length)")
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
-        if not isinstance(header, dict) or not all(isinstance(v, str) for v in meta.values()):
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise ValueError("malformed header")
         body = memoryview(data)[8 + n :]
         tensors = {name: _tensor(spec, body) for name, spec in header.items()}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ModelError(f"{bad} ({exc})") from exc
     return tensors, dict(meta)
 
