@@ -102,7 +102,7 @@ def _ours(out_dir: Path) -> set[str]:
     try:
         files = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
         return {MANIFEST} | {name.split("/")[0] for name in files}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # not a manifest of ours
         return set()
 
 

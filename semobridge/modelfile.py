@@ -135,9 +135,11 @@ def read_header(path: str | Path) -> tuple[dict[str, dict], dict]:
         body = f.read(size) if 0 < size <= HEADER_MAX else b""
     try:
         header = json.loads(body)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
         fields_ = json.loads(meta[METADATA_KEY])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
         raise ModelFileError(f"{path} is not a semobridge model file (no readable {FORMAT!r} metadata)", hint=_REFIT) from None
     if not isinstance(fields_, dict) or fields_.pop("format", None) != FORMAT:
         raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata)", hint=_REFIT)
@@ -158,7 +160,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(props[METADATA_KEY])
         if not isinstance(meta, dict):
             raise ValueError
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise ModelError(f"{path} has no readable {METADATA_KEY!r} metadata: it was not written by semobridge-export",
                          hint="export the model with semobridge-export") from None
     return meta
@@ -214,7 +216,7 @@ def check_tensors(header: dict[str, dict], num_classes: int, source: str) -> Non
     for name, dims in specs.items():
         entry = header[name]
         shape = entry.get("shape") if isinstance(entry, dict) else None
-        if entry.get("dtype") != "F32" or not isinstance(shape, list) or len(shape) != len(dims):
+        if shape is None or entry.get("dtype") != "F32" or not isinstance(shape, list) or len(shape) != len(dims):
             raise ModelFileError(f"{source}: tensor {name} is not float32 with {len(dims)} dimension(s)", hint=_REFIT)
         for dim, value in zip(dims, shape):
             if sizes.setdefault(dim, value) != value:
