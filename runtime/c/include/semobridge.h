@@ -148,7 +148,10 @@ SB_API struct sb_params sb_default_params(void);
 SB_API const char * sb_version(void);
 
 /* Open a model into *out (NULL on failure). Returns SB_OK or an SB_E* code; on failure also writes a
- * NUL-terminated reason into err (if err && errlen > 0). Thread counts must be 0..SB_MAX_THREADS. */
+ * NUL-terminated reason into err (if err && errlen > 0). Thread counts must be 0..SB_MAX_THREADS.
+ * The model's class names are checked as a class file's are (docs/classes.md) and their count against the
+ * graph's: where the graph does not declare it (a graph taking its class set as data), by running the model
+ * once on a blank image. Names that do not fit give SB_EMODEL. */
 SB_API int sb_load(const char * path, struct sb_params params, struct sb_model ** out, char * err, size_t errlen);
 
 /* Like sb_load, returning the model or NULL on failure (the reason in err, if err && errlen > 0). */

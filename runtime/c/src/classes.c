@@ -97,15 +97,6 @@ static int count_names(const char * names, size_t len) {
     return count > (size_t) SB_MAX_CLASSES ? -1 : (int) count;
 }
 
-int classes_fitted(const void * owner, const char * joined, struct sb_classes ** out, char * err, size_t errlen) {
-    const size_t len = strlen(joined);
-    const int count = count_names(joined, len);
-    if (len == 0) return say(err, errlen, SB_EMODEL, "the model's semobridge.class_names metadata is empty; re-export it");
-    if (count < 0) return say(err, errlen, SB_EMODEL, "the model names over %d classes; re-export it", SB_MAX_CLASSES);
-    if (!(*out = classes_new(owner, joined, len, count))) return say(err, errlen, SB_ENOMEM, "out of memory reading class names");
-    return SB_OK;
-}
-
 void classes_retain(struct sb_classes * c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
 
 void classes_release(struct sb_classes * c) {
@@ -256,6 +247,41 @@ done:
     free(keys);
     free(buf);
     return rc;
+}
+
+/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge.validate.class_names
+ * checks them (and as UTF-8): SB_OK, or SB_EMODEL / SB_ENOMEM with what is wrong in why. */
+static int names_set(const void * owner, const char * names, size_t len, int count, struct sb_classes ** out, char * why,
+                     size_t whylen) {
+    struct sb_classes * c;
+    int rc;
+    for (size_t k = 0, step; k < len; k += step) {
+        uint32_t cp = 0;
+        if (!(step = utf8_next((const unsigned char *) names + k, len - k, &cp))) {
+            return say(why, whylen, SB_EMODEL, "not UTF-8 at byte %zu", k);
+        }
+    }
+    if (!(c = classes_new(owner, names, len, count))) return say(why, whylen, SB_ENOMEM, "out of memory for %d class names", count);
+    if ((rc = check_names(c, len, why, whylen)) != SB_OK) {
+        classes_release(c);
+        return rc;
+    }
+    *out = c;
+    return SB_OK;
+}
+
+int classes_fitted(const void * owner, const char * joined, struct sb_classes ** out, char * err, size_t errlen) {
+    const size_t len = strlen(joined);
+    const int count = count_names(joined, len);
+    char why[256];
+    int rc;
+    if (len == 0) return say(err, errlen, SB_EMODEL, "the model's semobridge.class_names metadata is empty; re-export it");
+    if (count < 0) return say(err, errlen, SB_EMODEL, "the model names over %d classes; re-export it", SB_MAX_CLASSES);
+    if ((rc = names_set(owner, joined, len, count, out, why, sizeof why)) != SB_OK) {
+        return say(err, errlen, rc, rc == SB_ENOMEM ? "%s" : "the model's class names are unusable (%s); re-export it",
+                   why);
+    }
+    return SB_OK;
 }
 
 /* ------------------------------------------------------------------ class files */
@@ -465,18 +491,7 @@ static int read_set(const void * owner, int fd, uint64_t data_start, const struc
                  count_names(names, (size_t) names_len), C);
         goto done;
     }
-    for (size_t k = 0, step; k < names_len; k += step) {
-        uint32_t cp = 0;
-        if (!(step = utf8_next((const unsigned char *) names + k, (size_t) names_len - k, &cp))) {
-            rc = say(err, errlen, SB_EMODEL, "%s has unusable class names (not UTF-8 at byte %zu); write it again", source, k);
-            goto done;
-        }
-    }
-    if (!(c = classes_new(owner, names, (size_t) names_len, C))) {
-        rc = say(err, errlen, SB_ENOMEM, "out of memory for the %d classes of %s", C, source);
-        goto done;
-    }
-    if ((rc = check_names(c, (size_t) names_len, why, sizeof why)) != SB_OK) {
+    if ((rc = names_set(owner, names, (size_t) names_len, C, &c, why, sizeof why)) != SB_OK) {
         rc = say(err, errlen, rc, rc == SB_ENOMEM ? "%s: %s" : "%s has unusable class names (%s); write it again", source, why);
         goto done;
     }

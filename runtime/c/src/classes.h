@@ -35,7 +35,8 @@ struct class_identity {
     int embedding_dim;
 };
 
-/* The fitted classes of `owner` from its '\n'-joined names (values NULL). SB_OK or an SB_E* code with a message in err. */
+/* The fitted classes of `owner` from its '\n'-joined names (values NULL), checked as class files' names are. SB_OK or
+ * an SB_E* code with a message in err. */
 int classes_fitted(const void * owner, const char * joined, struct sb_classes ** out, char * err, size_t errlen);
 
 /* Read and check a class file for `owner` (docs/classes.md, "Reading one"). SB_OK, or an SB_E* code with a message in

@@ -212,6 +212,51 @@ done:
     return rc;
 }
 
+/* The graph's class count where its scores output does not declare it (a graph that takes its class set as data,
+ * docs/classes.md): the width of the scores it gives one batch of blank images with its own class set. */
+static int graph_classes(struct sb_model * m, const struct json * meta, int64_t * count) {
+    const OrtApi * api = m->api;
+    int rc = SB_OK;
+    OrtTypeInfo * type_info = NULL;
+    OrtValue * input = NULL, * scores = NULL;
+    OrtTensorTypeAndShapeInfo * info = NULL;
+    ONNXTensorElementDataType type;
+    size_t ndims = 0, bytes;
+    int64_t dims[4];
+    void * blank = NULL;
+    const char * output = "scores";
+    const double size = json_positive(meta, 0, "image_size");
+
+    ORT_TRY(m, api->SessionGetInputTypeInfo(m->session, 0, &type_info), "reading the input type");
+    if ((rc = tensor_shape(m, type_info, "the model input", &type, &ndims, dims)) != SB_OK) goto done;
+    bytes = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ? 1 : sizeof(float); /* read_input: uint8 or float, 4 dims */
+    for (size_t i = 0; i < 4; i++) {
+        if (dims[i] <= 0) dims[i] = i == 0 ? 1 : size >= 1 && size <= SB_MAX_SIDE ? (int64_t) size : -1;
+        if (dims[i] <= 0 || !mul_size(bytes, (size_t) dims[i], &bytes) || bytes > ((size_t) 1 << 30)) {
+            rc = fail(m, SB_EMODEL, "cannot run the model to count its classes (its input needs an image_size of 1 to %d "
+                      "in its metadata and at most 1 GiB per batch); re-export it", SB_MAX_SIDE);
+            goto done;
+        }
+    }
+    if (!(blank = calloc(1, bytes))) { rc = fail(m, SB_ENOMEM, "out of memory for a %zu-byte input batch", bytes); goto done; }
+    ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, blank, bytes, dims, 4, type, &input), "creating the input tensor");
+    ORT_TRY(m, api->Run(m->session, NULL, (const char * const *) &m->input_name, (const OrtValue * const *) &input, 1,
+                        &output, 1, &scores),
+            "running the model once on a blank image, to count its classes");
+    ORT_TRY(m, api->GetTensorTypeAndShape(scores, &info), "reading the scores");
+    ORT_TRY(m, api->GetDimensionsCount(info, &ndims), "reading the scores");
+    if (ndims != 2) { rc = fail(m, SB_EMODEL, "the model's scores have %zu dims, expected 2; re-export it", ndims); goto done; }
+    ORT_TRY(m, api->GetDimensions(info, dims, 2), "reading the scores");
+    *count = dims[1];
+done:
+    if (info) api->ReleaseTensorTypeAndShapeInfo(info);
+    if (scores) api->ReleaseValue(scores);
+    if (input) api->ReleaseValue(input);
+    if (type_info) api->ReleaseTypeInfo(type_info);
+    free(blank);
+    return rc;
+}
+
 /* The outputs: scores float [N, classes], label int64 [N], embedding float [N, d] with d as in the metadata. */
 static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct json * meta) {
     int rc;
@@ -222,10 +267,6 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
         (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
         return rc;
     }
-    if (scores_width > 0 && scores_width != m->fitted->count) {
-        return fail(m, SB_EMODEL, "the model's scores have %lld classes but its metadata names %d; re-export it",
-                    (long long) scores_width, m->fitted->count);
-    }
     if (meta_dim > 0 && embedding_width > 0 && (double) embedding_width != meta_dim) {
         return fail(m, SB_EMODEL, "the model's embedding has %lld values but its metadata says %.0f; re-export it",
                     (long long) embedding_width, meta_dim);
@@ -235,6 +276,11 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
         return fail(m, SB_EMODEL, "cannot tell the model's embedding size; re-export it");
     }
     m->embedding_dim = (int) embedding_width;
+    if (scores_width <= 0 && (rc = graph_classes(m, meta, &scores_width)) != SB_OK) return rc;
+    if (scores_width != m->fitted->count) {
+        return fail(m, SB_EMODEL, "the model's scores have %lld classes but its metadata names %d; re-export it",
+                    (long long) scores_width, m->fitted->count);
+    }
     return SB_OK;
 }
 
@@ -305,6 +351,34 @@ static int read_head_inputs(struct sb_model * m, const struct json * meta) {
     m->bridge_hash = json_text(meta, 0, "bridge_hash", &m->bridge_hash_len);
 done:
     return rc;
+}
+
+/* The metadata's class_names list (what the Python runtime reads) must hold the names of semobridge.class_names. */
+static int check_name_list(struct sb_model * m, const struct json * meta) {
+    const struct sb_classes * c = m->fitted;
+    size_t list = 0, k;
+    if (json_get(meta, 0, "class_names", &list) != 1 || meta->tokens[list].type != JSON_ARRAY) {
+        return fail(m, SB_EMODEL, "the model's semobridge metadata has no 'class_names' list; re-export it");
+    }
+    if (meta->tokens[list].count != (size_t) c->count) {
+        return fail(m, SB_EMODEL, "the model's metadata lists %zu class names in 'class_names' but %d lines in "
+                    "'semobridge.class_names' (a name holds a line break?); re-export it", meta->tokens[list].count, c->count);
+    }
+    k = list + 1;
+    for (int i = 0; i < c->count; i++, k = meta->tokens[k].next) {
+        size_t len = 0;
+        char * name = NULL;
+        if (meta->tokens[k].type == JSON_STRING && !(name = json_string(meta, k, &len))) {
+            return fail(m, SB_ENOMEM, "out of memory reading the model's metadata");
+        }
+        const bool same = name && len == strlen(c->names[i]) && memcmp(name, c->names[i], len) == 0;
+        free(name);
+        if (!same) {
+            return fail(m, SB_EMODEL, "the model's metadata names class %d differently in 'class_names' and in "
+                        "'semobridge.class_names'; re-export it", i);
+        }
+    }
+    return SB_OK;
 }
 
 static int check_params(struct sb_model * m, struct sb_params p) {
@@ -401,6 +475,7 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
         classes_retain(m->fitted);
         m->classes = m->fitted;
     }
+    if ((rc = check_name_list(m, &json)) != SB_OK) goto done;
     if ((rc = read_input(m, alloc, &json)) != SB_OK || (rc = read_outputs(m, alloc, &json)) != SB_OK ||
         (rc = read_limits(m, &json, p)) != SB_OK || (rc = read_head_inputs(m, &json)) != SB_OK) {
         goto done;
