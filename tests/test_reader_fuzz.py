@@ -128,3 +128,27 @@ def test_a_manifest_gives_a_decision_or_an_input_error(folder: Path, manifest: b
         assert check_out_dir(out) == out
     except InputError:
         pass
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+@example(data=None)
+def test_a_model_head_gives_a_head_or_a_model_error(folder: Path, model_file: bytes, data) -> None:
+    """The runtime's reader of an export's head.safetensors (a model file) for class enrolment."""
+    from semobridge_runtime import ModelError as RuntimeModelError
+    from semobridge_runtime.enrol import FittedHead
+    from semobridge_runtime.metadata import parse_metadata
+
+    meta = {**contract_metadata(INFO.class_names, "uint8", ["N", "H", "W", 3], D), "enrolment": {"head": "head.safetensors"}}
+    info = parse_metadata(json.dumps(meta), "fuzzed")
+    header, body = split(model_file)
+    regressions = [join({**header, "__metadata__": {METADATA_KEY: "[" * 3000}}, body),  # RecursionError
+                   join({**header, "__metadata__": {METADATA_KEY: "[]"}}, body),  # AttributeError: not an object
+                   join({**header, "__metadata__": {METADATA_KEY: json.dumps({**json.loads(header["__metadata__"][METADATA_KEY]),
+                                                                             "backbone": []})}}, body)]  # AttributeError
+    for case in regressions if data is None else [data.draw(model_inputs(model_file))]:
+        (folder / "head.safetensors").write_bytes(case)
+        try:
+            assert FittedHead(folder / "model.onnx", info).fitted.names == tuple(INFO.class_names)
+        except RuntimeModelError:
+            pass

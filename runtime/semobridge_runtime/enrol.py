@@ -45,16 +45,17 @@ class FittedHead:
         tensors, meta = tensorfile.read(path, "model head")
         try:
             fields = json.loads(meta.get("semobridge", "{}"))
-            if fields.get("format") != HEAD_FORMAT:
-                raise ValueError(f"format {fields.get('format')!r}")
+            if not isinstance(fields, dict) or fields.get("format") != HEAD_FORMAT:
+                raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             self.pinv = np.asarray(tensors["bridge.pinv"], np.float32)
             self.text_projection = np.asarray(tensors["bridge.text_projection"], np.float32)
             self.eos_length = float(tensors["bridge.eos_length"][0])
             names = tuple(fields["class_names"])
             fitted = ClassSet(names, *(tensors[n] for n in ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")))
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
-        if names != info.class_names or fields.get("backbone", {}).get("weights_hash") != info.raw["backbone"]["weights_hash"]:
+        backbone = fields.get("backbone")
+        if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != info.raw["backbone"]["weights_hash"]:
             raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
         self.fitted = fitted
 
