@@ -13,6 +13,7 @@ stream goes): "decode" (PyAV to RGB arrays), "classify" (Classifier.predict on f
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("benchmarks.video needs PyAV: pip install -e './runtime[video]'") from None
     from semobridge_runtime import Classifier
 
+    load = os.getloadavg()  # a shared machine: how busy it was, with the figures
     with tempfile.TemporaryDirectory(prefix="semobridge-video-") as tmp:
         stage = Path(tmp)
         clip = stage / "clip.mp4"
@@ -145,12 +147,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "",
         f"CPU {m['cpu']} x {m['cpu_count']}, onnxruntime {m['onnxruntime']}, PyAV {av.__version__}. {args.frames} frames at "
         f"{RATE} frames/s, batch 1; the median of {args.rounds} interleaved rounds. \"stream --every {EVERY}\" counts decoded "
-        "frames (one in five classified).",
+        f"frames (one in five classified). Load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after.",
         "",
         markdown_table(["case", "frames/s", "/ classify"], [[r["case"], r["frames_per_s"], r["over_classify"]] for r in rows]),
     ])
     print(text)
     result = {"benchmark": "video", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": label, "machine": m,
+              "load_average": [load, os.getloadavg()],
               "settings": {"size": f"{hw[0]}x{hw[1]}", "frames": args.frames, "rate": RATE, "codec": codec,
                            "rounds": args.rounds, "threads": args.threads, "pyav": av.__version__},
               "rows": rows}
