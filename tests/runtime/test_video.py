@@ -254,3 +254,21 @@ def test_without_pyav_the_error_says_what_to_install(contract_onnx: Path, lossle
     assert "semobridge-runtime[video]" in raised.value.hint
     assert main([str(contract_onnx), str(lossless[0])]) == 4
     assert "hint: pip install 'semobridge-runtime[video]'" in error_of(capsys)
+
+
+def test_a_file_cannot_make_ffmpeg_open_urls(contract_onnx: Path, tmp_path: Path) -> None:
+    """An HLS playlist is a file FFmpeg reads; a hostile one names URLs. FFmpeg's own rule (a file input may open only
+    file, crypto and data URLs) keeps it local: this guards that rule across PyAV and FFmpeg versions."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        playlist = tmp_path / "clip.m3u8"
+        playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1:{port}/a.ts\n#EXT-X-ENDLIST\n")
+        with pytest.raises(InputError):
+            Classifier.load(contract_onnx).stream(playlist, timeout=2)
+        with pytest.raises(BlockingIOError):  # nobody connected
+            server.accept()
