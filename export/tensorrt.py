@@ -249,6 +249,9 @@ def build_engine(
         log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache and cache / "timing.cache", fp32_layers,
                                              dla_core))
         raise
+    if dla_core is not None and any(low != high for low, _, high in shapes.values()):
+        log("note: DLA runs fixed shapes; with a dynamic profile TensorRT may leave layers to the GPU. For DLA give "
+            "min = opt = max: --batch N,N,N --sizes HxW,HxW,HxW --class-counts C,C,C")
     gpu = gpu_name()
     timing_cache = cache / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache" if cache else None
     log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers, dla_core))
