@@ -129,7 +129,8 @@ def is_video_source(source: str) -> bool:
     return source_kind(source) != "file" or Path(source).suffix.lower() in VIDEO_SUFFIXES
 
 
-def _import_av() -> Any:
+def import_av() -> Any:
+    """PyAV, or a BackendError that says how to install it."""
     try:
         import av
     except ImportError:
@@ -138,8 +139,8 @@ def _import_av() -> Any:
     return av
 
 
-def _open(av: Any, source: str, options: Mapping[str, str] | None, timeout: float) -> Any:
-    """Open the container, refusing what is not a readable video source with a hint."""
+def check_source(source: str) -> None:
+    """Refuse a missing or non-regular file and a missing camera device, before anything is loaded or opened."""
     kind = source_kind(source)
     if kind == "file":
         path = Path(source)
@@ -156,6 +157,12 @@ def _open(av: Any, source: str, options: Mapping[str, str] | None, timeout: floa
                                                             "(or ls /dev/video*); in a container, pass the device in") from None
         if not stat.S_ISCHR(mode):
             raise InputError(f"{source} is not a camera device", hint="cameras are the /dev/videoN character devices")
+
+
+def _open(av: Any, source: str, options: Mapping[str, str] | None, timeout: float) -> Any:
+    """Open the container, refusing what is not a readable video source with a hint."""
+    check_source(source)
+    kind = source_kind(source)
     opts = dict(RTSP_OPTIONS) if source.lower().startswith(("rtsp://", "rtsps://")) else {}
     opts.update(options or {})
     try:
@@ -183,7 +190,7 @@ class FrameStream:
     def __init__(self, classifier: Classifier, source: str | PathLike, sampling: Sampling,
                  options: Mapping[str, str] | None = None, timeout: float = STREAM_TIMEOUT_S) -> None:
         self._classifier, self._sampling, self.source = classifier, sampling, os.fspath(source)
-        av = _import_av()
+        av = import_av()
         self._errors = (av.error.FFmpegError, OSError)
         self._container = _open(av, self.source, options, timeout)
         if not self._container.streams.video:

@@ -15,13 +15,13 @@ import time
 
 from .classifier import Classifier
 from .errors import InputError
-from .video import Sampling, elapsed_report, is_video_source
+from .video import Sampling, check_source, elapsed_report, import_av, is_video_source
 
 
 def add_video_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "videos, streams and cameras",
-        "a video file, an rtsp://... (or http, rtmp, udp, srt) URL or a /dev/videoN camera instead of images "
+        "a video file, an rtsp://... (or http, rtmp, udp, srt) URL or a /dev/videoN camera instead of images\n"
         "(one source; needs the runtime's video extra): one JSON line per classified frame")
     group.add_argument("--every", type=int, default=None, metavar="N", help="classify every N-th frame (frames 0, N, 2N...)")
     group.add_argument("--fps", type=float, default=None, metavar="F",
@@ -43,7 +43,10 @@ def video_source(args: argparse.Namespace) -> tuple[str, Sampling, dict[str, str
     if len(args.images) != 1:
         raise InputError(f"{len(args.images)} sources given; semobridge-run reads one video, stream or camera at a time",
                          hint="run it once per video; --every, --fps, --smooth and --video-option apply to videos only")
-    return args.images[0], Sampling(args.every, args.fps, args.smooth), _options(args.video_option)
+    source, sampling, options = args.images[0], Sampling(args.every, args.fps, args.smooth), _options(args.video_option)
+    check_source(source)  # before the model loads: a typo costs no model load
+    import_av()
+    return source, sampling, options
 
 
 def _options(pairs: list[str]) -> dict[str, str]:

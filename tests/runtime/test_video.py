@@ -272,3 +272,9 @@ def test_a_file_cannot_make_ffmpeg_open_urls(contract_onnx: Path, tmp_path: Path
             Classifier.load(contract_onnx).stream(playlist, timeout=2)
         with pytest.raises(BlockingIOError):  # nobody connected
             server.accept()
+
+
+def test_cli_checks_the_source_before_loading_the_model(tmp_path: Path, capsys) -> None:
+    """A typo in the video's name is reported at once, not after a model load (here the model is missing too)."""
+    assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "clip.mp4"), "--fps", "2"]) == 2
+    assert "no such video file" in error_of(capsys)
