@@ -174,7 +174,7 @@ def _open(av: Any, source: str, options: Mapping[str, str] | None, timeout: floa
                               "--every, --fps and --smooth") from None
     except (av.error.FFmpegError, OSError) as exc:
         hint = {"url": "check the URL, the credentials in it and that the camera or server is reachable; "
-                       "RTSP goes over TCP unless you pass options={'rtsp_transport': 'udp'}",
+                       "RTSP goes over TCP unless you pass --video-option rtsp_transport=udp (options={'rtsp_transport': 'udp'})",
                 "camera": "check that no other program holds the camera and that you may read it (group video)",
                 "file": "check that the file is readable"}[kind]
         raise InputError(f"cannot open {source}: {exc}", hint=hint) from None
@@ -193,14 +193,17 @@ class FrameStream:
         av = import_av()
         self._errors = (av.error.FFmpegError, OSError)
         self._container = _open(av, self.source, options, timeout)
-        if not self._container.streams.video:
+        try:
+            if not self._container.streams.video:
+                raise InputError(f"{self.source} has no video stream", hint="pass a file or stream with video in it")
+            self._stream = stream = self._container.streams.video[0]
+            if source_kind(self.source) == "file":
+                stream.thread_type = "AUTO"  # frame threads: faster files; live sources keep FFmpeg's low-latency default
+            if stream.codec_context.width and stream.codec_context.height:
+                classifier.limits.check(stream.codec_context.height, stream.codec_context.width, self.source)
+        except BaseException:
             self.close()
-            raise InputError(f"{self.source} has no video stream", hint="pass a file or stream with video in it")
-        self._stream = stream = self._container.streams.video[0]
-        if source_kind(self.source) == "file":
-            stream.thread_type = "AUTO"  # frame threads: faster files; live sources keep FFmpeg's low-latency default
-        if stream.codec_context.width and stream.codec_context.height:
-            classifier.limits.check(stream.codec_context.height, stream.codec_context.width, self.source)
+            raise
         self.decoded = self.classified = 0
 
     def __enter__(self) -> FrameStream:
@@ -227,7 +230,7 @@ class FrameStream:
             self.decoded += 1
             if frame.pts is not None:
                 start = frame.pts if start is None else start
-                time_s = (frame.pts - start) * frame.time_base
+                time_s = (frame.pts - start) * (frame.time_base or self._stream.time_base)
             elif index:
                 time_s += step
             if not selector.take(index, time_s):

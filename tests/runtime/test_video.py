@@ -190,6 +190,7 @@ def error_of(capsys) -> str:
         (["{tmp}/missing.mp4"], "no such video file", "hint: check the path"),
         (["{text}"], "not a video format FFmpeg reads", "hint: pass a video file"),
         (["{tmp}", "--every", "2"], "is not a regular file", "hint:"),
+        (["{wav}", "--every", "1"], "has no video stream", "hint: pass a file or stream with video"),
         (["{clip}", "--every", "0"], "every must be a positive whole number", "hint: --every 1"),
         (["{clip}", "--every", "-3"], "every must be a positive whole number", "hint:"),
         (["{clip}", "--fps", "-1"], "fps must be a positive number", "hint: e.g. --fps 2"),
@@ -205,9 +206,13 @@ def error_of(capsys) -> str:
 )
 def test_cli_bad_video_input_exits_2_with_a_hint(contract_onnx: Path, lossless, tmp_path: Path, capsys,
                                                  args: list[str], message: str, hint: str) -> None:
+    import wave
+
     text = tmp_path / "notes.mp4"
     text.write_text("not a video at all\n" * 20)
-    fill = {"tmp": str(tmp_path), "text": str(text), "clip": str(lossless[0])}
+    with wave.open(str(tmp_path / "sound.wav"), "wb") as sound:  # audio only
+        sound.setnchannels(1), sound.setsampwidth(2), sound.setframerate(8000), sound.writeframes(bytes(1600))
+    fill = {"tmp": str(tmp_path), "text": str(text), "clip": str(lossless[0]), "wav": str(tmp_path / "sound.wav")}
     assert main([str(contract_onnx), *(a.format(**fill) for a in args)]) == 2
     err = error_of(capsys)
     assert message in err and hint in err
