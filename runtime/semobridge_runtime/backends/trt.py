@@ -16,7 +16,7 @@ import numpy as np
 from ..contract import Tensor, check_graph
 from ..errors import ModelError
 from ..metadata import read_sidecar
-from .engine_io import EngineIO
+from .engine_io import EngineIO, import_tensorrt
 
 
 class TensorRTBackend:
@@ -26,6 +26,7 @@ class TensorRTBackend:
     providers = ("TensorRT",)
 
     def __init__(self, path: Path) -> None:
+        import_tensorrt()  # a missing TensorRT first: without it nothing else can be fixed
         self.info = read_sidecar(path)
         self._io = io = EngineIO(path, _dla_core(self.info.raw, path))
         engine = io.engine
