@@ -283,3 +283,35 @@ def test_cli_checks_the_source_before_loading_the_model(tmp_path: Path, capsys) 
     """A typo in the video's name is reported at once, not after a model load (here the model is missing too)."""
     assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "clip.mp4"), "--fps", "2"]) == 2
     assert "no such video file" in error_of(capsys)
+
+
+def test_ctrl_c_ends_a_stream_with_130_after_the_rates(contract_onnx: Path, lossless, monkeypatch, capsys) -> None:
+    calls = []
+    original = Classifier.predict
+
+    def interrupted(self, images, top_k=5):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, images, top_k)
+
+    monkeypatch.setattr(Classifier, "predict", interrupted)
+    assert main([str(contract_onnx), str(lossless[0])]) == 130
+    captured = capsys.readouterr()
+    assert [json.loads(line)["frame"] for line in captured.out.splitlines()] == [0, 1]
+    assert "3 frames decoded, 2 classified in " in captured.err and "Traceback" not in captured.err
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(contract_onnx: Path, tmp_path: Path) -> None:
+    """`semobridge-run MODEL clip.mkv | head -1`: no BrokenPipeError traceback, exit 0. The clip's lines overfill
+    a pipe's buffer (64 KiB), so the command writes after the reader has gone."""
+    import subprocess
+
+    clip = write_clip(tmp_path / "long.mkv", [np.full((H, W, 3), i % 256, np.uint8) for i in range(1200)], "ffv1", "bgr0")
+    process = subprocess.Popen([sys.executable, "-m", "semobridge_runtime.cli", str(contract_onnx), str(clip)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert json.loads(first)["frame"] == 0
+    assert process.returncode == 0 and b"Traceback" not in err and b"frames decoded" in err
