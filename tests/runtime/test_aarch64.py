@@ -1,5 +1,6 @@
 """aarch64: `make -C runtime/c test-aarch64` cross-builds the C library, its examples and tests, runs them under qemu-user
-and compares the classes and scores of the exported tiny model with this machine's build (tests/runtime/aarch64.py).
+and compares the classes and scores of the exported tiny model with this machine's build, and runs the Python runtime
+on an arm64 CPython under qemu the same way (tests/runtime/aarch64.py).
 
 Needs the Debian packages gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, libstdc++6-arm64-cross and qemu-user, unshare
 (util-linux) with the right to make a mount namespace, and PyPI for the aarch64 onnxruntime wheel.
@@ -46,6 +47,9 @@ def test_aarch64_build_passes_its_tests_and_classifies_as_x86(c_build: Path, onn
     assert int(summary.group(1)) >= 90  # test_errors, test_classes and the parity checks all ran
     for check in ("classify, exported model", "camera (NV12), exported model"):
         assert re.search(rf"^ok {re.escape(check)}: \d+ labels equal", done.stdout, re.M), check
+    python = re.search(r"^(ok Python runtime, exported model: .*|skip Python runtime on aarch64: .*)$", done.stdout, re.M)
+    assert python, "the Python runtime on aarch64 neither ran nor said why not"
+    print(python.group(1))  # skipped only where Debian's arm64 Python or PyPI's aarch64 wheels cannot be had
     difference = float(re.search(r"max \|score difference\| (\S+)", done.stdout).group(1))
     print(f"aarch64 (qemu) vs x86: max |score difference| {difference:.3g}")
     assert difference <= TOLERANCE
