@@ -50,6 +50,6 @@ def test_aarch64_build_passes_its_tests_and_classifies_as_x86(c_build: Path, onn
     python = re.search(r"^(ok Python runtime, exported model: .*|skip Python runtime on aarch64: .*)$", done.stdout, re.M)
     assert python, "the Python runtime on aarch64 neither ran nor said why not"
     print(python.group(1))  # skipped only where Debian's arm64 Python or PyPI's aarch64 wheels cannot be had
-    difference = float(re.search(r"max \|score difference\| (\S+)", done.stdout).group(1))
+    difference = float(re.search(r"^aarch64 vs x86: max \|score difference\| (\S+)", done.stdout, re.M).group(1))
     print(f"aarch64 (qemu) vs x86: max |score difference| {difference:.3g}")
     assert difference <= TOLERANCE
