@@ -175,9 +175,11 @@ class Frame:
 def nv12_to_rgb(y: np.ndarray, uv: np.ndarray, full_range: bool) -> np.ndarray:
     """The reference rule: luma [H, W] and chroma [H/2, W/2, 2] (U, V) uint8 -> RGB uint8 [H, W, 3]."""
     c = BT601[full_range]
+    h, w = y.shape
     luma = (y.astype(np.int32) - c.y_offset) * c.cy + (1 << (SHIFT - 1))
     u = uv[..., 0].astype(np.int32) - 128
     v = uv[..., 1].astype(np.int32) - 128
     chroma = np.stack([c.rv * v, -c.gu * u - c.gv * v, c.bu * u], axis=-1)  # [H/2, W/2, 3]
-    chroma = np.repeat(np.repeat(chroma, 2, axis=0), 2, axis=1)
-    return np.clip((luma[..., None] + chroma) >> SHIFT, 0, 255).astype(np.uint8)
+    # each 2x2 block of luma [H/2, 2, W/2, 2, 1] plus its chroma [H/2, 1, W/2, 1, 3]
+    rgb = luma.reshape(h // 2, 2, w // 2, 2, 1) + chroma[:, None, :, None, :]
+    return np.clip(rgb >> SHIFT, 0, 255).astype(np.uint8).reshape(h, w, 3)

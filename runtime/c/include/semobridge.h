@@ -55,7 +55,9 @@
  * Images beyond the model's limits (longest side, h * w, longest / shortest side:
  * by default SB_MAX_SIDE, SB_MAX_PIXELS, SB_MAX_ASPECT, or the model's own from its
  * metadata) are refused with SB_EINVAL before anything is allocated or run: the
- * graph's resize costs grow with the image. Raise them with sb_params.max_*.
+ * graph's resize costs grow with the image. Raise them with sb_params.max_*. Camera
+ * frames (padded rows; BGR, RGBA, BGRA, NV12) go through struct sb_frame and
+ * sb_classify_frames instead, converted once (see there).
  *
  * Errors (docs/errors.md): functions returning int return 0 on success and a
  * negative SB_E* code on failure, with a message in the model's error buffer
