@@ -173,6 +173,15 @@ def clib(lib: ctypes.CDLL) -> ctypes.CDLL:  # noqa: F811
     return lib
 
 
+@pytest.fixture()
+def model(request: pytest.FixtureRequest) -> Path:
+    """The exported tiny model; with the runtime alone (no torch), the toy contract model."""
+    try:
+        return request.getfixturevalue("onnx_model")
+    except pytest.skip.Exception:
+        return request.getfixturevalue("contract_onnx")
+
+
 def random_frames(seed: int) -> list[Frame]:
     """Every layout at several sizes, packed and with padded rows; NV12 in both ranges and with a separate UV plane."""
     rng = np.random.default_rng(seed)
@@ -209,22 +218,22 @@ def test_c_coefficients_are_pythons() -> None:
     assert rows == [list(BT601[False]), list(BT601[True])]
 
 
-def test_frames_classify_alike_in_c_and_python(clib: ctypes.CDLL, onnx_model: Path) -> None:
-    """The tiny model: a padded BGRA frame and two NV12 frames (one call, two layouts) score in C as in Python, and in
+def test_frames_classify_alike_in_c_and_python(clib: ctypes.CDLL, model: Path) -> None:
+    """A padded BGRA frame and two NV12 frames (one call, two layouts) score in C as in Python, and in
     Python as their RGB pixels do."""
     rng = np.random.default_rng(4)
     h, w = 48, 64
     frames = [nv12_frame(rng, h, w, 16, full_range=False)[0],
               Frame(rng.integers(0, 256, (4 * w + 8) * h, dtype=np.uint8).tobytes(), w, h, "bgra", stride=4 * w + 8),
               nv12_frame(rng, h, w, 0, full_range=True)[0]]
-    clf = Classifier.load(onnx_model, providers=["CPUExecutionProvider"])
+    clf = Classifier.load(model, providers=["CPUExecutionProvider"])
     expected = clf.predict(frames)
     as_rgb = clf.predict([frame.rgb() for frame in frames])
     np.testing.assert_array_equal(expected.scores, as_rgb.scores)
     keep: list = []
     array = (CFrame * len(frames))(*(c_frame(frame, keep) for frame in frames))
     err = ctypes.create_string_buffer(512)
-    m = clib.sb_open_with_error(str(onnx_model).encode(), clib.sb_default_params(), err, len(err))
+    m = clib.sb_open_with_error(str(model).encode(), clib.sb_default_params(), err, len(err))
     assert m, err.value.decode()
     try:
         scores = np.empty((len(frames), clib.sb_num_classes(m)), np.float32)
@@ -258,23 +267,23 @@ def parse_camera(stdout: str) -> tuple[list[int], list[int], np.ndarray]:
     return indices, labels, np.array(scores)
 
 
-def test_camera_example_classifies_an_nv12_file(c_build: Path, onnx_model: Path, tmp_path: Path) -> None:
+def test_camera_example_classifies_an_nv12_file(c_build: Path, model: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     frames = [nv12_frame(rng, 48, 64, pad=8)[0] for _ in range(5)]
     path = write_nv12(tmp_path / "clip.yuv", frames)
-    done = subprocess.run([c_build / "examples" / "camera", "--stride", "72", "--every", "2", "--scores", onnx_model,
+    done = subprocess.run([c_build / "examples" / "camera", "--stride", "72", "--every", "2", "--scores", model,
                            "64", "48", path], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     indices, labels, scores = parse_camera(done.stdout)
-    expected = Classifier.load(onnx_model, providers=["CPUExecutionProvider"]).predict(frames[::2])
+    expected = Classifier.load(model, providers=["CPUExecutionProvider"]).predict(frames[::2])
     assert indices == [0, 2, 4] and labels == expected.labels.tolist()
     np.testing.assert_allclose(scores, expected.scores, rtol=0, atol=1e-5)
     assert "5 frames read, 3 classified" in done.stderr
     truncated = tmp_path / "short.yuv"
     truncated.write_bytes(path.read_bytes()[:-1])
-    done = subprocess.run([c_build / "examples" / "camera", "--stride", "72", onnx_model, "64", "48", truncated],
+    done = subprocess.run([c_build / "examples" / "camera", "--stride", "72", model, "64", "48", truncated],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "frame 4 is" in done.stderr, done.stderr
-    done = subprocess.run([c_build / "examples" / "camera", onnx_model, "63", "48", path], capture_output=True,
+    done = subprocess.run([c_build / "examples" / "camera", model, "63", "48", path], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "even width and height" in done.stderr, done.stderr
