@@ -69,7 +69,7 @@ _STRIDE_HINT = ("pass the buffer's bytes per row as stride (V4L2 bytesperline, G
                 "or None when rows are packed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: its buffer may be a numpy array
 class Frame:
     """One frame in a raw buffer, as a camera or decoder delivers it.
 
