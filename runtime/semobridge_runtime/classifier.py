@@ -189,7 +189,8 @@ class Classifier:
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "") + ")")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
-        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.
+        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths, PIL images or `Frame`s
+        (camera buffers with padded rows, BGR, RGBA, BGRA or NV12; see semobridge_runtime.frames).
 
         Raises InputError for images it cannot take (the message says why and how to fix them),
         ModelError when this model cannot take images at all (float variant), BackendError when
