@@ -9,13 +9,16 @@ bounded (max_examples, a deadline per example), so these tests take seconds.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 #: For every reader test: a fixed budget, no files written beside the tests, the same examples on every run.
-FUZZ_SETTINGS = settings(max_examples=150, deadline=5000, derandomize=True, database=None,
+#: SB_FUZZ_EXAMPLES=N runs N random (not derandomized) examples instead: a longer campaign.
+CAMPAIGN = int(os.environ.get("SB_FUZZ_EXAMPLES", "0"))
+FUZZ_SETTINGS = settings(max_examples=CAMPAIGN or 150, deadline=5000, derandomize=not CAMPAIGN, database=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 #: Values that break readers: signs, sizes around 2**31, 2**63 and 2**64, non-integers, non-finite numbers, wrong types.
