@@ -1,12 +1,13 @@
 """The C library's hand-written readers under libFuzzer with AddressSanitizer and UndefinedBehaviorSanitizer.
 
-`make -C runtime/c fuzz` builds three targets (runtime/c/fuzz): JSON (json.c), class files (classes.c, read for the
-toy model) and a model's class names (the semobridge.class_names metadata, checked at sb_open). Each is seeded with
-the committed text seeds (runtime/c/fuzz/seeds) and what the tests themselves feed the library: the toy class files,
-every bad class file of test_c_classes.BAD_FILES, their JSON headers and names, the toy model's metadata. Any crash,
+`make -C runtime/c fuzz` builds four targets (runtime/c/fuzz): JSON (json.c), class files (classes.c, read for the
+toy model), a model's class names (the semobridge.class_names metadata, checked at sb_open) and camera frames
+(frames.c: sb_frame_to_rgb on any fields and plane sizes). Each is seeded with the committed text seeds
+(runtime/c/fuzz/seeds) and what the tests themselves feed the library: the toy class files, every bad class file of
+test_c_classes.BAD_FILES, their JSON headers and names, the toy model's metadata, a small frame of each layout. Any crash,
 leak, sanitizer report, hang or broken invariant (the targets' CHECKs) fails the test.
 
-Budget: SB_FUZZ_SECONDS per target (default 20), the three at once, so the test takes about 20 s plus the build
+Budget: SB_FUZZ_SECONDS per target (default 20), all at once, so the test takes about 20 s plus the build
 (a few seconds) and the suite stays within its 8 minutes. Seeded this way, 10 s already reach 85-96 % of the edges a
 10-minute campaign reaches (runtime/c/fuzz/README.md has the campaign's figures): enough to catch a regression on
 the paths the tests' inputs reach, every run. A campaign keeps its corpus:
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +34,7 @@ from .contract_model import contract_metadata
 from .test_c_classes import bad_files, split, toy_files  # noqa: F401  (fixtures)
 
 FUZZ_SECONDS = int(os.environ.get("SB_FUZZ_SECONDS", "20"))
-TARGETS = ("json", "classes", "names")
+TARGETS = ("json", "classes", "names", "frames")
 SEEDS = C_DIR / "fuzz" / "seeds"
 STATS = re.compile(r"^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb):\s+(\d+)", re.M)
 
@@ -83,6 +85,12 @@ def corpus(toy_files, bad_files, tmp_path_factory) -> Path:  # noqa: F811
             add("json", f"header-{i:02d}.json", split(data)[0].encode("latin-1"))
     for i, path in enumerate(toy_files):
         add("names", f"toy-{i}.txt", tensorfile.read(path)[0]["class_names"].tobytes())
+    for layout, depth in enumerate((3, 3, 4, 4, 1)):  # a 6x4 frame of each sb_layout, packed and with padded rows
+        for pad in (0, 5):
+            row, stride = 6 * depth, 6 * depth + pad if pad else 0
+            sizes = (3 * (stride or row) + row, (stride or 6) + 6 if layout == 4 else 0)
+            fields = struct.pack("<bBhhhhBBII4x", layout, 1, 6, 4, stride, stride, 1, 1, *sizes)
+            add("frames", f"frame-{layout}-{pad}", fields + bytes(range(0, 250, 7)))
     meta = contract_metadata(["red fox", "blue whale"], "uint8", ["N", "H", "W", 3], 8)
     add("json", "metadata.json", json.dumps(meta).encode())
     add("names", "metadata.txt", "\n".join(meta["class_names"]).encode())
