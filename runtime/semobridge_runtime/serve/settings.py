@@ -25,6 +25,7 @@ class ServeSettings:
     max_pixels: int | None = None
     max_aspect: float | None = None
     classes: str | None = None  # absolute path of a class file used instead of the fitted classes
+    max_request_bytes: int | None = None  # pixels or encoded bytes a request may carry (--max-request-mb)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
