@@ -66,8 +66,12 @@ class InFlight:
             self.used -= amount
 
 
-def check_length(length: int, budget: Budget) -> None:
-    """An inference body's declared length against the per-request budget (before a byte of it is read)."""
+def check_length(length: int, budget: Budget, binary: bool) -> None:
+    """An inference body's declared length against the per-request budget, and a JSON body's against
+    JSON_MAX_BYTES (before a byte of it is read)."""
+    if not binary and length > JSON_MAX_BYTES:
+        raise TooLarge(f"a JSON request body may hold {JSON_MAX_BYTES // MIB} MiB, this one is {length} bytes",
+                       hint="send the tensors as binary data (tritonclient.http does) or over gRPC")
     if length > budget.request_bytes:
         raise TooLarge(f"the request body is {length} bytes, over the {budget.request_bytes // MIB} MiB a request "
                          "may carry (--max-request-mb)", hint=_BIGGER)

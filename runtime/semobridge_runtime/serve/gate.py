@@ -165,7 +165,8 @@ class _ApiHandler(_Handler):
         """Refuse a body over the budget before the client sends it (instead of '100 Continue')."""
         text = self.headers.get("Content-Length", "")
         try:
-            check_length(int(text) if text.isdigit() else 0, self.server.gate.budget)
+            check_length(int(text) if text.isdigit() else 0, self.server.gate.budget,
+                         binary="Inference-Header-Content-Length" in self.headers)
         except TooLarge as exc:
             self.refuse(400, exc, "too_large", close=True)
             return False
@@ -189,7 +190,7 @@ class _ApiHandler(_Handler):
             self._forward(self.rfile.read(length))
             return
         try:
-            check_length(length, gate.budget)
+            check_length(length, gate.budget, binary="Inference-Header-Content-Length" in self.headers)
         except InputError as exc:
             self.refuse(400, exc, "too_large", close=True)
             return
