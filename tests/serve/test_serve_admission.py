@@ -168,3 +168,23 @@ def test_gate_refuses_an_oversized_body_before_it_is_sent(gate) -> None:
         connection.request("POST", path, body=b"{}")
         assert connection.getresponse().status == 404
         connection.close()
+
+
+def test_the_model_refuses_a_request_over_the_budget_before_decoding_or_running(local) -> None:
+    """Over gRPC, Triton hands the model what it read: pixels, or files whose headers declare their pixels."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from semobridge_runtime.serve.execution import Request, run_batch
+
+    from .conftest import png
+
+    pixels = np.zeros((2, 64, 64, 3), np.uint8)  # 24576 bytes
+    flat = np.zeros((1, 1, 1, 3), np.uint8)
+    encoded = np.array([[png(np.zeros((512, 512, 3), np.uint8))]], dtype=object)  # ~1 KB declaring 768 KiB
+    with ThreadPoolExecutor(2) as pool:
+        results = run_batch(local, [Request(pixels, None), Request(flat, None), Request(None, encoded)], pool,
+                            budget=20000)
+        assert isinstance(results[0], TooLarge) and "24576 bytes" in str(results[0])
+        assert isinstance(results[2], TooLarge) and "--max-request-mb" in str(results[2])
+        np.testing.assert_allclose(results[1]["scores"], local.predict(flat).scores, atol=1e-5)  # the others run
+        assert not any(isinstance(r, Exception) for r in run_batch(local, [Request(pixels, None)], pool, budget=24576))

@@ -4,15 +4,12 @@ The model repository's `1/model.py` only imports `TritonPythonModel` from here. 
 wrong get an INVALID_ARG error (HTTP 400, gRPC INVALID_ARGUMENT) each, alone; a failure of the
 inference library gets INTERNAL (500) for the requests of that run. Triton counts such answers as
 successes (the model ran), so each is counted on the metrics port as `semobridge_model_refused_total`.
-After a run over BIG_RUN_BYTES of pixels the freed memory goes back to the system (malloc_trim).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +21,6 @@ from .protocol import ENCODED, IMAGE, SETTINGS, error_text
 from .settings import ServeSettings, load_classifier
 
 DECODE_THREADS = min(8, os.cpu_count() or 1)
-BIG_RUN_BYTES = 64 << 20
 KINDS = ("input error", "model error", "runtime error", "internal error")
 
 
@@ -41,7 +37,6 @@ class TritonPythonModel:
             name="semobridge_model_refused_total", kind=pb_utils.MetricFamily.COUNTER,
             description="Requests the model answered with an error, by kind (Triton counts them as successes)")
         self._refused = {kind: self._family.Metric(labels={"model": args["model_name"], "kind": kind}) for kind in KINDS}
-        self._trim = _malloc_trim()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [Request(_tensor(r, IMAGE), _tensor(r, ENCODED)) for r in requests]
@@ -52,23 +47,11 @@ class TritonPythonModel:
         for result in results:
             if isinstance(result, Exception):
                 self._refused.get(getattr(result, "kind", ""), self._refused["internal error"]).increment(1)
-        responses = [_response(result, request) for result, request in zip(results, requests)]
-        if self._trim is not None and sum(r.image.nbytes for r in inputs if r.image is not None) > BIG_RUN_BYTES:
-            del inputs, results
-            self._trim(0)
-        return responses
+        return [_response(result, request) for result, request in zip(results, requests)]
 
     def finalize(self) -> None:
         self._pool.shutdown(wait=True)
         del self._refused, self._family  # the metrics before their family, as Triton asks
-
-
-def _malloc_trim() -> Any:
-    """glibc's malloc_trim (return freed heap to the system), or None where there is none."""
-    try:
-        return ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):  # musl has none
-        return None
 
 
 def _tensor(request: Any, name: str) -> Any:

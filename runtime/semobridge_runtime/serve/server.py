@@ -35,6 +35,7 @@ from .repository import Batching, write_repository
 from .settings import ServeSettings
 
 STARTUP_TIMEOUT_S = 300.0
+MMAP_THRESHOLD = 1 << 20
 _INSTALL = "pip install 'semobridge-runtime[serve]'"
 # What tritonserver says on every machine without a GPU: not worth showing in an error summary.
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA memory pool", "GPU metrics")
@@ -233,6 +234,9 @@ class TritonServer:
             # shared-memory regions unique to this server, so that several run side by side
             f"--backend-config=python,shm-region-prefix-name=semobridge{os.getpid()}x{self.endpoints.http_port}_",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            # no pool of gRPC request/response objects kept for reuse: each kept the buffers of the largest
+            # requests it had carried (Triton's heap grew by 90 MB a minute of mixed sizes, not given back)
+            "--grpc-infer-allocation-pool-size=0",
         ]
 
     @staticmethod
@@ -245,6 +249,11 @@ class TritonServer:
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        # glibc: blocks of 1 MiB and more (tensors) are mapped apart and unmapped when freed, instead of staying
+        # in the heap at the high-water mark (its default threshold grows to 32 MiB after the first large frees)
+        tunables = env.get("GLIBC_TUNABLES", "")
+        if "mmap_threshold" not in tunables:
+            env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}") if t)
         return env
 
     def _read_log(self) -> None:
