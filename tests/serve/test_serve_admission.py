@@ -143,6 +143,9 @@ def test_gate_forwards_with_its_key_and_refuses_beyond_the_in_flight_budget(gate
     assert ok == {"bytes": len(raw), "key": "k3y", "type": "application/octet-stream"}
     busy = next(answer for status, answer in answers if status == 429)["error"]
     assert busy.startswith("runtime error: the server holds") and "--max-inflight-mb" in busy
+    deadline = time.monotonic() + 10
+    while front.inflight.used and time.monotonic() < deadline:  # given back once the answer is written
+        time.sleep(0.01)
     assert front.inflight.used == 0 and front.refused["busy"] == 1
     assert post(port, raw, {"Inference-Header-Content-Length": str(len(header))})[0] == 200  # budget given back
 

@@ -207,8 +207,11 @@ class _ApiHandler(_Handler):
             held += declared
             self._forward(body)
         except Busy as exc:
-            self.refuse(429, BackendError(str(exc), hint="retry in a moment, or send smaller requests"), "busy",
-                        close=held == 0)
+            if held == 0:  # the body is still coming: read it past, holding 64 KiB at a time, so the client hears
+                left = length
+                while left > 0 and (chunk := self.rfile.read(min(SMALL_BODY, left))):
+                    left -= len(chunk)
+            self.refuse(429, BackendError(str(exc), hint="retry in a moment, or send smaller requests"), "busy")
         except InputError as exc:
             self.refuse(400, exc, "too_large" if isinstance(exc, TooLarge) else "invalid")
         finally:
