@@ -184,10 +184,13 @@ def test_refusals_are_counted_on_the_metrics_port(server) -> None:
     """Triton counts a request the model refuses as a success: the model counts it, the gate counts its own."""
     gate, model = 'semobridge_http_refused_total{reason="invalid"}', \
         'semobridge_model_refused_total{kind="input error",model="semobridge"}'
-    before = metric(server, gate), metric(server, model)
+    triton = 'semobridge_http_refused_total{reason="triton"}'
+    before = metric(server, gate), metric(server, model), metric(server, triton)
     assert http_json(f"{server.http}/v2/models/semobridge/infer", b"hello")[0] == 400  # the gate's
+    assert http_json(f"{server.http}/v2/models/semobridge/infer", FAULTS["wrong dtype"][0])[0] == 400  # Triton's
     assert http_json(f"{server.http}/v2/models/semobridge/infer", FAULTS["garbage bytes"][0])[0] == 400  # the model's
     with RemoteClassifier(server.grpc) as remote:
         with pytest.raises(InputError):
             remote.predict_encoded(b"not an image")  # the model's, over gRPC
-    assert (metric(server, gate), metric(server, model)) == (before[0] + 1, before[1] + 2)
+    assert (metric(server, gate), metric(server, model), metric(server, triton)) == \
+        (before[0] + 1, before[1] + 2, before[2] + 1)

@@ -34,7 +34,8 @@ _INFER = re.compile(r"^/v2/models/[^/]+(/versions/[0-9]+)?/infer$")
 _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/versions/[0-9]+)?(/(ready|config|stats))?)?/?$")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length", "expect", KEY_HEADER}
-REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found")
+REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
+_OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
 class Gate:
@@ -69,7 +70,8 @@ class Gate:
         """The gate's counters in Prometheus text format."""
         with self._lock:
             refused = dict(self.refused)
-        lines = ["# HELP semobridge_http_refused_total HTTP requests semobridge-serve refused before Triton saw them",
+        lines = ["# HELP semobridge_http_refused_total HTTP requests refused before the model saw them: by "
+                 "semobridge-serve's front door, or (reason triton) by Triton",
                  "# TYPE semobridge_http_refused_total counter",
                  *(f'semobridge_http_refused_total{{reason="{r}"}} {n}' for r, n in refused.items()),
                  "# HELP semobridge_inflight_bytes Bytes of HTTP requests in flight (budget: --max-inflight-mb)",
@@ -250,6 +252,8 @@ class _ApiHandler(_Handler):
                     self.refuse(503, BackendError("the server is stopping or its Triton process is gone",
                                                   hint="retry on another replica"), "unavailable")
                     return
+        if response.status >= 400 and not _OURS.match(data):  # Triton's own refusal (dtype, shape against the config)
+            gate.count("triton")
         self.send(response.status, data, response.getheaders())
 
 
