@@ -47,8 +47,12 @@ class Gate:
         self.upstream_http, self.upstream_metrics = upstream_http, upstream_metrics
         self.refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
         self._lock = threading.Lock()
-        self._servers = [_Server((address, http_port), _ApiHandler, self),
-                         _Server((address, metrics_port), _MetricsHandler, self)]
+        api = _Server((address, http_port), _ApiHandler, self)
+        try:
+            self._servers = [api, _Server((address, metrics_port), _MetricsHandler, self)]
+        except OSError:
+            api.server_close()
+            raise
 
     def start(self) -> None:
         for server in self._servers:

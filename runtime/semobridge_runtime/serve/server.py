@@ -149,10 +149,9 @@ class TritonServer:
         check_ports(self.endpoints)
         http, metrics = _free_loopback_ports(2)
         self._upstream = Endpoints("127.0.0.1", http, self.endpoints.grpc_port, metrics)
-        self._gate = Gate(self.endpoints.address, self.endpoints.http_port, self.endpoints.metrics_port, http, metrics,
-                          self._budget, self._key)
         self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))
         try:
+            self._gate = self._open_gate()
             repository = write_repository(self._workspace / "models", self.name, self._classifier,
                                           self._settings, self._batching)
             self._classifier = None  # written out; each instance loads its own
@@ -191,6 +190,15 @@ class TritonServer:
         self._close_gate()
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signum)
+
+    def _open_gate(self) -> Gate:
+        e, up = self.endpoints, self._upstream
+        try:
+            return Gate(e.address, e.http_port, e.metrics_port, up.http_port, up.metrics_port, self._budget, self._key)
+        except OSError as exc:  # taken since check_ports looked
+            raise InputError(f"cannot listen on {e.address}:{e.http_port} or :{e.metrics_port}: {exc.strerror or exc}",
+                             hint="stop the program that uses the port, or choose others with --http-port and "
+                                  "--metrics-port") from None
 
     def _close_gate(self) -> None:
         if self._gate is not None:
