@@ -253,8 +253,8 @@ class _ApiHandler(_Handler):
                 self._upstream = None
                 stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
                 if not (reused and stale and attempt == 0):  # only a kept-alive connection Triton closed is retried
-                    self.refuse(503, BackendError("the server is stopping or its Triton process is gone",
-                                                  hint="retry on another replica"), "unavailable")
+                    self.refuse(503, BackendError("the server is starting, stopping, or its Triton process is gone",
+                                                  hint="retry in a moment, or on another replica"), "unavailable")
                     return
         if response.status >= 400 and not _OURS.match(data):  # Triton's own refusal (dtype, shape against the config)
             gate.count("triton")
