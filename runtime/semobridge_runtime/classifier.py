@@ -76,7 +76,7 @@ class Classifier:
              intra_op_num_threads: int | None = None, allow_spinning: bool = True, prefer_int8: bool = True, *,
              classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
-             max_aspect: float | None = None) -> Classifier:
+             max_aspect: float | None = None, release_after_bytes: int | None = None) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
@@ -92,6 +92,8 @@ class Classifier:
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
             2**26 and 32). Larger images are refused before they are decoded or run.
+        release_after_bytes: ONNX Runtime's CPU arena keeps the memory of the largest run for the next; after a
+            run on at least this many bytes of pixels it gives back what it holds unused (None: never, its default).
         """
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         if backend not in ("auto", "onnxruntime", "tensorrt"):
@@ -106,7 +108,8 @@ class Classifier:
             from .precision import int8_beside
 
             path = (prefer_int8 and int8_beside(path, choose_providers(providers))) or path
-            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
+            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning,
+                                                   release_after_bytes)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
