@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import files
 from .backends import Backend
 from .classes import ClassSet
 from .enrol import Enrolment
@@ -98,6 +99,7 @@ class Classifier:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else
                              f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
+        files.check_regular(path, "model file", files.GRAPH_BYTES, ModelError)  # not a FIFO or device, bounded
         if backend == "auto":
             backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
         if backend == "onnxruntime":
