@@ -123,11 +123,11 @@ def _check_type(name: str, value: Any, types: tuple[type, ...], source: str) -> 
 
 
 def _check_preprocessing(values: dict, source: str) -> None:
-    """The image size and normalisation the backbone was fitted with: a size within the image limits, a finite
-    mean and a positive finite std (a std of 0 would divide by zero)."""
+    """The image size and normalisation the backbone was fitted with: a size within the image limits (0: fitted
+    from embeddings), a finite mean and a positive finite std (a std of 0 would divide by zero)."""
     size = values["image_size"]
-    if not 1 <= size <= MAX_SIDE:
-        raise ModelFileError(f"{source}: metadata image_size {size} is outside 1..{MAX_SIDE}", hint=_REFIT)
+    if not 0 <= size <= MAX_SIDE:
+        raise ModelFileError(f"{source}: metadata image_size {size} is outside 0..{MAX_SIDE}", hint=_REFIT)
     if not all(math.isfinite(v) for v in values["mean"]):
         raise ModelFileError(f"{source}: metadata mean {values['mean']} is not finite", hint=_REFIT)
     if not all(math.isfinite(v) and v > 0 for v in values["std"]):
