@@ -145,11 +145,12 @@ def _inside(folder: Path, name: object) -> Path | None:
 
 
 def _foreign(out_dir: Path, ours: set[str]) -> list[str]:
-    """Everything in out_dir (relative names) that is neither the manifest nor one of our unchanged files."""
+    """Everything in out_dir (relative names) that is neither the manifest (a regular file) nor one of our
+    unchanged files (folders count by what they hold)."""
     found = []
     for path in sorted(out_dir.rglob("*")):  # rglob does not follow symbolic links to folders
         name = path.relative_to(out_dir).as_posix()
-        if name == MANIFEST or name in ours or (path.is_dir() and not path.is_symlink()):
+        if name in ours or (not path.is_symlink() and (path.is_dir() or name == MANIFEST and path.is_file())):
             continue
         found.append(name)
     return found
@@ -178,7 +179,7 @@ def _remove(out_dir: Path, top: str, ours: set[str]) -> None:
     Anything else stops it with an InputError (someone put it there since the check): nothing of someone
     else's is removed."""
     target = out_dir / top
-    if top == MANIFEST and target.is_file():
+    if top == MANIFEST and target.is_file() and not target.is_symlink():
         target.unlink()
         return
     for name in sorted(n for n in ours if n == top or n.startswith(top + "/")):

@@ -16,7 +16,7 @@ from semobridge_runtime import tensorfile
 
 from . import __version__
 from .errors import InputError, ModelError
-from .files import GRAPH_BYTES, open_regular
+from .files import GRAPH_BYTES, read_bytes
 from .params import RANGES
 from .validate import MAX_SIDE, blend_values, class_names
 
@@ -80,7 +80,7 @@ class ModelInfo:
             class_names(values["class_names"], f"{source}: class_names")
             blend_values(values["params"], RANGES, f"{source}: params")
         except InputError as exc:
-            raise ModelFileError(str(exc), hint=_REFIT) from None
+            raise ModelFileError(str(exc), hint=exc.hint or _REFIT) from None
         return cls(**values)
 
     def describe(self) -> str:
@@ -150,9 +150,10 @@ def read_model(path: str | Path) -> tuple[ModelInfo, dict[str, np.ndarray]]:
                              hint="give the path of a .safetensors file written by `semobridge fit`")
     try:
         tensors, meta = tensorfile.read(path, "model file")
+    except tensorfile.Malformed as exc:
+        raise ModelFileError(f"{path} is not a semobridge model file: it is truncated or malformed ({exc.reason})",
+                             hint=_REFIT) from None
     except ModelError as exc:
-        if "truncated or not a safetensors file" in str(exc):
-            raise ModelFileError(f"{path} is not a semobridge model file: {exc}", hint=_REFIT) from None
         raise ModelFileError(str(exc), hint=exc.hint or _REFIT) from None
     try:
         values = json.loads(meta[METADATA_KEY])
@@ -171,11 +172,9 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     import onnx
 
     path = Path(path)
+    data = read_bytes(path, "exported graph", GRAPH_BYTES, ModelError)
     try:
-        with open_regular(path, "exported graph", GRAPH_BYTES, ModelError) as f:
-            model = onnx.load(f, load_external_data=False)
-    except ModelError:
-        raise
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__})", hint="export it again") from None
     props = {p.key: p.value for p in model.metadata_props}

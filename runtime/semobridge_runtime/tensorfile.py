@@ -24,12 +24,20 @@ ALIGN = 8  # the header is padded with spaces to a multiple of 8 bytes, so tenso
 HEADER_MAX = 100_000_000  # bytes: safetensors' own limit on the JSON header (the C reader's MAX_HEADER)
 
 
+class Malformed(ModelError):
+    """A file whose bytes are not a safetensors file (truncated or malformed); `reason` says where."""
+
+    def __init__(self, message: str, reason: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.reason = reason
+
+
 def read(path: str | os.PathLike, what: str = "file",
          limit: int = files.MODEL_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (read-only arrays) and string metadata of a safetensors file, every byte checked; ModelError if
     it is missing, not a regular file, over `limit` bytes (files.MODEL_BYTES), truncated, malformed (tensor
     offsets outside the file, shapes that do not fit them) or holds NaN or infinite values (`what` names the
-    file's role in messages)."""
+    file's role in messages; Malformed for bytes that are not a safetensors file)."""
     with files.open_regular(path, what, limit, ModelError) as f:
         size = os.fstat(f.fileno()).st_size
         try:
@@ -42,8 +50,8 @@ def read(path: str | os.PathLike, what: str = "file",
     try:
         tensors, meta = parse(data)
     except ValueError as exc:
-        raise ModelError(f"{what} {path} is truncated or not a safetensors file ({exc})",
-                         hint=f"the {what} is damaged: write it again") from None
+        raise Malformed(f"{what} {path} is truncated or not a safetensors file ({exc})", str(exc),
+                        hint=f"the {what} is damaged: write it again") from None
     bad = [name for name, array in tensors.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
     if bad:
         raise ModelError(f"{what} {path} holds NaN or infinite values ({', '.join(bad)})",
