@@ -387,3 +387,15 @@ def test_ctrl_c_says_interrupted_and_exits_130():
 
     result = CliRunner().invoke(slow, [])
     assert result.exit_code == 130 and "interrupted" in result.output and "Aborted" not in result.output
+
+
+def test_fifos_given_as_model_or_feature_files_are_refused_without_blocking(model_file, tmp_path):
+    from tests.runtime.test_runtime_files import within_timeout
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    within_timeout(lambda: refused("info", fifo, code=MODEL_EXIT, says="is a pipe (FIFO), not a regular file"), fifo)
+    within_timeout(lambda: refused("fit-features", fifo, "-o", tmp_path / "m.safetensors", says="is a pipe (FIFO)"), fifo)
+    within_timeout(lambda: refused("predict-features", model_file, fifo, "-o", tmp_path / "s.npy",
+                                   says="is a pipe (FIFO)"), fifo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.safetensors"]
