@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from .blend import BlendParams
+from .calibrate import calibrate
 from .bridge import Bridge
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
@@ -102,4 +103,9 @@ def fit_features(
     head = head.with_params(params or BlendParams())
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)
-    return head.cpu()
+    head = head.cpu()
+    calibration = calibrate(head, features.to("cpu"))
+    if calibration is not None:
+        head.info.open_set = {**calibration.open_set.to_dict(), "ece_before": calibration.ece_before,
+                              "ece_after": calibration.ece_after}
+    return head
