@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from semobridge_runtime.errors import SemobridgeError as RuntimeSemobridgeError
 from semobridge_runtime.openset import OpenSet
 
 from . import __version__
@@ -85,7 +86,7 @@ class ModelInfo:
         if values.get("open_set") is not None:
             try:
                 OpenSet.from_dict(values["open_set"], source)
-            except ModelError as exc:
+            except RuntimeSemobridgeError as exc:  # the runtime's error classes, not this package's
                 raise ModelFileError(str(exc), hint=_REFIT) from None
         return cls(**values)
 

@@ -68,7 +68,7 @@ class OpenSet:
                 raise ValueError(f"score {values.get('score')!r}, this runtime knows {SCORE!r}")
             return cls(float(values["temperature"]), float(values["threshold"]), float(values.get("accept", ACCEPT)),
                        str(values.get("source", "")))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, InputError, ModelError) as exc:
             raise ModelError(f"{source}: unusable 'open_set' calibration ({exc})",
                              hint="re-export the model with semobridge-export, or load it with unknown=None") from None
 
@@ -81,10 +81,14 @@ def check_threshold(value: Any, what: str = "unknown") -> float:
     return float(value)
 
 
-def decide(scores: np.ndarray, temperature: float, threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels int64 [N], known bool [N], probabilities float32 [N, C]); threshold None: every image known."""
+def decide(scores: np.ndarray, temperature: float, threshold: float | None,
+           labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int64 [N], known bool [N], probabilities float32 [N, C]) from blend scores z [N, C].
+
+    `labels`: the graph's argmax labels (computed here when not given); an unknown image's becomes
+    UNKNOWN (-1). threshold None: every image is known (the closed-set behaviour)."""
     probs = probabilities(scores, temperature)
-    labels = np.argmax(scores, axis=1).astype(np.int64)
+    labels = np.argmax(scores, axis=1).astype(np.int64) if labels is None else np.asarray(labels, np.int64)
     known = np.ones(len(labels), bool) if threshold is None else abstention_score(probs) >= threshold
     return np.where(known, labels, UNKNOWN), known, probs
 

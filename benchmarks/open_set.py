@@ -1,0 +1,174 @@
+"""Open-set scores compared: which score tells images of enrolled classes from the others.
+
+Leave-classes-out splits: of C classes of the benchmarks' synthetic CLIP-like embeddings
+(benchmarks/common.py), the first half is enrolled (K shots each, min(K, 4) validation
+embeddings each, as the fit samples them) and the second half plays the unknown; `--test`
+test embeddings per class of both halves. The training-free head is fitted on the known half
+with the default blend; its temperature and threshold are calibrated by semobridge.calibrate on
+the validation and leave-one-out shot embeddings only. Compared, on the test embeddings:
+
+- max_probability: the top class's calibrated probability max softmax(z / T) (the runtime's score);
+- max_blend: the top blend score max z;
+- margin: the top-1 minus top-2 blend score;
+- prototype_cosine: the nearest image prototype's cosine max n(q) · I_c;
+- mcm: Maximum Concept Matching (Ming et al., 2022), max softmax(n(q) · T_c / tau), tau = 1.
+
+Reported: AUROC (known vs unknown), FPR at 95 % TPR, and for the runtime's score at the
+calibrated threshold the acceptance of held-out known images (target: --accept), the fraction
+of unknown images accepted and the accuracy on the accepted known images. Random embeddings:
+the figures compare scores on data with a known structure, not what CLIP reaches on photos.
+
+    python -m benchmarks.open_set                 # C 10, 40, 200; K 1, 4, 16; seeds 0-2
+    python -m benchmarks.open_set --quick         # CI-sized
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: python benchmarks/open_set.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from benchmarks.common import add_out_options, info_for, machine, markdown_table, parse_ints, results_folder, synthetic_features, write_report
+from semobridge.blend import BlendParams
+from semobridge.calibrate import calibrate
+from semobridge.data import VAL_SHOTS_MAX
+from semobridge.features import FeatureSet
+from semobridge.fit import build_head
+from semobridge_runtime import openset
+
+SCORES = ("max_probability", "max_blend", "margin", "prototype_cosine", "mcm")
+SYNTHETIC_BACKBONE = {"name": "synthetic", "pretrained": "none", "weights_hash": "0"}
+MCM_TAU = 1.0
+
+
+def known_half(pool: FeatureSet, known: int, val: int) -> FeatureSet:
+    """The first `known` classes: their prompts, shots and first `val` validation embeddings each."""
+    text = pool.text_class < known
+    shots = pool.shot_label < known
+    rank = torch.zeros_like(pool.val_label)
+    for c in range(known):
+        where = pool.val_label == c
+        rank[where] = torch.arange(int(where.sum()))
+    v = (pool.val_label < known) & (rank < val)
+    return FeatureSet(pool.text_projection, pool.text_eos[text], pool.text_class[text], pool.shot_image[shots],
+                      pool.shot_label[shots], pool.val_image[v], pool.val_label[v], pool.logit_scale, pool.class_names[:known])
+
+
+@torch.no_grad()
+def scores_of(head, temperature: float, q: torch.Tensor) -> dict[str, np.ndarray]:
+    z = head(q)
+    top2 = z.topk(min(2, z.shape[1]), dim=1).values
+    cos_t = F.normalize(q, dim=-1) @ head.text_classifier.T
+    return {
+        "max_probability": openset.abstention_score(openset.probabilities(z.numpy(), temperature)),
+        "max_blend": top2[:, 0].numpy(),
+        "margin": (top2[:, 0] - top2[:, -1]).numpy(),
+        "prototype_cosine": (F.normalize(q, dim=-1) @ head.image_prototypes.T).max(1).values.numpy(),
+        "mcm": torch.softmax(cos_t / MCM_TAU, dim=1).max(1).values.numpy(),
+    }
+
+
+def run(classes: int, shots: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    known = classes // 2
+    pool = synthetic_features(classes, shots, VAL_SHOTS_MAX + args.test, args.width, args.width, seed=seed)
+    features = known_half(pool, known, min(shots, VAL_SHOTS_MAX))
+    head = build_head(features, info_for(features, SYNTHETIC_BACKBONE)).with_params(BlendParams())
+    cal = calibrate(head, features, args.accept)
+    rank = torch.zeros_like(pool.val_label)
+    for c in range(classes):
+        where = pool.val_label == c
+        rank[where] = torch.arange(int(where.sum()))
+    test = rank >= VAL_SHOTS_MAX
+    q, y = pool.val_image[test], pool.val_label[test]
+    is_known = (y < known).numpy()
+    s = scores_of(head, cal.open_set.temperature, q)
+    row: dict[str, Any] = {"classes": classes, "known": known, "shots": shots, "seed": seed,
+                           "temperature": cal.open_set.temperature, "threshold": cal.open_set.threshold,
+                           "ece_before": cal.ece_before, "ece_after": cal.ece_after, "calibration_images": cal.images}
+    for name in SCORES:
+        row[f"auroc_{name}"] = openset.auroc(s[name][is_known], s[name][~is_known])
+        row[f"fpr95_{name}"] = openset.fpr_at_tpr(s[name][is_known], s[name][~is_known])
+    accepted = s["max_probability"] >= cal.open_set.threshold
+    pred = head(q).argmax(1).numpy()
+    row["accepted_known"] = float(accepted[is_known].mean())
+    row["accepted_unknown"] = float(accepted[~is_known].mean())
+    row["closed_set_accuracy"] = float((pred[is_known] == y.numpy()[is_known]).mean())
+    ok = accepted & is_known
+    row["accuracy_accepted_known"] = float((pred[ok] == y.numpy()[ok]).mean()) if ok.any() else float("nan")
+    return row
+
+
+def summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    out = []
+    for c, k in sorted({(r["classes"], r["shots"]) for r in rows}):
+        mine = [r for r in rows if (r["classes"], r["shots"]) == (c, k)]
+        mean = lambda key: statistics.fmean(r[key] for r in mine)  # noqa: E731
+        out.append([c // 2, c - c // 2, k, *(f"{100 * mean(f'auroc_{n}'):.1f}" for n in SCORES),
+                    *(f"{100 * mean(f'fpr95_{n}'):.1f}" for n in ("max_probability", "mcm")),
+                    f"{100 * mean('accepted_known'):.1f}", f"{100 * mean('accepted_unknown'):.1f}",
+                    f"{100 * mean('closed_set_accuracy'):.1f}", f"{100 * mean('accuracy_accepted_known'):.1f}",
+                    f"{100 * mean('ece_before'):.1f} -> {100 * mean('ece_after'):.1f}"])
+    return out
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    headers = ["known C", "unknown C", "K", *(f"AUROC {n}" for n in SCORES), "FPR95 max_probability", "FPR95 mcm",
+               f"known accepted (target {100 * args.accept:.0f})", "unknown accepted", "closed-set acc", "acc on accepted known",
+               "ECE % before -> after"]
+    worst = {n: min(r[f"auroc_{n}"] - r["auroc_mcm"] for r in rows) for n in SCORES if n != "mcm"}
+    miss = max(abs(r["accepted_known"] - args.accept) for r in rows)
+    text = "\n".join([
+        f"# Open-set scores on synthetic leave-classes-out splits (d = {args.width}, default blend)", "",
+        f"Known half enrolled, other half unknown; {args.test} test embeddings per class; seeds "
+        f"{', '.join(map(str, args.seeds))} (means shown, %). Threshold and temperature from the validation and "
+        "leave-one-out shot embeddings only. Random embeddings: these compare scores, they are not accuracy on photos.", "",
+        markdown_table(headers, summary(rows)), "",
+        "Worst per-split AUROC minus MCM's (points): " + ", ".join(f"{n} {100 * v:+.1f}" for n, v in worst.items()) + ".",
+        f"Largest per-split distance of the known acceptance from its target: {100 * miss:.1f} points.",
+    ])
+    result = {"benchmark": "open_set", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+              "args": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
+    return result, text
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--classes", type=parse_ints, default=None, help="total classes, half known (default 10,40,200; --quick: 10)")
+    p.add_argument("--shots", type=parse_ints, default=None, help="shots (default 1,4,16; --quick: 4)")
+    p.add_argument("--seeds", type=parse_ints, default=None, help="seeds (default 0,1,2; --quick: 0)")
+    p.add_argument("--width", type=int, default=256, help="d_t = d of the synthetic embeddings (default 256)")
+    p.add_argument("--test", type=int, default=100, help="test embeddings per class (default 100)")
+    p.add_argument("--accept", type=float, default=openset.ACCEPT, help="target acceptance of known images (default 0.95)")
+    add_out_options(p, "-open-set", quick=True)
+    p.add_argument("--quick", action="store_true", help="CI-sized")
+    args = p.parse_args(argv)
+    args.classes = args.classes or ((10,) if args.quick else (10, 40, 200))
+    args.shots = args.shots or ((4,) if args.quick else (1, 4, 16))
+    args.seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
+    args.out = results_folder(args.out, "-open-set", quick=args.quick, force=args.force)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every split; print the table; write open_set.json and open_set.md."""
+    args = parse_args(argv)
+    cases = [(c, k, s) for c in args.classes for k in args.shots for s in args.seeds]
+    rows = [run(c, k, s, args) for c, k, s in tqdm(cases, desc="open set", file=sys.stderr)]
+    result, text = report(rows, args)
+    write_report(args.out, "open_set", result, text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
