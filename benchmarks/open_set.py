@@ -13,6 +13,11 @@ the validation and leave-one-out shot embeddings only. Compared, on the test emb
 - prototype_cosine: the nearest image prototype's cosine max n(q) · I_c;
 - mcm: Maximum Concept Matching (Ming et al., 2022), max softmax(n(q) · T_c / tau), tau = 1.
 
+A second table measures the class enrolled from its name alone (semobridge_runtime.head.stand_in_prototypes:
+P_c and I_c from T_c moved by the class set's mean offsets) against the text prototype only (P_c = T_c,
+I_c = 0) and against the same class enrolled with 1 and with 4 shots (the other classes: 4 shots each),
+on the first three classes in turn: that class's recall and the accuracy over all classes.
+
 Reported: AUROC (known vs unknown), FPR at 95 % TPR, and for the runtime's score at the
 calibrated threshold the acceptance of held-out known images (target: --accept), the fraction
 of unknown images accepted and the accuracy on the accepted known images. Random embeddings:
@@ -44,6 +49,9 @@ from semobridge.calibrate import calibrate
 from semobridge.data import VAL_SHOTS_MAX
 from semobridge.features import FeatureSet
 from semobridge.fit import build_head
+from semobridge.model import SeMoBridge
+from semobridge.prototypes import class_kl
+from semobridge_runtime import head as np_head
 from semobridge_runtime import openset
 
 SCORES = ("max_probability", "max_blend", "margin", "prototype_cosine", "mcm")
@@ -108,6 +116,40 @@ def run(classes: int, shots: int, seed: int, args: argparse.Namespace) -> dict[s
     return row
 
 
+NAME_VARIANTS = ("name alone (stand-in)", "text prototype only", "1 shot", "4 shots")
+
+
+@torch.no_grad()
+def name_alone(classes: int, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Recall of one class and overall accuracy, per way of enrolling that class (NAME_VARIANTS)."""
+    pool = synthetic_features(classes, 4, args.test, args.width, args.width, seed=seed)
+    full = build_head(pool, info_for(pool, SYNTHETIC_BACKBONE))
+    rows = []
+    for c in range(3):
+        others = torch.arange(classes) != c
+        for variant in NAME_VARIANTS:
+            if variant.endswith("shot") or variant.endswith("shots"):
+                k = int(variant.split()[0])
+                keep = torch.cat([torch.nonzero(pool.shot_label == j).flatten()[:k if j == c else 4] for j in range(classes)])
+                f = FeatureSet(pool.text_projection, pool.text_eos, pool.text_class, pool.shot_image[keep], pool.shot_label[keep],
+                               None, None, pool.logit_scale, pool.class_names)
+                h = build_head(f, info_for(f, SYNTHETIC_BACKBONE))
+            else:
+                T, P, I = (x.clone() for x in (full.text_classifier, full.bridged_prototypes, full.image_prototypes))
+                if variant.startswith("name"):
+                    p, i = np_head.stand_in_prototypes(T[c].numpy(), T[others].numpy(), P[others].numpy(), I[others].numpy())
+                    P[c], I[c] = torch.from_numpy(p), torch.from_numpy(i)
+                else:
+                    P[c], I[c] = T[c], 0
+                h = SeMoBridge(full.bridge, T, P, I, class_kl(I, T), full.info)
+            pred = h.with_params(BlendParams())(pool.val_image).argmax(1)
+            mine = pool.val_label == c
+            rows.append({"classes": classes, "seed": seed, "class": c, "variant": variant,
+                         "recall": float((pred[mine] == c).float().mean()),
+                         "accuracy": float((pred == pool.val_label).float().mean())})
+    return rows
+
+
 def summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
     out = []
     for c, k in sorted({(r["classes"], r["shots"]) for r in rows}):
@@ -121,7 +163,7 @@ def summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return out
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+def report(rows: list[dict[str, Any]], names: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     headers = ["known C", "unknown C", "K", *(f"AUROC {n}" for n in SCORES), "FPR95 max_probability", "FPR95 mcm",
                f"known accepted (target {100 * args.accept:.0f})", "unknown accepted", "closed-set acc", "acc on accepted known",
                "ECE % before -> after"]
@@ -136,8 +178,17 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict[s
         "Worst per-split AUROC minus MCM's (points): " + ", ".join(f"{n} {100 * v:+.1f}" for n, v in worst.items()) + ".",
         f"Largest per-split distance of the known acceptance from its target: {100 * miss:.1f} points.",
     ])
+    text += "\n\n" + "\n".join([
+        "## A class from its name alone", "",
+        f"Each of the first three classes in turn, enrolled four ways, the other classes with 4 shots each; mean over "
+        f"classes and seeds of that class's recall and of the accuracy over all classes ({args.test} test embeddings per class, %).", "",
+        markdown_table(["C", *(f"{v}: recall / acc" for v in NAME_VARIANTS)], [
+            [c, *(f"{100 * statistics.fmean(r['recall'] for r in names if r['classes'] == c and r['variant'] == v):.1f} / "
+                  f"{100 * statistics.fmean(r['accuracy'] for r in names if r['classes'] == c and r['variant'] == v):.1f}"
+                  for v in NAME_VARIANTS)] for c in sorted({r["classes"] for r in names})]),
+    ])
     result = {"benchmark": "open_set", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-              "args": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows}
+              "args": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows, "name_alone": names}
     return result, text
 
 
@@ -164,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cases = [(c, k, s) for c in args.classes for k in args.shots for s in args.seeds]
     rows = [run(c, k, s, args) for c, k, s in tqdm(cases, desc="open set", file=sys.stderr)]
-    result, text = report(rows, args)
+    names = [r for c in args.classes for s in args.seeds for r in name_alone(c, s, args)]
+    result, text = report(rows, names, args)
     write_report(args.out, "open_set", result, text)
     print(text)
     return result

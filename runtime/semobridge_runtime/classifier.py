@@ -188,15 +188,32 @@ class Classifier:
         return self._enrolment.current()
 
     def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
-        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
+        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes), or from its
+        name alone (`images` empty or None).
 
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
-        this model's own graph. Every class's weight is recomputed over the new class set.
+        this model's own graph; without images, from its text classifier (docs/method.md, "A class from
+        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
+        recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
-            raise InputError(f"no images for class {name!r}: give at least one")
+            none = np.zeros((0, self.info.embedding_dim), np.float32)
+            self._enrolment.add(name, lambda: none, prompts)
+            return
         self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings n(eos · W), float32 [M, d]: compare them with `embed`'s image embeddings
+        (cosine = dot product) for text-to-image search."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts or not all(
+                isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(f"embed_text takes a non-empty list of non-empty strings, got {texts!r:.80}",
+                             hint='e.g. clf.embed_text(["a red mug"])')
+        from .head import normalize
+
+        text = self._enrolment.text()
+        return normalize(text.eos(list(texts)) @ self._enrolment.fitted().text_projection).astype(np.float32)
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""

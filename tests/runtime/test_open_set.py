@@ -137,3 +137,77 @@ def test_semobridge_run_unknown_option(calibrated, tmp_path, capsys) -> None:
     assert "[0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_main([str(calibrated), "--unknown", "maybe", paths[0]])
+
+
+# ---------------------------------------------------------------- a class from its name alone, text embeddings
+
+def test_a_class_from_its_name_alone(enrol_export, tiny_backbone, tmp_path) -> None:
+    """No images: T from the prompts (or the fit's templates), P and I the stand-ins of docs/method.md, computed
+    here in torch from the class set as it was."""
+    import torch
+    import torch.nn.functional as F
+
+    from semobridge.prototypes import text_side
+
+    clf = Classifier.load(enrol_export)
+    before = clf.classes
+    prompts = ["a photo of an umbrella.", "a black umbrella in the rain"]
+    clf.add_class("umbrella", [], prompts=prompts)
+    T = text_side(tiny_backbone.encode_text_eos(prompts), torch.zeros(2, dtype=torch.long), tiny_backbone.text_projection,
+                  1).classifier[0]
+    old = {n: torch.from_numpy(np.array(getattr(before, n))) for n in ("text_classifier", "bridged_prototypes", "image_prototypes")}
+    P = F.normalize(T + (old["bridged_prototypes"] - old["text_classifier"]).mean(0), dim=-1)
+    I = F.normalize(T + (old["image_prototypes"] - old["text_classifier"]).mean(0), dim=-1)
+    got = clf.classes
+    for name, expected in (("text_classifier", T), ("bridged_prototypes", P), ("image_prototypes", I)):
+        np.testing.assert_allclose(getattr(got, name)[-1], expected.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    assert clf.class_names[-1] == "umbrella" and clf.predict(RNG.integers(0, 256, (2, 32, 32, 3), np.uint8)).scores.shape == (2, 4)
+
+    clf.add_class("yellow cab", None)  # the fit's templates filled with the name
+    T2 = text_side(tiny_backbone.encode_text_eos(["a photo of a yellow cab.", "art of the yellow cab."]),
+                   torch.zeros(2, dtype=torch.long), tiny_backbone.text_projection, 1).classifier[0]
+    np.testing.assert_allclose(clf.classes.text_classifier[-1], T2.numpy(), rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="prompts"):
+        clf.add_class("rain", [], prompts=[])
+    with pytest.raises(InputError, match="empty"):
+        clf.add_class("  ", [])
+    assert clf.class_names[-2:] == ["umbrella", "yellow cab"]
+
+
+def test_embed_text_is_n_of_eos_times_w(enrol_export, tiny_backbone) -> None:
+    import torch.nn.functional as F
+
+    clf = Classifier.load(enrol_export)
+    texts = ["a red mug", "a photo of a dog."]
+    expected = F.normalize(tiny_backbone.encode_text_eos(texts) @ tiny_backbone.text_projection, dim=-1)
+    got = clf.embed_text(texts)
+    assert got.dtype == np.float32 and got.shape == (2, clf.info.embedding_dim)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-5)
+    for bad in ("a red mug", [], [""], [3]):
+        with pytest.raises(InputError, match="embed_text"):
+            clf.embed_text(bad)
+
+
+def test_semobridge_classes_add_from_a_prompt(enrol_export, tmp_path, capsys) -> None:
+    from semobridge_runtime.classes_cli import main as classes_main
+
+    file = tmp_path / "shop.classes"
+    assert classes_main(["add", str(file), "umbrella", "--prompt", "a photo of an umbrella.", "--model", str(enrol_export)]) == 0
+    assert "from 1 prompt(s) alone" in capsys.readouterr().out
+    assert Classifier.load(enrol_export, classes=file).class_names[-1] == "umbrella"
+
+
+def test_evaluation_figures_against_a_hand_count() -> None:
+    from semobridge_runtime import evaluation
+
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, -1, 2, 0, 2, 2])  # one image of class 1 refused as unknown
+    r = evaluation.closed_set(truth, pred, ["a", "b", "c"])
+    assert r["confusion"] == [[2, 1, 0, 0], [0, 1, 0, 1], [1, 0, 3, 0]]
+    assert r["accuracy"] == pytest.approx(6 / 9)
+    assert [c["accuracy"] for c in r["per_class"]] == pytest.approx([2 / 3, 1 / 2, 3 / 4])
+    precision = [2 / 3, 1 / 2, 3 / 3]
+    recall = [2 / 3, 1 / 2, 3 / 4]
+    f1 = [2 * p * q / (p + q) for p, q in zip(precision, recall)]
+    assert r["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert evaluation.per_class_csv(r).splitlines()[1].startswith("a,3,0.666")

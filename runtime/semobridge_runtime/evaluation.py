@@ -1,0 +1,59 @@
+"""Evaluation figures shared by `semobridge eval` (library) and the runtime: per-class accuracy, macro-F1, the
+confusion matrix, and the open-set figures (AUROC, FPR at 95 % TPR, accuracy on known classes at the operating point)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import openset
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [C, C + 1]: row = true class, column = predicted class; the last column counts images called unknown."""
+    matrix = np.zeros((num_classes, num_classes + 1), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.where(np.asarray(predicted) < 0, num_classes, predicted)), 1)
+    return matrix
+
+
+def closed_set(labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Top-1 accuracy (the headline), per-class accuracy (recall), macro-F1 and the confusion matrix."""
+    C = len(names)
+    m = confusion(labels, predicted, C)
+    right = np.diag(m[:, :C]).astype(np.float64)
+    support, called = m.sum(1), m[:, :C].sum(0)
+    recall = np.divide(right, support, out=np.zeros(C), where=support > 0)
+    precision = np.divide(right, called, out=np.zeros(C), where=called > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(C), where=precision + recall > 0)
+    present = support > 0
+    return {
+        "accuracy": float(right.sum() / max(support.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": [{"class": n, "images": int(s), "accuracy": float(r), "precision": float(p), "f1": float(f)}
+                      for n, s, r, p, f in zip(names, support, recall, precision, f1)],
+        "confusion": m.tolist(),
+    }
+
+
+def open_set(known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
+    """AUROC and FPR at 95 % TPR of a score (higher: more known) on known and unknown images."""
+    return {"auroc": openset.auroc(known, unknown), "fpr_at_95_tpr": openset.fpr_at_tpr(known, unknown, 0.95)}
+
+
+def per_class_csv(report: dict[str, Any]) -> str:
+    """The per-class rows as CSV."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["class", "images", "accuracy", "precision", "f1"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report["per_class"])
+    return out.getvalue()
+
+
+def confusion_table(report: dict[str, Any], names: Sequence[str], width: int = 6) -> str:
+    """The confusion matrix as text: one row per true class, columns numbered as the rows, then "unk"."""
+    head = " " * 4 + "".join(f"{i:>{width}}" for i in range(len(names))) + f"{'unk':>{width}}"
+    rows = [f"{i:>3} " + "".join(f"{v:>{width}}" for v in row) + f"  {name}" for i, (row, name) in enumerate(zip(report["confusion"], names))]
+    return "\n".join([head, *rows])
