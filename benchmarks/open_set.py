@@ -25,6 +25,7 @@ the figures compare scores on data with a known structure, not what CLIP reaches
 
     python -m benchmarks.open_set                 # C 10, 40, 200; K 1, 4, 16; seeds 0-2
     python -m benchmarks.open_set --quick         # CI-sized
+    python -m benchmarks.open_set --cost model.onnx   # what the decision and probabilities add to a prediction
 """
 from __future__ import annotations
 
@@ -192,6 +193,35 @@ def report(rows: list[dict[str, Any]], names: list[dict[str, Any]], args: argpar
     return result, text
 
 
+def decision_cost(model: Path, batch: int = 8, repeats: int = 30) -> dict[str, Any]:
+    """Median time of Classifier.predict on `batch` random 224x224 images, and of the decision and probabilities
+    (openset.decide and the top-k gather) on its scores, measured in the same loop; also decide alone on
+    [batch, 1000] scores."""
+    from semobridge_runtime import Classifier
+
+    clf = Classifier.load(model, prefer_int8=False, unknown=0.5)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), np.uint8)
+    clf.predict(images)
+    total, decision = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        p = clf.predict(images)
+        t1 = time.perf_counter()
+        _, _, probs = openset.decide(p.scores, clf.temperature, clf.threshold, p.labels)
+        np.take_along_axis(probs, p.top_k.indices, 1)
+        t2 = time.perf_counter()
+        total.append(t1 - t0)
+        decision.append(t2 - t1)
+    wide = np.random.default_rng(1).normal(2.5, 0.2, (batch, 1000)).astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        openset.decide(wide, 0.05, 0.5)
+    before = statistics.median(total) - statistics.median(decision)
+    return {"model": str(model), "classes": len(clf.class_names), "batch": batch, "predict_ms": 1e3 * statistics.median(total),
+            "decision_ms": 1e3 * statistics.median(decision), "ratio_over_today": statistics.median(decision) / before,
+            "decision_ms_1000_classes": 1e3 * (time.perf_counter() - t0) / repeats, "machine": machine()}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", type=parse_ints, default=None, help="total classes, half known (default 10,40,200; --quick: 10)")
@@ -202,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--accept", type=float, default=openset.ACCEPT, help="target acceptance of known images (default 0.95)")
     add_out_options(p, "-open-set", quick=True)
     p.add_argument("--quick", action="store_true", help="CI-sized")
+    p.add_argument("--cost", type=Path, default=None, metavar="MODEL",
+                   help="only measure what the decision adds to Classifier.predict on this exported model")
     args = p.parse_args(argv)
     args.classes = args.classes or ((10,) if args.quick else (10, 40, 200))
     args.shots = args.shots or ((4,) if args.quick else (1, 4, 16))
@@ -213,6 +245,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every split; print the table; write open_set.json and open_set.md."""
     args = parse_args(argv)
+    if args.cost is not None:
+        result = decision_cost(args.cost)
+        text = (f"# The open-set decision's cost\n\n{result['model']}: {result['classes']} classes, batch {result['batch']}: "
+                f"predict {result['predict_ms']:.2f} ms (median), of which decision and probabilities {result['decision_ms']:.3f} ms: "
+                f"{100 * result['ratio_over_today']:.2f} % over the prediction without them. decide() on [{result['batch']}, 1000] "
+                f"scores: {result['decision_ms_1000_classes']:.3f} ms.")
+        write_report(args.out, "open_set_cost", result, text)
+        print(text)
+        return result
     cases = [(c, k, s) for c in args.classes for k in args.shots for s in args.seeds]
     rows = [run(c, k, s, args) for c, k, s in tqdm(cases, desc="open set", file=sys.stderr)]
     names = [r for c in args.classes for s in args.seeds for r in name_alone(c, s, args)]
