@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 
 from .blend import BlendParams
-from .calibrate import calibrate
 from .bridge import Bridge
+from .calibrate import calibrate
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side

@@ -218,22 +218,11 @@ def open_set_figures(head: SeMoBridge, images: torch.Tensor, labels: torch.Tenso
         raise InputError("--open-set needs a model with at least two classes (one fold of them plays the unknown)")
     o = head.info.open_set or {}
     temperature, threshold = o.get("temperature", 1.0), o.get("threshold")
-    folds = []
-    for unknown_fold in (list(range(0, C, 2)), list(range(1, C, 2))):
+    per_fold = []
+    for unknown_fold in evaluation.folds(C):
         kept = [c for c in range(C) if c not in unknown_fold]
         h = restrict(head, kept)
-        is_known = torch.isin(labels, torch.tensor(kept)).numpy()
-        z = h(images).numpy()
-        pred, known, probs = openset.decide(z, temperature, threshold)
-        msp = openset.abstention_score(probs)
-        mcm = torch.softmax(h.zero_shot(images), dim=-1).max(-1).values.numpy()
-        mapped = np.where(pred >= 0, np.asarray(kept)[np.maximum(pred, 0)], -1)
-        folds.append({
-            "unknown_classes": [head.info.class_names[c] for c in unknown_fold],
-            **{f"{k}": v for k, v in evaluation.open_set(msp[is_known], msp[~is_known]).items()},
-            **{f"mcm_{k}": v for k, v in evaluation.open_set(mcm[is_known], mcm[~is_known]).items()},
-            "known_accepted": float(known[is_known].mean()) if threshold is not None else None,
-            "known_accuracy_at_operating_point": float((mapped[is_known] == labels.numpy()[is_known]).mean()),
-        })
-    mean = {k: float(np.mean([f[k] for f in folds])) for k in folds[0] if k != "unknown_classes" and folds[0][k] is not None}
-    return {"threshold": threshold, "temperature": temperature, "folds": folds, **mean}
+        figures = evaluation.open_set_fold(h(images).numpy(), h.zero_shot(images).numpy(), kept, labels.numpy(),
+                                           temperature, threshold)
+        per_fold.append({"unknown_classes": [head.info.class_names[c] for c in unknown_fold], **figures})
+    return evaluation.mean_of_folds(per_fold, temperature, threshold)

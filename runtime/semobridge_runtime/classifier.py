@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Sequence
-
-import warnings
 
 import numpy as np
 
@@ -64,6 +63,7 @@ class Prediction:
 
         temperature, threshold: the open-set decision (semobridge_runtime.openset); threshold None: all known."""
         labels, known, probs = openset.decide(scores, temperature, threshold, labels)
+        known &= labels >= 0  # a label of -1 that came decided (a server's) stays unknown
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1),
@@ -79,7 +79,7 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[fl
     calibration = info.raw.get("open_set")
     fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
-    if unknown == "auto":
+    if isinstance(unknown, str) and unknown == "auto":
         if fitted is None:
             warnings.warn(f"{source} carries no open-set calibration (exported before it existed, or fitted without "
                           "held-out images): every image gets a class, and probabilities are uncalibrated (T = 1); "

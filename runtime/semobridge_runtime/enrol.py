@@ -105,11 +105,12 @@ class TextSide:
         return head.text_classifier(self.eos(list(prompts)), self._W)
 
 
-def class_tensors(name: str, features: np.ndarray, text: TextSide, fitted: FittedHead, classes: ClassSet,
-                  prompts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T_c, P_c, I_c) of a new class from its shots' image embeddings F [K, d] (not normalised); with no shots
-    (K = 0), P_c and I_c are the stand-ins of a class from its name alone (head.stand_in_prototypes)."""
-    T = text.classifier(name, prompts)
+def class_tensors(features: np.ndarray, text_classifier: np.ndarray, fitted: FittedHead,
+                  classes: ClassSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T_c, P_c, I_c) of a new class from its text classifier and its shots' image embeddings F [K, d] (not
+    normalised); with no shots (K = 0), P_c and I_c are the stand-ins of a class from its name alone
+    (head.stand_in_prototypes over `classes`, the set it joins)."""
+    T = text_classifier
     if len(features) == 0:
         return (T, *head.stand_in_prototypes(T, classes.text_classifier, classes.bridged_prototypes, classes.image_prototypes))
     P = head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length)
@@ -160,8 +161,8 @@ class Enrolment:
         fitted = self.fitted()
         if "features" not in self._outputs:
             raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
-        text, shots = self.text(), features()
-        self._edit(lambda classes: classes.added(name, *class_tensors(name, shots, text, fitted, classes, prompts)))
+        shots, T = features(), self.text().classifier(name, prompts)
+        self._edit(lambda classes: classes.added(name, *class_tensors(shots, T, fitted, classes)))
 
     def text(self) -> TextSide:
         """The text tower (read on first use)."""

@@ -43,6 +43,37 @@ def open_set(known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
     return {"auroc": openset.auroc(known, unknown), "fpr_at_95_tpr": openset.fpr_at_tpr(known, unknown, 0.95)}
 
 
+def folds(num_classes: int) -> list[list[int]]:
+    """Leave-classes-out: the classes in two folds (even and odd indices), each in turn the unknown one."""
+    return [list(range(0, num_classes, 2)), list(range(1, num_classes, 2))]
+
+
+def open_set_fold(scores: np.ndarray, text_cosines: np.ndarray, kept: Sequence[int], labels: np.ndarray,
+                  temperature: float, threshold: float | None) -> dict[str, Any]:
+    """The figures of one fold: blend scores z and zero-shot cosines n(q) · T_c [N, len(kept)] against the kept
+    classes only, the true labels [N] in the full class set's indices. AUROC and FPR at 95 % TPR of the top
+    calibrated probability and of MCM (max softmax of the cosines, τ = 1); at `threshold`, the known images
+    accepted and the accuracy on them (a refused known image counts as wrong)."""
+    is_known = np.isin(labels, kept)
+    pred, known, probs = openset.decide(scores, temperature, threshold)
+    msp = openset.abstention_score(probs)
+    e = np.exp(text_cosines - text_cosines.max(1, keepdims=True))
+    mcm = (e / e.sum(1, keepdims=True)).max(1)
+    mapped = np.where(pred >= 0, np.asarray(kept)[np.maximum(pred, 0)], -1)
+    return {
+        **open_set(msp[is_known], msp[~is_known]),
+        **{f"mcm_{k}": v for k, v in open_set(mcm[is_known], mcm[~is_known]).items()},
+        "known_accepted": float(known[is_known].mean()) if threshold is not None else None,
+        "known_accuracy_at_operating_point": float((mapped[is_known] == labels[is_known]).mean()),
+    }
+
+
+def mean_of_folds(per_fold: list[dict[str, Any]], temperature: float, threshold: float | None) -> dict[str, Any]:
+    numbers = [k for k, v in per_fold[0].items() if isinstance(v, float)]
+    return {"threshold": threshold, "temperature": temperature, "folds": per_fold,
+            **{k: float(np.mean([f[k] for f in per_fold])) for k in numbers}}
+
+
 def per_class_csv(report: dict[str, Any]) -> str:
     """The per-class rows as CSV."""
     out = io.StringIO()

@@ -211,3 +211,30 @@ def test_evaluation_figures_against_a_hand_count() -> None:
     f1 = [2 * p * q / (p + q) for p, q in zip(precision, recall)]
     assert r["macro_f1"] == pytest.approx(sum(f1) / 3)
     assert evaluation.per_class_csv(r).splitlines()[1].startswith("a,3,0.666")
+
+
+def test_semobridge_eval_on_the_artifact_matches_the_library(enrol_export, enrol_pool, fit_on, tiny_backbone, tmp_path,
+                                                             capsys) -> None:
+    """The runtime's evaluation (no torch in its path) gives the library's figures on the same images."""
+    from semobridge.pipeline import evaluate
+    from semobridge_runtime.eval_cli import main as eval_main
+
+    from .conftest import ENROL_CLASSES
+
+    data = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for name in ENROL_CLASSES[:3]:
+            (data / split).mkdir(exist_ok=True)
+            (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
+    out = tmp_path / "eval.json"
+    assert eval_main([str(enrol_export), str(data), "--open-set", "--json", str(out), "--csv", str(tmp_path / "e.csv")]) == 0
+    assert "macro-F1" in capsys.readouterr().out
+    runtime = json.loads(out.read_text())
+    library = evaluate(fit_on(ENROL_CLASSES[:3]), tiny_backbone, data, "test", open_set=True)
+    assert runtime["confusion"][:3] != [] and [row[:3] for row in runtime["confusion"]] == [row[:3] for row in library["confusion"]]
+    for key in ("accuracy", "macro_f1"):
+        assert runtime[key] == pytest.approx(library[key], abs=1e-9)
+    for key in ("auroc", "mcm_auroc", "known_accuracy_at_operating_point"):
+        assert runtime["open_set"][key] == pytest.approx(library["open_set"][key], abs=1e-6), key
+    assert eval_main([str(enrol_export), str(enrol_pool)]) == 2  # folders of classes the model lacks
+    assert "not one of the model's classes" in capsys.readouterr().err

@@ -39,4 +39,5 @@ def load_classifier(settings: ServeSettings) -> Classifier:
     return Classifier.load(settings.model, intra_op_num_threads=settings.threads,
                            allow_spinning=settings.allow_spinning, prefer_int8=settings.prefer_int8,
                            classes=settings.classes, max_side=settings.max_side,
-                           max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
+                           max_pixels=settings.max_pixels, max_aspect=settings.max_aspect,
+                           unknown=None)  # serving answers no "unknown" yet: label stays the argmax (issue 20)
