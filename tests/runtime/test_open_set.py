@@ -224,7 +224,7 @@ def test_semobridge_eval_on_the_artifact_matches_the_library(enrol_export, enrol
     data = tmp_path / "data"
     for split in ("train", "val", "test"):
         for name in ENROL_CLASSES[:3]:
-            (data / split).mkdir(exist_ok=True)
+            (data / split).mkdir(parents=True, exist_ok=True)
             (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
     out = tmp_path / "eval.json"
     assert eval_main([str(enrol_export), str(data), "--open-set", "--json", str(out), "--csv", str(tmp_path / "e.csv")]) == 0
