@@ -34,6 +34,7 @@ def test_fit_eval_from_images(image_folder, tmp_path, tiny_backbone):
     model = tmp_path / "model.safetensors"
     out = run("fit", "--data", image_folder, "--shots", 4, *TINY, "--cache-dir", tmp_path / "cache", "-o", model).output
     assert "val accuracy" in out and "RANDOM WEIGHTS" in out
+    assert "probabilities: temperature" in out and "ECE" in out and "unknown: top probability below" in out
     head = SeMoBridge.load(model)
     info = head.info
     assert info.class_names == ["blue whale", "green tree", "red fox"] and info.shots == 4 and info.val_source == "whole val split"
