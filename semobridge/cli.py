@@ -208,7 +208,7 @@ def describe_evaluation(result: dict) -> str:
                      f"{percent(result['accuracy_at_operating_point'])} right (refused counts as wrong)")
     lines += ["", f"{'class':<24}{'images':>7}{'accuracy':>11}{'F1':>11}"]
     lines += [f"{r['class'][:23]:<24}{r['images']:>7}{percent(r['accuracy']):>11}{percent(r['f1']):>11}" for r in result["per_class"]]
-    lines += ["", "confusion matrix (rows: true class, columns: predicted; unk: refused as unknown)", confusion_table(result, names)]
+    lines += ["", "closed-set confusion matrix (rows: true class, columns: predicted)", confusion_table(result, names)]
     o = result.get("open_set")
     if o:
         lines += ["", "open set, leave-classes-out (each half of the classes in turn unknown; mean of the two folds):",
@@ -259,7 +259,7 @@ def plot_confusion(result: dict, path: Path) -> None:
     size = 2 + 0.35 * len(names)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(len(names) + 1), [*names, "unknown"], rotation=90, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true class")

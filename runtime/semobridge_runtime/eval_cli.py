@@ -103,7 +103,7 @@ def describe(result: dict[str, Any]) -> str:
              + ("" if result["threshold"] is not None else " (unknown off)"), "",
              f"{'class':<24}{'images':>7}{'accuracy':>11}{'F1':>11}"]
     lines += [f"{r['class'][:23]:<24}{r['images']:>7}{pct(r['accuracy']):>11}{pct(r['f1']):>11}" for r in result["per_class"]]
-    lines += ["", "confusion matrix (rows: true class, columns: predicted, then unknown)",
+    lines += ["", "closed-set confusion matrix (rows: true class, columns: predicted)",
               evaluation.confusion_table(result, result["class_names"])]
     o = result.get("open_set")
     if o:

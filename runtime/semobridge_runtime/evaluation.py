@@ -13,9 +13,9 @@ from . import openset
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """int64 [C, C + 1]: row = true class, column = predicted class; the last column counts images called unknown."""
-    matrix = np.zeros((num_classes, num_classes + 1), np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.where(np.asarray(predicted) < 0, num_classes, predicted)), 1)
+    """int64 [C, C]: row = true class, column = predicted class (closed-set: every image gets a class)."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
     return matrix
 
 
@@ -23,8 +23,8 @@ def closed_set(labels: np.ndarray, predicted: np.ndarray, names: Sequence[str]) 
     """Top-1 accuracy (the headline), per-class accuracy (recall), macro-F1 and the confusion matrix."""
     C = len(names)
     m = confusion(labels, predicted, C)
-    right = np.diag(m[:, :C]).astype(np.float64)
-    support, called = m.sum(1), m[:, :C].sum(0)
+    right = np.diag(m).astype(np.float64)
+    support, called = m.sum(1), m.sum(0)
     recall = np.divide(right, support, out=np.zeros(C), where=support > 0)
     precision = np.divide(right, called, out=np.zeros(C), where=called > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(C), where=precision + recall > 0)
@@ -84,7 +84,7 @@ def per_class_csv(report: dict[str, Any]) -> str:
 
 
 def confusion_table(report: dict[str, Any], names: Sequence[str], width: int = 6) -> str:
-    """The confusion matrix as text: one row per true class, columns numbered as the rows, then "unk"."""
-    head = " " * 4 + "".join(f"{i:>{width}}" for i in range(len(names))) + f"{'unk':>{width}}"
+    """The confusion matrix as text: one row per true class, columns numbered as the rows."""
+    head = " " * 4 + "".join(f"{i:>{width}}" for i in range(len(names)))
     rows = [f"{i:>3} " + "".join(f"{v:>{width}}" for v in row) + f"  {name}" for i, (row, name) in enumerate(zip(report["confusion"], names))]
     return "\n".join([head, *rows])
