@@ -112,7 +112,7 @@ class ModelInfo:
 
 def _describe_open_set(values: dict | None) -> str:
     if not values:
-        return "unknown: not calibrated (no held-out images: one shot per class and no validation split)"
+        return "unknown: off, not calibrated (written before calibration existed, or nothing held out: one shot per class and no validation split)"
     return (f"probabilities: temperature {values['temperature']:.4g}, ECE {100 * values.get('ece_before', float('nan')):.2f} % -> "
             f"{100 * values.get('ece_after', float('nan')):.2f} % ({values['source']})\n"
             f"unknown: top probability below {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images accepted)")
@@ -197,6 +197,7 @@ def describe_export(meta: dict[str, Any]) -> str:
         ("resize", str(meta.get("resize"))),
         ("limits", ", ".join(f"{k} {v:,}" for k, v in (meta.get("limits") or {}).items()) or "n/a"),
         ("val accuracy", percent(meta.get("val_accuracy"))),
+        ("unknown", _describe_open_set(meta.get("open_set")).split("unknown: ")[-1]),
         ("library", str(meta.get("library_version"))),
     ]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)

@@ -6,7 +6,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from semobridge_runtime import evaluation, openset
 
