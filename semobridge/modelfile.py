@@ -112,7 +112,8 @@ class ModelInfo:
 
 def _describe_open_set(values: dict | None) -> str:
     if not values:
-        return "unknown: off, not calibrated (written before calibration existed, or nothing held out: one shot per class and no validation split)"
+        return ("unknown: off, not calibrated (written before calibration existed, or nothing held out: one shot per "
+                "class and no validation split)")
     return (f"probabilities: temperature {values['temperature']:.4g}, ECE {100 * values.get('ece_before', float('nan')):.2f} % -> "
             f"{100 * values.get('ece_after', float('nan')):.2f} % ({values['source']})\n"
             f"unknown: top probability below {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images accepted)")
