@@ -19,6 +19,7 @@ from semobridge.blend import BlendParams
 from semobridge.features import FeatureSet
 from semobridge.fit import fit_features
 from semobridge.model import ModelInfo, SeMoBridge
+from semobridge_runtime.backends.choice import cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = "quick"  # results/quick/: CI-sized runs, not committed
@@ -139,8 +140,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _version("openvino"),
         "torch_threads": torch.get_num_threads(),
+        "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx", "asimd", "sve", "i8mm", "bf16"))),
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def reset_peak_rss() -> None:

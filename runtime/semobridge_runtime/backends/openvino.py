@@ -12,6 +12,7 @@ resize indices would pass 2**31 are refused before they run.
 from __future__ import annotations
 
 import queue
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -26,10 +27,19 @@ from ..metadata import METADATA_KEY, ModelInfo, parse_metadata
 PRECISIONS = ("auto", "f32", "bf16", "f16")  # "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16)
 INDEX_LIMIT = 2**31  # OpenVINO's CPU plugin computes int64 graph arithmetic in int32
 PIXELS = "pixels"  # the encoder's input between the two compiled models
+CONVERTER = "openvino.tools.ovc"  # imported by `import openvino`; sends telemetry (import_openvino)
 
 
 def import_openvino() -> Any:
-    """The openvino module, or a BackendError that says how to install it."""
+    """The openvino module without its model converter, or a BackendError that says how to install it.
+
+    `import openvino` also imports its converter, openvino.tools.ovc, which (through the openvino-telemetry package
+    that openvino installs) writes ~/intel/openvino_ga_cid and sends a Google Analytics event at import unless a
+    consent file or CI says no (measured with openvino 2026.4.1). The runtime needs only the Core, so the converter's
+    import is refused while openvino initialises; an app that imported openvino before us has already sent it."""
+    blocked = CONVERTER not in sys.modules
+    if blocked:
+        sys.modules[CONVERTER] = None  # type: ignore[assignment]  # None makes its import raise ImportError
     try:
         import openvino
 
@@ -37,6 +47,9 @@ def import_openvino() -> Any:
     except ImportError as exc:
         raise BackendError(f"the OpenVINO backend needs openvino ({exc})",
                            hint="pip install 'semobridge-runtime[openvino]', or use backend='onnxruntime'") from None
+    finally:
+        if blocked and sys.modules.get(CONVERTER, False) is None:
+            del sys.modules[CONVERTER]  # the app may still import the converter itself
 
 
 def resize_index_bound(height: int, width: int, size: int) -> int:
@@ -204,15 +217,26 @@ class OpenVINOBackend:
                              "indices pass 2**31, which OpenVINO computes in 32 bits",
                              hint="crop it nearer to square, or load the model with backend='onnxruntime'")
 
+    def preprocess(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 images [N, H, W, 3] -> the encoder's normalised input [N, 3, S, S], as the graph computes it here."""
+        if not self._image_input:
+            raise ModelError("this model takes preprocessed float input", hint="use the uint8 export")
+        self.check_size(batch.shape[1], batch.shape[2])
+        with self._request() as (pre, _):
+            return np.array(self._call(pre, {0: np.ascontiguousarray(batch)}, batch.shape)[0])
+
     def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         if self._image_input:
             self.check_size(batch.shape[1], batch.shape[2])
         feeds = {name: np.ascontiguousarray(value, np.float32) for name, value in (classes or self._defaults).items()}
+        with self._request() as (pre, main):
+            pixels = self._call(pre, {0: np.ascontiguousarray(batch)}, batch.shape)[0] if pre is not None else batch
+            values = self._call(main, {PIXELS if pre is not None else 0: pixels, **feeds}, batch.shape)
+            return [np.array(values[name]) for name in outputs]
+
+    def _call(self, request: Any, feeds: dict, shape: tuple[int, ...]) -> Any:
         try:
-            with self._request() as (pre, main):
-                pixels = pre.infer({0: np.ascontiguousarray(batch)})[0] if pre is not None else batch
-                values = main.infer({PIXELS if pre is not None else 0: pixels, **feeds})
-                return [np.array(values[name]) for name in outputs]
-        except Exception as exc:
-            raise BackendError(f"OpenVINO failed running {self._path} on a batch of shape {batch.shape}: "
+            return request.infer(feeds)
+        except Exception as exc:  # OpenVINO raises RuntimeError and its own types
+            raise BackendError(f"OpenVINO failed running {self._path} on a batch of shape {shape}: "
                                f"{str(exc).splitlines()[0]}") from exc
