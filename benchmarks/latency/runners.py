@@ -135,7 +135,7 @@ class OpenVinoRunner:
     def __init__(self, path: Path, precision: str):
         from semobridge_runtime.backends.openvino import OpenVINOBackend
 
-        self.backend = OpenVINOBackend(path, precision)
+        self.backend = OpenVINOBackend(path, precision, contract=False)  # the bare encoder outputs the embedding only
 
     def host(self, images: np.ndarray) -> Timer:
         outputs = self.backend.outputs

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .backends.choice import BACKENDS
 from .classifier import Classifier, Prediction
 from .errors import InputError, SemobridgeError, report
 from .images import IMAGE_SUFFIXES
@@ -27,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
-                        help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
+    parser.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                        help="inference library (default auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with "
+                             "AMX where the export measured it, else ONNX Runtime)")
     add_load_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
