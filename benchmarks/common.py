@@ -19,7 +19,6 @@ from semobridge.blend import BlendParams
 from semobridge.features import FeatureSet
 from semobridge.fit import fit_features
 from semobridge.model import ModelInfo, SeMoBridge
-from semobridge_runtime.backends.choice import cpu_flags
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = "quick"  # results/quick/: CI-sized runs, not committed
@@ -142,7 +141,6 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "openvino": _version("openvino"),
         "torch_threads": torch.get_num_threads(),
-        "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx", "asimd", "sve", "i8mm", "bf16"))),
     }
 
 

@@ -57,8 +57,21 @@ def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.nd
 
 
 def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:
-    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before)."""
+    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before); a JPEG
+    not yet decoded is decoded DCT-scaled when `limits.jpeg_draft_side` asks for it (see `draft_jpeg`)."""
     limits.check(img.height, img.width, where)
+    if limits.jpeg_draft_side:
+        draft_jpeg(img, limits.jpeg_draft_side)
     if img.mode in SIXTEEN_BIT_MODES:
         return to_8bit(np.asarray(img))
     return np.asarray(img.convert("RGB"))
+
+
+def draft_jpeg(img: Image.Image, short_side: int) -> None:
+    """Have a JPEG decode at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling: far less work than a full decode)
+    where its shorter side stays at least `short_side`; other images, and images already decoded, are left as they
+    are. The model's exact resize then runs on the smaller image, so pixels differ a little from a full decode
+    (runtime/README.md quotes the measured differences)."""
+    short = min(img.size)
+    if img.format == "JPEG" and short >= 2 * short_side:  # PIL picks the largest scale keeping both sides >= asked
+        img.draft(None, (-(-img.width * short_side // short), -(-img.height * short_side // short)))
