@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--image-size", type=int, default=224, help="the model's input side S (default 224; --model: the model's)")
     p.add_argument("--model", default=None, help="an exported model.onnx: compare labels and embeddings through Classifier.predict")
     p.add_argument("--iters", type=int, default=None, help="timed rounds (default 20; --quick 2)")
-    add_out_options(p, quick=True)
+    add_out_options(p, "-jpeg", quick=True)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     hw = tuple(int(v) for v in (args.size or ("960x1280" if args.quick else "3024x4032")).split("x"))
     files = photos(args.photos or (3 if args.quick else 12), hw)
-    out = results_folder(args.out, quick=args.quick, force=args.force)
+    out = results_folder(args.out, "-jpeg", quick=args.quick, force=args.force)
     clf = fast = None
     if args.model:
         from semobridge_runtime import Classifier
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               wall_clock(lambda: [crop(decode(f, 2 * S), S) for f in files])]
     full_ms, draft_ms = (statistics.median(t) / len(files) for t in sample(timers, 1, args.iters or (2 if args.quick else 20), 60.0))
     result: dict[str, Any] = {
-        "benchmark": "jpeg", "machine": machine(), "photo": f"{hw[0]}x{hw[1]}", "photos": len(files), "image_size": S,
+        "benchmark": "jpeg", "command": " ".join(["python -m benchmarks.jpeg", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(), "photo": f"{hw[0]}x{hw[1]}", "photos": len(files), "image_size": S,
         "decoded_as": f"{drafted_imgs[0].height}x{drafted_imgs[0].width}",
         "full_decode_resize_ms": full_ms, "draft_decode_resize_ms": draft_ms, "speedup": full_ms / draft_ms,
         "max_grey_difference": float(diff.max()), "mean_grey_difference": float(diff.mean()),
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             a, b = clf.predict([str(q) for q in paths]), fast.predict([str(q) for q in paths])
         result |= {"model": Path(args.model).name, "label_agreement": float((a.labels == b.labels).mean()),
                    "min_embedding_cosine": float((a.embeddings * b.embeddings).sum(1).min())}
-    rows = [[k, v] for k, v in result.items() if k not in ("benchmark", "machine")]
+    rows = [[k, v] for k, v in result.items() if k not in ("benchmark", "machine", "command")]
     text = "\n".join([f"# Fast JPEG path (DCT-scaled decode) against a full decode, S = {S}", "",
                       f"Machine: CPU {result['machine']['cpu']} x {result['machine']['cpu_count']}. Per photo, decode + "
                       "open_clip's resize and crop, median over rounds.", "", markdown_table(["measure", "value"], rows)])
