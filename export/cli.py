@@ -190,10 +190,13 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
 @click.option("--fp16/--fp32", default=True, show_default=True, help="fp16 with LayerNorm, softmax, preprocessing and blend pinned to fp32.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Keep built engines and TensorRT's timing cache here (keyed by GPU, TensorRT version and ONNX hash) [default: none].")
+@click.option("--dla-core", type=int, default=None,
+              help="Run on this DLA core (Jetson AGX Orin: 0 or 1; Orin NX: 0, or 0 or 1), the layers DLA lacks on the GPU; "
+                   "fp16 only; UNVERIFIED [default: GPU only].")
 @profile_options
 @version_option
 @command
-def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts):
+def build_engine_main(model, output, fp16, cache_dir, dla_core, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
@@ -201,7 +204,8 @@ def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts
     """
     from .tensorrt import build_engine
 
-    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir, log=click.echo)
+    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir,
+                        dla_core=dla_core, log=click.echo)
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
 
 

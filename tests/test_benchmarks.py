@@ -114,7 +114,8 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
-                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."]}
+                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
+                "video": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -253,3 +254,16 @@ def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, caps
     assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
     assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
     assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_video_times_decode_and_classify_against_classify_alone(exported_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("av", reason="benchmarks.video needs the runtime's video extra (PyAV): pip install './runtime[video]'")
+    from benchmarks import video
+
+    result = video.main(["--quick", "--onnx", str(exported_onnx / "model.onnx"), "--frames", "6", "--out", str(tmp_path)])
+    rows = {r["case"]: r for r in result["rows"]}
+    assert set(rows) == {"decode", "classify", "decode + classify", "stream --every 5"}
+    assert all(r["frames_per_s"] > 0 and len(r["rounds"]) == 1 for r in rows.values())
+    assert rows["classify"]["over_classify"] == 1.0
+    assert "| decode + classify |" in (tmp_path / "video.md").read_text()
+    assert json.loads((tmp_path / "video.json").read_text())["settings"]["frames"] == 6

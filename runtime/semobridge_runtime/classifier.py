@@ -5,18 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .backends import Backend
-from .backends.choice import BACKENDS, choose
+from .backends.choice import choose
 from .classes import ClassSet
 from .enrol import Enrolment
 from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
+from .video import STREAM_TIMEOUT_S, FrameStream, open_stream
 
 
 def check_top_k(top_k: object) -> None:
@@ -102,12 +103,10 @@ class Classifier:
             on camera photos, pixels slightly different from a full decode (runtime/README.md).
         """
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
-        if backend not in BACKENDS:
-            raise InputError(f"unknown backend {backend!r}", hint=f"use one of {', '.join(map(repr, BACKENDS))}")
+        choice = choose(path, backend, providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else
                              f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
-        choice = choose(path, backend, providers, prefer_int8)
         path = choice.path
         if choice.backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
@@ -201,7 +200,8 @@ class Classifier:
                 + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
-        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.
+        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths, PIL images or `Frame`s
+        (camera buffers with padded rows, BGR, RGBA, BGRA or NV12; see semobridge_runtime.frames).
 
         Raises InputError for images it cannot take (the message says why and how to fix them),
         ModelError when this model cannot take images at all (float variant), BackendError when
@@ -212,6 +212,20 @@ class Classifier:
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         names = classes.names if classes is not None else self.info.class_names
         return Prediction.of(scores, labels, embeddings, names, top_k)
+
+    def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
+               smooth: float | None = None, options: Mapping[str, str] | None = None,
+               timeout: float = STREAM_TIMEOUT_S) -> FrameStream:
+        """Classify frames of a video file, a stream URL (rtsp://...) or a camera (/dev/videoN), as they are decoded.
+
+        Iterate the result for one `FrameResult` (frame, time_s, label, class_name, score, scores) per classified
+        frame: every `every`-th frame, or `fps` frames a second of video, or else every frame; `smooth` (0 < a <= 1)
+        averages the scores over the classified frames (s_k = a p_k + (1 - a) s_(k-1)). `options`: FFmpeg options
+        for the source (e.g. {"rtsp_transport": "udp"}, {"video_size": "1280x720"}); `timeout`: seconds a stream
+        may take to open and then to deliver each read. The exact rules are in semobridge_runtime.video.
+        Needs the `video` extra (PyAV); opens the source now and releases it when iterated to the end or closed.
+        """
+        return open_stream(self, source, every=every, fps=fps, smooth=smooth, options=options, timeout=timeout)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""

@@ -1,6 +1,8 @@
 """`semobridge-run MODEL IMAGE...`: print the top-k classes per image.
 
 IMAGE may be a file, a directory (every image file in it) or a quoted glob such as 'photos/*.jpg'.
+`semobridge-run MODEL clip.mp4` (or rtsp://..., /dev/video0) classifies a video's frames instead: one
+JSON line per classified frame (see the video options below).
 Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
 """
 
@@ -18,6 +20,7 @@ from .classifier import Classifier, Prediction
 from .errors import InputError, SemobridgeError, report
 from .images import IMAGE_SUFFIXES
 from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
+from .video_cli import add_video_options, run_video, video_source
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="inference library (default auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with "
                              "AMX where the export measured it, else ONNX Runtime)")
     add_load_options(parser)
+    add_video_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -109,11 +113,14 @@ def _as_text(images: list[str], result: Prediction) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        images = image_paths(args.images)
+        video = video_source(args)
+        images = image_paths(args.images) if video is None else []
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
                                      allow_spinning=not args.no_spinning, prefer_int8=not args.no_int8,
                                      classes=args.classes, max_side=args.max_side,
                                      max_pixels=args.max_pixels, max_aspect=args.max_aspect)
+        if video is not None:
+            return run_video(classifier, *video)
         result = classifier.predict(images, top_k=args.top_k)
     except SemobridgeError as exc:
         return report("semobridge-run", exc)

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from semobridge_runtime import Classifier, ModelError, tensorfile
-from semobridge_runtime.classes import ClassSet, Identity
+from semobridge_runtime.classes import ClassSet
 
 from .conftest import C_DIR
-from .contract_model import BRIDGE_HASH, toy_class_set
+from .contract_model import TOY_IDENTITY, toy_class_set
 from .test_c_library import VALGRIND, error_case_args, lib, parse_classify, write_ppm  # noqa: F401  (fixtures)
 
 SB_EINVAL, SB_EMODEL = -1, -2
-TOY = Identity("toy", "0" * 16, BRIDGE_HASH, 8)
+TOY = TOY_IDENTITY
 
 
 # ---------------------------------------------------------------- the C library through ctypes
