@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     hw = tuple(int(v) for v in (args.size or ("960x1280" if args.quick else "3024x4032")).split("x"))
+    out = results_folder(args.out, "-jpeg", quick=args.quick, force=args.force)  # refused before any work
     files = photos(args.photos or (3 if args.quick else 12), hw)
-    out = results_folder(args.out, "-jpeg", quick=args.quick, force=args.force)
     clf = fast = None
     if args.model:
         from semobridge_runtime import Classifier
