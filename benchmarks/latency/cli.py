@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         floors = floor.rates(args.warmup, args.iters, args.budget) if any(b.device == "cpu" for b in backends) else {}
     add_ratios(rows, flops, peak)
     result = {
-        "benchmark": "latency", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "pretrained": args.pretrained,
+        "benchmark": "latency", "command": " ".join(["python -m benchmarks.latency", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "pretrained": args.pretrained,
         "classes": args.classes, "image_size": models.modules["fused"].image_size, "machine": info,
         "encoder_gflop_per_image": flops / 1e9, "peak_tflops": peak,
         "cpu_matmul_shape": floor.shape if any(r.cpu_matmul_gflop_per_s for r in rows) else None,
