@@ -5,8 +5,8 @@ engines (AMX: there OpenVINO's bf16 measured 1.1-1.4x ONNX Runtime's int8, issue
 the CPU only, openvino is installed, and the export measured OpenVINO's labels equal to the fp32 graph's on at
 least 99 % of the fit images (metadata "openvino", written by semobridge-export --int8-cpu with openvino
 installed). Everywhere else ONNX Runtime, with `model_int8.onnx` beside the model where its export measured it
-(precision.int8_beside): on CPUs without AMX (AVX-512 with bf16 and VNNI included), OpenVINO measured slower than
-ONNX Runtime's int8 (benchmarks/results, latency).
+(precision.int8_beside): on CPUs without AMX (AVX-512 with bf16 and VNNI included), OpenVINO's bf16 measured
+1.6-2.1x slower than ONNX Runtime's int8 (ViT-B/16, benchmarks/results/2026-12-06-cpu2).
 """
 
 from __future__ import annotations
