@@ -77,7 +77,8 @@ class Classifier:
              classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
              openvino_precision: str = "auto", openvino_cache: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
-             max_aspect: float | None = None, fast_jpeg: bool = False) -> Classifier:
+             max_aspect: float | None = None, release_after_bytes: int | None = None,
+             fast_jpeg: bool = False) -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto", "onnxruntime", "openvino" or "tensorrt". "auto": TensorRT for engine files; for .onnx
@@ -98,6 +99,8 @@ class Classifier:
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
             2**26 and 32). Larger images are refused before they are decoded or run.
+        release_after_bytes: ONNX Runtime's CPU arena keeps the memory of the largest run for the next; after a
+            run on at least this many bytes of pixels it gives back what it holds unused (None: never, its default).
         fast_jpeg: decode JPEG files (and PIL JPEGs not yet loaded) DCT-scaled to 1/2, 1/4 or 1/8 while their
             shorter side stays >= twice the model's input side, then resize exactly as always: several times faster
             on camera photos, pixels slightly different from a full decode (runtime/README.md).
@@ -110,7 +113,8 @@ class Classifier:
         path = choice.path
         if choice.backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
-            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
+            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning,
+                                                   release_after_bytes)
         elif choice.backend == "openvino":
             from .backends.openvino import OpenVINOBackend
             loaded = OpenVINOBackend(path, openvino_precision, intra_op_num_threads, openvino_cache)
