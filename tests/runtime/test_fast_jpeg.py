@@ -61,3 +61,16 @@ def test_fast_jpeg_is_opt_in_and_close_to_the_full_decode(onnx_model: Path, jpeg
         draft_jpeg(img, 2 * S)
         diff = np.abs(pil_reference(np.asarray(img.convert("RGB")), S) - pil_reference(whole, S))
     assert diff.max() <= 6 and diff.mean() < 1.0
+
+
+def test_semobridge_run_takes_fast_jpeg(onnx_model: Path, jpeg: Path, capsys) -> None:
+    import json
+
+    from semobridge_runtime.cli import main
+
+    results = []
+    for flags in ([], ["--fast-jpeg"]):
+        assert main([str(onnx_model), str(jpeg), "--json", *flags]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    full, fast = (r[0]["top_k"] for r in results)
+    assert len(full) == len(fast) and full != fast  # the drafted decode: slightly other scores
