@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,6 +14,7 @@ from .backends.choice import choose
 from .classes import ClassSet
 from .enrol import Enrolment
 from .errors import InputError, ModelError
+from .images import FastJpeg
 from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
@@ -121,8 +122,10 @@ class Classifier:
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
-        draft = {"jpeg_draft_side": 2 * loaded.info.image_size} if fast_jpeg else {}
-        clf = cls(loaded, replace(loaded.info.limits, **raised, **draft), path, text_model)
+        limits = replace(loaded.info.limits, **raised)
+        if fast_jpeg:
+            limits = FastJpeg(**asdict(limits), draft_side=2 * loaded.info.image_size)
+        clf = cls(loaded, limits, path, text_model)
         clf._why = choice.reason
         if classes is not None:
             clf.load_classes(classes)

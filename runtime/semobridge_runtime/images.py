@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,21 @@ def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.nd
 
 def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:
     """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before); a JPEG
-    not yet decoded is decoded DCT-scaled when `limits.jpeg_draft_side` asks for it (see `draft_jpeg`)."""
+    not yet decoded is decoded DCT-scaled when the limits are `FastJpeg` (see `draft_jpeg`)."""
     limits.check(img.height, img.width, where)
-    if limits.jpeg_draft_side:
-        draft_jpeg(img, limits.jpeg_draft_side)
+    if isinstance(limits, FastJpeg):
+        draft_jpeg(img, limits.draft_side)
     if img.mode in SIXTEEN_BIT_MODES:
         return to_8bit(np.asarray(img))
     return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class FastJpeg(ImageLimits):
+    """The limits, and the fast JPEG path (Classifier.load fast_jpeg): JPEGs decode DCT-scaled, their shorter side
+    kept >= draft_side."""
+
+    draft_side: int = 448
 
 
 def draft_jpeg(img: Image.Image, short_side: int) -> None:

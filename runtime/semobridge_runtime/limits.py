@@ -29,7 +29,6 @@ class ImageLimits:
     max_side: int = MAX_SIDE
     max_pixels: int = MAX_PIXELS
     max_aspect: float = MAX_ASPECT
-    jpeg_draft_side: int | None = None  # decode JPEG files DCT-scaled, shorter side >= this (Classifier.load fast_jpeg)
 
     @classmethod
     def from_metadata(cls, raw: Any, source: str) -> ImageLimits:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from semobridge_runtime import Classifier
-from semobridge_runtime.images import draft_jpeg
+from semobridge_runtime.images import FastJpeg, draft_jpeg
 
 from .test_backends import photos, pil_reference
 
@@ -49,7 +49,8 @@ def test_other_formats_and_loaded_images_decode_in_full(jpeg: Path) -> None:
 
 def test_fast_jpeg_is_opt_in_and_close_to_the_full_decode(onnx_model: Path, jpeg: Path) -> None:
     full, fast = Classifier.load(onnx_model), Classifier.load(onnx_model, fast_jpeg=True)
-    assert full.limits.jpeg_draft_side is None and fast.limits.jpeg_draft_side == 2 * full.info.image_size
+    assert not isinstance(full.limits, FastJpeg) and fast.limits.draft_side == 2 * full.info.image_size
+    assert fast.limits.max_side == full.limits.max_side
     a, b = full.predict(str(jpeg)), fast.predict(str(jpeg))
     with Image.open(jpeg) as img:
         whole = np.asarray(img.convert("RGB"))
