@@ -102,6 +102,15 @@ def _size(path: Path) -> str:
     return ""
 
 
+def _open_set(values: dict | None) -> str:
+    """The calibration in one line: the threshold, and the probabilities' ECE before and after temperature scaling."""
+    if not values:
+        return "off (nothing held out to calibrate on: one shot per class and no validation split)"
+    return (f"top probability < {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images "
+            f"accepted); temperature {values['temperature']:.4g}, ECE {100 * values['ece_before']:.2f} % -> "
+            f"{100 * values['ece_after']:.2f} %")
+
+
 def _summary(head, backbone, written: dict[str, Path]) -> str:
     from semobridge.backbones import RANDOM_WARNING
     from semobridge.modelfile import percent
@@ -114,6 +123,7 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
         ("variant", info.variant),
         ("backbone", f"{info.backbone['name']} ({info.backbone['pretrained']})"),
         ("val accuracy", f"{percent(info.val_accuracy)} ({info.val_source})"),
+        ("unknown", _open_set(info.open_set)),
     ]
     lines = [f"{k:<13} {v}" for k, v in rows] + ["", "artifacts:"]
     lines += [f"  {path.name:<24} {_size(path):>9}" for path in sorted(set(written.values()))]

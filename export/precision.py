@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from semobridge.files import atomic_output
-from semobridge.logs import quiet_root_logger
+from semobridge.logs import quiet_logger, quiet_root_logger
 
 from .metadata import METADATA_KEY, metadata_props, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
@@ -111,13 +111,15 @@ def fuse_for_onnxruntime(model: ir.Model) -> None:
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha2
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 
-    ShapeInferencePass()(model)
-    optimize(model)
-    fuse_sdpa(model, apply_shape_inference=True)  # the standard pattern -> one attention function
-    fuse_mha2(model)  # -> MultiHeadAttention on the projections' outputs (they stay int8 MatMuls)
-    fuse_erfgelu(model)
-    fuse_bias_gelu(model)
-    optimize(model)
+    # the optimizer warns that it leaves the class-set inputs (initializers that are graph inputs by design) alone
+    with quiet_logger("onnx_ir.passes.common.initializer_deduplication"):
+        ShapeInferencePass()(model)
+        optimize(model)
+        fuse_sdpa(model, apply_shape_inference=True)  # the standard pattern -> one attention function
+        fuse_mha2(model)  # -> MultiHeadAttention on the projections' outputs (they stay int8 MatMuls)
+        fuse_erfgelu(model)
+        fuse_bias_gelu(model)
+        optimize(model)
 
 
 def to_int8(src: Path, dst: Path, meta: dict | None = None) -> Path:

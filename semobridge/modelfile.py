@@ -6,19 +6,24 @@ dtypes, shapes and offsets, and our metadata under `__metadata__["semobridge"]`)
 from __future__ import annotations
 
 import json
-import struct
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from semobridge_runtime import tensorfile
+from semobridge_runtime.errors import SemobridgeError as RuntimeSemobridgeError
+from semobridge_runtime.openset import OpenSet
+
 from . import __version__
 from .errors import InputError, ModelError
+from .files import GRAPH_BYTES, read_bytes
 from .params import RANGES
-from .validate import blend_values, class_names
+from .validate import MAX_SIDE, blend_values, class_names
 
 FORMAT = "semobridge-model/1"
 METADATA_KEY = "semobridge"  # the key of our metadata, in model files and in exported graphs
-HEADER_MAX = 100 << 20  # bytes: a larger safetensors header is not one of ours
 
 
 class ModelFileError(ModelError):
@@ -50,6 +55,9 @@ class ModelInfo:
     # for the class name, and the descriptions of the model's classes (lower-case name -> sentences)
     templates: list[str] = field(default_factory=list)
     descriptions: dict[str, list[str]] = field(default_factory=dict)
+    # the open-set calibration (semobridge.calibrate): score, temperature, threshold, accept, source, ECE
+    # before and after; None in files from before it existed, and when the fit had no held-out images
+    open_set: dict | None = None
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -69,6 +77,7 @@ class ModelInfo:
             raise ModelFileError(f"{source}: metadata lacks {', '.join(missing)}", hint=_REFIT)
         for name, value in values.items():
             _check_type(name, value, _TYPES[name], source)
+        _check_preprocessing(values, source)
         backbone = values["backbone"]
         if set(backbone) != {"name", "pretrained", "weights_hash"} or not all(isinstance(v, str) for v in backbone.values()):
             raise ModelFileError(f"{source}: 'backbone' must hold the strings name, pretrained and weights_hash", hint=_REFIT)
@@ -77,6 +86,11 @@ class ModelInfo:
             blend_values(values["params"], RANGES, f"{source}: params")
         except InputError as exc:
             raise ModelFileError(str(exc), hint=_REFIT) from None
+        if values.get("open_set") is not None:
+            try:
+                OpenSet.from_dict(values["open_set"], source)
+            except RuntimeSemobridgeError as exc:  # the runtime's error classes (the same as this package's)
+                raise ModelFileError(str(exc), hint=_REFIT) from None
         return cls(**values)
 
     def describe(self) -> str:
@@ -91,6 +105,7 @@ class ModelInfo:
             + (f", kept step {self.kept_step} of {self.steps}" if self.kept_step is not None else ""),
             "blend: " + ", ".join(f"{k}={v:.4g}" for k, v in self.params.items()),
             f"val accuracy: {acc}",
+            _describe_open_set(self.open_set),
         ])
 
     def to_metadata(self) -> dict[str, str]:
@@ -98,12 +113,21 @@ class ModelInfo:
         return {METADATA_KEY: json.dumps({"format": FORMAT, **asdict(self)})}
 
 
+def _describe_open_set(values: dict | None) -> str:
+    if not values:
+        return ("unknown: off, not calibrated (written before calibration existed, or nothing held out: one shot per "
+                "class and no validation split)")
+    return (f"probabilities: temperature {values['temperature']:.4g}, ECE {100 * values.get('ece_before', float('nan')):.2f} % -> "
+            f"{100 * values.get('ece_after', float('nan')):.2f} % ({values['source']})\n"
+            f"unknown: top probability below {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images accepted)")
+
+
 _REFIT = "fit the model again with `semobridge fit`"
 _TYPES: dict[str, tuple[type, ...]] = {
     "class_names": (list,), "backbone": (dict,), "image_size": (int,), "mean": (list,), "std": (list,),
     "params": (dict,), "variant": (str,), "shots": (int, type(None)), "seed": (int, type(None)),
     "val_accuracy": (float, int, type(None)), "val_source": (str,), "augment": (str,), "dataset": (str,),
-    "csb": (bool,), "protocol": (str,), "steps": (int, type(None)), "kept_step": (int, type(None)), "templates": (list,), "descriptions": (dict,), "library_version": (str,), "extra": (dict,),
+    "csb": (bool,), "protocol": (str,), "steps": (int, type(None)), "kept_step": (int, type(None)), "templates": (list,), "descriptions": (dict,), "open_set": (dict, type(None)), "library_version": (str,), "extra": (dict,),
 }
 
 
@@ -118,30 +142,49 @@ def _check_type(name: str, value: Any, types: tuple[type, ...], source: str) -> 
         raise ModelFileError(f"{source}: metadata {name!r} has the wrong type or shape ({value!r:.80})", hint=_REFIT)
 
 
+def _check_preprocessing(values: dict, source: str) -> None:
+    """The image size and normalisation the backbone was fitted with: a size within the image limits (0: fitted
+    from embeddings), a finite mean and a positive finite std (a std of 0 would divide by zero)."""
+    size = values["image_size"]
+    if not 0 <= size <= MAX_SIDE:
+        raise ModelFileError(f"{source}: metadata image_size {size} is outside 0..{MAX_SIDE}", hint=_REFIT)
+    if not all(math.isfinite(v) for v in values["mean"]):
+        raise ModelFileError(f"{source}: metadata mean {values['mean']} is not finite", hint=_REFIT)
+    if not all(math.isfinite(v) and v > 0 for v in values["std"]):
+        raise ModelFileError(f"{source}: metadata std {values['std']} is not positive and finite (the images are "
+                             "divided by it)", hint=_REFIT)
+
+
 def percent(value: float | None) -> str:
     """Accuracies are shown one way everywhere: a percentage with two decimals."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
-def read_header(path: str | Path) -> tuple[dict[str, dict], dict]:
-    """(tensor entries, our metadata) of a model file, validated as far as the header goes."""
+def read_model(path: str | Path) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """The validated ModelInfo and tensors (read-only float32 arrays) of a model file, every byte checked:
+    a regular file under files.MODEL_BYTES, the safetensors layout (no truncation, tensor offsets inside the
+    file), our metadata, every tensor present with shapes that agree, and no NaN or infinite value."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file",
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist",
                              hint="give the path of a .safetensors file written by `semobridge fit`")
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        body = f.read(size) if 0 < size <= HEADER_MAX else b""
     try:
-        header = json.loads(body)
-        meta = header.pop("__metadata__", None) or {}
-        fields_ = json.loads(meta[METADATA_KEY])
-    except (ValueError, KeyError, TypeError):
+        tensors, meta = tensorfile.read(path, "model file")
+    except tensorfile.Malformed as exc:
+        raise ModelFileError(f"{path} is not a semobridge model file: it is truncated or malformed ({exc.reason})",
+                             hint=_REFIT) from None
+    except ModelError as exc:
+        raise ModelFileError(str(exc), hint=exc.hint or _REFIT) from None
+    try:
+        values = json.loads(meta[METADATA_KEY])
+    except (KeyError, ValueError, RecursionError):
         raise ModelFileError(f"{path} is not a semobridge model file (no readable {FORMAT!r} metadata)", hint=_REFIT) from None
-    if not isinstance(fields_, dict) or fields_.pop("format", None) != FORMAT:
+    if not isinstance(values, dict) or values.pop("format", None) != FORMAT:
         raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata)", hint=_REFIT)
-    return header, fields_
+    info = ModelInfo.from_metadata(values, str(path))
+    check_tensors({name: {"dtype": tensorfile.NAMES.get(a.dtype), "shape": list(a.shape)} for name, a in tensors.items()},
+                  len(info.class_names), str(path))
+    return info, tensors
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
@@ -149,8 +192,9 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     import onnx
 
     path = Path(path)
+    data = read_bytes(path, "exported graph", GRAPH_BYTES, ModelError)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__})", hint="export it again") from None
     props = {p.key: p.value for p in model.metadata_props}
@@ -177,17 +221,15 @@ def describe_export(meta: dict[str, Any]) -> str:
         ("resize", str(meta.get("resize"))),
         ("limits", ", ".join(f"{k} {v:,}" for k, v in (meta.get("limits") or {}).items()) or "n/a"),
         ("val accuracy", percent(meta.get("val_accuracy"))),
+        ("unknown", _describe_open_set(meta.get("open_set")).split("unknown: ")[-1]),
         ("library", str(meta.get("library_version"))),
     ]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """The validated ModelInfo of a model file, without loading its tensors (or PyTorch)."""
-    header, values = read_header(path)
-    info = ModelInfo.from_metadata(values, str(path))
-    check_tensors(header, len(info.class_names), str(path))
-    return info
+    """The validated ModelInfo of a model file (the whole file checked, see read_model), without PyTorch."""
+    return read_model(path)[0]
 
 
 #: Tensors of a model file -> their shape in terms of C (classes), d and d_t (None: any).

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy, classes, fit_time, latency, protocols, spinning, train_time
+from benchmarks import accuracy, classes, fit_time, latency, open_set, protocols, spinning, train_time
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
@@ -115,7 +115,7 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
                 "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
-                "video": ["--quick"], "jpeg": ["--quick"]}
+                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -192,6 +192,15 @@ def test_protocols_quick_trains_three_variants(tmp_path: Path, capsys) -> None:
     assert [r["updates"] for r in result["rows"]] == [29, 30, 30]
     assert all(0 <= r["test_acc_searched"] <= 1 for r in result["rows"])
     assert "paper - consistent (mean)" in printed and (tmp_path / "protocols.md").is_file()
+
+
+def test_open_set_quick_compares_every_score_and_the_class_from_its_name(tmp_path: Path, capsys) -> None:
+    result = open_set.main(["--quick", "--test", "20", "--out", str(tmp_path)])
+    row = result["rows"][0]
+    assert all(0 <= row[f"auroc_{n}"] <= 1 and 0 <= row[f"fpr95_{n}"] <= 1 for n in open_set.SCORES)
+    assert 0 < row["threshold"] < 1 and row["temperature"] > 0 and 0 <= row["accepted_known"] <= 1
+    assert {r["variant"] for r in result["name_alone"]} == set(open_set.NAME_VARIANTS)
+    assert "AUROC mcm" in capsys.readouterr().out and (tmp_path / "open_set.md").is_file()
 
 
 def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:

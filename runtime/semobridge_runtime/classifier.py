@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
@@ -33,29 +35,64 @@ class TopK:
     indices: np.ndarray  # int64 [N, k]
     names: list[list[str]]
     scores: np.ndarray  # float32 [N, k]
+    probabilities: np.ndarray  # float32 [N, k], calibrated
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Results for N images, in the order they were given."""
+    """Results for N images, in the order they were given.
 
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]  # predicted class name per image
-    scores: np.ndarray  # float32 [N, C]
+    An image the model calls unknown (its top calibrated probability below the threshold) has
+    label -1, class name None and known False; its scores, probabilities and top_k are still given.
+    """
+
+    labels: np.ndarray  # int64 [N]; -1: unknown
+    class_names: list[str | None]  # predicted class name per image; None: unknown
+    scores: np.ndarray  # float32 [N, C], the blend scores
     top_k: TopK
     embeddings: np.ndarray  # float32 [N, d], L2-normalised
+    known: np.ndarray  # bool [N]
+    probabilities: np.ndarray  # float32 [N, C], softmax(scores / T): rows sum to 1
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, class_names: Sequence[str],
-           top_k: int) -> Prediction:
-        """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller."""
+           top_k: int, temperature: float = 1.0, threshold: float | None = None) -> Prediction:
+        """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller.
+
+        temperature, threshold: the open-set decision (semobridge_runtime.openset); threshold None: all known."""
+        labels, known, probs = openset.decide(scores, temperature, threshold, labels)
+        known &= labels >= 0  # a label of -1 that came decided (a server's) stays unknown
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1))
-        return cls(labels, [class_names[i] for i in labels], scores, top, embeddings)
+        top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1),
+                   np.take_along_axis(probs, order, 1))
+        names = [class_names[i] if i >= 0 else None for i in labels]
+        return cls(labels, names, scores, top, embeddings, known, probs)
+
+
+def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[float, float | None]:
+    """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
+    probability threshold of one's own. A model exported without calibration runs with T = 1 and, for "auto",
+    unknown off (said once, as a warning)."""
+    calibration = info.raw.get("open_set")
+    fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
+    temperature = fitted.temperature if fitted is not None else 1.0
+    if isinstance(unknown, str) and unknown == "auto":
+        if fitted is None:
+            warnings.warn(f"{source} carries no open-set calibration (exported before it existed, or fitted without "
+                          "held-out images): every image gets a class, and probabilities are uncalibrated (T = 1); "
+                          "re-export the model to answer 'unknown'", stacklevel=3)
+            return temperature, None
+        return temperature, fitted.threshold
+    if unknown is None:
+        return temperature, None
+    if isinstance(unknown, str):
+        raise InputError(f"unknown={unknown!r} is not understood",
+                         hint="pass unknown='auto' (the model's threshold), None (off) or a number in [0, 1]")
+    return temperature, openset.check_threshold(unknown)
 
 
 class Classifier:
@@ -69,6 +106,7 @@ class Classifier:
         self._backend = backend
         self._limits = limits
         self._path = path
+        self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
 
@@ -79,7 +117,7 @@ class Classifier:
              openvino_precision: str = "auto", openvino_cache: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
              max_aspect: float | None = None, release_after_bytes: int | None = None,
-             fast_jpeg: bool = False) -> Classifier:
+             fast_jpeg: bool = False, unknown: str | float | None = "auto") -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto", "onnxruntime", "openvino" or "tensorrt". "auto": TensorRT for engine files; for .onnx
@@ -105,12 +143,17 @@ class Classifier:
         fast_jpeg: decode JPEG files (and PIL JPEGs not yet loaded) DCT-scaled to 1/2, 1/4 or 1/8 while their
             shorter side stays >= twice the model's input side, then resize exactly as always: several times faster
             on camera photos, pixels slightly different from a full decode (runtime/README.md).
+        unknown: "auto": an image whose top calibrated probability is below the model's calibrated threshold
+            is unknown (label -1); None: every image gets a class; a number in [0, 1]: your own threshold on
+            that probability (docs/method.md, "The open set"). Models exported before calibration existed
+            run with unknown off and say so once.
         """
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         choice = choose(path, backend, providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else
                              f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
+        files.check_regular(path, "model file", files.GRAPH_BYTES, ModelError)  # not a FIFO or device, bounded
         path = choice.path
         if choice.backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
@@ -127,6 +170,7 @@ class Classifier:
             limits = FastJpeg(**asdict(limits), draft_side=2 * loaded.info.image_size)
         clf = cls(loaded, limits, path, text_model)
         clf._why = choice.reason
+        clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -143,6 +187,16 @@ class Classifier:
         return self._path
 
     @property
+    def temperature(self) -> float:
+        """T of the probabilities softmax(scores / T)."""
+        return self._temperature
+
+    @property
+    def threshold(self) -> float | None:
+        """The top probability below which an image is unknown; None: unknown is off."""
+        return self._threshold
+
+    @property
     def class_names(self) -> list[str]:
         return list(self._enrolment.names())
 
@@ -152,15 +206,32 @@ class Classifier:
         return self._enrolment.current()
 
     def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
-        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
+        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes), or from its
+        name alone (`images` empty or None).
 
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
-        this model's own graph. Every class's weight is recomputed over the new class set.
+        this model's own graph; without images, from its text classifier (docs/method.md, "A class from
+        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
+        recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
-            raise InputError(f"no images for class {name!r}: give at least one")
+            none = np.zeros((0, self.info.embedding_dim), np.float32)
+            self._enrolment.add(name, lambda: none, prompts)
+            return
         self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings n(eos · W), float32 [M, d]: compare them with `embed`'s image embeddings
+        (cosine = dot product) for text-to-image search."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts or not all(
+                isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(f"embed_text takes a non-empty list of non-empty strings, got {texts!r:.80}",
+                             hint='e.g. clf.embed_text(["a red mug"])')
+        from .head import normalize
+
+        text = self._enrolment.text()
+        return normalize(text.eos(list(texts)) @ self._enrolment.fitted().text_projection).astype(np.float32)
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""
@@ -218,7 +289,7 @@ class Classifier:
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         names = classes.names if classes is not None else self.info.class_names
-        return Prediction.of(scores, labels, embeddings, names, top_k)
+        return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
 
     def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
                smooth: float | None = None, options: Mapping[str, str] | None = None,

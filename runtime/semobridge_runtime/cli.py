@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
+                        help="answer 'unknown' for an image whose top calibrated probability is below the model's "
+                             "calibrated threshold (auto, the default), never (off), or below VALUE in [0, 1]")
     parser.add_argument("--backend", default="auto", choices=list(BACKENDS),
                         help="inference library (default auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with "
                              "AMX where the export measured it, else ONNX Runtime)")
@@ -73,6 +76,16 @@ def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> 
                              f"else {MAX_ASPECT})")
 
 
+def unknown_option(text: str) -> str | float | None:
+    """--unknown: "auto", "off" (None) or a threshold (checked by Classifier.load)."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, off or a number in [0, 1]") from None
+
+
 def image_paths(arguments: list[str]) -> list[str]:
     """Expand directories (their image files, sorted) and globs (their matching image files, sorted)."""
     paths: list[str] = []
@@ -98,9 +111,12 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _as_json(images: list[str], result: Prediction) -> str:
-    rows = [{"image": image, "label": result.class_names[i], "index": int(result.labels[i]),
-             "top_k": [{"index": int(c), "class": name, "score": float(s)}
-                       for c, name, s in zip(result.top_k.indices[i], result.top_k.names[i], result.top_k.scores[i])]}
+    rows = [{"image": image, "label": result.class_names[i], "index": int(result.labels[i]), "known": bool(result.known[i]),
+             "probability": float(result.top_k.probabilities[i][0]),
+             "top_k": [{"index": int(c), "class": name, "score": float(s), "probability": float(p)}
+                       for c, name, s, p in zip(result.top_k.indices[i], result.top_k.names[i], result.top_k.scores[i],
+                                                result.top_k.probabilities[i])],
+             "probabilities": [float(p) for p in result.probabilities[i]]}
             for i, image in enumerate(images)]
     return json.dumps(rows, indent=2)
 
@@ -108,8 +124,9 @@ def _as_json(images: list[str], result: Prediction) -> str:
 def _as_text(images: list[str], result: Prediction) -> str:
     lines = []
     for i, image in enumerate(images):
-        lines.append(image)
-        lines += [f"  {s:.4f}  {name}" for name, s in zip(result.top_k.names[i], result.top_k.scores[i])]
+        lines.append(image if result.known[i] else f"{image}  unknown")
+        lines += [f"  {s:.4f}  {p:6.1%}  {name}" for name, s, p in
+                  zip(result.top_k.names[i], result.top_k.scores[i], result.top_k.probabilities[i])]
     return "\n".join(lines)
 
 
@@ -121,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
                                      allow_spinning=not args.no_spinning, prefer_int8=not args.no_int8,
                                      classes=args.classes, max_side=args.max_side,
-                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect, fast_jpeg=args.fast_jpeg)
+                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect, unknown=args.unknown,
+                                     fast_jpeg=args.fast_jpeg)
         if video is not None:
             return run_video(classifier, *video)
         result = classifier.predict(images, top_k=args.top_k)

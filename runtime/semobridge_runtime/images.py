@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import files
 from .errors import InputError
 from .limits import ImageLimits
 
@@ -33,9 +35,10 @@ def read_image(path: Path, limits: ImageLimits) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an image file",
                          hint="pass the image files in it; semobridge-run MODEL DIR classifies every image in DIR")
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"no such image file: {path}")
-    return _decode(path, limits, str(path))
+    with files.open_regular(path, "image file", files.IMAGE_BYTES) as f:  # refuses a FIFO or a device, unblocked
+        return _decode(f, limits, str(path))
 
 
 def decode_image(data: bytes, limits: ImageLimits, where: str) -> np.ndarray:
@@ -43,7 +46,7 @@ def decode_image(data: bytes, limits: ImageLimits, where: str) -> np.ndarray:
     return _decode(io.BytesIO(data), limits, where)
 
 
-def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.ndarray:
+def _decode(source: BinaryIO, limits: ImageLimits, where: str) -> np.ndarray:
     try:
         with Image.open(source) as img:  # reads the header only
             return pil_pixels(img, limits, where)

@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import files
+from .errors import SemobridgeError
+
 INT8_MIN_AGREEMENT = 0.99  # share of the fit images on which the int8 graph's label equals the fp32 graph's
 
 
 def sidecar(path: Path) -> dict[str, Any] | None:
     """The exporter's `<stem>.json` beside a model file, or None if absent or unreadable."""
     try:
-        return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(files.read_text(path.with_suffix(".json"), "metadata sidecar"))
+    except (SemobridgeError, ValueError):
         return None
 
 

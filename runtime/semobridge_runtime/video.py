@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
+from . import openset
 from .errors import BackendError, InputError
 
 if TYPE_CHECKING:
@@ -63,8 +64,8 @@ class FrameResult:
 
     frame: int
     time_s: float
-    label: int
-    class_name: str
+    label: int  # -1: unknown (Classifier.load's `unknown`)
+    class_name: str | None  # None: unknown
     score: float
     scores: np.ndarray
 
@@ -241,10 +242,11 @@ class FrameStream:
             if smooth is not None:
                 same_classes = average is not None and average.shape == scores.shape  # else a class was added or removed
                 average = scores = (smooth * scores + (1 - smooth) * average).astype(np.float32) if same_classes else scores
-                label = int(np.argmax(scores))
-                name = self._classifier.class_names[label]
+                clf = self._classifier  # the open-set decision on the smoothed scores (label -1: unknown)
+                label = int(openset.decide(scores[None], clf.temperature, clf.threshold)[0][0])
+                name = clf.class_names[label] if label >= 0 else None
             self.classified += 1
-            yield FrameResult(index, float(time_s), label, name, float(scores[label]), scores)
+            yield FrameResult(index, float(time_s), label, name, float(scores.max()), scores)
 
     def _decoded(self) -> Iterator[Any]:
         frames = self._container.decode(self._stream)

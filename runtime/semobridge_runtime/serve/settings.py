@@ -46,4 +46,5 @@ def load_classifier(settings: ServeSettings) -> Classifier:
                            allow_spinning=settings.allow_spinning, prefer_int8=settings.prefer_int8,
                            classes=settings.classes, max_side=settings.max_side,
                            max_pixels=settings.max_pixels, max_aspect=settings.max_aspect,
-                           release_after_bytes=RELEASE_AFTER_BYTES)
+                           release_after_bytes=RELEASE_AFTER_BYTES,
+                           unknown=None)  # serving answers no "unknown" yet: label stays the argmax (issue 20)
