@@ -162,3 +162,28 @@ def label_agreement(reference: Path, candidate: Path, images: Iterable[np.ndarra
     if not same:
         raise ValueError("no images to compare labels on")
     return float(np.mean(same))
+
+
+def openvino_agreement(reference: Path, images: Iterable[np.ndarray]) -> dict | None:
+    """The runtime's OpenVINO backend (at OpenVINO's precision for this CPU) against the fp32 graph in ONNX Runtime:
+    {"precision", "label_agreement", "min_cosine"} of the labels and embeddings, one image per run; None without
+    openvino."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from semobridge_runtime.backends.openvino import OpenVINOBackend
+
+    from .reference import reference_scores, session
+
+    ref, backend = session(reference), OpenVINOBackend(Path(reference))
+    same, cosines = [], []
+    for image in images:
+        want = reference_scores(ref, image[None])
+        label, embedding = backend.run(image[None], ("label", "embedding"))
+        same.append(int(label[0] == want["label"][0]))
+        a, b = embedding[0], want["embedding"][0]
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    if not same:
+        raise ValueError("no images to compare labels on")
+    return {"precision": backend.precision, "label_agreement": round(float(np.mean(same)), 4), "min_cosine": round(min(cosines), 6)}

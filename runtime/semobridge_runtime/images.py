@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,8 +61,29 @@ def _decode(source: BinaryIO, limits: ImageLimits, where: str) -> np.ndarray:
 
 
 def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:
-    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before)."""
+    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before); a JPEG
+    not yet decoded is decoded DCT-scaled when the limits are `FastJpeg` (see `draft_jpeg`)."""
     limits.check(img.height, img.width, where)
+    if isinstance(limits, FastJpeg):
+        draft_jpeg(img, limits.draft_side)
     if img.mode in SIXTEEN_BIT_MODES:
         return to_8bit(np.asarray(img))
     return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class FastJpeg(ImageLimits):
+    """The limits, and the fast JPEG path (Classifier.load fast_jpeg): JPEGs decode DCT-scaled, their shorter side
+    kept >= draft_side."""
+
+    draft_side: int = 448
+
+
+def draft_jpeg(img: Image.Image, short_side: int) -> None:
+    """Have a JPEG decode at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling: far less work than a full decode)
+    where its shorter side stays at least `short_side`; other images, and images already decoded, are left as they
+    are. The model's exact resize then runs on the smaller image, so pixels differ a little from a full decode
+    (runtime/README.md quotes the measured differences)."""
+    short = min(img.size)
+    if img.format == "JPEG" and short >= 2 * short_side:  # PIL picks the largest scale keeping both sides >= asked
+        img.draft(None, (-(-img.width * short_side // short), -(-img.height * short_side // short)))
