@@ -122,11 +122,11 @@ def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFac
                 (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # classes without descriptions
-            head, _ = fit_dataset(
+            head = fit_dataset(
                 data, ENROL_SHOTS, backbone=tiny_backbone, params=BlendParams.from_dict(ENROL_PARAMS),
                 prompts=PromptOptions(templates=list(ENROL_TEMPLATES), descriptions=descriptions),
                 cache=EmbeddingCache(),
-            )
+            ).head
         return head
 
     return fit
