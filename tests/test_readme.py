@@ -112,12 +112,6 @@ def fresh_copy(root: Path, name: str) -> Path:
     return copy
 
 
-def test_every_snippet_is_a_known_language():
-    """A block in another language would be skipped silently: the README's blocks are bash, python or plain text."""
-    for snippet in readme_snippets(README.read_text(encoding="utf-8")):
-        assert snippet.language in ("bash", "python", ""), snippet
-
-
 def test_snippets_run_alone_after_the_quick_start(quick_start):
     root, snippets = quick_start
     ran = []
