@@ -169,7 +169,7 @@ def test_serving_snippets_run_against_the_server(quick_start):
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # Ctrl-C or SIGTERM drains and stops, as the README says
         try:
-            assert process.wait(timeout=90) in (0, -signal.SIGTERM), log.read_text()
+            assert process.wait(timeout=90) == 0, log.read_text()
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
