@@ -98,6 +98,15 @@ def _size(path: Path) -> str:
     return ""
 
 
+def _open_set(values: dict | None) -> str:
+    """The calibration in one line: the threshold, and the probabilities' ECE before and after temperature scaling."""
+    if not values:
+        return "off (nothing held out to calibrate on: one shot per class and no validation split)"
+    return (f"top probability < {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images "
+            f"accepted); temperature {values['temperature']:.4g}, ECE {100 * values['ece_before']:.2f} % -> "
+            f"{100 * values['ece_after']:.2f} %")
+
+
 def _summary(head, backbone, written: dict[str, Path]) -> str:
     from semobridge.backbones import RANDOM_WARNING
     from semobridge.modelfile import percent
@@ -110,6 +119,7 @@ def _summary(head, backbone, written: dict[str, Path]) -> str:
         ("variant", info.variant),
         ("backbone", f"{info.backbone['name']} ({info.backbone['pretrained']})"),
         ("val accuracy", f"{percent(info.val_accuracy)} ({info.val_source})"),
+        ("unknown", _open_set(info.open_set)),
     ]
     lines = [f"{k:<13} {v}" for k, v in rows] + ["", "artifacts:"]
     lines += [f"  {path.name:<24} {_size(path):>9}" for path in sorted(set(written.values()))]
@@ -190,10 +200,13 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
 @click.option("--fp16/--fp32", default=True, show_default=True, help="fp16 with LayerNorm, softmax, preprocessing and blend pinned to fp32.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Keep built engines and TensorRT's timing cache here (keyed by GPU, TensorRT version and ONNX hash) [default: none].")
+@click.option("--dla-core", type=int, default=None,
+              help="Run on this DLA core (Jetson AGX Orin: 0 or 1; Orin NX: 0, or 0 or 1), the layers DLA lacks on the GPU; "
+                   "fp16 only; UNVERIFIED [default: GPU only].")
 @profile_options
 @version_option
 @command
-def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts):
+def build_engine_main(model, output, fp16, cache_dir, dla_core, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
@@ -201,7 +214,8 @@ def build_engine_main(model, output, fp16, cache_dir, batch, sizes, class_counts
     """
     from .tensorrt import build_engine
 
-    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir, log=click.echo)
+    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir,
+                        dla_core=dla_core, log=click.echo)
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
 
 

@@ -76,6 +76,7 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
         "variant": info.variant,
         "params": dict(info.params),
         "val_accuracy": info.val_accuracy,
+        "open_set": info.open_set,  # temperature and "unknown" threshold (semobridge_runtime.openset); None: not calibrated
         "library_version": info.library_version,
         "precision": precision,
         "limits": limits(),

@@ -4,6 +4,8 @@ UNVERIFIED: written from the TensorRT 10 Python API documentation; TensorRT coul
 installed where this was developed. The parts that need no TensorRT (profile shapes, cache
 keys, the trtexec command line, the ONNX model without class-set defaults) are tested;
 building is not. The class set is an engine input with its own profile range (--class-counts).
+A DLA core (Jetson AGX/NX Orin, Xavier) takes the layers DLA supports, the GPU the rest (`dla_core`,
+also unverified: no DLA here).
 """
 from __future__ import annotations
 
@@ -64,9 +66,10 @@ class Profile:
         return out[0], out[1], out[2]
 
 
-def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tuple, fp16: bool) -> str:
-    """Engine cache key: GPU, TensorRT version, ONNX file hash, profile and precision."""
-    text = json.dumps([gpu_name, trt_version, onnx_hash, shapes, fp16])
+def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tuple, fp16: bool,
+              dla_core: int | None = None) -> str:
+    """Engine cache key: GPU, TensorRT version, ONNX file hash, profile, precision and the DLA core (if any)."""
+    text = json.dumps([gpu_name, trt_version, onnx_hash, shapes, fp16] + ([dla_core] if dla_core is not None else []))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -81,7 +84,7 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
 
 
 def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], fp16: bool, timing_cache: Path | None,
-                    fp32_layers: list[str]) -> str:
+                    fp32_layers: list[str], dla_core: int | None = None) -> str:
     """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes).
 
     trtexec takes the class-set inputs as weights while they have initializers (their defaults);
@@ -99,7 +102,19 @@ def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple]
     if fp16:
         pins = ",".join(f"{name}:fp32" for name in fp32_layers)
         parts += ["--fp16", "--precisionConstraints=obey", f"--layerPrecisions={pins}", f"--layerOutputTypes={pins}"]
+    if dla_core is not None:
+        parts += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
     return " ".join(parts)
+
+
+def check_dla_core(dla_core: object, fp16: bool) -> None:
+    """A DLA core is a whole number >= 0, and DLA runs fp16 (or int8), never fp32."""
+    if dla_core is None:
+        return
+    if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
+        raise InputError(f"DLA core {dla_core!r} is not a core number", hint="DLA cores are numbered from 0 (--dla-core 0)")
+    if not fp16:
+        raise InputError("a DLA core runs fp16 or int8 layers, not fp32", hint="drop --fp32 (fp16 is the default) or --dla-core")
 
 
 def gpu_name() -> str:
@@ -145,8 +160,18 @@ def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
     return model.SerializeToString()
 
 
+def _use_dla(trt, builder, config, dla_core: int) -> None:
+    """Run the layers DLA supports on `dla_core`, the others on the GPU (TensorRT's GPU fallback)."""
+    if dla_core >= builder.num_DLA_cores:
+        raise TensorRTError(f"DLA core {dla_core} asked for, but this device has {builder.num_DLA_cores} DLA cores",
+                            hint="Jetson AGX Orin has 2 (0, 1), Orin NX 1 or 2, Orin Nano none: leave out --dla-core there")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
 def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None,
-           class_inputs: bool) -> bytes:
+           class_inputs: bool, dla_core: int | None = None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -160,6 +185,8 @@ def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_laye
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
+    if dla_core is not None:
+        _use_dla(trt, builder, config, dla_core)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
@@ -201,11 +228,15 @@ def build_engine(
     cache_dir: str | Path | None = None,
     log=print,
     class_inputs: bool = True,
+    dla_core: int | None = None,
 ) -> Path:
     """Build a TensorRT engine and write it with its `<stem>.json` metadata. With `cache_dir`, built
     engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise).
     class_inputs=False builds the fitted classes (the graph's defaults) into the engine as constants,
-    leaving the image its only input (for servers that batch every input, as Triton does)."""
+    leaving the image its only input (for servers that batch every input, as Triton does).
+    dla_core: build for that DLA core (fp16 only), with the layers DLA cannot run on the GPU; the runtime
+    loads the engine onto the same core (its metadata's tensorrt.dla_core)."""
+    check_dla_core(dla_core, fp16)
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
     meta = read_metadata(onnx_path)
@@ -215,25 +246,30 @@ def build_engine(
     try:
         trt = _import_tensorrt()
     except TensorRTError:
-        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache and cache / "timing.cache", fp32_layers))
+        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache and cache / "timing.cache", fp32_layers,
+                                             dla_core))
         raise
+    if dla_core is not None and any(low != high for low, _, high in shapes.values()):
+        log("note: DLA runs fixed shapes; with a dynamic profile TensorRT may leave layers to the GPU. For DLA give "
+            "min = opt = max: --batch N,N,N --sizes HxW,HxW,HxW --class-counts C,C,C")
     gpu = gpu_name()
     timing_cache = cache / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache" if cache else None
-    log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers))
-    key = cache_key(file_sha256(onnx_path), gpu, trt.__version__, shapes, fp16)
+    log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers, dla_core))
+    key = cache_key(file_sha256(onnx_path), gpu, trt.__version__, shapes, fp16, dla_core)
     cached = cache / f"{key}.engine" if cache else None
     if cached is not None and cached.is_file():
         log(f"engine cache hit: {cached}")
         data = cached.read_bytes()
     else:
-        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs)
+        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs, dla_core)
         if cached is not None:
             with atomic_output(cached, "cached engine") as tmp:
                 tmp.write_bytes(data)
     with atomic_output(engine_path, "engine file") as tmp:
         tmp.write_bytes(data)
     meta = with_precision(meta, "fp16" if fp16 else "fp32")
-    meta["tensorrt"] = {"version": trt.__version__, "profile": shapes, "cache_key": key}
+    meta["tensorrt"] = {"version": trt.__version__, "profile": shapes, "cache_key": key,
+                        **({"dla_core": dla_core} if dla_core is not None else {})}
     with atomic_output(sidecar_path(engine_path), "engine metadata") as tmp:
         tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return engine_path

@@ -180,9 +180,19 @@ def fit_cmd(output, log_json, **options) -> None:
 @click.option("--ood-of", type=click.Choice(["imagenet"]),
               help="DATA is a variant of this dataset (ImageNet-V2, -Sketch, -A, -R) with its classes or a subset, "
               "named by index, WordNet id or class name; plain class folders are evaluated whole.")
+@click.option("--open-set", is_flag=True,
+              help="Also leave-classes-out: each half of the classes in turn plays the unknown (AUROC, FPR at 95% TPR, "
+              "accuracy on known classes at the operating point; MCM beside).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the per-class figures to this CSV file.")
+@click.option("--confusion", "confusion_out", type=click.Path(dir_okay=False), help="Plot the confusion matrix to this PNG.")
 @command
-def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of) -> None:
-    """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it."""
+def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of, open_set, json_out, csv_out, confusion_out) -> None:
+    """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it; per-class accuracy, macro-F1, the confusion
+    matrix and, with --open-set, how well it tells its classes from others."""
+    for path, what in ((json_out, "--json file"), (csv_out, "--csv file"), (confusion_out, "--confusion PNG")):
+        if path is not None:
+            output_file(path, what)
     from .backbones import load_backbone
     from .encode import EmbeddingCache
     from .model import SeMoBridge
@@ -193,12 +203,90 @@ def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of) -> 
     cache = EmbeddingCache(cache_dir)
     b = head.info.backbone
     backbone = load_backbone(b["name"], pretrained or b["pretrained"], device=device)
-    result = evaluate(head, backbone, data, split, cache, ood_of=ood_of)
+    result = evaluate(head, backbone, data, split, cache, ood_of=ood_of, open_set=open_set)
     click.echo(f"{'':14}{'top-1':>9}")
     click.echo(f"{'SeMoBridge':14}{percent(result['accuracy']):>9}")
     click.echo(f"{'zero-shot CLIP':14}{percent(result['zero_shot_accuracy']):>9}")
     click.echo(f"({result['images']} {result['split']} images, {result['classes']}, {head.info.variant}, {head.info.shots} shots)")
+    click.echo(describe_evaluation(result))
+    write_evaluation(result, json_out, csv_out, confusion_out)
     report_random(backbone.pretrained)
+
+
+def describe_evaluation(result: dict) -> str:
+    """Macro-F1, the operating point, the per-class table, the confusion matrix and the open-set figures, as text."""
+    from semobridge_runtime.evaluation import confusion_table
+
+    from .modelfile import percent
+
+    names = result["class_names"]
+    lines = [f"macro-F1 {percent(result['macro_f1'])}"]
+    if "accepted" in result:
+        lines.append(f"at the operating point: {percent(result['accepted'])} of the images accepted, "
+                     f"{percent(result['accuracy_at_operating_point'])} right (refused counts as wrong)")
+    lines += ["", f"{'class':<24}{'images':>7}{'accuracy':>11}{'F1':>11}"]
+    lines += [f"{r['class'][:23]:<24}{r['images']:>7}{percent(r['accuracy']):>11}{percent(r['f1']):>11}" for r in result["per_class"]]
+    lines += ["", "closed-set confusion matrix (rows: true class, columns: predicted)", confusion_table(result, names)]
+    o = result.get("open_set")
+    if o:
+        lines += ["", "open set, leave-classes-out (each half of the classes in turn unknown; mean of the two folds):",
+                  f"{'':24}{'AUROC':>9}{'FPR@95TPR':>11}",
+                  f"{'top probability':<24}{percent(o['auroc']):>9}{percent(o['fpr_at_95_tpr']):>11}",
+                  f"{'MCM (zero-shot)':<24}{percent(o['mcm_auroc']):>9}{percent(o['mcm_fpr_at_95_tpr']):>11}",
+                  f"known-class accuracy at the operating point: {percent(o['known_accuracy_at_operating_point'])}"
+                  + (f" (threshold {o['threshold']:.4f}, {percent(o['known_accepted'])} of known images accepted)"
+                     if o["threshold"] is not None else " (the model has no threshold: closed-set)")]
+    return "\n".join(lines)
+
+
+def write_evaluation(result: dict, json_out: str | None, csv_out: str | None, confusion_out: str | None) -> None:
+    """--json, --csv and --confusion, each written atomically."""
+    from semobridge_runtime.evaluation import per_class_csv
+
+    from .files import atomic_output
+
+    if json_out:
+        with atomic_output(Path(json_out), "--json file") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_out}")
+    if csv_out:
+        with atomic_output(Path(csv_out), "--csv file") as tmp:
+            tmp.write_text(per_class_csv(result))
+        click.echo(f"wrote {csv_out}")
+    if confusion_out:
+        plot_confusion(result, Path(confusion_out))
+        click.echo(f"wrote {confusion_out}")
+
+
+def plot_confusion(result: dict, path: Path) -> None:
+    """The confusion matrix as a PNG (rows normalised to the class's images; needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--confusion needs matplotlib", hint="pip install matplotlib, or leave out --confusion") from None
+    import numpy as np
+
+    from .files import atomic_output
+
+    m = np.asarray(result["confusion"], np.float64)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    names = result["class_names"]
+    size = 2 + 0.35 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true class")
+    ax.set_title(f"top-1 {100 * result['accuracy']:.2f} %, macro-F1 {100 * result['macro_f1']:.2f} %")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the class's images")
+    fig.tight_layout()
+    with atomic_output(path, "--confusion PNG") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 @main.command("fit-features")

@@ -8,6 +8,7 @@ import torch
 
 from .blend import BlendParams
 from .bridge import Bridge
+from .calibrate import calibrate
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
@@ -102,4 +103,9 @@ def fit_features(
     head = head.with_params(params or BlendParams())
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)
-    return head.cpu()
+    head = head.cpu()
+    calibration = calibrate(head, features.to("cpu"))
+    if calibration is not None:
+        head.info.open_set = {**calibration.open_set.to_dict(), "ece_before": calibration.ece_before,
+                              "ece_after": calibration.ece_after}
+    return head

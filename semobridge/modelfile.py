@@ -11,6 +11,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from semobridge_runtime.errors import SemobridgeError as RuntimeSemobridgeError
+from semobridge_runtime.openset import OpenSet
+
 from . import __version__
 from .errors import InputError, ModelError
 from .params import RANGES
@@ -50,6 +53,9 @@ class ModelInfo:
     # for the class name, and the descriptions of the model's classes (lower-case name -> sentences)
     templates: list[str] = field(default_factory=list)
     descriptions: dict[str, list[str]] = field(default_factory=dict)
+    # the open-set calibration (semobridge.calibrate): score, temperature, threshold, accept, source, ECE
+    # before and after; None in files from before it existed, and when the fit had no held-out images
+    open_set: dict | None = None
     library_version: str = __version__
     extra: dict = field(default_factory=dict)
 
@@ -77,6 +83,11 @@ class ModelInfo:
             blend_values(values["params"], RANGES, f"{source}: params")
         except InputError as exc:
             raise ModelFileError(str(exc), hint=_REFIT) from None
+        if values.get("open_set") is not None:
+            try:
+                OpenSet.from_dict(values["open_set"], source)
+            except RuntimeSemobridgeError as exc:  # the runtime's error classes, not this package's
+                raise ModelFileError(str(exc), hint=_REFIT) from None
         return cls(**values)
 
     def describe(self) -> str:
@@ -91,6 +102,7 @@ class ModelInfo:
             + (f", kept step {self.kept_step} of {self.steps}" if self.kept_step is not None else ""),
             "blend: " + ", ".join(f"{k}={v:.4g}" for k, v in self.params.items()),
             f"val accuracy: {acc}",
+            _describe_open_set(self.open_set),
         ])
 
     def to_metadata(self) -> dict[str, str]:
@@ -98,12 +110,21 @@ class ModelInfo:
         return {METADATA_KEY: json.dumps({"format": FORMAT, **asdict(self)})}
 
 
+def _describe_open_set(values: dict | None) -> str:
+    if not values:
+        return ("unknown: off, not calibrated (written before calibration existed, or nothing held out: one shot per "
+                "class and no validation split)")
+    return (f"probabilities: temperature {values['temperature']:.4g}, ECE {100 * values.get('ece_before', float('nan')):.2f} % -> "
+            f"{100 * values.get('ece_after', float('nan')):.2f} % ({values['source']})\n"
+            f"unknown: top probability below {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images accepted)")
+
+
 _REFIT = "fit the model again with `semobridge fit`"
 _TYPES: dict[str, tuple[type, ...]] = {
     "class_names": (list,), "backbone": (dict,), "image_size": (int,), "mean": (list,), "std": (list,),
     "params": (dict,), "variant": (str,), "shots": (int, type(None)), "seed": (int, type(None)),
     "val_accuracy": (float, int, type(None)), "val_source": (str,), "augment": (str,), "dataset": (str,),
-    "csb": (bool,), "protocol": (str,), "steps": (int, type(None)), "kept_step": (int, type(None)), "templates": (list,), "descriptions": (dict,), "library_version": (str,), "extra": (dict,),
+    "csb": (bool,), "protocol": (str,), "steps": (int, type(None)), "kept_step": (int, type(None)), "templates": (list,), "descriptions": (dict,), "open_set": (dict, type(None)), "library_version": (str,), "extra": (dict,),
 }
 
 
@@ -177,6 +198,7 @@ def describe_export(meta: dict[str, Any]) -> str:
         ("resize", str(meta.get("resize"))),
         ("limits", ", ".join(f"{k} {v:,}" for k, v in (meta.get("limits") or {}).items()) or "n/a"),
         ("val accuracy", percent(meta.get("val_accuracy"))),
+        ("unknown", _describe_open_set(meta.get("open_set")).split("unknown: ")[-1]),
         ("library", str(meta.get("library_version"))),
     ]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import torch
+from semobridge_runtime import evaluation, openset
 
 from .backbones import Backbone, load_backbone
 from .blend import BlendParams
@@ -161,8 +162,12 @@ def evaluate(
     split: str = "test",
     cache: EmbeddingCache | None = None,
     ood_of: str | None = None,
+    open_set: bool = False,
 ) -> dict:
-    """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split.
+    """Top-1 accuracy of the model and of zero-shot CLIP (its text classifier) on a split, with per-class
+    accuracy, macro-F1 and the confusion matrix (semobridge_runtime.evaluation).
+
+    With `open_set`, also the leave-classes-out figures (`open_set_figures`).
 
     With `ood_of="imagenet"` the data is an ImageNet variant (V2, Sketch, A, R): its classes are
     mapped to the ImageNet model's (semobridge.ood), and a folder of plain class folders is
@@ -188,10 +193,43 @@ def evaluate(
         )
     items = dataset.split(split)
     images, labels = encode_items(backbone, items, cache or EmbeddingCache(), desc=f"encoding {split}")
-    return {
+    scores = head(images)
+    result = {
         "split": "folder" if ood_of is not None and split == "train" else split,
         "images": len(labels),
         "classes": classes or f"{len(dataset.class_names)} classes",
-        "accuracy": float((head(images).argmax(-1) == labels).float().mean()),
+        "accuracy": float((scores.argmax(-1) == labels).float().mean()),
         "zero_shot_accuracy": float((head.zero_shot(images).argmax(-1) == labels).float().mean()),
+        "class_names": list(head.info.class_names),
+        **{k: v for k, v in evaluation.closed_set(labels.numpy(), scores.argmax(-1).numpy(), head.info.class_names).items()
+           if k != "accuracy"},
     }
+    if head.info.open_set:
+        o = head.info.open_set
+        pred, known, _ = openset.decide(scores.numpy(), o["temperature"], o["threshold"])
+        result["accepted"] = float(known.mean())  # of these images, all of enrolled classes
+        result["accuracy_at_operating_point"] = float((pred == labels.numpy()).mean())  # refused counts as wrong
+    if open_set:
+        result["open_set"] = open_set_figures(head, images, labels)
+    return result
+
+
+@torch.no_grad()
+def open_set_figures(head: SeMoBridge, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Leave-classes-out: the classes split into two folds (even and odd indices); each fold in turn plays the
+    unknown while the model keeps the other fold's classes (semobridge.ood.restrict). Per fold and in the mean:
+    AUROC and FPR at 95 % TPR of the top calibrated probability and of MCM (max softmax(n(q) · T_c), τ = 1), and,
+    at the model's threshold, the known images accepted and the accuracy on them (refused counting as wrong)."""
+    C = head.num_classes
+    if C < 2:
+        raise InputError("--open-set needs a model with at least two classes (one fold of them plays the unknown)")
+    o = head.info.open_set or {}
+    temperature, threshold = o.get("temperature", 1.0), o.get("threshold")
+    per_fold = []
+    for unknown_fold in evaluation.folds(C):
+        kept = [c for c in range(C) if c not in unknown_fold]
+        h = restrict(head, kept)
+        figures = evaluation.open_set_fold(h(images).numpy(), h.zero_shot(images).numpy(), kept, labels.numpy(),
+                                           temperature, threshold)
+        per_fold.append({"unknown_classes": [head.info.class_names[c] for c in unknown_fold], **figures})
+    return evaluation.mean_of_folds(per_fold, temperature, threshold)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import accuracy, classes, fit_time, latency, protocols, spinning, train_time
+from benchmarks import accuracy, classes, fit_time, latency, open_set, protocols, spinning, train_time
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
@@ -114,7 +114,8 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
-                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."]}
+                "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
+                "open_set": ["--quick"], "video": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -193,6 +194,15 @@ def test_protocols_quick_trains_three_variants(tmp_path: Path, capsys) -> None:
     assert "paper - consistent (mean)" in printed and (tmp_path / "protocols.md").is_file()
 
 
+def test_open_set_quick_compares_every_score_and_the_class_from_its_name(tmp_path: Path, capsys) -> None:
+    result = open_set.main(["--quick", "--test", "20", "--out", str(tmp_path)])
+    row = result["rows"][0]
+    assert all(0 <= row[f"auroc_{n}"] <= 1 and 0 <= row[f"fpr95_{n}"] <= 1 for n in open_set.SCORES)
+    assert 0 < row["threshold"] < 1 and row["temperature"] > 0 and 0 <= row["accepted_known"] <= 1
+    assert {r["variant"] for r in result["name_alone"]} == set(open_set.NAME_VARIANTS)
+    assert "AUROC mcm" in capsys.readouterr().out and (tmp_path / "open_set.md").is_file()
+
+
 def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:
     write_image_folder(tmp_path / "data" / "eurosat", {"train": 3, "val": 1, "test": 2}, classes=("Forest", "River", "Highway or Road"))
     (tmp_path / "data" / "my_photos").mkdir()  # not a paper dataset: ignored
@@ -253,3 +263,16 @@ def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, caps
     assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
     assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
     assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_video_times_decode_and_classify_against_classify_alone(exported_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("av", reason="benchmarks.video needs the runtime's video extra (PyAV): pip install './runtime[video]'")
+    from benchmarks import video
+
+    result = video.main(["--quick", "--onnx", str(exported_onnx / "model.onnx"), "--frames", "6", "--out", str(tmp_path)])
+    rows = {r["case"]: r for r in result["rows"]}
+    assert set(rows) == {"decode", "classify", "decode + classify", "stream --every 5"}
+    assert all(r["frames_per_s"] > 0 and len(r["rounds"]) == 1 for r in rows.values())
+    assert rows["classify"]["over_classify"] == 1.0
+    assert "| decode + classify |" in (tmp_path / "video.md").read_text()
+    assert json.loads((tmp_path / "video.json").read_text())["settings"]["frames"] == 6

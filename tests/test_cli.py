@@ -34,14 +34,25 @@ def test_fit_eval_from_images(image_folder, tmp_path, tiny_backbone):
     model = tmp_path / "model.safetensors"
     out = run("fit", "--data", image_folder, "--shots", 4, *TINY, "--cache-dir", tmp_path / "cache", "-o", model).output
     assert "val accuracy" in out and "RANDOM WEIGHTS" in out
+    assert "probabilities: temperature" in out and "ECE" in out and "unknown: top probability below" in out
     head = SeMoBridge.load(model)
     info = head.info
     assert info.class_names == ["blue whale", "green tree", "red fox"] and info.shots == 4 and info.val_source == "whole val split"
     assert info.backbone == tiny_backbone.identity() and info.image_size == 224 and info.variant == "training-free"
     assert 0 <= info.val_accuracy <= 1
     head.check_backbone(tiny_backbone)
-    out = run("eval", model, "--data", image_folder, "--split", "test", "--cache-dir", tmp_path / "cache").output
+    files = {"--json": tmp_path / "eval.json", "--csv": tmp_path / "eval.csv", "--confusion": tmp_path / "confusion.png"}
+    out = run("eval", model, "--data", image_folder, "--split", "test", "--cache-dir", tmp_path / "cache", "--open-set",
+              *[x for kv in files.items() for x in kv]).output
     assert "SeMoBridge" in out and "zero-shot CLIP" in out and "15 test images" in out and "RANDOM WEIGHTS" in out
+    assert "macro-F1" in out and "confusion matrix" in out and "MCM (zero-shot)" in out
+    report = json.loads(files["--json"].read_text())
+    m = np.array(report["confusion"])
+    assert m.shape == (3, 3) and m.sum() == 15 and report["accuracy"] == pytest.approx(np.trace(m) / 15)
+    assert [r["accuracy"] for r in report["per_class"]] == pytest.approx(list(np.diag(m) / m.sum(1)))
+    assert len(report["open_set"]["folds"]) == 2 and 0 <= report["open_set"]["auroc"] <= 1
+    assert files["--csv"].read_text().splitlines()[0] == "class,images,accuracy,precision,f1"
+    assert files["--confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a re-fit with other hyper-parameters encodes nothing again: every embedding comes from the cache
     cached = sorted((tmp_path / "cache").glob("*.npy"))
     run("fit", "--data", image_folder, "--shots", 4, *TINY, "--cache-dir", tmp_path / "cache", "-o", tmp_path / "m2.safetensors",

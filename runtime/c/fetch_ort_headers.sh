@@ -1,7 +1,8 @@
 #!/bin/sh
 # Fetch ONNX Runtime C headers from Debian 13 (trixie)'s libonnxruntime-dev
 # package into DEST (default: build/ort), without touching the system's apt state.
-# The archive URIs are read from this machine's own apt sources at run time.
+# The archive URIs are read from this machine's own Debian apt sources at run time; elsewhere
+# (Ubuntu, JetPack) it says how to build with a release, pkg-config or ORT_INCLUDE instead.
 set -eu
 
 DEST=${1:-build/ort}
@@ -11,7 +12,17 @@ SUITE=${SB_ORT_SUITE:-trixie}
 if [ -f "$DEST/include/onnxruntime_c_api.h" ]; then
     exit 0
 fi
-[ -r "$SOURCES" ] || { echo "fetch_ort_headers: cannot read $SOURCES; set ORT_INCLUDE instead" >&2; exit 1; }
+if [ ! -r "$SOURCES" ]; then
+    cat >&2 <<EOF
+fetch_ort_headers: cannot read $SOURCES: this is not a Debian machine (Ubuntu and JetPack have no
+Debian apt sources), so ONNX Runtime's headers cannot come from Debian's libonnxruntime-dev. Build with
+  make ORT_ROOT=/abs/path/onnxruntime-linux-<arch>-<version>   an ONNX Runtime release (include/ and lib/)
+  make ORT_PKG=libonnxruntime                                  an ONNX Runtime that pkg-config knows
+  make ORT_INCLUDE=/dir/of/onnxruntime_c_api.h [ORT_LIB=/dir/of/libonnxruntime.so]
+or point SB_APT_SOURCES at a deb822 .sources file that names a Debian archive.
+EOF
+    exit 1
+fi
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT INT TERM

@@ -1,6 +1,7 @@
 """`semobridge-classes`: list and edit class files (add, remove, rename classes of an exported model).
 
     semobridge-classes add shop.classes "blue mug" mug1.jpg mug2.jpg --model model.onnx
+    semobridge-classes add shop.classes umbrella --prompt "a photo of an umbrella." --model model.onnx
     semobridge-classes remove shop.classes coat --model model.onnx
     semobridge-classes rename shop.classes bag handbag --model model.onnx
     semobridge-classes list shop.classes
@@ -27,10 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semobridge-classes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("add", help="enrol a class from a few images of it")
+    add = commands.add_parser("add", help="enrol a class from a few images of it, or from its name and prompts alone")
     add.add_argument("file", help="class file (created from the model's classes if absent)")
     add.add_argument("name", help="the class name (also what the prompts say)")
-    add.add_argument("images", nargs="+", help="image files of the class (needs Pillow)")
+    add.add_argument("images", nargs="*", help="image files of the class (needs Pillow); none: a class from its name "
+                     "(and --prompt) alone")
     add.add_argument("--prompt", action="append", dest="prompts",
                      help="a sentence describing the class (repeatable); default: the fit's templates with NAME")
     remove = commands.add_parser("remove", help="remove classes")
@@ -61,7 +63,8 @@ def _edit(args: argparse.Namespace) -> str:
     classifier = Classifier.load(args.model, classes=path if path.exists() else None)
     if args.command == "add":
         classifier.add_class(args.name, args.images, prompts=args.prompts)
-        done = f"added {args.name!r} from {len(args.images)} image(s)"
+        done = f"added {args.name!r} from " + (f"{len(args.images)} image(s)" if args.images else "its name alone"
+                                               if not args.prompts else f"{len(args.prompts)} prompt(s) alone")
     elif args.command == "remove":
         for name in args.names:
             classifier.remove_class(name)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import openset
 from .backends import Backend
 from .classes import ClassSet
 from .enrol import Enrolment
@@ -16,6 +18,7 @@ from .errors import InputError, ModelError
 from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
+from .video import STREAM_TIMEOUT_S, FrameStream, open_stream
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -32,29 +35,64 @@ class TopK:
     indices: np.ndarray  # int64 [N, k]
     names: list[list[str]]
     scores: np.ndarray  # float32 [N, k]
+    probabilities: np.ndarray  # float32 [N, k], calibrated
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Results for N images, in the order they were given."""
+    """Results for N images, in the order they were given.
 
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]  # predicted class name per image
-    scores: np.ndarray  # float32 [N, C]
+    An image the model calls unknown (its top calibrated probability below the threshold) has
+    label -1, class name None and known False; its scores, probabilities and top_k are still given.
+    """
+
+    labels: np.ndarray  # int64 [N]; -1: unknown
+    class_names: list[str | None]  # predicted class name per image; None: unknown
+    scores: np.ndarray  # float32 [N, C], the blend scores
     top_k: TopK
     embeddings: np.ndarray  # float32 [N, d], L2-normalised
+    known: np.ndarray  # bool [N]
+    probabilities: np.ndarray  # float32 [N, C], softmax(scores / T): rows sum to 1
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, class_names: Sequence[str],
-           top_k: int) -> Prediction:
-        """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller."""
+           top_k: int, temperature: float = 1.0, threshold: float | None = None) -> Prediction:
+        """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller.
+
+        temperature, threshold: the open-set decision (semobridge_runtime.openset); threshold None: all known."""
+        labels, known, probs = openset.decide(scores, temperature, threshold, labels)
+        known &= labels >= 0  # a label of -1 that came decided (a server's) stays unknown
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1))
-        return cls(labels, [class_names[i] for i in labels], scores, top, embeddings)
+        top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1),
+                   np.take_along_axis(probs, order, 1))
+        names = [class_names[i] if i >= 0 else None for i in labels]
+        return cls(labels, names, scores, top, embeddings, known, probs)
+
+
+def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[float, float | None]:
+    """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
+    probability threshold of one's own. A model exported without calibration runs with T = 1 and, for "auto",
+    unknown off (said once, as a warning)."""
+    calibration = info.raw.get("open_set")
+    fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
+    temperature = fitted.temperature if fitted is not None else 1.0
+    if isinstance(unknown, str) and unknown == "auto":
+        if fitted is None:
+            warnings.warn(f"{source} carries no open-set calibration (exported before it existed, or fitted without "
+                          "held-out images): every image gets a class, and probabilities are uncalibrated (T = 1); "
+                          "re-export the model to answer 'unknown'", stacklevel=3)
+            return temperature, None
+        return temperature, fitted.threshold
+    if unknown is None:
+        return temperature, None
+    if isinstance(unknown, str):
+        raise InputError(f"unknown={unknown!r} is not understood",
+                         hint="pass unknown='auto' (the model's threshold), None (off) or a number in [0, 1]")
+    return temperature, openset.check_threshold(unknown)
 
 
 class Classifier:
@@ -68,6 +106,7 @@ class Classifier:
         self._backend = backend
         self._limits = limits
         self._path = path
+        self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
 
     @classmethod
@@ -75,7 +114,8 @@ class Classifier:
              intra_op_num_threads: int | None = None, allow_spinning: bool = True, prefer_int8: bool = True, *,
              classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
-             max_aspect: float | None = None) -> Classifier:
+             max_aspect: float | None = None, release_after_bytes: int | None = None,
+             unknown: str | float | None = "auto") -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
         backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
@@ -91,6 +131,12 @@ class Classifier:
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
             2**26 and 32). Larger images are refused before they are decoded or run.
+        release_after_bytes: ONNX Runtime's CPU arena keeps the memory of the largest run for the next; after a
+            run on at least this many bytes of pixels it gives back what it holds unused (None: never, its default).
+        unknown: "auto": an image whose top calibrated probability is below the model's calibrated threshold
+            is unknown (label -1); None: every image gets a class; a number in [0, 1]: your own threshold on
+            that probability (docs/method.md, "The open set"). Models exported before calibration existed
+            run with unknown off and say so once.
         """
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         if backend not in ("auto", "onnxruntime", "tensorrt"):
@@ -105,11 +151,13 @@ class Classifier:
             from .precision import int8_beside
 
             path = (prefer_int8 and int8_beside(path, choose_providers(providers))) or path
-            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning)
+            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning,
+                                                   release_after_bytes)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
         clf = cls(loaded, replace(loaded.info.limits, **raised), path, text_model)
+        clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -126,6 +174,16 @@ class Classifier:
         return self._path
 
     @property
+    def temperature(self) -> float:
+        """T of the probabilities softmax(scores / T)."""
+        return self._temperature
+
+    @property
+    def threshold(self) -> float | None:
+        """The top probability below which an image is unknown; None: unknown is off."""
+        return self._threshold
+
+    @property
     def class_names(self) -> list[str]:
         return list(self._enrolment.names())
 
@@ -135,15 +193,32 @@ class Classifier:
         return self._enrolment.current()
 
     def add_class(self, name: str, images: Any, prompts: Sequence[str] | None = None) -> None:
-        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes).
+        """Enrol a class from a few images of it (paths, arrays or PIL images, as predict takes), or from its
+        name alone (`images` empty or None).
 
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
-        this model's own graph. Every class's weight is recomputed over the new class set.
+        this model's own graph; without images, from its text classifier (docs/method.md, "A class from
+        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
+        recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
-            raise InputError(f"no images for class {name!r}: give at least one")
+            none = np.zeros((0, self.info.embedding_dim), np.float32)
+            self._enrolment.add(name, lambda: none, prompts)
+            return
         self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings n(eos · W), float32 [M, d]: compare them with `embed`'s image embeddings
+        (cosine = dot product) for text-to-image search."""
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts or not all(
+                isinstance(t, str) and t.strip() for t in texts):
+            raise InputError(f"embed_text takes a non-empty list of non-empty strings, got {texts!r:.80}",
+                             hint='e.g. clf.embed_text(["a red mug"])')
+        from .head import normalize
+
+        text = self._enrolment.text()
+        return normalize(text.eos(list(texts)) @ self._enrolment.fitted().text_projection).astype(np.float32)
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""
@@ -188,7 +263,8 @@ class Classifier:
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "") + ")")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
-        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images.
+        """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths, PIL images or `Frame`s
+        (camera buffers with padded rows, BGR, RGBA, BGRA or NV12; see semobridge_runtime.frames).
 
         Raises InputError for images it cannot take (the message says why and how to fix them),
         ModelError when this model cannot take images at all (float variant), BackendError when
@@ -198,7 +274,21 @@ class Classifier:
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         names = classes.names if classes is not None else self.info.class_names
-        return Prediction.of(scores, labels, embeddings, names, top_k)
+        return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
+
+    def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
+               smooth: float | None = None, options: Mapping[str, str] | None = None,
+               timeout: float = STREAM_TIMEOUT_S) -> FrameStream:
+        """Classify frames of a video file, a stream URL (rtsp://...) or a camera (/dev/videoN), as they are decoded.
+
+        Iterate the result for one `FrameResult` (frame, time_s, label, class_name, score, scores) per classified
+        frame: every `every`-th frame, or `fps` frames a second of video, or else every frame; `smooth` (0 < a <= 1)
+        averages the scores over the classified frames (s_k = a p_k + (1 - a) s_(k-1)). `options`: FFmpeg options
+        for the source (e.g. {"rtsp_transport": "udp"}, {"video_size": "1280x720"}); `timeout`: seconds a stream
+        may take to open and then to deliver each read. The exact rules are in semobridge_runtime.video.
+        Needs the `video` extra (PyAV); opens the source now and releases it when iterated to the end or closed.
+        """
+        return open_stream(self, source, every=every, fps=fps, smooth=smooth, options=options, timeout=timeout)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""

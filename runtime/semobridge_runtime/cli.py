@@ -1,6 +1,8 @@
 """`semobridge-run MODEL IMAGE...`: print the top-k classes per image.
 
 IMAGE may be a file, a directory (every image file in it) or a quoted glob such as 'photos/*.jpg'.
+`semobridge-run MODEL clip.mp4` (or rtsp://..., /dev/video0) classifies a video's frames instead: one
+JSON line per classified frame (see the video options below).
 Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
 """
 
@@ -17,6 +19,7 @@ from .classifier import Classifier, Prediction
 from .errors import InputError, SemobridgeError, report
 from .images import IMAGE_SUFFIXES
 from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
+from .video_cli import add_video_options, run_video, video_source
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,9 +30,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
+                        help="answer 'unknown' for an image whose top calibrated probability is below the model's "
+                             "calibrated threshold (auto, the default), never (off), or below VALUE in [0, 1]")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
                         help="inference library (default auto: TensorRT for .engine/.plan, else ONNX Runtime)")
     add_load_options(parser)
+    add_video_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -64,6 +71,16 @@ def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> 
                              f"else {MAX_ASPECT})")
 
 
+def unknown_option(text: str) -> str | float | None:
+    """--unknown: "auto", "off" (None) or a threshold (checked by Classifier.load)."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, off or a number in [0, 1]") from None
+
+
 def image_paths(arguments: list[str]) -> list[str]:
     """Expand directories (their image files, sorted) and globs (their matching image files, sorted)."""
     paths: list[str] = []
@@ -89,9 +106,12 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _as_json(images: list[str], result: Prediction) -> str:
-    rows = [{"image": image, "label": result.class_names[i], "index": int(result.labels[i]),
-             "top_k": [{"index": int(c), "class": name, "score": float(s)}
-                       for c, name, s in zip(result.top_k.indices[i], result.top_k.names[i], result.top_k.scores[i])]}
+    rows = [{"image": image, "label": result.class_names[i], "index": int(result.labels[i]), "known": bool(result.known[i]),
+             "probability": float(result.top_k.probabilities[i][0]),
+             "top_k": [{"index": int(c), "class": name, "score": float(s), "probability": float(p)}
+                       for c, name, s, p in zip(result.top_k.indices[i], result.top_k.names[i], result.top_k.scores[i],
+                                                result.top_k.probabilities[i])],
+             "probabilities": [float(p) for p in result.probabilities[i]]}
             for i, image in enumerate(images)]
     return json.dumps(rows, indent=2)
 
@@ -99,19 +119,23 @@ def _as_json(images: list[str], result: Prediction) -> str:
 def _as_text(images: list[str], result: Prediction) -> str:
     lines = []
     for i, image in enumerate(images):
-        lines.append(image)
-        lines += [f"  {s:.4f}  {name}" for name, s in zip(result.top_k.names[i], result.top_k.scores[i])]
+        lines.append(image if result.known[i] else f"{image}  unknown")
+        lines += [f"  {s:.4f}  {p:6.1%}  {name}" for name, s, p in
+                  zip(result.top_k.names[i], result.top_k.scores[i], result.top_k.probabilities[i])]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        images = image_paths(args.images)
+        video = video_source(args)
+        images = image_paths(args.images) if video is None else []
         classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
                                      allow_spinning=not args.no_spinning, prefer_int8=not args.no_int8,
                                      classes=args.classes, max_side=args.max_side,
-                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect)
+                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect, unknown=args.unknown)
+        if video is not None:
+            return run_video(classifier, *video)
         result = classifier.predict(images, top_k=args.top_k)
     except SemobridgeError as exc:
         return report("semobridge-run", exc)

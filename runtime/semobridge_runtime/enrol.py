@@ -105,13 +105,16 @@ class TextSide:
         return head.text_classifier(self.eos(list(prompts)), self._W)
 
 
-def class_tensors(name: str, features: np.ndarray, text: TextSide, fitted: FittedHead,
-                  prompts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T_c, P_c, I_c) of a new class from its shots' image embeddings F [K, d] (not normalised)."""
+def class_tensors(features: np.ndarray, text_classifier: np.ndarray, fitted: FittedHead,
+                  classes: ClassSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T_c, P_c, I_c) of a new class from its text classifier and its shots' image embeddings F [K, d] (not
+    normalised); with no shots (K = 0), P_c and I_c are the stand-ins of a class from its name alone
+    (head.stand_in_prototypes over `classes`, the set it joins)."""
+    T = text_classifier
     if len(features) == 0:
-        raise InputError(f"no images for class {name!r}: give at least one")
+        return (T, *head.stand_in_prototypes(T, classes.text_classifier, classes.bridged_prototypes, classes.image_prototypes))
     P = head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length)
-    return text.classifier(name, prompts), P, head.image_prototype(features)
+    return T, P, head.image_prototype(features)
 
 
 class Enrolment:
@@ -152,15 +155,20 @@ class Enrolment:
         return classes.names if classes is not None else self._info.class_names
 
     def add(self, name: str, features: Callable[[], np.ndarray], prompts: Sequence[str] | None = None) -> None:
-        """Enrol `name` from its shots' embeddings (`features()` computes them) and its prompts."""
+        """Enrol `name` from its shots' embeddings (`features()` computes them; none: from its name and prompts
+        alone) and its prompts."""
         check_name(name, self.names())
         fitted = self.fitted()
         if "features" not in self._outputs:
             raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
+        shots, T = features(), self.text().classifier(name, prompts)
+        self._edit(lambda classes: classes.added(name, *class_tensors(shots, T, fitted, classes)))
+
+    def text(self) -> TextSide:
+        """The text tower (read on first use)."""
         if self._text is None:
-            self._text = TextSide(self._path, self._info, fitted, self._text_model, self._providers)
-        tensors = class_tensors(name, features(), self._text, fitted, prompts)
-        self._edit(lambda classes: classes.added(name, *tensors))
+            self._text = TextSide(self._path, self._info, self.fitted(), self._text_model, self._providers)
+        return self._text
 
     def remove(self, name: str) -> None:
         self._edit(lambda classes: classes.removed(name))

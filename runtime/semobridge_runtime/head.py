@@ -38,6 +38,15 @@ def bridged_prototype(features: np.ndarray, pinv: np.ndarray, text_projection: n
     return normalize(bridge(features, pinv, text_projection, eos_length).mean(axis=0))
 
 
+def stand_in_prototypes(text_classifier: np.ndarray, classes_T: np.ndarray, classes_P: np.ndarray,
+                        classes_I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P_c, I_c) of a class enrolled from its name alone (no shots), docs/method.md "A class from its name":
+    its text classifier T_c [d] moved by the class set's mean offset from the text classifier to the bridged
+    prototypes, and to the image prototypes: P_c = n(T_c + mean_j (P_j - T_j)), I_c = n(T_c + mean_j (I_j - T_j))."""
+    return (normalize(text_classifier + (classes_P - classes_T).mean(axis=0)),
+            normalize(text_classifier + (classes_I - classes_T).mean(axis=0)))
+
+
 def affinity_sums(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.ndarray:
     """Row sums Σ_j exp(I_c · T_j) [C]: the softmax denominators of the class KL (a float32 product,
     as semobridge's, summed in float64 so that later edits can add and subtract terms exactly)."""

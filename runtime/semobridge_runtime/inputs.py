@@ -2,7 +2,8 @@
 
 uint8 models take RGB pixels. Channel conversions are explicit and limited:
 grayscale (HxW or HxWx1) is replicated to RGB, RGBA (HxWx4) has its alpha dropped
-(not composited); anything else is refused. Every image's size is checked against the
+(not composited); camera frames in other layouts (BGR, BGRA, NV12, padded rows) come as
+`Frame`s, which say their layout; anything else is refused. Every image's size is checked against the
 model's limits before it is decoded, converted or run.
 """
 
@@ -17,10 +18,12 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError, ModelError
+from .frames import Frame
 from .images import pil_pixels, read_image
 from .limits import ImageLimits
 
-_HINT_TYPES = "a uint8 HxWx3 numpy array, an [N,H,W,3] batch, a list of images, a file path or a PIL image"
+_HINT_TYPES = ("a uint8 HxWx3 numpy array, an [N,H,W,3] batch, a list of images, a file path, a PIL image or a "
+               "semobridge_runtime.Frame (camera buffers: strides, BGR, RGBA, NV12)")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ def uint8_groups(images: Any, fixed_hw: tuple[int, int] | None,
         _check_size(arr.shape[:2], fixed_hw, where)
         by_size.setdefault(arr.shape[:2], []).append(i)
         arrays.append(arr)
-    groups = [Group(np.array(idx), np.stack([arrays[i] for i in idx])) for idx in by_size.values()]
+    groups = [Group(np.array(idx), arrays[idx[0]][None] if len(idx) == 1 else np.stack([arrays[i] for i in idx]))
+              for idx in by_size.values()]  # a lone image is run in place, not copied
     return len(items), groups
 
 
@@ -86,7 +90,7 @@ def _raw_pixels(images: Any) -> bool:
         images = images[0]
     if isinstance(images, np.ndarray):
         return images.dtype.kind in "biu"
-    return isinstance(images, (str, PathLike, Image.Image))
+    return isinstance(images, (str, PathLike, Image.Image, Frame))
 
 
 def _dtype_of(images: Any) -> str:
@@ -100,6 +104,9 @@ def _as_array(item: Any, where: str, limits: ImageLimits) -> np.ndarray:
         return read_image(Path(item), limits)
     if isinstance(item, Image.Image):
         return pil_pixels(item, limits, where)
+    if isinstance(item, Frame):
+        limits.check(item.height, item.width, where)
+        return item.rgb()
     raise InputError(f"{where}: unsupported type {type(item).__name__}; pass {_HINT_TYPES}")
 
 

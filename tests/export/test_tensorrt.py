@@ -7,7 +7,8 @@ import pytest
 
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
-    Profile, TensorRTError, build_engine, cache_key, class_set_graph, fp32_layer_names, gpu_name, trtexec_command,
+    Profile, TensorRTError, build_engine, cache_key, check_dla_core, class_set_graph, fp32_layer_names, gpu_name,
+    trtexec_command,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -54,6 +55,44 @@ def test_trtexec_command(exported_onnx, tmp_path):
     assert "--fp16 --precisionConstraints=obey" in cmd and f"--layerPrecisions={pins[0]}:fp32," in cmd
     assert f"--timingCacheFile={tmp_path / 't.cache'}" in cmd
     assert "--fp16" not in trtexec_command(onnx_path, tmp_path / "m.engine", shapes, False, tmp_path / "t.cache", pins)
+    assert "DLA" not in cmd
+    on_dla = trtexec_command(onnx_path, tmp_path / "m.engine", shapes, True, None, pins, dla_core=1)
+    assert on_dla.endswith(" --useDLACore=1 --allowGPUFallback") and on_dla.startswith(cmd.split(" --timingCacheFile")[0])
+
+
+def test_dla_core_checks_and_cache_key():
+    """A DLA core: a number >= 0, fp16 only; an engine for a DLA core is cached apart from the GPU's (and the GPU's
+    key is the one it had before DLA existed)."""
+    shapes = Profile().shapes(META_DYNAMIC)
+    gpu = cache_key("abc", "Orin", "10.3.0", shapes, True)
+    assert cache_key("abc", "Orin", "10.3.0", shapes, True, None) == gpu
+    assert len({gpu, cache_key("abc", "Orin", "10.3.0", shapes, True, 0), cache_key("abc", "Orin", "10.3.0", shapes, True, 1)}) == 3
+    check_dla_core(None, False)
+    check_dla_core(0, True)
+    for bad in (-1, 1.0, True, "0"):
+        with pytest.raises(ValueError, match="is not a core number"):
+            check_dla_core(bad, True)
+    with pytest.raises(ValueError, match="fp16 or int8") as raised:
+        check_dla_core(0, False)
+    assert "--fp32" in raised.value.hint
+
+
+def test_build_engine_refuses_dla_in_fp32_before_anything(exported_onnx, tmp_path):
+    lines: list[str] = []
+    with pytest.raises(ValueError, match="DLA core runs fp16"):
+        build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", fp16=False, dla_core=0, log=lines.append)
+    assert not lines and not list(tmp_path.iterdir())
+
+
+def test_the_runtime_reads_the_dla_core_from_the_engine_metadata(tmp_path):
+    from semobridge_runtime.backends.trt import _dla_core
+    from semobridge_runtime.errors import ModelError
+
+    assert _dla_core({}, tmp_path) is None and _dla_core({"tensorrt": {"version": "10.3"}}, tmp_path) is None
+    assert _dla_core({"tensorrt": {"dla_core": 1}}, tmp_path) == 1
+    for bad in ({"tensorrt": {"dla_core": "1"}}, {"tensorrt": {"dla_core": -1}}, {"tensorrt": {"dla_core": True}}):
+        with pytest.raises(ModelError, match="not a DLA core number"):
+            _dla_core(bad, tmp_path)
 
 
 def test_class_count_profile_and_class_set_inputs(exported_onnx):

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from semobridge_runtime.classes import Identity
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
 SIZE = 32
 BRIDGE_HASH = "b" * 16  # the toy's bridge hash (its metadata's `bridge_hash`)
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+TOY_IDENTITY = Identity("toy", "0" * 16, BRIDGE_HASH, 8)  # what class files for a head_as_data toy model must match
 
 #: Models whose graph does not match their metadata, for the load-time checks of both runtimes:
 #: case -> build_contract_model options.

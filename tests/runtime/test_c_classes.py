@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from semobridge_runtime import Classifier, ModelError, tensorfile
-from semobridge_runtime.classes import ClassSet, Identity
+from semobridge_runtime.classes import ClassSet
 
 from .conftest import C_DIR
-from .contract_model import BRIDGE_HASH, toy_class_set
+from .contract_model import TOY_IDENTITY, toy_class_set
 from .test_c_library import VALGRIND, error_case_args, lib, parse_classify, write_ppm  # noqa: F401  (fixtures)
 
 SB_EINVAL, SB_EMODEL = -1, -2
-TOY = Identity("toy", "0" * 16, BRIDGE_HASH, 8)
+TOY = TOY_IDENTITY
 
 
 # ---------------------------------------------------------------- the C library through ctypes
@@ -97,12 +97,12 @@ def python_class_files(real, tmp_path_factory) -> dict[str, tuple[Path, Classifi
 
     enrol_export, enrol_pool = real
     folder = tmp_path_factory.mktemp("c_classes")
-    fresh = Classifier.load(enrol_export)
+    fresh = Classifier.load(enrol_export, unknown=None)  # C answers no "unknown" yet: compare closed-set
     for name in ENROL_CLASSES[3:]:
         fresh.add_class(name, shots(enrol_pool, name))
     for name in ENROL_CLASSES[:3]:
         fresh.remove_class(name)
-    edited = Classifier.load(enrol_export)
+    edited = Classifier.load(enrol_export, unknown=None)
     edited.remove_class("red fox")
     edited.add_class("white swan", shots(enrol_pool, "white swan"))
     edited.rename_class("blue whale", "Wal (blau) \"groß\" 🐋")
@@ -117,7 +117,7 @@ def test_c_scores_a_python_class_file_as_python(clib, real, python_class_files, 
 
     (enrol_export, enrol_pool), (path, clf) = real, python_class_files[which]
     images = query_images(enrol_pool)
-    expected = Classifier.load(enrol_export, classes=path).predict(images)
+    expected = Classifier.load(enrol_export, classes=path, unknown=None).predict(images)  # C: no "unknown" yet
     np.testing.assert_array_equal(expected.scores, clf.predict(images).scores)
     with CModel(clib, enrol_export) as c:
         fitted = c.classify(images)
@@ -165,7 +165,7 @@ def test_c_runs_the_int8_artifact_as_python(clib, request, tmp_path) -> None:
         int8 = request.getfixturevalue("exported_onnx") / "model_int8.onnx"
     except (pytest.FixtureLookupError, ImportError):
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
-    python = Classifier.load(int8, prefer_int8=False)
+    python = Classifier.load(int8, prefer_int8=False, unknown=None)  # C: no "unknown" yet
     assert python.info.raw["precision"] == "int8"
     images = np.random.default_rng(5).integers(0, 256, (3, 40, 36, 3), np.uint8)
     fitted = python.class_names, python.predict(images)

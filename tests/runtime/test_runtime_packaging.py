@@ -12,7 +12,7 @@ RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 
 
 def test_import_pulls_in_no_torch() -> None:
-    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.classes_cli, "
+    code = ("import semobridge_runtime, semobridge_runtime.cli, semobridge_runtime.classes_cli, semobridge_runtime.eval_cli, "
             "semobridge_runtime.backends.ort, semobridge_runtime.tokenizer, sys; "
             "import semobridge_runtime.serve, semobridge_runtime.serve.cli; "
             "assert 'torch' not in sys.modules, 'torch was imported'; "
@@ -38,6 +38,7 @@ def test_console_script_declared() -> None:
     assert project["scripts"]["semobridge-run"] == "semobridge_runtime.cli:main"
     assert project["scripts"]["semobridge-classes"] == "semobridge_runtime.classes_cli:main"
     assert project["scripts"]["semobridge-serve"] == "semobridge_runtime.serve.cli:main"
+    assert project["scripts"]["semobridge-eval"] == "semobridge_runtime.eval_cli:main"
 
 
 def test_serving_is_an_optional_extra() -> None:

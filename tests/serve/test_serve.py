@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import socket
 import urllib.error
 import urllib.request
 
@@ -20,9 +22,9 @@ from .conftest import jpeg, png
 TOL = 1e-5
 
 
-def http_json(url: str, body: dict | None = None) -> tuple[int, dict]:
-    """GET (or POST a JSON body) like curl; the status and the decoded answer."""
-    data = None if body is None else json.dumps(body).encode()
+def http_json(url: str, body: dict | bytes | None = None) -> tuple[int, dict]:
+    """GET (or POST a JSON body, or raw bytes) like curl; the status and the decoded answer."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -95,6 +97,21 @@ FAULTS = {  # request -> words the 400 answer must contain
     "both inputs": ({"inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "UINT8", "data": [1] * 48},
                                 {"name": "encoded", "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]},
                     ["input error", "exactly one"]),
+    # Triton's own front-end allocated 30 GB for this one before counting its 12 values, and aborted
+    "declared 30 GB": ({"inputs": [{"name": "image", "shape": [1, 100000, 100000, 3], "datatype": "UINT8",
+                                    "data": [1] * 12}]}, ["input error", "30000000000 bytes", "--max-request-mb"]),
+    # these got Triton's HTTP 500, or passed (300 became 44)
+    "negative dimension": ({"inputs": [{"name": "image", "shape": [1, -4, 4, 3], "datatype": "UINT8",
+                                        "data": [1] * 48}]}, ["input error", "shape", ">= 0"]),
+    "count not the shape's": ({"inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "UINT8",
+                                           "data": [1, 2, 3]}]}, ["input error", "3 values", "holds 48"]),
+    "no inputs": ({"outputs": [{"name": "label"}]}, ["input error", "'inputs'"]),
+    "not JSON": (b"hello", ["input error", "not valid JSON"]),
+    "random bytes": (np.random.default_rng(5).bytes(4 << 20), ["input error", "not valid JSON"]),
+    "UINT8 300": ({"inputs": [{"name": "image", "shape": [1, 2, 2, 3], "datatype": "UINT8",
+                               "data": [300] + [1] * 11}]}, ["input error", "from 0 to 255"]),
+    "batch over max": ({"inputs": [{"name": "image", "shape": [17, 1, 1, 3], "datatype": "UINT8",
+                                    "data": [1] * 51}]}, ["input error", "batch of 17", "--max-batch 16"]),
 }
 
 
@@ -135,8 +152,45 @@ def test_bad_options_and_model_fail_before_start(serve_model, tmp_path) -> None:
     cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "model file not found"),
              ([str(serve_model), "--max-batch", "0"], InputError.exit_code, "--max-batch must be from 1"),
              ([str(serve_model), "--threads", "100000"], InputError.exit_code, "intra_op_num_threads"),
-             ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name")]
+             ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name"),
+             # '..' made Triton's repository the folder above it: "ready", and no model loaded
+             ([str(serve_model), "--model-name", ".."], InputError.exit_code, "--model-name '..' is not a model name"),
+             ([str(serve_model), "--model-name", ".hidden"], InputError.exit_code, "is not a model name")]
     for argv, code, words in cases:
         done = subprocess.run([*SERVE, *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == code, done.stderr
         assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def metric(server, line: str) -> float:
+    """One sample of the server's Prometheus metrics, by its name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return float(re.search(rf"^{re.escape(line)} (\S+)$", text, re.M)[1])
+
+
+def test_large_random_body_is_refused_before_it_is_sent_and_the_server_lives(server, photos) -> None:
+    """curl sends 50 MB of random bytes as form data, after 'Expect: 100-continue': Triton died of it (SIGSEGV)."""
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as s:
+        s.sendall(b"POST /v2/models/semobridge/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\n\r\n")
+        answer = b"".join(iter(lambda: s.recv(65536), b"")).decode()
+    assert answer.startswith("HTTP/1.1 400") and "JSON request body may hold 16 MiB" in answer
+    status, _ = http_json(f"{server.http}/v2/models/semobridge/infer", image_request(photos[0]))
+    assert status == 200
+
+
+def test_refusals_are_counted_on_the_metrics_port(server) -> None:
+    """Triton counts a request the model refuses as a success: the model counts it, the gate counts its own."""
+    gate, model = 'semobridge_http_refused_total{reason="invalid"}', \
+        'semobridge_model_refused_total{kind="input error",model="semobridge"}'
+    triton = 'semobridge_http_refused_total{reason="triton"}'
+    before = metric(server, gate), metric(server, model), metric(server, triton)
+    assert http_json(f"{server.http}/v2/models/semobridge/infer", b"hello")[0] == 400  # the gate's
+    assert http_json(f"{server.http}/v2/models/semobridge/infer", FAULTS["wrong dtype"][0])[0] == 400  # Triton's
+    assert http_json(f"{server.http}/v2/models/semobridge/infer", FAULTS["garbage bytes"][0])[0] == 400  # the model's
+    with RemoteClassifier(server.grpc) as remote:
+        with pytest.raises(InputError):
+            remote.predict_encoded(b"not an image")  # the model's, over gRPC
+    assert (metric(server, gate), metric(server, model), metric(server, triton)) == \
+        (before[0] + 1, before[1] + 2, before[2] + 1)

@@ -34,6 +34,19 @@
  *     }
  *     sb_release_classes(classes);
  *     free(scores); free(labels);
+ *
+ *     // Camera frames as they come (padded rows; RGB, BGR, RGBA, BGRA or NV12), e.g. a V4L2 NV12 buffer:
+ *     struct sb_frame frame = sb_default_frame();
+ *     frame.layout = SB_LAYOUT_NV12;
+ *     frame.width = 1280; frame.height = 720;
+ *     frame.data[0] = buf; frame.stride[0] = bytesperline; frame.size[0] = bytesperline * 720;  // Y
+ *     frame.data[1] = buf + bytesperline * 720; frame.stride[1] = bytesperline;                 // UV
+ *     frame.size[1] = bytesused - bytesperline * 720;
+ *     frame.full_range = false;  // limited "video" range, as most cameras and decoders deliver
+ *     scores = malloc(sizeof(float) * sb_num_classes(model));
+ *     labels = malloc(sizeof(int64_t));
+ *     if (sb_classify_frames(model, &frame, 1, scores, labels) != SB_OK) fprintf(stderr, "%s\n", sb_last_error(model));
+ *     free(scores); free(labels);
  *     sb_close(model);
  *
  * Images: n images of h x w RGB pixels, 3 bytes per pixel, row r of image i at
@@ -42,7 +55,9 @@
  * Images beyond the model's limits (longest side, h * w, longest / shortest side:
  * by default SB_MAX_SIDE, SB_MAX_PIXELS, SB_MAX_ASPECT, or the model's own from its
  * metadata) are refused with SB_EINVAL before anything is allocated or run: the
- * graph's resize costs grow with the image. Raise them with sb_params.max_*.
+ * graph's resize costs grow with the image. Raise them with sb_params.max_*. Camera
+ * frames (padded rows; BGR, RGBA, BGRA, NV12) go through struct sb_frame and
+ * sb_classify_frames instead, converted once (see there).
  *
  * Errors (docs/errors.md): functions returning int return 0 on success and a
  * negative SB_E* code on failure, with a message in the model's error buffer
@@ -197,6 +212,46 @@ SB_API const char * sb_classes_name(const struct sb_classes * classes, int i); /
 /* sb_classify with class set `classes` (from sb_get_classes(model)); scores_out: n * sb_classes_count(classes) floats. */
 SB_API int sb_classify_with(struct sb_model * model, const struct sb_classes * classes, const uint8_t * rgb, int n,
                             int h, int w, int stride, float * scores_out, int64_t * labels_out);
+
+/* Frames as cameras and decoders deliver them (V4L2, GStreamer, Argus, OpenCV, Android): padded rows and other
+ * layouts than packed RGB, converted to the model's RGB input once (packed RGB is used in place). NV12 is converted by
+ * BT.601 in 16-bit fixed point, each U, V pair the chroma of a 2x2 block, as semobridge_runtime/frames.py defines
+ * (the reference rule; a test checks this library against it bit for bit). Fields are only ever appended (ABI):
+ * start from sb_default_frame() (or zero) and set the fields. */
+enum sb_layout {
+    SB_LAYOUT_RGB = 0,  /* 3 bytes per pixel: R, G, B */
+    SB_LAYOUT_BGR = 1,  /* 3 bytes per pixel: B, G, R (OpenCV) */
+    SB_LAYOUT_RGBA = 2, /* 4 bytes per pixel, alpha ignored */
+    SB_LAYOUT_BGRA = 3, /* 4 bytes per pixel, alpha ignored */
+    SB_LAYOUT_NV12 = 4, /* plane 0: Y, height rows of width bytes; plane 1: height/2 rows of width/2 U, V pairs */
+};
+
+struct sb_frame {
+    const uint8_t * data[2]; /* plane 0: the pixels (NV12: Y); plane 1: NV12's interleaved UV plane (else unused) */
+    size_t size[2];          /* bytes readable at data[k]: a plane must hold (rows - 1) * stride + its row's bytes */
+    int stride[2];           /* bytes from one row to the next, >= a row's bytes (width x bytes per pixel; NV12:
+                                width for both planes); 0: packed rows */
+    int width, height;       /* pixels; even for NV12 */
+    enum sb_layout layout;
+    bool full_range;         /* NV12: true for full-range YUV (JPEG), false for limited "video" range (Y 16..235) */
+};
+
+/* A frame with every field zero: packed RGB rows, limited range; set data, size, width, height (and the rest). */
+SB_API struct sb_frame sb_default_frame(void);
+
+/* Frame versions of sb_classify, sb_classify_with and sb_embed: n frames of one width and height (their layouts and
+ * strides may differ). Frames are checked whole (layout, NULL planes, strides, even NV12 sides, sizes, the model's
+ * limits) before anything is read, allocated or run: SB_EINVAL with the frame and the reason in sb_last_error. */
+SB_API int sb_classify_frames(struct sb_model * model, const struct sb_frame * frames, int n, float * scores_out,
+                              int64_t * labels_out);
+SB_API int sb_classify_frames_with(struct sb_model * model, const struct sb_classes * classes,
+                                   const struct sb_frame * frames, int n, float * scores_out, int64_t * labels_out);
+SB_API int sb_embed_frames(struct sb_model * model, const struct sb_frame * frames, int n, float * emb_out);
+
+/* The RGB pixels a frame classifies as: width * height * 3 bytes, packed rows, into rgb_out (rgb_size bytes).
+ * SB_OK, or SB_EINVAL with the reason in err (if err && errlen > 0). Needs no model. */
+SB_API int sb_frame_to_rgb(const struct sb_frame * frame, uint8_t * rgb_out, size_t rgb_size, char * err,
+                           size_t errlen);
 
 /* Message of the most recent failure on this model ("" if none); owned by the model. */
 SB_API const char * sb_last_error(const struct sb_model * model);

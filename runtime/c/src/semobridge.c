@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "classes.h"
+#include "frames.h"
 #include "json.h"
 
 #define SB_ERR_LEN 512
@@ -475,15 +476,14 @@ void sb_close(struct sb_model * m) {
     free(m);
 }
 
-/* Check the image arguments shared by sb_classify and sb_embed, before anything is allocated or run. */
-static int check_images(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride) {
-    size_t bytes;
+static int check_uint8(struct sb_model * m) {
+    return m->input_uint8 ? SB_OK : fail(m, SB_EMODEL, "this model takes normalised float32 NCHW input (float export); "
+                                         "sb_classify/sb_embed need the uint8 export");
+}
+
+/* Check n images of h x w against the model's limits and fixed size, before anything is allocated or run. */
+static int check_size(struct sb_model * m, int n, int h, int w) {
     const int longest = h > w ? h : w, shortest = h > w ? w : h;
-    if (!m->input_uint8) {
-        return fail(m, SB_EMODEL, "this model takes normalised float32 NCHW input (float export); "
-                    "sb_classify/sb_embed need the uint8 export");
-    }
-    if (!rgb) return fail(m, SB_EINVAL, "rgb is NULL");
     if (n <= 0 || h <= 0 || w <= 0) return fail(m, SB_EINVAL, "n, h and w must be > 0 (got n=%d h=%d w=%d)", n, h, w);
     if (longest > m->max_side) {
         return fail(m, SB_EINVAL, "images are %dx%d (HxW): the longest side %d exceeds the limit of %lld; crop or "
@@ -497,18 +497,54 @@ static int check_images(struct sb_model * m, const uint8_t * rgb, int n, int h, 
         return fail(m, SB_EINVAL, "images are %dx%d (HxW): their aspect ratio %.4g:1 exceeds the limit of %g:1; "
                     "crop or pad them, or raise sb_params.max_aspect", h, w, (double) longest / shortest, m->max_aspect);
     }
-    if (w > INT_MAX / 3) return fail(m, SB_EINVAL, "w=%d is too large: 3 * w overflows int", w);
-    if (stride < 3 * w) {
-        return fail(m, SB_EINVAL, "stride=%d is smaller than 3 * w = %d: a row holds w RGB pixels", stride, 3 * w);
-    }
     if ((m->height > 0 && h != m->height) || (m->width > 0 && w != m->width)) {
         return fail(m, SB_EINVAL, "images are %dx%d but the model was exported with a fixed size of %lldx%lld; "
                     "resize them", h, w, (long long) m->height, (long long) m->width);
+    }
+    return SB_OK;
+}
+
+/* Check the image arguments shared by sb_classify and sb_embed, before anything is allocated or run. */
+static int check_images(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride) {
+    size_t bytes;
+    int rc;
+    if ((rc = check_uint8(m)) != SB_OK) return rc;
+    if (!rgb) return fail(m, SB_EINVAL, "rgb is NULL");
+    if ((rc = check_size(m, n, h, w)) != SB_OK) return rc;
+    if (w > INT_MAX / 3) return fail(m, SB_EINVAL, "w=%d is too large: 3 * w overflows int", w);
+    if (stride < 3 * w) {
+        return fail(m, SB_EINVAL, "stride=%d is smaller than 3 * w = %d: a row holds w RGB pixels", stride, 3 * w);
     }
     /* stride >= 3 * w, so this also bounds the n * h * w * 3 bytes of the input tensor */
     if (!mul_size((size_t) n, (size_t) h, &bytes) || !mul_size(bytes, (size_t) stride, &bytes) ||
         bytes > (size_t) INT64_MAX) {
         return fail(m, SB_EINVAL, "n * h * stride = %d * %d * %d bytes overflows size_t", n, h, stride);
+    }
+    return SB_OK;
+}
+
+/* Check n frames (struct and geometry, one size for all, the model's limits) and return their size in *h, *w. */
+static int check_frames(struct sb_model * m, const struct sb_frame * frames, int n, int * h, int * w) {
+    char why[SB_ERR_LEN - 32];
+    size_t bytes;
+    int rc;
+    if ((rc = check_uint8(m)) != SB_OK) return rc;
+    if (!frames) return fail(m, SB_EINVAL, "frames is NULL");
+    if (n <= 0) return fail(m, SB_EINVAL, "n must be > 0 (got n=%d)", n);
+    for (int i = 0; i < n; i++) {
+        if (frame_check(&frames[i], why, sizeof why) != SB_OK) return fail(m, SB_EINVAL, "frame %d: %s", i, why);
+        if (frames[i].width != frames[0].width || frames[i].height != frames[0].height) {
+            return fail(m, SB_EINVAL, "frame %d is %dx%d (WxH) but frame 0 is %dx%d: the frames of one call share their "
+                        "size; classify the others in another call", i, frames[i].width, frames[i].height,
+                        frames[0].width, frames[0].height);
+        }
+    }
+    *h = frames[0].height;
+    *w = frames[0].width;
+    if ((rc = check_size(m, n, *h, *w)) != SB_OK) return rc;
+    if (!mul_size((size_t) n, (size_t) *h * (size_t) *w, &bytes) || !mul_size(bytes, 3, &bytes) ||
+        bytes > (size_t) INT64_MAX) {
+        return fail(m, SB_EINVAL, "n * h * w * 3 = %d * %d * %d * 3 bytes overflows size_t", n, *h, *w);
     }
     return SB_OK;
 }
@@ -555,9 +591,17 @@ done:
     return rc;
 }
 
+/* Images to run: packed-RGB rows `stride` apart from rgb (sb_classify), or frames (sb_classify_frames). */
+struct sb_images {
+    const uint8_t * rgb;
+    int stride;
+    const struct sb_frame * frames;
+};
+
 /* Run the model over n images in chunks of the model's static batch (or all at once), fed class set c if it has values
- * (else the graph's defaults, the fitted classes). */
-static int run(struct sb_model * m, const struct sb_classes * c, const uint8_t * rgb, int n, int h, int w, int stride,
+ * (else the graph's defaults, the fitted classes). Packed RGB is used in place; anything else is converted into one
+ * batch buffer. */
+static int run(struct sb_model * m, const struct sb_classes * c, const struct sb_images * images, int n, int h, int w,
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
@@ -583,15 +627,18 @@ static int run(struct sb_model * m, const struct sb_classes * c, const uint8_t *
     if (ninputs > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
     for (int start = 0; start < n; start += chunk) {
         const int count = n - start < chunk ? n - start : chunk;
-        const uint8_t * first = rgb + (size_t) start * (size_t) h * (size_t) stride;
+        const struct sb_frame * frames = images->frames ? images->frames + start : NULL;
+        const size_t stride = (size_t) images->stride;
+        const uint8_t * first = frames ? frames[0].data[0] : images->rgb + (size_t) start * (size_t) h * stride;
         void * data = (void *) first; /* used in place when packed; ORT does not write to inputs */
-        if (stride != 3 * w || count != rows) {
+        if (frames ? count != 1 || rows != 1 || !frame_is_packed_rgb(frames) : stride != row_bytes || count != rows) {
             if (!buffer && !(buffer = malloc(input_bytes))) {
                 rc = fail(m, SB_ENOMEM, "out of memory for a %zu-byte input batch", input_bytes);
                 goto done;
             }
-            for (size_t r = 0; r < (size_t) count * (size_t) h; r++) {
-                memcpy(buffer + r * row_bytes, first + r * (size_t) stride, row_bytes);
+            for (size_t i = 0; frames && i < (size_t) count; i++) frame_to_rgb(&frames[i], buffer + i * image_bytes);
+            for (size_t r = 0; !frames && r < (size_t) count * (size_t) h; r++) {
+                memcpy(buffer + r * row_bytes, first + r * stride, row_bytes);
             }
             memset(buffer + (size_t) count * image_bytes, 0, input_bytes - (size_t) count * image_bytes);
             data = buffer;
@@ -687,7 +734,8 @@ static int classify(struct sb_model * m, const struct sb_classes * c, const uint
         {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
         {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
     };
-    return run(m, c, rgb, n, h, w, stride, outs, 2);
+    const struct sb_images images = {rgb, stride, NULL};
+    return run(m, c, &images, n, h, w, outs, 2);
 }
 
 int sb_classify(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride,
@@ -699,13 +747,20 @@ int sb_classify(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, i
     return rc;
 }
 
-int sb_classify_with(struct sb_model * m, const struct sb_classes * classes, const uint8_t * rgb, int n, int h, int w,
-                     int stride, float * scores_out, int64_t * labels_out) {
-    if (!m) return SB_EINVAL;
+/* A class set for sb_classify_with and sb_classify_frames_with: not NULL, and the model's own. */
+static int check_set(struct sb_model * m, const struct sb_classes * classes) {
     if (!classes) return fail(m, SB_EINVAL, "classes is NULL: pass a class set from sb_get_classes(model)");
     if (classes->owner != m) {
         return fail(m, SB_EINVAL, "this class set belongs to another model: take one from sb_get_classes(model)");
     }
+    return SB_OK;
+}
+
+int sb_classify_with(struct sb_model * m, const struct sb_classes * classes, const uint8_t * rgb, int n, int h, int w,
+                     int stride, float * scores_out, int64_t * labels_out) {
+    int rc;
+    if (!m) return SB_EINVAL;
+    if ((rc = check_set(m, classes)) != SB_OK) return rc;
     return classify(m, classes, rgb, n, h, w, stride, scores_out, labels_out);
 }
 
@@ -716,7 +771,49 @@ int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int 
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
     const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    return run(m, NULL, rgb, n, h, w, stride, &out, 1); /* the embedding does not depend on the class set */
+    const struct sb_images images = {rgb, stride, NULL};
+    return run(m, NULL, &images, n, h, w, &out, 1); /* the embedding does not depend on the class set */
+}
+
+static int classify_frames(struct sb_model * m, const struct sb_classes * c, const struct sb_frame * frames, int n,
+                           float * scores_out, int64_t * labels_out) {
+    int rc, h = 0, w = 0;
+    if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
+    if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
+    const struct sb_output outs[2] = {
+        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
+        {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
+    };
+    const struct sb_images images = {NULL, 0, frames};
+    return run(m, c, &images, n, h, w, outs, 2);
+}
+
+int sb_classify_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * scores_out,
+                       int64_t * labels_out) {
+    if (!m) return SB_EINVAL;
+    struct sb_classes * c = current(m); /* one class set for the whole call */
+    const int rc = classify_frames(m, c, frames, n, scores_out, labels_out);
+    classes_release(c);
+    return rc;
+}
+
+int sb_classify_frames_with(struct sb_model * m, const struct sb_classes * classes, const struct sb_frame * frames,
+                            int n, float * scores_out, int64_t * labels_out) {
+    int rc;
+    if (!m) return SB_EINVAL;
+    if ((rc = check_set(m, classes)) != SB_OK) return rc;
+    return classify_frames(m, classes, frames, n, scores_out, labels_out);
+}
+
+int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * emb_out) {
+    int rc, h = 0, w = 0;
+    if (!m) return SB_EINVAL;
+    if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
+    if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
+    const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
+                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    const struct sb_images images = {NULL, 0, frames};
+    return run(m, NULL, &images, n, h, w, &out, 1);
 }
 
 int sb_num_classes(const struct sb_model * m) {

@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,99 @@ static void expect_open_fails(const char * name, const char * path, struct sb_pa
 static void expect_call_fails(struct sb_model * m, const char * name, int rc, int code) {
     const char * msg = sb_last_error(m);
     expect(rc == code && msg[0] != '\0', name, msg);
+}
+
+/* A frame call on model m must return SB_EINVAL with a message containing `needle`. */
+static void expect_frame_fails(struct sb_model * m, const char * name, int rc, const char * needle) {
+    const char * msg = sb_last_error(m);
+    expect(rc == SB_EINVAL && strstr(msg, needle) != NULL, name, msg);
+}
+
+/* Bad frames (struct sb_frame) are refused with SB_EINVAL and a message naming the problem, before any pixel is read. */
+static void frame_cases(struct sb_model * m, float * scores, int64_t * labels, float * emb) {
+    static uint8_t pixels[16 * 8 * 4];
+    struct sb_frame nv12 = sb_default_frame(), rgb = sb_default_frame(), f[2];
+    char err[512] = "";
+    nv12.layout = SB_LAYOUT_NV12;
+    nv12.width = nv12.height = 8;
+    nv12.data[0] = pixels;
+    nv12.data[1] = pixels + 64;
+    nv12.size[0] = 64;
+    nv12.size[1] = 32;
+    rgb.width = rgb.height = 8;
+    rgb.data[0] = pixels;
+    rgb.size[0] = 8 * 8 * 3;
+    expect(sb_classify_frames(m, &nv12, 1, scores, labels) == SB_OK, "classify an NV12 frame", sb_last_error(m));
+    f[0] = rgb;
+    f[1] = nv12;
+    expect(sb_classify_frames(m, f, 2, scores, labels) == SB_OK, "classify frames of two layouts", sb_last_error(m));
+    expect(sb_embed_frames(m, f, 2, emb) == SB_OK, "embed frames", sb_last_error(m));
+    expect(sb_classify_frames(NULL, &rgb, 1, scores, labels) == SB_EINVAL, "frames on a NULL model", "");
+    expect_frame_fails(m, "frames NULL", sb_classify_frames(m, NULL, 1, scores, labels), "frames is NULL");
+    expect_frame_fails(m, "frames n=0", sb_classify_frames(m, &rgb, 0, scores, labels), "n must be > 0");
+    expect_frame_fails(m, "frames NULL scores", sb_classify_frames(m, &rgb, 1, NULL, labels), "must not be NULL");
+    expect_frame_fails(m, "embed frames NULL out", sb_embed_frames(m, &rgb, 1, NULL), "emb_out");
+    expect_frame_fails(m, "frames with a NULL set", sb_classify_frames_with(m, NULL, &rgb, 1, scores, labels),
+                       "classes is NULL");
+    f[0] = rgb;
+    f[0].layout = (enum sb_layout) 99;
+    expect_frame_fails(m, "frame layout 99", sb_classify_frames(m, f, 1, scores, labels), "layout 99");
+    f[0] = rgb;
+    f[0].width = -8;
+    expect_frame_fails(m, "frame width < 0", sb_classify_frames(m, f, 1, scores, labels), "must be > 0");
+    f[0] = rgb;
+    f[0].data[0] = NULL;
+    expect_frame_fails(m, "frame data NULL", sb_classify_frames(m, f, 1, scores, labels), "data[0] is NULL");
+    f[0] = nv12;
+    f[0].data[1] = NULL;
+    expect_frame_fails(m, "NV12 UV plane NULL", sb_classify_frames(m, f, 1, scores, labels), "UV plane) is NULL");
+    f[0] = rgb;
+    f[0].stride[0] = 23;
+    expect_frame_fails(m, "RGB stride < 3w", sb_classify_frames(m, f, 1, scores, labels), "stride[0]=23 is smaller");
+    f[0] = rgb;
+    f[0].layout = SB_LAYOUT_BGRA;
+    f[0].stride[0] = 24;
+    expect_frame_fails(m, "BGRA stride < 4w", sb_classify_frames(m, f, 1, scores, labels), "(32 bytes)");
+    f[0] = nv12;
+    f[0].stride[1] = 7;
+    expect_frame_fails(m, "NV12 UV stride < w", sb_classify_frames(m, f, 1, scores, labels), "stride[1]=7");
+    f[0] = nv12;
+    f[0].width = 7;
+    expect_frame_fails(m, "NV12 odd width", sb_classify_frames(m, f, 1, scores, labels), "even width and height");
+    f[0] = nv12;
+    f[0].height = 5;
+    expect_frame_fails(m, "NV12 odd height", sb_classify_frames(m, f, 1, scores, labels), "even width and height");
+    f[0] = rgb;
+    f[0].size[0] = 8 * 8 * 3 - 1;
+    expect_frame_fails(m, "RGB buffer short by one", sb_classify_frames(m, f, 1, scores, labels), "needs 192 bytes");
+    f[0] = rgb;
+    f[0].stride[0] = 30;
+    expect_frame_fails(m, "padded rows need (h-1)*stride+row", sb_classify_frames(m, f, 1, scores, labels),
+                       "needs 234 bytes");
+    f[0] = nv12;
+    f[0].size[1] = 31;
+    expect_frame_fails(m, "NV12 UV plane short", sb_classify_frames(m, f, 1, scores, labels), "size[1]=31");
+    f[0] = rgb;
+    f[0].size[0] = 0;
+    expect_frame_fails(m, "frame size 0", sb_classify_frames(m, f, 1, scores, labels), "size[0]=0");
+    f[0] = rgb;
+    f[1] = nv12;
+    f[1].width = 6;
+    expect_frame_fails(m, "frames of two sizes", sb_classify_frames(m, f, 2, scores, labels), "frame 1 is 6x8");
+    f[0] = rgb;
+    f[0].width = 330;
+    f[0].height = 10;
+    f[0].size[0] = SIZE_MAX; /* claimed, never read: the limits refuse it first */
+    expect_frame_fails(m, "frame beyond max_aspect", sb_classify_frames(m, f, 1, scores, labels), "aspect ratio 33:1");
+    uint8_t out[8 * 8 * 3];
+    expect(sb_frame_to_rgb(&nv12, out, sizeof out, err, sizeof err) == SB_OK && err[0] == '\0', "frame to RGB", err);
+    expect(sb_frame_to_rgb(&nv12, out, sizeof out - 1, err, sizeof err) == SB_EINVAL && strstr(err, "rgb_size=191"),
+           "frame to a short RGB buffer", err);
+    expect(sb_frame_to_rgb(&nv12, NULL, sizeof out, err, sizeof err) == SB_EINVAL && strstr(err, "rgb_out is NULL"),
+           "frame to NULL", err);
+    expect(sb_frame_to_rgb(NULL, out, sizeof out, err, sizeof err) == SB_EINVAL && strstr(err, "frame is NULL"),
+           "NULL frame to RGB", err);
+    expect(sb_classify_frames(m, &nv12, 1, scores, labels) == SB_OK, "frames still work after errors", sb_last_error(m));
 }
 
 int main(int argc, char ** argv) {
@@ -112,6 +206,7 @@ int main(int argc, char ** argv) {
     expect_call_fails(m, "embed n<0", sb_embed(m, rgb, -1, 8, 8, 24, emb), SB_EINVAL);
     expect(sb_classify(m, rgb, 4, 8, 8, 24, scores, labels) == SB_OK, "classify still works after errors", "");
     expect(sb_embed(m, rgb, 2, 8, 8, 24, emb) == SB_OK, "embed works", "");
+    frame_cases(m, scores, labels, emb);
     sb_close(m);
 
     struct sb_params raised = params; /* limits raised so far that only the size arithmetic can refuse */

@@ -45,10 +45,13 @@ class EngineIO:
     Not thread-safe: one call at a time (the caller holds a lock).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dla_core: int | None = None) -> None:
+        """dla_core: the DLA core an engine built for DLA runs on (semobridge-build-engine --dla-core; its metadata)."""
         trt, cudart = import_tensorrt()
         self._cudart = cudart
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive the engine
+        if dla_core is not None:
+            self._runtime.DLA_core = dla_core
         self.engine = engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise ModelError(f"TensorRT cannot deserialize {path}: it is corrupt or was built for another "

@@ -50,7 +50,8 @@ class OnnxRuntimeBackend:
     needs_classes = False  # the class-set inputs default to the fitted classes
 
     def __init__(self, path: Path, providers: Sequence[str] | None = None,
-                 intra_op_num_threads: int | None = None, allow_spinning: bool = True) -> None:
+                 intra_op_num_threads: int | None = None, allow_spinning: bool = True,
+                 release_after_bytes: int | None = None) -> None:
         options = ort.SessionOptions()
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = check_threads(intra_op_num_threads, "intra_op_num_threads")
@@ -63,6 +64,8 @@ class OnnxRuntimeBackend:
             raise ModelError(f"ONNX Runtime cannot load {path} ({exc}); the file is truncated, corrupt "
                              "or not ONNX: re-export or re-download it") from exc
         self._path = path
+        self._release_after_bytes, self._release = release_after_bytes, ort.RunOptions()
+        self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         metadata = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.info = parse_metadata(metadata, str(path))
         check_graph(self.info, _tensors(self._session.get_inputs()), _tensors(self._session.get_outputs()), str(path))
@@ -82,7 +85,9 @@ class OnnxRuntimeBackend:
             padding = np.zeros((self.max_batch - n, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, padding])
         try:
-            values = self._session.run(list(outputs), {self._input: batch, **(classes or {})})
+            big = self._release_after_bytes is not None and batch.nbytes >= self._release_after_bytes
+            values = self._session.run(list(outputs), {self._input: batch, **(classes or {})},
+                                       self._release if big else None)  # big: the arena shrinks after the run
         except Exception as exc:  # ORT's own exception types derive from Exception only
             raise BackendError(f"ONNX Runtime failed running {self._path} on a batch of shape {batch.shape}: "
                                f"{exc}") from exc

@@ -16,7 +16,7 @@ import numpy as np
 from ..contract import Tensor, check_graph
 from ..errors import ModelError
 from ..metadata import read_sidecar
-from .engine_io import EngineIO
+from .engine_io import EngineIO, import_tensorrt
 
 
 class TensorRTBackend:
@@ -26,8 +26,9 @@ class TensorRTBackend:
     providers = ("TensorRT",)
 
     def __init__(self, path: Path) -> None:
-        self._io = io = EngineIO(path)
+        import_tensorrt()  # a missing TensorRT first: without it nothing else can be fixed
         self.info = read_sidecar(path)
+        self._io = io = EngineIO(path, _dla_core(self.info.raw, path))
         engine = io.engine
 
         def tensor(name: str) -> Tensor:
@@ -51,3 +52,13 @@ class TensorRTBackend:
             raise ModelError("this engine takes its class set as inputs", hint="load it through Classifier.load")
         with self._lock:
             return self._io.run({self._input: batch, **{name: classes[name] for name in self.head_inputs}}, outputs)
+
+
+def _dla_core(raw: dict, path: Path) -> int | None:
+    """The DLA core the engine was built for (its metadata's tensorrt.dla_core), or None for the GPU."""
+    built = raw.get("tensorrt")
+    core = built.get("dla_core") if isinstance(built, dict) else None
+    if core is not None and (isinstance(core, bool) or not isinstance(core, int) or core < 0):
+        raise ModelError(f"{path}: metadata tensorrt.dla_core {core!r} is not a DLA core number",
+                         hint="rebuild the engine with semobridge-build-engine")
+    return core

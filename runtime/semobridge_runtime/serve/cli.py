@@ -20,16 +20,18 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BackendError, InputError, ModelError, SemobridgeError, report
 from ..cli import add_load_options
+from .admission import MIB, Budget
 from .protocol import MODEL_NAME
 from .repository import Batching
 from .server import Endpoints, TritonServer
 from .settings import ServeSettings, load_classifier
 
-MAX_BATCH, MAX_INSTANCES, MAX_DELAY_US = 1024, 64, 10_000_000
+MAX_BATCH, MAX_INSTANCES, MAX_DELAY_US, MAX_MB = 1024, 64, 10_000_000, 1 << 20
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a folder name in Triton's repository, never '.' or '..'
 
 
 def _parser() -> argparse.ArgumentParser:
-    defaults, batching = Endpoints(), Batching()
+    defaults, batching, budget = Endpoints(), Batching(), Budget()
     p = argparse.ArgumentParser(prog="semobridge-serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="exported .onnx model (uint8 input)")
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
                         "ONNX Runtime session of --threads threads (default %(default)s)")
     add_load_options(p, spinning=False)  # --classes, --no-int8, --threads (per instance), --spinning, limits
+    p.add_argument("--max-request-mb", type=int, default=budget.request_bytes // MIB,
+                   help="MiB one request may carry (its body, and the tensors it declares); larger ones are refused "
+                        "with HTTP 400 before they are read (default %(default)s)")
+    p.add_argument("--max-inflight-mb", type=int, default=budget.inflight_bytes // MIB,
+                   help="MiB all HTTP requests in flight may hold together; beyond, requests are refused with "
+                        "HTTP 429, to retry (default %(default)s)")
     p.add_argument("--drain-timeout", type=int, default=30,
                    help="seconds to finish in-flight requests after SIGTERM before exiting (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show Triton's own log")
@@ -61,11 +69,14 @@ def _check(args: argparse.Namespace) -> None:
     for option, value, low, high in (("--max-batch", args.max_batch, 1, MAX_BATCH),
                                      ("--instances", args.instances, 1, MAX_INSTANCES),
                                      ("--max-queue-delay-us", args.max_queue_delay_us, 0, MAX_DELAY_US),
-                                     ("--drain-timeout", args.drain_timeout, 0, 3600)):
+                                     ("--drain-timeout", args.drain_timeout, 0, 3600),
+                                     ("--max-request-mb", args.max_request_mb, 1, MAX_MB),
+                                     ("--max-inflight-mb", args.max_inflight_mb, args.max_request_mb, MAX_MB)):
         if not low <= value <= high:
             raise InputError(f"{option} must be from {low} to {high}, not {value}")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.model_name):
-        raise InputError(f"--model-name {args.model_name!r} may only hold letters, digits, '.', '_' and '-'")
+    if not NAME.fullmatch(args.model_name):
+        raise InputError(f"--model-name {args.model_name!r} is not a model name",
+                         hint="use 1 to 128 letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
 def settings_of(args: argparse.Namespace) -> ServeSettings:
@@ -73,7 +84,7 @@ def settings_of(args: argparse.Namespace) -> ServeSettings:
     classes = str(Path(args.classes).resolve()) if args.classes is not None else None
     return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spinning,
                          prefer_int8=not args.no_int8, max_side=args.max_side, max_pixels=args.max_pixels,
-                         max_aspect=args.max_aspect, classes=classes)
+                         max_aspect=args.max_aspect, classes=classes, max_request_bytes=args.max_request_mb * MIB)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -87,7 +98,8 @@ def serve(args: argparse.Namespace) -> int:
     endpoints = Endpoints(args.address, args.http_port, args.grpc_port, args.metrics_port)
     server = TritonServer(settings, classifier, args.model_name,
                           Batching(args.max_batch, args.max_queue_delay_us, args.instances), endpoints,
-                          args.drain_timeout, args.verbose)
+                          args.drain_timeout, args.verbose,
+                          Budget(args.max_request_mb * MIB, args.max_inflight_mb * MIB, args.max_batch))
     stopping = []
 
     def forward(signum: int, _frame: object) -> None:

@@ -57,6 +57,8 @@ class RemoteClassifier:
         config = config if self._http else config["config"]
         self.metadata: dict[str, Any] = parameter(config, METADATA)
         self.class_names: list[str] = list(self.metadata["class_names"])
+        # the probabilities' temperature, as Classifier.load reads it (the server answers no "unknown" yet)
+        self.temperature = float((self.metadata.get("open_set") or {}).get("temperature", 1.0))
         self.limits = ImageLimits(**self.metadata.get("limits", {}))
         self.max_batch: int = int(config.get("max_batch_size", 0)) or 1
 
@@ -77,7 +79,7 @@ class RemoteClassifier:
         check_top_k(top_k)
         count, groups = uint8_groups(images, None, self.limits)
         scores, labels, embeddings = self._gather(count, [(g.indices, IMAGE, g.batch) for g in groups])
-        return Prediction.of(scores, labels, embeddings, self.class_names, top_k)
+        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, self.temperature)
 
     def predict_encoded(self, files: bytes | Sequence[bytes], top_k: int = 5) -> Prediction:
         """Classify encoded image files (JPEG, PNG, ... bytes), decoded on the server: less to send than pixels."""
@@ -87,7 +89,7 @@ class RemoteClassifier:
             raise InputError("predict_encoded takes bytes or a non-empty list of bytes (the contents of image files)")
         batch = np.array(blobs, dtype=object).reshape(-1, 1)
         scores, labels, embeddings = self._gather(len(blobs), [(np.arange(len(blobs)), ENCODED, batch)])
-        return Prediction.of(scores, labels, embeddings, self.class_names, top_k)
+        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, self.temperature)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""

@@ -1,22 +1,27 @@
 """One dynamic batch of requests -> one response (or one error) per request.
 
 Each request is checked on its own, so a bad request fails alone with an input error while the
-others in its batch are classified; encoded images of all requests are decoded in parallel
+others in its batch are classified. A request over the per-request budget (its pixels, or its encoded
+files plus the pixels their headers declare) is refused before anything of it is decoded or run (over
+HTTP the gate has refused it before Triton; over gRPC Triton has already read it). Encoded images of all requests are decoded in parallel
 (Pillow releases the GIL), then every valid image goes through one `Classifier.predict`, which
 runs same-size images together.
 """
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from ..classifier import Classifier
 from ..errors import InputError, SemobridgeError
 from ..images import decode_image
 from ..inputs import uint8_groups
+from .admission import MIB, TooLarge
 from .protocol import ENCODED, IMAGE
 
 
@@ -31,9 +36,11 @@ class Request:
 Result = dict[str, np.ndarray] | SemobridgeError
 
 
-def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolExecutor) -> list[Result]:
-    """Outputs per request (scores, label, embedding, class_name), or the error that request alone gets."""
-    started = [_start(request, classifier, pool) for request in requests]
+def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolExecutor,
+              budget: int | None = None) -> list[Result]:
+    """Outputs per request (scores, label, embedding, class_name), or the error that request alone gets.
+    `budget`: the bytes a request may carry (None: no bound)."""
+    started = [_start(request, classifier, pool, budget) for request in requests]
     images = [_finish(pending, classifier) for pending in started]
     valid = [i for i, item in enumerate(images) if not isinstance(item, SemobridgeError)]
     flat = [image for i in valid for image in images[i]]
@@ -54,17 +61,40 @@ def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolE
     return results
 
 
-def _start(request: Request, classifier: Classifier, pool: ThreadPoolExecutor) -> list[np.ndarray | Future] | InputError:
-    """The request's images, or futures decoding them; an error for a request that has no usable input."""
+def _start(request: Request, classifier: Classifier, pool: ThreadPoolExecutor,
+           budget: int | None) -> list[np.ndarray | Future] | InputError:
+    """The request's images, or futures decoding them; an error for a request that has no usable input or
+    carries more than the budget."""
     if (request.image is None) == (request.encoded is None):
         return InputError(f"a request carries exactly one of the inputs '{IMAGE}' (uint8 [B,H,W,3] pixels) or "
                           f"'{ENCODED}' (BYTES [B,1] encoded images), not "
                           + ("both" if request.image is not None else "neither"))
     if request.image is not None:
+        if budget is not None and request.image.nbytes > budget:
+            return _too_large(request.image.nbytes, budget)
         return [request.image]  # one [B, H, W, 3] batch
+    blobs = [bytes(blob) for blob in request.encoded.reshape(-1)]
+    if budget is not None:
+        size = sum(len(blob) + _declared_pixel_bytes(blob) for blob in blobs)
+        if size > budget:
+            return _too_large(size, budget)
     limits = classifier.limits
-    return [pool.submit(decode_image, bytes(blob), limits, f"encoded image {i}")
-            for i, blob in enumerate(request.encoded.reshape(-1))]
+    return [pool.submit(decode_image, blob, limits, f"encoded image {i}") for i, blob in enumerate(blobs)]
+
+
+def _declared_pixel_bytes(blob: bytes) -> int:
+    """The RGB bytes an encoded image's header declares (0 if it has none: decoding will say why)."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:  # the header only
+            return img.width * img.height * 3
+    except Exception:  # noqa: BLE001  (any undecodable file: decode_image reports it)
+        return 0
+
+
+def _too_large(size: int, budget: int) -> TooLarge:
+    return TooLarge(f"the request carries {size} bytes of images (decoded), over the {budget // MIB} MiB a request "
+                    "may carry (--max-request-mb)",
+                    hint="send fewer or smaller images per request, or start the server with a larger --max-request-mb")
 
 
 def _finish(pending: list[np.ndarray | Future] | InputError, classifier: Classifier) -> list[np.ndarray] | SemobridgeError:

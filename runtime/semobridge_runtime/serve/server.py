@@ -2,8 +2,9 @@
 
 `TritonServer` writes the repository and a backend folder into a temporary workspace (removed at
 stop), checks the ports, starts `tritonserver` with the environment its Python backend needs,
-waits until it is ready, and stops it by SIGTERM, on which Triton closes its endpoints, finishes
-the requests it has accepted (up to the drain timeout) and exits.
+waits until the model is ready, and stops it by SIGTERM, on which Triton closes its endpoints, finishes
+the requests it has accepted (up to the drain timeout) and exits. The public HTTP and metrics ports are
+the gate's (gate.py), which checks each request before Triton, listening on loopback ports of its own, sees it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from pathlib import Path
 
 from ..classifier import Classifier
 from ..errors import BackendError, InputError
+from .admission import Budget
+from .gate import KEY_HEADER, Gate
 from .repository import Batching, write_repository
 from .settings import ServeSettings
 
 STARTUP_TIMEOUT_S = 300.0
+MMAP_THRESHOLD = 1 << 20
 _INSTALL = "pip install 'semobridge-runtime[serve]'"
 # What tritonserver says on every machine without a GPU: not worth showing in an error summary.
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA memory pool", "GPU metrics")
@@ -45,11 +49,6 @@ class Endpoints:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-
-    @property
-    def local_host(self) -> str:
-        """An address to reach the server from this machine."""
-        return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.address, self.address)
 
     def ports(self) -> dict[str, int]:
         return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
@@ -130,9 +129,14 @@ class TritonServer:
     """One tritonserver process serving one semobridge model; `stop` drains it."""
 
     def __init__(self, settings: ServeSettings, classifier: Classifier, name: str, batching: Batching,
-                 endpoints: Endpoints, drain_timeout_s: int = 30, verbose: bool = False) -> None:
+                 endpoints: Endpoints, drain_timeout_s: int = 30, verbose: bool = False,
+                 budget: Budget | None = None) -> None:
         self.name, self.endpoints = name, endpoints
         self._settings, self._batching = settings, batching
+        self._budget = budget or Budget(max_batch=batching.max_batch)
+        self._key = os.urandom(16).hex()  # what Triton's HTTP port wants from the gate
+        self._gate: Gate | None = None
+        self._upstream = Endpoints("127.0.0.1", 0, endpoints.grpc_port, 0)  # Triton's own ports, picked at start
         self._classifier: Classifier | None = classifier
         self._drain_timeout_s, self._verbose = drain_timeout_s, verbose
         self._process: subprocess.Popen[str] | None = None
@@ -143,8 +147,11 @@ class TritonServer:
         """Start tritonserver and return once the model is ready; raise (and clean up) if it does not get there."""
         dist, libpython = Distribution.find(), python_library_dir()
         check_ports(self.endpoints)
+        http, metrics = _free_loopback_ports(2)
+        self._upstream = Endpoints("127.0.0.1", http, self.endpoints.grpc_port, metrics)
         self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))
         try:
+            self._gate = self._open_gate()
             repository = write_repository(self._workspace / "models", self.name, self._classifier,
                                           self._settings, self._batching)
             self._classifier = None  # written out; each instance loads its own
@@ -155,6 +162,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True,
                 preexec_fn=_die_with_parent)
             threading.Thread(target=self._read_log, name="tritonserver-log", daemon=True).start()
+            self._gate.start()  # health/ready answers (not ready, from Triton) while the model loads
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -163,6 +171,7 @@ class TritonServer:
     def stop(self) -> int:
         """SIGTERM: Triton stops accepting requests, finishes those in flight, exits. Returns its exit code."""
         code = 0
+        self._close_gate()
         if self._process is not None:
             if self._process.poll() is None:
                 self._process.send_signal(signal.SIGTERM)
@@ -177,9 +186,24 @@ class TritonServer:
         return code
 
     def signal(self, signum: int) -> None:
-        """Forward a signal (SIGTERM, SIGINT) to tritonserver."""
+        """Forward a signal (SIGTERM, SIGINT) to tritonserver, and close the gate's ports."""
+        self._close_gate()
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signum)
+
+    def _open_gate(self) -> Gate:
+        e, up = self.endpoints, self._upstream
+        try:
+            return Gate(e.address, e.http_port, e.metrics_port, up.http_port, up.metrics_port, self._budget, self._key)
+        except OSError as exc:  # taken since check_ports looked
+            raise InputError(f"cannot listen on {e.address}:{e.http_port} or :{e.metrics_port}: {exc.strerror or exc}",
+                             hint="stop the program that uses the port, or choose others with --http-port and "
+                                  "--metrics-port") from None
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
 
     def wait(self) -> int:
         """Block until tritonserver exits; its exit code."""
@@ -201,21 +225,26 @@ class TritonServer:
         return folder.parent
 
     def _arguments(self, repository: Path, backends: Path, dist: Distribution) -> list[str]:
-        e = self.endpoints
-        # APIs a client has no business with; the token is never shown, so they are closed.
+        e, up = self.endpoints, self._upstream
+        # APIs a client has no business with; the token is never shown, so they are closed. The APIs clients
+        # use reach Triton's HTTP port only through the gate, which holds their key.
         closed = f"model-repository,shared-memory,trace,logging:semobridge-admin={os.urandom(16).hex()}"
+        gated = f"health,metadata,inference,model-config,statistics:{KEY_HEADER}={self._key}"
         return [
             f"--model-repository={repository}", f"--backend-directory={backends}", f"--cache-directory={dist.caches}",
-            f"--http-address={e.address}", f"--http-port={e.http_port}",
+            f"--http-address={up.address}", f"--http-port={up.http_port}",
             f"--grpc-address={e.address}", f"--grpc-port={e.grpc_port}",
-            f"--metrics-address={e.address}", f"--metrics-port={e.metrics_port}",
+            f"--metrics-address={up.address}", f"--metrics-port={up.metrics_port}",
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self._drain_timeout_s}",
             f"--log-info={str(self._verbose).lower()}", "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # the Python backend exchanges CPU tensors through shared memory
-            f"--http-restricted-api={closed}", f"--grpc-restricted-protocol={closed}",
+            f"--http-restricted-api={closed}", f"--http-restricted-api={gated}", f"--grpc-restricted-protocol={closed}",
             # shared-memory regions unique to this server, so that several run side by side
             f"--backend-config=python,shm-region-prefix-name=semobridge{os.getpid()}x{self.endpoints.http_port}_",
             "--backend-config=python,shm-growth-byte-size=16777216",
+            # no pool of gRPC request/response objects kept for reuse: each kept the buffers of the largest
+            # requests it had carried (Triton's heap grew by 90 MB a minute of mixed sizes, not given back)
+            "--grpc-infer-allocation-pool-size=0",
         ]
 
     @staticmethod
@@ -228,6 +257,11 @@ class TritonServer:
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+        # glibc: blocks of 1 MiB and more (tensors) are mapped apart and unmapped when freed, instead of staying
+        # in the heap at the high-water mark (its default threshold grows to 32 MiB after the first large frees)
+        tunables = env.get("GLIBC_TUNABLES", "")
+        if "mmap_threshold" not in tunables:
+            env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}") if t)
         return env
 
     def _read_log(self) -> None:
@@ -238,7 +272,9 @@ class TritonServer:
                 sys.stderr.write(line)
 
     def _wait_ready(self) -> None:
-        url = f"http://{_url_host(self.endpoints.local_host)}:{self.endpoints.http_port}/v2/health/ready"
+        """Until Triton says the model itself is ready (its health/ready alone would be true with no model)."""
+        url = urllib.request.Request(f"http://127.0.0.1:{self._upstream.http_port}/v2/models/{self.name}/ready",
+                                     headers={KEY_HEADER: self._key})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -256,15 +292,23 @@ class TritonServer:
 
     def _startup_error(self) -> Exception:
         said = "\n".join(self._log)
-        for option, port in self.endpoints.ports().items():
+        for option, port in {**self.endpoints.ports(), **self._upstream.ports()}.items():
             if f":{port}' already in use" in said or f":{port} already in use" in said:
                 return _port_error(option, port, self.endpoints.address, "address already in use")
         return BackendError(f"Triton exited during start-up (code {self._process.returncode}): {self.failure()}",
                             hint="run with --verbose to see Triton's log")
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def _free_loopback_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now, for Triton's own HTTP and metrics endpoints behind the gate."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
 
 
 def _die_with_parent() -> None:

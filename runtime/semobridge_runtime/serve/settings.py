@@ -8,6 +8,11 @@ from dataclasses import asdict, dataclass
 
 from ..classifier import Classifier
 
+# After a model run on this many bytes of pixels (a 1600x1600 image) ONNX Runtime's arena gives back what it
+# holds unused: it kept a 16-image 1024x1024 run's memory for good; freeing it after every run instead (no
+# arena) cost 40% of the throughput of a mix of large images (benchmarks/serve_soak.py).
+RELEASE_AFTER_BYTES = 8 << 20
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -25,6 +30,7 @@ class ServeSettings:
     max_pixels: int | None = None
     max_aspect: float | None = None
     classes: str | None = None  # absolute path of a class file used instead of the fitted classes
+    max_request_bytes: int | None = None  # pixels or encoded bytes a request may carry (--max-request-mb)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -39,4 +45,6 @@ def load_classifier(settings: ServeSettings) -> Classifier:
     return Classifier.load(settings.model, intra_op_num_threads=settings.threads,
                            allow_spinning=settings.allow_spinning, prefer_int8=settings.prefer_int8,
                            classes=settings.classes, max_side=settings.max_side,
-                           max_pixels=settings.max_pixels, max_aspect=settings.max_aspect)
+                           max_pixels=settings.max_pixels, max_aspect=settings.max_aspect,
+                           release_after_bytes=RELEASE_AFTER_BYTES,
+                           unknown=None)  # serving answers no "unknown" yet: label stays the argmax (issue 20)

@@ -1,0 +1,157 @@
+"""The open-set decision: calibrated probabilities, the abstention score and "unknown" (docs/method.md).
+
+One definition shared by the library (its fit calibrates the constants), the Python runtime and
+every front-end built on it: from the graph's blend scores z [N, C] alone,
+
+- probabilities = softmax(z / T), T fitted on validation by negative log-likelihood;
+- the abstention score is the top class's calibrated probability, max_c softmax(z / T)_c;
+- an image is known when its score >= the threshold (calibrated so that a chosen fraction of
+  held-out known images is accepted); an unknown image gets label -1.
+
+Also here, for the fit and for evaluation: the temperature fit, the expected calibration error,
+the threshold at an acceptance rate, AUROC and the false-positive rate at a true-positive rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelError
+
+SCORE = "max_probability"  # the documented abstention score (benchmarks/open_set.py compares the others)
+UNKNOWN = -1  # the label of an unknown image
+ACCEPT = 0.95  # the default operating point: this fraction of held-out known images is accepted
+TEMPERATURE_RANGE = (1e-3, 1e3)
+ECE_BINS = 15
+
+
+def probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(z / T) along the classes, float32 [N, C] (rows sum to 1)."""
+    z = np.asarray(scores, np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def abstention_score(probs: np.ndarray) -> np.ndarray:
+    """The score thresholded for "unknown": the top class's calibrated probability [N]."""
+    return probs.max(axis=1)
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """The calibration a model carries (metadata "open_set"): temperature, threshold and how they were found."""
+
+    temperature: float
+    threshold: float  # on SCORE, in [0, 1]
+    accept: float = ACCEPT  # the target acceptance of known images the threshold was calibrated for
+    source: str = ""  # which images calibrated it
+
+    def __post_init__(self) -> None:
+        t, h = self.temperature, self.threshold
+        if not (isinstance(t, (int, float)) and not isinstance(t, bool) and TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]):
+            raise ModelError(f"open-set temperature {t!r} is outside {TEMPERATURE_RANGE}", hint="re-export the model")
+        check_threshold(h, "the calibrated threshold")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": SCORE, "temperature": float(self.temperature), "threshold": float(self.threshold),
+                "accept": float(self.accept), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str) -> "OpenSet":
+        """From metadata; ModelError when it is not one this runtime understands."""
+        try:
+            if values.get("score") != SCORE:
+                raise ValueError(f"score {values.get('score')!r}, this runtime knows {SCORE!r}")
+            return cls(float(values["temperature"]), float(values["threshold"]), float(values.get("accept", ACCEPT)),
+                       str(values.get("source", "")))
+        except (AttributeError, KeyError, TypeError, ValueError, InputError, ModelError) as exc:
+            raise ModelError(f"{source}: unusable 'open_set' calibration ({exc})",
+                             hint="re-export the model with semobridge-export, or load it with unknown=None") from None
+
+
+def check_threshold(value: Any, what: str = "unknown") -> float:
+    """A threshold on SCORE: a number in [0, 1] (a probability)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise InputError(f"{what} must be a probability threshold in [0, 1] on the top class's calibrated probability, "
+                         f"got {value!r}", hint="pass unknown='auto' (the model's threshold), None (off) or a number such as 0.5")
+    return float(value)
+
+
+def decide(scores: np.ndarray, temperature: float, threshold: float | None,
+           labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int64 [N], known bool [N], probabilities float32 [N, C]) from blend scores z [N, C].
+
+    `labels`: the graph's argmax labels (computed here when not given); an unknown image's becomes
+    UNKNOWN (-1). threshold None: every image is known (the closed-set behaviour)."""
+    probs = probabilities(scores, temperature)
+    labels = np.argmax(scores, axis=1).astype(np.int64) if labels is None else np.asarray(labels, np.int64)
+    known = np.ones(len(labels), bool) if threshold is None else abstention_score(probs) >= threshold
+    return np.where(known, labels, UNKNOWN), known, probs
+
+
+# ------------------------------------------------------------------ calibration (used by the fit and eval)
+
+def nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of the true labels under softmax(z / T)."""
+    z = np.asarray(scores, np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(scores: np.ndarray, labels: np.ndarray, iterations: int = 100) -> float:
+    """The T minimising the NLL (Guo et al., 2017): golden-section search on log T over TEMPERATURE_RANGE
+    (the NLL is convex in 1/T, so unimodal in log T)."""
+    labels = np.asarray(labels, np.int64)
+    a, b = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(scores, labels, np.exp(c)), nll(scores, labels, np.exp(d))
+    for _ in range(iterations):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(scores, labels, np.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(scores, labels, np.exp(d))
+    return float(np.exp((a + b) / 2))
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: Σ_b |B|/N · |accuracy(B) - confidence(B)| over equal-width confidence bins."""
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    right = (pred == np.asarray(labels)).astype(np.float64)
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.sum() * abs(right[m].mean() - conf[m].mean())
+    return float(total / len(labels))
+
+
+def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
+    """The largest threshold that accepts at least `accept` of these known images' scores."""
+    s = np.sort(np.asarray(known_scores, np.float64))
+    if not len(s):
+        raise InputError("no known images to calibrate the threshold on")
+    return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U)."""
+    u = np.sort(np.asarray(unknown, np.float64))
+    k = np.asarray(known, np.float64)
+    below, at_most = np.searchsorted(u, k, "left"), np.searchsorted(u, k, "right")
+    return float((below + at_most).mean() / (2 * len(u)))
+
+
+def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:
+    """The fraction of unknown images accepted at the threshold that accepts `tpr` of the known ones."""
+    return float((np.asarray(unknown) >= threshold_at(known, tpr)).mean())

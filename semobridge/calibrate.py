@@ -1,0 +1,87 @@
+"""Calibrate the open-set decision of a fitted head: the temperature and the "unknown" threshold.
+
+The decision itself (semobridge_runtime.openset) is shared with the runtimes; this module finds
+its two constants from the data of the fit, never from test data (docs/method.md, "The open set"):
+
+- the temperature T minimises the negative log-likelihood of the validation images under
+  softmax(z / T) (of the leave-one-out shots when there is no validation split);
+- the threshold accepts `accept` of the held-out known images: the validation images and every
+  shot scored leave-one-out (its own class's prototypes recomputed without it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semobridge_runtime import openset
+from semobridge_runtime.openset import ACCEPT, OpenSet
+
+from .blend import blend
+from .features import FeatureSet
+from .model import SeMoBridge
+
+
+@torch.no_grad()
+def leave_one_out_scores(head: SeMoBridge, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend scores z [M, C] of the shots, each against its own class's image and bridged prototypes
+    recomputed without it (the class weights kept); shots of classes with a single shot are left out.
+
+    Bridged prototypes are taken with b = 0 (a SeMoBridge-T class bias is not applied here)."""
+    C = head.num_classes
+    counts = torch.bincount(labels, minlength=C)
+    keep = counts[labels] > 1
+    images, labels = images[keep], labels[keep]
+    if not len(labels):
+        return torch.zeros(0, C), labels
+    bridged = head.bridge(images)
+    sum_i = torch.zeros(C, images.shape[1]).index_add(0, labels, images)
+    sum_b = torch.zeros(C, images.shape[1]).index_add(0, labels, bridged)
+    aff = head.affinities(images).clone()  # [3, M, C]
+    q, qb = F.normalize(images, dim=-1), F.normalize(bridged, dim=-1)
+    own_p = F.normalize(sum_b[labels] - bridged, dim=-1)
+    own_i = F.normalize(sum_i[labels] - images, dim=-1)
+    rows = torch.arange(len(labels))
+    aff[1, rows, labels] = (q * own_p).sum(-1)
+    aff[2, rows, labels] = (qb * own_i).sum(-1)
+    return blend(aff, head.class_kl, head.params), labels
+
+
+@dataclass
+class Calibration:
+    """The calibrated constants and what the fit prints about them."""
+
+    open_set: OpenSet
+    ece_before: float  # on the images the temperature was fitted on, at T = 1
+    ece_after: float
+    images: int  # known images the threshold was calibrated on
+
+    def describe(self) -> str:
+        o = self.open_set
+        return (f"probabilities: temperature {o.temperature:.4g} (NLL on {o.source.split(';')[0]}), ECE {100 * self.ece_before:.2f} % "
+                f"-> {100 * self.ece_after:.2f} %; unknown below a top probability of {o.threshold:.4f} "
+                f"({100 * o.accept:.0f} % of {self.images} held-out known images accepted)")
+
+
+@torch.no_grad()
+def calibrate(head: SeMoBridge, features: FeatureSet, accept: float = ACCEPT) -> Calibration | None:
+    """Temperature and threshold from the fit's own images; None when there are no held-out known images
+    (one shot per class and no validation split: the model then has no "unknown")."""
+    loo_z, loo_y = leave_one_out_scores(head, features.shot_image.cpu(), features.shot_label.cpu())
+    parts, sources = [(loo_z, loo_y)], [f"{len(loo_y)} leave-one-out shots"]
+    if features.has_val:
+        parts.insert(0, (head(features.val_image.cpu()), features.val_label.cpu()))
+        sources.insert(0, f"{len(features.val_label)} validation images")
+    z = np.concatenate([p[0].numpy() for p in parts]).astype(np.float64)
+    y = np.concatenate([p[1].numpy() for p in parts])
+    if not len(y):
+        return None
+    fit_z, fit_y = parts[0][0].numpy().astype(np.float64), parts[0][1].numpy()
+    temperature = openset.fit_temperature(fit_z, fit_y)
+    before = openset.ece(openset.probabilities(fit_z, 1.0), fit_y)
+    after = openset.ece(openset.probabilities(fit_z, temperature), fit_y)
+    threshold = openset.threshold_at(openset.abstention_score(openset.probabilities(z, temperature)), accept)
+    source = f"{sources[0]}; threshold: " + " and ".join(sources) if len(sources) > 1 else f"{sources[0]}"
+    return Calibration(OpenSet(temperature, threshold, accept, source), before, after, len(y))
