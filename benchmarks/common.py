@@ -139,8 +139,19 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _version("openvino"),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def reset_peak_rss() -> None:

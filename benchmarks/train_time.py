@@ -152,6 +152,39 @@ def case(classes: int, shots: int, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def bf16_case(classes: int, shots: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Our trainer with precision="bf16" against fp32: seconds per step (rounds interleaved) and, over --check-steps,
+    the loss trajectories, the kept step and the validation accuracy of the kept state."""
+    features = synthetic_features(classes, shots, min(shots, VAL_SHOTS_MAX), WIDTH, WIDTH, seed=args.seed)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.rounds):
+        for precision, out in times.items():
+            out.append(time_steps(lambda tick: train_bridge(features, steps=args.steps, progress=False, protocol="consistent",
+                                                            log=lambda _: tick(), precision=precision), args.steps))
+    row: dict[str, Any] = {"classes": classes, "shots": shots, **{f"{p}_s": statistics.median(t) for p, t in times.items()}}
+    if args.check_steps:
+        records: dict[str, list[dict]] = {"fp32": [], "bf16": []}
+        kept = {p: train_bridge(features, steps=args.check_steps, progress=args.progress, protocol="consistent",
+                                log=records[p].append, precision=p).kept_step for p in records}
+        row |= {"check_steps": args.check_steps, "kept_step_fp32": kept["fp32"], "kept_step_bf16": kept["bf16"],
+                "max_rel_loss_diff": max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(*records.values())),
+                "loss_first_last_fp32": (records["fp32"][0]["loss"], records["fp32"][-1]["loss"]),
+                "loss_first_last_bf16": (records["bf16"][0]["loss"], records["bf16"][-1]["loss"]),
+                "best_val_acc_fp32": max(r["val_acc"] for r in records["fp32"]),
+                "best_val_acc_bf16": max(r["val_acc"] for r in records["bf16"])}
+    return row
+
+
+def bf16_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(["C", "K", "fp32 s/step", "bf16 s/step", "fp32 / bf16", "full run min bf16", "steps compared",
+                           "max relative loss difference", "kept step fp32 / bf16", "best val acc fp32 / bf16"], [
+        [r["classes"], r["shots"], r["fp32_s"], r["bf16_s"], f"{r['fp32_s'] / r['bf16_s']:.2f}x", FULL_RUN_STEPS * r["bf16_s"] / 60,
+         r.get("check_steps", "-"), f"{r['max_rel_loss_diff']:.2e}" if "max_rel_loss_diff" in r else "-",
+         f"{r['kept_step_fp32']} / {r['kept_step_bf16']}" if "check_steps" in r else "-",
+         f"{r['best_val_acc_fp32']:.4f} / {r['best_val_acc_bf16']:.4f}" if "check_steps" in r else "-"]
+        for r in rows])
+
+
 HEADERS = ["C", "K", "GFLOP/step autograd", "GFLOP/step ours", "fp32 GFLOP/s (largest product)", "floor s/step (our products)",
            "ours s/step", "autograd s/step", "speed-up", "ours / floor", "full run min (5,000 steps)", "floor full run min",
            "target min"]
@@ -184,6 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; --quick: 1)")
     p.add_argument("--check-steps", type=int, default=0, help="also compare both trainers' loss over this many steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="instead: our trainer with bf16 products against fp32 (time, result)")
     add_out_options(p, "-train-time", quick=True)
     p.add_argument("--quick", action="store_true", help="CI-sized: C 10, 3 steps, 1 round")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -198,6 +232,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every case; print the tables; write train_time.json and train_time.md."""
     args = parse_args(argv)
+    if args.bf16:
+        rows = [bf16_case(c, k, args) for c in args.classes for k in args.shots]
+        result = {"benchmark": "train_time_bf16", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
+                  "command": " ".join(["python -m benchmarks.train_time", *(argv if argv is not None else sys.argv[1:])]),
+                  "width": WIDTH, "steps_timed": args.steps, "rounds": args.rounds, "rows": rows}
+        text = "\n".join(["# SeMoBridge-T with bf16 products against fp32 (synthetic, d_t = d = 512, CPU)", "",
+                          f"CPU: {result['machine']['cpu']}, {result['machine']['torch_threads']} threads", "", bf16_table(rows)])
+        print(text)
+        write_report(args.out, "train_time_bf16", result, text)
+        return result
     rows = [case(c, k, args) for c in args.classes for k in args.shots]
     result = {"benchmark": "train_time", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "width": WIDTH,
               "steps_timed": args.steps, "rounds": args.rounds, "rows": rows}

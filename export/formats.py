@@ -18,7 +18,7 @@ from semobridge.files import atomic_output
 from .fused import FusedClassifier
 from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
 from .onnx_graph import save_model, to_onnx, trace
-from .precision import label_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
+from .precision import label_agreement, openvino_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
 from .program import save_program
 from .reference import reference_scores, session, text_drift
 from .tensorrt import Profile, build_engine, engine_path_for
@@ -95,8 +95,22 @@ def export_onnx_int8(job: Job) -> Path:
         meta = {**meta, "int8": {"label_agreement": round(agree, 4), "images": len(images), "measured_on": source}}
         set_metadata(path, meta)
         job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(images)} {source}")
+        record_openvino(job, images, source)
     job.write_sidecar(path, meta)
     return path
+
+
+def record_openvino(job: Job, images: list[np.ndarray], source: str) -> None:
+    """With openvino installed: OpenVINO's labels and embeddings against the fp32 graph's on `images`, recorded in
+    the fp32 model's metadata as "openvino" (Classifier.load's auto choice reads it; runtime backends/choice.py)."""
+    measured = openvino_agreement(job.written["onnx"], images)
+    if measured is None:
+        return
+    job.meta = {**job.meta, "openvino": {**measured, "images": len(images), "measured_on": source}}
+    set_metadata(job.written["onnx"], job.meta)
+    job.write_sidecar(job.written["onnx"], job.meta)
+    job.log(f"openvino {measured['precision']}: label agreement with fp32 = {measured['label_agreement']:.1%}, "
+            f"min embedding cosine {measured['min_cosine']:.5f} on {len(images)} {source}")
 
 
 def export_pt2(job: Job) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from semobridge.files import atomic_output
-from semobridge.logs import quiet_root_logger
+from semobridge.logs import quiet_logger, quiet_root_logger
 
 from .metadata import METADATA_KEY, metadata_props, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
@@ -111,13 +111,15 @@ def fuse_for_onnxruntime(model: ir.Model) -> None:
     from onnxscript.rewriter.ort_fusions.mha import fuse_mha2
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 
-    ShapeInferencePass()(model)
-    optimize(model)
-    fuse_sdpa(model, apply_shape_inference=True)  # the standard pattern -> one attention function
-    fuse_mha2(model)  # -> MultiHeadAttention on the projections' outputs (they stay int8 MatMuls)
-    fuse_erfgelu(model)
-    fuse_bias_gelu(model)
-    optimize(model)
+    # the optimizer warns that it leaves the class-set inputs (initializers that are graph inputs by design) alone
+    with quiet_logger("onnx_ir.passes.common.initializer_deduplication"):
+        ShapeInferencePass()(model)
+        optimize(model)
+        fuse_sdpa(model, apply_shape_inference=True)  # the standard pattern -> one attention function
+        fuse_mha2(model)  # -> MultiHeadAttention on the projections' outputs (they stay int8 MatMuls)
+        fuse_erfgelu(model)
+        fuse_bias_gelu(model)
+        optimize(model)
 
 
 def to_int8(src: Path, dst: Path, meta: dict | None = None) -> Path:
@@ -160,3 +162,28 @@ def label_agreement(reference: Path, candidate: Path, images: Iterable[np.ndarra
     if not same:
         raise ValueError("no images to compare labels on")
     return float(np.mean(same))
+
+
+def openvino_agreement(reference: Path, images: Iterable[np.ndarray]) -> dict | None:
+    """The runtime's OpenVINO backend (at OpenVINO's precision for this CPU) against the fp32 graph in ONNX Runtime:
+    {"precision", "label_agreement", "min_cosine"} of the labels and embeddings, one image per run; None without
+    openvino."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from semobridge_runtime.backends.openvino import OpenVINOBackend
+
+    from .reference import reference_scores, session
+
+    ref, backend = session(reference), OpenVINOBackend(Path(reference))
+    same, cosines = [], []
+    for image in images:
+        want = reference_scores(ref, image[None])
+        label, embedding = backend.run(image[None], ("label", "embedding"))
+        same.append(int(label[0] == want["label"][0]))
+        a, b = embedding[0], want["embedding"][0]
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    if not same:
+        raise ValueError("no images to compare labels on")
+    return {"precision": backend.precision, "label_agreement": round(float(np.mean(same)), 4), "min_cosine": round(min(cosines), 6)}

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from semobridge.errors import BackendError, InputError
-from semobridge.files import atomic_output, file_sha256
+from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
 
 from .metadata import read_metadata, sidecar_path, with_precision
@@ -200,7 +200,8 @@ def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_laye
                 for j in range(layer.num_outputs):
                     layer.set_output_type(j, trt.float32)
     if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        cache = config.create_timing_cache(read_bytes(timing_cache, "TensorRT timing cache", GRAPH_BYTES)
+                                           if timing_cache.exists() else b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -259,7 +260,7 @@ def build_engine(
     cached = cache / f"{key}.engine" if cache else None
     if cached is not None and cached.is_file():
         log(f"engine cache hit: {cached}")
-        data = cached.read_bytes()
+        data = read_bytes(cached, "cached engine", GRAPH_BYTES)
     else:
         data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs, dla_core)
         if cached is not None:

@@ -16,6 +16,7 @@ import click
 
 from .clitools import command, version_option
 from .errors import InputError
+from .files import read_text
 from .params import SEARCH_METHODS, BlendParams
 from .validate import output_file
 
@@ -29,10 +30,7 @@ def parse_params(value: str | None) -> BlendParams | None:
     source = "--params"
     if len(value) <= PARAMS_MAX_CHARS and _is_file(value):
         source = f"--params file {value}"
-        try:
-            value = Path(value).read_text(encoding="utf-8")[: PARAMS_MAX_CHARS + 1]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read {source}: {exc}") from None
+        value = read_text(value, source)[: PARAMS_MAX_CHARS + 1]
     if len(value) > PARAMS_MAX_CHARS:
         raise InputError(f"{source} is over {PARAMS_MAX_CHARS:,} characters; it is a small JSON object")
     try:

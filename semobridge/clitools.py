@@ -40,6 +40,9 @@ def _as_semobridge_error(exc: BaseException) -> SemobridgeError | None:
     return None
 
 
+INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -50,7 +53,7 @@ def _terminate(signum, frame) -> None:
 
 def command(fn: Callable) -> Callable:
     """Decorate a click command (below @click.command): errors of our model exit with their code and a
-    hint, warnings print as one line, SIGTERM cleans up like Ctrl-C."""
+    hint, warnings print as one line, SIGTERM cleans up like Ctrl-C, and Ctrl-C says "interrupted" and exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,7 +62,10 @@ def command(fn: Callable) -> Callable:
             signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
-        except (click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+        except KeyboardInterrupt:  # Ctrl-C: not click's "Aborted!" and exit 1, which is for bugs
+            click.echo("interrupted", err=True)
+            raise SystemExit(INTERRUPTED_EXIT) from None
+        except (click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:
             error = _as_semobridge_error(exc)

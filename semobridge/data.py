@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .files import CSV_BYTES, IMAGE_BYTES, open_regular, read_text
 from .validate import class_names as check_class_names
 from .validate import image_size
 
@@ -69,15 +71,16 @@ def to_8bit(im: Image.Image) -> Image.Image:
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image as RGB: grayscale is replicated, alpha dropped (as open_clip does), 16-bit
     scaled to 8; images beyond the graph's size limits (validate.image_size) are refused."""
-    try:
-        with Image.open(path) as im:
-            image_size(im.height, im.width, f"image {path}")
-            im.load()
-            return to_8bit(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, InputError):
-            raise DataError(str(exc), hint=f"resize or remove {path}") from None
-        raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the file") from exc
+    with open_regular(path, "image", IMAGE_BYTES, DataError) as f:  # a folder, a FIFO, a device: refused, unblocked
+        try:
+            with Image.open(f) as im:
+                image_size(im.height, im.width, f"image {path}")
+                im.load()
+                return to_8bit(im).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, InputError):
+                raise DataError(str(exc), hint=f"resize or remove {path}") from None
+            raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the file") from exc
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -106,8 +109,8 @@ def _from_class_folders(root: Path, class_names: list[str] | None) -> tuple[list
 
 def _from_coop_split(root: Path, split_file: Path) -> Dataset:
     try:
-        data = json.loads(split_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text(split_file, "CoOp split file", error=DataError))
+    except json.JSONDecodeError as exc:
         raise DataError(f"cannot read the CoOp split {split_file}: {exc}") from None
     if not isinstance(data, dict):
         raise DataError(f"{split_file}: expected a JSON object with train/val/test lists")
@@ -136,9 +139,10 @@ def _from_coop_split(root: Path, split_file: Path) -> Dataset:
 
 def _from_csv(path: Path, class_names: list[str] | None) -> Dataset:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [(n, r) for n, r in enumerate(csv.reader(f), 1) if r and r[0].strip() and not r[0].startswith("#")]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = read_text(path, "CSV file", CSV_BYTES, DataError)
+        rows = [(n, r) for n, r in enumerate(csv.reader(io.StringIO(text, newline="")), 1)
+                if r and r[0].strip() and not r[0].startswith("#")]
+    except csv.Error as exc:
         raise DataError(f"cannot read {path} as CSV: {exc}") from None
     if rows and [c.strip() for c in rows[0][1][:2]] == ["path", "label"]:
         rows = rows[1:]
@@ -178,10 +182,8 @@ def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -
     root = Path(path)
     names = None
     if class_names_file is not None:
-        try:
-            names = [line.strip() for line in Path(class_names_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read the class names from {class_names_file}: {exc}") from None
+        text = read_text(class_names_file, "class names file", error=DataError)
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     if not root.exists():
         raise DataError(f"{root} does not exist")
     if root.is_file():

@@ -13,9 +13,9 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .data import Item, load_rgb
+from .data import DataError, Item, load_rgb
 from .datasets import FLIP, Augment
-from .files import atomic_output, file_sha256
+from .files import IMAGE_BYTES, atomic_output, file_sha256
 from .validate import output_dir
 
 CACHE_ENV = "SEMOBRIDGE_CACHE"
@@ -92,7 +92,8 @@ def encode_items(
     """Embeddings [N·(A+1), d] and labels of the items and their stored augmented copies."""
     views = [(path, label, copy) for path, label in items for copy in range(augment.copies + 1)]
     aug_id = [augment.describe(), seed] if augment.copies else []
-    hashes = {p: file_sha256(p) for p, _ in items}  # an image's key: any edit, a new key if cache.enabled else {}
+    # an image's key in the cache: its content (any edit, a new key)
+    hashes = {p: file_sha256(p, "image", IMAGE_BYTES, DataError) for p, _ in items} if cache.enabled else {}
     key = cache.key(backbone, "image", [[hashes.get(p), c, *aug_id] for p, _, c in views])
     labels = torch.tensor([label for _, label, _ in views], dtype=torch.long)
     cached = cache.get(key)

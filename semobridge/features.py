@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .files import ARRAY_BYTES, check_regular
 from .validate import class_names as check_class_names
 
 
@@ -85,6 +86,9 @@ class FeatureSet:
         C = int(max(self.text_class.max(), self.shot_label.max())) + 1
         if not self.class_names:
             self.class_names = [f"class_{i}" for i in range(C)]
+        if len(self.class_names) < C:
+            raise FeatureError(f"class_names has {len(self.class_names)} names, but the labels (text_class, shot_label) "
+                               f"go up to {C - 1}: {C} classes", hint="give class_names one name per class, in label order")
         C = len(self.class_names)
         check_class_names(self.class_names, "class_names")
         for key, labels in (("text_class", self.text_class), ("shot_label", self.shot_label), ("val_label", self.val_label)):
@@ -152,8 +156,9 @@ def load_queries(path: str | Path, dim: int) -> torch.Tensor:
 def _npz(path: str | Path):
     """An open .npz archive (no pickles); one clear error for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise FeatureError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    if not path.exists():
+        raise FeatureError(f"{path} does not exist")
+    check_regular(path, "embedding archive", ARRAY_BYTES, FeatureError)  # not a folder, FIFO or device; bounded
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

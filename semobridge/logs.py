@@ -1,4 +1,4 @@
-"""Silence third-party advice that libraries log to the root logger."""
+"""Silence third-party advice that libraries log and the user cannot act on."""
 from __future__ import annotations
 
 import contextlib
@@ -6,10 +6,15 @@ import logging
 from typing import Iterator
 
 
-@contextlib.contextmanager
-def quiet_root_logger(level: int = logging.ERROR) -> Iterator[None]:
+def quiet_root_logger(level: int = logging.ERROR) -> contextlib.AbstractContextManager[None]:
     """Drop root-logger records below `level` inside the block."""
-    root = logging.getLogger()
+    return quiet_logger(None, level)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str | None, level: int = logging.ERROR) -> Iterator[None]:
+    """Drop the records of logger `name` (None: the root logger) below `level` inside the block."""
+    root = logging.getLogger(name)
     saved = root.level
     root.setLevel(level)
     try:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .blend import BlendParams, affinities, blend
 from .bridge import Bridge
 from .files import atomic_output
-from .modelfile import ModelFileError, ModelInfo, read_info
+from .modelfile import ModelFileError, ModelInfo, read_model
 from .prototypes import class_weights
 
 
@@ -84,11 +85,8 @@ class SeMoBridge(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "SeMoBridge":
         """Read a model file written by `save`, validated (metadata, tensor names and shapes) before use."""
-        info = read_info(path)
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # safetensors raises several types for a damaged file
-            raise ModelFileError(f"{path} is damaged ({exc})", hint="fit the model again with `semobridge fit`") from None
+        info, arrays = read_model(path)
+        tensors = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in arrays.items()}
         W = tensors["bridge.text_projection"]
         bridge = Bridge(W, float(tensors["bridge.eos_length"][0]), pinv=tensors["bridge.pinv"])
         return cls(

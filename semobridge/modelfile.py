@@ -6,22 +6,24 @@ dtypes, shapes and offsets, and our metadata under `__metadata__["semobridge"]`)
 from __future__ import annotations
 
 import json
-import struct
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from semobridge_runtime import tensorfile
 from semobridge_runtime.errors import SemobridgeError as RuntimeSemobridgeError
 from semobridge_runtime.openset import OpenSet
 
 from . import __version__
 from .errors import InputError, ModelError
+from .files import GRAPH_BYTES, read_bytes
 from .params import RANGES
-from .validate import blend_values, class_names
+from .validate import MAX_SIDE, blend_values, class_names
 
 FORMAT = "semobridge-model/1"
 METADATA_KEY = "semobridge"  # the key of our metadata, in model files and in exported graphs
-HEADER_MAX = 100 << 20  # bytes: a larger safetensors header is not one of ours
 
 
 class ModelFileError(ModelError):
@@ -75,6 +77,7 @@ class ModelInfo:
             raise ModelFileError(f"{source}: metadata lacks {', '.join(missing)}", hint=_REFIT)
         for name, value in values.items():
             _check_type(name, value, _TYPES[name], source)
+        _check_preprocessing(values, source)
         backbone = values["backbone"]
         if set(backbone) != {"name", "pretrained", "weights_hash"} or not all(isinstance(v, str) for v in backbone.values()):
             raise ModelFileError(f"{source}: 'backbone' must hold the strings name, pretrained and weights_hash", hint=_REFIT)
@@ -86,7 +89,7 @@ class ModelInfo:
         if values.get("open_set") is not None:
             try:
                 OpenSet.from_dict(values["open_set"], source)
-            except RuntimeSemobridgeError as exc:  # the runtime's error classes, not this package's
+            except RuntimeSemobridgeError as exc:  # the runtime's error classes (the same as this package's)
                 raise ModelFileError(str(exc), hint=_REFIT) from None
         return cls(**values)
 
@@ -139,30 +142,49 @@ def _check_type(name: str, value: Any, types: tuple[type, ...], source: str) -> 
         raise ModelFileError(f"{source}: metadata {name!r} has the wrong type or shape ({value!r:.80})", hint=_REFIT)
 
 
+def _check_preprocessing(values: dict, source: str) -> None:
+    """The image size and normalisation the backbone was fitted with: a size within the image limits (0: fitted
+    from embeddings), a finite mean and a positive finite std (a std of 0 would divide by zero)."""
+    size = values["image_size"]
+    if not 0 <= size <= MAX_SIDE:
+        raise ModelFileError(f"{source}: metadata image_size {size} is outside 0..{MAX_SIDE}", hint=_REFIT)
+    if not all(math.isfinite(v) for v in values["mean"]):
+        raise ModelFileError(f"{source}: metadata mean {values['mean']} is not finite", hint=_REFIT)
+    if not all(math.isfinite(v) and v > 0 for v in values["std"]):
+        raise ModelFileError(f"{source}: metadata std {values['std']} is not positive and finite (the images are "
+                             "divided by it)", hint=_REFIT)
+
+
 def percent(value: float | None) -> str:
     """Accuracies are shown one way everywhere: a percentage with two decimals."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
-def read_header(path: str | Path) -> tuple[dict[str, dict], dict]:
-    """(tensor entries, our metadata) of a model file, validated as far as the header goes."""
+def read_model(path: str | Path) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+    """The validated ModelInfo and tensors (read-only float32 arrays) of a model file, every byte checked:
+    a regular file under files.MODEL_BYTES, the safetensors layout (no truncation, tensor offsets inside the
+    file), our metadata, every tensor present with shapes that agree, and no NaN or infinite value."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist" if not path.exists() else f"{path} is not a file",
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist",
                              hint="give the path of a .safetensors file written by `semobridge fit`")
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        size = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
-        body = f.read(size) if 0 < size <= HEADER_MAX else b""
     try:
-        header = json.loads(body)
-        meta = header.pop("__metadata__", None) or {}
-        fields_ = json.loads(meta[METADATA_KEY])
-    except (ValueError, KeyError, TypeError):
+        tensors, meta = tensorfile.read(path, "model file")
+    except tensorfile.Malformed as exc:
+        raise ModelFileError(f"{path} is not a semobridge model file: it is truncated or malformed ({exc.reason})",
+                             hint=_REFIT) from None
+    except ModelError as exc:
+        raise ModelFileError(str(exc), hint=exc.hint or _REFIT) from None
+    try:
+        values = json.loads(meta[METADATA_KEY])
+    except (KeyError, ValueError, RecursionError):
         raise ModelFileError(f"{path} is not a semobridge model file (no readable {FORMAT!r} metadata)", hint=_REFIT) from None
-    if not isinstance(fields_, dict) or fields_.pop("format", None) != FORMAT:
+    if not isinstance(values, dict) or values.pop("format", None) != FORMAT:
         raise ModelFileError(f"{path} is not a semobridge model file (no {FORMAT!r} metadata)", hint=_REFIT)
-    return header, fields_
+    info = ModelInfo.from_metadata(values, str(path))
+    check_tensors({name: {"dtype": tensorfile.NAMES.get(a.dtype), "shape": list(a.shape)} for name, a in tensors.items()},
+                  len(info.class_names), str(path))
+    return info, tensors
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
@@ -170,8 +192,9 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     import onnx
 
     path = Path(path)
+    data = read_bytes(path, "exported graph", GRAPH_BYTES, ModelError)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__})", hint="export it again") from None
     props = {p.key: p.value for p in model.metadata_props}
@@ -205,11 +228,8 @@ def describe_export(meta: dict[str, Any]) -> str:
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """The validated ModelInfo of a model file, without loading its tensors (or PyTorch)."""
-    header, values = read_header(path)
-    info = ModelInfo.from_metadata(values, str(path))
-    check_tensors(header, len(info.class_names), str(path))
-    return info
+    """The validated ModelInfo of a model file (the whole file checked, see read_model), without PyTorch."""
+    return read_model(path)[0]
 
 
 #: Tensors of a model file -> their shape in terms of C (classes), d and d_t (None: any).

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .datasets import DatasetSpec
+from .errors import InputError
+from .files import read_text
 
 #: The 7 "ensemble" templates of CLIP's ImageNet notebook.
 ENSEMBLE_TEMPLATES = (
@@ -28,8 +30,8 @@ def load_descriptions(path: str | Path) -> dict[str, list[str]]:
     """A CuPL-style JSON file: class name -> list of sentences; keys lower-cased."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text(path, "class descriptions file"))
+    except (InputError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read class descriptions from {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"{path} must be a JSON object mapping class names to lists of sentences")

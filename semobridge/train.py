@@ -24,6 +24,7 @@ from .protocol import PAPER, Protocol, get_protocol
 LAMBDA_IT, LAMBDA_CONS, LAMBDA_BIAS = 0.5, 0.1, 0.1
 LR, LR_START, WARMUP, WEIGHT_DECAY = 1.5e-4, 1e-5, 500, 0.01
 LOSS_TERMS = ("loss", "img", "txtp", "txte", "cons", "bias")
+PRECISIONS = ("fp32", "bf16")  # of the step's products over the N = C x K shots (Objective)
 
 
 def learning_rate(step: int) -> float:
@@ -108,7 +109,10 @@ class Objective:
     eleven (benchmarks/train_time.py counts them).
     """
 
-    def __init__(self, features: FeatureSet, text: TextSide):
+    def __init__(self, features: FeatureSet, text: TextSide, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        self.low = torch.bfloat16 if precision == "bf16" else None
         W = features.text_projection
         self.images, self.labels = features.shot_image, features.shot_label
         self.C = features.num_classes
@@ -119,9 +123,24 @@ class Objective:
         self.image_side = features.logit_scale * F.normalize(self.images, dim=-1) @ W.T  # s n(F) Wᵀ [N, d_t]
         self.text_side = text.classifier @ W.T  # T Wᵀ [C, d_t]
         self.eos_target = text.eos_target
+        self._cast: dict[tuple, torch.Tensor] = {}  # the constant factors (views of them included), cast once
+
+    def _mm(self, a: torch.Tensor, b: torch.Tensor, constant: str = "") -> torch.Tensor:
+        """a @ b: in fp32, or with precision bf16 from bf16 factors (oneDNN accumulates in fp32) to an fp32 result;
+        the factors named in `constant` ("a", "b") never change and are cast once."""
+        if self.low is None:
+            return a @ b
+        def low(x: torch.Tensor, keep: bool) -> torch.Tensor:
+            if not keep:
+                return x.to(self.low)
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()))
+            if key not in self._cast:
+                self._cast[key] = x.to(self.low)
+            return self._cast[key]
+        return (low(a, "a" in constant) @ low(b, "b" in constant)).float()
 
     def state(self, pinv: torch.Tensor, bias: torch.Tensor | None) -> BridgeState:
-        u = self.images @ pinv
+        u = self._mm(self.images, pinv, "a")
         if bias is not None:
             u += bias[self.labels]
         u_norm = u.norm(dim=1, keepdim=True)
@@ -133,13 +152,13 @@ class Objective:
 
     def loss_and_grad(self, s: BridgeState) -> tuple[dict[str, float], torch.Tensor, torch.Tensor | None]:
         """The loss terms at state s and the gradient of the total with respect to W⁺ and B."""
-        eM = s.eos @ self.M
+        eM = self._mm(s.eos, self.M, "b")
         g_norm = _rowdot(eM, s.eos).sqrt()  # ‖ê W‖ = ‖G‖
         V = s.eos / g_norm
         mean_norm = s.mean_eos.norm(dim=1, keepdim=True)
         nE = s.mean_eos / mean_norm
         # logits, each overwritten by its weighted gradient
-        Gi, Gc = self.image_side @ s.Pt.T, V @ s.PMt.T
+        Gi, Gc = self._mm(self.image_side, s.Pt.T, "a"), self._mm(V, s.PMt.T)
         Gp, Ge = s.Pt @ self.text_side.T, nE @ self.eos_target.T
         terms = {
             "img": _cross_entropy_(Gi, self.labels, LAMBDA_IT),
@@ -147,8 +166,8 @@ class Objective:
             "txte": _cross_entropy_(Ge, self.classes, (1 - LAMBDA_IT) / 2),
             "cons": _cross_entropy_(Gc, self.labels, LAMBDA_CONS),
         }
-        dPt = Gi.T @ self.image_side + Gp @ self.text_side + (Gc.T @ V) @ self.M
-        dV = Gc @ s.PMt
+        dPt = self._mm(Gi.T, self.image_side, "b") + Gp @ self.text_side + self._mm(Gc.T, V) @ self.M
+        dV = self._mm(Gc, s.PMt)
         del Gi, Gc
         # Pt = Ē h, h = ‖Ē W‖⁻¹;  n(Ē) for txte
         d_mean = s.h * (dPt - s.PMt * _rowdot(dPt, s.Pt))
@@ -160,7 +179,7 @@ class Objective:
         # ê = L n(u), u = F W⁺ + B_y
         nu = s.u / s.u_norm
         du = (self.L / s.u_norm) * (d_eos - nu * _rowdot(d_eos, nu))
-        d_pinv = self.images.T @ du
+        d_pinv = self._mm(self.images.T, du, "a")
         d_bias = None
         if s.bias is not None:
             norms = s.bias.norm(dim=1, keepdim=True)
@@ -220,6 +239,7 @@ def train_bridge(
     keep_last: bool = False,
     progress: bool = True,
     protocol: str | Protocol = PAPER,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train the bridge; keep the first state with the best validation accuracy (strictly >).
 
@@ -228,7 +248,9 @@ def train_bridge(
     validation (logged in record e), so the training-free state is never kept and P comes from
     the last state. consistent: validation before each update, `steps - 1` updates, P from the
     kept state. Without a validation split, or with `keep_last` (published for ImageNet), the
-    last state is kept and no validation runs.
+    last state is kept and no validation runs. precision "bf16" runs the step's products over the shots with
+    bf16 factors (fp32 accumulation and results; losses, softmax, the update and validation stay fp32): for CPUs
+    with bf16 matrix engines (benchmarks/train_time.py --precision bf16 measures time and result).
     """
     protocol = get_protocol(protocol)
     torch.manual_seed(seed)
@@ -238,7 +260,7 @@ def train_bridge(
     pinv = bridge.pinv
     bias = nn.Parameter(torch.zeros(C, pinv.shape[1], device=pinv.device)) if csb else None
     optimiser = torch.optim.AdamW([pinv] + ([bias] if csb else []), lr=LR_START, weight_decay=WEIGHT_DECAY)
-    objective = Objective(features, text)
+    objective = Objective(features, text, precision)
     validation = None
     if features.has_val and not keep_last:
         I = image_prototypes(features.shot_image, features.shot_label, C)

@@ -7,10 +7,11 @@ Nothing here imports PyTorch.
 from __future__ import annotations
 
 import math
-import os
 import unicodedata
-from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from semobridge_runtime.files import check_output as output_file  # noqa: F401  (the one output rule)
+from semobridge_runtime.files import check_output_dir as output_dir  # noqa: F401
 
 from .errors import InputError
 
@@ -96,6 +97,12 @@ def class_names(names: Iterable[Any], source: str = "the class names", minimum: 
     return names
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """`text` for a message: at most `limit` characters, "..." where it was cut (a message never echoes a
+    whole argument back)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def blend_values(values: Any, ranges: Mapping[str, tuple[float, float]], source: str = "--params") -> dict[str, float]:
     """A JSON object with exactly the blend keys, each a finite number inside its published range."""
     names = list(ranges)
@@ -105,43 +112,15 @@ def blend_values(values: Any, ranges: Mapping[str, tuple[float, float]], source:
     if unknown or missing:
         raise InputError(
             f"{source} needs exactly the keys {', '.join(names)}"
-            + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "")
+            + (f"; unknown: {cut(', '.join(map(str, unknown)))}" if unknown else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
         )
     out = {}
     for name in names:
         v, (lo, hi) = values[name], ranges[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(f"{source}: {name} must be a finite number, not {v!r}")
+            raise InputError(f"{source}: {name} must be a finite number, not {cut(repr(v))}")
         if not lo <= v <= hi:
             raise InputError(f"{source}: {name} = {v} is outside its range {lo}..{hi} (docs/method.md)")
         out[name] = float(v)
     return out
-
-
-def output_file(path: str | os.PathLike, what: str = "output file") -> Path:
-    """A path we may write a file to: not an existing non-regular file (a device, a folder), not a
-    read-only file, in a folder that exists (or can be made) and is writable. Checked before work starts."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not path.is_file():
-            raise InputError(f"{what} {path} exists and is not a regular file", hint="choose another path")
-        if not path.stat().st_mode & 0o222 or not os.access(path, os.W_OK):  # root passes access() on any mode
-            raise InputError(f"{what} {path} is read-only", hint="make it writable (chmod u+w) or choose another path")
-    output_dir(path.parent, f"the folder of {what} {path}")
-    return path
-
-
-def output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """A folder we may write into: an existing writable folder, or one that can be created."""
-    path = Path(path)
-    existing = path
-    while not existing.exists():
-        if existing.is_symlink():
-            raise InputError(f"{what} {path} goes through a broken link {existing}")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{what} {path}: {existing} is not a folder", hint="choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path}: {existing} is not writable", hint="choose a folder you can write to")
-    return path

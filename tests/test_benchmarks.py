@@ -115,7 +115,7 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
                 "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
-                "open_set": ["--quick"], "video": ["--quick"]}
+                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -276,3 +276,20 @@ def test_video_times_decode_and_classify_against_classify_alone(exported_onnx: P
     assert rows["classify"]["over_classify"] == 1.0
     assert "| decode + classify |" in (tmp_path / "video.md").read_text()
     assert json.loads((tmp_path / "video.json").read_text())["settings"]["frames"] == 6
+
+
+def test_train_time_bf16_compares_precisions(tmp_path: Path, capsys) -> None:
+    result = train_time.main(["--quick", "--bf16", "--check-steps", "3", "--no-progress", "--out", str(tmp_path)])
+    row = result["rows"][0]
+    assert row["fp32_s"] > 0 and row["bf16_s"] > 0 and row["check_steps"] == 3
+    assert 0 <= row["max_rel_loss_diff"] < 1e-2 and row["kept_step_bf16"] >= 0
+    assert "fp32 / bf16" in (tmp_path / "train_time_bf16.md").read_text() and "| 10 | 16 |" in capsys.readouterr().out
+
+
+def test_jpeg_measures_the_fast_path_against_a_full_decode(tmp_path: Path) -> None:
+    from benchmarks import jpeg
+
+    result = jpeg.main(["--quick", "--photos", "1", "--iters", "1", "--out", str(tmp_path)])
+    assert result["decoded_as"] == "480x640" and result["full_decode_resize_ms"] > 0 and result["draft_decode_resize_ms"] > 0
+    assert 0 < result["max_grey_difference"] <= 6 and result["mean_grey_difference"] < 1  # a real, small difference
+    assert (tmp_path / "jpeg.md").is_file() and (tmp_path / "jpeg.json").is_file()

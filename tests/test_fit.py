@@ -60,3 +60,31 @@ def test_without_val_the_defaults_are_used():
     feats = synthetic_features(val=0)
     head = fit_features(feats, features_info(feats))
     assert head.info.params == BlendParams().to_dict() and head.info.val_accuracy is None
+
+
+def test_bf16_training_products_follow_fp32():
+    """precision="bf16": the products over the shots in bf16 (fp32 accumulation); the exact fp32 gradient is the
+    reference, and the trajectory stays within bf16's rounding of it."""
+    import pytest
+
+    from semobridge.prototypes import text_side
+    from semobridge.train import Objective
+
+    feats = synthetic_features(classes=8, shots=4, seed=1)
+    text = text_side(feats.text_eos, feats.text_class, feats.text_projection, feats.num_classes)
+    pinv = torch.linalg.pinv(feats.text_projection)
+    bias = torch.randn(feats.num_classes, pinv.shape[1], generator=torch.Generator().manual_seed(0)) * 0.1
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        objective = Objective(feats, text, precision)
+        terms, d_pinv, d_bias = objective.loss_and_grad(objective.state(pinv, bias))
+        grads[precision] = (terms["loss"], torch.cat([d_pinv.flatten(), d_bias.flatten()]))
+    (loss32, g32), (loss16, g16) = grads["fp32"], grads["bf16"]
+    assert abs(loss16 - loss32) < 1e-2 * abs(loss32) and loss16 != loss32  # bf16 did run
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.999
+    logs = {p: [] for p in ("fp32", "bf16")}
+    for p, log in logs.items():
+        train_bridge(feats, steps=10, seed=0, log=log.append, progress=False, precision=p)
+    assert max(abs(a["loss"] - b["loss"]) / a["loss"] for a, b in zip(*logs.values())) < 1e-2
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        Objective(feats, text, "fp16")

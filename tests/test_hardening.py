@@ -300,3 +300,102 @@ def test_fit_features_records_a_named_backbone_so_the_model_exports(tiny_backbon
     assert result.exit_code == 0, result.output
     synthetic_features(classes=3, shots=2, seed=1).save(tmp_path / "other.npz")
     refused("fit-features", tmp_path / "other.npz", *TINY, "-o", tmp_path / "o.safetensors", says="is not the text projection of")
+
+
+# --- issue 18: whole model files validated, bounded readers, exit codes and messages ------------------
+
+def _rewrite_tensors(src: Path, dst: Path, edit) -> Path:
+    """A copy of a model file whose raw bytes (header JSON, data) went through `edit(header, data) -> (header, data)`."""
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, data = edit(json.loads(raw[8:8 + n]), bytearray(raw[8 + n:]))
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    dst.write_bytes(struct.pack("<Q", len(body)) + body + bytes(data))
+    return dst
+
+
+def _nan_in(name: str):
+    def edit(header, data):
+        begin = header[name]["data_offsets"][0]
+        data[begin:begin + 4] = struct.pack("<f", float("nan"))
+        return header, data
+    return edit
+
+
+def _offsets_out_of_range(header, data):
+    begin, end = header["class_kl"]["data_offsets"]
+    header["class_kl"]["data_offsets"] = [begin + len(data), end + len(data)]
+    return header, data
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda src, dst: _rewrite_tensors(src, dst, _nan_in("bridge.pinv")), "holds NaN or infinite values (bridge.pinv)"),
+    (lambda src, dst: _rewrite_tensors(src, dst, _nan_in("class_kl")), "holds NaN or infinite values (class_kl)"),
+    (lambda src, dst: _rewrite_metadata(src, dst, lambda m: {**m, "std": [0, 0, 0]}), "std [0, 0, 0] is not positive"),
+    (lambda src, dst: _rewrite_metadata(src, dst, lambda m: {**m, "std": [0.2, -1, 0.2]}), "is not positive"),
+    (lambda src, dst: _rewrite_metadata(src, dst, lambda m: {**m, "image_size": -1}), "image_size -1 is outside"),
+    (lambda src, dst: dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2]) and dst, "truncated"),
+    (lambda src, dst: _rewrite_tensors(src, dst, _offsets_out_of_range), "does not fit the shape"),
+])
+def test_the_whole_model_file_is_validated_on_load(model_file, tmp_path, make, says):
+    """Issue 18 items 6 and 8: `semobridge info` exited 0 on these, predict-features wrote NaN scores."""
+    bad = make(model_file, tmp_path / "bad.safetensors")
+    refused("info", bad, code=MODEL_EXIT, says=says)
+    refused("predict-features", bad, model_file, "-o", tmp_path / "s.npy", code=MODEL_EXIT, says=says)
+    assert not (tmp_path / "s.npy").exists()
+
+
+def test_csv_rows_naming_a_fifo_a_folder_or_a_link_loop_are_input_errors(tmp_path):
+    """A FIFO row blocked `fit`; a folder or a symbolic-link loop exited 4 ("Is a directory")."""
+    from tests.runtime.test_runtime_files import within_timeout
+
+    folder = write_image_folder(tmp_path / "d", {"train": 2}, classes=("cat", "dog"))
+    good = sorted((folder / "train").rglob("*.png"))
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    for name, says in (("pipe.png", "is a pipe (FIFO), not a regular file"), ("dir.png", "is a directory, not a file"),
+                       ("loop.png", "Too many levels of symbolic links")):
+        csv = tmp_path / "list.csv"
+        csv.write_text("".join(f"{p},{p.parent.name}\n" for p in good) + f"{tmp_path / name},cat\n")
+        within_timeout(lambda: refused("fit", "--data", csv, "--shots", 1, *TINY, "-o", tmp_path / "m", says=says),
+                       tmp_path / "pipe.png")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_long_params_value_is_cut_in_the_message(features_file, tmp_path):
+    value = json.dumps({"x" * 5000: 1})
+    output = refused("fit-features", features_file, "-o", tmp_path / "m.safetensors", "--params", value, says="unknown: xxx")
+    assert len(output) < 1000 and "..." in output
+
+
+def test_short_npz_class_names_are_named(tmp_path):
+    path = _features_with(tmp_path, class_names=np.array(["cat", "dog"]))  # three classes in the labels
+    refused("fit-features", path, "-o", tmp_path / "m.safetensors", says="class_names has 2 names, but the labels")
+
+
+def test_ctrl_c_says_interrupted_and_exits_130():
+    import click
+
+    from semobridge.clitools import command
+
+    @click.command()
+    @command
+    def slow():
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(slow, [])
+    assert result.exit_code == 130 and "interrupted" in result.output and "Aborted" not in result.output
+
+
+def test_fifos_given_as_model_or_feature_files_are_refused_without_blocking(model_file, tmp_path):
+    from tests.runtime.test_runtime_files import within_timeout
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    within_timeout(lambda: refused("info", fifo, code=MODEL_EXIT, says="is a pipe (FIFO), not a regular file"), fifo)
+    within_timeout(lambda: refused("fit-features", fifo, "-o", tmp_path / "m.safetensors", says="is a pipe (FIFO)"), fifo)
+    within_timeout(lambda: refused("predict-features", model_file, fifo, "-o", tmp_path / "s.npy",
+                                   says="is a pipe (FIFO)"), fifo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.safetensors"]

@@ -15,9 +15,9 @@ from semobridge_export.program import load_program
 from semobridge_export.tensorrt import Profile
 
 from .models import ExportCache, with_half_encoder
-from .runners import CudaGraphRunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
+from .runners import CudaGraphRunner, OpenVinoRunner, OrtRunner, Runner, TensorRTRunner, TorchRunner
 
-LIBRARIES = ("torch", "onnxruntime", "tensorrt")
+LIBRARIES = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def _no_cuda() -> str | None:
@@ -39,6 +39,20 @@ def _tensorrt() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt not installed"
     return _no_cuda()
+
+
+def _openvino(precision: str) -> Callable[[], str | None]:
+    """Absent without openvino; bf16 also on CPUs that do not compute bf16 (OpenVINO would run f32 there)."""
+    def missing() -> str | None:
+        if importlib.util.find_spec("openvino") is None:
+            return "openvino not installed (pip install 'semobridge-runtime[openvino]')"
+        from semobridge_runtime.backends.openvino import import_openvino
+
+        if precision == "bf16" and "BF16" not in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return "this CPU does not compute bf16 (no AVX512_BF16 or AMX)"
+        return None
+
+    return missing
 
 
 def _cuda_providers(stage: Path, fp16: bool, tensorrt: bool, profile: Profile) -> list:
@@ -87,6 +101,8 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("torch-export", "torch", "fp32", "cpu", lambda: None, lambda m, k: TorchRunner(load_program(m.artifact(k, "pt2"))[0], "cpu")),
     Backend("onnxruntime-cpu", "onnxruntime", "fp32", "cpu", lambda: None, _ort("onnx", "cpu")),
     Backend("onnxruntime-cpu", "onnxruntime", "int8", "cpu", lambda: None, _ort("onnx-int8", "cpu")),
+    Backend("openvino-cpu", "openvino", "fp32", "cpu", _openvino("fp32"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "f32")),
+    Backend("openvino-cpu", "openvino", "bf16", "cpu", _openvino("bf16"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "bf16")),
     Backend("torch-eager", "torch", "fp32", "cuda", _no_cuda, lambda m, k: TorchRunner(copy.deepcopy(m.modules[k]).cuda(), "cuda")),
     Backend("torch-eager", "torch", "fp16", "cuda", _no_cuda, lambda m, k: TorchRunner(with_half_encoder(m.modules[k]).cuda(), "cuda")),
     Backend("torch-cuda-graph", "torch", "fp16", "cuda", _no_cuda, lambda m, k: CudaGraphRunner(with_half_encoder(m.modules[k]).cuda())),

@@ -79,12 +79,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 except Exception as exc:  # could not load or export for this backend: say so, go on
                     skipped.append({"backend": backend.name, "precision": backend.precision, "device": backend.device,
                                     "reason": f"failed to load: {short_error(exc)}"})
+        floors = floor.rates(args.warmup, args.iters, args.budget) if any(b.device == "cpu" for b in backends) else {}
     add_ratios(rows, flops, peak)
     result = {
-        "benchmark": "latency", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "pretrained": args.pretrained,
+        "benchmark": "latency", "command": " ".join(["python -m benchmarks.latency", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "pretrained": args.pretrained,
         "classes": args.classes, "image_size": models.modules["fused"].image_size, "machine": info,
         "encoder_gflop_per_image": flops / 1e9, "peak_tflops": peak,
         "cpu_matmul_shape": floor.shape if any(r.cpu_matmul_gflop_per_s for r in rows) else None,
+        "cpu_floors_gflop_per_s": floors,
         "settings": {"warmup": args.warmup, "iters": args.iters, "budget_s": args.budget, "sizes": args.sizes, "batches": batches_of,
                      "clock": args.clock},
         "skipped": skipped, "rows": [asdict(r) for r in rows],

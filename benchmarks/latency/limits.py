@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .runners import OrtRunner
-from .timing import Timer, wall_clock
+from .timing import Timer, sample, wall_clock
 
 #: Dense fp16/bf16 tensor-core peak in TFLOPS, by a part of the GPU's name (longest match wins).
 GPU_PEAK_TFLOPS = {
@@ -59,14 +60,32 @@ class CpuFloor:
         return 2.0 * math.prod(self.shape)
 
     def timer(self, library: str, precision: str) -> Timer:
-        """One call of the product: torch.mm in PyTorch, the MatMul node (fp32 or int8) in ONNX Runtime."""
+        """One call of the product: torch.mm in PyTorch (fp32, bf16), the MatMul node (fp32 or int8) in ONNX Runtime,
+        a compiled MatMul with constant (packed) weights in OpenVINO (fp32, bf16, int8: u8 x s8 through FakeQuantize)."""
         rows, k, n = self.shape
         x = np.random.default_rng(1).standard_normal((rows, k), dtype=np.float32)
         if library == "torch":
             a, w = torch.from_numpy(x), torch.randn(k, n, generator=torch.Generator().manual_seed(0))
+            if precision == "bf16":
+                a, w = a.bfloat16(), w.bfloat16()
             return wall_clock(lambda: torch.mm(a, w))
+        if library == "openvino":
+            return openvino_matmul(x, n, precision)
         files = self.files or self._write()
         return OrtRunner(files["int8" if precision == "int8" else "fp32"], ["CPUExecutionProvider"], cuda=False).host(x)
+
+    def rates(self, warmup: int, iters: int, budget_s: float) -> dict[str, float]:
+        """GFLOP/s (GOP/s for int8) of every floor this machine has, timed in the same rounds: "library precision" ->
+        rate. The floor that applies to a case is its library's at its precision; the lowest of a precision is the
+        machine's (e.g. bf16 on matrix engines)."""
+        import importlib.util
+
+        names = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+        if importlib.util.find_spec("openvino") is not None:
+            names += [("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+        timers = [self.timer(*name) for name in names]
+        times = sample(timers, warmup, iters, budget_s)
+        return {f"{lib} {prec}": self.flop / statistics.median(t) / 1e6 for (lib, prec), t in zip(names, times)}
 
     def _write(self) -> dict[str, Path]:
         import onnx
@@ -84,3 +103,25 @@ class CpuFloor:
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), self.files["fp32"])
         quantize_matmuls(self.files["fp32"], self.files["int8"])
         return self.files
+
+
+def openvino_matmul(x: np.ndarray, n: int, precision: str) -> Timer:
+    """x @ W (W constant [k, n]) compiled by OpenVINO's CPU plugin at `precision`: fp32, bf16, or int8 (x quantised
+    to u8 and W to s8 by FakeQuantize nodes, which the plugin runs as one int8 product)."""
+    from semobridge_runtime.backends.openvino import import_openvino
+
+    ov = import_openvino()
+    ops = ov.opset13
+
+    weight = np.random.default_rng(0).standard_normal((x.shape[1], n), dtype=np.float32)
+    param, w = ops.parameter(list(x.shape), ov.Type.f32), ops.constant(weight)
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if precision == "int8":
+        low, high = ops.constant(np.float32(-4)), ops.constant(np.float32(4))
+        param_q = ops.fake_quantize(param, low, high, low, high, 256)
+        w = ops.fake_quantize(w, low, high, low, high, 255)
+        model = ov.Model([ops.matmul(param_q, w, False, False)], [param])
+    else:
+        model = ov.Model([ops.matmul(param, w, False, False)], [param])
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    return wall_clock(lambda: request.infer({0: x}))

@@ -11,7 +11,7 @@ from .backends import LIBRARY
 from .measure import Row
 from .targets import find, status_text
 
-LIBRARY_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+LIBRARY_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 
 TABLE_HEADERS = ["backend", "precision", "device", "input", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
                  "device p50 ms", "device images/s", "% of peak", "bare p50 ms", "fused/bare"]
@@ -30,8 +30,13 @@ def cpu_rate_lines(result: dict[str, Any], rows: list[Row]) -> list[str]:
     flops = result["encoder_gflop_per_image"]
     parts = [f"{p} {fmt(statistics.median(v))} {'GOP/s' if p.endswith('int8') else 'GFLOP/s'} (encoder floor "
              f"{fmt(1e3 * flops / statistics.median(v))} ms per image)" for p, v in sorted(rates.items())]
-    return [f"CPU reference: one {'x'.join(map(str, shape))} matrix product in the backend's library and precision, timed in "
-            f"the same rounds as each CPU case (medians over cases): {'; '.join(parts)}. On the CPU, % of peak is against this rate."]
+    lines = [f"CPU reference: one {'x'.join(map(str, shape))} matrix product in the backend's library and precision, timed in "
+             f"the same rounds as each CPU case (medians over cases): {'; '.join(parts)}. On the CPU, % of peak is against this rate."]
+    floors = result.get("cpu_floors_gflop_per_s") or {}
+    if floors:
+        every = "; ".join(f"{name} {fmt(rate)} ({fmt(1e3 * flops / rate)} ms)" for name, rate in floors.items())
+        lines.append(f"CPU floors, every library and precision timed in the same rounds (G(FL)OP/s, encoder floor per image): {every}.")
+    return lines
 
 
 def report(result: dict[str, Any], rows: list[Row]) -> str:

@@ -127,3 +127,19 @@ class TensorRTRunner:
     def device(self, images: np.ndarray) -> Timer | None:
         self._staged = self.io.upload({self.input: images, **self.classes})  # kept alive while the copies run
         return cuda_events(self.io.execute, torch.cuda.ExternalStream(self.io.stream))
+
+
+class OpenVinoRunner:
+    """The runtime's OpenVINO backend (preprocessing in f32, the encoder at `precision`), fed its fitted class set."""
+
+    def __init__(self, path: Path, precision: str):
+        from semobridge_runtime.backends.openvino import OpenVINOBackend
+
+        self.backend = OpenVINOBackend(path, precision, contract=False)  # the bare encoder outputs the embedding only
+
+    def host(self, images: np.ndarray) -> Timer:
+        outputs = self.backend.outputs
+        return wall_clock(lambda: self.backend.run(images, outputs))
+
+    def device(self, images: np.ndarray) -> Timer | None:
+        return None

@@ -162,8 +162,9 @@ class ClassSet:
         return tensorfile.encode({**self.feeds(), NAMES_TENSOR: names}, meta)
 
     def save(self, path: str | os.PathLike, identity: Identity) -> None:
-        """Write the class file atomically: on failure the old file stays as it was."""
-        tensorfile.write_atomic(path, self.to_bytes(identity))
+        """Write the class file under the output rule (files.atomic_output): atomic, only a regular writable
+        file is replaced and it keeps its mode; on failure the old file stays as it was."""
+        tensorfile.write_atomic(path, self.to_bytes(identity), "class file")
 
     @classmethod
     def load(cls, path: str | os.PathLike, identity: Identity) -> "ClassSet":
@@ -193,6 +194,4 @@ class ClassSet:
         classes = cls(names, *(tensors[n] for n in TENSORS))
         if classes.embedding_dim != identity.embedding_dim:
             raise ModelError(f"{source} has {classes.embedding_dim}-wide prototypes; this model's are {identity.embedding_dim}")
-        if not all(np.isfinite(t).all() for t in classes.feeds().values()):
-            raise ModelError(f"{source} holds NaN or infinite values; write it again")
-        return classes
+        return classes  # NaN and infinite values: refused by tensorfile.read

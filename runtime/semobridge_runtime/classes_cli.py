@@ -21,7 +21,7 @@ from pathlib import Path
 from . import tensorfile
 from .classes import FORMAT, NAMES_TENSOR
 from .classifier import Classifier
-from .errors import ModelError, SemobridgeError, report
+from .errors import InputError, ModelError, SemobridgeError, report
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +60,10 @@ def _list(path: str) -> str:
 
 def _edit(args: argparse.Namespace) -> str:
     path = Path(args.file)
+    if args.command == "remove":
+        twice = sorted({n for n in args.names if args.names.count(n) > 1})
+        if twice:
+            raise InputError(f"{', '.join(map(repr, twice))} given more than once", hint="name each class to remove once")
     classifier = Classifier.load(args.model, classes=path if path.exists() else None)
     if args.command == "add":
         classifier.add_class(args.name, args.images, prompts=args.prompts)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import openset
+from . import files, openset
 from .backends import Backend
+from .backends.choice import choose
 from .classes import ClassSet
 from .enrol import Enrolment
 from .errors import InputError, ModelError
+from .images import FastJpeg
 from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
 from .video import STREAM_TIMEOUT_S, FrameStream, open_stream
-
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 def check_top_k(top_k: object) -> None:
@@ -108,17 +108,21 @@ class Classifier:
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
+        self._why = "given"  # why this backend runs (Classifier.load's choice)
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", providers: Sequence[str] | None = None,
              intra_op_num_threads: int | None = None, allow_spinning: bool = True, prefer_int8: bool = True, *,
              classes: str | PathLike | None = None, text_model: str | PathLike | None = None,
+             openvino_precision: str = "auto", openvino_cache: str | PathLike | None = None,
              max_side: int | None = None, max_pixels: int | None = None,
              max_aspect: float | None = None, release_after_bytes: int | None = None,
-             unknown: str | float | None = "auto") -> Classifier:
+             fast_jpeg: bool = False, unknown: str | float | None = "auto") -> Classifier:
         """Load an `.onnx` model (ONNX Runtime) or a `.engine`/`.plan` file (TensorRT).
 
-        backend: "auto" (by file suffix), "onnxruntime" or "tensorrt".
+        backend: "auto", "onnxruntime", "openvino" or "tensorrt". "auto": TensorRT for engine files; for .onnx
+            OpenVINO on CPUs with matrix engines (AMX) where the export measured its labels, else ONNX Runtime
+            (backends/choice.py; the repr says which runs and why).
         providers: ONNX Runtime execution providers; default TensorRT, CUDA, CPU as available.
         intra_op_num_threads: 0..256 (0 or None: ONNX Runtime's default, one per core).
         allow_spinning: ONNX Runtime's CPU threads spin between calls (its default, lowest latency);
@@ -128,35 +132,44 @@ class Classifier:
             repr says which precision runs). False: load `path` as given.
         classes: a class file (save_classes, semobridge-classes) to use instead of the fitted classes.
         text_model: the text tower for add_class (default: the export's text.onnx; e.g. text_int8.onnx).
+        openvino_precision: the OpenVINO encoder's precision ("auto": bf16 where the CPU computes it, "f32",
+            "bf16", "f16"); the preprocessing runs in f32 whatever this says.
+        openvino_cache: a folder for OpenVINO's compiled-model cache (faster later loads); None writes nothing.
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
             2**26 and 32). Larger images are refused before they are decoded or run.
         release_after_bytes: ONNX Runtime's CPU arena keeps the memory of the largest run for the next; after a
             run on at least this many bytes of pixels it gives back what it holds unused (None: never, its default).
+        fast_jpeg: decode JPEG files (and PIL JPEGs not yet loaded) DCT-scaled to 1/2, 1/4 or 1/8 while their
+            shorter side stays >= twice the model's input side, then resize exactly as always: several times faster
+            on camera photos, pixels slightly different from a full decode (runtime/README.md).
         unknown: "auto": an image whose top calibrated probability is below the model's calibrated threshold
             is unknown (label -1); None: every image gets a class; a number in [0, 1]: your own threshold on
             that probability (docs/method.md, "The open set"). Models exported before calibration existed
             run with unknown off and say so once.
         """
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
-        if backend not in ("auto", "onnxruntime", "tensorrt"):
-            raise InputError(f"unknown backend {backend!r}", hint="use 'auto', 'onnxruntime' or 'tensorrt'")
+        choice = choose(path, backend, providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else
                              f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
-        if backend == "auto":
-            backend = "tensorrt" if path.suffix in ENGINE_SUFFIXES else "onnxruntime"
-        if backend == "onnxruntime":
-            from .backends.ort import OnnxRuntimeBackend, choose_providers
-            from .precision import int8_beside
-
-            path = (prefer_int8 and int8_beside(path, choose_providers(providers))) or path
+        files.check_regular(path, "model file", files.GRAPH_BYTES, ModelError)  # not a FIFO or device, bounded
+        path = choice.path
+        if choice.backend == "onnxruntime":
+            from .backends.ort import OnnxRuntimeBackend
             loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning,
                                                    release_after_bytes)
+        elif choice.backend == "openvino":
+            from .backends.openvino import OpenVINOBackend
+            loaded = OpenVINOBackend(path, openvino_precision, intra_op_num_threads, openvino_cache)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
-        clf = cls(loaded, replace(loaded.info.limits, **raised), path, text_model)
+        limits = replace(loaded.info.limits, **raised)
+        if fast_jpeg:
+            limits = FastJpeg(**asdict(limits), draft_side=2 * loaded.info.image_size)
+        clf = cls(loaded, limits, path, text_model)
+        clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
         if classes is not None:
             clf.load_classes(classes)
@@ -258,9 +271,11 @@ class Classifier:
     def __repr__(self) -> str:
         raw = self.info.raw
         agreement = (raw.get("int8") or {}).get("label_agreement")
+        runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
                 f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
-                + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "") + ")")
+                + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
+                + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths, PIL images or `Frame`s

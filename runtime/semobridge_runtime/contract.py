@@ -25,8 +25,10 @@ class Tensor:
     shape: tuple[int | None, ...]  # None: dynamic
 
 
-def check_graph(info: ModelInfo, inputs: Sequence[Tensor], outputs: Sequence[Tensor], source: str) -> None:
-    """Raise ModelError unless the graph's tensors are the ones `info` (the metadata) describes."""
+def check_graph(info: ModelInfo, inputs: Sequence[Tensor], outputs: Sequence[Tensor], source: str,
+                classes: int | None = None) -> None:
+    """Raise ModelError unless the graph's tensors are the ones `info` (the metadata) describes; `classes`: the
+    number of classes the graph scores with its own class set, when the backend could measure it."""
     size = info.image_size
     want_input = (Tensor(info.input_name, "uint8", (None, None, None, 3)) if info.input_kind == "uint8"
                   else Tensor(info.input_name, "float32", (None, 3, size, size)))
@@ -41,6 +43,9 @@ def check_graph(info: ModelInfo, inputs: Sequence[Tensor], outputs: Sequence[Ten
             raise ModelError(f"{source}: the graph has no '{want.name}' output (it has {sorted(found)}); "
                              f"a semobridge model outputs scores, label and embedding", hint=_REEXPORT)
         _check(found[want.name], want, "output", source)
+    if classes is not None and classes != info.num_classes:
+        raise ModelError(f"{source}: the graph holds {classes} classes but its metadata names {info.num_classes}",
+                         hint=_REEXPORT)
 
 
 def _check(got: Tensor, want: Tensor, role: str, source: str) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import head, tensorfile
+from . import files, head, tensorfile
 from .classes import ClassSet, Identity, check_name
 from .errors import InputError, ModelError
 from .metadata import ModelInfo
@@ -66,8 +66,7 @@ class TextSide:
         import onnxruntime as ort
 
         path = Path(text_model) if text_model is not None else _enrolment_path(model_path, info, "text_model")
-        if not path.is_file():
-            raise ModelError(f"text model {path} not found")
+        files.check_regular(path, "text model", files.GRAPH_BYTES, ModelError)
         available = ort.get_available_providers()  # the model's providers where ONNX Runtime has them (not for engines)
         providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         try:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from . import files
 from .errors import InputError
 from .limits import ImageLimits
 
@@ -32,9 +35,10 @@ def read_image(path: Path, limits: ImageLimits) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an image file",
                          hint="pass the image files in it; semobridge-run MODEL DIR classifies every image in DIR")
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"no such image file: {path}")
-    return _decode(path, limits, str(path))
+    with files.open_regular(path, "image file", files.IMAGE_BYTES) as f:  # refuses a FIFO or a device, unblocked
+        return _decode(f, limits, str(path))
 
 
 def decode_image(data: bytes, limits: ImageLimits, where: str) -> np.ndarray:
@@ -42,7 +46,7 @@ def decode_image(data: bytes, limits: ImageLimits, where: str) -> np.ndarray:
     return _decode(io.BytesIO(data), limits, where)
 
 
-def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.ndarray:
+def _decode(source: BinaryIO, limits: ImageLimits, where: str) -> np.ndarray:
     try:
         with Image.open(source) as img:  # reads the header only
             return pil_pixels(img, limits, where)
@@ -57,8 +61,29 @@ def _decode(source: Path | io.BytesIO, limits: ImageLimits, where: str) -> np.nd
 
 
 def pil_pixels(img: Image.Image, limits: ImageLimits, where: str) -> np.ndarray:
-    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before)."""
+    """A PIL image's pixels as uint8, after checking its size against `limits` (nothing decoded before); a JPEG
+    not yet decoded is decoded DCT-scaled when the limits are `FastJpeg` (see `draft_jpeg`)."""
     limits.check(img.height, img.width, where)
+    if isinstance(limits, FastJpeg):
+        draft_jpeg(img, limits.draft_side)
     if img.mode in SIXTEEN_BIT_MODES:
         return to_8bit(np.asarray(img))
     return np.asarray(img.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class FastJpeg(ImageLimits):
+    """The limits, and the fast JPEG path (Classifier.load fast_jpeg): JPEGs decode DCT-scaled, their shorter side
+    kept >= draft_side."""
+
+    draft_side: int = 448
+
+
+def draft_jpeg(img: Image.Image, short_side: int) -> None:
+    """Have a JPEG decode at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling: far less work than a full decode)
+    where its shorter side stays at least `short_side`; other images, and images already decoded, are left as they
+    are. The model's exact resize then runs on the smaller image, so pixels differ a little from a full decode
+    (runtime/README.md quotes the measured differences)."""
+    short = min(img.size)
+    if img.format == "JPEG" and short >= 2 * short_side:  # PIL picks the largest scale keeping both sides >= asked
+        img.draft(None, (-(-img.width * short_side // short), -(-img.height * short_side // short)))

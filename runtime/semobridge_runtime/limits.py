@@ -35,8 +35,8 @@ class ImageLimits:
         """The metadata's "limits" object (any of the three keys; missing keys keep the defaults)."""
         if raw is None:
             return cls()
-        if not isinstance(raw, dict) or any(not _positive(raw.get(k, 1)) for k in _NAMES):
-            raise ModelError(f"{source}: metadata 'limits' {raw!r} is not an object of positive numbers "
+        if not isinstance(raw, dict) or any(not _at_least_one(raw.get(k, 1)) for k in _NAMES):
+            raise ModelError(f"{source}: metadata 'limits' {raw!r} is not an object of positive numbers (at least 1) "
                              f"({', '.join(_NAMES)})", hint="re-export the model")
         return cls(**{k: raw[k] for k in _NAMES if k in raw})
 
@@ -64,8 +64,10 @@ def overrides(max_side: int | None = None, max_pixels: int | None = None,
     """The caller's limits, validated, for dataclasses.replace(model_limits, **overrides); None keeps the model's."""
     given = {"max_side": max_side, "max_pixels": max_pixels, "max_aspect": max_aspect}
     for name, value in given.items():
-        if value is not None and not _positive(value):
-            raise InputError(f"{name} must be a positive number, not {value!r}")
+        if value is not None and not _at_least_one(value):
+            raise InputError(f"{name} must be a positive number (at least 1), not {value!r}",
+                             hint="max_aspect is the longest side over the shortest (1: square images only)"
+                             if name == "max_aspect" else "it counts pixels")
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -77,5 +79,6 @@ def check_threads(value: Any, name: str) -> int:
     return value
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value != float("inf")
+def _at_least_one(value: Any) -> bool:
+    """A limit: a finite number >= 1 (an aspect ratio below 1 or a side below one pixel would refuse every image)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value < float("inf")

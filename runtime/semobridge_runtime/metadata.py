@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from . import files
+from .classes import check_name
+from .errors import InputError, ModelError
 from .limits import ImageLimits
 
 METADATA_KEY = "semobridge"
@@ -57,6 +59,11 @@ def parse_metadata(text: str | None, source: str) -> ModelInfo:
         raise ModelError(f"{source}: unknown input kind {kind!r}; upgrade semobridge-runtime")
     if not names:
         raise ModelError(f"{source}: metadata lists no class names; re-export the model")
+    try:
+        for i, name in enumerate(raw["class_names"]):
+            check_name(name, names[:i])
+    except InputError as exc:
+        raise ModelError(f"{source}: the metadata's class names are unusable ({exc})", hint="re-export the model") from None
     limits = ImageLimits.from_metadata(raw.get("limits"), source)
     return ModelInfo(names, kind, input_name, image_size, embedding_dim, limits, raw)
 
@@ -64,8 +71,9 @@ def parse_metadata(text: str | None, source: str) -> ModelInfo:
 def read_sidecar(model_path: Path) -> ModelInfo:
     """Read `<stem>.json` or `model.json` next to a model file (used for TensorRT engines)."""
     for candidate in (model_path.with_suffix(".json"), model_path.with_name("model.json")):
-        if candidate.is_file():
-            return parse_metadata(candidate.read_text(encoding="utf-8"), str(candidate))
+        if candidate.exists():
+            return parse_metadata(files.read_text(candidate, "metadata sidecar", files.TEXT_BYTES, ModelError),
+                                  str(candidate))
     raise ModelError(
         f"no metadata sidecar for {model_path}: put the exporter's model.json "
         f"(or {model_path.with_suffix('.json').name}) next to it"

@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import files
+from .errors import SemobridgeError
+
 INT8_MIN_AGREEMENT = 0.99  # share of the fit images on which the int8 graph's label equals the fp32 graph's
 
 
-def _sidecar(path: Path) -> dict[str, Any] | None:
+def sidecar(path: Path) -> dict[str, Any] | None:
     """The exporter's `<stem>.json` beside a model file, or None if absent or unreadable."""
     try:
-        return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(files.read_text(path.with_suffix(".json"), "metadata sidecar"))
+    except (SemobridgeError, ValueError):
         return None
 
 
@@ -24,7 +27,7 @@ def int8_beside(path: Path, providers: Sequence[str]) -> Path | None:
     candidate = path.with_name(f"{path.stem}_int8.onnx")
     if path.suffix != ".onnx" or list(providers) != ["CPUExecutionProvider"] or not candidate.is_file():
         return None
-    fp32, int8 = _sidecar(path), _sidecar(candidate)
+    fp32, int8 = sidecar(path), sidecar(candidate)
     if fp32 is None or int8 is None or int8.get("precision") != "int8" or int8.get("class_names") != fp32.get("class_names"):
         return None
     agreement = (int8.get("int8") or {}).get("label_agreement")

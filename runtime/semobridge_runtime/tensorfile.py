@@ -8,43 +8,77 @@ raw little-endian tensors. docs/classes.md documents the class files written her
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from . import files
+from .errors import ModelError
 
 DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 ALIGN = 8  # the header is padded with spaces to a multiple of 8 bytes, so tensors start aligned
+HEADER_MAX = 100_000_000  # bytes: safetensors' own limit on the JSON header (the C reader's MAX_HEADER)
 
 
-def read(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (read-only arrays) and string metadata of a safetensors file; ModelError if it is
-    missing, truncated or malformed (`what` names the file's role in messages)."""
-    path = Path(path)
+class Malformed(ModelError):
+    """A file whose bytes are not a safetensors file (truncated or malformed); `reason` says where."""
+
+    def __init__(self, message: str, reason: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+def read(path: str | os.PathLike, what: str = "file",
+         limit: int = files.MODEL_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors (read-only arrays) and string metadata of a safetensors file, every byte checked; ModelError if
+    it is missing, not a regular file, over `limit` bytes (files.MODEL_BYTES), truncated, malformed (tensor
+    offsets outside the file, shapes that do not fit them) or holds NaN or infinite values (`what` names the
+    file's role in messages; Malformed for bytes that are not a safetensors file)."""
+    with files.open_regular(path, what, limit, ModelError) as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            data = f.read(8)
+            n = int.from_bytes(data, "little") if len(data) == 8 else HEADER_MAX + 1
+            if n <= HEADER_MAX:  # else refused by parse, before reading on
+                data += f.read(size - 8)  # size <= limit: checked by open_regular
+        except OSError as exc:
+            raise ModelError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    bad = f"{what} {path} is truncated or not a safetensors file"
+        tensors, meta = parse(data)
+    except ValueError as exc:
+        raise Malformed(f"{what} {path} is truncated or not a safetensors file ({exc})", str(exc),
+                        hint=f"the {what} is damaged: write it again") from None
+    bad = [name for name, array in tensors.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if bad:
+        raise ModelError(f"{what} {path} holds NaN or infinite values ({', '.join(bad)})",
+                         hint=f"the {what} is damaged: write it again")
+    return tensors, meta
+
+
+def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file's bytes; ValueError naming what is wrong."""
     if len(data) < 8:
-        raise ModelError(f"{bad} ({len(data)} bytes)")
+        raise ValueError(f"{len(data)} bytes")
     n = int.from_bytes(data[:8], "little")
+    if n > HEADER_MAX:
+        raise ValueError(f"a header of {n} bytes, over safetensors' limit of {HEADER_MAX}")
     if n > len(data) - 8:
-        raise ModelError(f"{bad} (its header claims {n} bytes, the file has {len(data) - 8} after the length)")
+        raise ValueError(f"its header claims {n} bytes, the file has {len(data) - 8} after the length")
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
-        if not isinstance(header, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise ValueError("malformed header")
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("malformed __metadata__")
         body = memoryview(data)[8 + n :]
         tensors = {name: _tensor(spec, body) for name, spec in header.items()}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{bad} ({exc})") from exc
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"malformed header: {exc!r}") from None
     return tensors, dict(meta)
 
 
@@ -52,7 +86,7 @@ def _tensor(spec: dict, body: memoryview) -> np.ndarray:
     dtype = DTYPES[spec["dtype"]]
     shape = tuple(int(d) for d in spec["shape"])
     begin, end = (int(v) for v in spec["data_offsets"])
-    if not 0 <= begin <= end <= len(body) or end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+    if any(d < 0 for d in shape) or not 0 <= begin <= end <= len(body) or end - begin != dtype.itemsize * math.prod(shape):
         raise ValueError(f"tensor data [{begin}, {end}) does not fit the shape {list(shape)} or the file")
     array = np.frombuffer(body, dtype, count=(end - begin) // dtype.itemsize, offset=begin).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
@@ -75,25 +109,7 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> by
     return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file beside it: on any failure the old file (if
-    any) stays as it was and no temporary file is left. InputError if the target cannot be written."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}; nothing was changed there") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def write_atomic(path: str | os.PathLike, data: bytes, what: str = "output file") -> Path:
+    """Write `data` to `path` under the one output rule (files.write_atomic): only a regular writable file is
+    replaced, it keeps its mode, and on any failure the old file (if any) stays as it was."""
+    return files.write_atomic(path, data, what)

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import files
 from .errors import InputError, ModelError
 
 MERGES = 49152 - 256 - 2  # merge rules used: the vocabulary has 49,408 entries with the 256 bytes twice and 2 specials
@@ -55,7 +56,8 @@ class Tokenizer:
         if clean not in CLEAN_KINDS:
             raise ModelError(f"unknown text cleaning {clean!r} in the text model's metadata; upgrade semobridge-runtime")
         try:
-            lines = gzip.open(vocabulary).read().decode("utf-8").split("\n")
+            with files.open_regular(vocabulary, "the tokenizer vocabulary", files.TEXT_BYTES, ModelError) as f:
+                lines = gzip.GzipFile(fileobj=f).read(files.TEXT_BYTES).decode("utf-8").split("\n")
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise ModelError(f"cannot read the tokenizer vocabulary {vocabulary}: {exc}; re-export the model") from exc
         merges = [tuple(line.split()) for line in lines[1 : MERGES + 1]]

@@ -79,3 +79,24 @@ def test_sigterm_leaves_nothing_and_home_stays_clean(tmp_path):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert list(home.rglob("*")) == [], "ONNX Runtime telemetry (or anything else) wrote under HOME"
+
+
+def test_the_int8_fusions_log_no_deduplication_warnings(caplog):
+    """Every --int8-cpu export printed four `WARNING:onnx_ir...Skipped deduplication` lines about the class-set
+    inputs (initializers that are graph inputs by design): nothing the user can act on (issue 18, item 12)."""
+    import logging
+
+    import numpy as np
+    import onnx_ir as ir
+
+    from semobridge_export.precision import fuse_for_onnxruntime
+
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([2]))
+    classes = ir.Value(name="class_kl", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([2]),
+                       const_value=ir.tensor(np.ones(2, np.float32)))
+    add = ir.node("Add", [x, classes])
+    add.outputs[0].name, add.outputs[0].shape, add.outputs[0].type = "y", ir.Shape([2]), ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([x, classes], add.outputs, nodes=[add], initializers=[classes], opset_imports={"": 18})
+    with caplog.at_level(logging.WARNING):
+        fuse_for_onnxruntime(ir.Model(graph, ir_version=10))
+    assert not [r for r in caplog.records if "deduplication" in r.getMessage()]

@@ -73,7 +73,8 @@ def test_limits_are_raised_per_model(contract_onnx: Path) -> None:
 
 
 @pytest.mark.parametrize("options", [{"max_pixels": 0}, {"max_side": -3}, {"max_aspect": float("nan")},
-                                     {"max_aspect": True}, {"max_pixels": "big"}])
+                                     {"max_aspect": True}, {"max_pixels": "big"}, {"max_aspect": 0.5},
+                                     {"max_side": 0.5}])
 def test_bad_limit_values(contract_onnx: Path, options: dict) -> None:
     with pytest.raises(InputError, match="must be a positive number"):
         Classifier.load(contract_onnx, **options)

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .. import files
 from ..errors import BackendError, ModelError
 
 
@@ -52,7 +53,8 @@ class EngineIO:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept: it must outlive the engine
         if dla_core is not None:
             self._runtime.DLA_core = dla_core
-        self.engine = engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        self.engine = engine = self._runtime.deserialize_cuda_engine(files.read_bytes(path, "engine", files.GRAPH_BYTES,
+                                                                                      ModelError))
         if engine is None:
             raise ModelError(f"TensorRT cannot deserialize {path}: it is corrupt or was built for another "
                              "TensorRT version or GPU", hint="rebuild the engine on this machine")

@@ -68,7 +68,8 @@ class OnnxRuntimeBackend:
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         metadata = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.info = parse_metadata(metadata, str(path))
-        check_graph(self.info, _tensors(self._session.get_inputs()), _tensors(self._session.get_outputs()), str(path))
+        inputs = _tensors(self._session.get_inputs())
+        check_graph(self.info, inputs, _tensors(self._session.get_outputs()), str(path), self._classes(inputs[0]))
         self.providers = tuple(self._session.get_providers())
         first = self._session.get_inputs()[0]
         self._input = first.name
@@ -78,6 +79,20 @@ class OnnxRuntimeBackend:
         self.max_batch = shape[0]
         height, width = shape[1:3] if self.info.input_kind == "uint8" else shape[2:4]
         self.fixed_hw = (height, width) if height and width else None
+
+    def _classes(self, image: Tensor) -> int | None:
+        """How many classes the graph scores with its own class set: the width of `scores` for an empty batch
+        (about a millisecond); None where the batch size is static or the graph refuses an empty batch."""
+        if image.shape[0] is not None:
+            return None
+        size = self.info.image_size
+        dims = [d if d is not None else size for d in image.shape[1:]] if self.info.input_kind == "float" else \
+            [d if d is not None else 1 for d in image.shape[1:]]
+        try:
+            scores = self._session.run(["scores"], {image.name: np.zeros((0, *dims), image.dtype)})[0]
+        except Exception:  # noqa: BLE001  (ORT's own types; the graph's shape rules are its own)
+            return None
+        return int(scores.shape[1]) if scores.ndim == 2 else None
 
     def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         n = len(batch)
