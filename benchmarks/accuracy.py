@@ -133,10 +133,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for key, k, seed, variant in tqdm(jobs, desc="accuracy", file=sys.stderr):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            head, _ = fit_dataset(
+            head = fit_dataset(
                 datasets[key], k, seed=seed, train=variant == TRAINED, steps=args.steps, search_trials=args.search_trials,
                 dataset_name=key, prompts=prompts, cache=cache, backbone=backbone, protocol=args.protocol,
-            )
+            ).head
         result = evaluate(head, backbone, datasets[key], "test", cache)
         base = {"dataset": key, "shots": k, "seed": seed, "test_images": result["images"]}
         runs.append({**base, "variant": variant, "accuracy": result["accuracy"], "val_accuracy": head.info.val_accuracy})

@@ -10,14 +10,15 @@ from pathlib import Path
 import click
 import numpy as np
 
+from semobridge.cli import fit_options, fit_with_options, json_log, parse_params, source_options, with_options
 from semobridge.clitools import command, version_option
 from semobridge.errors import InputError, ModelError
-from semobridge.validate import image_size, parse_hw
+from semobridge.validate import image_size, output_file, parse_hw
 
 from .formats import DEFAULT_FORMATS, FORMATS, format_table, resolve_formats, unused_options
 from .tensorrt import Profile
 
-FIT_OPTIONS = ("data", "shots", "model", "seed", "train")  # what --from-model makes meaningless (but --data: check images)
+FROM_MODEL_OPTIONS = ("data", "pretrained")  # the fit options that still apply to --from-model (--data: the check images)
 FORMAT_OPTIONS = {"input_kind": "--input", "fixed_size": "--fixed-size", "batch": "--batch", "sizes": "--sizes",
                   "class_counts": "--class-counts"}
 FIT_IMAGES = 256  # at most this many of the few-shot images measure the int8 label agreement
@@ -64,33 +65,28 @@ def _check_images(data: str | None) -> list[np.ndarray] | None:
     return [np.asarray(load_rgb(path)) for path, _ in items[:CHECK_IMAGES]]
 
 
-def _fit_images(data: str, shots: int, seed: int) -> list[np.ndarray]:
-    """The few-shot images the head is fitted on (the same split as fitting), at most FIT_IMAGES spread over it,
+def _fit_images(items: list) -> list[np.ndarray]:
+    """The few-shot images the head was fitted on (the fit's own split), at most FIT_IMAGES spread over them,
     for the int8 label agreement."""
-    from semobridge.data import few_shot_split, load_dataset, load_rgb
+    from semobridge.data import load_rgb
 
-    items = few_shot_split(load_dataset(data), shots, seed).shots
     return [np.asarray(load_rgb(path)) for path, _ in items[::-(-len(items) // FIT_IMAGES)]]
 
 
-def _fitted(data, shots, model, pretrained, from_model, seed, train):
-    """(head, backbone): loaded from --from-model, else fitted on --data."""
+def _from_model(from_model: str, pretrained: str | None):
+    """(head, backbone) of a fitted model file."""
     from semobridge.backbones import load_backbone
     from semobridge.fit import UNKNOWN_BACKBONE
     from semobridge.model import SeMoBridge
 
-    if from_model:
-        head = SeMoBridge.load(from_model)
-        recorded = head.info.backbone
-        if recorded == UNKNOWN_BACKBONE:
-            raise ModelError(f"{from_model} was fitted from embeddings without naming their backbone, so it cannot be exported",
-                             hint="fit it again with `semobridge fit-features FEATURES.npz --model NAME --pretrained WEIGHTS`")
-        backbone = load_backbone(recorded["name"], pretrained or recorded["pretrained"], device="cpu")
-        head.check_backbone(backbone)
-        return head, backbone
-    from semobridge.pipeline import fit_dataset
-
-    return fit_dataset(data, shots, model=model, pretrained=pretrained or "openai", seed=seed, train=train)
+    head = SeMoBridge.load(from_model)
+    recorded = head.info.backbone
+    if recorded == UNKNOWN_BACKBONE:
+        raise ModelError(f"{from_model} was fitted from embeddings without naming their backbone, so it cannot be exported",
+                         hint="fit it again with `semobridge fit-features FEATURES.npz --model NAME --pretrained WEIGHTS`")
+    backbone = load_backbone(recorded["name"], pretrained or recorded["pretrained"], device="cpu")
+    head.check_backbone(backbone)
+    return head, backbone
 
 
 def _size(path: Path) -> str:
@@ -140,13 +136,9 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 
 
 @click.command(epilog="\b\nFormats:\n" + format_table() + "\n\nThe TensorRT path was written from TensorRT 10's documentation and has not been run.")
-@click.option("--data", type=click.Path(exists=True), help="Labelled images (class folders, train/val/test) [default: the bundled demo dataset].")
-@click.option("--shots", default=8, show_default=True, type=click.IntRange(min=1), help="Images per class to fit on (K).")
-@click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name.")
-@click.option("--pretrained", help="open_clip tag, local checkpoint file, or 'none' (random weights, smoke tests) [default: openai, or as recorded in --from-model].")
+@with_options(source_options(export=True))
+@with_options(fit_options)
 @click.option("--from-model", type=click.Path(exists=True, dir_okay=False), help="Export this fitted model (.safetensors) instead of fitting.")
-@click.option("--train", is_flag=True, help="Fit SeMoBridge-T (trained) instead of training-free SeMoBridge.")
-@click.option("--seed", default=1, show_default=True, help="Few-shot split and training seed.")
 @click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False),
               help="Output folder: new, empty, or holding an earlier export (replaced as a whole).")
 @click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
@@ -160,9 +152,10 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @version_option
 @click.pass_context
 @command
-def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch,
-         sizes, class_counts):
-    """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores."""
+def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes, class_counts, log_json, **fit):
+    """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores.
+
+    Every option of `semobridge fit` applies (the same definitions), but -o: the artifacts go to --out."""
     from .exporter import check_out_dir, export
     from .tensorrt import _import_tensorrt
 
@@ -172,25 +165,32 @@ def main(ctx, data, shots, model, pretrained, from_model, train, seed, out, form
         raise InputError(f"{', '.join(unused)} applies to none of the formats requested ({', '.join(names)})",
                          hint="drop it, or request the format it is for (see --help)")
     if from_model:
-        conflicting = [f"--{n}" for n in _given(ctx, FIT_OPTIONS) if n != "data"]
+        flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
+        conflicting = [flags[n] for n in _given(ctx, (*fit, "log_json")) if n not in FROM_MODEL_OPTIONS]
         if conflicting:
             raise InputError(f"--from-model exports a fitted model; {', '.join(conflicting)} only apply to fitting",
                              hint="drop them, or fit with --data instead of --from-model")
     size = image_size(*parse_hw(fixed_size, "--fixed-size"), "--fixed-size") if fixed_size else None
     profile = parse_profile(batch, sizes, class_counts)
+    fit["params"] = parse_params(fit["params"])
+    if log_json is not None:
+        output_file(log_json, "--log-json file")
     check_out_dir(out)
     if "engine" in names:
         _import_tensorrt()  # before minutes of fitting
-    if not from_model and data is None:
+    if not from_model and fit["data"] is None:
         from semobridge.demo import demo_dataset
 
-        data = str(demo_dataset())
-    head, backbone = _fitted(data, shots, model, pretrained, from_model, seed, train)
-    written = export(
-        head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
-        check_images=_check_images(data),
-        fit_images=_fit_images(data, shots, seed) if "onnx-int8" in names and not from_model else None, log=click.echo,
-    )
+        fit["data"] = str(demo_dataset())
+    fit_images = None
+    if from_model:
+        head, backbone = _from_model(from_model, fit["pretrained"])
+    else:
+        with json_log(log_json) as log:
+            head, backbone, split = fit_with_options(**fit, log=log)
+        fit_images = _fit_images(split.shots) if "onnx-int8" in names else None
+    written = export(head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
+                     check_images=_check_images(fit["data"]), fit_images=fit_images, log=click.echo)
     click.echo("\n" + _summary(head, backbone, written))
 
 

@@ -75,6 +75,31 @@ def check_outputs(output: str, log_json: str | None) -> None:
         output_file(log_json, "--log-json file")
 
 
+def source_options(export: bool = False) -> list:
+    """What to fit on and how to describe it: `semobridge fit`, and `semobridge-export` (`export`: the bundled demo
+    dataset and 8 shots by default, and --pretrained also names the weights of a --from-model)."""
+    return [
+        click.option("--data", required=not export, type=click.Path(exists=True),
+                     help="Class folders, train/val/test folders, CoOp split or CSV"
+                     + (" [default: the bundled demo dataset]." if export else ".")),
+        click.option("--shots", required=not export, default=8 if export else None, show_default=export,
+                     type=click.IntRange(min=1), help="Images per class to fit on (K)."),
+        click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name or local-dir:PATH."),
+        click.option("--pretrained", help="open_clip tag, checkpoint file, or 'none' (random weights, smoke tests) [default: openai"
+                     + (", or as recorded in --from-model]." if export else "].")),
+        click.option("--classnames", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line, in folder order."),
+        click.option("--dataset", "dataset_name", help="One of the paper's datasets (its prompts and augmentation); default: folder name."),
+        click.option("--augment", type=click.IntRange(min=0),
+                     help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's."),
+        click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults."),
+        click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences."),
+        click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files [default: the package's]."),
+        click.option("--cache-dir", type=click.Path(file_okay=False),
+                     help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache]."),
+        click.option("--device", help="cpu or cuda [default: cuda when present]."),
+    ]
+
+
 fit_options = [
     click.option("--seed", default=1, show_default=True, help="Few-shot split, augmentation and training seed."),
     click.option("--params", help="Fixed blend hyper-parameters (JSON object or JSON file); skips the search."),
@@ -91,8 +116,8 @@ fit_options = [
         "crops); consistent: P from the kept step [default: paper for the paper's datasets and --train].",
     ),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
-    click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors)."),
 ]
+output_option = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
 
 
 def with_options(options):
@@ -104,6 +129,21 @@ def with_options(options):
     return decorate
 
 
+def fit_with_options(*, data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir,
+                     cache_dir, device, seed, params, search_trials, search, train, steps, csb, protocol, log=None):
+    """`fit_dataset` as source_options() and fit_options (less --log-json, whose writer is `log`) ask: (head, backbone, split).
+    `params` is the parsed BlendParams (parse_params, before any slow work)."""
+    from .encode import EmbeddingCache
+    from .pipeline import PromptOptions, fit_dataset
+
+    return fit_dataset(
+        data, shots, model=model, pretrained=pretrained or "openai", seed=seed, train=train, steps=steps, csb=csb,
+        params=params, search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name,
+        class_names_file=classnames, prompts=PromptOptions(templates or None, descriptions, cupl_dir),
+        cache=EmbeddingCache(cache_dir), device=device, log=log, protocol=protocol,
+    )
+
+
 @click.group()
 @version_option
 def main() -> None:
@@ -111,38 +151,16 @@ def main() -> None:
 
 
 @main.command("fit")
-@click.option("--data", required=True, type=click.Path(exists=True), help="Class folders, train/val/test folders, CoOp split or CSV.")
-@click.option("--shots", required=True, type=click.IntRange(min=1), help="Images per class to fit on (K).")
-@click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name or local-dir:PATH.")
-@click.option("--pretrained", default="openai", show_default=True, help="open_clip tag, checkpoint file, or 'none' (random).")
-@click.option("--classnames", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line, in folder order.")
-@click.option("--dataset", "dataset_name", help="One of the paper's datasets (its prompts and augmentation); default: folder name.")
-@click.option("--augment", type=click.IntRange(min=0),
-              help="Stored augmented copies per shot (1 = flip; N>1 = N random crops); default: the paper's.")
-@click.option("--template", "templates", multiple=True, help="Prompt template with {} (repeatable); replaces the defaults.")
-@click.option("--descriptions", type=click.Path(exists=True, dir_okay=False), help="CuPL-style JSON: class -> sentences.")
-@click.option("--cupl-dir", type=click.Path(exists=True, file_okay=False), help="Folder with the paper's CuPL files [default: the package's].")
-@click.option("--cache-dir", type=click.Path(file_okay=False),
-              help="Cache embeddings in this folder (also $SEMOBRIDGE_CACHE) [default: no cache].")
-@click.option("--device", help="cpu or cuda [default: cuda when present].")
+@with_options(source_options())
 @with_options(fit_options)
+@output_option
 @command
-def fit_cmd(data, shots, model, pretrained, classnames, dataset_name, augment, templates, descriptions, cupl_dir, cache_dir, device,
-            seed, params, search_trials, search, train, steps, csb, protocol, log_json, output) -> None:
+def fit_cmd(output, log_json, **options) -> None:
     """Fit on K images per class of a dataset and save the model file."""
     check_outputs(output, log_json)
-    params = parse_params(params)
-    from .encode import EmbeddingCache
-    from .pipeline import PromptOptions, fit_dataset
-
-    cache = EmbeddingCache(cache_dir)
+    options["params"] = parse_params(options["params"])
     with json_log(log_json) as log:
-        head, backbone = fit_dataset(
-            data, shots, model=model, pretrained=pretrained, seed=seed, train=train, steps=steps, csb=csb,
-            params=params, search_trials=search_trials, search=search, augment=augment, dataset_name=dataset_name,
-            class_names_file=classnames, prompts=PromptOptions(templates or None, descriptions, cupl_dir), cache=cache,
-            device=device, log=log, protocol=protocol,
-        )
+        head, backbone, _ = fit_with_options(**options, log=log)
         head.save(output)
     click.echo(head.info.describe())
     click.echo(f"wrote {output}")
@@ -275,6 +293,7 @@ def plot_confusion(result: dict, path: Path) -> None:
 @click.option("--pretrained", help="Its weights: open_clip tag, checkpoint file, or 'none' (needs --model).")
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
+@output_option
 @command
 def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, protocol, log_json,
                      output) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from semobridge_runtime import evaluation, openset
 
 from .backbones import Backbone, load_backbone
 from .blend import BlendParams
-from .data import DataError, Dataset, few_shot_split, load_dataset
+from .data import DataError, Dataset, FewShotSplit, few_shot_split, load_dataset
 from .datasets import FLIP, Augment, DatasetSpec, find_dataset
 from .encode import EmbeddingCache, encode_items, encode_prompts
 from .errors import InputError
@@ -74,6 +74,14 @@ def class_text(backbone: Backbone, dataset: Dataset, spec: DatasetSpec | None, d
     return ClassText(encode_prompts(backbone, texts, cache), torch.tensor(classes, dtype=torch.long), templates, used)
 
 
+class Fitted(NamedTuple):
+    """What `fit_dataset` returns: the head, the backbone it was fitted on, and the few-shot split it drew."""
+
+    head: SeMoBridge
+    backbone: Backbone
+    split: FewShotSplit  # the shots the head was fitted on and its validation items (e.g. for export's int8 check)
+
+
 def fit_dataset(
     data: str | Path,
     shots: int,
@@ -96,8 +104,8 @@ def fit_dataset(
     device: str | torch.device | None = None,
     log: Callable[[dict], None] | None = None,
     protocol: str | Protocol | None = None,
-) -> tuple[SeMoBridge, Backbone]:
-    """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset.
+) -> Fitted:
+    """Fit SeMoBridge (or SeMoBridge-T with `train`) on K shots per class of a dataset: (head, backbone, split).
 
     `protocol` (semobridge.protocol): default paper for the paper's datasets and for `train`,
     consistent otherwise."""
@@ -143,7 +151,7 @@ def fit_dataset(
         train_params=spec.train_params if spec else None,
         keep_last_step=bool(spec and spec.keep_last_step), log=log, device=backbone.device, protocol=protocol,
     )
-    return head, backbone
+    return Fitted(head, backbone, split)
 
 
 @torch.no_grad()

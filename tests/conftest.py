@@ -1,4 +1,12 @@
-"""Shared fixtures: the tiny random-weight open_clip model, a head fitted on it, an image folder."""
+"""Shared fixtures: the tiny random-weight open_clip model, a head fitted on it, an image folder, its export.
+
+Test time is a budget (the suite must stay under 8 minutes on a 2-core machine, `python -m pytest -q -n 2`):
+fitting and exporting even the tiny model costs tens of CPU seconds, so a new test reuses these session
+fixtures instead of exporting its own model. `exported_onnx` holds every common artifact (fp32, fp16, int8,
+text tower, pt2); copy a file or the folder to a tmp_path before changing it (never change the fixture's
+files). A test that really needs another variant builds it ONCE, in a session fixture made with `built_once`
+(tests/sharing.py: shared by the pytest-xdist workers), not in the test body.
+"""
 from __future__ import annotations
 
 import warnings
@@ -14,6 +22,7 @@ from semobridge.features import FeatureSet
 from semobridge.fit import fit_features
 from semobridge.model import ModelInfo
 from tests.helpers import random_photos, write_image_folder
+from tests.sharing import built_once
 
 TINY = "semobridge-tiny"
 
@@ -59,10 +68,9 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_onnx(tiny_head, tiny_backbone, tmp_path_factory) -> Path:
     """Folder with the tiny model exported as model.onnx (+ model.json), model.pt2,
-    model_fp16.onnx and model_int8.onnx (uint8 input, dynamic N, H, W), and what class enrolment
-    needs: text.onnx, text_int8.onnx, the vocabulary and head.safetensors."""
+    model_fp16.onnx and model_int8.onnx (uint8 input, dynamic N, H, W), what class enrolment
+    needs: text.onnx, text_int8.onnx, the vocabulary and head.safetensors, and a Triton repository triton/."""
     from semobridge_export import export
 
-    out = tmp_path_factory.mktemp("exported") / "tiny"
-    export(tiny_head, tiny_backbone, out, formats=("onnx", "text", "pt2"), half=True, int8_cpu=True, log=lambda _: None)
-    return out
+    return built_once(tmp_path_factory, "exported_tiny", lambda out: export(
+        tiny_head, tiny_backbone, out, formats=("onnx", "text", "pt2", "triton"), half=True, int8_cpu=True, log=lambda _: None))

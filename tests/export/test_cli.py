@@ -6,6 +6,9 @@ import json
 from click.testing import CliRunner
 
 from semobridge.backbones import RANDOM_WARNING
+from semobridge.cli import fit_cmd as fit_command
+from semobridge.datasets import FLIP, Augment
+from semobridge.modelfile import read_info
 from semobridge_export.cli import build_engine_main, main
 from semobridge_export.reference import reference_scores
 from tests.helpers import random_photos
@@ -35,17 +38,42 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
 
 
 def test_fit_and_export_in_one_go(image_folder, tmp_path):
+    """Export reaches the fit's options (here params, templates, descriptions, augment and protocol), and the int8 check
+    runs on the split the fit drew."""
     out = tmp_path / "out"
+    params = {"smoothness": 0.4, "alpha": 2.0, "beta": 1.5, "gamma": 3.0, "lambda1": 0.5, "lambda2": 0.4, "lambda3": 0.3}
+    descriptions = tmp_path / "descriptions.json"
+    descriptions.write_text(json.dumps({"red fox": ["A small orange wild dog."]}))
     args = ["--data", str(image_folder), "--shots", "2", "--model", "semobridge-tiny", "--pretrained", "none",
-            "--out", str(out), "--fixed-size", "64x48", "--int8-cpu"]
+            "--out", str(out), "--fixed-size", "64x48", "--int8-cpu", "--params", json.dumps(params),
+            "--template", "a photo of a {}.", "--template", "art of the {}.", "--descriptions", str(descriptions),
+            "--augment", "1", "--protocol", "consistent"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["shots"] == 2 and meta["num_classes"] == 3 and meta["input"]["shape"] == ["N", 64, 48, 3]
+    assert meta["params"] == params
+    assert meta["prompts"] == {"templates": ["a photo of a {}.", "art of the {}."],
+                               "descriptions": {"red fox": ["A small orange wild dog."]}}
+    info = read_info(out / "head.safetensors")
+    assert info.protocol == "consistent" and info.augment == Augment(1, FLIP).describe()
     assert "shots         2" in result.output and "val accuracy" in result.output and RANDOM_WARNING in result.output
     # the int8 label agreement is measured on the 2 x 3 images the head was fitted on
     assert "int8: label agreement with fp32 = " in result.output and "on 6 few-shot images" in result.output
     assert json.loads((out / "model_int8.json").read_text())["int8"]["measured_on"] == "few-shot images"
+
+
+def test_export_takes_every_fit_option():
+    """One definition: `semobridge-export` has each option of `semobridge fit` (but -o: it writes --out), the same."""
+    fit = {p.name: p for p in fit_command.params if p.name != "output"}
+    export = {p.name: p for p in main.params}
+    assert set(fit) <= set(export), set(fit) - set(export)
+    for name, option in fit.items():
+        theirs = export[name]
+        assert (theirs.opts, theirs.secondary_opts, type(theirs.type), theirs.multiple) == (
+            option.opts, option.secondary_opts, type(option.type), option.multiple), name
+        if name not in ("data", "shots"):  # export: the demo dataset, 8 shots
+            assert theirs.default == option.default, name
 
 
 def test_missing_weights_name_both_ways_on(tmp_path):
@@ -63,7 +91,9 @@ def test_bad_options_are_refused(tiny_head, tmp_path):
                            (["--engine", "--batch", "1,2"], "MIN,OPT,MAX"), (["--batch", "1,2,4"], "applies to none"),
                            (["--fixed-size", "100000x100000"], "over the limit"), (["--fixed-size", "16x4000"], "aspect ratio"),
                            (["--shots", "4"], "--from-model exports a fitted model"),
-                           (["--model", "ViT-B-32"], "only apply to fitting")]:
+                           (["--model", "ViT-B-32"], "only apply to fitting"),
+                           (["--template", "a {}.", "--protocol", "paper"], "--template, --protocol only apply to fitting"),
+                           (["--log-json", str(tmp_path / "log.jsonl")], "--log-json only apply to fitting")]:
         result = CliRunner().invoke(main, base + extra)
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out").exists()

@@ -1,7 +1,9 @@
 """The export's output folder, interruption, telemetry and models it cannot export (issue 9)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,13 +21,16 @@ def _names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_a_plain_export_replaces_an_earlier_one_as_a_whole(tiny_head, tiny_backbone, tmp_path):
+def test_a_plain_export_replaces_an_earlier_one_as_a_whole(exported_onnx, tiny_head, tiny_backbone, tmp_path):
     out = tmp_path / "out"
-    export(tiny_head, tiny_backbone, out, int8_cpu=True, log=lambda _: None)
-    assert "model_int8.onnx" in _names(out)
+    shutil.copytree(exported_onnx, out)  # an earlier export with int8 artifacts and a Triton repository (the session's)
+    assert "model_int8.onnx" in _names(out) and (out / "triton").is_dir()
     export(tiny_head, tiny_backbone, out, log=lambda _: None)
     names = _names(out)
     assert "model.onnx" in names and not [n for n in names if "int8" in n]  # no stale int8 graph with old classes
+    plain = json.loads((out / "manifest.json").read_text())["files"]
+    assert not (out / "triton").exists() and not any(f.startswith("triton/") for f in plain)
+    assert set(names) == {Path(f).parts[0] for f in plain} | {"manifest.json"}
 
 
 def test_a_folder_with_other_files_is_refused_before_the_fit(tmp_path):

@@ -12,7 +12,6 @@ import onnx
 import pytest
 from google.protobuf import json_format, text_format
 
-from semobridge_export import export
 from semobridge_export.formats import resolve_formats, unused_options
 from semobridge_export.tensorrt import Profile
 from semobridge_export.triton import MODEL_NAME, config_text, write_repository
@@ -152,17 +151,12 @@ def test_tritonserver_parses_it_and_only_lacks_the_backends(repository, tmp_path
     assert "unable to find backend library for backend 'tensorrt'" in said
 
 
-def test_the_format_row_and_the_exported_folder(tiny_head, tiny_backbone, tmp_path) -> None:
+def test_the_format_row_and_the_exported_folder(exported_onnx: Path) -> None:
+    """The session's export has --formats triton (tests/export/test_export_hardening.py checks that a plain export
+    replaces it as a whole)."""
     assert resolve_formats("triton") == ["onnx", "triton"]  # the graph it serves comes first
     assert unused_options(["onnx", "triton"], ["--batch", "--sizes", "--fixed-size"]) == []
-    out = tmp_path / "out"
-    written = export(tiny_head, tiny_backbone, out, formats=("triton",), log=lambda _: None)
-    assert written["triton"] == out / "triton"
-    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    manifest = json.loads((exported_onnx / "manifest.json").read_text())["files"]
     assert {f"triton/{MODEL_NAME}/config.pbtxt", f"triton/{MODEL_NAME}/labels.txt",
             f"triton/{MODEL_NAME}/1/model.onnx"} <= set(manifest)
-    parse(out / "triton" / MODEL_NAME / "config.pbtxt")
-    export(tiny_head, tiny_backbone, out, log=lambda _: None)  # a plain export replaces it as a whole
-    plain = json.loads((out / "manifest.json").read_text())["files"]
-    assert not (out / "triton").exists() and not any(f.startswith("triton/") for f in plain)
-    assert {p.name for p in out.iterdir()} == {Path(f).parts[0] for f in plain} | {"manifest.json"}
+    parse(exported_onnx / "triton" / MODEL_NAME / "config.pbtxt")

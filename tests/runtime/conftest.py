@@ -11,18 +11,21 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from tests.sharing import built_once, one_worker_at_a_time
+
 from .contract_model import build_contract_model
 
 C_DIR = Path(__file__).resolve().parents[2] / "runtime" / "c"
 
 
 @pytest.fixture(scope="session")
-def c_build() -> Path:
+def c_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run `make -C runtime/c` once per session; fail loudly if it does not build."""
     if not (shutil.which("make") and shutil.which("cc")):
         pytest.fail("building runtime/c needs make and a C compiler (apt-get install build-essential)")
-    done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
-                          capture_output=True, text=True, timeout=900)
+    with one_worker_at_a_time(tmp_path_factory, "c_build"):  # pytest-xdist: one make in the build folder at a time
+        done = subprocess.run(["make", "-C", str(C_DIR), f"PYTHON={sys.executable}"],
+                              capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"make -C runtime/c failed:\n{done.stdout}\n{done.stderr}")
     return C_DIR / "build"
@@ -122,11 +125,11 @@ def fit_on(enrol_pool: Path, tiny_backbone, tmp_path_factory: pytest.TempPathFac
                 (data / split / name.replace(" ", "_")).symlink_to(enrol_pool / split / name.replace(" ", "_"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # classes without descriptions
-            head, _ = fit_dataset(
+            head = fit_dataset(
                 data, ENROL_SHOTS, backbone=tiny_backbone, params=BlendParams.from_dict(ENROL_PARAMS),
                 prompts=PromptOptions(templates=list(ENROL_TEMPLATES), descriptions=descriptions),
                 cache=EmbeddingCache(),
-            )
+            ).head
         return head
 
     return fit
@@ -138,8 +141,9 @@ def enrol_export(fit_on: Callable, tiny_backbone, tmp_path_factory: pytest.TempP
     first three classes. The int8 image model is removed: Classifier.load runs fp32, to compare with fit exactly."""
     from semobridge_export import export
 
-    out = tmp_path_factory.mktemp("enrol_export") / "model"
-    export(fit_on(ENROL_CLASSES[:3]), tiny_backbone, out, int8_cpu=True, log=lambda _: None)
-    for path in out.glob("model_int8.*"):
-        path.unlink()
-    return out / "model.onnx"
+    def build(out: Path) -> None:
+        export(fit_on(ENROL_CLASSES[:3]), tiny_backbone, out, int8_cpu=True, log=lambda _: None)
+        for path in out.glob("model_int8.*"):
+            path.unlink()
+
+    return built_once(tmp_path_factory, "enrol_export", build) / "model.onnx"
