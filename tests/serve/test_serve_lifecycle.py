@@ -30,7 +30,7 @@ def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, lo
     ports = free_ports(3)
     # one thread: each request of 8 images is one model run of a fraction of a second, the others wait
     served = start_server(serve_model, tmp_path, "--max-batch", "8", "--threads", "1", ports=ports)
-    batch = np.random.default_rng(3).integers(0, 256, (8, 480, 640, 3), dtype=np.uint8)
+    batch = np.random.default_rng(3).integers(0, 256, (8, 960, 1280, 3), dtype=np.uint8)  # runs long enough to queue
     expected = local.predict(batch)
     clients = [RemoteClassifier(served.grpc) for _ in range(8)]
     results: list[object] = []
