@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .. import __version__
 from ..classifier import Classifier
+from ..files import file_sha256
 from .protocol import ENCODED, IMAGE, LABELS_FILE, METADATA, SETTINGS
 from .settings import ServeSettings
 
@@ -38,8 +38,9 @@ def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[st
         "shots": json.dumps(meta.get("shots")),
         "library_version": json.dumps(meta.get("library_version")),
         "runtime_version": json.dumps(__version__),
-        "model_sha256": json.dumps(_sha256(classifier.path)),  # the file that runs (model_int8.onnx if chosen)
-        "classes_sha256": json.dumps(_sha256(Path(settings.classes)) if settings.classes else None),  # None: fitted
+        # the file that runs (model_int8.onnx if chosen), and the class set served (None: the fitted one)
+        "model_sha256": json.dumps(file_sha256(classifier.path, "model")),
+        "classes_sha256": json.dumps(file_sha256(settings.classes, "class file") if settings.classes else None),
         SETTINGS: settings.to_json(),
     }
 
@@ -86,14 +87,6 @@ def write_repository(root: Path, name: str, classifier: Classifier, settings: Se
     (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in classifier.class_names), encoding="utf-8")
     (folder / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")
     return root
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _text(value: str) -> str:
