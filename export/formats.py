@@ -62,9 +62,10 @@ class Job:
 
 
 def export_onnx(job: Job) -> Path:
-    """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set -> scores,
-    label, embedding, features; the class-set inputs default to the fitted classes."""
-    model = to_onnx(job.program, job.fused.output_names, defaults=job.fused.fitted_classes())
+    """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set, a temperature and a
+    threshold -> scores, label, embedding, features, probabilities, known; the class-set inputs default to the
+    fitted classes, the temperature and threshold to the fit's calibration."""
+    model = to_onnx(job.program, job.fused.output_names, defaults=job.fused.graph_defaults())
     path = save_model(model, job.path("onnx"), metadata_props(job.meta))
     job.write_sidecar(path, job.meta)
     return path

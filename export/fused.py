@@ -1,7 +1,9 @@
-"""The fused classifier: raw pixels -> class scores, label and embeddings in one module.
+"""The fused classifier: raw pixels -> class scores, label, embeddings and the open-set decision in one module.
 
 The head's per-class tensors (docs/method.md's T, P, I and the class KL) are inputs of the fused
-module, so the exported graph serves any class set; the fitted values are their defaults.
+module, so the exported graph serves any class set; the fitted values are their defaults. So are the
+open-set temperature and threshold (semobridge_runtime.openset): the graph computes the calibrated
+probabilities and whether each image is known ONCE, for every front-end (Python, C, serving, Triton).
 """
 from __future__ import annotations
 
@@ -14,24 +16,28 @@ from torch import nn
 from semobridge.backbones import Backbone
 from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
+from semobridge_runtime.openset import DECISION_INPUTS, DECISION_OUTPUTS
 
 from .attention import with_standard_attention
 from .preprocess import Preprocess
 
 INPUT_KINDS = ("uint8", "float")
-#: graph outputs: blend scores [N, C], argmax label [N], n(q) [N, d], and the image embedding q
-#: itself [N, d] (docs/method.md's F, NOT normalised: what class enrolment averages)
-OUTPUT_NAMES = ("scores", "label", "embedding", "features")
+#: graph outputs: blend scores [N, C], argmax label [N] (whatever the decision: plain ONNX Runtime users index
+#: names with it), n(q) [N, d], the image embedding q itself [N, d] (docs/method.md's F, NOT normalised: what
+#: class enrolment averages), then the open-set decision: probabilities softmax(scores / T) [N, C] and known [N]
+#: (bool: top probability >= threshold)
+OUTPUT_NAMES = ("scores", "label", "embedding", "features", *DECISION_OUTPUTS)
 #: the head's per-class inputs (all float32, class count C first), in forward's order
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 
 
 class FusedClassifier(nn.Module):
     """uint8 RGB [N, H, W, 3] (or normalised float [N, 3, S, S]) and optionally a class set
-    -> (scores [N, C], label [N], embedding [N, d], features [N, d]).
+    -> (scores [N, C], label [N], embedding [N, d], features [N, d], probabilities [N, C], known [N]).
 
     Holds CPU float32 copies of the backbone's image encoder and of the head, so exporting
-    never touches the caller's models. Class-set tensors left out are the fitted ones.
+    never touches the caller's models. Class-set tensors left out are the fitted ones; a temperature
+    or threshold left out is the fit's calibration (T = 1, threshold 0: all known, when uncalibrated).
     """
 
     output_names: tuple[str, ...] = OUTPUT_NAMES  # what forward returns, in order (the ONNX graph's output names)
@@ -61,6 +67,15 @@ class FusedClassifier(nn.Module):
         h = self.head
         return dict(zip(HEAD_INPUTS, (h.text_classifier, h.bridged_prototypes, h.image_prototypes, h.class_kl)))
 
+    def decision_defaults(self) -> dict[str, torch.Tensor]:
+        """DECISION_INPUTS name -> float32 scalar: the fit's temperature and threshold (the graph inputs' defaults)."""
+        calibration = self.head.info.open_set or {"temperature": 1.0, "threshold": 0.0}
+        return {name: torch.tensor(float(calibration[name])) for name in DECISION_INPUTS}
+
+    def graph_defaults(self) -> dict[str, torch.Tensor]:
+        """Every graph input's default but the image's: the fitted classes, then the calibration."""
+        return self.fitted_classes() | self.decision_defaults()
+
     def classify(self, q: torch.Tensor, *classes: torch.Tensor | None) -> torch.Tensor:
         """Blend scores [N, C] of image embeddings q [N, d] against a class set (HEAD_INPUTS order;
         the fitted tensors where none is given)."""
@@ -75,11 +90,19 @@ class FusedClassifier(nn.Module):
         bridged_prototypes: torch.Tensor | None = None,
         image_prototypes: torch.Tensor | None = None,
         class_kl: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        temperature: torch.Tensor | None = None,
+        threshold: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         x = self.preprocess(image) if self.preprocess is not None else image
         q = self.encoder(x).float()
         scores = self.classify(q, text_classifier, bridged_prototypes, image_prototypes, class_kl)
-        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q
+        defaults = self.decision_defaults()
+        temperature = defaults["temperature"] if temperature is None else temperature
+        threshold = defaults["threshold"] if threshold is None else threshold
+        # semobridge_runtime.openset.decide is the reference (tests/test_front_ends.py checks every front-end to it)
+        probabilities = torch.softmax(scores / temperature, dim=-1)
+        known = probabilities.max(dim=-1).values >= threshold
+        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q, probabilities, known
 
     def example_input(self, batch: int = 2, size: tuple[int, int] | None = None) -> torch.Tensor:
         """An input of the right kind for tracing (`size` = H, W of uint8 images)."""

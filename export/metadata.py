@@ -38,6 +38,8 @@ def output_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
         {"name": "label", "dtype": "int64", "shape": ["N"]},
         {"name": "embedding", "dtype": "float32", "shape": ["N", d]},
         {"name": "features", "dtype": "float32", "shape": ["N", d]},
+        {"name": "probabilities", "dtype": "float32", "shape": ["N", "C"]},  # the open-set decision (fused.py)
+        {"name": "known", "dtype": "bool", "shape": ["N"]},
     ]
 
 

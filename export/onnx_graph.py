@@ -32,19 +32,21 @@ INPUT_DIM_NAMES = {"image": {0: "N", 1: "H", 2: "W"}, **{name: {0: "C"} for name
 
 def dynamic_shapes(fused: FusedClassifier, fixed_size: tuple[int, int] | None, head_as_data: bool = True) -> dict[str, dict[int, Dim]]:
     """Dynamic batch always; dynamic height and width for uint8 input unless `fixed_size`;
-    a dynamic class count C for the head inputs."""
+    a dynamic class count C for the head inputs; the decision's scalars static."""
     dims = {0: Dim("N", min=1, max=BATCH_MAX)}
     if fused.input_kind == "uint8" and fixed_size is None:
         dims |= {1: Dim("H", min=1, max=SIDE_MAX), 2: Dim("W", min=1, max=SIDE_MAX)}
     classes = Dim("C", min=1, max=CLASS_MAX)
-    return {"image": dims} | ({name: {0: classes} for name in fused.fitted_classes()} if head_as_data else {})
+    return {"image": dims} | ({name: {0: classes} for name in fused.fitted_classes()}
+                              | {name: None for name in fused.decision_defaults()} if head_as_data else {})
 
 
 def trace(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None, head_as_data: bool = True) -> ExportedProgram:
     """torch.export program of the fused classifier: image (and, with `head_as_data`, the
-    class set as inputs) -> outputs; without `head_as_data` the fitted classes are constants."""
+    class set and the decision's temperature and threshold as inputs) -> outputs; without `head_as_data`
+    the fitted classes and the calibration are constants."""
     example = fused.example_input(batch=2, size=fixed_size)
-    classes = fused.fitted_classes() if head_as_data else {}
+    classes = fused.graph_defaults() if head_as_data else {}
     with torch.no_grad():
         return torch.export.export(
             fused, (example,), kwargs=classes, dynamic_shapes=dynamic_shapes(fused, fixed_size, head_as_data), strict=False

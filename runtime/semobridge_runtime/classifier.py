@@ -59,12 +59,14 @@ class Prediction:
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, class_names: Sequence[str],
-           top_k: int, temperature: float = 1.0, threshold: float | None = None) -> Prediction:
+           top_k: int, probabilities: np.ndarray, known: np.ndarray) -> Prediction:
         """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller.
 
-        temperature, threshold: the open-set decision (semobridge_runtime.openset); threshold None: all known."""
-        labels, known, probs = openset.decide(scores, temperature, threshold, labels)
-        known &= labels >= 0  # a label of -1 that came decided (a server's) stays unknown
+        labels: the graph's argmax (or a server's, -1 already for unknown); probabilities, known: the graph's
+        open-set decision (export/fused.py). An image that is not known gets label -1."""
+        known = np.asarray(known, bool) & (np.asarray(labels) >= 0)
+        labels = np.where(known, labels, openset.UNKNOWN).astype(np.int64)
+        probs = np.asarray(probabilities, np.float32)
         k = min(top_k, scores.shape[1])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1),
@@ -73,18 +75,20 @@ class Prediction:
         return cls(labels, names, scores, top, embeddings, known, probs)
 
 
-def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[float, float | None]:
+def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bool = True) -> tuple[float, float | None]:
     """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
-    probability threshold of one's own. A model exported without calibration runs with T = 1 and, for "auto",
-    unknown off (said once, as a warning)."""
+    probability threshold of one's own. A model exported without calibration, or before its graph computed the
+    decision (`decides` False: no probabilities and known outputs), runs with unknown off and, for "auto", says so
+    once (a warning); its probabilities are softmax(scores / T) with the metadata's T, else T = 1."""
     calibration = info.raw.get("open_set")
     fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
-        if fitted is None:
-            warnings.warn(f"{source} carries no open-set calibration (exported before it existed, or fitted without "
-                          "held-out images): every image gets a class, and probabilities are uncalibrated (T = 1); "
-                          "re-export the model to answer 'unknown'", stacklevel=3)
+        if fitted is None or not decides:
+            why = "carries no open-set calibration" if fitted is None else "was exported before its graph decided 'unknown'"
+            warnings.warn(f"{source} {why} (exported before it existed, or fitted without held-out images): every "
+                          "image gets a class, and probabilities are uncalibrated (T = 1) where no calibration is "
+                          "recorded; re-export the model to answer 'unknown'", stacklevel=3)
             return temperature, None
         return temperature, fitted.threshold
     if unknown is None:
@@ -92,7 +96,11 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[fl
     if isinstance(unknown, str):
         raise InputError(f"unknown={unknown!r} is not understood",
                          hint="pass unknown='auto' (the model's threshold), None (off) or a number in [0, 1]")
-    return temperature, openset.check_threshold(unknown)
+    threshold = openset.check_threshold(unknown)
+    if not decides:
+        raise ModelError(f"{source} was exported before its graph decided 'unknown': it cannot apply unknown={unknown!r}",
+                         hint="re-export the model with semobridge-export, or load it with unknown=None")
+    return temperature, threshold
 
 
 class Classifier:
@@ -107,6 +115,8 @@ class Classifier:
         self._limits = limits
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
+        self._auto = True  # unknown="auto": a class set's own calibration, where it has one, wins
+        self._decides = set(openset.DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
 
@@ -170,7 +180,8 @@ class Classifier:
             limits = FastJpeg(**asdict(limits), draft_side=2 * loaded.info.image_size)
         clf = cls(loaded, limits, path, text_model)
         clf._why = choice.reason
-        clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
+        clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path), clf._decides)
+        clf._auto = isinstance(unknown, str)
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -287,9 +298,25 @@ class Classifier:
         """
         check_top_k(top_k)
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
-        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
         names = classes.names if classes is not None else self.info.class_names
-        return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
+        if not self._decides:  # exported before the graph decided: closed set, probabilities from the scores
+            scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
+            _, known, probs = openset.decide(scores, self._temperature, None, labels)
+            return Prediction.of(scores, labels, embeddings, names, top_k, probs, known)
+        outputs = self._run(images, ("scores", "label", "embedding", *openset.DECISION_OUTPUTS), classes)
+        return Prediction.of(*outputs[:3], names, top_k, *outputs[3:])
+
+    def decision(self, classes: ClassSet | None = None) -> dict[str, np.ndarray]:
+        """The temperature and threshold the graph is fed (openset.DECISION_INPUTS, float32 scalars) for a class set:
+        with unknown="auto" its own calibration where it carries one (class files), else the model's; unknown=None
+        feeds openset.THRESHOLD_OFF."""
+        temperature, threshold = self._temperature, self._threshold
+        if self._auto and classes is not None:  # ClassSet.temperature/threshold: enrolment's recalibration, if any
+            temperature = getattr(classes, "temperature", None) or temperature
+            threshold = getattr(classes, "threshold", None) if getattr(classes, "threshold", None) is not None \
+                else threshold
+        off = openset.THRESHOLD_OFF if threshold is None else threshold
+        return {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
 
     def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
                smooth: float | None = None, options: Mapping[str, str] | None = None,
@@ -312,6 +339,8 @@ class Classifier:
     def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend
         feeds = classes.feeds() if classes is not None else None
+        if self._decides:
+            feeds = {**(feeds or {}), **self.decision(classes)}
         if self.info.input_kind == "float":
             size = backend.fixed_hw[0] if backend.fixed_hw else self.info.image_size
             batch = float_batch(images, size)

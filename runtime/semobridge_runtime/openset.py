@@ -26,6 +26,11 @@ UNKNOWN = -1  # the label of an unknown image
 ACCEPT = 0.95  # the default operating point: this fraction of held-out known images is accepted
 TEMPERATURE_RANGE = (1e-3, 1e3)
 ECE_BINS = 15
+#: the fused graph computes the decision (export/fused.py): these inputs (float32 scalars, defaults: the fit's
+#: calibration) and outputs (probabilities float32 [N, C], known bool [N]); graphs exported before it have none
+DECISION_INPUTS = ("temperature", "threshold")
+DECISION_OUTPUTS = ("probabilities", "known")
+THRESHOLD_OFF = 0.0  # the threshold fed for unknown=None: every top probability is >= 0, every image known
 
 
 def probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:

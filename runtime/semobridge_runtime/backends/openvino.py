@@ -23,6 +23,7 @@ from ..contract import Tensor, check_graph
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
 from ..metadata import METADATA_KEY, ModelInfo, parse_metadata
+from ..openset import DECISION_INPUTS
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")  # "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16)
 INDEX_LIMIT = 2**31  # OpenVINO's CPU plugin computes int64 graph arithmetic in int32
@@ -75,18 +76,20 @@ def _metadata(model: Any, source: str) -> ModelInfo:
 
 def _class_inputs(ov: Any, model: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Replace the constants OpenVINO folded the class-set inputs into by parameters of the same names (the class
-    count dynamic); return their values, the fitted classes (in place)."""
+    count dynamic), and those of the open-set decision's scalars where the graph has them (openset.DECISION_INPUTS);
+    return their values, the fitted classes and calibration (in place)."""
     defaults, params = {}, []
     for op in model.get_ordered_ops():
         name = op.get_friendly_name()
-        if op.get_type_name() == "Constant" and name in names and name not in defaults:
-            defaults[name] = np.ascontiguousarray(op.get_data(), np.float32)
-            shape = ov.PartialShape([-1, *op.get_output_shape(0)[1:]])
+        if op.get_type_name() == "Constant" and name in (*names, *DECISION_INPUTS) and name not in defaults:
+            defaults[name] = np.asarray(op.get_data(), np.float32, order="C")
+            dims = op.get_output_shape(0)
+            shape = ov.PartialShape([-1, *dims[1:]] if name in names else list(dims))
             param = ov.opset13.parameter(shape, op.get_output_element_type(0), name=name)
             param.output(0).set_names({name})
             op.output(0).replace(param.output(0))
             params.append(param)
-    if sorted(defaults) != sorted(names):
+    if sorted(set(defaults) - set(DECISION_INPUTS)) != sorted(names):
         raise ModelError(f"OpenVINO read the class-set inputs {sorted(defaults)}, the metadata names {sorted(names)}",
                          hint="re-export the model with semobridge-export, or use backend='onnxruntime'")
     model.add_parameters(params)
@@ -231,7 +234,7 @@ class OpenVINOBackend:
     def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         if self._image_input:
             self.check_size(batch.shape[1], batch.shape[2])
-        feeds = {name: np.ascontiguousarray(value, np.float32) for name, value in (classes or self._defaults).items()}
+        feeds = {name: np.asarray(value, np.float32, order="C") for name, value in {**self._defaults, **(classes or {})}.items()}
         with self._request() as (pre, main):
             pixels = self._call(pre, {0: np.ascontiguousarray(batch)}, batch.shape)[0] if pre is not None else batch
             values = self._call(main, {PIXELS if pre is not None else 0: pixels, **feeds}, batch.shape)

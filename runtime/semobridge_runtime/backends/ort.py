@@ -18,6 +18,7 @@ from ..contract import Tensor, check_graph  # noqa: E402
 from ..errors import BackendError, ModelError  # noqa: E402
 from ..limits import check_threads  # noqa: E402
 from ..metadata import METADATA_KEY, parse_metadata  # noqa: E402
+from ..openset import DECISION_INPUTS  # noqa: E402
 
 ort.disable_telemetry_events()  # also stops events when the app initialised ONNX Runtime before us
 
@@ -73,7 +74,8 @@ class OnnxRuntimeBackend:
         self.providers = tuple(self._session.get_providers())
         first = self._session.get_inputs()[0]
         self._input = first.name
-        self.head_inputs = tuple(i.name for i in self._session.get_overridable_initializers())
+        self.head_inputs = tuple(i.name for i in self._session.get_overridable_initializers()
+                                 if i.name not in DECISION_INPUTS)  # the class set; the decision's are not
         self.outputs = tuple(o.name for o in self._session.get_outputs())
         shape = [d if isinstance(d, int) else None for d in first.shape]
         self.max_batch = shape[0]

@@ -16,6 +16,7 @@ import numpy as np
 from ..contract import Tensor, check_graph
 from ..errors import ModelError
 from ..metadata import read_sidecar
+from ..openset import DECISION_INPUTS
 from .engine_io import EngineIO, import_tensorrt
 
 
@@ -35,7 +36,8 @@ class TensorRTBackend:
             return Tensor(name, io.dtypes[name].name, tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name)))
 
         head = {spec["name"] for spec in self.info.raw.get("head_inputs", [])}  # the class set: real engine inputs
-        images = [tensor(n) for n in io.inputs if n not in head]
+        self._decision = tuple(n for n in io.inputs if n in DECISION_INPUTS)  # the open-set scalars: inputs too
+        images = [tensor(n) for n in io.inputs if n not in head and n not in DECISION_INPUTS]
         check_graph(self.info, images, [tensor(n) for n in io.outputs], str(path))
         self._input = images[0].name
         self._lock = threading.Lock()
@@ -51,7 +53,8 @@ class TensorRTBackend:
         if self.head_inputs and not classes:
             raise ModelError("this engine takes its class set as inputs", hint="load it through Classifier.load")
         with self._lock:
-            return self._io.run({self._input: batch, **{name: classes[name] for name in self.head_inputs}}, outputs)
+            return self._io.run({self._input: batch, **{name: classes[name] for name in (*self.head_inputs, *self._decision)}},
+                                outputs)
 
 
 def _dla_core(raw: dict, path: Path) -> int | None:
