@@ -3,8 +3,9 @@
     triton/semobridge/config.pbtxt      platform onnxruntime_onnx: dynamic batching, instance groups,
                                         the TensorRT accelerator with the export's profile (--batch, --sizes)
     triton/semobridge/labels.txt        class names, for Triton's classification extension on `scores`
-    triton/semobridge/1/model.onnx      the fp32 fused graph with the fitted classes as constants (Triton
-                                        feeds only `image`; model.onnx.data, if any, is a hard link)
+    triton/semobridge/1/model.onnx      the fp32 fused graph with the fitted classes and the open-set calibration
+                                        as constants (Triton feeds only `image`; model.onnx.data, if any, is a
+                                        hard link): `known` and `probabilities` at the fit's threshold and T
     triton/semobridge_trt/...           platform tensorrt_plan, when an engine was built (--engine): a plan
                                         with the fitted classes built in, since Triton batches every input
 
@@ -44,7 +45,10 @@ def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxrun
         "output [",
         f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {meta["num_classes"]} ] label_filename: "{LABELS_FILE}" }},',
         '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } },  # the graph\'s label is [N]',
-        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {meta["embedding_dim"]} ] }}',
+        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {meta["embedding_dim"]} ] }},',
+        # the open-set decision at the fit's calibration (its temperature and threshold are constants here)
+        f'  {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {meta["num_classes"]} ] }},',
+        '  { name: "known" data_type: TYPE_BOOL dims: [ 1 ] reshape: { shape: [ ] } }',
         "]",
         "dynamic_batching { }",
         "instance_group [ { count: 1 kind: KIND_AUTO } ]  # one per GPU where there are GPUs, else one on the CPU",

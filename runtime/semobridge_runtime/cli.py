@@ -31,9 +31,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="image files, directories (their image files, sorted, not recursive) or quoted globs")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
-                        help="answer 'unknown' for an image whose top calibrated probability is below the model's "
-                             "calibrated threshold (auto, the default), never (off), or below VALUE in [0, 1]")
     parser.add_argument("--backend", default="auto", choices=list(BACKENDS),
                         help="inference library (default auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with "
                              "AMX where the export measured it, else ONNX Runtime)")
@@ -47,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> None:
-    """--classes, --no-int8, --threads, spinning and the image limits: Classifier.load's options
+    """--classes, --unknown, --no-int8, --threads, spinning and the image limits: Classifier.load's options
     (semobridge-run, semobridge-serve).
 
     spinning: the default for ONNX Runtime's intra-op spinning; the option offered turns it the other way
@@ -55,6 +52,9 @@ def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> 
     """
     parser.add_argument("--classes", metavar="FILE",
                         help="class file to use instead of the fitted classes (written by semobridge-classes or save_classes)")
+    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
+                        help="answer 'unknown' for an image whose top calibrated probability is below the model's "
+                             "calibrated threshold (auto, the default), never (off), or below VALUE in [0, 1]")
     parser.add_argument("--no-int8", action="store_true",
                         help="run MODEL as given; by default, on the CPU, model_int8.onnx beside it runs instead when its "
                              "export measured the same labels as fp32 on >= 99%% of the fit images")

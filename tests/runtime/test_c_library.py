@@ -68,7 +68,7 @@ class Params(ctypes.Structure):
                 ("use_cuda", ctypes.c_bool), ("cuda_device_id", ctypes.c_int),
                 ("graph_optimization_level", ctypes.c_int), ("allow_spinning", ctypes.c_bool),
                 ("max_side", ctypes.c_int), ("max_pixels", ctypes.c_int64), ("max_aspect", ctypes.c_double),
-                ("classes_path", ctypes.c_char_p)]
+                ("classes_path", ctypes.c_char_p), ("unknown", ctypes.c_int), ("unknown_threshold", ctypes.c_double)]
 
 
 @pytest.fixture(scope="session")

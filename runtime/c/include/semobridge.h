@@ -18,9 +18,20 @@
  *     if (sb_classify(model, rgb, n, h, w, stride, scores, labels) != 0) {
  *         fprintf(stderr, "%s\n", sb_last_error(model));
  *     } else {
- *         printf("%s\n", sb_class_name(model, (int) labels[0]));
+ *         // label -1: the model calls the image unknown (no enrolled class; params.unknown, sb_unknown_threshold)
+ *         printf("%s\n", labels[0] < 0 ? "unknown" : sb_class_name(model, (int) labels[0]));
  *     }
  *     free(scores); free(labels);
+ *
+ *     // Calibrated probabilities too (softmax(scores / T), rows sum to 1), any outputs in one run: sb_predict
+ *     float * probabilities = malloc(sizeof(float) * C);
+ *     struct sb_frame image = sb_default_frame();  // packed RGB
+ *     image.data[0] = rgb; image.size[0] = (size_t) h * stride; image.stride[0] = stride;
+ *     image.width = w; image.height = h;
+ *     struct sb_result result = {.labels = labels, .probabilities = probabilities};  // NULL fields: not computed
+ *     if (sb_predict(model, NULL, &image, 1, &result) == SB_OK && labels[0] >= 0) {
+ *         printf("%s %.1f %%\n", sb_class_name(model, (int) labels[0]), 100 * probabilities[labels[0]]);
+ *     }
  *
  *     // Class sets (docs/classes.md): use a class file written by semobridge_runtime (Classifier.save_classes,
  *     // semobridge-classes); NULL returns to the fitted classes. Or open with params.classes_path = "shop.classes".
@@ -140,6 +151,16 @@ enum sb_graph_opt {
     SB_GRAPH_OPT_ALL = 99,
 };
 
+/* The open-set decision (docs/method.md, "The open set"), computed in the model's graph exactly as in Python and
+ * serving: probabilities = softmax(scores / T); an image whose top probability is below the threshold is unknown and
+ * gets label -1. Models exported before the graph computed it open with unknown off and say so once (one line on
+ * stderr, at sb_load, for SB_UNKNOWN_AUTO); SB_UNKNOWN_THRESHOLD refuses them (SB_EMODEL). */
+enum sb_unknown {
+    SB_UNKNOWN_AUTO = 0,      /* the model's calibrated threshold (off for a model exported without calibration) */
+    SB_UNKNOWN_OFF = 1,       /* every image gets a class */
+    SB_UNKNOWN_THRESHOLD = 2, /* sb_params.unknown_threshold */
+};
+
 struct sb_params {
     int intra_op_num_threads;    /* 0: ONNX Runtime's default */
     int inter_op_num_threads;    /* 0: ONNX Runtime's default */
@@ -154,9 +175,13 @@ struct sb_params {
     double max_aspect;           /* longest / shortest side; 0: the model's limit, else SB_MAX_ASPECT */
     /* Those below came with class sets. */
     const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
+    /* Those below came with the open-set decision. */
+    enum sb_unknown unknown;     /* when an image is unknown (label -1); default SB_UNKNOWN_AUTO */
+    double unknown_threshold;    /* SB_UNKNOWN_THRESHOLD: unknown below this top calibrated probability, in [0, 1] */
 };
 
-/* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits. */
+/* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits, unknown by the
+ * model's calibrated threshold. */
 SB_API struct sb_params sb_default_params(void);
 
 /* Version of the linked library ("0.1.0"; compare with SB_VERSION from the header compiled against). */
@@ -176,8 +201,8 @@ SB_API struct sb_model * sb_open_with_error(const char * path, struct sb_params 
 SB_API struct sb_model * sb_open(const char * path, struct sb_params params);
 
 /* scores_out: n * C floats, C the class count of the model's current set (sb_num_classes; if another thread may
- * swap the set meanwhile, use sb_get_classes and sb_classify_with); labels_out: n argmax labels. Needs a uint8-input
- * model. */
+ * swap the set meanwhile, use sb_get_classes and sb_classify_with); labels_out: n labels, the top class or -1 for an
+ * image the model calls unknown (sb_params.unknown). Needs a uint8-input model. */
 SB_API int sb_classify(struct sb_model * model, const uint8_t * rgb, int n, int h, int w, int stride,
                 float * scores_out, int64_t * labels_out);
 
@@ -255,6 +280,26 @@ SB_API int sb_embed_frames(struct sb_model * model, const struct sb_frame * fram
  * SB_OK, or SB_EINVAL with the reason in err (if err && errlen > 0). Needs no model. */
 SB_API int sb_frame_to_rgb(const struct sb_frame * frame, uint8_t * rgb_out, size_t rgb_size, char * err,
                            size_t errlen);
+
+/* What sb_predict writes for n images: set the outputs wanted, leave the others NULL (not computed). Fields are only
+ * ever appended (ABI): start from zero ({0} or memset). */
+struct sb_result {
+    float * scores;        /* n * C blend scores, C = the class set's count */
+    int64_t * labels;      /* n labels: the top class, or -1 for an image the model calls unknown (sb_params.unknown) */
+    float * probabilities; /* n * C calibrated probabilities softmax(scores / T), each row summing to 1 (SB_EMODEL for
+                              a model exported before its graph computed them: re-export it) */
+    float * embeddings;    /* n * sb_embedding_dim floats, L2-normalised */
+};
+
+/* Classify n frames (sb_classify_frames' rules; a packed RGB batch is a frame per image, layout SB_LAYOUT_RGB) with
+ * class set `classes` (from sb_get_classes(model); NULL: the model's current set, taken once for the call) into the
+ * outputs `result` asks for, in one model run. */
+SB_API int sb_predict(struct sb_model * model, const struct sb_classes * classes, const struct sb_frame * frames, int n,
+                      const struct sb_result * result);
+
+/* The top calibrated probability below which an image is unknown (sb_params.unknown), or -1 when unknown is off;
+ * -2 if model is NULL. */
+SB_API double sb_unknown_threshold(const struct sb_model * model);
 
 /* Message of the most recent failure on this model ("" if none); owned by the model. */
 SB_API const char * sb_last_error(const struct sb_model * model);

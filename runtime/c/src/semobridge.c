@@ -18,7 +18,7 @@
 #include "json.h"
 
 #define SB_ERR_LEN 512
-#define SB_MAX_OUTPUTS 2
+#define SB_MAX_OUTPUTS 5
 
 struct sb_model {
     const OrtApi * api;
@@ -37,6 +37,10 @@ struct sb_model {
     char * weights_hash;
     char * bridge_hash;
     size_t weights_hash_len, bridge_hash_len;
+    bool decides;                 /* the graph computes the open-set decision: outputs probabilities, known */
+    bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
+    float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
+    double threshold_in_force;    /* sb_unknown_threshold: -1 when unknown is off */
     struct sb_classes * fitted;   /* the fitted classes (the graph's defaults) */
     struct sb_classes * classes;  /* the current class set (one reference is the model's); swapped under classes_lock */
     pthread_mutex_t classes_lock;
@@ -116,6 +120,8 @@ struct sb_params sb_default_params(void) {
         .max_pixels = 0,
         .max_aspect = 0.0,
         .classes_path = NULL,
+        .unknown = SB_UNKNOWN_AUTO,
+        .unknown_threshold = 0.0,
     };
     return p;
 }
@@ -181,9 +187,10 @@ done:
     return rc;
 }
 
-/* Check output `name` is a `type` tensor of `ndims` dims; store dim 1 (-1 if dynamic or ndims < 2) in *width. */
+/* Check output `name` is a `type` tensor of `ndims` dims; store dim 1 (-1 if dynamic or ndims < 2) in *width. With
+ * `present`, a missing output is no error: *present says whether the graph has it. */
 static int read_output(struct sb_model * m, OrtAllocator * alloc, const char * name,
-                       ONNXTensorElementDataType want_type, size_t want_ndims, int64_t * width) {
+                       ONNXTensorElementDataType want_type, size_t want_ndims, int64_t * width, bool * present) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
     size_t count = 0, ndims = 0;
@@ -200,6 +207,8 @@ static int read_output(struct sb_model * m, OrtAllocator * alloc, const char * n
         ort_free(api, alloc, out_name);
         if (found) ORT_TRY(m, api->SessionGetOutputTypeInfo(m->session, i, &type_info), "reading an output type");
     }
+    if (present) *present = found;
+    if (!found && present) goto done;
     if (!found) { rc = fail(m, SB_EMODEL, "the model has no '%s' output; re-export it with semobridge", name); goto done; }
     if ((rc = tensor_shape(m, type_info, name, &type, &ndims, dims)) != SB_OK) goto done;
     if (type != want_type || ndims != want_ndims) {
@@ -262,12 +271,16 @@ done:
 static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct json * meta) {
     int rc;
     int64_t scores_width = -1, embedding_width = -1, unused = -1;
+    bool probabilities = false, known = false;
     const double meta_dim = json_positive(meta, 0, "embedding_dim");
-    if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width)) != SB_OK ||
-        (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused)) != SB_OK ||
-        (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
+    if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width, NULL)) != SB_OK ||
+        (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused, NULL)) != SB_OK ||
+        (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width, NULL)) != SB_OK ||
+        (rc = read_output(m, alloc, "probabilities", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &unused, &probabilities)) != SB_OK ||
+        (rc = read_output(m, alloc, "known", ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK) {
         return rc;
     }
+    m->decides = probabilities && known;
     if (meta_dim > 0 && embedding_width > 0 && (double) embedding_width != meta_dim) {
         return fail(m, SB_EMODEL, "the model's embedding has %lld values but its metadata says %.0f; re-export it",
                     (long long) embedding_width, meta_dim);
@@ -391,6 +404,44 @@ static int check_params(struct sb_model * m, struct sb_params p) {
     if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect >= 0 && p.max_aspect <= DBL_MAX)) {
         return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be >= 0 (0: the model's limit)");
     }
+    if (p.unknown != SB_UNKNOWN_AUTO && p.unknown != SB_UNKNOWN_OFF && p.unknown != SB_UNKNOWN_THRESHOLD) {
+        return fail(m, SB_EINVAL, "unknown=%d is not SB_UNKNOWN_AUTO, SB_UNKNOWN_OFF or SB_UNKNOWN_THRESHOLD", (int) p.unknown);
+    }
+    if (p.unknown == SB_UNKNOWN_THRESHOLD && !(p.unknown_threshold >= 0 && p.unknown_threshold <= 1)) {
+        return fail(m, SB_EINVAL, "unknown_threshold=%g is not a probability in [0, 1] (on the top class's calibrated "
+                    "probability); or set unknown to SB_UNKNOWN_AUTO (the model's threshold) or SB_UNKNOWN_OFF",
+                    p.unknown_threshold);
+    }
+    return SB_OK;
+}
+
+/* The open-set decision in force (sb_params.unknown): whether and what to feed the graph's `threshold`, and the
+ * threshold sb_unknown_threshold reports (with SB_UNKNOWN_AUTO the metadata's calibrated one, the graph's default).
+ * A model whose graph does not decide, or that carries no calibration, runs with unknown off and says so once. */
+static int read_decision(struct sb_model * m, const struct json * meta, struct sb_params p) {
+    size_t open_set = 0, value = 0;
+    double calibrated = -1;
+    if (json_get(meta, 0, "open_set", &open_set) == 1 && meta->tokens[open_set].type == JSON_OBJECT &&
+        json_get(meta, open_set, "threshold", &value) == 1 && !json_double(meta, value, &calibrated)) {
+        calibrated = -1;
+    }
+    m->threshold_in_force = -1;
+    if (!m->decides && p.unknown == SB_UNKNOWN_THRESHOLD) {
+        return fail(m, SB_EMODEL, "'%s' was exported before its graph decided 'unknown': it cannot apply "
+                    "unknown_threshold; re-export it with semobridge-export, or open it with SB_UNKNOWN_OFF", m->path);
+    }
+    if (p.unknown == SB_UNKNOWN_AUTO && (!m->decides || !(calibrated >= 0 && calibrated <= 1))) {
+        fprintf(stderr, "semobridge: '%s' %s: every image gets a class; re-export the model to answer 'unknown'\n",
+                m->path, m->decides ? "carries no open-set calibration" : "was exported before its graph decided 'unknown'");
+        return SB_OK;
+    }
+    if (p.unknown == SB_UNKNOWN_AUTO) {
+        m->threshold_in_force = calibrated;
+    } else if (m->decides) {
+        m->feed_threshold = true;
+        m->threshold = p.unknown == SB_UNKNOWN_OFF ? 0.0f : (float) p.unknown_threshold;
+        if (p.unknown == SB_UNKNOWN_THRESHOLD) m->threshold_in_force = p.unknown_threshold;
+    }
     return SB_OK;
 }
 
@@ -478,7 +529,8 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     }
     if ((rc = check_name_list(m, &json)) != SB_OK) goto done;
     if ((rc = read_input(m, alloc, &json)) != SB_OK || (rc = read_outputs(m, alloc, &json)) != SB_OK ||
-        (rc = read_limits(m, &json, p)) != SB_OK || (rc = read_head_inputs(m, &json)) != SB_OK) {
+        (rc = read_limits(m, &json, p)) != SB_OK || (rc = read_head_inputs(m, &json)) != SB_OK ||
+        (rc = read_decision(m, &json, p)) != SB_OK) {
         goto done;
     }
     if (p.classes_path) rc = sb_set_classes(m, p.classes_path);
@@ -680,9 +732,9 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
-    const char * input_names[1 + SB_HEAD_INPUTS] = {m->input_name};
-    OrtValue * inputs[1 + SB_HEAD_INPUTS] = {NULL};
-    const size_t ninputs = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
+    const char * input_names[2 + SB_HEAD_INPUTS] = {m->input_name};
+    OrtValue * inputs[2 + SB_HEAD_INPUTS] = {NULL};
+    const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1, ninputs = nclass + (m->feed_threshold ? 1 : 0);
     const int chunk = m->batch > 0 && m->batch < n ? (int) m->batch : n;
     const int64_t rows = m->batch > 0 ? m->batch : chunk; /* images per run, padding included */
     const size_t image_bytes = (size_t) h * (size_t) w * 3, row_bytes = (size_t) w * 3;
@@ -698,8 +750,14 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
         if (!mul_size((size_t) n, outs[k].per_image, &total)) return fail(m, SB_EINVAL, "n=%d is too large", n);
     }
     if (!mul_size((size_t) rows, image_bytes, &input_bytes)) return fail(m, SB_EINVAL, "batch is too large");
-    for (size_t k = 1; k < ninputs; k++) input_names[k] = sb_head_inputs[k - 1];
-    if (ninputs > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
+    for (size_t k = 1; k < nclass; k++) input_names[k] = sb_head_inputs[k - 1];
+    if (nclass > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
+    if (m->feed_threshold) { /* a float32 scalar over the model's value (ORT does not write to inputs) */
+        input_names[nclass] = "threshold";
+        ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, &m->threshold, sizeof(float), NULL, 0,
+                                                        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nclass]),
+                "creating the threshold input");
+    }
     for (int start = 0; start < n; start += chunk) {
         const int count = n - start < chunk ? n - start : chunk;
         const struct sb_frame * frames = images->frames ? images->frames + start : NULL;
@@ -800,17 +858,45 @@ const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
 }
 
+/* Run the model once for the outputs `r` asks for; an image the graph decides is not known gets label -1. */
+static int predict(struct sb_model * m, const struct sb_classes * c, const struct sb_images * images, int n, int h,
+                   int w, const struct sb_result * r) {
+    struct sb_output outs[SB_MAX_OUTPUTS];
+    size_t k = 0;
+    uint8_t * known = NULL; /* ONNX bool: one byte per image */
+    int rc;
+    if (!r->scores && !r->labels && !r->probabilities && !r->embeddings) {
+        return fail(m, SB_EINVAL, "the result asks for nothing: set scores, labels, probabilities or embeddings");
+    }
+    if (r->probabilities && !m->decides) {
+        return fail(m, SB_EMODEL, "'%s' was exported before its graph computed probabilities; re-export it with "
+                    "semobridge-export", m->path);
+    }
+    if (r->labels && m->decides && !(known = malloc((size_t) n))) return fail(m, SB_ENOMEM, "out of memory");
+    if (r->scores) outs[k++] = (struct sb_output){"scores", r->scores, (size_t) c->count, sizeof(float),
+                                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    if (r->labels) outs[k++] = (struct sb_output){"label", r->labels, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
+    if (known) outs[k++] = (struct sb_output){"known", known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
+    if (r->probabilities) outs[k++] = (struct sb_output){"probabilities", r->probabilities, (size_t) c->count,
+                                                         sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    if (r->embeddings) outs[k++] = (struct sb_output){"embedding", r->embeddings, (size_t) m->embedding_dim,
+                                                      sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    rc = run(m, c, images, n, h, w, outs, k);
+    for (int i = 0; rc == SB_OK && known && i < n; i++) {
+        if (!known[i]) r->labels[i] = -1;
+    }
+    free(known);
+    return rc;
+}
+
 static int classify(struct sb_model * m, const struct sb_classes * c, const uint8_t * rgb, int n, int h, int w,
                     int stride, float * scores_out, int64_t * labels_out) {
     int rc;
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
-    const struct sb_output outs[2] = {
-        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
-        {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
-    };
+    const struct sb_result r = {.scores = scores_out, .labels = labels_out};
     const struct sb_images images = {rgb, stride, NULL};
-    return run(m, c, &images, n, h, w, outs, 2);
+    return predict(m, c, &images, n, h, w, &r);
 }
 
 int sb_classify(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int stride,
@@ -855,12 +941,9 @@ static int classify_frames(struct sb_model * m, const struct sb_classes * c, con
     int rc, h = 0, w = 0;
     if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
     if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
-    const struct sb_output outs[2] = {
-        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
-        {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
-    };
+    const struct sb_result r = {.scores = scores_out, .labels = labels_out};
     const struct sb_images images = {NULL, 0, frames};
-    return run(m, c, &images, n, h, w, outs, 2);
+    return predict(m, c, &images, n, h, w, &r);
 }
 
 int sb_classify_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * scores_out,
@@ -879,6 +962,22 @@ int sb_classify_frames_with(struct sb_model * m, const struct sb_classes * class
     if ((rc = check_set(m, classes)) != SB_OK) return rc;
     return classify_frames(m, classes, frames, n, scores_out, labels_out);
 }
+
+int sb_predict(struct sb_model * m, const struct sb_classes * classes, const struct sb_frame * frames, int n,
+               const struct sb_result * result) {
+    int rc, h = 0, w = 0;
+    if (!m) return SB_EINVAL;
+    if (classes && (rc = check_set(m, classes)) != SB_OK) return rc;
+    if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
+    if (!result) return fail(m, SB_EINVAL, "result is NULL: pass a struct sb_result with the outputs wanted");
+    struct sb_classes * c = classes ? NULL : current(m); /* one class set for the whole call */
+    const struct sb_images images = {NULL, 0, frames};
+    rc = predict(m, classes ? classes : c, &images, n, h, w, result);
+    classes_release(c);
+    return rc;
+}
+
+double sb_unknown_threshold(const struct sb_model * m) { return m ? m->threshold_in_force : -2; }
 
 int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * emb_out) {
     int rc, h = 0, w = 0;

@@ -158,6 +158,16 @@ int main(int argc, char ** argv) {
     bad = params;
     bad.max_pixels = -1;
     expect_open_fails("open with negative max_pixels", argv[1], bad, SB_EINVAL, "max_pixels");
+    bad = params;
+    bad.unknown = (enum sb_unknown) 7;
+    expect_open_fails("open with unknown=7", argv[1], bad, SB_EINVAL, "unknown=7");
+    bad.unknown = SB_UNKNOWN_THRESHOLD;
+    bad.unknown_threshold = 1.5;
+    expect_open_fails("open with unknown_threshold 1.5", argv[1], bad, SB_EINVAL, "unknown_threshold=1.5");
+    bad.unknown_threshold = NAN;
+    expect_open_fails("open with unknown_threshold NaN", argv[1], bad, SB_EINVAL, "unknown_threshold");
+    bad.unknown_threshold = 0.5; /* the contract model's graph predates the decision (no probabilities, known) */
+    expect_open_fails("open an old model with a threshold", argv[1], bad, SB_EMODEL, "before its graph decided");
     char err0[64] = "unchanged";
     expect(sb_load(argv[1], params, NULL, err0, sizeof err0) == SB_EINVAL && strstr(err0, "NULL"), "load into NULL", err0);
     expect(sb_open(argv[5], params) == NULL, "sb_open returns NULL", "");
@@ -206,6 +216,18 @@ int main(int argc, char ** argv) {
     expect_call_fails(m, "embed n<0", sb_embed(m, rgb, -1, 8, 8, 24, emb), SB_EINVAL);
     expect(sb_classify(m, rgb, 4, 8, 8, 24, scores, labels) == SB_OK, "classify still works after errors", "");
     expect(sb_embed(m, rgb, 2, 8, 8, 24, emb) == SB_OK, "embed works", "");
+    expect(sb_unknown_threshold(m) == -1 && sb_unknown_threshold(NULL) == -2, "an old model runs with unknown off", "");
+    {
+        struct sb_frame frame = sb_default_frame();
+        frame.width = frame.height = 8;
+        frame.data[0] = rgb;
+        frame.size[0] = 8 * 8 * 3;
+        const struct sb_result nothing = {0}, probabilities = {.probabilities = scores};
+        expect_call_fails(m, "predict NULL result", sb_predict(m, NULL, &frame, 1, NULL), SB_EINVAL);
+        expect_call_fails(m, "predict asking for nothing", sb_predict(m, NULL, &frame, 1, &nothing), SB_EINVAL);
+        expect(sb_predict(m, NULL, &frame, 1, &probabilities) == SB_EMODEL &&
+               strstr(sb_last_error(m), "re-export") != NULL, "no probabilities from an old model", sb_last_error(m));
+    }
     frame_cases(m, scores, labels, emb);
     sb_close(m);
 

@@ -3,7 +3,8 @@
 HTTP/REST and gRPC (KServe v2 protocol), dynamic batching, health (/v2/health/ready, /v2/health/live),
 statistics (/v2/models/NAME/stats) and Prometheus metrics (/metrics on the metrics port).
 Inputs per request: `image` uint8 [B,H,W,3] RGB or `encoded` BYTES [B,1] (JPEG/PNG files);
-outputs: scores, label, embedding, class_name. --classes FILE serves a class file's classes (semobridge-classes)
+outputs: scores, label (-1: unknown), embedding, class_name ("" for unknown), probabilities, known.
+--unknown auto|off|VALUE as semobridge-run (default auto: the model's calibrated threshold). --classes FILE serves a class file's classes (semobridge-classes)
 instead of the fitted ones. SIGTERM or Ctrl-C: stop accepting requests, finish those in flight (up to
 --drain-timeout), exit.
 Exit codes: 0 stopped, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--instances", type=int, default=batching.instances,
                    help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
                         "ONNX Runtime session of --threads threads (default %(default)s)")
-    add_load_options(p, spinning=False)  # --classes, --no-int8, --threads (per instance), --spinning, limits
+    add_load_options(p, spinning=False)  # --classes, --unknown, --no-int8, --threads (per instance), --spinning, limits
     p.add_argument("--max-request-mb", type=int, default=budget.request_bytes // MIB,
                    help="MiB one request may carry (its body, and the tensors it declares); larger ones are refused "
                         "with HTTP 400 before they are read (default %(default)s)")
@@ -84,7 +85,8 @@ def settings_of(args: argparse.Namespace) -> ServeSettings:
     classes = str(Path(args.classes).resolve()) if args.classes is not None else None
     return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spinning,
                          prefer_int8=not args.no_int8, max_side=args.max_side, max_pixels=args.max_pixels,
-                         max_aspect=args.max_aspect, classes=classes, max_request_bytes=args.max_request_mb * MIB)
+                         max_aspect=args.max_aspect, classes=classes, max_request_bytes=args.max_request_mb * MIB,
+                         unknown=args.unknown)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
+from .. import openset
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
@@ -22,7 +23,7 @@ from ..limits import ImageLimits
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
 T = TypeVar("T")
-_RUN_OUTPUTS = ("scores", "label", "embedding")
+_RUN_OUTPUTS = ("scores", "label", "embedding")  # then the decision's (openset.DECISION_OUTPUTS), where served
 _REFUSED = {"400", "StatusCode.INVALID_ARGUMENT"}
 _NOT_FOUND = {"404", "StatusCode.NOT_FOUND"}
 
@@ -57,7 +58,9 @@ class RemoteClassifier:
         config = config if self._http else config["config"]
         self.metadata: dict[str, Any] = parameter(config, METADATA)
         self.class_names: list[str] = list(self.metadata["class_names"])
-        # the probabilities' temperature, as Classifier.load reads it (the server answers no "unknown" yet)
+        served = {output.get("name") for output in config.get("output", [])}
+        self._outputs = _RUN_OUTPUTS + tuple(n for n in openset.DECISION_OUTPUTS if n in served)
+        # a server of a model exported before the graph decided: closed set, probabilities at the metadata's T
         self.temperature = float((self.metadata.get("open_set") or {}).get("temperature", 1.0))
         self.limits = ImageLimits(**self.metadata.get("limits", {}))
         self.max_batch: int = int(config.get("max_batch_size", 0)) or 1
@@ -78,8 +81,7 @@ class RemoteClassifier:
         """As Classifier.predict: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths or PIL images."""
         check_top_k(top_k)
         count, groups = uint8_groups(images, None, self.limits)
-        scores, labels, embeddings = self._gather(count, [(g.indices, IMAGE, g.batch) for g in groups])
-        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, self.temperature)
+        return self._prediction(self._gather(count, [(g.indices, IMAGE, g.batch) for g in groups]), top_k)
 
     def predict_encoded(self, files: bytes | Sequence[bytes], top_k: int = 5) -> Prediction:
         """Classify encoded image files (JPEG, PNG, ... bytes), decoded on the server: less to send than pixels."""
@@ -88,8 +90,15 @@ class RemoteClassifier:
         if not blobs or not all(isinstance(b, bytes) for b in blobs):
             raise InputError("predict_encoded takes bytes or a non-empty list of bytes (the contents of image files)")
         batch = np.array(blobs, dtype=object).reshape(-1, 1)
-        scores, labels, embeddings = self._gather(len(blobs), [(np.arange(len(blobs)), ENCODED, batch)])
-        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, self.temperature)
+        return self._prediction(self._gather(len(blobs), [(np.arange(len(blobs)), ENCODED, batch)]), top_k)
+
+    def _prediction(self, outputs: list[np.ndarray], top_k: int) -> Prediction:
+        scores, labels, embeddings = outputs[:3]
+        if len(outputs) > 3:
+            probabilities, known = outputs[3:]
+        else:
+            _, known, probabilities = openset.decide(scores, self.temperature, None, labels)
+        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, probabilities, known)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
@@ -97,7 +106,7 @@ class RemoteClassifier:
 
     def _gather(self, count: int, groups: list[tuple[np.ndarray, str, np.ndarray]]) -> list[np.ndarray]:
         """Run every group in requests of at most max_batch images; outputs in the caller's order."""
-        results: list[np.ndarray | None] = [None] * len(_RUN_OUTPUTS)
+        results: list[np.ndarray | None] = [None] * len(self._outputs)
         for indices, name, batch in groups:
             for start in range(0, len(batch), self.max_batch):
                 values = self._infer(name, batch[start:start + self.max_batch])
@@ -111,11 +120,11 @@ class RemoteClassifier:
         triton = self._triton
         tensor = triton.InferInput(name, list(batch.shape), "UINT8" if name == IMAGE else "BYTES")
         tensor.set_data_from_numpy(batch)
-        outputs = [triton.InferRequestedOutput(n) for n in _RUN_OUTPUTS]
+        outputs = [triton.InferRequestedOutput(n) for n in self._outputs]
         timeout = {} if self._http else {"client_timeout": self._timeout_s}
         result = self._call(lambda: self._client.infer(self.model_name, [tensor], outputs=outputs, **timeout))
-        scores, label, embedding = (result.as_numpy(n) for n in _RUN_OUTPUTS)
-        return [scores, label.reshape(len(batch)), embedding]
+        values = [result.as_numpy(n) for n in self._outputs]
+        return [v.reshape(len(batch)) if n in ("label", "known") else v for n, v in zip(self._outputs, values)]
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one client call; map what goes wrong onto the runtime's error model."""

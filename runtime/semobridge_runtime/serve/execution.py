@@ -38,7 +38,8 @@ Result = dict[str, np.ndarray] | SemobridgeError
 
 def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolExecutor,
               budget: int | None = None) -> list[Result]:
-    """Outputs per request (scores, label, embedding, class_name), or the error that request alone gets.
+    """Outputs per request (protocol.OUTPUTS: an unknown image has label -1 and an empty class_name), or the error
+    that request alone gets.
     `budget`: the bytes a request may carry (None: no bound)."""
     started = [_start(request, classifier, pool, budget) for request in requests]
     images = [_finish(pending, classifier) for pending in started]
@@ -51,13 +52,14 @@ def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolE
         prediction = classifier.predict(flat, top_k=1)
     except SemobridgeError as exc:  # the backend failed: every request of the run gets the error
         return [exc if i in valid else results[i] for i in range(len(requests))]
-    names = np.array([name.encode() for name in prediction.class_names], dtype=object)
+    names = np.array([(name or "").encode() for name in prediction.class_names], dtype=object)  # None: unknown
     start = 0
     for i in valid:
         rows = slice(start, start + len(images[i]))
         start = rows.stop
         results[i] = {"scores": prediction.scores[rows], "label": prediction.labels[rows, None],
-                      "embedding": prediction.embeddings[rows], "class_name": names[rows, None]}
+                      "embedding": prediction.embeddings[rows], "probabilities": prediction.probabilities[rows],
+                      "known": prediction.known[rows, None], "class_name": names[rows, None]}
     return results
 
 

@@ -2,7 +2,10 @@
 
 A request carries one of two inputs: `image`, uint8 [B, H, W, 3] RGB pixels (B images of one size), or
 `encoded`, BYTES [B, 1] (JPEG, PNG, ... files, decoded on the server). The outputs are the fused
-graph's `scores` [B, C], `label` [B, 1] and `embedding` [B, d], and `class_name` BYTES [B, 1].
+graph's `scores` [B, C], `label` [B, 1] (-1: unknown), `embedding` [B, d], `probabilities` [B, C] and `known`
+BOOL [B, 1] (the open-set decision the graph computes), and `class_name` BYTES [B, 1] (empty for unknown).
+A Triton repository of `semobridge-export --formats triton` serves the graph itself: the same outputs but
+`class_name`, its `label` the argmax whatever `known` says (RemoteClassifier gives -1 for both servers).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from ..errors import ERROR_TABLE, ModelError, SemobridgeError
 
 MODEL_NAME = "semobridge"
 IMAGE, ENCODED = "image", "encoded"
-OUTPUTS = ("scores", "label", "embedding", "class_name")
+OUTPUTS = ("scores", "label", "embedding", "probabilities", "known", "class_name")
 LABELS_FILE = "labels.txt"  # one class name per line, for Triton's classification extension on `scores`
 
 METADATA = "semobridge"  # config parameter: the model's metadata JSON, with the limits in force

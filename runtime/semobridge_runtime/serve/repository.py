@@ -60,6 +60,8 @@ def config_text(name: str, classifier: Classifier, settings: ServeSettings, batc
         f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {len(classifier.class_names)} ] label_filename: "{LABELS_FILE}" }},',
         '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] },',
         f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {classifier.info.embedding_dim} ] }},',
+        f'  {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {len(classifier.class_names)} ] }},',
+        '  { name: "known" data_type: TYPE_BOOL dims: [ 1 ] },',
         '  { name: "class_name" data_type: TYPE_STRING dims: [ 1 ] }',
         "]",
         f"instance_group [ {{ count: {batching.instances} kind: KIND_CPU }} ]",

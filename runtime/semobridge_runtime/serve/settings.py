@@ -31,6 +31,7 @@ class ServeSettings:
     max_aspect: float | None = None
     classes: str | None = None  # absolute path of a class file used instead of the fitted classes
     max_request_bytes: int | None = None  # pixels or encoded bytes a request may carry (--max-request-mb)
+    unknown: str | float | None = "auto"  # Classifier.load's unknown (--unknown auto|off|VALUE)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -46,5 +47,4 @@ def load_classifier(settings: ServeSettings) -> Classifier:
                            allow_spinning=settings.allow_spinning, prefer_int8=settings.prefer_int8,
                            classes=settings.classes, max_side=settings.max_side,
                            max_pixels=settings.max_pixels, max_aspect=settings.max_aspect,
-                           release_after_bytes=RELEASE_AFTER_BYTES,
-                           unknown=None)  # serving answers no "unknown" yet: label stays the argmax (issue 20)
+                           release_after_bytes=RELEASE_AFTER_BYTES, unknown=settings.unknown)
