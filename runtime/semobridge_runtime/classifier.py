@@ -85,10 +85,10 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bo
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
         if fitted is None or not decides:
-            why = "carries no open-set calibration" if fitted is None else "was exported before its graph decided 'unknown'"
-            warnings.warn(f"{source} {why} (exported before it existed, or fitted without held-out images): every "
-                          "image gets a class, and probabilities are uncalibrated (T = 1) where no calibration is "
-                          "recorded; re-export the model to answer 'unknown'", stacklevel=3)
+            why = ("carries no open-set calibration (exported before it existed, or fitted without held-out images): "
+                   "every image gets a class, and probabilities are uncalibrated (T = 1)" if fitted is None else
+                   "was exported before its graph decided 'unknown': every image gets a class")
+            warnings.warn(f"{source} {why}; re-export the model to answer 'unknown'", stacklevel=3)
             return temperature, None
         return temperature, fitted.threshold
     if unknown is None:
@@ -115,7 +115,7 @@ class Classifier:
         self._limits = limits
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
-        self._auto = True  # unknown="auto": a class set's own calibration, where it has one, wins
+        self._auto = True  # unknown="auto": a class set's own threshold, where it has one, wins
         self._decides = set(openset.DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
@@ -306,15 +306,15 @@ class Classifier:
         outputs = self._run(images, ("scores", "label", "embedding", *openset.DECISION_OUTPUTS), classes)
         return Prediction.of(*outputs[:3], names, top_k, *outputs[3:])
 
-    def decision(self, classes: ClassSet | None = None) -> dict[str, np.ndarray]:
+    def _decision(self, classes: ClassSet | None = None) -> dict[str, np.ndarray]:
         """The temperature and threshold the graph is fed (openset.DECISION_INPUTS, float32 scalars) for a class set:
-        with unknown="auto" its own calibration where it carries one (class files), else the model's; unknown=None
-        feeds openset.THRESHOLD_OFF."""
+        its own calibration where it carries one (enrolment's, class files: its temperature always, its threshold with
+        unknown="auto"), else the model's; unknown off feeds openset.THRESHOLD_OFF."""
         temperature, threshold = self._temperature, self._threshold
-        if self._auto and classes is not None:  # ClassSet.temperature/threshold: enrolment's recalibration, if any
-            temperature = getattr(classes, "temperature", None) or temperature
-            threshold = getattr(classes, "threshold", None) if getattr(classes, "threshold", None) is not None \
-                else threshold
+        own_t, own_threshold = getattr(classes, "temperature", None), getattr(classes, "threshold", None)
+        temperature = own_t if own_t is not None else temperature
+        if self._auto and own_threshold is not None:
+            threshold = own_threshold
         off = openset.THRESHOLD_OFF if threshold is None else threshold
         return {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
 
@@ -340,7 +340,7 @@ class Classifier:
         backend = self._backend
         feeds = classes.feeds() if classes is not None else None
         if self._decides:
-            feeds = {**(feeds or {}), **self.decision(classes)}
+            feeds = {**(feeds or {}), **self._decision(classes)}
         if self.info.input_kind == "float":
             size = backend.fixed_hw[0] if backend.fixed_hw else self.info.image_size
             batch = float_batch(images, size)

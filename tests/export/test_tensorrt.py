@@ -108,9 +108,10 @@ def test_class_count_profile_and_class_set_inputs(exported_onnx):
         Profile(classes=(5, 2, 10)).input_shapes(meta)
     stripped = onnx.load_from_string(class_set_graph(exported_onnx / "model.onnx"))
     initializers = {t.name for t in stripped.graph.initializer}
-    assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"]
+    assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes",
+                                                      "class_kl", "temperature", "threshold"]
     assert not initializers & {i.name for i in stripped.graph.input}
-    assert len(initializers) == len(onnx.load(str(exported_onnx / "model.onnx")).graph.initializer) - 4
+    assert len(initializers) == len(onnx.load(str(exported_onnx / "model.onnx")).graph.initializer) - 6
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")

@@ -7,7 +7,6 @@ decided runs with unknown off in Python and C, and says so once."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import warnings
 from pathlib import Path
@@ -182,23 +181,11 @@ def test_semobridge_serve_agrees(onnx_model: Path, photos, python, split: float,
 
 @pytest.fixture(scope="module")
 def old_model(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The model as exported before the graph decided: no temperature/threshold inputs, no probabilities/known
-    outputs (the metadata's calibration kept, as exports of that time carry it)."""
-    proto = onnx.load(str(onnx_model))
-    graph = proto.graph
-    kept = [o for o in graph.output if o.name not in openset.DECISION_OUTPUTS]
-    del graph.output[:]
-    graph.output.extend(kept)
-    inputs = [i for i in graph.input if i.name not in openset.DECISION_INPUTS]
-    del graph.input[:]
-    graph.input.extend(inputs)  # their initializers stay: constants, as in a graph without the inputs
-    meta = next(p for p in proto.metadata_props if p.key == "semobridge")
-    raw = json.loads(meta.value)
-    raw["outputs"] = [o for o in raw["outputs"] if o["name"] not in openset.DECISION_OUTPUTS]
-    meta.value = json.dumps(raw)
-    path = tmp_path_factory.mktemp("old") / "model.onnx"
-    onnx.save(proto, str(path))
-    return path
+    """The model as exported before the graph decided (the metadata's calibration kept, as exports of that time
+    carry it)."""
+    from benchmarks.open_set import without_decision
+
+    return without_decision(onnx_model, tmp_path_factory.mktemp("old") / "model.onnx")
 
 
 def test_an_old_export_runs_with_unknown_off_and_says_so_once(old_model: Path, c_build: Path, photos,

@@ -100,7 +100,7 @@ def local(serve_model: Path):
     """The in-process runtime on the same model: the reference every served result is compared with."""
     from semobridge_runtime import Classifier
 
-    return Classifier.load(serve_model, unknown=None)  # serving answers no "unknown" yet: compare closed-set
+    return Classifier.load(serve_model)  # unknown="auto", as the server's default
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def class_file(serve_model: Path, photos: list[np.ndarray], tmp_path_factory: py
 
 def test_the_server_runs_and_publishes_the_class_file(serve_model, class_file, photos, tmp_path) -> None:
     fitted = Classifier.load(serve_model).class_names
-    reference = Classifier.load(serve_model, classes=class_file, unknown=None)  # the in-process runtime with the same file
+    reference = Classifier.load(serve_model, classes=class_file)  # the in-process runtime with the same file
     expected_names = ["renamed whale", *fitted[2:], "purple mug", "green kettle"]  # one class more than fitted
     assert reference.class_names == expected_names
     served = start_server(serve_model, tmp_path, "--classes", str(class_file), "--max-batch", "8")
@@ -70,7 +70,7 @@ def test_the_server_runs_and_publishes_the_class_file(serve_model, class_file, p
 
 def test_a_class_file_it_cannot_use_stops_it_before_start(serve_model, class_file, tmp_path) -> None:
     foreign = tmp_path / "foreign.classes"  # the same classes, saved for another backbone
-    reference = Classifier.load(serve_model, classes=class_file, unknown=None)
+    reference = Classifier.load(serve_model, classes=class_file)
     reference.classes.save(foreign, Identity("another-backbone", "0" * 16, "0" * 16, reference.info.embedding_dim))
     cases = [(tmp_path / "missing.classes", "cannot read class file"),
              (serve_model.with_name("model.json"), "is truncated or not a safetensors file"),
