@@ -68,7 +68,10 @@ class FusedClassifier(nn.Module):
         return dict(zip(HEAD_INPUTS, (h.text_classifier, h.bridged_prototypes, h.image_prototypes, h.class_kl)))
 
     def decision_defaults(self) -> dict[str, torch.Tensor]:
-        """DECISION_INPUTS name -> float32 scalar: the fit's temperature and threshold (the graph inputs' defaults)."""
+        """DECISION_INPUTS name -> float32 scalar: the fit's temperature and threshold (the graph inputs' defaults);
+        none for a module that gives no decision outputs (the benchmarks' bare encoder, head alone)."""
+        if not set(DECISION_OUTPUTS) <= set(self.output_names):
+            return {}
         calibration = self.head.info.open_set or {"temperature": 1.0, "threshold": 0.0}
         return {name: torch.tensor(float(calibration[name])) for name in DECISION_INPUTS}
 
