@@ -169,7 +169,7 @@ class Classifier:
             loaded: Backend = OnnxRuntimeBackend(path, sessions, release_after_bytes)
         elif choice.backend == "openvino":
             from .backends.openvino import OpenVINOBackend
-            loaded = OpenVINOBackend(path, openvino_precision, intra_op_num_threads, openvino_cache)
+            loaded = OpenVINOBackend(path, openvino_precision, sessions.intra_op_num_threads, openvino_cache)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
