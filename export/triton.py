@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from semobridge_runtime.serve.protocol import LABELS_FILE, MODEL_NAME  # one client setting for both servers
-from semobridge_runtime.serve.triton_config import Batching, TensorConfig, metadata_parameters, model_outputs, text_literal
-from semobridge_runtime.serve.triton_config import config_text as model_config_text
+from semobridge_runtime.serve.triton_config import Batching, TensorConfig, metadata_parameters, model_outputs
+from semobridge_runtime.serve.triton_config import config_text as model_config_text, text_literal
 
 from .tensorrt import Profile, class_set_graph
 

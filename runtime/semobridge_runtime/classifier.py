@@ -112,8 +112,8 @@ class Classifier:
         self._limits = limits
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
-        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model,
-                                     sessions)
+        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
+                                     text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
 
     @classmethod

@@ -78,7 +78,8 @@ def test_provider_options_pass_through(contract_onnx: Path) -> None:
 def test_no_session_is_opened_outside_the_factory() -> None:
     """A grep: InferenceSession(...) and SessionOptions() appear only in backends/session.py (tests may open
     plain sessions as independent references)."""
-    pattern, factory = re.compile(r"\b(InferenceSession|SessionOptions)\("), "runtime/semobridge_runtime/backends/session.py"
+    pattern = re.compile(r"\b(InferenceSession|SessionOptions)\(")
+    factory = "runtime/semobridge_runtime/backends/session.py"
     found = [(str(path.relative_to(ROOT)), n) for folder in ("runtime", "export", "semobridge", "benchmarks")
              for path in sorted((ROOT / folder).rglob("*.py"))
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]

@@ -47,7 +47,8 @@ def locate(package: Path, python: str) -> Distribution:
                          stubs / python / "triton_python_backend_stub",
                          libraries if libraries.is_dir() else dist / "external_libs", dist / "caches")
     if stubs.is_dir() and not (stubs / python).is_dir():
-        have = sorted((p.name for p in stubs.iterdir() if p.is_dir()), key=lambda v: [int(x) if x.isdigit() else -1 for x in v.split(".")])
+        have = sorted((p.name for p in stubs.iterdir() if p.is_dir()),
+                      key=lambda v: [int(x) if x.isdigit() else -1 for x in v.split(".")])
         raise BackendError(f"nvidia-pytriton has no Triton Python-backend stub for Python {python} "
                            f"(it has {', '.join(have) or 'none'})", hint="run semobridge-serve on one of those Pythons")
     wanted = [(found.tritonserver, "is_file"), (found.python_backend / "libtriton_python.so", "is_file"),

@@ -60,4 +60,3 @@ def write_repository(root: Path, name: str, classifier: Classifier, settings: Se
     (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in classifier.class_names), encoding="utf-8")
     (folder / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")
     return root
-

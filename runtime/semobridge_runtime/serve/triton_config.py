@@ -38,8 +38,9 @@ class TensorConfig:
     extra: str = ""
 
     def text(self) -> str:
-        dims = ", ".join(map(str, self.dims))
-        return f"{{ name: {text_literal(self.name)} data_type: {self.data_type} dims: [ {dims} ]{' ' if self.extra else ''}{self.extra} }}"
+        fields = [f"name: {text_literal(self.name)}", f"data_type: {self.data_type}",
+                  f"dims: [ {', '.join(map(str, self.dims))} ]", *([self.extra] if self.extra else [])]
+        return f"{{ {' '.join(fields)} }}"
 
 
 def model_outputs(num_classes: int, embedding_dim: int, label_reshaped: bool) -> list[TensorConfig]:
