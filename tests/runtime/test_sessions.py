@@ -57,7 +57,7 @@ def test_text_tower_runs_the_threads_asked_for(exported_onnx: Path) -> None:
 def test_factory_refuses_bad_settings(contract_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="intra_op_num_threads"):
         SessionSettings(intra_op_num_threads=-1)
-    with pytest.raises(BackendError, match="list of execution provider names"):
+    with pytest.raises(InputError, match="list of execution provider names"):
         SessionSettings(providers="CPUExecutionProvider")
     with pytest.raises(BackendError, match="NoSuchExecutionProvider"):
         open_session(contract_onnx, SessionSettings(("NoSuchExecutionProvider",)))

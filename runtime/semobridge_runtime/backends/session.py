@@ -20,7 +20,7 @@ from typing import Any, Sequence, Union
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402  (after the telemetry opt-out)
 
-from ..errors import BackendError, ModelError  # noqa: E402
+from ..errors import BackendError, InputError, ModelError  # noqa: E402
 from ..limits import check_threads  # noqa: E402
 
 ort.disable_telemetry_events()  # also stops events when the app initialised ONNX Runtime before us
@@ -48,8 +48,8 @@ class SessionSettings:
     def __post_init__(self) -> None:
         if self.providers is not None:
             if isinstance(self.providers, str):
-                raise BackendError(f"providers must be a list of execution provider names, not {self.providers!r}",
-                                   hint='e.g. providers=["CPUExecutionProvider"]')
+                raise InputError(f"providers must be a list of execution provider names, not {self.providers!r}",
+                                 hint='e.g. providers=["CPUExecutionProvider"]')
             object.__setattr__(self, "providers", tuple(self.providers))
         if self.intra_op_num_threads is not None:
             check_threads(self.intra_op_num_threads, "intra_op_num_threads")
