@@ -11,8 +11,7 @@ what enrolling one class takes on the device, and the re-fit + re-export it repl
    its parts: the shots' image embeddings and bridged features (the model's own graph), the prompts'
    text embeddings (tokenizer + text tower), and the head maths in numpy (T, P, I as normalised
    means, and every class's KL over the new set; target <= 20 ms), as the first edit after loading
-   and as a later one; removing a
-   class and writing the class file beside.
+   and as a later one; removing a class and writing the class file beside.
 3. Re-fit + re-export: what the same change costs without enrolment, from cached embeddings (no
    encoding, no blend search: a lower bound): semobridge's training-free fit of C + 1 classes and
    the export of the fused ONNX graph (a TensorRT engine rebuild on the target comes on top).

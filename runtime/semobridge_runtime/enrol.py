@@ -166,7 +166,7 @@ class Enrolment:
         """Enrol `name` from its prompts and its shots: `shots()` runs the model on them for SHOT_OUTPUTS (None: from
         its name and prompts alone)."""
         check_name(name, self.names())
-        self.fitted()
+        self.fitted()  # baked-in classes or a missing head file: refused before the images run
         missing = [o for o in SHOT_OUTPUTS if o not in self._outputs] if shots is not None else []
         if missing:
             raise ModelError(f"{self._path} has no {' or '.join(repr(o) for o in missing)} output: it was exported before "
