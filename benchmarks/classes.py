@@ -163,7 +163,8 @@ def enrolment(model: Path, shots: int, repeats: int, stage: Path, bar) -> dict[s
             "class_file_bytes": (stage / "shop.classes").stat().st_size}
 
 
-def class_maths(embeddings: np.ndarray, shots: Sequence[np.ndarray], classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_maths(embeddings: np.ndarray, shots: Sequence[np.ndarray],
+                classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(T, P, I) of one class from its prompts' text embeddings and its shots' features and bridged features."""
     return class_tensors(head.prototype(embeddings), shots, classes)
 

@@ -89,7 +89,8 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
     }
 
 
-def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], embedding_dim: int, precision: str = "fp32") -> dict[str, Any]:
+def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], embedding_dim: int,
+                  precision: str = "fp32") -> dict[str, Any]:
     """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
     return {
         "format_version": FORMAT_VERSION,

@@ -81,8 +81,8 @@ class TextSide:
         if meta["backbone"]["weights_hash"] != info.raw["backbone"]["weights_hash"]:
             raise ModelError(f"{path} is the text tower of another backbone than {model_path.name}'s; use the one exported with it")
         if TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:
-            raise ModelError(f"{path} is the text tower of an older export (it has no '{TEXT_OUTPUT}' output: it gives the "
-                             "pooled token before the projection, whose maths the runtime no longer holds)",
+            raise ModelError(f"{path} is the text tower of an older export (it has no '{TEXT_OUTPUT}' output: it "
+                             "gives the pooled token before the projection, whose maths the runtime no longer holds)",
                              hint="re-export the model with semobridge-export (class files made with it still load)")
         self._tokenizer = Tokenizer(path.parent / tokenizer["vocabulary"], tokenizer["context_length"], tokenizer["clean"])
         self._input = self._session.get_inputs()[0].name
@@ -162,16 +162,18 @@ class Enrolment:
         classes = self.classes
         return classes.names if classes is not None else self._info.class_names
 
-    def add(self, name: str, shots: Callable[[], Sequence[np.ndarray]] | None, prompts: Sequence[str] | None = None) -> None:
+    def add(self, name: str, shots: Callable[[], Sequence[np.ndarray]] | None,
+            prompts: Sequence[str] | None = None) -> None:
         """Enrol `name` from its prompts and its shots: `shots()` runs the model on them for SHOT_OUTPUTS (None: from
         its name and prompts alone)."""
         check_name(name, self.names())
         self.fitted()  # baked-in classes or a missing head file: refused before the images run
         missing = [o for o in SHOT_OUTPUTS if o not in self._outputs] if shots is not None else []
         if missing:
-            raise ModelError(f"{self._path} has no {' or '.join(repr(o) for o in missing)} output: it was exported before "
-                             "enrolment took the bridge from the model's graph",
-                             hint="re-export it with semobridge-export (removing, renaming and class files work as they are)")
+            raise ModelError(f"{self._path} has no {' or '.join(repr(o) for o in missing)} output: it was exported "
+                             "before enrolment took the bridge from the model's graph",
+                             hint="re-export it with semobridge-export (removing, renaming and class files work as "
+                                  "they are)")
         ran, T = shots() if shots is not None else None, self.text().classifier(name, prompts)
         self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes)))
 

@@ -68,11 +68,13 @@ def test_metadata_vocabulary_and_licence(exported_onnx, tiny_backbone):
 
 
 def test_int8_text_tower(exported_onnx):
-    """The transformer's matrix products run int8; the projection W stays fp32 (one float MatMul, on the pooled token)."""
+    """The transformer's matrix products run int8; the projection W stays fp32 (a float MatMul on the pooled
+    token)."""
     model = onnx.load(str(exported_onnx / "text_int8.onnx"))
     assert any(n.op_type == "MatMulInteger" for n in model.graph.node)
     fp32 = onnx_ir.load(str(exported_onnx / "text.onnx")).graph
-    projection = [n.name for n in fp32 if n.op_type == "MatMul" and not module_scope(n.metadata_props).startswith("model")]
+    projection = [n.name for n in fp32
+                  if n.op_type == "MatMul" and not module_scope(n.metadata_props).startswith("model")]
     assert len(projection) == 1 and {n.name: n.op_type for n in model.graph.node}[projection[0]] == "MatMul"
     assert json.loads({p.key: p.value for p in model.metadata_props}[TEXT_METADATA_KEY])["precision"] == "int8"
     assert 0.99 < text_drift(exported_onnx / "text.onnx", exported_onnx / "text_int8.onnx") <= 1.0

@@ -240,14 +240,16 @@ def test_an_export_from_before_the_traced_head_refuses_enrolment_with_a_re_expor
     clf.remove_class("red fox")
     clf.rename_class("white swan", "swan")
     clf.save_classes(tmp_path / "x.classes")
-    assert Classifier.load(old / "model.onnx", classes=tmp_path / "x.classes").class_names == ["blue whale", "green tree", "swan"]
+    again = Classifier.load(old / "model.onnx", classes=tmp_path / "x.classes")
+    assert again.class_names == ["blue whale", "green tree", "swan"]
 
     text = onnx.load(str(old / "text.onnx"))
     for node in text.graph.node:
         node.output[:] = ["eos" if o == "text_embedding" else o for o in node.output]
     text.graph.output[0].name = "eos"
     onnx.save(text, str(old / "text.onnx"))
-    for enrol in (lambda c: c.add_class("white swan", shots(enrol_pool, "white swan")), lambda c: c.embed_text(["a swan"])):
+    for enrol in (lambda c: c.add_class("white swan", shots(enrol_pool, "white swan")),
+                  lambda c: c.embed_text(["a swan"])):
         with pytest.raises(ModelError, match="older export.*no 'text_embedding' output") as caught:
             enrol(Classifier.load(enrol_export, text_model=old / "text.onnx"))
         assert "re-export" in caught.value.hint

@@ -142,10 +142,12 @@ def test_the_class_kl_formula_exists_once() -> None:
             for node in ast.walk(tree):
                 if isinstance(node, ast.FunctionDef):
                     for inner in ast.walk(node):
-                        name = inner.attr if isinstance(inner, ast.Attribute) else inner.id if isinstance(inner, ast.Name) else ""
+                        name = (inner.attr if isinstance(inner, ast.Attribute)
+                                else inner.id if isinstance(inner, ast.Name) else "")
                         if name in ("log2", "KL_EPS"):
                             uses.append(f"{path.relative_to(ROOT)}:{node.name}:{name}")
-                elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "KL_EPS" for t in node.targets):
+                elif isinstance(node, ast.Assign) and any(
+                        isinstance(t, ast.Name) and t.id == "KL_EPS" for t in node.targets):
                     uses.append(f"{path.relative_to(ROOT)}:KL_EPS =")
     runtime_head = "runtime/semobridge_runtime/head.py"
     assert sorted(set(uses)) == sorted({f"{runtime_head}:KL_EPS =", f"{runtime_head}:kl_bits:log2",
