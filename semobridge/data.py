@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 from .files import CSV_BYTES, IMAGE_BYTES, open_regular, read_text
+from .validate import MIN_FIT_CLASSES
 from .validate import class_names as check_class_names
 from .validate import image_size
 
@@ -206,7 +207,7 @@ def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -
     else:
         found, items = _from_class_folders(root, names)
         dataset = Dataset(root.name, found, {"train": items}, str(root))
-    check_class_names(dataset.class_names, f"the classes of {dataset.source}")
+    check_class_names(dataset.class_names, f"the classes of {dataset.source}", MIN_FIT_CLASSES)
     return dataset
 
 

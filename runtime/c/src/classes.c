@@ -34,10 +34,23 @@ static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     return code;
 }
 
-/* What makes cp unusable in a class name (Unicode Cc, Zl, Zp; surrogates are not valid UTF-8), or NULL. */
+/* The index of the range among n (ascending, disjoint, `first` and `last` members) holding cp, or -1. */
+#define FIND_RANGE(table, n, cp, found)                                     \
+    do {                                                                    \
+        size_t lo_ = 0, hi_ = (n);                                          \
+        while (lo_ < hi_) {                                                 \
+            const size_t mid_ = (lo_ + hi_) / 2;                            \
+            if ((table)[mid_].last < (cp)) lo_ = mid_ + 1;                  \
+            else hi_ = mid_;                                                \
+        }                                                                   \
+        (found) = lo_ < (n) && (table)[lo_].first <= (cp) ? (long) lo_ : -1; \
+    } while (0)
+
+/* What makes cp unusable in a class name (the rule's forbidden_ranges: Cc, Cf but ZWNJ/ZWJ, Zl, Zp), or NULL. */
 static const char * forbidden(uint32_t cp) {
-    if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) return "a control character";
-    return cp == 0x2028 ? "a line separator" : cp == 0x2029 ? "a paragraph separator" : NULL;
+    long i;
+    FIND_RANGE(forbidden_ranges, sizeof forbidden_ranges / sizeof forbidden_ranges[0], cp, i);
+    return i < 0 ? NULL : forbidden_kinds[forbidden_ranges[i].kind];
 }
 
 /* s[0, len) for a message: quoted, cut after about 40 bytes, with quotes, backslashes, what a class name may not hold
@@ -109,10 +122,11 @@ void classes_release(struct sb_classes * c) {
 
 /* ------------------------------------------------------------------ class names */
 
-/* White space as Python's str.strip() removes it. */
+/* White space as Python's str.strip() removes it (the rule's space_ranges). */
 static bool is_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    long i;
+    FIND_RANGE(space_ranges, sizeof space_ranges / sizeof space_ranges[0], cp, i);
+    return i >= 0;
 }
 
 /* Python's str.casefold of one code point: 1 to 3 code points into out. */
@@ -211,7 +225,7 @@ static int check_names(const struct sb_classes * c, size_t bytes, char * why, si
             step = utf8_next(s + k, len - k, &cp);
             if (forbidden(cp)) {
                 return say(why, whylen, SB_EMODEL, "class name %d, %s, contains %s (U+%04X); class names are one line of "
-                           "text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
+                           "visible text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
             }
         }
         total += name_key(c->names[i], len, NULL);
