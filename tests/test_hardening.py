@@ -19,6 +19,7 @@ from semobridge.cli import main
 from semobridge.data import load_dataset, load_rgb
 from semobridge.encode import EmbeddingCache, encode_items
 from semobridge.errors import INPUT_EXIT, MODEL_EXIT, InputError
+from semobridge_runtime import tensorfile
 from tests.helpers import synthetic_features, write_image_folder
 
 TINY = ["--model", "semobridge-tiny", "--pretrained", "none"]
@@ -107,14 +108,11 @@ def test_a_params_file_with_bad_json_and_non_positive_counts(features_file, tmp_
 
 def _rewrite_metadata(src: Path, dst: Path, edit) -> Path:
     """A copy of a model file whose JSON metadata went through `edit` (a user's hand edit)."""
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    text, data = tensorfile.split(src.read_bytes())
+    header = json.loads(text)
     meta = json.loads(header["__metadata__"]["semobridge"])
     header["__metadata__"]["semobridge"] = json.dumps(edit(meta))
-    body = json.dumps(header).encode()
-    body += b" " * (-len(body) % 8)
-    dst.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n:])
+    dst.write_bytes(tensorfile.join(json.dumps(header).encode(), data))
     return dst
 
 
@@ -311,12 +309,9 @@ def test_fit_features_records_a_named_backbone_so_the_model_exports(tiny_backbon
 
 def _rewrite_tensors(src: Path, dst: Path, edit) -> Path:
     """A copy of a model file whose raw bytes (header JSON, data) went through `edit(header, data) -> (header, data)`."""
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header, data = edit(json.loads(raw[8:8 + n]), bytearray(raw[8 + n:]))
-    body = json.dumps(header).encode()
-    body += b" " * (-len(body) % 8)
-    dst.write_bytes(struct.pack("<Q", len(body)) + body + bytes(data))
+    text, data = tensorfile.split(src.read_bytes())
+    header, data = edit(json.loads(text), bytearray(data))
+    dst.write_bytes(tensorfile.join(json.dumps(header).encode(), data))
     return dst
 
 

@@ -203,14 +203,13 @@ def toy_files(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def split(data: bytes) -> tuple[str, bytes]:
-    n = int.from_bytes(data[:8], "little")
-    return data[8:8 + n].decode("latin-1"), data[8 + n:]
+    """A class file's header as text (latin-1: every byte one character, for byte edits) and data block."""
+    header, body = tensorfile.split(data)
+    return header.decode("latin-1"), bytes(body)
 
 
 def join(header: str | bytes, body: bytes) -> bytes:
-    header = header.encode("latin-1") if isinstance(header, str) else header
-    header += b" " * (-(8 + len(header)) % 8)
-    return len(header).to_bytes(8, "little") + header + body
+    return tensorfile.join(header.encode("latin-1") if isinstance(header, str) else header, body)
 
 
 def encoded(good: Path, names: list[str] | bytes | None = None, meta: dict | None = None, **tensors: np.ndarray) -> bytes:
