@@ -20,7 +20,7 @@ from tests.name_cases import CASES, TABLE, Case
 from .conftest import C_DIR
 from .contract_model import TOY_IDENTITY as TOY
 from .contract_model import toy_class_set
-from .test_c_classes import CModel, clib  # noqa: F401  (fixture)
+from .test_c_classes import CModel, clib, toy  # noqa: F401  (fixtures)
 from .test_c_library import lib  # noqa: F401  (fixture)
 
 SB_EMODEL = -2
@@ -74,11 +74,6 @@ def class_file(path: Path, names: list[str]) -> Path:
 def case_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("name_cases")
     return {c.case: class_file(folder / f"{i:02d}.classes", c.names) for i, c in enumerate(IN_FILES)}
-
-
-@pytest.fixture(scope="module")
-def toy(make_model) -> Path:
-    return make_model(head_as_data=True, seed=3)
 
 
 @pytest.mark.parametrize("case", IN_FILES, ids=str)
