@@ -21,7 +21,7 @@
 
 #define FORMAT "semobridge-classes/1"
 #define MAX_HEADER 100000000u  /* bytes of JSON header, as the safetensors library allows */
-#define MAX_NAME_LENGTH 256    /* code points, as semobridge.validate.class_names */
+#define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
 #define NAMES_TENSOR "class_names"
 
 const char * const sb_head_inputs[SB_HEAD_INPUTS] = {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"};
@@ -129,7 +129,8 @@ static bool is_space(uint32_t cp) {
     return i >= 0;
 }
 
-/* Python's str.casefold of one code point: 1 to 3 code points into out. */
+/* The rule's case folding of one code point (Python's str.casefold, Unicode SB_CASEFOLD_UNICODE): 1 to 3 code points
+ * into out. */
 static size_t fold(uint32_t cp, uint32_t out[3]) {
     size_t lo = 0, hi = sizeof casefold_multi / sizeof casefold_multi[0];
     if (cp < 0x80) {
@@ -157,7 +158,7 @@ static size_t fold(uint32_t cp, uint32_t out[3]) {
 }
 
 /* The comparison key of a (valid UTF-8) name: stripped of white space at both ends and case-folded, as Python's
- * name.strip().casefold(), in UTF-8 into out (when not NULL). Returns its length. */
+ * name.strip().casefold() with the rule's tables, in UTF-8 into out (when not NULL). Returns its length. */
 static size_t name_key(const char * name, size_t len, char * out) {
     const unsigned char * s = (const unsigned char *) name;
     size_t begin = 0, end = len, n = 0, step;
@@ -201,8 +202,8 @@ static size_t name_length(const struct sb_classes * c, int i, size_t bytes) {
     return (size_t) ((i + 1 < c->count ? c->names[i + 1] - 1 : c->names_buf + bytes) - c->names[i]);
 }
 
-/* Check the names of a set made from `bytes` bytes of names as semobridge.validate.class_names does; a message in why
- * on failure. */
+/* Check the names of a set made from `bytes` bytes of names as semobridge_runtime.names.check_names does; a message in
+ * why on failure. */
 static int check_names(const struct sb_classes * c, size_t bytes, char * why, size_t whylen) {
     char q[80], q2[80];
     size_t total = 0;
@@ -263,7 +264,7 @@ done:
     return rc;
 }
 
-/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge.validate.class_names
+/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge_runtime.names.check_names
  * checks them (and as UTF-8): SB_OK, or SB_EMODEL / SB_ENOMEM with what is wrong in why. */
 static int names_set(const void * owner, const char * names, size_t len, int count, struct sb_classes ** out, char * why,
                      size_t whylen) {
