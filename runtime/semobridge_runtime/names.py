@@ -52,7 +52,8 @@ def problem(name: str) -> str | None:
 
 def key(name: str) -> str:
     """The comparison key: without surrounding white space, case-folded (two names clash when their keys are equal)."""
-    return name.strip(_SPACE).translate(_FOLD)
+    stripped = name.strip(_SPACE)
+    return stripped.lower() if stripped.isascii() else stripped.translate(_FOLD)  # ASCII: A-Z fold to a-z, nothing else
 
 
 def _text(name: Any, what: str) -> str:
