@@ -136,18 +136,34 @@ def test_python_tables_are_this_pythons_unicode_data(generator) -> None:
             ch = chr(cp)
             assert rule.key(ch) == ch.strip().casefold(), hex(cp)
         return
-    older, newer = sorted((ours, pinned), key=lambda t: tuple(map(int, t["UNICODE_VERSION"].split("."))))
+    assert stability_breaks(ours, pinned) == []
+
+
+def stability_breaks(a: dict, b: dict) -> list[str]:
+    """What differs between two versions' tables other than Unicode's stability policy allows: the older version's
+    foldings, forbidden characters and white space must hold unchanged in the newer one."""
+    older, newer = sorted((a, b), key=lambda t: tuple(map(int, t["UNICODE_VERSION"].split("."))))
 
     def folds(t) -> dict[int, tuple[int, ...]]:
-        out = {cp: (cp + d,) for a, b, d, s in t["FOLD_RUNS"] for cp in range(a, b + 1, s)}
+        out = {cp: (cp + d,) for first, last, d, step in t["FOLD_RUNS"] for cp in range(first, last + 1, step)}
         return {**out, **{cp: tuple(to) for cp, to in t["FOLD_MULTI"]}}
 
     def points(ranges) -> set[tuple[int, str]]:
         return {(cp, r[2] if len(r) > 2 else "") for r in ranges for cp in range(r[0], r[1] + 1)}
 
     new = folds(newer)
-    assert all(new.get(cp) == to for cp, to in folds(older).items()), "a case folding changed between versions"
-    assert points(older["FORBIDDEN"]) <= points(newer["FORBIDDEN"]) and points(older["SPACE"]) == points(newer["SPACE"])
+    breaks = [f"U+{cp:04X} folds otherwise" for cp, to in folds(older).items() if new.get(cp) != to]
+    breaks += [f"U+{cp:04X} ({c}) is no longer refused" for cp, c in points(older["FORBIDDEN"]) - points(newer["FORBIDDEN"])]
+    return breaks + [f"U+{cp:04X} white space changed" for cp, _ in points(older["SPACE"]) ^ points(newer["SPACE"])]
+
+
+def test_stability_check_catches_a_changed_folding(generator) -> None:
+    pinned = generator.committed()
+    older = {**pinned, "UNICODE_VERSION": "13.0.0", "FOLD_RUNS": pinned["FOLD_RUNS"][1:]}  # fewer foldings: allowed
+    assert stability_breaks(older, pinned) == []
+    first = pinned["FOLD_RUNS"][0]
+    changed = {**older, "FOLD_RUNS": ((first[0], first[1], first[2] + 1, first[3]), *pinned["FOLD_RUNS"][1:])}
+    assert stability_breaks(changed, pinned)[:1] == ["U+0041 folds otherwise"]
 
 
 def test_the_rule_does_not_follow_the_interpreter() -> None:
