@@ -142,3 +142,11 @@ def test_the_library_picks_the_image_files_the_runtime_picks(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds.class_names == ["cat", "dog"] and len(ds.splits["train"]) == 4
     assert [load_rgb(p).getpixel((0, 0)) for p, _ in ds.splits["train"][:2]] == [(200, 10, 10), (99, 99, 99)]
+
+
+def test_a_class_names_file_saved_with_a_byte_order_mark_reads(image_folder, tmp_path):
+    """Editors (Notepad) start UTF-8 files with U+FEFF; it is not part of the first name (which the class-name rule
+    would refuse as an invisible character)."""
+    names = tmp_path / "names.txt"
+    names.write_bytes("\ufeffblue whale\ngreen tree\nred fox\n".encode("utf-8"))
+    assert load_dataset(image_folder, names).class_names == ["blue whale", "green tree", "red fox"]
