@@ -146,14 +146,10 @@ static size_t fold(uint32_t cp, uint32_t out[3]) {
         memcpy(out, casefold_multi[lo].to, sizeof casefold_multi[lo].to);
         return out[2] ? 3 : 2;
     }
-    lo = 0, hi = sizeof casefold_runs / sizeof casefold_runs[0];
-    while (lo < hi) { /* the first run ending at or after cp */
-        const size_t mid = (lo + hi) / 2;
-        if (casefold_runs[mid].last < cp) lo = mid + 1;
-        else hi = mid;
-    }
-    const struct casefold_run * run = lo < sizeof casefold_runs / sizeof casefold_runs[0] ? &casefold_runs[lo] : NULL;
-    out[0] = run && cp >= run->first && (cp - run->first) % run->step == 0 ? (uint32_t) ((int32_t) cp + run->delta) : cp;
+    long r;
+    FIND_RANGE(casefold_runs, sizeof casefold_runs / sizeof casefold_runs[0], cp, r);
+    const bool folds = r >= 0 && (cp - casefold_runs[r].first) % casefold_runs[r].step == 0;
+    out[0] = folds ? (uint32_t) ((int32_t) cp + casefold_runs[r].delta) : cp;
     return 1;
 }
 
