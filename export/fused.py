@@ -23,17 +23,19 @@ from .preprocess import Preprocess
 
 INPUT_KINDS = ("uint8", "float")
 #: graph outputs: blend scores [N, C], argmax label [N] (whatever the decision: plain ONNX Runtime users index
-#: names with it), n(q) [N, d], the image embedding q itself [N, d] (docs/method.md's F, NOT normalised: what
-#: class enrolment averages), then the open-set decision: probabilities softmax(scores / T) [N, C] and known [N]
+#: names with it), n(q) [N, d], the image embedding q itself [N, d] (docs/method.md's F, NOT normalised) and
+#: bridge(q) [N, d] (b = 0, not normalised): class enrolment averages these two into I_c and P_c, so the runtime
+#: holds no copy of the bridge; then the open-set decision: probabilities softmax(scores / T) [N, C] and known [N]
 #: (bool: top probability >= threshold)
-OUTPUT_NAMES = ("scores", "label", "embedding", "features", *DECISION_OUTPUTS)
+OUTPUT_NAMES = ("scores", "label", "embedding", "features", "bridged_features", *DECISION_OUTPUTS)
 #: the head's per-class inputs (all float32, class count C first), in forward's order
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 
 
 class FusedClassifier(nn.Module):
     """uint8 RGB [N, H, W, 3] (or normalised float [N, 3, S, S]) and optionally a class set
-    -> (scores [N, C], label [N], embedding [N, d], features [N, d], probabilities [N, C], known [N]).
+    -> (scores [N, C], label [N], embedding [N, d], features [N, d], bridged_features [N, d], probabilities [N, C],
+    known [N]).
 
     Holds CPU float32 copies of the backbone's image encoder and of the head, so exporting
     never touches the caller's models. Class-set tensors left out are the fitted ones; a temperature
@@ -102,10 +104,10 @@ class FusedClassifier(nn.Module):
         defaults = self.decision_defaults()
         temperature = defaults["temperature"] if temperature is None else temperature
         threshold = defaults["threshold"] if threshold is None else threshold
-        # semobridge_runtime.openset.decide is the reference (tests/test_front_ends.py checks every front-end to it)
+        # semobridge_runtime.openset.decide is the reference (tests/runtime/test_front_ends.py checks every front-end)
         probabilities = torch.softmax(scores / temperature, dim=-1)
         known = probabilities.max(dim=-1).values >= threshold
-        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q, probabilities, known
+        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q, self.head.bridge(q), probabilities, known
 
     def example_input(self, batch: int = 2, size: tuple[int, int] | None = None) -> torch.Tensor:
         """An input of the right kind for tracing (`size` = H, W of uint8 images)."""
