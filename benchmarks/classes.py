@@ -93,7 +93,7 @@ class HeadOnly(FusedClassifier):
 def graphs(module: FusedClassifier, stage: Path, stem: str) -> tuple[Any, Any]:
     """CPU sessions of `module` exported with the classes baked in and with the class set as data."""
     baked = save_model(to_onnx(trace(module, head_as_data=False), module.output_names), stage / f"{stem}_baked.onnx")
-    data = save_model(to_onnx(trace(module), module.output_names, defaults=module.fitted_classes()), stage / f"{stem}_data.onnx")
+    data = save_model(to_onnx(trace(module), module.output_names, defaults=module.graph_defaults()), stage / f"{stem}_data.onnx")
     return ort_session(baked), ort_session(data)
 
 

@@ -1,12 +1,16 @@
 """The open-set decision: calibrated probabilities, the abstention score and "unknown" (docs/method.md).
 
-One definition shared by the library (its fit calibrates the constants), the Python runtime and
-every front-end built on it: from the graph's blend scores z [N, C] alone,
+The definition, from the blend scores z [N, C] alone (the library's fit calibrates its constants):
 
 - probabilities = softmax(z / T), T fitted on validation by negative log-likelihood;
 - the abstention score is the top class's calibrated probability, max_c softmax(z / T)_c;
 - an image is known when its score >= the threshold (calibrated so that a chosen fraction of
   held-out known images is accepted); an unknown image gets label -1.
+
+The exported graph computes it (export/fused.py: outputs probabilities and known, fed T and the
+threshold), so every front-end (this runtime, C, semobridge-serve, Triton) reads one answer; `decide`
+here is its reference (tests/runtime/test_front_ends.py checks each front-end against it), and what
+evaluation, video smoothing and graphs exported before the decision use.
 
 Also here, for the fit and for evaluation: the temperature fit, the expected calibration error,
 the threshold at an acceptance rate, AUROC and the false-positive rate at a true-positive rate.

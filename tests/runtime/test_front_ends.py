@@ -95,6 +95,19 @@ def test_python_feeds_the_graph_its_decision(onnx_model: Path, photos, python) -
     np.testing.assert_allclose(off.probabilities, p.probabilities, rtol=0, atol=TOL)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino: pip install './runtime[openvino]'")
+def test_openvino_keeps_the_decision_inputs(onnx_model: Path, photos, python, split: float) -> None:
+    """OpenVINO folds initializer-backed inputs into constants; its backend restores the threshold too, so a
+    threshold of one's own still decides there."""
+    clf, p = python
+    ov = Classifier.load(onnx_model, backend="openvino", openvino_precision="f32", unknown=split)
+    got = one_by_one(ov, photos)
+    check(got.labels, got.known, got.probabilities, got.scores, clf.temperature, split)
+    np.testing.assert_array_equal(got.known, p.known)
+    off = one_by_one(Classifier.load(onnx_model, backend="openvino", openvino_precision="f32", unknown=None), photos)
+    assert off.known.all()
+
+
 def test_c_library_agrees(c_build: Path, onnx_model: Path, photos, python, split: float, tmp_path: Path) -> None:
     clf, p = python
     paths = [write_ppm(tmp_path / f"img{i}.ppm", image) for i, image in enumerate(photos)]

@@ -234,7 +234,8 @@ class OpenVINOBackend:
     def run(self, batch: np.ndarray, outputs: Sequence[str], classes: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         if self._image_input:
             self.check_size(batch.shape[1], batch.shape[2])
-        feeds = {name: np.asarray(value, np.float32, order="C") for name, value in {**self._defaults, **(classes or {})}.items()}
+        given = {**self._defaults, **(classes or {})}  # what is not given: the graph's defaults
+        feeds = {name: np.asarray(value, np.float32, order="C") for name, value in given.items()}
         with self._request() as (pre, main):
             pixels = self._call(pre, {0: np.ascontiguousarray(batch)}, batch.shape)[0] if pre is not None else batch
             values = self._call(main, {PIXELS if pre is not None else 0: pixels, **feeds}, batch.shape)
