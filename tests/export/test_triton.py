@@ -156,7 +156,7 @@ def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) ->
     assert served_meta == exported_meta
     del served.parameters["semobridge"], exported.parameters["semobridge"]
     assert served == exported
-    assert exported.max_batch_size == 12 and exported.HasField("dynamic_batching") and len(exported.output) == 3
+    assert exported.max_batch_size == 12 and exported.HasField("dynamic_batching") and len(exported.output) == 5
 
 
 @pytest.mark.parametrize("shape, kind", [(["N", 240, 320, 3], "uint8"), (["N", 3, 224, 224], "float")])
