@@ -15,16 +15,18 @@ from __future__ import annotations
 import os
 import unicodedata
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import head, tensorfile
+from .contract import CLASS_FILE_FORMAT as FORMAT
+from .contract import HEAD_INPUTS as TENSORS  # per-class tensors, named as the fused graph's head inputs, in file order
 from .errors import InputError, ModelError
 
-FORMAT = "semobridge-classes/1"
-#: per-class tensors, named as the fused graph's head inputs, in file order
-TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+if TYPE_CHECKING:
+    from .metadata import ModelInfo
+
 NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
 #: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
 MAX_NAME_LENGTH = 256
@@ -43,13 +45,12 @@ class Identity:
     embedding_dim: int
 
     @classmethod
-    def of(cls, raw: dict[str, Any], source: str) -> "Identity":
+    def of(cls, info: ModelInfo, source: str) -> "Identity":
         """From an exported model's metadata."""
-        if "bridge_hash" not in raw or "head_inputs" not in raw:
+        if info.bridge_hash is None or not info.head_inputs or info.backbone is None:
             raise ModelError(f"{source} was exported before class sets existed (its classes are fixed); "
                              "re-export it with semobridge-export to add or remove classes")
-        return cls(str(raw["backbone"]["name"]), str(raw["backbone"]["weights_hash"]), str(raw["bridge_hash"]),
-                   int(raw["embedding_dim"]))
+        return cls(info.backbone.name, info.backbone.weights_hash, info.bridge_hash, info.embedding_dim)
 
 
 def check_name(name: Any, taken: tuple[str, ...] = ()) -> str:

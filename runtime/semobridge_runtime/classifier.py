@@ -14,6 +14,7 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
+from .contract import EMBEDDING, RUN_OUTPUTS
 from .enrol import Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
@@ -77,8 +78,7 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[fl
     """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
     probability threshold of one's own. A model exported without calibration runs with T = 1 and, for "auto",
     unknown off (said once, as a warning)."""
-    calibration = info.raw.get("open_set")
-    fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
+    fitted = info.open_set.decision if info.open_set is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
         if fitted is None:
@@ -269,11 +269,10 @@ class Classifier:
         return self._backend.max_batch
 
     def __repr__(self) -> str:
-        raw = self.info.raw
-        agreement = (raw.get("int8") or {}).get("label_agreement")
+        agreement = self.info.int8.label_agreement if self.info.int8 is not None else None
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}"
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
                 + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
@@ -287,7 +286,7 @@ class Classifier:
         """
         check_top_k(top_k)
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
-        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
+        scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
         names = classes.names if classes is not None else self.info.class_names
         return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
 
@@ -307,7 +306,7 @@ class Classifier:
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",), self._enrolment.classes)[0]
+        return self._run(images, (EMBEDDING,), self._enrolment.classes)[0]
 
     def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend

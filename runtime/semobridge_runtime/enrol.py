@@ -18,19 +18,16 @@ import numpy as np
 
 from . import files, head, tensorfile
 from .classes import ClassSet, Identity, check_name
+from .contract import HEAD_INPUTS, METADATA_KEY, MODEL_FILE_FORMAT, TEXT_METADATA_KEY
 from .errors import InputError, ModelError
-from .metadata import ModelInfo
+from .metadata import ModelInfo, TextInfo
 from .tokenizer import Tokenizer
-
-HEAD_FORMAT = "semobridge-model/1"  # semobridge's model file (semobridge/model.py)
-TEXT_METADATA_KEY = "semobridge.text"
 
 
 def _enrolment_path(model_path: Path, info: ModelInfo, key: str) -> Path:
-    files = info.raw.get("enrolment") or {}
-    if key not in files:
+    if info.enrolment is None:
         raise ModelError(f"{model_path} was exported without class enrolment; re-export it with semobridge-export")
-    path = model_path.parent / files[key]
+    path = model_path.parent / getattr(info.enrolment, key)
     if not path.is_file():
         raise ModelError(f"{path} is missing: adding, removing and renaming classes need it beside {model_path.name} "
                          "(semobridge-export writes it with the default formats, onnx,text)")
@@ -44,18 +41,19 @@ class FittedHead:
         path = _enrolment_path(model_path, info, "head")
         tensors, meta = tensorfile.read(path, "model head")
         try:
-            fields = json.loads(meta.get("semobridge", "{}"))
-            if not isinstance(fields, dict) or fields.get("format") != HEAD_FORMAT:
+            fields = json.loads(meta.get(METADATA_KEY, "{}"))
+            if not isinstance(fields, dict) or fields.get("format") != MODEL_FILE_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             self.pinv = np.asarray(tensors["bridge.pinv"], np.float32)
             self.text_projection = np.asarray(tensors["bridge.text_projection"], np.float32)
             self.eos_length = float(tensors["bridge.eos_length"][0])
             names = tuple(fields["class_names"])
-            fitted = ClassSet(names, *(tensors[n] for n in ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")))
+            fitted = ClassSet(names, *(tensors[n] for n in HEAD_INPUTS))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
         backbone = fields.get("backbone")
-        if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != info.raw["backbone"]["weights_hash"]:
+        weights = info.backbone.weights_hash if info.backbone is not None else None
+        if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != weights:
             raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
         self.fitted = fitted
 
@@ -72,17 +70,17 @@ class TextSide:
         providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
         try:
             self._session = ort.InferenceSession(str(path), providers=providers)
-            meta = json.loads(self._session.get_modelmeta().custom_metadata_map[TEXT_METADATA_KEY])
-            tokenizer = meta["tokenizer"]
+            text = self._session.get_modelmeta().custom_metadata_map.get(TEXT_METADATA_KEY)
         except Exception as exc:  # ORT raises several unrelated types for unreadable files
             raise ModelError(f"{path} is not a semobridge text model ({exc}); re-export the model") from exc
-        if meta["backbone"]["weights_hash"] != info.raw["backbone"]["weights_hash"]:
+        meta = TextInfo.from_json(text, str(path))
+        if info.backbone is None or meta.backbone.weights_hash != info.backbone.weights_hash:
             raise ModelError(f"{path} is the text tower of another backbone than {model_path.name}'s; use the one exported with it")
-        self._tokenizer = Tokenizer(path.parent / tokenizer["vocabulary"], tokenizer["context_length"], tokenizer["clean"])
+        tokenizer = meta.tokenizer
+        self._tokenizer = Tokenizer(path.parent / tokenizer.vocabulary, tokenizer.context_length, tokenizer.clean)
         self._input = self._session.get_inputs()[0].name
-        prompts = info.raw.get("prompts") or {}
-        self.templates: list[str] = list(prompts.get("templates", []))
-        self.descriptions: dict[str, list[str]] = dict(prompts.get("descriptions", {}))
+        self.templates: list[str] = list(info.prompts.templates)
+        self.descriptions: dict[str, list[str]] = {k: list(v) for k, v in info.prompts.descriptions.items()}
         self._W = fitted.text_projection
 
     def prompts(self, name: str) -> list[str]:
@@ -138,7 +136,7 @@ class Enrolment:
     def identity(self) -> Identity:
         if not self._head_inputs:
             raise ModelError(f"{self._path} has its classes baked in; re-export it with semobridge-export to change them")
-        return Identity.of(self._info.raw, str(self._path))
+        return Identity.of(self._info, str(self._path))
 
     def fitted(self) -> FittedHead:
         if self._fitted is None:

@@ -14,10 +14,11 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402  (after the telemetry opt-out)
 
-from ..contract import Tensor, check_graph  # noqa: E402
+from ..contract import SCORES, Tensor, check_graph  # noqa: E402
 from ..errors import BackendError, ModelError  # noqa: E402
 from ..limits import check_threads  # noqa: E402
-from ..metadata import METADATA_KEY, parse_metadata  # noqa: E402
+from ..contract import METADATA_KEY  # noqa: E402
+from ..metadata import parse_metadata  # noqa: E402
 
 ort.disable_telemetry_events()  # also stops events when the app initialised ONNX Runtime before us
 
@@ -89,7 +90,7 @@ class OnnxRuntimeBackend:
         dims = [d if d is not None else size for d in image.shape[1:]] if self.info.input_kind == "float" else \
             [d if d is not None else 1 for d in image.shape[1:]]
         try:
-            scores = self._session.run(["scores"], {image.name: np.zeros((0, *dims), image.dtype)})[0]
+            scores = self._session.run([SCORES], {image.name: np.zeros((0, *dims), image.dtype)})[0]
         except Exception:  # noqa: BLE001  (ORT's own types; the graph's shape rules are its own)
             return None
         return int(scores.shape[1]) if scores.ndim == 2 else None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
@@ -29,14 +29,13 @@ class Batching:
 def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[str, str]:
     """What the config's `parameters` publish: the metadata (the classes and limits in force) and the identity
     of the model and of its class file."""
-    names = classifier.class_names
-    meta = {**classifier.info.raw, "class_names": names, "num_classes": len(names), "limits": asdict(classifier.limits)}
+    meta = replace(classifier.info, class_names=tuple(classifier.class_names), limits=classifier.limits)
     return {
-        METADATA: json.dumps(meta),
-        "class_names": json.dumps(names),
-        "backbone": json.dumps(meta.get("backbone", {}).get("name")),
-        "shots": json.dumps(meta.get("shots")),
-        "library_version": json.dumps(meta.get("library_version")),
+        METADATA: meta.to_json(),
+        "class_names": json.dumps(list(meta.class_names)),
+        "backbone": json.dumps(meta.backbone.name if meta.backbone is not None else None),
+        "shots": json.dumps(meta.shots),
+        "library_version": json.dumps(meta.library_version),
         "runtime_version": json.dumps(__version__),
         # the file that runs (model_int8.onnx if chosen), and the class set served (None: the fitted one)
         "model_sha256": json.dumps(file_sha256(classifier.path, "model")),
