@@ -1,11 +1,11 @@
 """The table of export formats and one function per format (Ultralytics exporter style)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx_ir
@@ -16,7 +16,10 @@ from semobridge.errors import InputError
 from semobridge.files import atomic_output
 
 from .fused import FusedClassifier
-from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
+from semobridge_runtime.contract import ENROLMENT_FILES, INT8_SUFFIX
+from semobridge_runtime.metadata import Int8Check, OpenVinoCheck
+
+from .metadata import TEXT_METADATA_KEY, ModelInfo, TextInfo, metadata_props, sidecar_path, text_metadata, with_precision
 from .onnx_graph import save_model, to_onnx, trace
 from .precision import label_agreement, openvino_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
 from .program import save_program
@@ -31,7 +34,7 @@ class Job:
     """One export: the module, its metadata, where artifacts are staged, and what was written."""
 
     fused: FusedClassifier
-    meta: dict[str, Any]
+    meta: ModelInfo
     stage: Path
     stem: str = "model"
     fixed_size: tuple[int, int] | None = None
@@ -53,10 +56,10 @@ class Job:
     def path(self, name: str) -> Path:
         return self.stage / FORMATS[name].filename.format(stem=self.stem)
 
-    def write_sidecar(self, artifact: Path, meta: dict[str, Any]) -> Path:
+    def write_sidecar(self, artifact: Path, meta: ModelInfo) -> Path:
         path = sidecar_path(artifact)
         with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            tmp.write_text(meta.to_json(indent=2), encoding="utf-8")
         self.written[f"{artifact.name} metadata"] = path
         return path
 
@@ -92,7 +95,7 @@ def export_onnx_int8(job: Job) -> Path:
     images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
     if images:
         agree = label_agreement(job.written["onnx"], path, images)
-        meta = {**meta, "int8": {"label_agreement": round(agree, 4), "images": len(images), "measured_on": source}}
+        meta = dataclasses.replace(meta, int8=Int8Check(round(agree, 4), len(images), source))
         set_metadata(path, meta)
         job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(images)} {source}")
         record_openvino(job, images, source)
@@ -106,7 +109,7 @@ def record_openvino(job: Job, images: list[np.ndarray], source: str) -> None:
     measured = openvino_agreement(job.written["onnx"], images)
     if measured is None:
         return
-    job.meta = {**job.meta, "openvino": {**measured, "images": len(images), "measured_on": source}}
+    job.meta = dataclasses.replace(job.meta, openvino=OpenVinoCheck(**measured, images=len(images), measured_on=source))
     set_metadata(job.written["onnx"], job.meta)
     job.write_sidecar(job.written["onnx"], job.meta)
     job.log(f"openvino {measured['precision']}: label agreement with fp32 = {measured['label_agreement']:.1%}, "
@@ -129,8 +132,8 @@ def export_text(job: Job) -> Path:
     tower = TextTower(job.backbone)
     width = int(job.fused.head.bridge.text_projection.shape[0])
     meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), width)
-    path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
-    vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
+    path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: meta.to_json()})
+    vocabulary = job.stage / meta.tokenizer.vocabulary
     shutil.copyfile(vocabulary_file(), vocabulary)
     licence = shutil.copyfile(VOCABULARY_LICENSE, vocabulary.with_name(f"{vocabulary.name}.LICENSE.txt"))
     job.written |= {"text vocabulary": vocabulary, "text vocabulary licence": Path(licence)}
@@ -144,8 +147,8 @@ def export_text_int8(job: Job) -> Path:
     with atomic_output(path) as tmp:
         quantize_matmuls(job.written["text"], tmp)
         model = onnx_ir.load(str(tmp))
-        meta = json.loads(model.metadata_props[TEXT_METADATA_KEY])
-        save_model(model, tmp, {TEXT_METADATA_KEY: json.dumps({**meta, "precision": "int8"})})
+        meta = TextInfo.from_json(model.metadata_props.get(TEXT_METADATA_KEY), str(job.written["text"]))
+        save_model(model, tmp, {TEXT_METADATA_KEY: dataclasses.replace(meta, precision="int8").to_json()})
     job.log(f"int8 text tower: min cosine similarity to fp32 = {text_drift(job.written['text'], path):.5f} on the example prompts")
     return path
 
@@ -189,14 +192,14 @@ FORMATS: dict[str, Format] = {
     for f in (
         Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", ("--input", "--fixed-size"),
                "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))", export_onnx),
-        Format("text", "text.onnx", "class enrolment (add_class): + vocabulary, head.safetensors", (),
+        Format("text", ENROLMENT_FILES["text_model"], "class enrolment (add_class): + vocabulary, head.safetensors", (),
                "semobridge-classes add shop.classes NAME IMAGE... --model {onnx}   "
                "(enrol a class; then semobridge-run {onnx} --classes shop.classes IMAGE)", export_text),
         Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", ("--half",),
                "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, "onnx"),
-        Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
+        Format("onnx-int8", f"{{stem}}{INT8_SUFFIX}.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
                "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, "onnx"),
-        Format("text-int8", "text_int8.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
+        Format("text-int8", f"text{INT8_SUFFIX}.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
                "Classifier.load('{onnx}', text_model='{path}')   (enrol with the int8 text tower)", export_text_int8, "text"),
         Format("pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", ("--input", "--fixed-size"),
                "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))", export_pt2),

@@ -12,18 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from semobridge.backbones import Backbone
+from semobridge_runtime.contract import HEAD_INPUTS, OUTPUTS
+from semobridge_runtime.metadata import INPUT_KINDS
+
 from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
 
 from .attention import with_standard_attention
 from .preprocess import Preprocess
 
-INPUT_KINDS = ("uint8", "float")
-#: graph outputs: blend scores [N, C], argmax label [N], n(q) [N, d], and the image embedding q
-#: itself [N, d] (docs/method.md's F, NOT normalised: what class enrolment averages)
-OUTPUT_NAMES = ("scores", "label", "embedding", "features")
-#: the head's per-class inputs (all float32, class count C first), in forward's order
-HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+#: graph outputs (semobridge_runtime.contract.OUTPUTS): blend scores [N, C], argmax label [N], n(q) [N, d], and the
+#: image embedding q itself [N, d] (docs/method.md's F, NOT normalised: what class enrolment averages); the head's
+#: per-class inputs (contract.HEAD_INPUTS: all float32, class count C first), in forward's order
+OUTPUT_NAMES = OUTPUTS
 
 
 class FusedClassifier(nn.Module):

@@ -9,6 +9,7 @@ also unverified: no DLA here).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from semobridge.errors import BackendError, InputError
 from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
 
-from .metadata import read_metadata, sidecar_path, with_precision
+from semobridge_runtime.metadata import TensorRTBuild
+
+from .metadata import ModelInfo, read_metadata, sidecar_path, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope
 
 WORKSPACE_BYTES = 2 << 30
@@ -40,24 +43,24 @@ class Profile:
     sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
     classes: tuple[int, int, int] = (1, 100, 4096)
 
-    def input_shapes(self, meta: dict, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    def input_shapes(self, meta: ModelInfo, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """min, opt and max shapes of every engine input: the image, then the class-set inputs ([C, ...]) unless
         the classes are built in (class_inputs=False)."""
         if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
             raise InputError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
-        shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
-        for spec in meta.get("head_inputs", []) if class_inputs else []:
-            shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
+        shapes = {meta.input_name: self.shapes(meta)}
+        for spec in meta.head_inputs if class_inputs else ():
+            shapes[spec.name] = tuple((c, *spec.shape[1:]) for c in self.classes)  # type: ignore[assignment]
         return shapes
 
-    def shapes(self, meta: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    def shapes(self, meta: ModelInfo) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """min, opt and max shapes of the input described by the model's metadata."""
         if not self.batch[0] <= self.batch[1] <= self.batch[2] or self.batch[0] < 1:
             raise InputError(f"batch profile {self.batch} must satisfy 1 <= min <= opt <= max")
-        shape = meta["input"]["shape"]
+        shape = meta.input.shape
         out = []
         for n, (h, w) in zip(self.batch, self.sizes):
-            if meta["input"]["kind"] == "float":
+            if meta.input_kind == "float":
                 out.append((n, *shape[1:]))
             else:
                 out.append((n, shape[1] if isinstance(shape[1], int) else h, shape[2] if isinstance(shape[2], int) else w, 3))
@@ -268,9 +271,8 @@ def build_engine(
                 tmp.write_bytes(data)
     with atomic_output(engine_path, "engine file") as tmp:
         tmp.write_bytes(data)
-    meta = with_precision(meta, "fp16" if fp16 else "fp32")
-    meta["tensorrt"] = {"version": trt.__version__, "profile": shapes, "cache_key": key,
-                        **({"dla_core": dla_core} if dla_core is not None else {})}
+    meta = dataclasses.replace(with_precision(meta, "fp16" if fp16 else "fp32"),
+                               tensorrt=TensorRTBuild(trt.__version__, shapes, key, dla_core))
     with atomic_output(sidecar_path(engine_path), "engine metadata") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.write_text(meta.to_json(indent=2), encoding="utf-8")
     return engine_path

@@ -19,8 +19,10 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
+from semobridge_runtime.contract import EMBEDDING, LABEL, METADATA_KEY, SCORES
+
+from .metadata import ModelInfo
 from .tensorrt import Profile, class_set_graph
 
 MODEL_NAME = "semobridge"  # semobridge-serve's default name too: one client setting for both servers
@@ -28,23 +30,23 @@ LABELS_FILE = "labels.txt"
 TRT_WORKSPACE_BYTES = 1 << 30
 
 
-def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxruntime_onnx", name: str = MODEL_NAME) -> str:
+def config_text(meta: ModelInfo, profile: Profile, platform: str = "onnxruntime_onnx", name: str = MODEL_NAME) -> str:
     """config.pbtxt (Triton's ModelConfig, protobuf text format) for the fused graph described by `meta`."""
-    spec = meta["input"]
-    if spec["kind"] == "uint8":
-        dims, dtype = [d if isinstance(d, int) else -1 for d in spec["shape"][1:]], "TYPE_UINT8"
+    spec = meta.input
+    if spec.kind == "uint8":
+        dims, dtype = [d if isinstance(d, int) else -1 for d in spec.shape[1:]], "TYPE_UINT8"
     else:
-        dims, dtype = list(spec["shape"][1:]), "TYPE_FP32"
+        dims, dtype = list(spec.shape[1:]), "TYPE_FP32"
     max_batch = profile.batch[2]
     lines = [
         f'name: "{name}"',
         f'platform: "{platform}"',
         f"max_batch_size: {max_batch}",
-        f'input [ {{ name: "{spec["name"]}" data_type: {dtype} dims: {_dims(dims)} }} ]',
+        f'input [ {{ name: "{spec.name}" data_type: {dtype} dims: {_dims(dims)} }} ]',
         "output [",
-        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {meta["num_classes"]} ] label_filename: "{LABELS_FILE}" }},',
-        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } },  # the graph\'s label is [N]',
-        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {meta["embedding_dim"]} ] }}',
+        f'  {{ name: "{SCORES}" data_type: TYPE_FP32 dims: [ {meta.num_classes} ] label_filename: "{LABELS_FILE}" }},',
+        f'  {{ name: "{LABEL}" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [ ] }} }},  # the graph\'s label is [N]',
+        f'  {{ name: "{EMBEDDING}" data_type: TYPE_FP32 dims: [ {meta.embedding_dim} ] }}',
         "]",
         "dynamic_batching { }",
         "instance_group [ { count: 1 kind: KIND_AUTO } ]  # one per GPU where there are GPUs, else one on the CPU",
@@ -56,7 +58,7 @@ def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxrun
     return "\n".join(lines) + "\n"
 
 
-def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Profile, engine: Path | None = None) -> Path:
+def write_repository(root: Path, graph: Path, meta: ModelInfo, profile: Profile, engine: Path | None = None) -> Path:
     """The repository under `root`: the ONNX Runtime model, and the TensorRT-plan model when `engine` (built with
     the classes as constants: build_engine(..., class_inputs=False)) is given."""
     models = [(MODEL_NAME, "onnxruntime_onnx", _external_data(graph))]
@@ -66,7 +68,7 @@ def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Pro
         folder = root / name
         (folder / "1").mkdir(parents=True)
         (folder / "config.pbtxt").write_text(config_text(meta, profile, platform, name), encoding="utf-8")
-        (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in meta["class_names"]), encoding="utf-8")
+        (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in meta.class_names), encoding="utf-8")
         for source, target in files:
             _link_or_copy(source, folder / "1" / target)
     # Triton feeds only `image`: the class set as constants, which ONNX Runtime (and its TensorRT accelerator) folds
@@ -74,10 +76,10 @@ def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Pro
     return root
 
 
-def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:
+def _tensorrt_accelerator(meta: ModelInfo, profile: Profile) -> list[str]:
     """ONNX Runtime's TensorRT execution provider on GPU instances, fp16, engines cached, its profile fixed
     to the export's (--batch, --sizes) so that new image sizes inside it do not rebuild engines."""
-    name = meta["input"]["name"]
+    name = meta.input_name
     low, opt, high = ("x".join(map(str, shape)) for shape in profile.shapes(meta))
     settings = {"precision_mode": "FP16", "max_workspace_size_bytes": str(TRT_WORKSPACE_BYTES),
                 "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/tmp/semobridge_trt_cache",
@@ -89,10 +91,10 @@ def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:
             "] } }"]
 
 
-def _parameters(meta: dict[str, Any]) -> dict[str, str]:
-    return {"semobridge": json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
-            "backbone": json.dumps(meta["backbone"]["name"]), "shots": json.dumps(meta["shots"]),
-            "library_version": json.dumps(meta["library_version"])}
+def _parameters(meta: ModelInfo) -> dict[str, str]:
+    return {METADATA_KEY: meta.to_json(), "class_names": json.dumps(list(meta.class_names)),
+            "backbone": json.dumps(meta.backbone.name if meta.backbone is not None else None),
+            "shots": json.dumps(meta.shots), "library_version": json.dumps(meta.library_version)}
 
 
 def _external_data(graph: Path) -> list[tuple[Path, str]]:

@@ -360,7 +360,7 @@ def info_cmd(model_file, as_json) -> None:
 
     if Path(model_file).suffix.lower() == ".onnx":
         meta = read_export_metadata(model_file)
-        click.echo(json.dumps(meta, indent=2) if as_json else describe_export(meta))
+        click.echo(meta.to_json(indent=2) if as_json else describe_export(meta))
         return
     info = read_info(model_file)
     click.echo(json.dumps(asdict(info), indent=2) if as_json else info.describe())

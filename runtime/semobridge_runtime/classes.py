@@ -21,13 +21,13 @@ import numpy as np
 
 from . import head, tensorfile
 from .contract import CLASS_FILE_FORMAT as FORMAT
+from .contract import CLASS_FILE_NAMES as NAMES_TENSOR
 from .contract import HEAD_INPUTS as TENSORS  # per-class tensors, named as the fused graph's head inputs, in file order
 from .errors import InputError, ModelError
 
 if TYPE_CHECKING:
     from .metadata import ModelInfo
 
-NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
 #: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
 MAX_NAME_LENGTH = 256
 FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",

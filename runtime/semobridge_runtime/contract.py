@@ -27,6 +27,7 @@ CLASS_NAMES_KEY = "semobridge.class_names"  # ONNX metadata_props: the class nam
 TEXT_METADATA_KEY = "semobridge.text"  # the text tower's (text.onnx) metadata
 MODEL_FILE_FORMAT = "semobridge-model/1"  # semobridge's model file (`semobridge fit`; head.safetensors)
 CLASS_FILE_FORMAT = "semobridge-classes/1"  # class files (docs/classes.md)
+CLASS_FILE_NAMES = "class_names"  # a class file's uint8 tensor of the UTF-8 class names joined by "\n"
 
 # ------------------------------------------------------------------ the fused graph's tensors
 IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, S]

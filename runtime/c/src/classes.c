@@ -19,12 +19,10 @@
 #include "semobridge.h"
 #include "utf8.h"
 
-#define FORMAT "semobridge-classes/1"
 #define MAX_HEADER 100000000u  /* bytes of JSON header, as the safetensors library allows */
 #define MAX_NAME_LENGTH 256    /* code points, as semobridge.validate.class_names */
-#define NAMES_TENSOR "class_names"
 
-const char * const sb_head_inputs[SB_HEAD_INPUTS] = {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"};
+const char * const sb_head_inputs[SB_HEAD_INPUTS] = SB_HEAD_INPUT_NAMES;
 
 static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     va_list ap;
@@ -395,10 +393,10 @@ static int check_header(const struct json * j, const struct class_identity * id,
     char * backbone = meta_string(j, meta, "backbone", &backbone_len, &nomem);
     if (nomem) {
         rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
-    } else if (!format || strcmp(format, FORMAT) != 0 || format_len != strlen(FORMAT)) {
+    } else if (!format || strcmp(format, SB_CLASS_FILE_FORMAT) != 0 || format_len != strlen(SB_CLASS_FILE_FORMAT)) {
         rc = say(err, errlen, SB_EMODEL, "%s is not a semobridge class file (format %s, expected '%s'); write one with "
                  "Classifier.save_classes or semobridge-classes", source, format ? quoted(q, format, format_len) : "none",
-                 FORMAT);
+                 SB_CLASS_FILE_FORMAT);
     } else if (!weights || weights_len != id->weights_hash_len || memcmp(weights, id->weights_hash, weights_len) != 0) {
         rc = say(err, errlen, SB_EMODEL, "%s was made for the backbone %s with weights %s, but this model's backbone is "
                  "%s with weights %s; enrol the classes again with this model", source,
@@ -536,7 +534,7 @@ int classes_read(const void * owner, const char * path, const struct class_ident
     struct tensor t[5] = {
         {sb_head_inputs[0], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[1], "F32", 4, 0, {0, 0}, 0, 0},
         {sb_head_inputs[2], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[3], "F32", 4, 0, {0, 0}, 0, 0},
-        {NAMES_TENSOR, "U8", 1, 0, {0, 0}, 0, 0},
+        {SB_CLASS_FILE_NAMES, "U8", 1, 0, {0, 0}, 0, 0},
     };
     const int fd = open(path, O_RDONLY | O_NONBLOCK); /* not blocking on a FIFO: it is refused below */
     snprintf(source, sizeof source, "class file '%s'", path);

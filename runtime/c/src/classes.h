@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define SB_HEAD_INPUTS 4
+#include "contract.h" /* SB_HEAD_INPUTS, SB_HEAD_INPUT_NAMES */
 
 /* The graph inputs of a class set, in the order of `values` (docs/classes.md). */
 extern const char * const sb_head_inputs[SB_HEAD_INPUTS];
