@@ -53,11 +53,12 @@ def test_the_c_header_is_generated_from_the_contract():
         sys.path.pop(0)
     assert contract_header.header() == (C_SRC / "contract.h").read_text(), \
         "regenerate: python runtime/c/tools/contract_header.py > runtime/c/src/contract.h"
-    names = {contract.METADATA_KEY, contract.CLASS_NAMES_KEY, contract.CLASS_FILE_FORMAT, contract.CLASS_FILE_NAMES,
-             *contract.HEAD_INPUTS, *contract.RUN_OUTPUTS}
-    for source in ("semobridge.c", "classes.c"):
-        literals = set(re.findall(r'"([^"\\\n]*)"', (C_SRC / source).read_text()))
-        assert not literals & names, f"{source} spells {literals & names}: use contract.h's macros"
+    model, classes = ((C_SRC / name).read_text() for name in ("semobridge.c", "classes.c"))
+    for text, names in ((model, {contract.CLASS_NAMES_KEY, *contract.HEAD_INPUTS, *contract.RUN_OUTPUTS}),
+                        (classes, {contract.CLASS_FILE_FORMAT, contract.CLASS_FILE_NAMES, *contract.HEAD_INPUTS})):
+        literals = set(re.findall(r'"([^"\\\n]*)"', text))
+        assert not literals & names, f"the C library spells {literals & names}: use contract.h's macros"
+    assert set(re.findall(r"CustomMetadataMap\(meta, alloc, (\w+)", model)) == {"SB_METADATA_KEY", "SB_CLASS_NAMES_KEY"}
 
 
 def test_the_c_reader_reads_keys_of_the_schema():

@@ -41,7 +41,6 @@ from .openset import OpenSet
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "PRECISIONS", "ModelInfo", "TextInfo", "parse_metadata", "read_sidecar"]
 
 FORMAT_VERSION = 1  # what this runtime reads at most, and what semobridge-export writes
-SUPPORTED_FORMAT_VERSION = FORMAT_VERSION
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_KINDS = ("uint8", "float")  # NHWC RGB pixels, or normalised NCHW floats
 _OMIT = {"omit_if_none": True}  # a field written only when set (absent keys read as None)
