@@ -21,6 +21,7 @@ from semobridge.errors import BackendError, InputError
 from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
 
+from semobridge_runtime.contract import ENGINE_SUFFIXES
 from semobridge_runtime.metadata import TensorRTBuild
 
 from .metadata import ModelInfo, read_metadata, sidecar_path, with_precision
@@ -217,7 +218,7 @@ def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_laye
 
 def engine_path_for(onnx_path: Path) -> Path:
     """model.onnx -> model_trt.engine (its metadata: model_trt.json, apart from model.json)."""
-    return onnx_path.with_name(f"{onnx_path.stem}_trt.engine")
+    return onnx_path.with_name(f"{onnx_path.stem}_trt{ENGINE_SUFFIXES[0]}")
 
 
 def _slug(text: str) -> str:

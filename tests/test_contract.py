@@ -155,6 +155,22 @@ def test_old_metadata_reads_with_the_documented_defaults() -> None:
     assert ModelInfo.from_dict(info.to_dict(), "again") == info
 
 
+@pytest.mark.parametrize("change, where", [
+    ({"embedding_dim": "8"}, "embedding_dim is not an int"), ({"class_names": "ab"}, "class_names is not a list"),
+    ({"input": {"kind": "uint8", "shape": ["N", 1.5]}}, "input.shape[1]"), ({"image_size": True}, "image_size"),
+    ({"head_inputs": [{"dtype": "float32"}]}, "head_inputs[0].name is missing"),
+    ({"int8": {"label_agreement": "all"}}, "int8.label_agreement is not a number"),
+    ({"prompts": {"descriptions": {"fox": "red"}}}, "prompts.descriptions.fox is not a list"),
+    ({"limits": {"max_side": 0}}, "limits"), ({"input": {"kind": "rgb565"}}, "unknown input kind"),
+    ({"precision": "int4"}, "precision 'int4'"), ({"class_names": ["a", "A"]}, "class names are unusable"),
+])
+def test_a_malformed_field_is_named(change, where) -> None:
+    values = {**contract_info(["a", "b"], "uint8", ["N", "H", "W", 3], 8).to_dict(), **change}
+    with pytest.raises(ModelError) as info:
+        ModelInfo.from_dict(values, "model.json")
+    assert str(info.value).startswith("model.json") and where in str(info.value), str(info.value)
+
+
 def test_image_limits_agree_everywhere(exported_onnx):
     real = json.loads((exported_onnx / "model.json").read_text())
     assert real["limits"] == validate.limits() == dataclasses.asdict(runtime_limits.ImageLimits())
