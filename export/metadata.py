@@ -7,8 +7,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from semobridge_runtime.contract import (CLASS_FILE_FORMAT, CLASS_NAMES_KEY, EMBEDDING, FEATURES, IMAGE_INPUT, LABEL,
-                                         METADATA_KEY, SCORES, TEXT_METADATA_KEY, sidecar_path)
+from semobridge_runtime.contract import (BRIDGED_FEATURES, CLASS_FILE_FORMAT, CLASS_NAMES_KEY, EMBEDDING, FEATURES,
+                                         IMAGE_INPUT, LABEL, METADATA_KEY, SCORES, TEXT_EMBEDDING, TEXT_METADATA_KEY,
+                                         TEXT_TOKENS, sidecar_path)
 from semobridge_runtime.limits import ImageLimits
 from semobridge_runtime.metadata import (FORMAT_VERSION, PRECISIONS, Backbone, Calibration, Enrolment, InputSpec,
                                          ModelInfo, Prompts, TensorSpec, TextInfo, TokenizerSpec)
@@ -35,7 +36,8 @@ def input_spec(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None
 def output_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:
     d = fused.embedding_dim
     return (TensorSpec(SCORES, "float32", ("N", "C")), TensorSpec(LABEL, "int64", ("N",)),
-            TensorSpec(EMBEDDING, "float32", ("N", d)), TensorSpec(FEATURES, "float32", ("N", d)))
+            TensorSpec(EMBEDDING, "float32", ("N", d)), TensorSpec(FEATURES, "float32", ("N", d)),
+            TensorSpec(BRIDGED_FEATURES, "float32", ("N", d)))
 
 
 def head_input_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:
@@ -82,13 +84,14 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
     )
 
 
-def text_metadata(backbone: ClipBackbone, tokenizer: dict[str, Any], text_width: int, precision: str = "fp32") -> TextInfo:
+def text_metadata(backbone: ClipBackbone, tokenizer: dict[str, Any], embedding_dim: int,
+                  precision: str = "fp32") -> TextInfo:
     """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
     return TextInfo(
         format_version=FORMAT_VERSION,
         backbone=Backbone(**backbone.identity()),
-        input=TensorSpec("tokens", "int64", ("M", tokenizer["context_length"])),
-        output=TensorSpec("eos", "float32", ("M", text_width)),
+        input=TensorSpec(TEXT_TOKENS, "int64", ("M", tokenizer["context_length"])),
+        output=TensorSpec(TEXT_EMBEDDING, "float32", ("M", embedding_dim)),
         tokenizer=TokenizerSpec(**tokenizer),
         precision=precision,
     )

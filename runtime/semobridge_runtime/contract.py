@@ -34,8 +34,10 @@ IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, 
 #: the class-set inputs ([C, d], [C, d], [C, d], [C]), in class-file order (docs/classes.md)
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 SCORES, LABEL, EMBEDDING, FEATURES = "scores", "label", "embedding", "features"
-OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES)  # the fused graph's outputs, in graph order
+BRIDGED_FEATURES = "bridged_features"  # bridge(q), what enrolment averages into P_c
+OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES)  # the fused graph's outputs, in graph order
 RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
+TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)
 
 # ------------------------------------------------------------------ artifact file names
 SIDECAR_SUFFIX = ".json"  # `<stem>.json` beside every artifact: its metadata

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from . import files
-from .classes import check_name
+from .names import check_name
 from .contract import ENROLMENT_FILES, IMAGE_INPUT, METADATA_KEY, TEXT_METADATA_KEY, sidecar_path
 from .errors import InputError, ModelError
 from .limits import ImageLimits
