@@ -42,14 +42,6 @@ INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130, as a shell reports a command ende
 PIPE_EXIT = 128 + signal.SIGPIPE  # 141, as a shell reports a command whose reader went away
 
 
-class _Stop(Exception):
-    """Raised out of click's own handling: the command ends with `code` (after `message` on stderr, if any)."""
-
-    def __init__(self, code: int, message: str | None = None):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 def as_error(exc: BaseException) -> SemobridgeError | None:
     """The error model's view of an exception, or None for a bug (which keeps its traceback)."""
     if isinstance(exc, SemobridgeError):
@@ -87,21 +79,23 @@ def _quiet_stdout() -> None:
 
 
 class _Convention:
-    """What our click commands and groups do on top of click's own (mixed into Command and Group)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)  # type: ignore[misc]
-        except KeyboardInterrupt:  # Ctrl-C: not click's "Aborted!" and exit 1, which is for bugs
-            raise _Stop(INTERRUPTED_EXIT, "interrupted") from None
-        except BrokenPipeError:  # click would exit 1 (a bug's code)
-            raise _Stop(PIPE_EXIT) from None
+    """What our click commands and groups do instead of click's own `main` (mixed into Command and Group)."""
 
     def main(self, args: list[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> int:
-        """Run the command; returns its exit code, or exits with it when `standalone_mode` (a console script)."""
+        """Run the command; returns its exit code, or exits with it when `standalone_mode` (a console script).
+        Unlike click's main: a closed stdout exits 141, not 1, also while printing --help; Ctrl-C says
+        "interrupted" and exits 130, not "Aborted!" and 1 (a bug's code); errors go through one reporter."""
         prog = prog_name or self.name  # type: ignore[attr-defined]
-        code = run(lambda: super(_Convention, self).main(args, prog, complete_var, False, **extra), prog)  # type: ignore[misc]
+
+        def call() -> Any:
+            try:
+                with self.make_context(prog, list(sys.argv[1:] if args is None else args), **extra) as ctx:  # type: ignore[attr-defined]
+                    return self.invoke(ctx)  # type: ignore[attr-defined]
+            except click.exceptions.Exit as done:  # --help, --version
+                return done.exit_code
+
+        code = run(call, prog)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -117,16 +111,10 @@ def run(call: Callable[[], Any], prog: str) -> int:
             result = call()
         sys.stdout.flush()  # a closed pipe shows here when the output was buffered
         return result if isinstance(result, int) else 0
-    except _Stop as stop:
-        if stop.code == PIPE_EXIT:
-            _quiet_stdout()
-        elif stop.message:
-            print(stop.message, file=sys.stderr)
-        return stop.code
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of stdout went away (| head): quietly, as other Unix tools
         _quiet_stdout()
         return PIPE_EXIT
-    except click.Abort:  # Ctrl-C while click parsed or prompted
+    except (KeyboardInterrupt, click.Abort):
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as exc:

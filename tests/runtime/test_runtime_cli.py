@@ -121,3 +121,14 @@ def test_console_script(contract_onnx: Path, image_files: list[str]) -> None:
     out = subprocess.run([*command, str(contract_onnx), image_files[0], "--json"],
                          check=True, capture_output=True, text=True).stdout
     assert json.loads(out)[0]["image"] == image_files[0]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(contract_onnx: Path, image_files: list[str]) -> None:
+    """`semobridge-run MODEL IMAGE... | head -1` ended in a BrokenPipeError traceback (issue 19): now 141
+    (128 + SIGPIPE, docs/errors.md), no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "semobridge_runtime.cli", str(contract_onnx), *image_files * 300],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == image_files[0]
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
