@@ -222,7 +222,7 @@ FORMATS: dict[str, Format] = {
         Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", ("--input", "--fixed-size"),
                "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))", export_onnx),
         Format("text", "text.onnx", "class enrolment (add_class): + vocabulary, head.safetensors", (),
-               "semobridge-classes add shop.classes NAME IMAGE... --model {onnx}   "
+               "semobridge-classes add {onnx} shop.classes NAME IMAGE...   "
                "(enrol a class; then semobridge-run {onnx} --classes shop.classes IMAGE)", export_text),
         Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", ("--half",),
                "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, "onnx"),

@@ -34,7 +34,7 @@ def load_options(fn):
         click.option("--no-int8", is_flag=True,
                      help="Run MODEL as given; by default, on the CPU, model_int8.onnx beside it runs instead when its "
                           "export measured the same labels as fp32 on >= 99% of the fit images."),
-        threads_option(),
+        threads_option,
         spin_option,
         click.option("--max-side", type=int, default=None,
                      help=f"Refuse images whose longest side exceeds this [default: the model's, else {MAX_SIDE}]."),

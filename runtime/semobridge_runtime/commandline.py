@@ -40,6 +40,7 @@ from .limits import MAX_THREADS
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 INTERRUPTED_EXIT = 128 + signal.SIGINT  # 130, as a shell reports a command ended by Ctrl-C
 PIPE_EXIT = 128 + signal.SIGPIPE  # 141, as a shell reports a command whose reader went away
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def as_error(exc: BaseException) -> SemobridgeError | None:
@@ -114,6 +115,9 @@ def run(call: Callable[[], Any], prog: str) -> int:
     except BrokenPipeError:  # the reader of stdout went away (| head): quietly, as other Unix tools
         _quiet_stdout()
         return PIPE_EXIT
+    except _NO_ARGS as exc:  # a group called without a command (click >= 8.2): its help, and 2
+        print(exc.format_message(), file=sys.stderr)
+        return InputError.exit_code
     except (KeyboardInterrupt, click.Abort):
         print("interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -169,6 +173,9 @@ def option(*param_decls: str, **kwargs: Any) -> Callable:
     return click.option(*param_decls, cls=Option, **kwargs)
 
 
+_OPTIONS_ONLY = "semobridge.options_only"  # ctx.meta key: parse_options, which does not open files
+
+
 class ModelFile(click.ParamType):
     """A model file argument: missing, unreadable, too large or not a regular file is a model error (exit 3),
     whatever the command. The value stays the path as given (a str)."""
@@ -182,9 +189,6 @@ class ModelFile(click.ParamType):
         if ctx is None or not ctx.meta.get(_OPTIONS_ONLY):
             check_regular(value, self.what, GRAPH_BYTES, ModelError)
         return str(value)
-
-
-_OPTIONS_ONLY = "semobridge.options_only"
 
 
 def parse_options(cmd: click.Command, argv: list[str]) -> dict[str, Any]:
@@ -208,9 +212,9 @@ def out_option(help: str, **kwargs: Any) -> Callable:
                   file_okay=kwargs.pop("file_okay", True)), help=help, **kwargs)
 
 
-def threads_option(help: str = f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} [default: 0, one per core].") -> Callable:
-    return click.option("--threads", type=int, default=None, help=help)  # its range: checked by Classifier.load
-
+threads_option = click.option(  # its range is checked by Classifier.load
+    "--threads", type=int, default=None,
+    help=f"ONNX Runtime intra-op threads (per model instance), 0..{MAX_THREADS} [default: 0, one per core].")
 
 spin_option = option(
     "--spin/--no-spin", "spin", aliases=("--spinning/--no-spinning",), default=False, show_default=True,
@@ -218,21 +222,20 @@ spin_option = option(
          "but the cores stay busy); by default they sleep.")
 
 
-def unknown_value(text: str) -> str | float | None:
-    """--unknown: "auto", "off" (None) or a threshold (checked by Classifier.load)."""
-    if text in ("auto", "off"):
-        return None if text == "off" else text
-    try:
-        return float(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not auto, off or a number in [0, 1]") from None
-
-
 class _Unknown(click.ParamType):
+    """--unknown: "auto", "off" (None) or a threshold in [0, 1] (checked by Classifier.load)."""
+
     name = "auto|off|VALUE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | float | None:
-        return value if not isinstance(value, str) else unknown_value(value)
+        if not isinstance(value, str) or value == "auto":
+            return value
+        if value == "off":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not auto, off or a number in [0, 1]", param, ctx)
 
 
 unknown_option = click.option(
