@@ -130,3 +130,9 @@ def test_old_spellings_still_work(tmp_path: Path) -> None:
     for cmd in (serve, build_engine_main, main.commands["fit"]):
         shown = cmd.get_help(cmd.context_class(cmd, info_name=cmd.name))
         assert "--output" not in shown and "--spinning" not in shown
+
+
+def test_shell_completion_as_click_offers_it(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("_SEMOBRIDGE_RUN_COMPLETE", "bash_source")
+    assert call("semobridge-run", []) == 0
+    assert "_SEMOBRIDGE_RUN_COMPLETE=bash_complete" in capsys.readouterr().out

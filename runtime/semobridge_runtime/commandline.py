@@ -88,6 +88,7 @@ class _Convention:
         Unlike click's main: a closed stdout exits 141, not 1, also while printing --help; Ctrl-C says
         "interrupted" and exits 130, not "Aborted!" and 1 (a bug's code); errors go through one reporter."""
         prog = prog_name or self.name  # type: ignore[attr-defined]
+        self._main_shell_completion(extra, prog, complete_var)  # type: ignore[attr-defined]  # click's, as in its main
 
         def call() -> Any:
             try:
