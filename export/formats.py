@@ -137,8 +137,9 @@ def export_pt2(job: Job) -> Path:
 
 
 def export_text(job: Job) -> Path:
-    """What class enrolment needs beside the graph: the text tower (token ids -> pooled EOS before W),
-    the tokenizer's vocabulary (with its licence) and the fitted head (W+, W, L, the fitted classes)."""
+    """What class enrolment needs beside the graph: the text tower (token ids -> text embeddings n(e W)),
+    the tokenizer's vocabulary (with its licence) and the fitted head (semobridge's model file: enrolment reads its
+    fitted classes)."""
     from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, text_metadata
     from .onnx_graph import save_model, to_onnx
     from .text import TEXT_OUTPUTS, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
@@ -146,8 +147,7 @@ def export_text(job: Job) -> Path:
     if job.backbone is None:
         raise ValueError("the text format needs the backbone (export(head, backbone, ...))")
     tower = TextTower(job.backbone)
-    width = int(job.fused.head.bridge.text_projection.shape[0])
-    meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), width)
+    meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), job.fused.embedding_dim)
     path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
     vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
     shutil.copyfile(vocabulary_file(), vocabulary)
@@ -158,17 +158,21 @@ def export_text(job: Job) -> Path:
 
 
 def export_text_int8(job: Job) -> Path:
-    """Dynamic int8 quantisation of the text tower's matrix products (CPU/ARM enrolment)."""
+    """Dynamic int8 quantisation of the text transformer's matrix products (CPU/ARM enrolment); the projection
+    W stays fp32."""
     import onnx_ir
 
     from .metadata import TEXT_METADATA_KEY
-    from .onnx_graph import save_model
+    from .onnx_graph import module_scope, save_model
     from .precision import quantize_matmuls
     from .reference import text_drift
+    from .text import TOWER_SCOPE
 
     path = job.path("text-int8")
+    graph = onnx_ir.load(str(job.written["text"])).graph
+    projection = [n.name for n in graph if module_scope(n.metadata_props).split(".")[0] != TOWER_SCOPE]
     with atomic_output(path) as tmp:
-        quantize_matmuls(job.written["text"], tmp)
+        quantize_matmuls(job.written["text"], tmp, exclude=projection)
         model = onnx_ir.load(str(tmp))
         meta = json.loads(model.metadata_props[TEXT_METADATA_KEY])
         save_model(model, tmp, {TEXT_METADATA_KEY: json.dumps({**meta, "precision": "int8"})})
