@@ -84,7 +84,7 @@ def test_the_served_graph_has_the_fitted_classes_as_constants(repository, export
 def test_with_an_engine_the_plan_is_built_with_the_classes_inside(exported_onnx, tmp_path, monkeypatch) -> None:
     """TensorRT is not installed here: what the triton format asks the builder for (the classes built in, the
     export's profile) is checked; tests/export/test_tensorrt.py checks that request's shapes."""
-    from semobridge_export import formats
+    from semobridge_export import formats, tensorrt
 
     asked = {}
 
@@ -94,7 +94,7 @@ def test_with_an_engine_the_plan_is_built_with_the_classes_inside(exported_onnx,
         engine_path.write_bytes(b"a plan")
         return engine_path
 
-    monkeypatch.setattr(formats, "build_engine", build)
+    monkeypatch.setattr(tensorrt, "build_engine", build)  # export_triton imports it when it runs
     meta = ModelInfo.from_json((exported_onnx / "model.json").read_text(), "model.json")
     job = formats.Job(None, meta, tmp_path, profile=Profile((1, 2, 8)), log=lambda _: None,
                       written={"onnx": exported_onnx / "model.onnx", "engine": tmp_path / "model_trt.engine"})
