@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "min_embedding_cosine": float((a.embeddings * b.embeddings).sum(1).min()),
                    "predict_ms": predict_ms[0], "fast_predict_ms": predict_ms[1], "predict_speedup": predict_ms[0] / predict_ms[1]}
     rows = [[k, v] for k, v in result.items() if k not in ("benchmark", "machine", "command")]
-    text = "\n".join([f"# Fast JPEG path (DCT-scaled decode) against a full decode, S = {S}", "",
+    text = "\n".join([f"# Fast JPEG path (DCT-scaled decode) against a full decode, S = {S}", "", f"Command: `{result['command']}`", "",
                       f"Machine: CPU {result['machine']['cpu']} x {result['machine']['cpu_count']}. Per photo, decode + "
                       "open_clip's resize and crop (PIL), median over interleaved rounds; entropy floor = a 1/8-scale decode; "
                       "predict = Classifier.predict on the file, one photo per call (the graph's own resize).", "", markdown_table(["measure", "value"], rows)])

@@ -195,8 +195,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = measure(graphs, sizes, image_size, args)
     goals = targets(rows)
     m = machine()
+    command = " ".join(["python -m benchmarks.preprocess", *(argv if argv is not None else sys.argv[1:])])
     text = "\n".join([
         f"# In-graph resize: banded vs dense ({args.model}, batch 1, ONNX Runtime CPU)",
+        "",
+        f"Command: `{command}`",
         "",
         f"CPU {m['cpu']} x {m['cpu_count']}, onnxruntime {m['onnxruntime']}. p50 of host-to-host calls"
         + (" (this process's CPU time, --clock cpu: work, not latency)" if args.clock == "cpu" else "")
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ])
     print(text)
     result = {"benchmark": "preprocess", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "machine": m,
-              "command": " ".join(["python -m benchmarks.preprocess", *(argv if argv is not None else sys.argv[1:])]),
+              "command": command,
               "settings": {"no_dense": args.no_dense, "sizes": args.sizes, "warmup": args.warmup, "iters": args.iters, "budget_s": args.budget, "clock": args.clock},
               "rows": rows, "targets": goals}
     write_report(out, "preprocess", result, text)
