@@ -13,7 +13,6 @@ A class file is a safetensors file; docs/classes.md gives its exact byte layout.
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,15 +20,12 @@ import numpy as np
 
 from . import head, tensorfile
 from .errors import InputError, ModelError
+from .names import check_name, check_names, key
 
 FORMAT = "semobridge-classes/1"
 #: per-class tensors, named as the fused graph's head inputs, in file order
 TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
-#: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
-MAX_NAME_LENGTH = 256
-FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",
-                        "Zp": "a paragraph separator"}
 
 
 @dataclass(frozen=True)
@@ -50,27 +46,6 @@ class Identity:
                              "re-export it with semobridge-export to add or remove classes")
         return cls(str(raw["backbone"]["name"]), str(raw["backbone"]["weights_hash"]), str(raw["bridge_hash"]),
                    int(raw["embedding_dim"]))
-
-
-def check_name(name: Any, taken: tuple[str, ...] = ()) -> str:
-    """A usable class name, not among `taken` (compared ignoring case: the text side lower-cases)."""
-    if not isinstance(name, str):
-        raise InputError(f"a class name must be a string, not {type(name).__name__}")
-    if not name.strip():
-        raise InputError(f"class name {name!r} is empty; give the class a name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InputError(f"class name {name[:40]!r}... has {len(name)} characters, over {MAX_NAME_LENGTH}; shorten it")
-    for ch in name:
-        kind = FORBIDDEN_CATEGORIES.get(unicodedata.category(ch))
-        if kind:
-            raise InputError(f"class name {name!r} contains {kind} (U+{ord(ch):04X}); class names are one line of text")
-    key = name.strip().casefold()
-    clash = next((t for t in taken if t.strip().casefold() == key), None)
-    if clash is not None:
-        raise InputError(f"there is already a class named {clash!r}" + ("" if clash == name else
-                         f" (names are compared ignoring case, as prompts are lower-cased)") +
-                         "; choose another name, or remove that class first")
-    return name
 
 
 def _frozen(array: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -110,7 +85,7 @@ class ClassSet:
 
     def index(self, name: str) -> int:
         if name not in self.names:
-            near = [n for n in self.names if n.casefold() == str(name).casefold()]
+            near = [n for n in self.names if key(n) == key(str(name))]
             hint = f"; did you mean {near[0]!r}?" if near else f"; the classes are: {', '.join(self.names[:20])}" + (
                 ", ..." if len(self.names) > 20 else "")
             raise InputError(f"there is no class named {name!r}{hint}")
@@ -186,10 +161,10 @@ class ClassSet:
         if missing:
             raise ModelError(f"{source} lacks the tensor(s) {', '.join(missing)}; write it again")
         try:
-            names = tuple(bytes(tensors[NAMES_TENSOR]).decode("utf-8").split("\n"))
-            for i, name in enumerate(names):
-                check_name(name, names[:i])
-        except (UnicodeDecodeError, InputError) as exc:
+            names = tuple(check_names(bytes(tensors[NAMES_TENSOR]).decode("utf-8").split("\n"), "the class names"))
+        except UnicodeDecodeError as exc:  # a lone surrogate, too (as the C reader says it)
+            raise ModelError(f"{source} has unusable class names (not UTF-8 at byte {exc.start}); write it again") from None
+        except InputError as exc:
             raise ModelError(f"{source} has unusable class names ({exc}); write it again") from exc
         classes = cls(names, *(tensors[n] for n in TENSORS))
         if classes.embedding_dim != identity.embedding_dim:
