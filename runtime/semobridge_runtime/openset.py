@@ -144,6 +144,20 @@ def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
     return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
 
 
+def calibrated(val: tuple[np.ndarray, np.ndarray] | None, loo: tuple[np.ndarray, np.ndarray],
+               accept: float = ACCEPT) -> tuple[float, float] | None:
+    """(T, θ) from the blend scores z and labels of the held-out known images (docs/method.md, "The open set"):
+    T minimises the NLL of the validation images (of the leave-one-out shots when there are none); θ accepts
+    `accept` of all of them. None when there is no held-out image. The one rule of the fit's calibration
+    (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration)."""
+    parts = [p for p in (val, loo) if p is not None and len(p[1])]
+    if not parts:
+        return None
+    temperature = fit_temperature(np.asarray(parts[0][0], np.float64), parts[0][1])
+    z = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
+    return temperature, threshold_at(abstention_score(probabilities(z, temperature)), accept)
+
+
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U)."""
     u = np.sort(np.asarray(unknown, np.float64))

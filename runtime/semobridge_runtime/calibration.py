@@ -1,0 +1,124 @@
+"""An edited class set's open-set calibration, recomputed in closed form without the image encoder.
+
+A class set keeps the embeddings its temperature T and threshold θ were calibrated on (the graph's
+"features" output F, not normalised): the fit's validation images and shots (stored with the model by
+semobridge.calibrate.calibration_data), and the shots of every class enrolled since. After an edit the
+held-out known images are scored against the new set exactly as the fit scores them
+(semobridge.calibrate.calibrate_on: validation images by the blend, each shot leave-one-out against its
+own class's prototypes recomputed without it, the class weights kept), and openset.calibrated gives
+(T, θ): a from-scratch calibration on the same data, in O(M·C·d) for M kept embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from . import head, openset
+from .errors import ModelError
+
+#: the tensors a model file (head.safetensors) and a class file keep them in
+TENSORS = ("calibration_features", "calibration_labels", "calibration_shot")
+PARAMS = ("smoothness", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3")  # the blend's, docs/method.md
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Embeddings F [M, d] (float32), their class indices [M] (int64) and whether each is a shot [M] (bool;
+    else a validation image). A class's shots are the ones its prototypes were averaged from."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    shot: np.ndarray
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, np.ndarray], classes: int, dim: int, source: str) -> "CalibrationData | None":
+        """From a file's tensors (None when it has none of them); ModelError when they do not fit the class set."""
+        present = [n for n in TENSORS if n in tensors]
+        if not present:
+            return None
+        f, y, s = (tensors.get(n) for n in TENSORS)
+        ok = (len(present) == len(TENSORS) and f.dtype == np.float32 and y.dtype == np.int64 and s.dtype == np.uint8
+              and f.ndim == 2 and f.shape[1] == dim and y.shape == s.shape == (len(f),)
+              and bool(np.all((y >= 0) & (y < classes))) and bool(np.all(s <= 1)))
+        if not ok:
+            raise ModelError(f"{source} has unusable calibration data ({', '.join(f'{n} {tensors[n].dtype}{list(tensors[n].shape)}' for n in present)}; "
+                             f"expected float32 [M, {dim}], int64 [M] in [0, {classes}) and uint8 [M] of 0/1)",
+                             hint="write it again from the model (Classifier.save_classes), or re-export the model")
+        return cls(np.ascontiguousarray(f), np.ascontiguousarray(y), s.astype(bool))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return dict(zip(TENSORS, (self.features, self.labels, self.shot.astype(np.uint8))))
+
+    def shots_of(self, c: int) -> int:
+        return int(np.sum(self.shot & (self.labels == c)))
+
+    def with_shots(self, c: int, features: np.ndarray) -> "CalibrationData":
+        """Plus shots F [K, d] of class c."""
+        return CalibrationData(np.vstack([self.features, np.asarray(features, np.float32)]),
+                               np.append(self.labels, np.full(len(features), c, np.int64)),
+                               np.append(self.shot, np.ones(len(features), bool)))
+
+    def without(self, c: int) -> "CalibrationData":
+        """Without class c's images; the classes after it move down by one."""
+        keep = self.labels != c
+        labels = self.labels[keep]
+        return CalibrationData(self.features[keep], labels - (labels > c), self.shot[keep])
+
+
+@dataclass(frozen=True)
+class Blend:
+    """The fitted head's scoring of embeddings against a class set: the bridge (W⁺, W, L) and the blend's
+    hyper-parameters (docs/method.md "Scores of a query q"; the graph computes the same)."""
+
+    pinv: np.ndarray
+    text_projection: np.ndarray
+    eos_length: float
+    params: tuple[float, ...]  # PARAMS order
+
+    def scores(self, q: np.ndarray, qb: np.ndarray, T: np.ndarray, P: np.ndarray, I: np.ndarray, kl: np.ndarray) -> np.ndarray:
+        """z [N, C] of normalised queries q and normalised bridged queries qb [N, d] (or affinities already
+        taken, see loo); float64."""
+        return self.blend(q @ T.T, q @ P.T, qb @ I.T, kl)
+
+    def blend(self, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray, kl: np.ndarray) -> np.ndarray:
+        sigma, alpha, beta, gamma, l1, l2, l3 = self.params
+        w = np.exp(sigma * np.asarray(kl, np.float64))
+        a1, a2, a3 = (np.asarray(a, np.float64) for a in (a1, a2, a3))
+        return l1 * np.exp(-alpha * (1 - a1)) + w * (l2 * np.exp(-beta * (1 - a2)) + l3 * np.exp(-gamma * (1 - a3)))
+
+    def bridged(self, features: np.ndarray) -> np.ndarray:
+        return head.bridge(features, self.pinv, self.text_projection, self.eos_length)
+
+
+def held_out_scores(classes, data: CalibrationData, blend: Blend) -> tuple[tuple[np.ndarray, np.ndarray] | None,
+                                                                          tuple[np.ndarray, np.ndarray]]:
+    """((z, labels) of the validation images or None, (z, labels) of the shots scored leave-one-out): shots of
+    classes with a single shot are left out."""
+    T, P, I, kl = (np.asarray(a, np.float32) for a in (classes.text_classifier, classes.bridged_prototypes,
+                                                         classes.image_prototypes, classes.class_kl))
+    F = np.asarray(data.features, np.float32)
+    bridged = blend.bridged(F).astype(np.float32)
+    q, qb = head.normalize(F), head.normalize(bridged)
+    val = ~data.shot
+    val_part = (blend.scores(q[val], qb[val], T, P, I, kl), data.labels[val]) if val.any() else None
+    shot = data.shot & (np.bincount(data.labels[data.shot], minlength=len(T))[data.labels] > 1)
+    y = data.labels[shot]
+    a1, a2, a3 = q[shot] @ T.T, q[shot] @ P.T, qb[shot] @ I.T
+    if len(y):  # own class: prototypes recomputed without the shot
+        C, d = len(T), F.shape[1]
+        sum_i = np.zeros((C, d), np.float32)
+        sum_b = np.zeros((C, d), np.float32)
+        np.add.at(sum_i, data.labels[data.shot], F[data.shot])
+        np.add.at(sum_b, data.labels[data.shot], bridged[data.shot])
+        rows = np.arange(len(y))
+        a2[rows, y] = np.einsum("md,md->m", q[shot], head.normalize(sum_b[y] - bridged[shot]))
+        a3[rows, y] = np.einsum("md,md->m", qb[shot], head.normalize(sum_i[y] - F[shot]))
+    return val_part, (blend.blend(a1, a2, a3, kl), y)
+
+
+def recalibrate(classes, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> tuple[float, float] | None:
+    """(T, θ) of `classes` from its calibration data (openset.calibrated); None when nothing is held out."""
+    return openset.calibrated(*held_out_scores(classes, data, blend), accept)
