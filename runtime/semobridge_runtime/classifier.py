@@ -222,8 +222,8 @@ class Classifier:
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
         this model's own graph; without images, from its text classifier (docs/method.md, "A class from
-        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
-        recomputed over the new class set.
+        its name"; add it again with images to upgrade it in place). Every class's weight, and the set's open-set
+        temperature and threshold (docs/classes.md, "Unknown"), are recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
             none = np.zeros((0, self.info.embedding_dim), np.float32)

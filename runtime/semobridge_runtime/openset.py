@@ -144,18 +144,30 @@ def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
     return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
 
 
+def conformal_threshold(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
+    """The split-conformal threshold (Vovk et al., 2005; Angelopoulos and Bates, 2021): the k-th smallest of n
+    held-out known scores, k = floor((n + 1)(1 - accept)), so that a new known image exchangeable with them is
+    accepted with probability (n + 1 - k) / (n + 1), in [accept, accept + 1 / (n + 1)). With k = 0 (fewer than
+    1 / (1 - accept) - 1 images: 19 at 95 %) no threshold keeps that promise but 0, which accepts every image."""
+    s = np.sort(np.asarray(known_scores, np.float64))
+    if not len(s):
+        raise InputError("no known images to calibrate the threshold on")
+    k = int(np.floor((len(s) + 1) * (1 - accept) + 1e-9))
+    return float(s[k - 1]) if k >= 1 else 0.0
+
+
 def calibrated(val: tuple[np.ndarray, np.ndarray] | None, loo: tuple[np.ndarray, np.ndarray],
                accept: float = ACCEPT) -> tuple[float, float] | None:
     """(T, θ) from the blend scores z and labels of the held-out known images (docs/method.md, "The open set"):
     T minimises the NLL of the validation images (of the leave-one-out shots when there are none); θ accepts
-    `accept` of all of them. None when there is no held-out image. The one rule of the fit's calibration
+    `accept` of all of them, conformally (conformal_threshold). None when there is no held-out image. The one rule of the fit's calibration
     (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration)."""
     parts = [p for p in (val, loo) if p is not None and len(p[1])]
     if not parts:
         return None
     temperature = fit_temperature(np.asarray(parts[0][0], np.float64), parts[0][1])
     z = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
-    return temperature, threshold_at(abstention_score(probabilities(z, temperature)), accept)
+    return temperature, conformal_threshold(abstention_score(probabilities(z, temperature)), accept)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
