@@ -316,3 +316,17 @@ def test_c_reads_the_same_temperature_and_threshold_as_python(lib, enrol_export,
             rc, message = c.set_classes(bad)
             assert rc == -2 and "open-set calibration" in message and "write it again" in message, (case, message)
             assert read(c)[0] == 0  # the set stays the fitted one
+
+
+def test_the_conformal_threshold_accepts_at_least_the_target_of_new_known_images() -> None:
+    rng = np.random.default_rng(0)
+    for n in (5, 18, 19, 20, 40, 100):
+        k = int(np.floor((n + 1) * 0.05))
+        trials = rng.random((20000, n + 1))  # n calibration scores and one new known score, exchangeable
+        thresholds = np.array([openset.conformal_threshold(t[:n]) for t in trials])
+        accepted = float((trials[:, n] >= thresholds).mean())
+        assert thresholds.min() == 0.0 if k == 0 else (np.sort(trials[:, :n], 1)[:, k - 1] == thresholds).all()
+        assert abs(accepted - (n + 1 - k) / (n + 1)) < 0.008 and accepted > 0.95 - 0.008, (n, accepted)
+        # the plain empirical quantile falls short by up to 1 / (n + 1) + 5 %
+        plain = float((trials[:, n] >= np.array([openset.threshold_at(t[:n]) for t in trials])).mean())
+        assert abs(plain - (n - np.floor(0.05 * n + 1e-9)) / (n + 1)) < 0.008, (n, plain)
