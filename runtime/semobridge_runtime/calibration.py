@@ -79,11 +79,11 @@ class Blend:
     params: tuple[float, ...]  # PARAMS order
 
     def scores(self, q: np.ndarray, qb: np.ndarray, T: np.ndarray, P: np.ndarray, I: np.ndarray, kl: np.ndarray) -> np.ndarray:
-        """z [N, C] of normalised queries q and normalised bridged queries qb [N, d] (or affinities already
-        taken, see loo); float64."""
+        """z [N, C] of normalised queries q and normalised bridged queries qb [N, d], float64."""
         return self.blend(q @ T.T, q @ P.T, qb @ I.T, kl)
 
     def blend(self, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray, kl: np.ndarray) -> np.ndarray:
+        """z from the three affinities n(q)·T, n(q)·P, n(bridge(q))·I [N, C] and the class KL [C], float64."""
         sigma, alpha, beta, gamma, l1, l2, l3 = self.params
         w = np.exp(sigma * np.asarray(kl, np.float64))
         a1, a2, a3 = (np.asarray(a, np.float64) for a in (a1, a2, a3))

@@ -171,7 +171,7 @@ class ClassSet:
         T[r], P[r], I[r] = text_classifier, bridged_prototype, image_prototype
         sums = self._sums() + np.exp((I @ T[r]).astype(np.float64)) - np.exp((I @ old_t).astype(np.float64))
         sums[r] = np.exp((T @ I[r]).astype(np.float64)).sum()
-        data = self.calibration.with_shots(r, shots) if self.calibration is not None else None
+        data = self.calibration.with_shots(r, shots)  # is_name_only: there is calibration data
         return ClassSet(self.names, T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
 
     def removed(self, name: str) -> "ClassSet":
