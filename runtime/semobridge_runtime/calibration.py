@@ -79,15 +79,25 @@ class Blend:
     params: tuple[float, ...]  # PARAMS order
 
     def scores(self, q: np.ndarray, qb: np.ndarray, T: np.ndarray, P: np.ndarray, I: np.ndarray, kl: np.ndarray) -> np.ndarray:
-        """z [N, C] of normalised queries q and normalised bridged queries qb [N, d], float64."""
+        """z [N, C] of normalised queries q and normalised bridged queries qb [N, d], float32 (as the graph)."""
         return self.blend(q @ T.T, q @ P.T, qb @ I.T, kl)
 
     def blend(self, a1: np.ndarray, a2: np.ndarray, a3: np.ndarray, kl: np.ndarray) -> np.ndarray:
-        """z from the three affinities n(q)·T, n(q)·P, n(bridge(q))·I [N, C] and the class KL [C], float64."""
-        sigma, alpha, beta, gamma, l1, l2, l3 = self.params
-        w = np.exp(sigma * np.asarray(kl, np.float64))
-        a1, a2, a3 = (np.asarray(a, np.float64) for a in (a1, a2, a3))
-        return l1 * np.exp(-alpha * (1 - a1)) + w * (l2 * np.exp(-beta * (1 - a2)) + l3 * np.exp(-gamma * (1 - a3)))
+        """z from the three affinities n(q)·T, n(q)·P, n(bridge(q))·I [N, C] and the class KL [C], float32:
+        λ1 e^(-α(1 - a1)) + w (λ2 e^(-β(1 - a2)) + λ3 e^(-γ(1 - a3))), w = e^(σ D) (in place on a1, a2, a3)."""
+        sigma, alpha, beta, gamma, l1, l2, l3 = (np.float32(v) for v in self.params)
+        w = np.exp(sigma * np.asarray(kl, np.float32))
+        for a, s in ((a1, alpha), (a2, beta), (a3, gamma)):
+            a -= 1
+            a *= s
+            np.exp(a, out=a)
+        a2 *= l2
+        a3 *= l3
+        a2 += a3
+        a2 *= w
+        a1 *= l1
+        a1 += a2
+        return a1
 
     def bridged(self, features: np.ndarray) -> np.ndarray:
         return head.bridge(features, self.pinv, self.text_projection, self.eos_length)
