@@ -44,7 +44,8 @@ class CalibrationData:
               and f.ndim == 2 and f.shape[1] == dim and y.shape == s.shape == (len(f),)
               and bool(np.all((y >= 0) & (y < classes))) and bool(np.all(s <= 1)))
         if not ok:
-            raise ModelError(f"{source} has unusable calibration data ({', '.join(f'{n} {tensors[n].dtype}{list(tensors[n].shape)}' for n in present)}; "
+            found = ", ".join(f"{n} {tensors[n].dtype}{list(tensors[n].shape)}" for n in present)
+            raise ModelError(f"{source} has unusable calibration data ({found}; "
                              f"expected float32 [M, {dim}], int64 [M] in [0, {classes}) and uint8 [M] of 0/1)",
                              hint="write it again from the model (Classifier.save_classes), or re-export the model")
         return cls(np.ascontiguousarray(f), np.ascontiguousarray(y), s.astype(bool))

@@ -178,8 +178,9 @@ def calibrated(val: tuple[np.ndarray, np.ndarray] | None, loo: tuple[np.ndarray,
                accept: float = ACCEPT) -> tuple[float, float] | None:
     """(T, θ) from the blend scores z and labels of the held-out known images (docs/method.md, "The open set"):
     T minimises the NLL of the validation images (of the leave-one-out shots when there are none); θ accepts
-    `accept` of all of them, conformally (conformal_threshold). None when there is no held-out image. The one rule of the fit's calibration
-    (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration)."""
+    `accept` of all of them, conformally (conformal_threshold). None when there is no held-out image. The one
+    rule of the fit's calibration (semobridge.calibrate) and of an edited class set's
+    (semobridge_runtime.calibration)."""
     parts = [p for p in (val, loo) if p is not None and len(p[1])]
     if not parts:
         return None

@@ -447,7 +447,8 @@ static int read_open_set(const struct json * j, const char * source, double * te
     for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
         char * end = NULL;
         const double v = strtod(text[i], &end); /* decimal only: no space, hex, inf or nan (as Python's reader) */
-        if (strspn(text[i], "0123456789.eE+-") != len[i] || end == text[i] || end != text[i] + len[i] || !isfinite(v) || !(v >= low[i] && v <= high[i])) {
+        if (strspn(text[i], "0123456789.eE+-") != len[i] || end == text[i] || end != text[i] + len[i] || !isfinite(v) ||
+            !(v >= low[i] && v <= high[i])) {
             char q[80];
             rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not a number in [%g, %g]); "
                      "write it again with Classifier.save_classes or semobridge-classes", source, keys[i],
