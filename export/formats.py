@@ -17,12 +17,12 @@ from semobridge.files import atomic_output
 
 from .fused import FusedClassifier
 from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
-from .onnx_graph import save_model, to_onnx, trace
+from .onnx_graph import module_scope, save_model, to_onnx, trace
 from .precision import label_agreement, openvino_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
 from .program import save_program
 from .reference import reference_scores, session, text_drift
 from .tensorrt import Profile, build_engine, engine_path_for
-from .text import TEXT_OUTPUTS, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
+from .text import TEXT_OUTPUTS, TOWER_SCOPE, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
 from .triton import write_repository
 
 
@@ -122,13 +122,13 @@ def export_pt2(job: Job) -> Path:
 
 
 def export_text(job: Job) -> Path:
-    """What class enrolment needs beside the graph: the text tower (token ids -> pooled EOS before W),
-    the tokenizer's vocabulary (with its licence) and the fitted head (W+, W, L, the fitted classes)."""
+    """What class enrolment needs beside the graph: the text tower (token ids -> text embeddings n(e W)),
+    the tokenizer's vocabulary (with its licence) and the fitted head (semobridge's model file: enrolment reads its
+    fitted classes)."""
     if job.backbone is None:
         raise ValueError("the text format needs the backbone (export(head, backbone, ...))")
     tower = TextTower(job.backbone)
-    width = int(job.fused.head.bridge.text_projection.shape[0])
-    meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), width)
+    meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), job.fused.embedding_dim)
     path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
     vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
     shutil.copyfile(vocabulary_file(), vocabulary)
@@ -139,10 +139,13 @@ def export_text(job: Job) -> Path:
 
 
 def export_text_int8(job: Job) -> Path:
-    """Dynamic int8 quantisation of the text tower's matrix products (CPU/ARM enrolment)."""
+    """Dynamic int8 quantisation of the text transformer's matrix products (CPU/ARM enrolment); the projection
+    W stays fp32."""
     path = job.path("text-int8")
+    graph = onnx_ir.load(str(job.written["text"])).graph
+    projection = [n.name for n in graph if module_scope(n.metadata_props).split(".")[0] != TOWER_SCOPE]
     with atomic_output(path) as tmp:
-        quantize_matmuls(job.written["text"], tmp)
+        quantize_matmuls(job.written["text"], tmp, exclude=projection)
         model = onnx_ir.load(str(tmp))
         meta = json.loads(model.metadata_props[TEXT_METADATA_KEY])
         save_model(model, tmp, {TEXT_METADATA_KEY: json.dumps({**meta, "precision": "int8"})})

@@ -38,6 +38,7 @@ def output_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
         {"name": "label", "dtype": "int64", "shape": ["N"]},
         {"name": "embedding", "dtype": "float32", "shape": ["N", d]},
         {"name": "features", "dtype": "float32", "shape": ["N", d]},
+        {"name": "bridged_features", "dtype": "float32", "shape": ["N", d]},
     ]
 
 
@@ -88,13 +89,14 @@ def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = 
     }
 
 
-def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], text_width: int, precision: str = "fp32") -> dict[str, Any]:
+def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], embedding_dim: int,
+                  precision: str = "fp32") -> dict[str, Any]:
     """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
     return {
         "format_version": FORMAT_VERSION,
         "backbone": backbone.identity(),
         "input": {"name": "tokens", "dtype": "int64", "shape": ["M", tokenizer["context_length"]]},
-        "output": {"name": "eos", "dtype": "float32", "shape": ["M", text_width]},
+        "output": {"name": "text_embedding", "dtype": "float32", "shape": ["M", embedding_dim]},
         "tokenizer": tokenizer,
         "precision": precision,
     }

@@ -71,10 +71,11 @@ class Calibration:
                 f"({100 * o.accept:.0f} % of {self.images} held-out known images accepted)")
 
 
-def calibration_data(features: FeatureSet) -> dict[str, torch.Tensor]:
+@torch.no_grad()
+def calibration_data(head: SeMoBridge, features: FeatureSet) -> dict[str, torch.Tensor]:
     """What the class set keeps to recalibrate after edits (semobridge_runtime.calibration, its tensor names): every
-    shot, and the first MAX_VALIDATION_PER_CLASS validation images of each class (a bounded file for large
-    validation splits)."""
+    shot and the first MAX_VALIDATION_PER_CLASS validation images of each class (a bounded file for large
+    validation splits), their features F and bridged features bridge(F, b = 0) (the graph's outputs)."""
     shots, shot_labels = features.shot_image.cpu().float(), features.shot_label.cpu()
     val = features.val_image.cpu().float() if features.has_val else shots[:0]
     val_labels = features.val_label.cpu() if features.has_val else shot_labels[:0]
@@ -85,7 +86,9 @@ def calibration_data(features: FeatureSet) -> dict[str, torch.Tensor]:
             rank[where] = torch.arange(len(where))
         keep = rank < MAX_VALIDATION_PER_CLASS
         val, val_labels = val[keep], val_labels[keep]
-    return {"calibration_features": torch.cat([val, shots]), "calibration_labels": torch.cat([val_labels, shot_labels]),
+    F = torch.cat([val, shots])
+    return {"calibration_features": F, "calibration_bridged_features": head.bridge(F).float(),
+            "calibration_labels": torch.cat([val_labels, shot_labels]),
             "calibration_shot": torch.cat([torch.zeros(len(val_labels), dtype=torch.uint8),
                                            torch.ones(len(shot_labels), dtype=torch.uint8)])}
 
@@ -116,4 +119,4 @@ def calibrate_on(head: SeMoBridge, data: dict[str, torch.Tensor], accept: float 
 def calibrate(head: SeMoBridge, features: FeatureSet, accept: float = ACCEPT) -> Calibration | None:
     """Temperature and threshold from the fit's own images (calibration_data); None when there are no held-out
     known images (one shot per class and no validation split: the model then has no "unknown")."""
-    return calibrate_on(head, calibration_data(features), accept)
+    return calibrate_on(head, calibration_data(head, features), accept)

@@ -104,7 +104,7 @@ def fit_features(
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)
     head = head.cpu()
-    head.calibration = calibration_data(features.to("cpu"))
+    head.calibration = calibration_data(head, features.to("cpu"))
     calibration = calibrate_on(head, head.calibration)
     if calibration is not None:
         head.info.open_set = {**calibration.open_set.to_dict(), "ece_before": calibration.ece_before,

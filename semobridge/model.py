@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from semobridge_runtime.calibration import TENSORS as CALIBRATION  # kept for the runtime to recalibrate
+
 from .blend import BlendParams, affinities, blend
 from .bridge import Bridge
 from .files import atomic_output
 from .modelfile import ModelFileError, ModelInfo, read_model
 from .prototypes import class_weights
-
-CALIBRATION = ("calibration_features", "calibration_labels", "calibration_shot")  # semobridge_runtime.calibration's
 
 
 class SeMoBridge(nn.Module):

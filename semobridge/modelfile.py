@@ -20,7 +20,7 @@ from . import __version__
 from .errors import InputError, ModelError
 from .files import GRAPH_BYTES, read_bytes
 from .params import RANGES
-from .validate import MAX_SIDE, blend_values, class_names
+from .validate import MAX_SIDE, MIN_FIT_CLASSES, blend_values, class_names
 
 FORMAT = "semobridge-model/1"
 METADATA_KEY = "semobridge"  # the key of our metadata, in model files and in exported graphs
@@ -82,7 +82,7 @@ class ModelInfo:
         if set(backbone) != {"name", "pretrained", "weights_hash"} or not all(isinstance(v, str) for v in backbone.values()):
             raise ModelFileError(f"{source}: 'backbone' must hold the strings name, pretrained and weights_hash", hint=_REFIT)
         try:
-            class_names(values["class_names"], f"{source}: class_names")
+            class_names(values["class_names"], f"{source}: class_names", MIN_FIT_CLASSES)
             blend_values(values["params"], RANGES, f"{source}: params")
         except InputError as exc:
             raise ModelFileError(str(exc), hint=_REFIT) from None

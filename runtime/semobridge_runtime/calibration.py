@@ -1,7 +1,7 @@
 """An edited class set's open-set calibration, recomputed in closed form without the image encoder.
 
 A class set keeps the embeddings its temperature T and threshold θ were calibrated on (the graph's
-"features" output F, not normalised): the fit's validation images and shots (stored with the model by
+"features" F, not normalised, and "bridged_features" bridge(F) outputs): the fit's validation images and shots (stored with the model by
 semobridge.calibrate.calibration_data), and the shots of every class enrolled since. After an edit the
 held-out known images are scored against the new set exactly as the fit scores them
 (semobridge.calibrate.calibrate_on: validation images by the blend, each shot leave-one-out against its
@@ -20,16 +20,18 @@ from . import head, openset
 from .errors import ModelError
 
 #: the tensors a model file (head.safetensors) and a class file keep them in
-TENSORS = ("calibration_features", "calibration_labels", "calibration_shot")
+TENSORS = ("calibration_features", "calibration_bridged_features", "calibration_labels", "calibration_shot")
 PARAMS = ("smoothness", "alpha", "beta", "gamma", "lambda1", "lambda2", "lambda3")  # the blend's, docs/method.md
 
 
 @dataclass(frozen=True)
 class CalibrationData:
-    """Embeddings F [M, d] (float32), their class indices [M] (int64) and whether each is a shot [M] (bool;
-    else a validation image). A class's shots are the ones its prototypes were averaged from."""
+    """Embeddings F [M, d] and bridge(F) [M, d] (float32, the graph's outputs), their class indices [M] (int64) and
+    whether each is a shot [M] (bool; else a validation image). A class's shots are the ones its prototypes were
+    averaged from."""
 
     features: np.ndarray
+    bridged: np.ndarray
     labels: np.ndarray
     shot: np.ndarray
 
@@ -39,26 +41,28 @@ class CalibrationData:
         present = [n for n in TENSORS if n in tensors]
         if not present:
             return None
-        f, y, s = (tensors.get(n) for n in TENSORS)
-        ok = (len(present) == len(TENSORS) and f.dtype == np.float32 and y.dtype == np.int64 and s.dtype == np.uint8
-              and f.ndim == 2 and f.shape[1] == dim and y.shape == s.shape == (len(f),)
+        f, b, y, s = (tensors.get(n) for n in TENSORS)
+        ok = (len(present) == len(TENSORS) and f.dtype == b.dtype == np.float32 and y.dtype == np.int64
+              and s.dtype == np.uint8 and f.ndim == 2 and f.shape[1] == dim and b.shape == f.shape
+              and y.shape == s.shape == (len(f),)
               and bool(np.all((y >= 0) & (y < classes))) and bool(np.all(s <= 1)))
         if not ok:
             found = ", ".join(f"{n} {tensors[n].dtype}{list(tensors[n].shape)}" for n in present)
             raise ModelError(f"{source} has unusable calibration data ({found}; "
-                             f"expected float32 [M, {dim}], int64 [M] in [0, {classes}) and uint8 [M] of 0/1)",
+                             f"expected float32 [M, {dim}] twice, int64 [M] in [0, {classes}) and uint8 [M] of 0/1)",
                              hint="write it again from the model (Classifier.save_classes), or re-export the model")
-        return cls(np.ascontiguousarray(f), np.ascontiguousarray(y), s.astype(bool))
+        return cls(np.ascontiguousarray(f), np.ascontiguousarray(b), np.ascontiguousarray(y), s.astype(bool))
 
     def tensors(self) -> dict[str, np.ndarray]:
-        return dict(zip(TENSORS, (self.features, self.labels, self.shot.astype(np.uint8))))
+        return dict(zip(TENSORS, (self.features, self.bridged, self.labels, self.shot.astype(np.uint8))))
 
     def shots_of(self, c: int) -> int:
         return int(np.sum(self.shot & (self.labels == c)))
 
-    def with_shots(self, c: int, features: np.ndarray) -> "CalibrationData":
-        """Plus shots F [K, d] of class c."""
+    def with_shots(self, c: int, features: np.ndarray, bridged: np.ndarray) -> "CalibrationData":
+        """Plus shots F [K, d] of class c, and their bridge(F) [K, d]."""
         return CalibrationData(np.vstack([self.features, np.asarray(features, np.float32)]),
+                               np.vstack([self.bridged, np.asarray(bridged, np.float32)]),
                                np.append(self.labels, np.full(len(features), c, np.int64)),
                                np.append(self.shot, np.ones(len(features), bool)))
 
@@ -66,17 +70,14 @@ class CalibrationData:
         """Without class c's images; the classes after it move down by one."""
         keep = self.labels != c
         labels = self.labels[keep]
-        return CalibrationData(self.features[keep], labels - (labels > c), self.shot[keep])
+        return CalibrationData(self.features[keep], self.bridged[keep], labels - (labels > c), self.shot[keep])
 
 
 @dataclass(frozen=True)
 class Blend:
-    """The fitted head's scoring of embeddings against a class set: the bridge (W⁺, W, L) and the blend's
-    hyper-parameters (docs/method.md "Scores of a query q"; the graph computes the same)."""
+    """The fitted head's scoring of embeddings against a class set with the blend's hyper-parameters
+    (docs/method.md "Scores of a query q"; the graph computes the same, tests hold the two to 1e-6)."""
 
-    pinv: np.ndarray
-    text_projection: np.ndarray
-    eos_length: float
     params: tuple[float, ...]  # PARAMS order
 
     def scores(self, q: np.ndarray, qb: np.ndarray, T: np.ndarray, P: np.ndarray, I: np.ndarray, kl: np.ndarray) -> np.ndarray:
@@ -100,9 +101,6 @@ class Blend:
         a1 += a2
         return a1
 
-    def bridged(self, features: np.ndarray) -> np.ndarray:
-        return head.bridge(features, self.pinv, self.text_projection, self.eos_length)
-
 
 def held_out_scores(classes, data: CalibrationData, blend: Blend) -> tuple[tuple[np.ndarray, np.ndarray] | None,
                                                                           tuple[np.ndarray, np.ndarray]]:
@@ -110,8 +108,7 @@ def held_out_scores(classes, data: CalibrationData, blend: Blend) -> tuple[tuple
     classes with a single shot are left out."""
     T, P, I, kl = (np.asarray(a, np.float32) for a in (classes.text_classifier, classes.bridged_prototypes,
                                                          classes.image_prototypes, classes.class_kl))
-    F = np.asarray(data.features, np.float32)
-    bridged = blend.bridged(F).astype(np.float32)
+    F, bridged = np.asarray(data.features, np.float32), np.asarray(data.bridged, np.float32)
     q, qb = head.normalize(F), head.normalize(bridged)
     val = ~data.shot
     val_part = (blend.scores(q[val], qb[val], T, P, I, kl), data.labels[val]) if val.any() else None

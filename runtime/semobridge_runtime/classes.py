@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,16 +24,13 @@ import numpy as np
 from . import head, openset, tensorfile
 from .calibration import CalibrationData
 from .errors import InputError, ModelError
+from .names import check_name, check_names, key
 
 FORMAT = "semobridge-classes/1"
 #: per-class tensors, named as the fused graph's head inputs, in file order
 TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
-#: the library's class-name rules (semobridge.validate.class_names), and no lone surrogates (not UTF-8)
-MAX_NAME_LENGTH = 256
 DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a class file's temperature and threshold (and C's)
-FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cs": "a lone surrogate", "Zl": "a line separator",
-                        "Zp": "a paragraph separator"}
 
 
 @dataclass(frozen=True)
@@ -55,27 +51,6 @@ class Identity:
                              "re-export it with semobridge-export to add or remove classes")
         return cls(str(raw["backbone"]["name"]), str(raw["backbone"]["weights_hash"]), str(raw["bridge_hash"]),
                    int(raw["embedding_dim"]))
-
-
-def check_name(name: Any, taken: tuple[str, ...] = ()) -> str:
-    """A usable class name, not among `taken` (compared ignoring case: the text side lower-cases)."""
-    if not isinstance(name, str):
-        raise InputError(f"a class name must be a string, not {type(name).__name__}")
-    if not name.strip():
-        raise InputError(f"class name {name!r} is empty; give the class a name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InputError(f"class name {name[:40]!r}... has {len(name)} characters, over {MAX_NAME_LENGTH}; shorten it")
-    for ch in name:
-        kind = FORBIDDEN_CATEGORIES.get(unicodedata.category(ch))
-        if kind:
-            raise InputError(f"class name {name!r} contains {kind} (U+{ord(ch):04X}); class names are one line of text")
-    key = name.strip().casefold()
-    clash = next((t for t in taken if t.strip().casefold() == key), None)
-    if clash is not None:
-        raise InputError(f"there is already a class named {clash!r}" + ("" if clash == name else
-                         f" (names are compared ignoring case, as prompts are lower-cased)") +
-                         "; choose another name, or remove that class first")
-    return name
 
 
 def _frozen(array: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -129,7 +104,7 @@ class ClassSet:
 
     def index(self, name: str) -> int:
         if name not in self.names:
-            near = [n for n in self.names if n.casefold() == str(name).casefold()]
+            near = [n for n in self.names if key(n) == key(str(name))]
             hint = f"; did you mean {near[0]!r}?" if near else f"; the classes are: {', '.join(self.names[:20])}" + (
                 ", ..." if len(self.names) > 20 else "")
             raise InputError(f"there is no class named {name!r}{hint}")
@@ -143,9 +118,10 @@ class ClassSet:
         return found if found is not None else head.affinity_sums(self.image_prototypes, self.text_classifier)
 
     def added(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray,
-              shots: np.ndarray | None = None) -> "ClassSet":
-        """This set with one more class at the end; every class's KL recomputed, in O(C·d). `shots`: the embeddings
-        F [K, d] its prototypes came from (kept with the calibration data; none: a class from its name). The
+              shots: tuple[np.ndarray, np.ndarray] | None = None) -> "ClassSet":
+        """This set with one more class at the end; every class's KL recomputed, in O(C·d). `shots`: the features
+        F [K, d] and bridged features [K, d] its prototypes came from (kept with the calibration data; None: a
+        class from its name). The
         temperature and threshold are kept as they were (Enrolment recalibrates)."""
         check_name(name, self.names)
         T = np.vstack([self.text_classifier, text_classifier[None].astype(np.float32)])
@@ -154,14 +130,14 @@ class ClassSet:
         column, row = (np.exp(a.astype(np.float64)) for a in (I[:-1] @ T[-1], T @ I[-1]))
         sums = np.append(self._sums() + column, row.sum())
         data = self.calibration
-        if data is not None and shots is not None and len(shots):
-            data = data.with_shots(len(self), shots)
+        if data is not None and shots is not None:
+            data = data.with_shots(len(self), *shots)
         return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
 
     def upgraded(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray,
-                 shots: np.ndarray) -> "ClassSet":
-        """This set with class `name` (enrolled from its name alone) given the prototypes of its shots F [K, d] (and
-        `text_classifier`), in its place; every class's KL recomputed, in O(C·d)."""
+                 shots: tuple[np.ndarray, np.ndarray]) -> "ClassSet":
+        """This set with class `name` (enrolled from its name alone) given the prototypes of its shots (features and
+        bridged features [K, d]) and `text_classifier`, in its place; every class's KL recomputed, in O(C·d)."""
         r = self.index(name)
         if not self.is_name_only(name):
             raise InputError(f"there is already a class named {name!r} (enrolled from images)",
@@ -171,7 +147,7 @@ class ClassSet:
         T[r], P[r], I[r] = text_classifier, bridged_prototype, image_prototype
         sums = self._sums() + np.exp((I @ T[r]).astype(np.float64)) - np.exp((I @ old_t).astype(np.float64))
         sums[r] = np.exp((T @ I[r]).astype(np.float64)).sum()
-        data = self.calibration.with_shots(r, shots)  # is_name_only: there is calibration data
+        data = self.calibration.with_shots(r, *shots)  # is_name_only: there is calibration data
         return ClassSet(self.names, T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
 
     def removed(self, name: str) -> "ClassSet":
@@ -232,10 +208,10 @@ class ClassSet:
         if missing:
             raise ModelError(f"{source} lacks the tensor(s) {', '.join(missing)}; write it again")
         try:
-            names = tuple(bytes(tensors[NAMES_TENSOR]).decode("utf-8").split("\n"))
-            for i, name in enumerate(names):
-                check_name(name, names[:i])
-        except (UnicodeDecodeError, InputError) as exc:
+            names = tuple(check_names(bytes(tensors[NAMES_TENSOR]).decode("utf-8").split("\n"), "the class names"))
+        except UnicodeDecodeError as exc:  # a lone surrogate, too (as the C reader says it)
+            raise ModelError(f"{source} has unusable class names (not UTF-8 at byte {exc.start}); write it again") from None
+        except InputError as exc:
             raise ModelError(f"{source} has unusable class names ({exc}); write it again") from exc
         classes = cls(names, *(tensors[n] for n in TENSORS))
         if classes.embedding_dim != identity.embedding_dim:

@@ -14,7 +14,7 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
-from .enrol import Enrolment
+from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
 from .inputs import Group, float_batch, uint8_groups
@@ -234,22 +234,18 @@ class Classifier:
         temperature and threshold (docs/classes.md, "Unknown"), are recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
-            none = np.zeros((0, self.info.embedding_dim), np.float32)
-            self._enrolment.add(name, lambda: none, prompts)
+            self._enrolment.add(name, None, prompts)
             return
-        self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+        self._enrolment.add(name, lambda: self._run(images, SHOT_OUTPUTS, self._enrolment.classes), prompts)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised text embeddings n(eos · W), float32 [M, d]: compare them with `embed`'s image embeddings
-        (cosine = dot product) for text-to-image search."""
+        """L2-normalised text embeddings n(eos · W), float32 [M, d] (the text tower's output): compare them with
+        `embed`'s image embeddings (cosine = dot product) for text-to-image search."""
         if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts or not all(
                 isinstance(t, str) and t.strip() for t in texts):
             raise InputError(f"embed_text takes a non-empty list of non-empty strings, got {texts!r:.80}",
                              hint='e.g. clf.embed_text(["a red mug"])')
-        from .head import normalize
-
-        text = self._enrolment.text()
-        return normalize(text.eos(list(texts)) @ self._enrolment.fitted().text_projection).astype(np.float32)
+        return self._enrolment.text().embeddings(list(texts))
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""

@@ -1,9 +1,11 @@
-"""Enrolment: a class name and its shots' image embeddings -> the class's head tensors.
+"""Enrolment: a class name, its prompts and its shots -> the class's head tensors.
 
 What it reads beside the model (named in the model's metadata, "enrolment"): the fitted head
-(head.safetensors: W⁺, W, L and the fitted classes; a semobridge model file) and the text tower
-(text.onnx, with its tokenizer's vocabulary). The prompts are the fit's: its templates filled
-with the class name, plus the fit's descriptions of that class if it had any.
+(head.safetensors, a semobridge model file: the fitted classes) and the text tower (text.onnx,
+with its tokenizer's vocabulary). The prompts are the fit's: its templates filled with the class
+name, plus the fit's descriptions of that class if it had any. The maths of the head is in the
+graphs (traced from semobridge): the text tower gives each prompt's text embedding and the model
+each shot's features and bridged features; enrolment averages and normalises them (head.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ if TYPE_CHECKING:  # imported on first use: the import of onnxruntime takes a wh
 
 HEAD_FORMAT = "semobridge-model/1"  # semobridge's model file (semobridge/model.py)
 TEXT_METADATA_KEY = "semobridge.text"
+TEXT_OUTPUT = "text_embedding"  # the text tower's output: n(e W) per prompt
+SHOT_OUTPUTS = ("features", "bridged_features")  # what enrolment runs the model for: F and bridge(F) per shot
 
 
 def _enrolment_path(model_path: Path, info: ModelInfo, key: str) -> Path:
@@ -43,7 +47,7 @@ def _enrolment_path(model_path: Path, info: ModelInfo, key: str) -> Path:
 
 
 class FittedHead:
-    """The fitted head of an export: the bridge's fixed parts and the fitted class set."""
+    """The fitted class set of an export (the graph's class-set defaults, which ONNX Runtime cannot read back)."""
 
     def __init__(self, model_path: Path, info: ModelInfo):
         path = _enrolment_path(model_path, info, "head")
@@ -52,12 +56,8 @@ class FittedHead:
             fields = json.loads(meta.get("semobridge", "{}"))
             if not isinstance(fields, dict) or fields.get("format") != HEAD_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
-            self.pinv = np.asarray(tensors["bridge.pinv"], np.float32)
-            self.text_projection = np.asarray(tensors["bridge.text_projection"], np.float32)
-            self.eos_length = float(tensors["bridge.eos_length"][0])
             names = tuple(fields["class_names"])
-            self.blend = calibration.Blend(self.pinv, self.text_projection, self.eos_length,
-                                           tuple(float(fields["params"][k]) for k in calibration.PARAMS))
+            self.blend = calibration.Blend(tuple(float(fields["params"][k]) for k in calibration.PARAMS))
             fitted = ClassSet(names, *(tensors[n] for n in ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
@@ -85,8 +85,7 @@ class FittedHead:
 class TextSide:
     """Prompts of a class -> its text classifier T_c, through the exported text tower."""
 
-    def __init__(self, model_path: Path, info: ModelInfo, fitted: FittedHead, text_model: Path | None,
-                 settings: SessionSettings):
+    def __init__(self, model_path: Path, info: ModelInfo, text_model: Path | None, settings: SessionSettings):
         path = Path(text_model) if text_model is not None else _enrolment_path(model_path, info, "text_model")
         files.check_regular(path, "text model", files.GRAPH_BYTES, ModelError)
         from .backends.session import open_session
@@ -99,20 +98,23 @@ class TextSide:
             raise ModelError(f"{path} is not a semobridge text model ({exc}); re-export the model") from exc
         if meta["backbone"]["weights_hash"] != info.raw["backbone"]["weights_hash"]:
             raise ModelError(f"{path} is the text tower of another backbone than {model_path.name}'s; use the one exported with it")
+        if TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:
+            raise ModelError(f"{path} is the text tower of an older export (it has no '{TEXT_OUTPUT}' output: it "
+                             "gives the pooled token before the projection, whose maths the runtime no longer holds)",
+                             hint="re-export the model with semobridge-export (class files made with it still load)")
         self._tokenizer = Tokenizer(path.parent / tokenizer["vocabulary"], tokenizer["context_length"], tokenizer["clean"])
         self._input = self._session.get_inputs()[0].name
         prompts = info.raw.get("prompts") or {}
         self.templates: list[str] = list(prompts.get("templates", []))
         self.descriptions: dict[str, list[str]] = dict(prompts.get("descriptions", {}))
-        self._W = fitted.text_projection
 
     def prompts(self, name: str) -> list[str]:
         """The fit's templates filled with `name`, then the fit's descriptions of it (if any)."""
         return [t.format(name) for t in self.templates] + list(self.descriptions.get(name.lower(), []))
 
-    def eos(self, prompts: Sequence[str]) -> np.ndarray:
-        """Pooled EOS tokens [M, d_t] of the prompts."""
-        return self._session.run(None, {self._input: self._tokenizer(list(prompts))})[0]
+    def embeddings(self, prompts: Sequence[str]) -> np.ndarray:
+        """Text embeddings n(e W) [M, d] of the prompts (unit rows)."""
+        return self._session.run([TEXT_OUTPUT], {self._input: self._tokenizer(list(prompts))})[0]
 
     def classifier(self, name: str, prompts: Sequence[str] | None = None) -> np.ndarray:
         """T_c [d] from `prompts`, or from the fit's prompts for `name`."""
@@ -123,19 +125,19 @@ class TextSide:
                                  "from embeddings), so pass prompts=[...], e.g. ['a photo of a blue mug.']")
         elif isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise InputError(f"prompts for class {name!r} must be a non-empty list of non-empty strings, got {prompts!r}")
-        return head.text_classifier(self.eos(list(prompts)), self._W)
+        return head.prototype(self.embeddings(list(prompts)))
 
 
-def class_tensors(features: np.ndarray, text_classifier: np.ndarray, fitted: FittedHead,
+def class_tensors(text_classifier: np.ndarray, shots: Sequence[np.ndarray] | None,
                   classes: ClassSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T_c, P_c, I_c) of a new class from its text classifier and its shots' image embeddings F [K, d] (not
-    normalised); with no shots (K = 0), P_c and I_c are the stand-ins of a class from its name alone
-    (head.stand_in_prototypes over `classes`, the set it joins)."""
+    """(T_c, P_c, I_c) of a new class from its text classifier and its shots' (features [K, d], bridged_features
+    [K, d]), the fused graph's outputs; with no shots (None), P_c and I_c are the stand-ins of a class from its
+    name alone (head.stand_in_prototypes over `classes`, the set it joins)."""
     T = text_classifier
-    if len(features) == 0:
+    if shots is None:
         return (T, *head.stand_in_prototypes(T, classes.text_classifier, classes.bridged_prototypes, classes.image_prototypes))
-    P = head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length)
-    return T, P, head.image_prototype(features)
+    features, bridged = shots
+    return T, head.prototype(bridged), head.prototype(features)
 
 
 class Enrolment:
@@ -178,28 +180,33 @@ class Enrolment:
         classes = self.classes
         return classes.names if classes is not None else self._info.class_names
 
-    def add(self, name: str, features: Callable[[], np.ndarray], prompts: Sequence[str] | None = None) -> None:
-        """Enrol `name` from its shots' embeddings (`features()` computes them; none: from its name and prompts
-        alone) and its prompts. A class of that name enrolled from its name alone is upgraded in place: its
+    def add(self, name: str, shots: Callable[[], Sequence[np.ndarray]] | None,
+            prompts: Sequence[str] | None = None) -> None:
+        """Enrol `name` from its prompts and its shots: `shots()` runs the model on them for SHOT_OUTPUTS (None: from
+        its name and prompts alone). A class of that name enrolled from its name alone is upgraded in place: its
         stand-in prototypes replaced by its shots' (its text classifier kept unless `prompts` are given)."""
-        fitted = self.fitted()
-        if "features" not in self._outputs:
-            raise ModelError(f"{self._path} has no 'features' output; re-export it with semobridge-export")
-        current = self.current()
-        if name in current.names and current.is_name_only(name):  # a later add with images upgrades it in place
-            shots = features()
-            if not len(shots):
+        current = self.current() if self.classes is not None or self._head_inputs else None
+        upgrade = current is not None and name in current.names and current.is_name_only(name)
+        if not upgrade:
+            check_name(name, self.names())
+        self.fitted()  # baked-in classes or a missing head file: refused before the images run
+        missing = [o for o in SHOT_OUTPUTS if o not in self._outputs] if shots is not None else []
+        if missing:
+            raise ModelError(f"{self._path} has no {' or '.join(repr(o) for o in missing)} output: it was exported "
+                             "before enrolment took the bridge from the model's graph",
+                             hint="re-export it with semobridge-export (removing, renaming and class files work as "
+                                  "they are)")
+        if upgrade:
+            if shots is None:
                 raise InputError(f"{name!r} is already a class from its name alone",
                                  hint="pass images of it to give it real prototypes, or remove it first")
-            keep_text = prompts is None  # its own prompts' text classifier stays
-            T = None if keep_text else self.text().classifier(name, prompts)
-            self._edit(lambda classes: classes.upgraded(
-                name, *class_tensors(shots, classes.text_classifier[classes.index(name)] if keep_text else T, fitted, classes),
-                shots=shots))
+            ran = tuple(shots())
+            T = self.text().classifier(name, prompts) if prompts is not None else None  # None: its own stays
+            self._edit(lambda classes: classes.upgraded(name, *class_tensors(
+                classes.text_classifier[classes.index(name)] if T is None else T, ran, classes), shots=ran))
             return
-        check_name(name, self.names())
-        shots, T = features(), self.text().classifier(name, prompts)
-        self._edit(lambda classes: classes.added(name, *class_tensors(shots, T, fitted, classes), shots=shots))
+        ran, T = tuple(shots()) if shots is not None else None, self.text().classifier(name, prompts)
+        self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes), shots=ran))
 
     def text(self) -> TextSide:
         """The text tower (read on first use)."""
@@ -207,7 +214,7 @@ class Enrolment:
             from .backends.session import SessionSettings
 
             settings = (self._sessions or SessionSettings()).beside(self._providers)
-            self._text = TextSide(self._path, self._info, self.fitted(), self._text_model, settings)
+            self._text = TextSide(self._path, self._info, self._text_model, settings)
         return self._text
 
     def remove(self, name: str) -> None:

@@ -37,8 +37,25 @@ def test_graph_matches_the_fused_module_run_eagerly(exported_onnx, tiny_head, ti
     with torch.no_grad():
         eager = [t.numpy() for t in fused(torch.from_numpy(images))]
     graph = reference_scores(exported_onnx / "model.onnx", images)
-    for name, value in zip(("scores", "label", "embedding", "features"), eager):
+    assert list(graph) == list(fused.output_names)
+    for name, value in zip(fused.output_names, eager):
         assert np.abs(graph[name] - value).max() <= 1e-4, name
+
+
+def test_bridged_features_are_the_librarys_bridge_of_the_features(exported_onnx, tiny_head):
+    """The `bridged_features` output is semobridge's Bridge (b = 0) of the `features` output, traced: what enrolment
+    averages into a new class's bridged prototype, so the runtime holds no copy of the bridge. Its matrix
+    products are not computed twice in the graph (the blend's bridged query reuses them)."""
+    graph = reference_scores(exported_onnx / "model.onnx", random_photos(4, seed=8, size=(200, 160)))
+    with torch.no_grad():
+        expected = tiny_head.bridge(torch.from_numpy(graph["features"])).numpy()
+    np.testing.assert_allclose(graph["bridged_features"], expected, rtol=0, atol=1e-5)
+    model = onnx.load(str(exported_onnx / "model.onnx"))
+    pinv = tiny_head.bridge.pinv.detach().numpy()
+    constants = {i.name for i in model.graph.initializer if tuple(i.dims) == pinv.shape and np.allclose(
+        onnx.numpy_helper.to_array(i), pinv)}
+    assert len(constants) == 1
+    assert sum(1 for n in model.graph.node if n.op_type == "MatMul" and constants & set(n.input)) == 1
 
 
 def test_one_session_takes_batches_1_3_17_of_any_size(exported_onnx):
@@ -66,9 +83,9 @@ def test_graph_signature_and_checker(exported_onnx):
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])
     ]
     assert {i.name for i in model.graph.initializer} >= {i.name for i in head}  # defaults: the fitted classes
-    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features"]
+    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features", "bridged_features"]
     types = [o.type.tensor_type.elem_type for o in model.graph.output]
-    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64] + [onnx.TensorProto.FLOAT] * 3
 
 
 def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_backbone):
@@ -81,7 +98,7 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["class_names"] == tiny_head.info.class_names and meta["num_classes"] == 5
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
     assert meta["input"] == {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", "H", "W", 3], "layout": "NHWC"}
-    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features"]
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features", "bridged_features"]
     assert meta["outputs"][0]["shape"] == ["N", "C"] and meta["outputs"][1]["dtype"] == "int64"
     assert [(h["name"], h["shape"]) for h in meta["head_inputs"]] == [
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])

@@ -84,7 +84,8 @@ def test_int8_artifact_runs_onnxruntime_operators_the_fp32_graph_stays_standard(
 
 
 def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onnx):
-    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` stays fp32."""
+    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` and
+    `bridged_features` stay fp32."""
     from semobridge_export import session
 
     images = random_photos(3, seed=5, size=(120, 90))
@@ -95,8 +96,11 @@ def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onn
     for variant in ("model_fp16.onnx", "model_int8.onnx"):
         sess = session(exported_onnx / variant)
         assert [(i.name, i.type, i.shape) for i in sess.get_overridable_initializers()] == inputs
-        assert [o.type for o in sess.get_outputs()] == ["tensor(float)", "tensor(int64)", "tensor(float)", "tensor(float)"]
-        fed = dict(zip(["scores", "label", "embedding", "features"], sess.run(None, {"image": images, **classes})))
+        assert [(o.name, o.type) for o in sess.get_outputs()] == [
+            ("scores", "tensor(float)"), ("label", "tensor(int64)"), ("embedding", "tensor(float)"),
+            ("features", "tensor(float)"), ("bridged_features", "tensor(float)")]
+        fed = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": images, **classes})))
         assert fed["scores"].shape == (3, 7)
-        reference = fp32.run(None, {"image": images, **classes})
-        assert np.abs(fed["features"] - reference[3]).max() < 0.05 * np.abs(reference[3]).max()
+        reference = dict(zip([o.name for o in fp32.get_outputs()], fp32.run(None, {"image": images, **classes})))
+        for name in ("features", "bridged_features"):
+            assert np.abs(fed[name] - reference[name]).max() < 0.05 * np.abs(reference[name]).max(), name

@@ -35,7 +35,7 @@ def test_byte_layout(shop, enrol_export) -> None:
     header = json.loads(data[8:8 + n])
     meta = json.loads(enrol_export.with_suffix(".json").read_text())
     assert list(header) == ["__metadata__", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl", "class_names",
-                            "calibration_features", "calibration_labels", "calibration_shot"]
+                            "calibration_features", "calibration_bridged_features", "calibration_labels", "calibration_shot"]
     assert header["__metadata__"] == {
         "format": "semobridge-classes/1", "backbone": "semobridge-tiny", "weights_hash": meta["backbone"]["weights_hash"],
         "bridge_hash": meta["bridge_hash"], "num_classes": "4", "embedding_dim": "64",
@@ -55,6 +55,7 @@ def test_byte_layout(shop, enrol_export) -> None:
     M = 3 * 3 + 3 * 3 + 3  # the fit's shots and validation images, white swan's shots
     kept = clf.classes.calibration
     for name, dtype, shape, value in [("calibration_features", "<f4", [M, d], kept.features),
+                                      ("calibration_bridged_features", "<f4", [M, d], kept.bridged),
                                       ("calibration_labels", "<i8", [M], kept.labels),
                                       ("calibration_shot", "u1", [M], kept.shot)]:
         spec = header[name]

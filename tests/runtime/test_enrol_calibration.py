@@ -18,6 +18,7 @@ from semobridge.features import FeatureSet
 from semobridge.fit import fit_features
 from semobridge.model import SeMoBridge
 from semobridge_runtime import Classifier, InputError, ModelError, head, openset, tensorfile
+from semobridge_runtime.calibration import TENSORS as CALIBRATION
 from semobridge_runtime.calibration import Blend, CalibrationData, recalibrate
 from semobridge_runtime.classes import ClassSet
 from tests.runtime.conftest import ENROL_CLASSES
@@ -63,17 +64,17 @@ def synthetic():
     fit = FeatureSet(f.text_projection, f.text_eos[f.text_class < C], f.text_class[f.text_class < C], f.shot_image[on],
                      f.shot_label[on], f.val_image[val], f.val_label[val], f.logit_scale, f.class_names[:C])
     fitted = fit_features(fit, info_for(fit, BACKBONE), params=PARAMS)
-    return f, fitted, f.val_image[test].numpy(), f.val_label[test].numpy()
+    return f, fitted, f.val_image[test], f.val_label[test].numpy()
 
 
 def runtime_set(fitted: SeMoBridge) -> tuple[ClassSet, Blend]:
+    """The fitted head as the runtime holds it: its class set with the calibration data, and its blend."""
     o = fitted.info.open_set
     arrays = {n: fitted.calibration[n].numpy() for n in fitted.calibration}
     data = CalibrationData.of(arrays, fitted.num_classes, fitted.image_prototypes.shape[1], "test")
     classes = ClassSet(tuple(fitted.info.class_names), fitted.text_classifier.numpy(), fitted.bridged_prototypes.numpy(),
                        fitted.image_prototypes.numpy(), fitted.class_kl.numpy(), None, o["temperature"], o["threshold"], data)
-    b = fitted.bridge
-    return classes, Blend(b.pinv.numpy(), b.text_projection.numpy(), float(b.eos_length), tuple(PARAMS.to_dict().values()))
+    return classes, Blend(tuple(PARAMS.to_dict().values()))
 
 
 def recalibrated(classes: ClassSet, blend: Blend) -> ClassSet:
@@ -83,11 +84,12 @@ def recalibrated(classes: ClassSet, blend: Blend) -> ClassSet:
     return replace(classes, temperature=t, threshold=h)
 
 
-def acceptance(classes: ClassSet, blend: Blend, images: np.ndarray, labels: np.ndarray, names: list[str]) -> float:
+def acceptance(classes: ClassSet, fitted: SeMoBridge, blend: Blend, images: torch.Tensor, labels: np.ndarray,
+               names: list[str]) -> float:
     """The share of held-out images of the set's classes whose top calibrated probability reaches θ."""
-    keep = np.isin(np.array(names)[labels], classes.names)
-    q = head.normalize(images[keep])
-    qb = head.normalize(blend.bridged(images[keep]))
+    keep = torch.from_numpy(np.isin(np.array(names)[labels], classes.names))
+    q = head.normalize(images[keep].numpy())
+    qb = head.normalize(fitted.bridge(images[keep]).detach().numpy())
     z = blend.scores(q, qb, classes.text_classifier, classes.bridged_prototypes, classes.image_prototypes, classes.class_kl)
     return float((openset.abstention_score(openset.probabilities(z, classes.temperature)) >= classes.threshold).mean())
 
@@ -97,17 +99,17 @@ def test_recalibration_after_add_and_remove_equals_the_fit_calibration_and_accep
     classes, blend = runtime_set(fitted)
     # the fitted set, recalibrated in numpy, has the fit's (torch) T and θ
     assert_calibrated_as(recalibrated(classes, blend), (classes.temperature, classes.threshold))
-    accepted = [acceptance(classes, blend, test_images, test_labels, f.class_names)]
+    accepted = [acceptance(classes, fitted, blend, test_images, test_labels, f.class_names)]
     # add class 10 from its shots and prompts
     new = f.shot_label == 10
     F = f.shot_image[new].numpy()
-    T = head.text_classifier(f.text_eos[f.text_class == 10].numpy(), f.text_projection.numpy())
-    P = head.bridged_prototype(F, blend.pinv, blend.text_projection, blend.eos_length)
-    added = recalibrated(classes.added("class 10", T, P, head.image_prototype(F), shots=F), blend)
+    T = head.prototype(head.normalize(f.text_eos[f.text_class == 10].numpy() @ f.text_projection.numpy()))
+    bridged = fitted.bridge(f.shot_image[new]).detach().numpy()  # the graph's bridged_features
+    added = recalibrated(classes.added("class 10", T, head.prototype(bridged), head.prototype(F), shots=(F, bridged)), blend)
     assert added.calibration.shots_of(10) == 8 and len(added.calibration.labels) == len(classes.calibration.labels) + 8
     assert_calibrated_as(added, reference(added, fitted))
     assert added.threshold != classes.threshold
-    accepted.append(acceptance(added, blend, test_images, test_labels, f.class_names))
+    accepted.append(acceptance(added, fitted, blend, test_images, test_labels, f.class_names))
     # remove two classes: their images leave the calibration data
     removed = recalibrated(recalibrated(added.removed("class 3"), blend).removed("class 0"), blend)
     keep = ~np.isin(added.calibration.labels, [0, 3])
@@ -116,7 +118,7 @@ def test_recalibration_after_add_and_remove_equals_the_fit_calibration_and_accep
     np.testing.assert_array_equal(np.array(removed.names)[removed.calibration.labels],
                                   np.array(added.names)[added.calibration.labels[keep]])
     assert_calibrated_as(removed, reference(removed, fitted))
-    accepted.append(acceptance(removed, blend, test_images, test_labels, f.class_names))
+    accepted.append(acceptance(removed, fitted, blend, test_images, test_labels, f.class_names))
     # held-out known images (80 a class, never used for calibration) are accepted near the 95 % target
     assert all(abs(a - openset.ACCEPT) <= 0.05 for a in accepted), accepted
 
@@ -145,8 +147,9 @@ def test_add_upgrade_and_remove_recalibrate_as_the_fit(enrol_export, enrol_pool,
     swan = shots(enrol_pool, "white swan")
     clf.add_class("white swan", swan)
     added = clf.classes
-    features = clf._run(swan, ("features",), None)[0]  # the graph's own F of the shots
+    features, bridged = clf._run(swan, ("features", "bridged_features"), None)  # the graph's own F, bridge(F)
     np.testing.assert_array_equal(added.calibration.features[-3:], features)
+    np.testing.assert_array_equal(added.calibration.bridged[-3:], bridged)
     assert added.calibration.shots_of(3) == 3
     assert_calibrated_as(added, reference(added, library_head))
     assert (clf.temperature, clf.threshold) == (added.temperature, added.threshold) != (before.temperature, before.threshold)
@@ -236,7 +239,7 @@ def shop_file(enrol_export, enrol_pool, tmp_path_factory) -> Path:
 
 def test_a_class_file_from_before_uses_the_model_calibration_and_keeps_it(enrol_export, enrol_pool, shop_file, tmp_path) -> None:
     old = rewritten(shop_file, tmp_path / "old.classes", {"temperature": None, "threshold": None},
-                    drop=("calibration_features", "calibration_labels", "calibration_shot"))
+                    drop=CALIBRATION)
     model = Classifier.load(enrol_export)
     with pytest.warns(UserWarning, match="no open-set calibration"):
         clf = Classifier.load(enrol_export, classes=old)
@@ -272,7 +275,8 @@ def test_bad_calibration_data_is_refused(enrol_export, shop_file, tmp_path) -> N
     tensors, meta = tensorfile.read(shop_file, "class file")
     for change in [{"calibration_labels": np.full_like(tensors["calibration_labels"], 9)},
                    {"calibration_shot": tensors["calibration_shot"][:-1]},
-                   {"calibration_features": tensors["calibration_features"][:, :3]}]:
+                   {"calibration_features": tensors["calibration_features"][:, :3]},
+                   {"calibration_bridged_features": tensors["calibration_bridged_features"][:-1]}]:
         path = tmp_path / "bad.classes"
         path.write_bytes(tensorfile.encode({**tensors, **change}, meta))
         with pytest.raises(ModelError, match="unusable calibration data"):

@@ -21,7 +21,7 @@
 
 #define FORMAT "semobridge-classes/1"
 #define MAX_HEADER 100000000u  /* bytes of JSON header, as the safetensors library allows */
-#define MAX_NAME_LENGTH 256    /* code points, as semobridge.validate.class_names */
+#define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
 #define NAMES_TENSOR "class_names"
 #define TEMPERATURE_MIN 1e-3   /* semobridge_runtime.openset.TEMPERATURE_RANGE */
 #define TEMPERATURE_MAX 1e3
@@ -36,10 +36,23 @@ static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     return code;
 }
 
-/* What makes cp unusable in a class name (Unicode Cc, Zl, Zp; surrogates are not valid UTF-8), or NULL. */
+/* The index of the range among n (ascending, disjoint, `first` and `last` members) holding cp, or -1. */
+#define FIND_RANGE(table, n, cp, found)                                     \
+    do {                                                                    \
+        size_t lo_ = 0, hi_ = (n);                                          \
+        while (lo_ < hi_) {                                                 \
+            const size_t mid_ = (lo_ + hi_) / 2;                            \
+            if ((table)[mid_].last < (cp)) lo_ = mid_ + 1;                  \
+            else hi_ = mid_;                                                \
+        }                                                                   \
+        (found) = lo_ < (n) && (table)[lo_].first <= (cp) ? (long) lo_ : -1; \
+    } while (0)
+
+/* What makes cp unusable in a class name (the rule's forbidden_ranges: Cc, Cf but ZWNJ/ZWJ, Zl, Zp), or NULL. */
 static const char * forbidden(uint32_t cp) {
-    if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) return "a control character";
-    return cp == 0x2028 ? "a line separator" : cp == 0x2029 ? "a paragraph separator" : NULL;
+    long i;
+    FIND_RANGE(forbidden_ranges, sizeof forbidden_ranges / sizeof forbidden_ranges[0], cp, i);
+    return i < 0 ? NULL : forbidden_kinds[forbidden_ranges[i].kind];
 }
 
 /* s[0, len) for a message: quoted, cut after about 40 bytes, with quotes, backslashes, what a class name may not hold
@@ -112,13 +125,15 @@ void classes_release(struct sb_classes * c) {
 
 /* ------------------------------------------------------------------ class names */
 
-/* White space as Python's str.strip() removes it. */
+/* White space as Python's str.strip() removes it (the rule's space_ranges). */
 static bool is_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    long i;
+    FIND_RANGE(space_ranges, sizeof space_ranges / sizeof space_ranges[0], cp, i);
+    return i >= 0;
 }
 
-/* Python's str.casefold of one code point: 1 to 3 code points into out. */
+/* The rule's case folding of one code point (Python's str.casefold, Unicode SB_CASEFOLD_UNICODE): 1 to 3 code points
+ * into out. */
 static size_t fold(uint32_t cp, uint32_t out[3]) {
     size_t lo = 0, hi = sizeof casefold_multi / sizeof casefold_multi[0];
     if (cp < 0x80) {
@@ -134,19 +149,15 @@ static size_t fold(uint32_t cp, uint32_t out[3]) {
         memcpy(out, casefold_multi[lo].to, sizeof casefold_multi[lo].to);
         return out[2] ? 3 : 2;
     }
-    lo = 0, hi = sizeof casefold_runs / sizeof casefold_runs[0];
-    while (lo < hi) { /* the first run ending at or after cp */
-        const size_t mid = (lo + hi) / 2;
-        if (casefold_runs[mid].last < cp) lo = mid + 1;
-        else hi = mid;
-    }
-    const struct casefold_run * run = lo < sizeof casefold_runs / sizeof casefold_runs[0] ? &casefold_runs[lo] : NULL;
-    out[0] = run && cp >= run->first && (cp - run->first) % run->step == 0 ? (uint32_t) ((int32_t) cp + run->delta) : cp;
+    long r;
+    FIND_RANGE(casefold_runs, sizeof casefold_runs / sizeof casefold_runs[0], cp, r);
+    const bool folds = r >= 0 && (cp - casefold_runs[r].first) % casefold_runs[r].step == 0;
+    out[0] = folds ? (uint32_t) ((int32_t) cp + casefold_runs[r].delta) : cp;
     return 1;
 }
 
 /* The comparison key of a (valid UTF-8) name: stripped of white space at both ends and case-folded, as Python's
- * name.strip().casefold(), in UTF-8 into out (when not NULL). Returns its length. */
+ * name.strip().casefold() with the rule's tables, in UTF-8 into out (when not NULL). Returns its length. */
 static size_t name_key(const char * name, size_t len, char * out) {
     const unsigned char * s = (const unsigned char *) name;
     size_t begin = 0, end = len, n = 0, step;
@@ -190,8 +201,8 @@ static size_t name_length(const struct sb_classes * c, int i, size_t bytes) {
     return (size_t) ((i + 1 < c->count ? c->names[i + 1] - 1 : c->names_buf + bytes) - c->names[i]);
 }
 
-/* Check the names of a set made from `bytes` bytes of names as semobridge.validate.class_names does; a message in why
- * on failure. */
+/* Check the names of a set made from `bytes` bytes of names as semobridge_runtime.names.check_names does; a message in
+ * why on failure. */
 static int check_names(const struct sb_classes * c, size_t bytes, char * why, size_t whylen) {
     char q[80], q2[80];
     size_t total = 0;
@@ -214,7 +225,7 @@ static int check_names(const struct sb_classes * c, size_t bytes, char * why, si
             step = utf8_next(s + k, len - k, &cp);
             if (forbidden(cp)) {
                 return say(why, whylen, SB_EMODEL, "class name %d, %s, contains %s (U+%04X); class names are one line of "
-                           "text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
+                           "visible text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
             }
         }
         total += name_key(c->names[i], len, NULL);
@@ -252,7 +263,7 @@ done:
     return rc;
 }
 
-/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge.validate.class_names
+/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge_runtime.names.check_names
  * checks them (and as UTF-8): SB_OK, or SB_EMODEL / SB_ENOMEM with what is wrong in why. */
 static int names_set(const void * owner, const char * names, size_t len, int count, struct sb_classes ** out, char * why,
                      size_t whylen) {
