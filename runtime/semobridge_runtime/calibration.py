@@ -12,12 +12,15 @@ own class's prototypes recomputed without it, the class weights kept), and opens
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from . import head, openset
 from .errors import ModelError
+
+if TYPE_CHECKING:  # classes.py imports this module
+    from .classes import ClassSet
 
 #: the tensors a model file (head.safetensors) and a class file keep them in
 TENSORS = ("calibration_features", "calibration_bridged_features", "calibration_labels", "calibration_shot")
@@ -102,7 +105,7 @@ class Blend:
         return a1
 
 
-def held_out_scores(classes, data: CalibrationData, blend: Blend) -> tuple[tuple[np.ndarray, np.ndarray] | None,
+def held_out_scores(classes: ClassSet, data: CalibrationData, blend: Blend) -> tuple[tuple[np.ndarray, np.ndarray] | None,
                                                                           tuple[np.ndarray, np.ndarray]]:
     """((z, labels) of the validation images or None, (z, labels) of the shots scored leave-one-out): shots of
     classes with a single shot are left out."""
@@ -127,6 +130,6 @@ def held_out_scores(classes, data: CalibrationData, blend: Blend) -> tuple[tuple
     return val_part, (blend.blend(a1, a2, a3, kl), y)
 
 
-def recalibrate(classes, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> tuple[float, float] | None:
+def recalibrate(classes: ClassSet, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> tuple[float, float] | None:
     """(T, θ) of `classes` from its calibration data (openset.calibrated); None when nothing is held out."""
     return openset.calibrated(*held_out_scores(classes, data, blend), accept)

@@ -64,7 +64,7 @@ def test_byte_layout(shop, enrol_export) -> None:
         offset = spec["data_offsets"][1]
         np.testing.assert_array_equal(np.frombuffer(body[spec["data_offsets"][0]:offset], dtype).reshape(shape), value)
     assert offset == len(body)
-    assert data.isascii() is False and data[:8 + n].isascii()  # the header is ASCII; names are raw UTF-8 in the data
+    assert data.isascii() is False and data[8:8 + n].isascii()  # the header is ASCII; names are raw UTF-8 in the data
 
 
 def test_safetensors_reads_ours_and_we_read_safetensors(shop, tmp_path) -> None:
