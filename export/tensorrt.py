@@ -20,9 +20,6 @@ from semobridge.errors import BackendError, InputError
 from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
 
-from .metadata import read_metadata, sidecar_path, with_precision
-from .onnx_graph import ENCODER_SCOPE, module_scope
-
 WORKSPACE_BYTES = 2 << 30
 FP32_ONNX_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2")
 
@@ -76,6 +73,8 @@ def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tu
 def fp32_layer_names(onnx_path: Path) -> list[str]:
     """ONNX nodes (= parsed TensorRT layer names) pinned to fp32: LayerNorm, softmax, reductions,
     and every float node outside the encoder (preprocessing with its rounding, the head's blend)."""
+    from .onnx_graph import ENCODER_SCOPE, module_scope  # torch: imported when used (semobridge-export --help)
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     return [
         n.name for n in model.graph.node
@@ -237,6 +236,8 @@ def build_engine(
     leaving the image its only input (for servers that batch every input, as Triton does).
     dla_core: build for that DLA core (fp16 only), with the layers DLA cannot run on the GPU; the runtime
     loads the engine onto the same core (its metadata's tensorrt.dla_core)."""
+    from .metadata import read_metadata, sidecar_path, with_precision  # torch: imported when used
+
     check_dla_core(dla_core, fp16)
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")

@@ -200,10 +200,10 @@ def test_semobridge_classes_add_from_a_prompt_then_images(enrol_export, enrol_po
     from semobridge_runtime.classes_cli import main
 
     path, model = tmp_path / "shop.classes", str(enrol_export)
-    assert main(["add", str(path), "umbrella", "--prompt", "a photo of an umbrella.", "--model", model]) == 0
+    assert main(["add", model, str(path), "umbrella", "--prompt", "a photo of an umbrella."]) == 0
     assert "from 1 prompt(s) alone" in capsys.readouterr().out
     images = [str(p) for p in shots(enrol_pool, "white swan")]
-    assert main(["add", str(path), "umbrella", *images, "--model", model]) == 0
+    assert main(["add", model, str(path), "umbrella", *images]) == 0
     clf = Classifier.load(enrol_export, classes=path)
     assert clf.class_names[-1] == "umbrella" and not clf.classes.is_name_only("umbrella")
 

@@ -149,7 +149,7 @@ def test_bad_options_and_model_fail_before_start(serve_model, tmp_path) -> None:
 
     from .conftest import SERVE
 
-    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "model file not found"),
+    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "missing.onnx: it does not exist"),
              ([str(serve_model), "--max-batch", "0"], InputError.exit_code, "--max-batch must be from 1"),
              ([str(serve_model), "--threads", "100000"], InputError.exit_code, "intra_op_num_threads"),
              ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name"),
