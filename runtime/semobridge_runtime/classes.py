@@ -121,8 +121,7 @@ class ClassSet:
               shots: tuple[np.ndarray, np.ndarray] | None = None) -> "ClassSet":
         """This set with one more class at the end; every class's KL recomputed, in O(C·d). `shots`: the features
         F [K, d] and bridged features [K, d] its prototypes came from (kept with the calibration data; None: a
-        class from its name). The
-        temperature and threshold are kept as they were (Enrolment recalibrates)."""
+        class from its name). The temperature and threshold are kept as they were (Enrolment recalibrates)."""
         check_name(name, self.names)
         T = np.vstack([self.text_classifier, text_classifier[None].astype(np.float32)])
         I = np.vstack([self.image_prototypes, image_prototype[None].astype(np.float32)])
