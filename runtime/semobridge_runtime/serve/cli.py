@@ -126,10 +126,13 @@ def serve(args: SimpleNamespace) -> int:
         raise
     classes, host = len(classifier.class_names), endpoints.address
     del classifier  # the instances hold their own sessions
-    print(f"semobridge-serve: ready: model '{args.model_name}' ({classes} classes) on HTTP {host}:{endpoints.http_port}, "
-          f"gRPC {host}:{endpoints.grpc_port}, metrics http://{host}:{endpoints.metrics_port}/metrics", flush=True)
-    code = server.wait()
-    server.stop()
+    try:  # a closed stdout (exit 141) or any other error must not leave Triton running
+        print(f"semobridge-serve: ready: model '{args.model_name}' ({classes} classes) on HTTP {host}:"
+              f"{endpoints.http_port}, gRPC {host}:{endpoints.grpc_port}, metrics http://{host}:"
+              f"{endpoints.metrics_port}/metrics", flush=True)
+        code = server.wait()
+    finally:
+        server.stop()
     if not stopping:
         raise BackendError(f"Triton exited unexpectedly (code {code}): {server.failure()}",
                            hint="run with --verbose to see Triton's log")
