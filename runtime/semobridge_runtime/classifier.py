@@ -111,7 +111,8 @@ class Classifier:
         self._backend = backend
         self._limits = limits
         self._path = path
-        self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
+        self._temperature, self._threshold = 1.0, None  # the model's open-set decision (load sets it)
+        self._auto = False  # unknown="auto": a class set's own calibration replaces the model's threshold
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
                                      text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
@@ -179,6 +180,7 @@ class Classifier:
         clf = cls(loaded, limits, path, text_model, sessions)
         clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
+        clf._auto = isinstance(unknown, str)  # "auto" (anything else was refused)
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -194,15 +196,23 @@ class Classifier:
         """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
         return self._path
 
+    def _decision(self, classes: ClassSet | None) -> tuple[float, float | None]:
+        """(T, θ) for predictions with `classes`: the class set's calibration where it carries one (recomputed by
+        every edit), else the model's; θ as `unknown` said (the calibrated one for "auto")."""
+        if classes is None or classes.temperature is None:
+            return self._temperature, self._threshold
+        return classes.temperature, classes.threshold if self._auto else self._threshold
+
     @property
     def temperature(self) -> float:
-        """T of the probabilities softmax(scores / T)."""
-        return self._temperature
+        """T of the probabilities softmax(scores / T) (the class set's, recomputed when classes are edited)."""
+        return self._decision(self._enrolment.classes)[0]
 
     @property
     def threshold(self) -> float | None:
-        """The top probability below which an image is unknown; None: unknown is off."""
-        return self._threshold
+        """The top probability below which an image is unknown (the class set's for unknown="auto", recomputed when
+        classes are edited); None: unknown is off."""
+        return self._decision(self._enrolment.classes)[1]
 
     @property
     def class_names(self) -> list[str]:
@@ -220,8 +230,8 @@ class Classifier:
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
         this model's own graph; without images, from its text classifier (docs/method.md, "A class from
-        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
-        recomputed over the new class set.
+        its name"; add it again with images to upgrade it in place). Every class's weight, and the set's open-set
+        temperature and threshold (docs/classes.md, "Unknown"), are recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
             self._enrolment.add(name, None, prompts)
@@ -292,7 +302,7 @@ class Classifier:
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
         names = classes.names if classes is not None else self.info.class_names
-        return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
+        return Prediction.of(scores, labels, embeddings, names, top_k, *self._decision(classes))
 
     def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
                smooth: float | None = None, options: Mapping[str, str] | None = None,

@@ -28,6 +28,7 @@ TEXT_METADATA_KEY = "semobridge.text"  # the text tower's (text.onnx) metadata
 MODEL_FILE_FORMAT = "semobridge-model/1"  # semobridge's model file (`semobridge fit`; head.safetensors)
 CLASS_FILE_FORMAT = "semobridge-classes/1"  # class files (docs/classes.md)
 CLASS_FILE_NAMES = "class_names"  # a class file's uint8 tensor of the UTF-8 class names joined by "\n"
+CLASS_FILE_OPEN_SET = ("temperature", "threshold")  # a class file's open-set metadata keys (decimal strings)
 
 # ------------------------------------------------------------------ the fused graph's tensors
 IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, S]

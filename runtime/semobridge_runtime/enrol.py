@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
+from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import files, head, tensorfile
+from . import calibration, files, head, openset, tensorfile
 from .classes import ClassSet, Identity, check_name
 from .contract import (BRIDGED_FEATURES, FEATURES, HEAD_INPUTS, METADATA_KEY, MODEL_FILE_FORMAT, TEXT_EMBEDDING,
                        TEXT_METADATA_KEY)
@@ -54,6 +56,7 @@ class FittedHead:
             if not isinstance(fields, dict) or fields.get("format") != MODEL_FILE_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             names = tuple(fields["class_names"])
+            self.blend = calibration.Blend(tuple(float(fields["params"][k]) for k in calibration.PARAMS))
             fitted = ClassSet(names, *(tensors[n] for n in HEAD_INPUTS))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
@@ -61,7 +64,22 @@ class FittedHead:
         weights = info.backbone.weights_hash if info.backbone is not None else None
         if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != weights:
             raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
-        self.fitted = fitted
+        data = calibration.CalibrationData.of(tensors, len(names), fitted.embedding_dim, str(path))
+        model = info.raw.get("open_set")  # checked by Classifier.load (openset.OpenSet.from_dict)
+        fitted_open = openset.OpenSet.from_dict(model, str(model_path)) if model is not None else None
+        self.accept = fitted_open.accept if fitted_open is not None else openset.ACCEPT
+        #: the fitted classes with the model's calibration and, from exports that keep them, its calibration data
+        self.fitted = ClassSet(names, fitted.text_classifier, fitted.bridged_prototypes, fitted.image_prototypes,
+                               fitted.class_kl, None, *((fitted_open.temperature, fitted_open.threshold) if fitted_open
+                                                        else (None, None)), data)
+
+    def recalibrated(self, classes: ClassSet) -> ClassSet:
+        """`classes` with T and θ recomputed from its calibration data (calibration.recalibrate); a set without
+        calibration data keeps its T and θ; a set whose data holds no held-out image gets none (the model's apply)."""
+        if classes.calibration is None:
+            return classes
+        found = calibration.recalibrate(classes, classes.calibration, self.blend, self.accept)
+        return replace(classes, temperature=found[0] if found else None, threshold=found[1] if found else None)
 
 
 class TextSide:
@@ -165,8 +183,12 @@ class Enrolment:
     def add(self, name: str, shots: Callable[[], Sequence[np.ndarray]] | None,
             prompts: Sequence[str] | None = None) -> None:
         """Enrol `name` from its prompts and its shots: `shots()` runs the model on them for SHOT_OUTPUTS (None: from
-        its name and prompts alone)."""
-        check_name(name, self.names())
+        its name and prompts alone). A class of that name enrolled from its name alone is upgraded in place: its
+        stand-in prototypes replaced by its shots' (its text classifier kept unless `prompts` are given)."""
+        current = self.current() if self.classes is not None or self._head_inputs else None
+        upgrade = current is not None and name in current.names and current.is_name_only(name)
+        if not upgrade:
+            check_name(name, self.names())
         self.fitted()  # baked-in classes or a missing head file: refused before the images run
         missing = [o for o in SHOT_OUTPUTS if o not in self._outputs] if shots is not None else []
         if missing:
@@ -174,8 +196,17 @@ class Enrolment:
                              "before enrolment took the bridge from the model's graph",
                              hint="re-export it with semobridge-export (removing, renaming and class files work as "
                                   "they are)")
-        ran, T = shots() if shots is not None else None, self.text().classifier(name, prompts)
-        self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes)))
+        if upgrade:
+            if shots is None:
+                raise InputError(f"{name!r} is already a class from its name alone",
+                                 hint="pass images of it to give it real prototypes, or remove it first")
+            ran = tuple(shots())
+            T = self.text().classifier(name, prompts) if prompts is not None else None  # None: its own stays
+            self._edit(lambda classes: classes.upgraded(name, *class_tensors(
+                classes.text_classifier[classes.index(name)] if T is None else T, ran, classes), shots=ran))
+            return
+        ran, T = tuple(shots()) if shots is not None else None, self.text().classifier(name, prompts)
+        self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes), shots=ran))
 
     def text(self) -> TextSide:
         """The text tower (read on first use)."""
@@ -190,15 +221,24 @@ class Enrolment:
         self._edit(lambda classes: classes.removed(name))
 
     def rename(self, old: str, new: str) -> None:
-        self._edit(lambda classes: classes.renamed(old, new))
+        self._edit(lambda classes: classes.renamed(old, new), recalibrate=False)
 
     def save(self, path: str | PathLike) -> None:
         self.current().save(path, self.identity())
 
     def load(self, path: str | PathLike) -> None:
+        """Use a class file's set with the T and θ it carries; a file without them (written before class files
+        carried them) uses the model's, and keeps them through edits (said once, as a warning)."""
         classes = ClassSet.load(path, self.identity())
-        self._edit(lambda _: classes)
+        if classes.temperature is None and classes.calibration is None:
+            fitted = self.fitted().fitted
+            warnings.warn(f"class file {path} carries no open-set calibration (written before class files kept it): the "
+                          "model's temperature and threshold apply, also after edits; enrol its classes again from the "
+                          "model's own to recalibrate", stacklevel=4)
+            classes = replace(classes, temperature=fitted.temperature, threshold=fitted.threshold)
+        self._edit(lambda _: classes, recalibrate=False)
 
-    def _edit(self, change: Callable[[ClassSet], ClassSet]) -> None:
+    def _edit(self, change: Callable[[ClassSet], ClassSet], recalibrate: bool = True) -> None:
         with self._lock:
-            self.classes = change(self.current())
+            changed = change(self.current())
+            self.classes = self.fitted().recalibrated(changed) if recalibrate else changed

@@ -83,6 +83,7 @@ static struct sb_classes * classes_new(const void * owner, const char * names, s
     if (!c) return NULL;
     atomic_init(&c->refs, 1);
     c->owner = owner;
+    c->temperature = c->threshold = NAN;
     c->count = count;
     c->names_buf = malloc(len + 1);
     c->names = malloc(sizeof(char *) * (size_t) count);
@@ -425,6 +426,49 @@ static int check_header(const struct json * j, const struct class_identity * id,
     return rc;
 }
 
+/* The open set's `temperature` and `threshold` (step 7): both absent (NAN: the model's apply) or both numbers in
+ * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges). */
+static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold, char * err,
+                         size_t errlen) {
+    static const char * const keys[2] = SB_CLASS_FILE_OPEN_SET;
+    static const double low[2] = {SB_TEMPERATURE_MIN, 0.0}, high[2] = {SB_TEMPERATURE_MAX, 1.0};
+    double * out[2] = {temperature, threshold};
+    size_t meta = 0;
+    bool nomem = false;
+    int given = 0;
+    char * text[2];
+    size_t len[2] = {0, 0};
+    *temperature = *threshold = NAN;
+    if (json_get(j, 0, "__metadata__", &meta) != 1) meta = 0;
+    for (int i = 0; i < 2; i++) {
+        text[i] = meta_string(j, meta, keys[i], &len[i], &nomem);
+        given += text[i] != NULL;
+    }
+    int rc = SB_OK;
+    if (nomem) {
+        rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    } else if (given == 1) {
+        rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
+                 "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
+    }
+    for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
+        char * end = NULL;
+        const double v = strtod(text[i], &end); /* decimal only: no space, hex, inf or nan (as Python's reader) */
+        if (strspn(text[i], "0123456789.eE+-") != len[i] || end == text[i] || end != text[i] + len[i] || !isfinite(v) ||
+            !(v >= low[i] && v <= high[i])) {
+            char q[80];
+            rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not a number in [%g, %g]); "
+                     "write it again with Classifier.save_classes or semobridge-classes", source, keys[i],
+                     quoted(q, text[i], len[i]), low[i], high[i]);
+        }
+        *out[i] = v;
+    }
+    if (rc != SB_OK) *temperature = *threshold = NAN;
+    free(text[0]);
+    free(text[1]);
+    return rc;
+}
+
 /* The five tensors' specs (step 4) and their shapes (step 5). */
 static int check_tensors(const struct json * j, struct tensor t[5], uint64_t data_size, const struct class_identity * id,
                          const char * source, char * err, size_t errlen) {
@@ -595,7 +639,12 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         (rc = check_tensors(&j, t, size - 8 - n, id, source, err, errlen)) != SB_OK) {  /* 4, 5. offsets, shapes */
         goto done;
     }
-    rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen);                        /* 5, 6. names, values */
+    double temperature, threshold;
+    if ((rc = read_open_set(&j, source, &temperature, &threshold, err, errlen)) != SB_OK) goto done;  /* 7. open set */
+    if ((rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen)) == SB_OK) {             /* 5, 6. names, values */
+        (*out)->temperature = temperature;
+        (*out)->threshold = threshold;
+    }
 done:
     json_free(&j);
     free(header);

@@ -23,6 +23,7 @@ struct sb_classes {
                             one after the other; NULL for the fitted classes (the graph's defaults) */
     char * names_buf;    /* the names, each NUL-terminated */
     char ** names;
+    double temperature, threshold; /* the set's open set (a class file's metadata); NAN: none, the model's applies */
 };
 
 /* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */

@@ -16,4 +16,10 @@
 #define SB_HEAD_INPUTS 4
 #define SB_HEAD_INPUT_NAMES {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"}
 
+/* A class file's open-set metadata keys, and the range of its temperature
+ * (semobridge_runtime.openset.TEMPERATURE_RANGE). */
+#define SB_CLASS_FILE_OPEN_SET {"temperature", "threshold"}
+#define SB_TEMPERATURE_MIN 0.001
+#define SB_TEMPERATURE_MAX 1000.0
+
 #endif

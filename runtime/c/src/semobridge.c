@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <onnxruntime_c_api.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -813,6 +814,14 @@ struct sb_classes * sb_get_classes(struct sb_model * m) { return m ? current(m) 
 void sb_release_classes(struct sb_classes * classes) { classes_release(classes); }
 
 int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
+
+int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold) {
+    if (!classes) return -1;
+    if (isnan(classes->temperature)) return 0;
+    if (temperature) *temperature = classes->temperature;
+    if (threshold) *threshold = classes->threshold;
+    return 1;
+}
 
 const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;

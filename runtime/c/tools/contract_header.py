@@ -1,5 +1,5 @@
 """Write runtime/c/src/contract.h: the exported model's contract (semobridge_runtime.contract and the metadata
-format version of semobridge_runtime.metadata) as C macros, so the C library uses the names the exporter writes
+format version of semobridge_runtime.metadata, the open-set temperature range) as C macros, so the C library uses the names the exporter writes
 and the Python runtime reads instead of copies (tests/test_contract.py checks the committed file):
 
     python runtime/c/tools/contract_header.py > runtime/c/src/contract.h
@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runtime/: the pa
 
 from semobridge_runtime import contract  # noqa: E402
 from semobridge_runtime.metadata import FORMAT_VERSION  # noqa: E402
+from semobridge_runtime.openset import TEMPERATURE_RANGE  # noqa: E402
 
 
 def _string(text: str) -> str:
@@ -44,6 +45,12 @@ def header() -> str:
         "/* The class-set inputs of the graph, in class-file order (docs/classes.md). */",
         f"#define SB_HEAD_INPUTS {len(contract.HEAD_INPUTS)}",
         "#define SB_HEAD_INPUT_NAMES {" + ", ".join(_string(n) for n in contract.HEAD_INPUTS) + "}",
+        "",
+        "/* A class file's open-set metadata keys, and the range of its temperature",
+        " * (semobridge_runtime.openset.TEMPERATURE_RANGE). */",
+        "#define SB_CLASS_FILE_OPEN_SET {" + ", ".join(_string(n) for n in contract.CLASS_FILE_OPEN_SET) + "}",
+        f"#define SB_TEMPERATURE_MIN {float(TEMPERATURE_RANGE[0])!r}",
+        f"#define SB_TEMPERATURE_MAX {float(TEMPERATURE_RANGE[1])!r}",
         "",
         "#endif",
         "",
