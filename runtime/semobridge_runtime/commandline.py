@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import sys
 import warnings
 from typing import Any, Callable
@@ -105,7 +106,9 @@ class _Convention:
 
 def run(call: Callable[[], Any], prog: str) -> int:
     """Call a command; errors of our model are reported once (errors.report) and become exit codes."""
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    # handlers belong to the main thread (an application may call main() from another one: then it keeps its own)
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
     try:
         with warnings.catch_warnings():

@@ -65,8 +65,7 @@ class FittedHead:
         if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != weights:
             raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
         data = calibration.CalibrationData.of(tensors, len(names), fitted.embedding_dim, str(path))
-        model = info.raw.get("open_set")  # checked by Classifier.load (openset.OpenSet.from_dict)
-        fitted_open = openset.OpenSet.from_dict(model, str(model_path)) if model is not None else None
+        fitted_open = info.open_set.decision if info.open_set is not None else None
         self.accept = fitted_open.accept if fitted_open is not None else openset.ACCEPT
         #: the fitted classes with the model's calibration and, from exports that keep them, its calibration data
         self.fitted = ClassSet(names, fitted.text_classifier, fitted.bridged_prototypes, fitted.image_prototypes,
