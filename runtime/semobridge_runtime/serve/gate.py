@@ -35,6 +35,7 @@ _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/vers
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length", "expect", KEY_HEADER}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
+GRPC_REASONS = ("too_large", "busy", "unavailable", "not_found")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
@@ -46,6 +47,7 @@ class Gate:
         self.budget, self.key, self.inflight = budget, key, InFlight(budget.inflight_bytes)
         self.upstream_http, self.upstream_metrics = upstream_http, upstream_metrics
         self.refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
+        self.grpc_refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in GRPC_REASONS})
         self._lock = threading.Lock()
         api = _Server((address, http_port), _ApiHandler, self)
         try:
@@ -66,19 +68,23 @@ class Gate:
                 server.shutdown()
             server.server_close()
 
-    def count(self, reason: str) -> None:
+    def count(self, reason: str, protocol: str = "http") -> None:
         with self._lock:
-            self.refused[reason] += 1
+            (self.refused if protocol == "http" else self.grpc_refused)[reason] += 1
 
     def metrics(self) -> str:
         """The gate's counters in Prometheus text format."""
         with self._lock:
-            refused = dict(self.refused)
+            refused, grpc_refused = dict(self.refused), dict(self.grpc_refused)
         lines = ["# HELP semobridge_http_refused_total HTTP requests refused before the model saw them: by "
                  "semobridge-serve's front door, or (reason triton) by Triton",
                  "# TYPE semobridge_http_refused_total counter",
                  *(f'semobridge_http_refused_total{{reason="{r}"}} {n}' for r, n in refused.items()),
-                 "# HELP semobridge_inflight_bytes Bytes of HTTP requests in flight (budget: --max-inflight-mb)",
+                 "# HELP semobridge_grpc_refused_total gRPC requests refused by semobridge-serve's front door "
+                 "(too_large: over --max-request-mb, or cancelled while arriving)",
+                 "# TYPE semobridge_grpc_refused_total counter",
+                 *(f'semobridge_grpc_refused_total{{reason="{r}"}} {n}' for r, n in grpc_refused.items()),
+                 "# HELP semobridge_inflight_bytes Bytes of HTTP and gRPC requests in flight (budget: --max-inflight-mb)",
                  "# TYPE semobridge_inflight_bytes gauge",
                  f"semobridge_inflight_bytes {self.inflight.used}",
                  "# HELP semobridge_inflight_budget_bytes The server's in-flight budget (--max-inflight-mb)",

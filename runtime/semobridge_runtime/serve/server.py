@@ -4,7 +4,8 @@
 stop), checks the ports, starts `tritonserver` with the environment its Python backend needs,
 waits until the model is ready, and stops it by SIGTERM, on which Triton closes its endpoints, finishes
 the requests it has accepted (up to the drain timeout) and exits. The public HTTP and metrics ports are
-the gate's (gate.py), which checks each request before Triton, listening on loopback ports of its own, sees it.
+the gate's (gate.py), which checks each request before Triton, listening on loopback ports of its own, sees it;
+the public gRPC port is the gRPC door's (grpc_door.py), on the same budget.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..classifier import Classifier
 from ..errors import BackendError, InputError
 from .admission import Budget
 from .gate import KEY_HEADER, Gate
+from .grpc_door import GrpcDoor
 from .repository import Batching, write_repository
 from .settings import ServeSettings
 
@@ -136,7 +138,8 @@ class TritonServer:
         self._budget = budget or Budget(max_batch=batching.max_batch)
         self._key = os.urandom(16).hex()  # what Triton's HTTP port wants from the gate
         self._gate: Gate | None = None
-        self._upstream = Endpoints("127.0.0.1", 0, endpoints.grpc_port, 0)  # Triton's own ports, picked at start
+        self._door: GrpcDoor | None = None
+        self._upstream = Endpoints("127.0.0.1", 0, 0, 0)  # Triton's own ports, picked at start
         self._classifier: Classifier | None = classifier
         self._drain_timeout_s, self._verbose = drain_timeout_s, verbose
         self._process: subprocess.Popen[str] | None = None
@@ -147,8 +150,8 @@ class TritonServer:
         """Start tritonserver and return once the model is ready; raise (and clean up) if it does not get there."""
         dist, libpython = Distribution.find(), python_library_dir()
         check_ports(self.endpoints)
-        http, metrics = _free_loopback_ports(2)
-        self._upstream = Endpoints("127.0.0.1", http, self.endpoints.grpc_port, metrics)
+        http, grpc, metrics = _free_loopback_ports(3)
+        self._upstream = Endpoints("127.0.0.1", http, grpc, metrics)
         self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))
         try:
             self._gate = self._open_gate()
@@ -163,6 +166,7 @@ class TritonServer:
                 preexec_fn=_die_with_parent)
             threading.Thread(target=self._read_log, name="tritonserver-log", daemon=True).start()
             self._gate.start()  # health/ready answers (not ready, from Triton) while the model loads
+            self._door.start()
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -186,24 +190,37 @@ class TritonServer:
         return code
 
     def signal(self, signum: int) -> None:
-        """Forward a signal (SIGTERM, SIGINT) to tritonserver, and close the gate's ports."""
-        self._close_gate()
+        """Forward a signal (SIGTERM, SIGINT) to tritonserver, and close the gate's ports (the gRPC door refuses
+        new requests, and closes once Triton has answered those it forwarded: stop)."""
+        self._close_gate(drain=True)
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signum)
 
     def _open_gate(self) -> Gate:
         e, up = self.endpoints, self._upstream
         try:
-            return Gate(e.address, e.http_port, e.metrics_port, up.http_port, up.metrics_port, self._budget, self._key)
+            gate = Gate(e.address, e.http_port, e.metrics_port, up.http_port, up.metrics_port, self._budget, self._key)
         except OSError as exc:  # taken since check_ports looked
             raise InputError(f"cannot listen on {e.address}:{e.http_port} or :{e.metrics_port}: {exc.strerror or exc}",
                              hint="stop the program that uses the port, or choose others with --http-port and "
                                   "--metrics-port") from None
+        try:
+            self._door = GrpcDoor(gate, e.address, e.grpc_port, up.grpc_port)
+        except OSError as exc:
+            gate.close()
+            raise _port_error("--grpc-port", e.grpc_port, e.address, exc.strerror or str(exc)) from None
+        return gate
 
-    def _close_gate(self) -> None:
+    def _close_gate(self, drain: bool = False) -> None:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+        if self._door is not None:
+            if drain:
+                self._door.drain()
+            else:
+                self._door.close()
+                self._door = None
 
     def wait(self) -> int:
         """Block until tritonserver exits; its exit code."""
@@ -227,18 +244,19 @@ class TritonServer:
     def _arguments(self, repository: Path, backends: Path, dist: Distribution) -> list[str]:
         e, up = self.endpoints, self._upstream
         # APIs a client has no business with; the token is never shown, so they are closed. The APIs clients
-        # use reach Triton's HTTP port only through the gate, which holds their key.
+        # use reach Triton's HTTP and gRPC ports only through the gate and the gRPC door, which hold their key.
         closed = f"model-repository,shared-memory,trace,logging:semobridge-admin={os.urandom(16).hex()}"
         gated = f"health,metadata,inference,model-config,statistics:{KEY_HEADER}={self._key}"
         return [
             f"--model-repository={repository}", f"--backend-directory={backends}", f"--cache-directory={dist.caches}",
             f"--http-address={up.address}", f"--http-port={up.http_port}",
-            f"--grpc-address={e.address}", f"--grpc-port={e.grpc_port}",
+            f"--grpc-address={up.address}", f"--grpc-port={up.grpc_port}",
             f"--metrics-address={up.address}", f"--metrics-port={up.metrics_port}",
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self._drain_timeout_s}",
             f"--log-info={str(self._verbose).lower()}", "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # the Python backend exchanges CPU tensors through shared memory
             f"--http-restricted-api={closed}", f"--http-restricted-api={gated}", f"--grpc-restricted-protocol={closed}",
+            f"--grpc-restricted-protocol={gated}",
             # shared-memory regions unique to this server, so that several run side by side
             f"--backend-config=python,shm-region-prefix-name=semobridge{os.getpid()}x{self.endpoints.http_port}_",
             "--backend-config=python,shm-growth-byte-size=16777216",
@@ -300,7 +318,7 @@ class TritonServer:
 
 
 def _free_loopback_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 now, for Triton's own HTTP and metrics endpoints behind the gate."""
+    """Ports free on 127.0.0.1 now, for Triton's own HTTP, gRPC and metrics endpoints behind the front door."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for probe in sockets:

@@ -1,0 +1,126 @@
+"""semobridge-serve's gRPC front door: the public gRPC port, in front of Triton's own on loopback.
+
+gRPC refuses a message over the per-request budget (--max-request-mb) itself, with RESOURCE_EXHAUSTED,
+while it arrives and before it is buffered whole. A message received is counted against the server's
+in-flight budget (--max-inflight-mb, shared with the HTTP side) until Triton answers; over it the request is
+refused with RESOURCE_EXHAUSTED. Every unary method of inference.GRPCInferenceService is forwarded as raw
+bytes, with the caller's metadata and deadline and the gate's key (Triton's gRPC port wants it);
+ModelStreamInfer is refused with UNIMPLEMENTED. At most WORKERS messages are received at once.
+Refusals are counted on the metrics port (`semobridge_grpc_refused_total`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from .admission import MIB, Busy
+from .gate import KEY_HEADER, UPSTREAM_TIMEOUT_S, Gate
+
+SERVICE = "/inference.GRPCInferenceService/"
+STREAM = SERVICE + "ModelStreamInfer"
+INFER = SERVICE + "ModelInfer"
+WORKERS = 16
+KEY = "triton-grpc-protocol-" + KEY_HEADER  # how Triton's gRPC port wants the key of --grpc-restricted-protocol
+_HOP = {KEY_HEADER, KEY, "user-agent", "grpc-accept-encoding", "grpc-timeout"}
+
+
+class GrpcDoor:
+    """A grpc.server on the public gRPC port forwarding to Triton's gRPC port on loopback."""
+
+    def __init__(self, gate: Gate, address: str, port: int, upstream: int) -> None:
+        self.gate, self.draining = gate, False
+        limit = gate.budget.request_bytes
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{upstream}", options=[
+            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1),
+            ("grpc.enable_http_proxy", 0)])
+        self._server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="grpc-door"),
+            handlers=[_Handler(self)],
+            options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
+        host = f"[{address}]" if ":" in address else address
+        try:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            bound = 0
+        if bound != port:
+            self._channel.close()
+            raise OSError(98, "Address already in use")
+
+    def start(self) -> None:
+        self._server.start()
+
+    def drain(self) -> None:
+        """Refuse new requests (UNAVAILABLE, 'stopping'); those forwarded already are still answered."""
+        self.draining = True
+
+    def close(self, grace_s: float = 5.0) -> None:
+        self.draining = True
+        self._server.stop(grace_s).wait()
+        self._channel.close()
+
+    def forward(self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """Receive one message, hold its bytes against the in-flight budget, and forward it to Triton."""
+        gate = self.gate
+        try:
+            message = next(requests)
+        except StopIteration:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} takes exactly one request message")
+        except grpc.RpcError:  # over --max-request-mb (gRPC has answered RESOURCE_EXHAUSTED), or cancelled
+            gate.count("too_large", "grpc")
+            raise
+        if self.draining:
+            gate.count("unavailable", "grpc")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "runtime error: the server is stopping; hint: retry on "
+                                                       "another replica, or in a moment")
+        held = len(message) if method == INFER else 0
+        try:
+            gate.inflight.take(held)
+        except Busy as exc:
+            gate.count("busy", "grpc")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"runtime error: {exc}; hint: retry in a moment, or send smaller requests")
+        try:
+            metadata = [(k, v) for k, v in context.invocation_metadata() if k.lower() not in _HOP]
+            remaining = context.time_remaining()
+            call = self._channel.unary_unary(method)
+            try:
+                response, outcome = call.with_call(message, metadata=[*metadata, (KEY, gate.key)],
+                                                   timeout=min(remaining, UPSTREAM_TIMEOUT_S) if remaining else
+                                                   UPSTREAM_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    gate.count("unavailable", "grpc")
+                    context.abort(code, "runtime error: the server is starting, stopping, or its Triton process "
+                                        f"is gone ({(exc.details() or '')[:200]}); hint: retry in a moment, or on another replica")
+                context.set_trailing_metadata(exc.trailing_metadata() or ())
+                context.abort(code, exc.details() or "")
+            context.set_trailing_metadata(outcome.trailing_metadata() or ())
+            return response
+        finally:
+            gate.inflight.give(held)
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, door: GrpcDoor) -> None:
+        self._door = door
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        if method == STREAM:
+            return grpc.stream_stream_rpc_method_handler(self._stream)
+        if not method.startswith(SERVICE):
+            return None  # gRPC answers UNIMPLEMENTED
+        return grpc.stream_unary_rpc_method_handler(lambda requests, context: self._door.forward(method, requests,
+                                                                                                 context))
+
+    def _stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._door.gate.count("not_found", "grpc")
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "semobridge-serve does not serve ModelStreamInfer; hint: send ModelInfer requests "
+                      f"(one batch of at most {self._door.gate.budget.request_bytes // MIB} MiB each)")
+        yield b""  # a generator, as a stream-stream handler is

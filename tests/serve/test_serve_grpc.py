@@ -1,0 +1,108 @@
+"""semobridge-serve's gRPC front door: the per-request and in-flight budgets over gRPC, and their refusals counted.
+
+In-process: the door in front of a slow loopback gRPC server standing in for Triton. Then the real server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from benchmarks.common import free_ports
+from semobridge_runtime.serve import RemoteClassifier
+from semobridge_runtime.serve.admission import MIB, Budget
+from semobridge_runtime.serve.gate import Gate
+from semobridge_runtime.serve.grpc_door import INFER, KEY, STREAM, GrpcDoor
+
+BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
+
+
+class Upstream(grpc.GenericRpcHandler):
+    """Triton's stand-in: answers every call with its size and the key it was given, once `release` is set."""
+
+    def __init__(self) -> None:
+        self.release, self.arrived = threading.Event(), threading.Semaphore(0)
+
+    def service(self, details):
+        def answer(request: bytes, context) -> bytes:
+            self.arrived.release()
+            self.release.wait(30)
+            key = dict(context.invocation_metadata()).get(KEY, "")
+            return f"{len(request)} {key}".encode()
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+
+@pytest.fixture()
+def door():
+    upstream = Upstream()
+    triton = grpc.server(concurrent.futures.ThreadPoolExecutor(8), handlers=[upstream],
+                         options=[("grpc.max_receive_message_length", -1)])
+    triton_port = triton.add_insecure_port("127.0.0.1:0")
+    triton.start()
+    http_port, metrics_port, grpc_port, triton_http, triton_metrics = free_ports(5)
+    gate = Gate("127.0.0.1", http_port, metrics_port, triton_http, triton_metrics, BUDGET, "k3y")
+    front = GrpcDoor(gate, "127.0.0.1", grpc_port, triton_port)
+    gate.start()
+    front.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_send_message_length", -1)])
+    yield front, upstream, channel.unary_unary(INFER), channel
+    upstream.release.set()
+    channel.close()
+    front.close(0)
+    gate.close()
+    triton.stop(0)
+
+
+def test_an_oversized_grpc_message_is_refused_and_counted_and_the_door_keeps_serving(door) -> None:
+    front, upstream, infer, _ = door
+    upstream.release.set()
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(b"\0" * (5 * MIB), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert infer(b"\1" * 1000, timeout=30) == b"1000 k3y"  # forwarded, with the gate's key
+    assert front.gate.grpc_refused["too_large"] == 1
+    assert 'semobridge_grpc_refused_total{reason="too_large"} 1' in front.gate.metrics()
+
+
+def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
+    front, upstream, infer, _ = door
+    held = [infer.future(b"\2" * (3 * MIB), timeout=30) for _ in range(2)]
+    for _ in held:
+        assert upstream.arrived.acquire(timeout=30)
+    assert front.gate.inflight.used == 6 * MIB  # the same counter as the HTTP side's
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(b"\3" * (3 * MIB), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-inflight-mb" in refused.value.details() and "retry" in refused.value.details()
+    upstream.release.set()
+    assert [f.result() for f in held] == [f"{3 * MIB} k3y".encode()] * 2
+    assert front.gate.inflight.used == 0
+    assert infer(b"\3" * (3 * MIB), timeout=30) == f"{3 * MIB} k3y".encode()
+    assert 'semobridge_grpc_refused_total{reason="busy"} 1' in front.gate.metrics()
+
+
+def test_streaming_is_refused_as_unimplemented(door) -> None:
+    _, _, _, channel = door
+    with pytest.raises(grpc.RpcError) as refused:
+        list(channel.stream_stream(STREAM)(iter([b"x"]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED and "ModelInfer" in refused.value.details()
+
+
+def test_the_server_refuses_a_grpc_request_over_its_budget_and_keeps_serving(server, local, photos) -> None:
+    channel = grpc.insecure_channel(server.grpc, options=[("grpc.max_send_message_length", -1)])
+    try:
+        with pytest.raises(grpc.RpcError) as refused:  # over --max-request-mb (256): never reaches Triton
+            channel.unary_unary(INFER)(bytes(257 * MIB), timeout=120)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with RemoteClassifier(server.grpc) as remote:
+        np.testing.assert_array_equal(remote.predict(photos[0]).labels, local.predict(photos[0]).labels)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert int(re.search(r'^semobridge_grpc_refused_total\{reason="too_large"\} (\d+)$', text, re.M)[1]) >= 1
