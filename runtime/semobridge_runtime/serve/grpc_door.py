@@ -12,6 +12,8 @@ Refusals are counted on the metrics port (`semobridge_grpc_refused_total`).
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +35,8 @@ class GrpcDoor:
 
     def __init__(self, gate: Gate, address: str, port: int, upstream: int) -> None:
         self.gate, self.draining = gate, False
+        if sys.platform.startswith("linux"):  # messages of 1 MiB and more mapped apart and unmapped when freed
+            ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (as Triton's GLIBC_TUNABLES, server.py)
         limit = gate.budget.request_bytes
         self._channel = grpc.insecure_channel(f"127.0.0.1:{upstream}", options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1),
