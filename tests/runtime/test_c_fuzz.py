@@ -111,7 +111,7 @@ def test_c_readers_survive_libfuzzer(fuzzers, corpus, tmp_path) -> None:
     for target in TARGETS:
         (tmp_path / target).mkdir()
         command = [str(fuzzers / f"fuzz_{target}"), f"-max_total_time={FUZZ_SECONDS}", "-print_final_stats=1",
-                   "-timeout=10", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path / target}/",
+                   "-timeout=10", "-malloc_limit_mb=2048", "-rss_limit_mb=4096", f"-artifact_prefix={tmp_path / target}/",
                    str(corpus / target)]
         log = open(tmp_path / f"{target}.log", "w+")
         runs[target] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log)
