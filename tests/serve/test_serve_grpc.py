@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -17,7 +18,7 @@ from benchmarks.common import free_ports
 from semobridge_runtime.serve import RemoteClassifier
 from semobridge_runtime.serve.admission import MIB, Budget
 from semobridge_runtime.serve.gate import Gate
-from semobridge_runtime.serve.grpc_door import INFER, KEY, STREAM, GrpcDoor
+from semobridge_runtime.serve.grpc_door import INFER, KEY, STREAM, GrpcDoor, receive_limit
 
 BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
 
@@ -58,15 +59,50 @@ def door():
     triton.stop(0)
 
 
-def test_an_oversized_grpc_message_is_refused_and_counted_and_the_door_keeps_serving(door) -> None:
+def counted(read, reason: str, expected: int, timeout: float = 10.0) -> int:
+    """semobridge_grpc_refused_total{reason} once it reaches `expected`, or its value at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(rf'^semobridge_grpc_refused_total\{{reason="{reason}"\}} (\d+)$', read(), re.M)
+        value = int(found[1]) if found else -1
+        if value >= expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def test_a_grpc_message_over_the_budget_is_refused_naming_the_option_counted_before_the_answer(door) -> None:
     front, upstream, infer, _ = door
     upstream.release.set()
-    with pytest.raises(grpc.RpcError) as refused:
-        infer(b"\0" * (5 * MIB), timeout=30)
-    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert receive_limit(BUDGET.request_bytes) == 5 * MIB
+    for size in (4 * MIB + 1, 5 * MIB):
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(b"\0" * size, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"is {size} bytes, over the 4 MiB" in refused.value.details()
+        assert "--max-request-mb" in refused.value.details() and "hint: " in refused.value.details()
+    assert front.gate.grpc_refused["too_large"] == 2  # counted before the client heard the refusal
+    assert infer(b"\1" * (4 * MIB), timeout=30) == f"{4 * MIB} k3y".encode()  # the budget itself passes
+    assert front.gate.inflight.used == 0
+
+
+def test_a_far_larger_grpc_message_is_cut_off_by_grpc_while_it_arrives_and_counted(door) -> None:
+    front, upstream, infer, _ = door
+    upstream.release.set()
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(b"\0" * (64 * MIB), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in refused.value.details()
+    assert counted(front.gate.metrics, "too_large", 3) == 3
     assert infer(b"\1" * 1000, timeout=30) == b"1000 k3y"  # forwarded, with the gate's key
-    assert front.gate.grpc_refused["too_large"] == 1
-    assert 'semobridge_grpc_refused_total{reason="too_large"} 1' in front.gate.metrics()
+
+
+def test_a_grpc_call_without_its_message_is_refused(door) -> None:
+    front, _, _, channel = door
+    with pytest.raises(grpc.RpcError) as refused:
+        channel.stream_unary(INFER)(iter([]), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sent none" in refused.value.details()
+    assert front.gate.grpc_refused["invalid"] == 1 and front.gate.grpc_refused["too_large"] == 0
 
 
 def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
@@ -101,8 +137,11 @@ def test_the_server_refuses_a_grpc_request_over_its_budget_and_keeps_serving(ser
     finally:
         channel.close()
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over the 256 MiB a request may carry (--max-request-mb)" in refused.value.details()
     with RemoteClassifier(server.grpc) as remote:
         np.testing.assert_array_equal(remote.predict(photos[0]).labels, local.predict(photos[0]).labels)
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    assert int(re.search(r'^semobridge_grpc_refused_total\{reason="too_large"\} (\d+)$', text, re.M)[1]) >= 1
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+            return response.read().decode()
+    assert counted(metrics, "too_large", 1) >= 1

@@ -35,7 +35,7 @@ _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/vers
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length", "expect", KEY_HEADER}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
-GRPC_REASONS = ("too_large", "busy", "unavailable", "not_found")
+GRPC_REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
@@ -81,7 +81,7 @@ class Gate:
                  "# TYPE semobridge_http_refused_total counter",
                  *(f'semobridge_http_refused_total{{reason="{r}"}} {n}' for r, n in refused.items()),
                  "# HELP semobridge_grpc_refused_total gRPC requests refused by semobridge-serve's front door "
-                 "(too_large: over --max-request-mb, or cancelled while arriving)",
+                 "(invalid: a call without its message; too_large: over --max-request-mb, or cancelled while arriving)",
                  "# TYPE semobridge_grpc_refused_total counter",
                  *(f'semobridge_grpc_refused_total{{reason="{r}"}} {n}' for r, n in grpc_refused.items()),
                  "# HELP semobridge_inflight_bytes Bytes of HTTP and gRPC requests in flight (budget: --max-inflight-mb)",

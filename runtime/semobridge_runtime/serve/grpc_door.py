@@ -1,7 +1,9 @@
 """semobridge-serve's gRPC front door: the public gRPC port, in front of Triton's own on loopback.
 
-gRPC refuses a message over the per-request budget (--max-request-mb) itself, with RESOURCE_EXHAUSTED,
-while it arrives and before it is buffered whole. A message received is counted against the server's
+A message over the per-request budget (--max-request-mb) is refused with RESOURCE_EXHAUSTED naming the
+option: up to a quarter over it, by the door once received (counted, then answered); beyond that, by gRPC
+itself while it arrives, before it is buffered whole ('Received message larger than max'; counted when the
+handler sees the call end, just after the client hears it). A message received is counted against the server's
 in-flight budget (--max-inflight-mb, shared with the HTTP side) until Triton answers; over it the request is
 refused with RESOURCE_EXHAUSTED. Every unary method of inference.GRPCInferenceService is forwarded as raw
 bytes, with the caller's metadata and deadline and the gate's key (Triton's gRPC port wants it);
@@ -14,18 +16,22 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
-from .admission import MIB, Busy
+from ..errors import InputError
+from .admission import MIB, Busy, TooLarge
 from .gate import KEY_HEADER, UPSTREAM_TIMEOUT_S, Gate
+from .protocol import error_text
 
 SERVICE = "/inference.GRPCInferenceService/"
 STREAM = SERVICE + "ModelStreamInfer"
 INFER = SERVICE + "ModelInfer"
 WORKERS = 16
+ENDED_WAIT_S = 1.0  # after an empty request stream: how long to wait for the call to end (gRPC refused it)
 KEY = "triton-grpc-protocol-" + KEY_HEADER  # how Triton's gRPC port wants the key of --grpc-restricted-protocol
 _HOP = {KEY_HEADER, KEY, "user-agent", "grpc-accept-encoding", "grpc-timeout"}
 
@@ -37,7 +43,7 @@ class GrpcDoor:
         self.gate, self.draining = gate, False
         if sys.platform.startswith("linux"):  # messages of 1 MiB and more mapped apart and unmapped when freed
             ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (as Triton's GLIBC_TUNABLES, server.py)
-        limit = gate.budget.request_bytes
+        limit = receive_limit(gate.budget.request_bytes)
         self._channel = grpc.insecure_channel(f"127.0.0.1:{upstream}", options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1),
             ("grpc.enable_http_proxy", 0)])
@@ -69,13 +75,26 @@ class GrpcDoor:
     def forward(self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """Receive one message, hold its bytes against the in-flight budget, and forward it to Triton."""
         gate = self.gate
+        ended = threading.Event()
+        context.add_callback(ended.set)
         try:
             message = next(requests)
-        except StopIteration:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} takes exactly one request message")
-        except grpc.RpcError:  # over --max-request-mb (gRPC has answered RESOURCE_EXHAUSTED), or cancelled
+        except StopIteration:  # a client that sent no message, or gRPC ended the call (as below) first
+            if ended.wait(ENDED_WAIT_S):
+                gate.count("too_large", "grpc")
+                return b""
+            gate.count("invalid", "grpc")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, error_text(InputError(
+                f"{method.rsplit('/', 1)[-1]} takes exactly one request message, this call sent none")))
+        except grpc.RpcError:  # over receive_limit (gRPC has answered RESOURCE_EXHAUSTED), or cancelled
             gate.count("too_large", "grpc")
             raise
+        if len(message) > gate.budget.request_bytes:
+            gate.count("too_large", "grpc")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, error_text(TooLarge(
+                f"the request message is {len(message)} bytes, over the {gate.budget.request_bytes // MIB} MiB a "
+                "request may carry (--max-request-mb)", hint="send fewer or smaller images per request, or start "
+                                                              "the server with a larger --max-request-mb")))
         if self.draining:
             gate.count("unavailable", "grpc")
             context.abort(grpc.StatusCode.UNAVAILABLE, "runtime error: the server is stopping; hint: retry on "
@@ -107,6 +126,12 @@ class GrpcDoor:
             return response
         finally:
             gate.inflight.give(held)
+
+
+def receive_limit(request_bytes: int) -> int:
+    """The largest message gRPC receives whole: a quarter over the budget (at least 1 MiB), so that a request a
+    little too large hears which option bounds it, and a far larger one is cut off while it arrives."""
+    return request_bytes + max(MIB, request_bytes // 4)
 
 
 class _Handler(grpc.GenericRpcHandler):
