@@ -6,9 +6,10 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import socketserver
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from benchmarks.common import free_ports
 from semobridge_runtime import InputError
 from semobridge_runtime.serve.admission import MIB, Budget, Busy, InFlight, TooLarge, check_infer_body
-from semobridge_runtime.serve.gate import KEY_HEADER, Gate
+from semobridge_runtime.serve.gate import Gate
 
 BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
 
@@ -91,20 +92,23 @@ class SlowTriton(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         data = self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(1.0)
-        answer = json.dumps({"bytes": len(data), "key": self.headers.get(KEY_HEADER),
-                             "type": self.headers.get("Content-Type")}).encode()
+        answer = json.dumps({"bytes": len(data), "type": self.headers.get("Content-Type")}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
 
 
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 @pytest.fixture()
-def gate():
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), SlowTriton)
+def gate(tmp_path):
+    upstream = UnixHTTPServer(str(tmp_path / "http"), SlowTriton)  # as Triton's, on a Unix socket
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     http_port, metrics_port = free_ports(2)
-    front = Gate("127.0.0.1", http_port, metrics_port, upstream.server_port, free_ports(1)[0], BUDGET, "k3y")
+    front = Gate("127.0.0.1", http_port, metrics_port, str(tmp_path / "http"), str(tmp_path / "metrics"), BUDGET)
     front.start()
     yield front, http_port
     front.close()
@@ -122,7 +126,7 @@ def post(port: int, raw: bytes, headers: dict | None = None) -> tuple[int, dict]
         connection.close()
 
 
-def test_gate_forwards_with_its_key_and_refuses_beyond_the_in_flight_budget(gate) -> None:
+def test_gate_forwards_and_refuses_beyond_the_in_flight_budget(gate) -> None:
     front, port = gate
     pixels = np.zeros((1, 1024, 1024, 3), np.uint8)  # 3 MiB; with its 3 MiB body a request holds 6 of the 8 MiB
     header = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(pixels.shape),
@@ -140,7 +144,7 @@ def test_gate_forwards_with_its_key_and_refuses_beyond_the_in_flight_budget(gate
     statuses = sorted(status for status, _ in answers)
     assert statuses == [200, 429], answers
     ok = next(answer for status, answer in answers if status == 200)
-    assert ok == {"bytes": len(raw), "key": "k3y", "type": "application/octet-stream"}
+    assert ok == {"bytes": len(raw), "type": "application/octet-stream"}
     busy = next(answer for status, answer in answers if status == 429)["error"]
     assert busy.startswith("runtime error: the server holds") and "--max-inflight-mb" in busy
     deadline = time.monotonic() + 10

@@ -18,13 +18,13 @@ from benchmarks.common import free_ports
 from semobridge_runtime.serve import RemoteClassifier
 from semobridge_runtime.serve.admission import MIB, Budget
 from semobridge_runtime.serve.gate import Gate
-from semobridge_runtime.serve.grpc_door import INFER, KEY, STREAM, GrpcDoor, receive_limit
+from semobridge_runtime.serve.grpc_door import INFER, SERVICE, STREAM, GrpcDoor, receive_limit
 
 BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
 
 
 class Upstream(grpc.GenericRpcHandler):
-    """Triton's stand-in: answers every call with its size and the key it was given, once `release` is set."""
+    """Triton's stand-in: answers every call with its size and the metadata it was given, once `release` is set."""
 
     def __init__(self) -> None:
         self.release, self.arrived = threading.Event(), threading.Semaphore(0)
@@ -33,25 +33,25 @@ class Upstream(grpc.GenericRpcHandler):
         def answer(request: bytes, context) -> bytes:
             self.arrived.release()
             self.release.wait(30)
-            key = dict(context.invocation_metadata()).get(KEY, "")
-            return f"{len(request)} {key}".encode()
+            return f"{len(request)} {dict(context.invocation_metadata()).get('x-caller', '')}".encode()
         return grpc.unary_unary_rpc_method_handler(answer)
 
 
 @pytest.fixture()
-def door():
+def door(tmp_path):
     upstream = Upstream()
     triton = grpc.server(concurrent.futures.ThreadPoolExecutor(8), handlers=[upstream],
                          options=[("grpc.max_receive_message_length", -1)])
-    triton_port = triton.add_insecure_port("127.0.0.1:0")
+    assert triton.add_insecure_port(f"unix:{tmp_path}/grpc") == 1  # as Triton's, on a Unix socket
     triton.start()
-    http_port, metrics_port, grpc_port, triton_http, triton_metrics = free_ports(5)
-    gate = Gate("127.0.0.1", http_port, metrics_port, triton_http, triton_metrics, BUDGET, "k3y")
-    front = GrpcDoor(gate, "127.0.0.1", grpc_port, triton_port)
+    http_port, metrics_port, grpc_port = free_ports(3)
+    gate = Gate("127.0.0.1", http_port, metrics_port, str(tmp_path / "http"), str(tmp_path / "metrics"), BUDGET)
+    front = GrpcDoor(gate, "127.0.0.1", grpc_port, f"unix:{tmp_path}/grpc")
     gate.start()
     front.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[("grpc.max_send_message_length", -1)])
-    yield front, upstream, channel.unary_unary(INFER), channel
+    call = channel.unary_unary(INFER)
+    yield front, upstream, lambda message, **kw: call(message, metadata=[("x-caller", "me")], **kw), channel
     upstream.release.set()
     channel.close()
     front.close(0)
@@ -81,7 +81,7 @@ def test_a_grpc_message_over_the_budget_is_refused_naming_the_option_counted_bef
         assert f"is {size} bytes, over the 4 MiB" in refused.value.details()
         assert "--max-request-mb" in refused.value.details() and "hint: " in refused.value.details()
     assert front.gate.grpc_refused["too_large"] == 2  # counted before the client heard the refusal
-    assert infer(b"\1" * (4 * MIB), timeout=30) == f"{4 * MIB} k3y".encode()  # the budget itself passes
+    assert infer(b"\1" * (4 * MIB), timeout=30) == f"{4 * MIB} me".encode()  # the budget itself passes
     assert front.gate.inflight.used == 0
 
 
@@ -94,7 +94,7 @@ def test_a_far_larger_grpc_message_is_cut_off_by_grpc_while_it_arrives_and_count
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "larger than max" in refused.value.details()
     assert counted(front.gate.metrics, "too_large", 3) == 3
-    assert infer(b"\1" * 1000, timeout=30) == b"1000 k3y"  # forwarded, with the gate's key
+    assert infer(b"\1" * 1000, timeout=30) == b"1000 me"  # forwarded, with the caller's metadata
 
 
 def test_a_grpc_call_without_its_message_is_refused(door) -> None:
@@ -107,7 +107,7 @@ def test_a_grpc_call_without_its_message_is_refused(door) -> None:
 
 def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
     front, upstream, infer, _ = door
-    held = [infer.future(b"\2" * (3 * MIB), timeout=30) for _ in range(2)]
+    held = [channel.unary_unary(INFER).future(b"\2" * (3 * MIB), timeout=30) for _ in range(2)]
     for _ in held:
         assert upstream.arrived.acquire(timeout=30)
     assert front.gate.inflight.used == 6 * MIB  # the same counter as the HTTP side's
@@ -116,17 +116,24 @@ def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--max-inflight-mb" in refused.value.details() and "retry" in refused.value.details()
     upstream.release.set()
-    assert [f.result() for f in held] == [f"{3 * MIB} k3y".encode()] * 2
+    assert [f.result() for f in held] == [f"{3 * MIB} ".encode()] * 2
     assert front.gate.inflight.used == 0
-    assert infer(b"\3" * (3 * MIB), timeout=30) == f"{3 * MIB} k3y".encode()
+    assert infer(b"\3" * (3 * MIB), timeout=30) == f"{3 * MIB} me".encode()
     assert 'semobridge_grpc_refused_total{reason="busy"} 1' in front.gate.metrics()
 
 
-def test_streaming_is_refused_as_unimplemented(door) -> None:
-    _, _, _, channel = door
+def test_streaming_and_the_apis_that_change_the_server_are_refused_as_unimplemented(door) -> None:
+    front, upstream, _, channel = door
+    upstream.release.set()
     with pytest.raises(grpc.RpcError) as refused:
         list(channel.stream_stream(STREAM)(iter([b"x"]), timeout=30))
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED and "ModelInfer" in refused.value.details()
+    for method in ("RepositoryModelLoad", "SystemSharedMemoryRegister", "TraceSetting", "LogSettings"):
+        with pytest.raises(grpc.RpcError) as refused:  # Triton would do them: its socket takes no key
+            channel.unary_unary(SERVICE + method)(b"", timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED and method in refused.value.details()
+    assert front.gate.grpc_refused["not_found"] == 5
+    assert upstream.arrived.acquire(timeout=0) is False  # none reached Triton
 
 
 def test_the_server_refuses_a_grpc_request_over_its_budget_and_keeps_serving(server, local, photos) -> None:

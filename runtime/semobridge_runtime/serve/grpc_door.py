@@ -5,9 +5,10 @@ option: up to a quarter over it, by the door once received (counted, then answer
 itself while it arrives, before it is buffered whole ('Received message larger than max'; counted when the
 handler sees the call end, just after the client hears it). A message received is counted against the server's
 in-flight budget (--max-inflight-mb, shared with the HTTP side) until Triton answers; over it the request is
-refused with RESOURCE_EXHAUSTED. Every unary method of inference.GRPCInferenceService is forwarded as raw
-bytes, with the caller's metadata and deadline and the gate's key (Triton's gRPC port wants it);
-ModelStreamInfer is refused with UNIMPLEMENTED. At most WORKERS messages are received at once.
+refused with RESOURCE_EXHAUSTED. The methods of inference.GRPCInferenceService that clients use (FORWARDED)
+are forwarded as raw bytes, with the caller's metadata and deadline, to Triton's gRPC endpoint on a Unix socket
+only this user may reach (server.py); the others (model repository, shared memory, trace, logging, and
+ModelStreamInfer) are refused with UNIMPLEMENTED. At most WORKERS messages are received at once.
 Refusals are counted on the metrics port (`semobridge_grpc_refused_total`).
 """
 
@@ -24,7 +25,7 @@ import grpc
 
 from ..errors import InputError
 from .admission import MIB, Busy, TooLarge
-from .gate import KEY_HEADER, UPSTREAM_TIMEOUT_S, Gate
+from .gate import UPSTREAM_TIMEOUT_S, Gate
 from .protocol import error_text
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -32,19 +33,22 @@ STREAM = SERVICE + "ModelStreamInfer"
 INFER = SERVICE + "ModelInfer"
 WORKERS = 16
 ENDED_WAIT_S = 1.0  # after an empty request stream: how long to wait for the call to end (gRPC refused it)
-KEY = "triton-grpc-protocol-" + KEY_HEADER  # how Triton's gRPC port wants the key of --grpc-restricted-protocol
-_HOP = {KEY_HEADER, KEY, "user-agent", "grpc-accept-encoding", "grpc-timeout"}
+FORWARDED = frozenset(SERVICE + name for name in (
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics",
+    "ModelInfer"))
+_HOP = {"user-agent", "grpc-accept-encoding", "grpc-timeout"}
 
 
 class GrpcDoor:
-    """A grpc.server on the public gRPC port forwarding to Triton's gRPC port on loopback."""
+    """A grpc.server on the public gRPC port forwarding to Triton's gRPC endpoint (`upstream`: a gRPC target,
+    unix:PATH in semobridge-serve)."""
 
-    def __init__(self, gate: Gate, address: str, port: int, upstream: int) -> None:
+    def __init__(self, gate: Gate, address: str, port: int, upstream: str) -> None:
         self.gate, self.draining = gate, False
         if sys.platform.startswith("linux"):  # messages of 1 MiB and more mapped apart and unmapped when freed
             ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (as Triton's GLIBC_TUNABLES, server.py)
         limit = receive_limit(gate.budget.request_bytes)
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{upstream}", options=[
+        self._channel = grpc.insecure_channel(upstream, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1),
             ("grpc.enable_http_proxy", 0)])
         self._server = grpc.server(
@@ -111,7 +115,7 @@ class GrpcDoor:
             remaining = context.time_remaining()
             call = self._channel.unary_unary(method)
             try:
-                response, outcome = call.with_call(message, metadata=[*metadata, (KEY, gate.key)],
+                response, outcome = call.with_call(message, metadata=metadata,
                                                    timeout=min(remaining, UPSTREAM_TIMEOUT_S) if remaining else
                                                    UPSTREAM_TIMEOUT_S)
             except grpc.RpcError as exc:
@@ -140,16 +144,14 @@ class _Handler(grpc.GenericRpcHandler):
 
     def service(self, details: grpc.HandlerCallDetails) -> Any:
         method = details.method
-        if method == STREAM:
-            return grpc.stream_stream_rpc_method_handler(self._stream)
-        if not method.startswith(SERVICE):
-            return None  # gRPC answers UNIMPLEMENTED
+        if method not in FORWARDED:
+            return grpc.stream_stream_rpc_method_handler(lambda requests, context: self._refuse(method, context))
         return grpc.stream_unary_rpc_method_handler(lambda requests, context: self._door.forward(method, requests,
                                                                                                  context))
 
-    def _stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _refuse(self, method: str, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._door.gate.count("not_found", "grpc")
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "semobridge-serve does not serve ModelStreamInfer; hint: send ModelInfer requests "
-                      f"(one batch of at most {self._door.gate.budget.request_bytes // MIB} MiB each)")
+        hint = (f"send ModelInfer requests (one batch of at most {self._door.gate.budget.request_bytes // MIB} MiB "
+                "each)" if method == STREAM else "the APIs that change the server are closed")
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"semobridge-serve does not serve {method[:100]}; hint: {hint}")
         yield b""  # a generator, as a stream-stream handler is
