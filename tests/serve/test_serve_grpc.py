@@ -106,7 +106,7 @@ def test_a_grpc_call_without_its_message_is_refused(door) -> None:
 
 
 def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
-    front, upstream, infer, _ = door
+    front, upstream, infer, channel = door
     held = [channel.unary_unary(INFER).future(b"\2" * (3 * MIB), timeout=30) for _ in range(2)]
     for _ in held:
         assert upstream.arrived.acquire(timeout=30)
