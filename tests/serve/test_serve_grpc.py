@@ -13,6 +13,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2
 
 from benchmarks.common import free_ports
 from semobridge_runtime.serve import RemoteClassifier
@@ -21,6 +22,10 @@ from semobridge_runtime.serve.gate import Gate
 from semobridge_runtime.serve.grpc_door import INFER, SERVICE, STREAM, GrpcDoor, receive_limit
 
 BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
+
+
+REFUSALS = {b"batch": "[request id: <id_unknown>] inference request batch-size must be <= 32 for 'semobridge'",
+            b"image": "[request id: 7] input error: image 0 is not an image file; hint: send JPEG or PNG"}
 
 
 class Upstream(grpc.GenericRpcHandler):
@@ -33,6 +38,8 @@ class Upstream(grpc.GenericRpcHandler):
         def answer(request: bytes, context) -> bytes:
             self.arrived.release()
             self.release.wait(30)
+            if request in REFUSALS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, REFUSALS[request])
             return f"{len(request)} {dict(context.invocation_metadata()).get('x-caller', '')}".encode()
         return grpc.unary_unary_rpc_method_handler(answer)
 
@@ -105,6 +112,17 @@ def test_a_grpc_call_without_its_message_is_refused(door) -> None:
     assert front.gate.grpc_refused["invalid"] == 1 and front.gate.grpc_refused["too_large"] == 0
 
 
+def test_triton_s_own_grpc_refusals_are_counted_the_model_s_are_not(door) -> None:
+    """The model counts its refusals itself (semobridge_model_refused_total); Triton's were counted nowhere."""
+    front, upstream, infer, _ = door
+    upstream.release.set()
+    for request, words in ((b"batch", "batch-size must be <= 32"), (b"image", "input error: image 0")):
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in refused.value.details()
+    assert front.gate.grpc_refused["triton"] == 1 and sum(front.gate.grpc_refused.values()) == 1
+
+
 def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:
     front, upstream, infer, channel = door
     held = [channel.unary_unary(INFER).future(b"\2" * (3 * MIB), timeout=30) for _ in range(2)]
@@ -152,3 +170,14 @@ def test_the_server_refuses_a_grpc_request_over_its_budget_and_keeps_serving(ser
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
             return response.read().decode()
     assert counted(metrics, "too_large", 1) >= 1
+    before = counted(metrics, "triton", 0)
+    request = service_pb2.ModelInferRequest(model_name="semobridge", inputs=[service_pb2.ModelInferRequest.InferInputTensor(
+        name="image", datatype="UINT8", shape=[1, 100, 100, 3])], raw_input_contents=[bytes(12)])
+    channel = grpc.insecure_channel(server.grpc)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:  # Triton's own front-end refuses it
+            channel.unary_unary(INFER)(request.SerializeToString(), timeout=60)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000" in refused.value.details()
+    assert counted(metrics, "triton", before + 1) == before + 1

@@ -34,7 +34,7 @@ _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/vers
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length", "expect"}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
-GRPC_REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found")
+GRPC_REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
@@ -98,8 +98,9 @@ class Gate:
                  "semobridge-serve's front door, or (reason triton) by Triton",
                  "# TYPE semobridge_http_refused_total counter",
                  *(f'semobridge_http_refused_total{{reason="{r}"}} {n}' for r, n in refused.items()),
-                 "# HELP semobridge_grpc_refused_total gRPC requests refused by semobridge-serve's front door "
-                 "(invalid: a call without its message; too_large: over --max-request-mb, or cancelled while arriving)",
+                 "# HELP semobridge_grpc_refused_total gRPC requests refused before the model saw them: by "
+                 "semobridge-serve's gRPC door (invalid: a call without its message; too_large: over --max-request-mb, "
+                 "or cancelled while arriving), or (reason triton) by Triton",
                  "# TYPE semobridge_grpc_refused_total counter",
                  *(f'semobridge_grpc_refused_total{{reason="{r}"}} {n}' for r, n in grpc_refused.items()),
                  "# HELP semobridge_inflight_bytes Bytes of HTTP and gRPC requests in flight (budget: --max-inflight-mb)",

@@ -9,13 +9,15 @@ refused with RESOURCE_EXHAUSTED. The methods of inference.GRPCInferenceService t
 are forwarded as raw bytes, with the caller's metadata and deadline, to Triton's gRPC endpoint on a Unix socket
 only this user may reach (server.py); the others (model repository, shared memory, trace, logging, and
 ModelStreamInfer) are refused with UNIMPLEMENTED. At most WORKERS messages are received at once.
-Refusals are counted on the metrics port (`semobridge_grpc_refused_total`).
+Refusals are counted on the metrics port (`semobridge_grpc_refused_total`), the door's and Triton's (reason
+triton: an error that is not the model's).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ FORWARDED = frozenset(SERVICE + name for name in (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig", "ModelStatistics",
     "ModelInfer"))
 _HOP = {"user-agent", "grpc-accept-encoding", "grpc-timeout"}
+_OURS = re.compile(r"^(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ")  # the model's refusals
 
 
 class GrpcDoor:
@@ -124,8 +127,11 @@ class GrpcDoor:
                     gate.count("unavailable", "grpc")
                     context.abort(code, "runtime error: the server is starting, stopping, or its Triton process "
                                         f"is gone ({(exc.details() or '')[:200]}); hint: retry in a moment, or on another replica")
+                details = exc.details() or ""
+                if code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED) and not _OURS.match(details):
+                    gate.count("triton", "grpc")  # Triton's own refusal (byte size, batch size against the config)
                 context.set_trailing_metadata(exc.trailing_metadata() or ())
-                context.abort(code, exc.details() or "")
+                context.abort(code, details)
             context.set_trailing_metadata(outcome.trailing_metadata() or ())
             return response
         finally:
