@@ -1,4 +1,4 @@
-"""semobridge-serve's gRPC front door: the public gRPC port, in front of Triton's own on loopback.
+"""semobridge-serve's gRPC front door: the public gRPC port, in front of Triton's own on a Unix socket.
 
 A message over the per-request budget (--max-request-mb) is refused with RESOURCE_EXHAUSTED naming the
 option: up to a quarter over it, by the door once received (counted, then answered); beyond that, by gRPC
