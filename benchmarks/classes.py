@@ -57,7 +57,7 @@ from semobridge_export import export
 from semobridge_export.fused import FusedClassifier
 from semobridge_export.onnx_graph import save_model, to_onnx, trace
 from semobridge_runtime import Classifier, head
-from semobridge_runtime.enrol import TextSide
+from semobridge_runtime.backends.session import CPU, SessionSettings, open_session
 
 OVERHEAD_TARGET = 0.03
 ENROL_TARGET_MS = 20.0
@@ -66,12 +66,7 @@ C_DIR = Path(__file__).resolve().parents[1] / "runtime" / "c"
 
 def ort_session(path: Path):
     """A CPU session as the latency benchmark makes them (sessions interleave: intra-op spinning off)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, SessionSettings(CPU, allow_spinning=False))
 
 
 class HeadOnly(FusedClassifier):
@@ -140,7 +135,7 @@ def enrolment(model: Path, shots: int, repeats: int, stage: Path, bar) -> dict[s
     clf = Classifier.load(model, providers=["CPUExecutionProvider"])
     images = list(random_images(shots, (224, 224), seed=1))
     fitted = clf._enrolment.fitted()
-    text = TextSide(model, clf.info, fitted, None, clf.providers)
+    text = clf._enrolment.text()  # the classifier's own text tower session
     prompts = [t.format("blue mug") for t in ENSEMBLE_TEMPLATES]  # the benchmark head records no templates
     tokens = text._tokenizer(prompts)
     features = clf._run(images, ("features",), None)[0]

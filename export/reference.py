@@ -5,21 +5,19 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 
 from semobridge.backbones import Backbone
 from semobridge.model import SeMoBridge
+from semobridge_runtime.backends.session import CPU, SessionSettings, open_session, ort
 
 
 def session(onnx_path: str | os.PathLike | ort.InferenceSession) -> ort.InferenceSession:
     """A CPU ONNX Runtime session (an existing session is returned as is)."""
     if isinstance(onnx_path, ort.InferenceSession):
         return onnx_path
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(Path(onnx_path)), options, providers=["CPUExecutionProvider"])
+    return open_session(Path(onnx_path), SessionSettings(CPU))
 
 
 def reference_scores(onnx_path: str | os.PathLike | ort.InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:

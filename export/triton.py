@@ -15,45 +15,33 @@ schema (tritonclient's model_config_pb2) in the tests, but Triton has not loaded
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from semobridge_runtime.serve.protocol import LABELS_FILE, MODEL_NAME  # one client setting for both servers
+from semobridge_runtime.serve.triton_config import Batching, TensorConfig, metadata_parameters, model_outputs
+from semobridge_runtime.serve.triton_config import config_text as model_config_text, text_literal
+
 from .tensorrt import Profile, class_set_graph
 
-MODEL_NAME = "semobridge"  # semobridge-serve's default name too: one client setting for both servers
-LABELS_FILE = "labels.txt"
 TRT_WORKSPACE_BYTES = 1 << 30
 
 
 def config_text(meta: dict[str, Any], profile: Profile, platform: str = "onnxruntime_onnx", name: str = MODEL_NAME) -> str:
-    """config.pbtxt (Triton's ModelConfig, protobuf text format) for the fused graph described by `meta`."""
+    """config.pbtxt (Triton's ModelConfig, protobuf text format) for the fused graph described by `meta`, through
+    the builder semobridge-serve uses (semobridge_runtime/serve/triton_config.py)."""
     spec = meta["input"]
     if spec["kind"] == "uint8":
         dims, dtype = [d if isinstance(d, int) else -1 for d in spec["shape"][1:]], "TYPE_UINT8"
     else:
         dims, dtype = list(spec["shape"][1:]), "TYPE_FP32"
-    max_batch = profile.batch[2]
-    lines = [
-        f'name: "{name}"',
-        f'platform: "{platform}"',
-        f"max_batch_size: {max_batch}",
-        f'input [ {{ name: "{spec["name"]}" data_type: {dtype} dims: {_dims(dims)} }} ]',
-        "output [",
-        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {meta["num_classes"]} ] label_filename: "{LABELS_FILE}" }},',
-        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } },  # the graph\'s label is [N]',
-        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {meta["embedding_dim"]} ] }}',
-        "]",
-        "dynamic_batching { }",
-        "instance_group [ { count: 1 kind: KIND_AUTO } ]  # one per GPU where there are GPUs, else one on the CPU",
-    ]
-    if platform == "onnxruntime_onnx":
-        lines += _tensorrt_accelerator(meta, profile)
-    lines += [f"parameters {{ key: {_text(key)} value: {{ string_value: {_text(value)} }} }}"
-              for key, value in _parameters(meta).items()]
-    return "\n".join(lines) + "\n"
+    outputs = model_outputs(meta["num_classes"], meta["embedding_dim"], label_reshaped=True)  # the graph's label is [N]
+    accelerator = _tensorrt_accelerator(meta, profile) if platform == "onnxruntime_onnx" else []
+    # KIND_AUTO: one instance per GPU where there are GPUs, else one on the CPU
+    return model_config_text(name, ("platform", platform), [TensorConfig(spec["name"], dtype, dims)], outputs,
+                             Batching(max_batch=profile.batch[2]), "KIND_AUTO", metadata_parameters(meta), accelerator)
 
 
 def write_repository(root: Path, graph: Path, meta: dict[str, Any], profile: Profile, engine: Path | None = None) -> Path:
@@ -83,16 +71,10 @@ def _tensorrt_accelerator(meta: dict[str, Any], profile: Profile) -> list[str]:
                 "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/tmp/semobridge_trt_cache",
                 "trt_profile_min_shapes": f"{name}:{low}", "trt_profile_opt_shapes": f"{name}:{opt}",
                 "trt_profile_max_shapes": f"{name}:{high}"}
-    parameters = " ".join(f"parameters {{ key: {_text(k)} value: {_text(v)} }}" for k, v in settings.items())
+    parameters = " ".join(f"parameters {{ key: {text_literal(k)} value: {text_literal(v)} }}" for k, v in settings.items())
     return ["optimization { execution_accelerators { gpu_execution_accelerator: [",
             f'  {{ name: "tensorrt" {parameters} }}',
             "] } }"]
-
-
-def _parameters(meta: dict[str, Any]) -> dict[str, str]:
-    return {"semobridge": json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
-            "backbone": json.dumps(meta["backbone"]["name"]), "shots": json.dumps(meta["shots"]),
-            "library_version": json.dumps(meta["library_version"])}
 
 
 def _external_data(graph: Path) -> list[tuple[Path, str]]:
@@ -106,11 +88,3 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, target)
 
-
-def _dims(dims: list[int]) -> str:
-    return "[ " + ", ".join(map(str, dims)) + " ]"
-
-
-def _text(value: str) -> str:
-    """A protobuf text-format string literal (JSON's escapes are a subset of its C escapes)."""
-    return json.dumps(value, ensure_ascii=False)

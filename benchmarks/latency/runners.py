@@ -84,13 +84,9 @@ class OrtRunner:
     """
 
     def __init__(self, path: Path, providers: list, cuda: bool, spinning: bool = False):
-        import onnxruntime as ort
+        from semobridge_runtime.backends.session import SessionSettings, open_session
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if not cuda:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.session = open_session(path, SessionSettings(tuple(providers), allow_spinning=spinning or cuda))
         self.input = self.session.get_inputs()[0].name
         self.cuda = cuda
 

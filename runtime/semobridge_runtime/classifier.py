@@ -6,7 +6,7 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .inputs import Group, float_batch, uint8_groups
 from .limits import ImageLimits, overrides
 from .metadata import ModelInfo
 from .video import STREAM_TIMEOUT_S, FrameStream, open_stream
+
+if TYPE_CHECKING:  # imported where a model loads: the import of onnxruntime takes a while
+    from .backends.session import SessionSettings
 
 
 def check_top_k(top_k: object) -> None:
@@ -102,12 +105,15 @@ class Classifier:
     class edits (add_class, remove_class, rename_class, load_classes) swap in a new set atomically.
     """
 
-    def __init__(self, backend: Backend, limits: ImageLimits, path: Path, text_model: str | PathLike | None = None) -> None:
+    def __init__(self, backend: Backend, limits: ImageLimits, path: Path, text_model: str | PathLike | None = None,
+                 sessions: SessionSettings | None = None) -> None:
+        """`sessions`: the ONNX Runtime settings of the sessions it opens besides the backend's (the text tower)."""
         self._backend = backend
         self._limits = limits
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
-        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers, text_model)
+        self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
+                                     text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
 
     @classmethod
@@ -148,8 +154,11 @@ class Classifier:
             that probability (docs/method.md, "The open set"). Models exported before calibration existed
             run with unknown off and say so once.
         """
+        from .backends.session import SessionSettings
+
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
-        choice = choose(path, backend, providers, prefer_int8)  # refuses an unknown backend
+        sessions = SessionSettings(providers, intra_op_num_threads, allow_spinning)  # every ONNX Runtime session's
+        choice = choose(path, backend, sessions.providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else
                              f"{path} is a directory, not a model file", hint="pass the exported model.onnx")
@@ -157,18 +166,17 @@ class Classifier:
         path = choice.path
         if choice.backend == "onnxruntime":
             from .backends.ort import OnnxRuntimeBackend
-            loaded: Backend = OnnxRuntimeBackend(path, providers, intra_op_num_threads, allow_spinning,
-                                                   release_after_bytes)
+            loaded: Backend = OnnxRuntimeBackend(path, sessions, release_after_bytes)
         elif choice.backend == "openvino":
             from .backends.openvino import OpenVINOBackend
-            loaded = OpenVINOBackend(path, openvino_precision, intra_op_num_threads, openvino_cache)
+            loaded = OpenVINOBackend(path, openvino_precision, sessions.intra_op_num_threads, openvino_cache)
         else:
             from .backends.trt import TensorRTBackend
             loaded = TensorRTBackend(path)
         limits = replace(loaded.info.limits, **raised)
         if fast_jpeg:
             limits = FastJpeg(**asdict(limits), draft_side=2 * loaded.info.image_size)
-        clf = cls(loaded, limits, path, text_model)
+        clf = cls(loaded, limits, path, text_model, sessions)
         clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
         if classes is not None:

@@ -12,7 +12,7 @@ import json
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .classes import ClassSet, Identity, check_name
 from .errors import InputError, ModelError
 from .metadata import ModelInfo
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # imported on first use: the import of onnxruntime takes a while
+    from .backends.session import SessionSettings
 
 HEAD_FORMAT = "semobridge-model/1"  # semobridge's model file (semobridge/model.py)
 TEXT_METADATA_KEY = "semobridge.text"
@@ -63,15 +66,14 @@ class FittedHead:
 class TextSide:
     """Prompts of a class -> its text classifier T_c, through the exported text tower."""
 
-    def __init__(self, model_path: Path, info: ModelInfo, fitted: FittedHead, text_model: Path | None, providers: Sequence[str]):
-        import onnxruntime as ort
-
+    def __init__(self, model_path: Path, info: ModelInfo, fitted: FittedHead, text_model: Path | None,
+                 settings: SessionSettings):
         path = Path(text_model) if text_model is not None else _enrolment_path(model_path, info, "text_model")
         files.check_regular(path, "text model", files.GRAPH_BYTES, ModelError)
-        available = ort.get_available_providers()  # the model's providers where ONNX Runtime has them (not for engines)
-        providers = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+        from .backends.session import open_session
+
+        self._session = open_session(path, settings, "text model")
         try:
-            self._session = ort.InferenceSession(str(path), providers=providers)
             meta = json.loads(self._session.get_modelmeta().custom_metadata_map[TEXT_METADATA_KEY])
             tokenizer = meta["tokenizer"]
         except Exception as exc:  # ORT raises several unrelated types for unreadable files
@@ -126,9 +128,12 @@ class Enrolment:
     """
 
     def __init__(self, model_path: Path, info: ModelInfo, head_inputs: Sequence[str], outputs: Sequence[str],
-                 providers: Sequence[str], text_model: str | PathLike | None = None):
+                 providers: Sequence[str], text_model: str | PathLike | None = None,
+                 sessions: SessionSettings | None = None):
+        """`providers`: the model's (the text tower runs on those of them ONNX Runtime has); `sessions`: the
+        settings of the model's sessions (Classifier.load's threads, spinning)."""
         self.classes: ClassSet | None = None
-        self._path, self._info, self._providers = model_path, info, providers
+        self._path, self._info, self._providers, self._sessions = model_path, info, providers, sessions
         self._head_inputs, self._outputs = tuple(head_inputs), tuple(outputs)
         self._text_model = Path(text_model) if text_model is not None else None
         self._fitted: FittedHead | None = None
@@ -167,7 +172,10 @@ class Enrolment:
     def text(self) -> TextSide:
         """The text tower (read on first use)."""
         if self._text is None:
-            self._text = TextSide(self._path, self._info, self.fitted(), self._text_model, self._providers)
+            from .backends.session import SessionSettings
+
+            settings = (self._sessions or SessionSettings()).beside(self._providers)
+            self._text = TextSide(self._path, self._info, self.fitted(), self._text_model, settings)
         return self._text
 
     def remove(self, name: str) -> None:

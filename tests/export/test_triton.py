@@ -117,6 +117,46 @@ def test_remote_classifier_reads_the_export_config_as_it_reads_semobridge_serve(
     assert parameter(config, METADATA)["class_names"] == json.loads(config["parameters"]["class_names"]["string_value"])
 
 
+def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) -> None:
+    """One builder (semobridge_runtime/serve/triton_config.py): for the same model and batching, the config of
+    semobridge-serve's Python-backend model and the export's ONNX Runtime model differ only where what runs the
+    model differs (backend vs platform, the `encoded` input and `class_name` output the Python backend adds, the
+    graph's [N] label reshaped, CPU vs AUTO instances, the TensorRT accelerator, serve's identity parameters)."""
+    from semobridge_runtime import Classifier
+    from semobridge_runtime.serve.repository import config_text as served_config
+    from semobridge_runtime.serve.settings import ServeSettings, load_classifier
+    from semobridge_runtime.serve.triton_config import Batching
+
+    meta = json.loads((exported_onnx / "model.json").read_text())
+    settings = ServeSettings(str(exported_onnx / "model.onnx"), prefer_int8=False)
+    clf = load_classifier(settings)
+    assert isinstance(clf, Classifier) and clf.path.name == "model.onnx"
+    served, exported = (text_format.Parse(text, model_config_pb2.ModelConfig()) for text in (
+        served_config(MODEL_NAME, clf, settings, Batching(max_batch=12)), config_text(meta, Profile((1, 4, 12)))))
+    assert (served.backend, exported.platform) == ("python", "onnxruntime_onnx")
+    served.ClearField("backend"), exported.ClearField("platform")
+    assert exported.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
+    exported.ClearField("optimization")
+    assert [i.name for i in served.input] == ["image", "encoded"] and served.input[0].optional
+    del served.input[1]
+    served.input[0].ClearField("optional"), served.input[0].ClearField("allow_ragged_batch")
+    assert served.output[-1].name == "class_name"
+    del served.output[-1]
+    assert exported.output[1].name == "label" and exported.output[1].HasField("reshape")
+    exported.output[1].ClearField("reshape")
+    kind = model_config_pb2.ModelInstanceGroup
+    assert (served.instance_group[0].kind, exported.instance_group[0].kind) == (kind.KIND_CPU, kind.KIND_AUTO)
+    served.instance_group[0].ClearField("kind"), exported.instance_group[0].ClearField("kind")
+    for key in ("runtime_version", "model_sha256", "classes_sha256", "semobridge_serve"):
+        del served.parameters[key]
+    served_meta, exported_meta = (json.loads(c.parameters["semobridge"].string_value) for c in (served, exported))
+    served_meta.pop("limits"), exported_meta.pop("limits", None)  # serve publishes the limits in force
+    assert served_meta == exported_meta
+    del served.parameters["semobridge"], exported.parameters["semobridge"]
+    assert served == exported
+    assert exported.max_batch_size == 12 and exported.HasField("dynamic_batching") and len(exported.output) == 3
+
+
 @pytest.mark.parametrize("shape, kind", [(["N", 240, 320, 3], "uint8"), (["N", 3, 224, 224], "float")])
 def test_fixed_size_and_float_inputs(exported_onnx, shape, kind) -> None:
     meta = json.loads((exported_onnx / "model.json").read_text())

@@ -74,7 +74,7 @@ def choose(path: Path, backend: str, providers: Sequence[str] | None, prefer_int
         return Choice("tensorrt", path, "engine file" if backend == "auto" else "asked for")
     if backend == "openvino":
         return Choice("openvino", path, "asked for")
-    from .ort import choose_providers
+    from .session import choose_providers
 
     chosen = choose_providers(providers)
     reason = "asked for"

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-# ONNX Runtime (1.29+ on Linux/macOS) writes a device id and an event cache under
-# ~/.cache/Microsoft/DeveloperTools and uploads usage events, from the moment it initialises
-# (`import onnxruntime`); only this variable, set before that, stops it. An explicit value wins.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-import onnxruntime as ort  # noqa: E402  (after the telemetry opt-out)
+from ..contract import Tensor, check_graph
+from ..errors import BackendError
+from ..metadata import METADATA_KEY, parse_metadata
+from .session import SessionSettings, open_session, ort
 
-from ..contract import Tensor, check_graph  # noqa: E402
-from ..errors import BackendError, ModelError  # noqa: E402
-from ..limits import check_threads  # noqa: E402
-from ..metadata import METADATA_KEY, parse_metadata  # noqa: E402
-
-ort.disable_telemetry_events()  # also stops events when the app initialised ONNX Runtime before us
-
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64",
            "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int32)": "int32"}
-
-
-def choose_providers(requested: Sequence[str] | None) -> list[str]:
-    """TensorRT, then CUDA, then CPU among those available; or check the caller's explicit list."""
-    available = ort.get_available_providers()
-    if requested is None:
-        return [p for p in PREFERRED_PROVIDERS if p in available]
-    missing = [p for p in requested if p not in available]
-    if missing:
-        raise BackendError(f"execution providers {missing} are not available in this onnxruntime build "
-                           f"(available: {available})", hint="install onnxruntime-gpu for CUDA/TensorRT")
-    return list(requested)
 
 
 def _tensors(args: Sequence[ort.NodeArg]) -> list[Tensor]:
@@ -49,20 +27,9 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     needs_classes = False  # the class-set inputs default to the fitted classes
 
-    def __init__(self, path: Path, providers: Sequence[str] | None = None,
-                 intra_op_num_threads: int | None = None, allow_spinning: bool = True,
+    def __init__(self, path: Path, settings: SessionSettings = SessionSettings(),
                  release_after_bytes: int | None = None) -> None:
-        options = ort.SessionOptions()
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = check_threads(intra_op_num_threads, "intra_op_num_threads")
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        options.log_severity_level = 3  # not the warning that the class-set inputs (by design) have defaults
-        chosen = choose_providers(providers)
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
-        except Exception as exc:  # ORT raises several unrelated types for unreadable files
-            raise ModelError(f"ONNX Runtime cannot load {path} ({exc}); the file is truncated, corrupt "
-                             "or not ONNX: re-export or re-download it") from exc
+        self._session = open_session(path, settings)
         self._path = path
         self._release_after_bytes, self._release = release_after_bytes, ort.RunOptions()
         self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")

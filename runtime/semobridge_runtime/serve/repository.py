@@ -4,26 +4,18 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import __version__
 from ..classifier import Classifier
 from ..files import file_sha256
-from .protocol import ENCODED, IMAGE, LABELS_FILE, METADATA, SETTINGS
+from .protocol import ENCODED, IMAGE, LABELS_FILE, SETTINGS
 from .settings import ServeSettings
+from .triton_config import Batching, TensorConfig, config_text as model_config_text, metadata_parameters, model_outputs
 
 CLASSES_FILE = "served.classes"  # the class set served, beside config.pbtxt
 MODEL_PY = "from semobridge_runtime.serve.model import TritonPythonModel  # noqa: F401  (semobridge-serve)\n"
-
-
-@dataclass(frozen=True)
-class Batching:
-    """Triton's scheduling of the model: dynamic batching and parallel instances."""
-
-    max_batch: int = 32  # images per model run (and per request); 1: no dynamic batching
-    max_queue_delay_us: int = 0  # how long a request may wait for others to fill a batch
-    instances: int = 1  # model instances, each a process with its own ONNX Runtime session
 
 
 def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[str, str]:
@@ -32,11 +24,7 @@ def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[st
     names = classifier.class_names
     meta = {**classifier.info.raw, "class_names": names, "num_classes": len(names), "limits": asdict(classifier.limits)}
     return {
-        METADATA: json.dumps(meta),
-        "class_names": json.dumps(names),
-        "backbone": json.dumps(meta.get("backbone", {}).get("name")),
-        "shots": json.dumps(meta.get("shots")),
-        "library_version": json.dumps(meta.get("library_version")),
+        **metadata_parameters(meta),
         "runtime_version": json.dumps(__version__),
         # the file that runs (model_int8.onnx if chosen), and the class set served (None: the fitted one)
         "model_sha256": json.dumps(file_sha256(classifier.path, "model")),
@@ -46,29 +34,14 @@ def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[st
 
 
 def config_text(name: str, classifier: Classifier, settings: ServeSettings, batching: Batching) -> str:
-    """config.pbtxt of the served model (Triton's ModelConfig in protobuf text format)."""
+    """config.pbtxt of the served model (triton_config.py: the builder `--formats triton` shares)."""
     h, w = classifier.fixed_size or (-1, -1)
-    lines = [
-        f'name: "{name}"',
-        'backend: "python"',
-        f"max_batch_size: {batching.max_batch}",
-        "input [",
-        f'  {{ name: "{IMAGE}" data_type: TYPE_UINT8 dims: [ {h}, {w}, 3 ] optional: true allow_ragged_batch: true }},',
-        f'  {{ name: "{ENCODED}" data_type: TYPE_STRING dims: [ 1 ] optional: true allow_ragged_batch: true }}',
-        "]",
-        "output [",
-        f'  {{ name: "scores" data_type: TYPE_FP32 dims: [ {len(classifier.class_names)} ] label_filename: "{LABELS_FILE}" }},',
-        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] },',
-        f'  {{ name: "embedding" data_type: TYPE_FP32 dims: [ {classifier.info.embedding_dim} ] }},',
-        '  { name: "class_name" data_type: TYPE_STRING dims: [ 1 ] }',
-        "]",
-        f"instance_group [ {{ count: {batching.instances} kind: KIND_CPU }} ]",
-    ]
-    if batching.max_batch > 1:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {batching.max_queue_delay_us} }}")
-    lines += [f"parameters {{ key: {_text(key)} value: {{ string_value: {_text(value)} }} }}"
-              for key, value in model_parameters(classifier, settings).items()]
-    return "\n".join(lines) + "\n"
+    inputs = [TensorConfig(IMAGE, "TYPE_UINT8", [h, w, 3], "optional: true allow_ragged_batch: true"),
+              TensorConfig(ENCODED, "TYPE_STRING", [1], "optional: true allow_ragged_batch: true")]
+    outputs = [*model_outputs(len(classifier.class_names), classifier.info.embedding_dim, label_reshaped=False),
+               TensorConfig("class_name", "TYPE_STRING", [1])]
+    return model_config_text(name, ("backend", "python"), inputs, outputs, batching, "KIND_CPU",
+                             model_parameters(classifier, settings))
 
 
 def write_repository(root: Path, name: str, classifier: Classifier, settings: ServeSettings,
@@ -87,8 +60,3 @@ def write_repository(root: Path, name: str, classifier: Classifier, settings: Se
     (folder / LABELS_FILE).write_text("".join(f"{n}\n" for n in classifier.class_names), encoding="utf-8")
     (folder / "1" / "model.py").write_text(MODEL_PY, encoding="utf-8")
     return root
-
-
-def _text(value: str) -> str:
-    """A protobuf text-format string literal (JSON's escapes are a subset of its C escapes)."""
-    return json.dumps(value, ensure_ascii=False)

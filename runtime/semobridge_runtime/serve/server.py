@@ -17,7 +17,6 @@ import collections
 import ctypes
 import errno
 import http.client
-import importlib.util
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from pathlib import Path
 from ..classifier import Classifier
 from ..errors import BackendError, InputError
 from .admission import Budget
+from .distribution import Distribution  # the tritonserver in nvidia-pytriton's wheel: why, in there
 from .gate import Gate, UnixHTTPConnection
 from .grpc_door import GrpcDoor
 from .repository import Batching, write_repository
@@ -42,7 +42,6 @@ from .settings import ServeSettings
 STARTUP_TIMEOUT_S = 300.0
 MMAP_THRESHOLD = 1 << 20
 _SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, with its NUL)
-_INSTALL = "pip install 'semobridge-runtime[serve]'"
 # What tritonserver says on every machine without a GPU: not worth showing in an error summary.
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA memory pool", "GPU metrics")
 
@@ -86,37 +85,6 @@ class Sockets:
     @property
     def grpc_target(self) -> str:
         return f"unix:{self.grpc}:1"
-
-
-@dataclass(frozen=True)
-class Distribution:
-    """The Triton build inside the nvidia-pytriton wheel."""
-
-    tritonserver: Path
-    python_backend: Path  # libtriton_python.so and triton_python_backend_utils.py
-    stub: Path  # triton_python_backend_stub for this Python version
-    libraries: Path  # the shared libraries tritonserver links against
-    caches: Path
-
-    @classmethod
-    def find(cls) -> Distribution:
-        spec = importlib.util.find_spec("pytriton")  # located, not imported (its import takes 0.5 s)
-        if spec is None or spec.origin is None:
-            raise BackendError("semobridge-serve needs NVIDIA Triton, which the serve extra installs", hint=_INSTALL)
-        package = Path(spec.origin).parent
-        dist = package / "tritonserver"
-        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        libraries = package.parent / "nvidia_pytriton.libs"  # wheel install; an editable one keeps them inside
-        found = cls(dist / "bin" / "tritonserver", dist / "backends" / "python",
-                    dist / "python_backend_stubs" / version / "triton_python_backend_stub",
-                    libraries if libraries.is_dir() else dist / "external_libs", dist / "caches")
-        if not found.stub.is_file():
-            raise BackendError(f"nvidia-pytriton has no Triton Python-backend stub for Python {version}",
-                               hint="use a Python version it supports (3.8 to 3.13 for nvidia-pytriton 0.7)")
-        if not found.tritonserver.is_file():
-            raise BackendError(f"tritonserver is missing from the nvidia-pytriton install at {package}",
-                               hint=f"reinstall it: {_INSTALL}")
-        return found
 
 
 def python_library_dir() -> Path:
