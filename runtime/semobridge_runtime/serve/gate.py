@@ -139,6 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version, sys_version = "semobridge-serve", ""
     timeout = IDLE_TIMEOUT_S
+    disable_nagle_algorithm = True  # the answer is two writes (headers, body): Nagle held the body ~40 ms
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (no access log)
