@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_soak import descendants
 from semobridge_runtime import BackendError, InputError, ModelError
 from semobridge_runtime.serve import RemoteClassifier
 
@@ -198,23 +199,6 @@ def test_refusals_are_counted_on_the_metrics_port(server) -> None:
         (before[0] + 1, before[1] + 2, before[2] + 1)
 
 
-def _descendants(pid: int) -> list[int]:
-    """The processes below `pid` (tritonserver, its Python-backend stubs), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
 def _tcp_listeners() -> set[str]:
     """Inodes of the TCP sockets listening on this machine (state 0A in /proc/net/tcp, tcp6)."""
     inodes = set()
@@ -243,7 +227,7 @@ def _sockets(pid: int) -> set[str]:
 def test_no_credential_in_the_process_list_and_triton_reachable_by_this_user_only(server) -> None:
     """`ps` shows every user each command line: Triton's keys were on tritonserver's, and its loopback ports
     took any local user's request with them."""
-    processes = [server.process.pid, *_descendants(server.process.pid)]
+    processes = [server.process.pid, *descendants(server.process.pid)]
     lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in processes}
     triton = next(pid for pid, argv in lines.items() if argv[0].endswith("tritonserver"))
     for pid, argv in lines.items():
