@@ -8,10 +8,10 @@ what enrolling one class takes on the device, and the re-fit + re-export it repl
    embeddings in), baked and as data: the difference of those two, over the whole baked graph's
    time, is the overhead without the encoder's run-to-run noise.
 2. Enrolment at C classes (default 1,000): adding one class with semobridge_runtime, split into
-   its parts: the shots' image embeddings (the model's own graph), the prompts' text embeddings
-   (tokenizer + text tower), and the head maths in numpy (T, P, I and every class's KL over the
-   new set; target <= 20 ms), as the first edit after loading and as a later one; removing a
-   class and writing the class file beside.
+   its parts: the shots' image embeddings and bridged features (the model's own graph), the prompts'
+   text embeddings (tokenizer + text tower), and the head maths in numpy (T, P, I as normalised
+   means, and every class's KL over the new set; target <= 20 ms), as the first edit after loading
+   and as a later one; removing a class and writing the class file beside.
 3. Re-fit + re-export: what the same change costs without enrolment, from cached embeddings (no
    encoding, no blend search: a lower bound): semobridge's training-free fit of C + 1 classes and
    the export of the fused ONNX graph (a TensorRT engine rebuild on the target comes on top).
@@ -58,6 +58,8 @@ from semobridge_export.fused import FusedClassifier
 from semobridge_export.onnx_graph import save_model, to_onnx, trace
 from semobridge_runtime import Classifier, head
 from semobridge_runtime.backends.session import CPU, SessionSettings, open_session
+from semobridge_runtime.contract import LABEL, SCORES
+from semobridge_runtime.enrol import SHOT_OUTPUTS, class_tensors
 
 OVERHEAD_TARGET = 0.03
 ENROL_TARGET_MS = 20.0
@@ -73,7 +75,7 @@ class HeadOnly(FusedClassifier):
     """The fused classifier's head alone: image embeddings q [N, d] (and the class set) -> scores, label.
     Its graphs, baked and as data, time what the class set as data adds without the encoder's noise."""
 
-    output_names = ("scores", "label")
+    output_names = (SCORES, LABEL)
 
     def __init__(self, fused: FusedClassifier):
         nn.Module.__init__(self)
@@ -138,16 +140,16 @@ def enrolment(model: Path, shots: int, repeats: int, stage: Path, bar) -> dict[s
     text = clf._enrolment.text()  # the classifier's own text tower session
     prompts = [t.format("blue mug") for t in ENSEMBLE_TEMPLATES]  # the benchmark head records no templates
     tokens = text._tokenizer(prompts)
-    features = clf._run(images, ("features",), None)[0]
-    eos = text.eos(prompts)
+    shots = clf._run(images, SHOT_OUTPUTS, None)
+    embeddings = text.embeddings(prompts)
     base = fitted.fitted  # as loaded: no running softmax denominators yet
-    warm = base.added("warm-up", *class_maths(eos, features, fitted))  # one edit made them
+    warm = base.added("warm-up", *class_maths(embeddings, shots, base))  # one edit made them
 
     def maths_and_add(classes) -> Callable[[], Any]:
-        return lambda: classes.added("blue mug", *class_maths(eos, features, fitted))
+        return lambda: classes.added("blue mug", *class_maths(embeddings, shots, classes))
 
     parts = {
-        "image embeddings of the shots (model graph)": median_ms(lambda: clf._run(images, ("features",), None), repeats),
+        "image embeddings of the shots (model graph)": median_ms(lambda: clf._run(images, SHOT_OUTPUTS, None), repeats),
         "tokenize the prompts": median_ms(lambda: text._tokenizer(prompts), repeats),
         "text tower on the prompts": median_ms(lambda: text._session.run(None, {text._input: tokens}), repeats),
         "head maths, first edit after loading": median_ms(maths_and_add(base), repeats),
@@ -162,11 +164,10 @@ def enrolment(model: Path, shots: int, repeats: int, stage: Path, bar) -> dict[s
             "class_file_bytes": (stage / "shop.classes").stat().st_size}
 
 
-def class_maths(eos: np.ndarray, features: np.ndarray, fitted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T, P, I) of one class from its prompts' EOS tokens and its shots' embeddings."""
-    return (head.text_classifier(eos, fitted.text_projection),
-            head.bridged_prototype(features, fitted.pinv, fitted.text_projection, fitted.eos_length),
-            head.image_prototype(features))
+def class_maths(embeddings: np.ndarray, shots: Sequence[np.ndarray],
+                classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, P, I) of one class from its prompts' text embeddings and its shots' features and bridged features."""
+    return class_tensors(head.prototype(embeddings), shots, classes)
 
 
 def refit_export(backbone, classes: int, shots: int, stage: Path, bar) -> dict[str, Any]:

@@ -12,23 +12,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from semobridge.backbones import Backbone
+from semobridge_runtime.contract import HEAD_INPUTS, OUTPUTS
+from semobridge_runtime.metadata import INPUT_KINDS
+
 from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
 
 from .attention import with_standard_attention
 from .preprocess import Preprocess
 
-INPUT_KINDS = ("uint8", "float")
-#: graph outputs: blend scores [N, C], argmax label [N], n(q) [N, d], and the image embedding q
-#: itself [N, d] (docs/method.md's F, NOT normalised: what class enrolment averages)
-OUTPUT_NAMES = ("scores", "label", "embedding", "features")
-#: the head's per-class inputs (all float32, class count C first), in forward's order
-HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+#: graph outputs (semobridge_runtime.contract.OUTPUTS): blend scores [N, C], argmax label [N], n(q) [N, d], the
+#: image embedding q itself [N, d] (docs/method.md's F, NOT normalised) and bridge(q) [N, d] (b = 0, not normalised):
+#: class enrolment averages these two into I_c and P_c, so the runtime holds no copy of the bridge; the head's
+#: per-class inputs (contract.HEAD_INPUTS: all float32, class count C first), in forward's order
+OUTPUT_NAMES = OUTPUTS
 
 
 class FusedClassifier(nn.Module):
     """uint8 RGB [N, H, W, 3] (or normalised float [N, 3, S, S]) and optionally a class set
-    -> (scores [N, C], label [N], embedding [N, d], features [N, d]).
+    -> (scores [N, C], label [N], embedding [N, d], features [N, d], bridged_features [N, d]).
 
     Holds CPU float32 copies of the backbone's image encoder and of the head, so exporting
     never touches the caller's models. Class-set tensors left out are the fitted ones.
@@ -75,11 +77,11 @@ class FusedClassifier(nn.Module):
         bridged_prototypes: torch.Tensor | None = None,
         image_prototypes: torch.Tensor | None = None,
         class_kl: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.preprocess(image) if self.preprocess is not None else image
         q = self.encoder(x).float()
         scores = self.classify(q, text_classifier, bridged_prototypes, image_prototypes, class_kl)
-        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q
+        return scores, scores.argmax(dim=-1), F.normalize(q, dim=-1), q, self.head.bridge(q)
 
     def example_input(self, batch: int = 2, size: tuple[int, int] | None = None) -> torch.Tensor:
         """An input of the right kind for tracing (`size` = H, W of uint8 images)."""

@@ -1,8 +1,8 @@
-"""The text tower for class enrolment on the device: token ids -> pooled EOS token before W.
+"""The text tower for class enrolment on the device: token ids -> each prompt's text embedding n(e W).
 
 The runtime tokenizes prompts itself (open_clip's SimpleTokenizer, reproduced without torch)
-with the vocabulary file copied beside the export, runs this graph, and applies W and the
-rest of the head maths in numpy (runtime/semobridge_runtime/head.py).
+with the vocabulary file copied beside the export, runs this graph, and averages and normalises
+its rows into the class's text classifier T_c (runtime/semobridge_runtime/head.py: prototype).
 """
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import copy
 from pathlib import Path
 
 import torch
+from semobridge_runtime.contract import TEXT_EMBEDDING
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
 from semobridge.backbones import Backbone, without_text_projection
+from semobridge.prototypes import prompt_embeddings
 
 VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"  # open_clip's (and OpenAI CLIP's) BPE merges
 VOCABULARY_LICENSE = Path(__file__).parent / "licenses" / "clip-bpe-vocabulary.txt"
 PROMPT_MAX = 1 << 16
-TEXT_OUTPUTS = ("eos",)
+TEXT_OUTPUTS = (TEXT_EMBEDDING,)  # not "embedding": the name of a value inside open_clip's tower
+TOWER_SCOPE = "model"  # the TextTower attribute holding open_clip's text side (the projection is outside it)
 #: open_clip's text cleaning functions -> the names the runtime's tokenizer knows
 CLEAN_KINDS = {"_clean_lower": "lower", "_clean_whitespace": "whitespace", "_clean_canonicalize": "canonicalize"}
 VOCAB_SIZE = 49408
@@ -59,10 +62,12 @@ def vocabulary_file() -> Path:
 
 
 class TextTower(nn.Module):
-    """Token ids int64 [M, context] -> pooled EOS token after ln_final, before W: [M, d_t].
+    """Token ids int64 [M, context] -> text embeddings n(e W) [M, d] (semobridge.prototypes.prompt_embeddings of
+    the pooled EOS token e after ln_final).
 
-    open_clip's own encode_text (its pooling rule included) with the projection left out;
-    a CPU float32 copy of the text side only (the image tower is not copied).
+    open_clip's own encode_text (its pooling rule included) with the projection left out, then the
+    library's projection and normalisation; a CPU float32 copy of the text side only (the image tower
+    is not copied).
     """
 
     def __init__(self, backbone: Backbone):
@@ -70,11 +75,12 @@ class TextTower(nn.Module):
         model = backbone.model
         text_side = copy.deepcopy(model, memo={id(model.visual): None}).float().cpu().eval().requires_grad_(False)
         self.model = without_text_projection(text_side)
+        self.register_buffer("text_projection", backbone.text_projection.detach().float().cpu().clone())
         self.tokenizer = backbone.tokenizer
         self.context_length = int(backbone.tokenizer.context_length)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens).float()
+        return prompt_embeddings(self.model.encode_text(tokens).float(), self.text_projection)
 
     def trace(self) -> ExportedProgram:
         """torch.export program with a dynamic prompt count M."""

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from semobridge_runtime.images import IMAGE_SUFFIXES, SIXTEEN_BIT_MODES
+from semobridge_runtime.images import to_8bit as scale_to_8bit
 
 from .errors import InputError
 from .files import CSV_BYTES, IMAGE_BYTES, open_regular, read_text
+from .validate import MIN_FIT_CLASSES
 from .validate import class_names as check_class_names
 from .validate import image_size
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
 VAL_SHOTS_MAX = 4
 
@@ -60,12 +62,9 @@ def prompt_name(folder_name: str) -> str:
 
 
 def to_8bit(im: Image.Image) -> Image.Image:
-    """16- and 32-bit integer grey images -> 8-bit grey, v8 = (v16 + 128) // 257 (PIL's own
-    conversion would saturate them to white). semobridge_runtime decodes with the same rule."""
-    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        return im
-    v = np.asarray(im, dtype=np.int64)
-    return Image.fromarray(((np.clip(v, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    """16- and 32-bit integer grey images -> 8-bit grey with the runtime's rule (semobridge_runtime.to_8bit; PIL's
+    own conversion would saturate them to white), so fitting and inference see the same pixels."""
+    return Image.fromarray(scale_to_8bit(np.asarray(im)), "L") if im.mode in SIXTEEN_BIT_MODES else im
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -206,7 +205,7 @@ def load_dataset(path: str | Path, class_names_file: str | Path | None = None) -
     else:
         found, items = _from_class_folders(root, names)
         dataset = Dataset(root.name, found, {"train": items}, str(root))
-    check_class_names(dataset.class_names, f"the classes of {dataset.source}")
+    check_class_names(dataset.class_names, f"the classes of {dataset.source}", MIN_FIT_CLASSES)
     return dataset
 
 

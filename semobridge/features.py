@@ -11,6 +11,7 @@ import torch
 
 from .errors import InputError
 from .files import ARRAY_BYTES, check_regular
+from .validate import MIN_FIT_CLASSES
 from .validate import class_names as check_class_names
 
 
@@ -90,7 +91,7 @@ class FeatureSet:
             raise FeatureError(f"class_names has {len(self.class_names)} names, but the labels (text_class, shot_label) "
                                f"go up to {C - 1}: {C} classes", hint="give class_names one name per class, in label order")
         C = len(self.class_names)
-        check_class_names(self.class_names, "class_names")
+        check_class_names(self.class_names, "class_names", MIN_FIT_CLASSES)
         for key, labels in (("text_class", self.text_class), ("shot_label", self.shot_label), ("val_label", self.val_label)):
             if labels is None:
                 continue

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .bridge import Bridge
+from semobridge_runtime.head import kl_bits  # the KL formula's one home (torch-free; enrolment uses it too)
 
-KL_EPS = 1e-6
+from .bridge import Bridge
 
 
 @dataclass
@@ -27,9 +27,15 @@ def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torc
     return sums / counts[:, None]
 
 
+def prompt_embeddings(eos: torch.Tensor, text_projection: torch.Tensor) -> torch.Tensor:
+    """n(e W) [M, d]: the prompts' text embeddings from their pooled EOS tokens e [M, d_t] (the exported
+    text tower's output, export/text.py; the runtime averages and normalises them into T_c)."""
+    return F.normalize(eos @ text_projection, dim=-1)
+
+
 def text_side(eos: torch.Tensor, prompt_class: torch.Tensor, text_projection: torch.Tensor, num_classes: int) -> TextSide:
     """T, E and L from pooled EOS tokens e [M, d_t] of prompts of classes prompt_class [M]."""
-    T = F.normalize(class_means(F.normalize(eos @ text_projection, dim=-1), prompt_class, num_classes), dim=-1)
+    T = F.normalize(class_means(prompt_embeddings(eos, text_projection), prompt_class, num_classes), dim=-1)
     E = F.normalize(class_means(F.normalize(eos, dim=-1), prompt_class, num_classes), dim=-1)
     L = class_means(eos, prompt_class, num_classes).norm(dim=-1).mean()
     return TextSide(classifier=T, eos_target=E, eos_length=float(L))
@@ -49,9 +55,10 @@ def bridged_prototypes(
 
 
 def class_kl(image_protos: torch.Tensor, text_classifier: torch.Tensor) -> torch.Tensor:
-    """D_c = log2((1 + ε) / (softmax_j(I_c · T_j)[c] + ε)), in bits [C]."""
+    """D_c = log2((1 + ε) / (softmax_j(I_c · T_j)[c] + ε)), in bits [C] (the formula of p -> D is the runtime's
+    kl_bits, which enrolment uses on its running softmax denominators)."""
     p = torch.softmax(image_protos @ text_classifier.T, dim=-1).diagonal()
-    return torch.log2((1 + KL_EPS) / (p + KL_EPS))
+    return kl_bits(p, torch.log2)
 
 
 def class_weights(kl: torch.Tensor, smoothness: float | torch.Tensor) -> torch.Tensor:

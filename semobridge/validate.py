@@ -1,17 +1,18 @@
 """The validation layer: every check on what a user passes, in one place, shared by the CLIs,
 the library and the exporter. The runtime package (which imports nothing of ours) mirrors the
-image limits, thread cap and class-name rules; tests/test_contract.py keeps them equal.
+image limits and thread cap (tests/test_contract.py keeps them equal); the class-name rule is the
+runtime's own (semobridge_runtime.names), imported here.
 
 Nothing here imports PyTorch.
 """
 from __future__ import annotations
 
 import math
-import unicodedata
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from semobridge_runtime.files import check_output as output_file  # noqa: F401  (the one output rule)
 from semobridge_runtime.files import check_output_dir as output_dir  # noqa: F401
+from semobridge_runtime.names import check_names as class_names  # noqa: F401  (the one class-name rule)
 
 from .errors import InputError
 
@@ -22,9 +23,8 @@ MAX_SIDE = 16384  # longest side in pixels (the graph's dynamic H and W range)
 MAX_PIXELS = 1 << 26  # H x W, 67 MP (8192 x 8192)
 MAX_ASPECT = 32  # long side / short side
 MAX_THREADS = 256  # intra-/inter-op thread counts
-MIN_CLASSES = 2
-MAX_NAME_LENGTH = 256  # characters in a class name
-_NEWLINES = {"Cc", "Zl", "Zp"}  # control characters and line/paragraph separators
+#: classes a fit needs (it learns to tell them apart); a class set, once fitted, may hold fewer (names.MIN_CLASSES)
+MIN_FIT_CLASSES = 2
 
 
 def limits() -> dict[str, int]:
@@ -68,33 +68,6 @@ def positive(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{what} must be a positive integer, not {value!r}")
     return value
-
-
-def class_names(names: Iterable[Any], source: str = "the class names", minimum: int = MIN_CLASSES) -> list[str]:
-    """Non-empty, at most MAX_NAME_LENGTH characters, no control characters or line breaks,
-    unique ignoring case (prompts are lower-cased), and at least `minimum` of them."""
-    names = list(names)
-    for i, name in enumerate(names):
-        if not isinstance(name, str):
-            raise InputError(f"{source}: class {i} has a name of type {type(name).__name__}, not text")
-        if not name.strip():
-            raise InputError(f"{source}: class {i} has an empty name", hint="give every class a name")
-        if len(name) > MAX_NAME_LENGTH:
-            raise InputError(f"{source}: class {i} has a name of {len(name)} characters, over {MAX_NAME_LENGTH}")
-        bad = next((c for c in name if unicodedata.category(c) in _NEWLINES), None)
-        if bad is not None:
-            raise InputError(f"{source}: class name {name!r} contains the control character {bad!r}",
-                             hint="class names are one line of printable text")
-    seen: dict[str, int] = {}
-    for i, name in enumerate(names):
-        key = name.strip().casefold()
-        if key in seen:
-            raise InputError(f"{source}: duplicate class name {name!r} (classes {seen[key]} and {i}; case is ignored)",
-                             hint="class names must be unique")
-        seen[key] = i
-    if len(names) < minimum:
-        raise InputError(f"{source}: {len(names)} class(es); a classifier needs at least {minimum}")
-    return names
 
 
 def cut(text: str, limit: int = 80) -> str:

@@ -126,3 +126,27 @@ def test_cupl_dir_overrides_the_packaged_files(tmp_path):
     assert cupl_file(find_dataset("imagenet"), tmp_path) == tmp_path / "imagenet.json"
     assert cupl_file(find_dataset("dtd"), tmp_path) is None
     assert "ImageNet's file is not shipped" in missing_cupl_message(find_dataset("imagenet"))
+
+
+def test_the_library_picks_the_image_files_the_runtime_picks(tmp_path):
+    """One list of image suffixes (semobridge_runtime.images.IMAGE_SUFFIXES): a class folder of .pnm and upper-case
+    .PGM files is a class for fitting as it is for semobridge-eval."""
+    import semobridge.data as data
+    from semobridge_runtime import images
+
+    assert data.IMAGE_SUFFIXES is images.IMAGE_SUFFIXES
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / name / "a.pnm", format="PPM")
+        Image.new("L", (8, 8), 99).save(tmp_path / name / "b.PGM", format="PPM")
+    ds = load_dataset(tmp_path)
+    assert ds.class_names == ["cat", "dog"] and len(ds.splits["train"]) == 4
+    assert [load_rgb(p).getpixel((0, 0)) for p, _ in ds.splits["train"][:2]] == [(200, 10, 10), (99, 99, 99)]
+
+
+def test_a_class_names_file_saved_with_a_byte_order_mark_reads(image_folder, tmp_path):
+    """Editors (Notepad) start UTF-8 files with U+FEFF; it is not part of the first name (which the class-name rule
+    would refuse as an invisible character)."""
+    names = tmp_path / "names.txt"
+    names.write_bytes("\ufeffblue whale\ngreen tree\nred fox\n".encode("utf-8"))
+    assert load_dataset(image_folder, names).class_names == ["blue whale", "green tree", "red fox"]

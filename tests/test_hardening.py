@@ -18,7 +18,8 @@ from PIL import Image
 from semobridge.cli import main
 from semobridge.data import load_dataset, load_rgb
 from semobridge.encode import EmbeddingCache, encode_items
-from semobridge.errors import INPUT_EXIT, MODEL_EXIT
+from semobridge.errors import INPUT_EXIT, MODEL_EXIT, InputError
+from semobridge_runtime import tensorfile
 from tests.helpers import synthetic_features, write_image_folder
 
 TINY = ["--model", "semobridge-tiny", "--pretrained", "none"]
@@ -28,7 +29,7 @@ def refused(*args, code: int = INPUT_EXIT, says: str) -> str:
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == code, result.output + repr(result.exception)
     assert says in result.output, result.output
-    assert "Traceback" not in result.output and "Error: " in result.output
+    assert "Traceback" not in result.output and "semobridge: error: " in result.output
     return result.output
 
 
@@ -107,14 +108,11 @@ def test_a_params_file_with_bad_json_and_non_positive_counts(features_file, tmp_
 
 def _rewrite_metadata(src: Path, dst: Path, edit) -> Path:
     """A copy of a model file whose JSON metadata went through `edit` (a user's hand edit)."""
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    text, data = tensorfile.split(src.read_bytes())
+    header = json.loads(text)
     meta = json.loads(header["__metadata__"]["semobridge"])
     header["__metadata__"]["semobridge"] = json.dumps(edit(meta))
-    body = json.dumps(header).encode()
-    body += b" " * (-len(body) % 8)
-    dst.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n:])
+    dst.write_bytes(tensorfile.join(json.dumps(header).encode(), data))
     return dst
 
 
@@ -124,7 +122,8 @@ def _rewrite_metadata(src: Path, dst: Path, edit) -> Path:
     (lambda m: {**m, "backbone": "ViT-B-16"}, "'backbone' has the wrong type"),
     (lambda m: {**m, "class_names": m["class_names"][:-1]}, "does not match the number of class names"),
     (lambda m: {k: v for k, v in m.items() if k != "params"}, "metadata lacks params"),
-    (lambda m: {**m, "class_names": ["a", "b\nc", "d", "e"]}, "contains the control character"),
+    (lambda m: {**m, "class_names": ["a", "b\nc", "d", "e"]}, "contains a control character"),
+    (lambda m: {**m, "class_names": ["a", "b\ud800", "d", "e"]}, "contains a lone surrogate (U+D800)"),
 ])
 def test_edited_model_files_are_refused_on_load(model_file, tmp_path, edit, says):
     bad = _rewrite_metadata(model_file, tmp_path / "bad.safetensors", edit)
@@ -160,9 +159,10 @@ def _features_with(tmp_path: Path, **override) -> Path:
     ({"shot_image": np.zeros((6, 64), np.complex64)}, "shot_image has dtype complex64"),
     ({"text_eos": np.array([["a"] * 48] * 6)}, "text_eos has dtype <U1"),
     ({"logit_scale": np.array([100.0, 50.0])}, "logit_scale has shape (2,)"),
-    ({"class_names": np.array(["cat", "", "dog"])}, "class 1 has an empty name"),
+    ({"class_names": np.array(["cat", "", "dog"])}, "class name 1, '', is empty"),
     ({"class_names": np.array(["cat", "Cat", "dog"])}, "duplicate class name 'Cat'"),
-    ({"class_names": np.array(["cat", "dog\n", "cow"])}, "contains the control character"),
+    ({"class_names": np.array(["cat", "dog\n", "cow"])}, "contains a control character (U+000A)"),
+    ({"class_names": np.array(["cat", "c\u200bat", "cow"])}, "contains an invisible format character (U+200B)"),
 ])
 def test_bad_feature_arrays_name_the_file_and_key(tmp_path, override, says):
     refused("fit-features", _features_with(tmp_path, **override), "-o", tmp_path / "m.safetensors", says=says)
@@ -285,6 +285,9 @@ def test_dataset_class_names_from_csv_are_checked(tmp_path):
     csv.write_text(f"{images[0]},Cat\n{images[1]},cat\n")
     with pytest.raises(Exception, match="duplicate class name"):
         load_dataset(csv)
+    csv.write_text(f"{images[0]},cat\n{images[1]},\ufeffdog\n")  # a byte order mark inside the file
+    with pytest.raises(InputError, match=r"class name 1, '\\ufeffdog', contains an invisible format character"):
+        load_dataset(csv)
 
 
 def test_fit_features_records_a_named_backbone_so_the_model_exports(tiny_backbone, tmp_path):
@@ -306,12 +309,9 @@ def test_fit_features_records_a_named_backbone_so_the_model_exports(tiny_backbon
 
 def _rewrite_tensors(src: Path, dst: Path, edit) -> Path:
     """A copy of a model file whose raw bytes (header JSON, data) went through `edit(header, data) -> (header, data)`."""
-    raw = src.read_bytes()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header, data = edit(json.loads(raw[8:8 + n]), bytearray(raw[8 + n:]))
-    body = json.dumps(header).encode()
-    body += b" " * (-len(body) % 8)
-    dst.write_bytes(struct.pack("<Q", len(body)) + body + bytes(data))
+    text, data = tensorfile.split(src.read_bytes())
+    header, data = edit(json.loads(text), bytearray(data))
+    dst.write_bytes(tensorfile.join(json.dumps(header).encode(), data))
     return dst
 
 
@@ -376,12 +376,9 @@ def test_short_npz_class_names_are_named(tmp_path):
 
 
 def test_ctrl_c_says_interrupted_and_exits_130():
-    import click
+    from semobridge_runtime.commandline import command
 
-    from semobridge.clitools import command
-
-    @click.command()
-    @command
+    @command("slow")
     def slow():
         raise KeyboardInterrupt
 

@@ -14,7 +14,8 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
-from .enrol import Enrolment
+from .contract import EMBEDDING, RUN_OUTPUTS
+from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
 from .inputs import Group, float_batch, uint8_groups
@@ -80,8 +81,7 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str) -> tuple[fl
     """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
     probability threshold of one's own. A model exported without calibration runs with T = 1 and, for "auto",
     unknown off (said once, as a warning)."""
-    calibration = info.raw.get("open_set")
-    fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
+    fitted = info.open_set.decision if info.open_set is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
         if fitted is None:
@@ -111,7 +111,8 @@ class Classifier:
         self._backend = backend
         self._limits = limits
         self._path = path
-        self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
+        self._temperature, self._threshold = 1.0, None  # the model's open-set decision (load sets it)
+        self._auto = False  # unknown="auto": a class set's own calibration replaces the model's threshold
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
                                      text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
@@ -179,6 +180,7 @@ class Classifier:
         clf = cls(loaded, limits, path, text_model, sessions)
         clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path))
+        clf._auto = isinstance(unknown, str)  # "auto" (anything else was refused)
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -194,15 +196,23 @@ class Classifier:
         """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
         return self._path
 
+    def _decision(self, classes: ClassSet | None) -> tuple[float, float | None]:
+        """(T, θ) for predictions with `classes`: the class set's calibration where it carries one (recomputed by
+        every edit), else the model's; θ as `unknown` said (the calibrated one for "auto")."""
+        if classes is None or classes.temperature is None:
+            return self._temperature, self._threshold
+        return classes.temperature, classes.threshold if self._auto else self._threshold
+
     @property
     def temperature(self) -> float:
-        """T of the probabilities softmax(scores / T)."""
-        return self._temperature
+        """T of the probabilities softmax(scores / T) (the class set's, recomputed when classes are edited)."""
+        return self._decision(self._enrolment.classes)[0]
 
     @property
     def threshold(self) -> float | None:
-        """The top probability below which an image is unknown; None: unknown is off."""
-        return self._threshold
+        """The top probability below which an image is unknown (the class set's for unknown="auto", recomputed when
+        classes are edited); None: unknown is off."""
+        return self._decision(self._enrolment.classes)[1]
 
     @property
     def class_names(self) -> list[str]:
@@ -220,26 +230,22 @@ class Classifier:
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
         this model's own graph; without images, from its text classifier (docs/method.md, "A class from
-        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
-        recomputed over the new class set.
+        its name"; add it again with images to upgrade it in place). Every class's weight, and the set's open-set
+        temperature and threshold (docs/classes.md, "Unknown"), are recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
-            none = np.zeros((0, self.info.embedding_dim), np.float32)
-            self._enrolment.add(name, lambda: none, prompts)
+            self._enrolment.add(name, None, prompts)
             return
-        self._enrolment.add(name, lambda: self._run(images, ("features",), self._enrolment.classes)[0], prompts)
+        self._enrolment.add(name, lambda: self._run(images, SHOT_OUTPUTS, self._enrolment.classes), prompts)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        """L2-normalised text embeddings n(eos · W), float32 [M, d]: compare them with `embed`'s image embeddings
-        (cosine = dot product) for text-to-image search."""
+        """L2-normalised text embeddings n(eos · W), float32 [M, d] (the text tower's output): compare them with
+        `embed`'s image embeddings (cosine = dot product) for text-to-image search."""
         if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts or not all(
                 isinstance(t, str) and t.strip() for t in texts):
             raise InputError(f"embed_text takes a non-empty list of non-empty strings, got {texts!r:.80}",
                              hint='e.g. clf.embed_text(["a red mug"])')
-        from .head import normalize
-
-        text = self._enrolment.text()
-        return normalize(text.eos(list(texts)) @ self._enrolment.fitted().text_projection).astype(np.float32)
+        return self._enrolment.text().embeddings(list(texts))
 
     def remove_class(self, name: str) -> None:
         """Forget a class; every remaining class's weight is recomputed."""
@@ -277,11 +283,10 @@ class Classifier:
         return self._backend.max_batch
 
     def __repr__(self) -> str:
-        raw = self.info.raw
-        agreement = (raw.get("int8") or {}).get("label_agreement")
+        agreement = self.info.int8.label_agreement if self.info.int8 is not None else None
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}"
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
                 + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
@@ -295,9 +300,9 @@ class Classifier:
         """
         check_top_k(top_k)
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
-        scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
+        scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
         names = classes.names if classes is not None else self.info.class_names
-        return Prediction.of(scores, labels, embeddings, names, top_k, self._temperature, self._threshold)
+        return Prediction.of(scores, labels, embeddings, names, top_k, *self._decision(classes))
 
     def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
                smooth: float | None = None, options: Mapping[str, str] | None = None,
@@ -315,7 +320,7 @@ class Classifier:
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",), self._enrolment.classes)[0]
+        return self._run(images, (EMBEDDING,), self._enrolment.classes)[0]
 
     def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend

@@ -91,9 +91,10 @@ def read_bytes(path: str | os.PathLike, what: str, limit: int, error: type[Semob
 
 def read_text(path: str | os.PathLike, what: str, limit: int = TEXT_BYTES,
               error: type[SemobridgeError] = InputError) -> str:
-    """A UTF-8 text file of at most `limit` bytes (see open_regular)."""
+    """A UTF-8 text file of at most `limit` bytes (see open_regular), without the byte order mark some editors put first
+    (it would start the first class name, which the class-name rule refuses as an invisible character)."""
     try:
-        return read_bytes(path, what, limit, error).decode("utf-8")
+        return read_bytes(path, what, limit, error).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise error(f"{what} {path} is not UTF-8 text (byte {exc.start})", hint=f"save the {what} as UTF-8") from None
 

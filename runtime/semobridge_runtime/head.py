@@ -1,11 +1,16 @@
-"""The training-free head's maths in numpy (docs/method.md), for enrolling classes on the device.
+"""What enrolment computes on the device beside the exported graphs: means, normalisation and the class weights.
 
-semobridge (semobridge/prototypes.py, bridge.py) is the source of truth: tests check these
-functions against it number for number (tests/runtime/test_head.py), on random data and
-through whole enrolments.
+The head's maths is semobridge's (semobridge/prototypes.py, bridge.py; docs/method.md), and the runtime
+does not copy it: the text tower outputs each prompt's text embedding n(e W) and the fused graph each
+image's bridged features bridge(F) (both traced from the library's torch code), so a class's T, P and I
+are each a normalised mean of rows a graph gives (`prototype`). The class KL's formula lives here,
+torch-free, and semobridge's class_kl calls it (`kl_bits`); the running softmax denominators that let
+an edit cost O(C·d) instead of a C x C product are the runtime's own (classes.py keeps them).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -17,25 +22,10 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def text_classifier(eos: np.ndarray, text_projection: np.ndarray) -> np.ndarray:
-    """T_c = n(mean_p n(e_p · W)) of one class from its prompts' pooled EOS tokens e [M, d_t]: [d]."""
-    return normalize(normalize(eos @ text_projection).mean(axis=0))
-
-
-def image_prototype(features: np.ndarray) -> np.ndarray:
-    """I_c = n(mean_k F_k) of one class from its shots' image embeddings F [K, d] (not normalised): [d]."""
-    return normalize(features.mean(axis=0))
-
-
-def bridge(features: np.ndarray, pinv: np.ndarray, text_projection: np.ndarray, eos_length: float) -> np.ndarray:
-    """bridge(x, b = 0) = L · n(x W⁺) · W: image embeddings [K, d] -> the text modality [K, d]."""
-    return eos_length * normalize(features @ pinv) @ text_projection
-
-
-def bridged_prototype(features: np.ndarray, pinv: np.ndarray, text_projection: np.ndarray, eos_length: float) -> np.ndarray:
-    """P_c = n(mean_k bridge(F_k, b = 0)) of one class: [d]. New classes get no class bias (b = 0),
-    also in SeMoBridge-T models, whose trained W⁺ is used as it is."""
-    return normalize(bridge(features, pinv, text_projection, eos_length).mean(axis=0))
+def prototype(rows: np.ndarray) -> np.ndarray:
+    """n(mean_k x_k) [d] of one class's rows [K, d]: T_c from its prompts' text embeddings (text tower output
+    `embedding`), P_c from its shots' `bridged_features` and I_c from their `features` (fused graph)."""
+    return normalize(rows.mean(axis=0))
 
 
 def stand_in_prototypes(text_classifier: np.ndarray, classes_T: np.ndarray, classes_P: np.ndarray,
@@ -45,6 +35,18 @@ def stand_in_prototypes(text_classifier: np.ndarray, classes_T: np.ndarray, clas
     prototypes, and to the image prototypes: P_c = n(T_c + mean_j (P_j - T_j)), I_c = n(T_c + mean_j (I_j - T_j))."""
     return (normalize(text_classifier + (classes_P - classes_T).mean(axis=0)),
             normalize(text_classifier + (classes_I - classes_T).mean(axis=0)))
+
+
+def kl_bits(p, log2: Callable = np.log2):
+    """D = log2((1 + ε) / (p + ε)) in bits: the class KL from p, the softmax probability of a class's own text
+    classifier given its image prototype (docs/method.md). `p` may be a numpy array or, with log2=torch.log2,
+    a torch tensor: semobridge's class_kl computes p with torch and calls this, so the formula exists once."""
+    return log2((1 + KL_EPS) / (p + KL_EPS))
+
+
+def own_probability(kl: np.ndarray) -> np.ndarray:
+    """p = (1 + ε) / 2^D - ε, float64: kl_bits inverted."""
+    return (1 + KL_EPS) / np.exp2(kl.astype(np.float64)) - KL_EPS
 
 
 def affinity_sums(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.ndarray:
@@ -59,7 +61,7 @@ def own_affinities(image_protos: np.ndarray, text_classifier: np.ndarray) -> np.
 
 
 def class_kl(image_protos: np.ndarray, text_classifier: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:
-    """D_c = log2((1 + ε) / (softmax_j(I_c · T_j)[c] + ε)) in bits [C], float32.
+    """D_c = kl_bits(softmax_j(I_c · T_j)[c]) [C], float32.
 
     `sums` (affinity_sums of the same I and T) lets a caller that keeps them up to date as
     classes come and go skip the C x C product. The affinities are cosines (|I_c · T_j| <= 1),
@@ -67,15 +69,14 @@ def class_kl(image_protos: np.ndarray, text_classifier: np.ndarray, sums: np.nda
     """
     if sums is None:
         sums = affinity_sums(image_protos, text_classifier)
-    p = np.exp(own_affinities(image_protos, text_classifier)) / sums
-    return np.log2((1 + KL_EPS) / (p + KL_EPS)).astype(np.float32)
+    return kl_bits(np.exp(own_affinities(image_protos, text_classifier)) / sums).astype(np.float32)
 
 
 def sums_from_kl(image_protos: np.ndarray, text_classifier: np.ndarray, kl: np.ndarray) -> np.ndarray | None:
-    """The affinity sums recovered from the class KL in O(C·d), inverting class_kl:
-    p_c = (1 + ε) / 2^D_c - ε and Σ_j exp(I_c · T_j) = exp(I_c · T_c) / p_c (within ~1e-6 relative,
-    the float32 rounding of D). None if the KL does not fit (then compute affinity_sums)."""
-    p = (1 + KL_EPS) / np.exp2(kl.astype(np.float64)) - KL_EPS
+    """The affinity sums recovered from the class KL in O(C·d): Σ_j exp(I_c · T_j) = exp(I_c · T_c) / p_c with
+    p_c = own_probability(D_c) (within ~1e-6 relative, the float32 rounding of D). None if the KL does not
+    fit (then compute affinity_sums)."""
+    p = own_probability(kl)
     if not np.all(np.isfinite(p) & (p > 0)):
         return None
     return np.exp(own_affinities(image_protos, text_classifier)) / p

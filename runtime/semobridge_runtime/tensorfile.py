@@ -59,8 +59,8 @@ def read(path: str | os.PathLike, what: str = "file",
     return tensors, meta
 
 
-def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and string metadata of a safetensors file's bytes; ValueError naming what is wrong."""
+def split(data: bytes) -> tuple[bytes, memoryview]:
+    """(the JSON header's bytes, the data block) of a safetensors file's bytes; ValueError if the length does not fit."""
     if len(data) < 8:
         raise ValueError(f"{len(data)} bytes")
     n = int.from_bytes(data[:8], "little")
@@ -68,14 +68,25 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise ValueError(f"a header of {n} bytes, over safetensors' limit of {HEADER_MAX}")
     if n > len(data) - 8:
         raise ValueError(f"its header claims {n} bytes, the file has {len(data) - 8} after the length")
+    return bytes(data[8 : 8 + n]), memoryview(data)[8 + n :]
+
+
+def join(header: bytes, body: bytes | memoryview) -> bytes:
+    """A safetensors file's bytes from its JSON header's bytes (padded with spaces to ALIGN) and data block."""
+    header += b" " * (-(8 + len(header)) % ALIGN)
+    return len(header).to_bytes(8, "little") + header + bytes(body)
+
+
+def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file's bytes; ValueError naming what is wrong."""
+    text, body = split(data)
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        header = json.loads(text.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise ValueError("malformed __metadata__")
-        body = memoryview(data)[8 + n :]
         tensors = {name: _tensor(spec, body) for name, spec in header.items()}
     except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:  # OverflowError: int(Infinity)
         raise ValueError(f"malformed header: {exc!r}") from None
@@ -104,9 +115,7 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> by
         header[name] = {"dtype": NAMES[np.dtype(dtype)], "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
         offset += len(blob)
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    text += b" " * (-(8 + len(text)) % ALIGN)
-    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+    return join(json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii"), b"".join(blobs))
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, what: str = "output file") -> Path:

@@ -37,8 +37,25 @@ def test_graph_matches_the_fused_module_run_eagerly(exported_onnx, tiny_head, ti
     with torch.no_grad():
         eager = [t.numpy() for t in fused(torch.from_numpy(images))]
     graph = reference_scores(exported_onnx / "model.onnx", images)
-    for name, value in zip(("scores", "label", "embedding", "features"), eager):
+    assert list(graph) == list(fused.output_names)
+    for name, value in zip(fused.output_names, eager):
         assert np.abs(graph[name] - value).max() <= 1e-4, name
+
+
+def test_bridged_features_are_the_librarys_bridge_of_the_features(exported_onnx, tiny_head):
+    """The `bridged_features` output is semobridge's Bridge (b = 0) of the `features` output, traced: what enrolment
+    averages into a new class's bridged prototype, so the runtime holds no copy of the bridge. Its matrix
+    products are not computed twice in the graph (the blend's bridged query reuses them)."""
+    graph = reference_scores(exported_onnx / "model.onnx", random_photos(4, seed=8, size=(200, 160)))
+    with torch.no_grad():
+        expected = tiny_head.bridge(torch.from_numpy(graph["features"])).numpy()
+    np.testing.assert_allclose(graph["bridged_features"], expected, rtol=0, atol=1e-5)
+    model = onnx.load(str(exported_onnx / "model.onnx"))
+    pinv = tiny_head.bridge.pinv.detach().numpy()
+    constants = {i.name for i in model.graph.initializer if tuple(i.dims) == pinv.shape and np.allclose(
+        onnx.numpy_helper.to_array(i), pinv)}
+    assert len(constants) == 1
+    assert sum(1 for n in model.graph.node if n.op_type == "MatMul" and constants & set(n.input)) == 1
 
 
 def test_one_session_takes_batches_1_3_17_of_any_size(exported_onnx):
@@ -66,9 +83,9 @@ def test_graph_signature_and_checker(exported_onnx):
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])
     ]
     assert {i.name for i in model.graph.initializer} >= {i.name for i in head}  # defaults: the fitted classes
-    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features"]
+    assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features", "bridged_features"]
     types = [o.type.tensor_type.elem_type for o in model.graph.output]
-    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64] + [onnx.TensorProto.FLOAT] * 3
 
 
 def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_backbone):
@@ -76,12 +93,12 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     props = {p.key: p.value for p in model.metadata_props}
     meta = json.loads(props[METADATA_KEY])
     assert props[CLASS_NAMES_KEY].split("\n") == tiny_head.info.class_names
-    assert json.loads((exported_onnx / "model.json").read_text()) == meta == read_metadata(exported_onnx / "model.onnx")
+    assert json.loads((exported_onnx / "model.json").read_text()) == meta == read_metadata(exported_onnx / "model.onnx").to_dict()
     assert meta["format_version"] == 1
     assert meta["class_names"] == tiny_head.info.class_names and meta["num_classes"] == 5
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
     assert meta["input"] == {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", "H", "W", 3], "layout": "NHWC"}
-    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features"]
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features", "bridged_features"]
     assert meta["outputs"][0]["shape"] == ["N", "C"] and meta["outputs"][1]["dtype"] == "int64"
     assert [(h["name"], h["shape"]) for h in meta["head_inputs"]] == [
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])
@@ -95,7 +112,7 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["variant"] == "training-free" and meta["precision"] == "fp32"
     assert {"val_accuracy", "library_version"} <= set(meta)
     for name, precision in [("model_fp16", "fp16"), ("model_int8", "int8")]:
-        written = read_metadata(exported_onnx / f"{name}.onnx")
+        written = read_metadata(exported_onnx / f"{name}.onnx").to_dict()
         fp32 = {k: v for k, v in meta.items() if k != "openvino"}  # OpenVINO's measurement is of model.onnx only
         assert {k: v for k, v in written.items() if k != "int8"} == {**fp32, "precision": precision}
         assert ("int8" in written) == (precision == "int8")  # the int8 artifact's label agreement with fp32
@@ -112,12 +129,12 @@ def test_float_input_and_fixed_size_variants(tiny_head, tiny_backbone, tmp_path)
 
     out = export(tiny_head, tiny_backbone, tmp_path / "float", input_kind="float", log=lambda _: None)
     meta = read_metadata(out["onnx"])
-    assert meta["input"]["kind"] == "float" and meta["input"]["shape"] == ["N", 3, 224, 224]
+    assert meta.input_kind == "float" and meta.input.shape == ("N", 3, 224, 224)
     assert np.abs(reference_scores(out["onnx"], pixels)["scores"] - expected).max() <= 1e-4
 
     out = export(tiny_head, tiny_backbone, tmp_path / "fixed", fixed_size=(120, 160), log=lambda _: None)
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(out["onnx"])).graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["N", 120, 160, 3] and read_metadata(out["onnx"])["input"]["shape"] == ["N", 120, 160, 3]
+    assert dims == ["N", 120, 160, 3] and read_metadata(out["onnx"]).input.shape == ("N", 120, 160, 3)
     assert np.abs(reference_scores(out["onnx"], images)["scores"] - expected).max() <= 1e-4
     with pytest.raises(ValueError, match="fixed-size"):
         export(tiny_head, tiny_backbone, tmp_path / "bad", input_kind="float", fixed_size=(1, 1))

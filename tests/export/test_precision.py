@@ -64,11 +64,11 @@ def test_export_reports_fp16_drift_and_records_int8_agreement(tiny_head, tiny_ba
     assert any(line.startswith("fp16: max |score difference| against fp32") for line in lines)
     reported = [line for line in lines if line.startswith("int8: label agreement with fp32")]
     assert len(reported) == 1 and reported[0].endswith("on 2 few-shot images")  # the fit images, not the check images
-    recorded = read_metadata(out / "model_int8.onnx")["int8"]
+    recorded = read_metadata(out / "model_int8.onnx").to_dict()["int8"]
     agreement = label_agreement(out / "model.onnx", out / "model_int8.onnx", images[4:])
     assert recorded == {"label_agreement": round(agreement, 4), "images": 2, "measured_on": "few-shot images"}
     assert json.loads((out / "model_int8.json").read_text())["int8"] == recorded
-    assert "int8" not in read_metadata(out / "model.onnx")
+    assert read_metadata(out / "model.onnx").int8 is None
 
 
 def test_int8_artifact_runs_onnxruntime_operators_the_fp32_graph_stays_standard(exported_onnx):
@@ -84,7 +84,8 @@ def test_int8_artifact_runs_onnxruntime_operators_the_fp32_graph_stays_standard(
 
 
 def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onnx):
-    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` stays fp32."""
+    """fp16 and int8 graphs take the same fp32 class-set inputs (defaults included), and `features` and
+    `bridged_features` stay fp32."""
     from semobridge_export import session
 
     images = random_photos(3, seed=5, size=(120, 90))
@@ -95,8 +96,11 @@ def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onn
     for variant in ("model_fp16.onnx", "model_int8.onnx"):
         sess = session(exported_onnx / variant)
         assert [(i.name, i.type, i.shape) for i in sess.get_overridable_initializers()] == inputs
-        assert [o.type for o in sess.get_outputs()] == ["tensor(float)", "tensor(int64)", "tensor(float)", "tensor(float)"]
-        fed = dict(zip(["scores", "label", "embedding", "features"], sess.run(None, {"image": images, **classes})))
+        assert [(o.name, o.type) for o in sess.get_outputs()] == [
+            ("scores", "tensor(float)"), ("label", "tensor(int64)"), ("embedding", "tensor(float)"),
+            ("features", "tensor(float)"), ("bridged_features", "tensor(float)")]
+        fed = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": images, **classes})))
         assert fed["scores"].shape == (3, 7)
-        reference = fp32.run(None, {"image": images, **classes})
-        assert np.abs(fed["features"] - reference[3]).max() < 0.05 * np.abs(reference[3]).max()
+        reference = dict(zip([o.name for o in fp32.get_outputs()], fp32.run(None, {"image": images, **classes})))
+        for name in ("features", "bridged_features"):
+            assert np.abs(fed[name] - reference[name]).max() < 0.05 * np.abs(reference[name]).max(), name

@@ -1,4 +1,4 @@
-"""The text tower (text.onnx): open_clip's pooled EOS token before W, its metadata and companions."""
+"""The text tower (text.onnx): open_clip's normalised text embedding n(e W), its metadata and companions."""
 from __future__ import annotations
 
 import gzip
@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir
 import pytest
 
 from semobridge.prompts import ENSEMBLE_TEMPLATES
 from semobridge_export import session
 from semobridge_export.metadata import TEXT_METADATA_KEY
+from semobridge_export.onnx_graph import module_scope
 from semobridge_export.reference import text_drift
 from semobridge_export.text import TextExportError, TextTower, tokenizer_spec
 
@@ -18,13 +20,22 @@ PROMPTS = [t.format(n) for n in ("red fox", "crème brûlée", "a very " * 40 + 
 
 
 def test_matches_open_clips_text_encoder(exported_onnx, tiny_backbone):
+    """The output is open_clip's own normalised text embedding, and semobridge's prompt_embeddings (the function
+    traced, which text_side averages into T) of the pooled EOS token."""
+    import torch
+
+    from semobridge.prototypes import prompt_embeddings
+
     sess = session(exported_onnx / "text.onnx")
+    assert [o.name for o in sess.get_outputs()] == ["text_embedding"]
     for batch in (PROMPTS[:1], PROMPTS[:5], PROMPTS):
-        tokens = tiny_backbone.tokenizer(batch).numpy()
-        eos = sess.run(None, {"tokens": tokens})[0]
-        expected = tiny_backbone.encode_text_eos(batch).numpy()  # open_clip's encode_text without the projection
-        assert eos.shape == (len(batch), 48) and eos.dtype == np.float32
-        assert np.abs(eos - expected).max() <= 1e-4
+        tokens = tiny_backbone.tokenizer(batch)
+        embedding = sess.run(None, {"tokens": tokens.numpy()})[0]
+        with torch.no_grad():
+            open_clip = tiny_backbone.model.encode_text(tokens, normalize=True).numpy()
+            library = prompt_embeddings(tiny_backbone.encode_text_eos(batch), tiny_backbone.text_projection).numpy()
+        assert embedding.shape == (len(batch), 64) and embedding.dtype == np.float32
+        assert np.abs(embedding - open_clip).max() <= 1e-5 and np.abs(embedding - library).max() <= 1e-5
 
 
 @pytest.mark.parametrize("model", ["semobridge-tiny-rn"])
@@ -39,7 +50,7 @@ def test_other_backbones_text_tower(model):
     assert getattr(tower.model, "visual", None) is None  # the image tower is not copied
     tokens = backbone.tokenizer(PROMPTS[:4])
     with torch.no_grad():
-        assert torch.allclose(tower(tokens), backbone.encode_text_eos(PROMPTS[:4]), atol=1e-6)
+        assert torch.allclose(tower(tokens), backbone.model.encode_text(tokens, normalize=True), atol=1e-6)
         assert backbone.model.text_projection is not None  # the caller's model is untouched
 
 
@@ -57,8 +68,14 @@ def test_metadata_vocabulary_and_licence(exported_onnx, tiny_backbone):
 
 
 def test_int8_text_tower(exported_onnx):
+    """The transformer's matrix products run int8; the projection W stays fp32 (a float MatMul on the pooled
+    token)."""
     model = onnx.load(str(exported_onnx / "text_int8.onnx"))
     assert any(n.op_type == "MatMulInteger" for n in model.graph.node)
+    fp32 = onnx_ir.load(str(exported_onnx / "text.onnx")).graph
+    projection = [n.name for n in fp32
+                  if n.op_type == "MatMul" and not module_scope(n.metadata_props).startswith("model")]
+    assert len(projection) == 1 and {n.name: n.op_type for n in model.graph.node}[projection[0]] == "MatMul"
     assert json.loads({p.key: p.value for p in model.metadata_props}[TEXT_METADATA_KEY])["precision"] == "int8"
     assert 0.99 < text_drift(exported_onnx / "text.onnx", exported_onnx / "text_int8.onnx") <= 1.0
 

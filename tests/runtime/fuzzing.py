@@ -15,6 +15,8 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from semobridge_runtime import tensorfile
+
 #: For every reader test: a fixed budget, no files written beside the tests, the same examples on every run.
 #: SB_FUZZ_EXAMPLES=N runs N random (not derandomized) examples instead: a longer campaign.
 CAMPAIGN = int(os.environ.get("SB_FUZZ_EXAMPLES", "0"))
@@ -48,13 +50,12 @@ def edited(value: Any, draw: Callable) -> Any:
 
 def split(data: bytes) -> tuple[dict, bytes]:
     """A safetensors file's header (parsed) and data block."""
-    n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    header, body = tensorfile.split(data)
+    return json.loads(header), bytes(body)
 
 
 def join(header: Any, body: bytes) -> bytes:
-    text = json.dumps(header).encode("utf-8", "surrogatepass")
-    return len(text).to_bytes(8, "little") + text + body
+    return tensorfile.join(json.dumps(header).encode("utf-8", "surrogatepass"), body)
 
 
 @st.composite

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Callable
 
@@ -167,7 +166,7 @@ def test_c_runs_the_int8_artifact_as_python(clib, request, tmp_path) -> None:
     except (pytest.FixtureLookupError, ImportError):
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
     python = Classifier.load(int8, prefer_int8=False, unknown=None)  # C: no "unknown" yet
-    assert python.info.raw["precision"] == "int8"
+    assert python.info.precision == "int8"
     images = np.random.default_rng(5).integers(0, 256, (3, 40, 36, 3), np.uint8)
     fitted = python.class_names, python.predict(images)
     python.remove_class(python.class_names[0])
@@ -204,14 +203,13 @@ def toy_files(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def split(data: bytes) -> tuple[str, bytes]:
-    n = int.from_bytes(data[:8], "little")
-    return data[8:8 + n].decode("latin-1"), data[8 + n:]
+    """A class file's header as text (latin-1: every byte one character, for byte edits) and data block."""
+    header, body = tensorfile.split(data)
+    return header.decode("latin-1"), bytes(body)
 
 
 def join(header: str | bytes, body: bytes) -> bytes:
-    header = header.encode("latin-1") if isinstance(header, str) else header
-    header += b" " * (-(8 + len(header)) % 8)
-    return len(header).to_bytes(8, "little") + header + body
+    return tensorfile.join(header.encode("latin-1") if isinstance(header, str) else header, body)
 
 
 def encoded(good: Path, names: list[str] | bytes | None = None, meta: dict | None = None, **tensors: np.ndarray) -> bytes:
@@ -414,17 +412,3 @@ def test_sanitizers_clean(c_build, toy, toy_files, bad_files, error_case_args) -
     assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout[-3000:] + done.stderr[-5000:]
     done = run_test_classes([sanitize / "tsan_test_classes"], toy, toy_files, {}, 50)
     assert done.returncode == 0 and "ThreadSanitizer" not in done.stderr, done.stdout[-3000:] + done.stderr[-5000:]
-
-
-def test_casefold_table_is_pythons() -> None:
-    """runtime/c/src/casefold.h is what tools/casefold.py writes with this Python (same Unicode version)."""
-    header = (C_DIR / "src" / "casefold.h").read_text()
-    version = re.search(r'SB_CASEFOLD_UNICODE "([^"]+)"', header).group(1)
-    if version != unicodedata.unidata_version:
-        pytest.skip(f"the table follows Unicode {version}, this Python {unicodedata.unidata_version}")
-    sys.path.insert(0, str(C_DIR / "tools"))
-    try:
-        import casefold
-    finally:
-        sys.path.pop(0)
-    assert casefold.header() == header, "regenerate: python runtime/c/tools/casefold.py > runtime/c/src/casefold.h"

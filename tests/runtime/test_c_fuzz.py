@@ -81,8 +81,10 @@ def corpus(toy_files, bad_files, tmp_path_factory) -> Path:  # noqa: F811
     for i, path in enumerate(files):
         data = path.read_bytes()
         add("classes", f"test-{i:02d}.classes", data)
-        if len(data) >= 8:
+        try:
             add("json", f"header-{i:02d}.json", split(data)[0].encode("latin-1"))
+        except ValueError:  # cut short, or a header length over the limit: no JSON to take (the file is a seed above)
+            pass
     for i, path in enumerate(toy_files):
         add("names", f"toy-{i}.txt", tensorfile.read(path)[0]["class_names"].tobytes())
     for layout, depth in enumerate((3, 3, 4, 4, 1)):  # a 6x4 frame of each sb_layout, packed and with padded rows

@@ -9,7 +9,7 @@ from semobridge_export import library_scores
 from semobridge_runtime import Classifier, InputError, ModelError
 from tests.runtime.conftest import ENROL_CLASSES, ENROL_TEMPLATES
 
-TOL = 1e-5
+TOL = 1e-6
 
 
 def shots(pool, name: str, split: str = "train") -> list:
@@ -213,6 +213,46 @@ def test_semobridge_t_keeps_its_trained_bridge_and_gives_new_classes_no_bias(enr
     Classifier.load(enrol_export).save_classes(tmp_path / "free.classes")
     with pytest.raises(ModelError, match="another W\\+"):
         clf.load_classes(tmp_path / "free.classes")
+
+
+def test_an_export_from_before_the_traced_head_refuses_enrolment_with_a_re_export_hint(enrol_export, enrol_pool,
+                                                                                       tmp_path) -> None:
+    """A model without the `bridged_features` output, or a text tower without `text_embedding` (it gave the pooled
+    token before W), cannot enrol: the runtime holds no copy of the bridge or the projection to fall back on. The
+    error says to re-export; removing, renaming, class files and classes from their name (with a new text
+    tower) still work."""
+    import shutil
+
+    import onnx
+
+    old = tmp_path / "old"
+    shutil.copytree(enrol_export.parent, old)
+    model = onnx.load(str(old / "model.onnx"))
+    outputs = [o for o in model.graph.output if o.name != "bridged_features"]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    onnx.save(model, str(old / "model.onnx"))
+    clf = Classifier.load(old / "model.onnx")
+    with pytest.raises(ModelError, match="no 'bridged_features' output") as caught:
+        clf.add_class("white swan", shots(enrol_pool, "white swan"))
+    assert "re-export" in caught.value.hint and clf.class_names == list(ENROL_CLASSES[:3])
+    clf.add_class("white swan", [])  # from its name: the graph's outputs are not needed
+    clf.remove_class("red fox")
+    clf.rename_class("white swan", "swan")
+    clf.save_classes(tmp_path / "x.classes")
+    again = Classifier.load(old / "model.onnx", classes=tmp_path / "x.classes")
+    assert again.class_names == ["blue whale", "green tree", "swan"]
+
+    text = onnx.load(str(old / "text.onnx"))
+    for node in text.graph.node:
+        node.output[:] = ["eos" if o == "text_embedding" else o for o in node.output]
+    text.graph.output[0].name = "eos"
+    onnx.save(text, str(old / "text.onnx"))
+    for enrol in (lambda c: c.add_class("white swan", shots(enrol_pool, "white swan")),
+                  lambda c: c.embed_text(["a swan"])):
+        with pytest.raises(ModelError, match="older export.*no 'text_embedding' output") as caught:
+            enrol(Classifier.load(enrol_export, text_model=old / "text.onnx"))
+        assert "re-export" in caught.value.hint
 
 
 def test_a_model_without_recorded_templates_needs_prompts(onnx_model, images) -> None:

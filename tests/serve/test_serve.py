@@ -78,8 +78,8 @@ def test_plain_http_request_and_model_metadata(server, local, photos) -> None:
     assert status == 200 and config["max_batch_size"] == 16 and "dynamic_batching" in config
     parameters = {key: json.loads(value["string_value"]) for key, value in config["parameters"].items()}
     assert parameters["class_names"] == local.class_names
-    assert parameters["backbone"] == local.info.raw["backbone"]["name"] == "semobridge-tiny"
-    assert parameters["shots"] == local.info.raw["shots"] and parameters["library_version"]
+    assert parameters["backbone"] == local.info.backbone.name == "semobridge-tiny"
+    assert parameters["shots"] == local.info.shots and parameters["library_version"]
     assert parameters["semobridge"]["limits"] == {"max_side": 16384, "max_pixels": 1 << 26, "max_aspect": 32}
     status, meta = http_json(f"{server.http}/v2/models/semobridge")
     assert status == 200 and {t["name"] for t in meta["inputs"]} == {"image", "encoded"}
@@ -152,7 +152,7 @@ def test_remote_errors_keep_the_error_model(server, photos) -> None:
 def test_bad_options_and_model_fail_before_start(serve_model, tmp_path) -> None:
     from .conftest import SERVE
 
-    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "model file not found"),
+    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "missing.onnx: it does not exist"),
              ([str(serve_model), "--max-batch", "0"], InputError.exit_code, "--max-batch must be from 1"),
              ([str(serve_model), "--threads", "100000"], InputError.exit_code, "intra_op_num_threads"),
              ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name"),

@@ -19,12 +19,10 @@
 #include "semobridge.h"
 #include "utf8.h"
 
-#define FORMAT "semobridge-classes/1"
 #define MAX_HEADER 100000000u  /* bytes of JSON header, as the safetensors library allows */
-#define MAX_NAME_LENGTH 256    /* code points, as semobridge.validate.class_names */
-#define NAMES_TENSOR "class_names"
+#define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
 
-const char * const sb_head_inputs[SB_HEAD_INPUTS] = {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"};
+const char * const sb_head_inputs[SB_HEAD_INPUTS] = SB_HEAD_INPUT_NAMES;
 
 static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     va_list ap;
@@ -34,10 +32,23 @@ static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     return code;
 }
 
-/* What makes cp unusable in a class name (Unicode Cc, Zl, Zp; surrogates are not valid UTF-8), or NULL. */
+/* The index of the range among n (ascending, disjoint, `first` and `last` members) holding cp, or -1. */
+#define FIND_RANGE(table, n, cp, found)                                     \
+    do {                                                                    \
+        size_t lo_ = 0, hi_ = (n);                                          \
+        while (lo_ < hi_) {                                                 \
+            const size_t mid_ = (lo_ + hi_) / 2;                            \
+            if ((table)[mid_].last < (cp)) lo_ = mid_ + 1;                  \
+            else hi_ = mid_;                                                \
+        }                                                                   \
+        (found) = lo_ < (n) && (table)[lo_].first <= (cp) ? (long) lo_ : -1; \
+    } while (0)
+
+/* What makes cp unusable in a class name (the rule's forbidden_ranges: Cc, Cf but ZWNJ/ZWJ, Zl, Zp), or NULL. */
 static const char * forbidden(uint32_t cp) {
-    if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) return "a control character";
-    return cp == 0x2028 ? "a line separator" : cp == 0x2029 ? "a paragraph separator" : NULL;
+    long i;
+    FIND_RANGE(forbidden_ranges, sizeof forbidden_ranges / sizeof forbidden_ranges[0], cp, i);
+    return i < 0 ? NULL : forbidden_kinds[forbidden_ranges[i].kind];
 }
 
 /* s[0, len) for a message: quoted, cut after about 40 bytes, with quotes, backslashes, what a class name may not hold
@@ -72,6 +83,7 @@ static struct sb_classes * classes_new(const void * owner, const char * names, s
     if (!c) return NULL;
     atomic_init(&c->refs, 1);
     c->owner = owner;
+    c->temperature = c->threshold = NAN;
     c->count = count;
     c->names_buf = malloc(len + 1);
     c->names = malloc(sizeof(char *) * (size_t) count);
@@ -109,13 +121,15 @@ void classes_release(struct sb_classes * c) {
 
 /* ------------------------------------------------------------------ class names */
 
-/* White space as Python's str.strip() removes it. */
+/* White space as Python's str.strip() removes it (the rule's space_ranges). */
 static bool is_space(uint32_t cp) {
-    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    long i;
+    FIND_RANGE(space_ranges, sizeof space_ranges / sizeof space_ranges[0], cp, i);
+    return i >= 0;
 }
 
-/* Python's str.casefold of one code point: 1 to 3 code points into out. */
+/* The rule's case folding of one code point (Python's str.casefold, Unicode SB_CASEFOLD_UNICODE): 1 to 3 code points
+ * into out. */
 static size_t fold(uint32_t cp, uint32_t out[3]) {
     size_t lo = 0, hi = sizeof casefold_multi / sizeof casefold_multi[0];
     if (cp < 0x80) {
@@ -131,19 +145,15 @@ static size_t fold(uint32_t cp, uint32_t out[3]) {
         memcpy(out, casefold_multi[lo].to, sizeof casefold_multi[lo].to);
         return out[2] ? 3 : 2;
     }
-    lo = 0, hi = sizeof casefold_runs / sizeof casefold_runs[0];
-    while (lo < hi) { /* the first run ending at or after cp */
-        const size_t mid = (lo + hi) / 2;
-        if (casefold_runs[mid].last < cp) lo = mid + 1;
-        else hi = mid;
-    }
-    const struct casefold_run * run = lo < sizeof casefold_runs / sizeof casefold_runs[0] ? &casefold_runs[lo] : NULL;
-    out[0] = run && cp >= run->first && (cp - run->first) % run->step == 0 ? (uint32_t) ((int32_t) cp + run->delta) : cp;
+    long r;
+    FIND_RANGE(casefold_runs, sizeof casefold_runs / sizeof casefold_runs[0], cp, r);
+    const bool folds = r >= 0 && (cp - casefold_runs[r].first) % casefold_runs[r].step == 0;
+    out[0] = folds ? (uint32_t) ((int32_t) cp + casefold_runs[r].delta) : cp;
     return 1;
 }
 
 /* The comparison key of a (valid UTF-8) name: stripped of white space at both ends and case-folded, as Python's
- * name.strip().casefold(), in UTF-8 into out (when not NULL). Returns its length. */
+ * name.strip().casefold() with the rule's tables, in UTF-8 into out (when not NULL). Returns its length. */
 static size_t name_key(const char * name, size_t len, char * out) {
     const unsigned char * s = (const unsigned char *) name;
     size_t begin = 0, end = len, n = 0, step;
@@ -187,8 +197,8 @@ static size_t name_length(const struct sb_classes * c, int i, size_t bytes) {
     return (size_t) ((i + 1 < c->count ? c->names[i + 1] - 1 : c->names_buf + bytes) - c->names[i]);
 }
 
-/* Check the names of a set made from `bytes` bytes of names as semobridge.validate.class_names does; a message in why
- * on failure. */
+/* Check the names of a set made from `bytes` bytes of names as semobridge_runtime.names.check_names does; a message in
+ * why on failure. */
 static int check_names(const struct sb_classes * c, size_t bytes, char * why, size_t whylen) {
     char q[80], q2[80];
     size_t total = 0;
@@ -211,7 +221,7 @@ static int check_names(const struct sb_classes * c, size_t bytes, char * why, si
             step = utf8_next(s + k, len - k, &cp);
             if (forbidden(cp)) {
                 return say(why, whylen, SB_EMODEL, "class name %d, %s, contains %s (U+%04X); class names are one line of "
-                           "text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
+                           "visible text", i, quoted(q, c->names[i], len), forbidden(cp), (unsigned) cp);
             }
         }
         total += name_key(c->names[i], len, NULL);
@@ -249,7 +259,7 @@ done:
     return rc;
 }
 
-/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge.validate.class_names
+/* A new set of `count` classes (count_names of them) from names[0, len), checked as semobridge_runtime.names.check_names
  * checks them (and as UTF-8): SB_OK, or SB_EMODEL / SB_ENOMEM with what is wrong in why. */
 static int names_set(const void * owner, const char * names, size_t len, int count, struct sb_classes ** out, char * why,
                      size_t whylen) {
@@ -395,10 +405,10 @@ static int check_header(const struct json * j, const struct class_identity * id,
     char * backbone = meta_string(j, meta, "backbone", &backbone_len, &nomem);
     if (nomem) {
         rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
-    } else if (!format || strcmp(format, FORMAT) != 0 || format_len != strlen(FORMAT)) {
+    } else if (!format || strcmp(format, SB_CLASS_FILE_FORMAT) != 0 || format_len != strlen(SB_CLASS_FILE_FORMAT)) {
         rc = say(err, errlen, SB_EMODEL, "%s is not a semobridge class file (format %s, expected '%s'); write one with "
                  "Classifier.save_classes or semobridge-classes", source, format ? quoted(q, format, format_len) : "none",
-                 FORMAT);
+                 SB_CLASS_FILE_FORMAT);
     } else if (!weights || weights_len != id->weights_hash_len || memcmp(weights, id->weights_hash, weights_len) != 0) {
         rc = say(err, errlen, SB_EMODEL, "%s was made for the backbone %s with weights %s, but this model's backbone is "
                  "%s with weights %s; enrol the classes again with this model", source,
@@ -413,6 +423,49 @@ static int check_header(const struct json * j, const struct class_identity * id,
     free(weights);
     free(bridge);
     free(backbone);
+    return rc;
+}
+
+/* The open set's `temperature` and `threshold` (step 7): both absent (NAN: the model's apply) or both numbers in
+ * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges). */
+static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold, char * err,
+                         size_t errlen) {
+    static const char * const keys[2] = SB_CLASS_FILE_OPEN_SET;
+    static const double low[2] = {SB_TEMPERATURE_MIN, 0.0}, high[2] = {SB_TEMPERATURE_MAX, 1.0};
+    double * out[2] = {temperature, threshold};
+    size_t meta = 0;
+    bool nomem = false;
+    int given = 0;
+    char * text[2];
+    size_t len[2] = {0, 0};
+    *temperature = *threshold = NAN;
+    if (json_get(j, 0, "__metadata__", &meta) != 1) meta = 0;
+    for (int i = 0; i < 2; i++) {
+        text[i] = meta_string(j, meta, keys[i], &len[i], &nomem);
+        given += text[i] != NULL;
+    }
+    int rc = SB_OK;
+    if (nomem) {
+        rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    } else if (given == 1) {
+        rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
+                 "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
+    }
+    for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
+        char * end = NULL;
+        const double v = strtod(text[i], &end); /* decimal only: no space, hex, inf or nan (as Python's reader) */
+        if (strspn(text[i], "0123456789.eE+-") != len[i] || end == text[i] || end != text[i] + len[i] || !isfinite(v) ||
+            !(v >= low[i] && v <= high[i])) {
+            char q[80];
+            rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not a number in [%g, %g]); "
+                     "write it again with Classifier.save_classes or semobridge-classes", source, keys[i],
+                     quoted(q, text[i], len[i]), low[i], high[i]);
+        }
+        *out[i] = v;
+    }
+    if (rc != SB_OK) *temperature = *threshold = NAN;
+    free(text[0]);
+    free(text[1]);
     return rc;
 }
 
@@ -536,7 +589,7 @@ int classes_read(const void * owner, const char * path, const struct class_ident
     struct tensor t[5] = {
         {sb_head_inputs[0], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[1], "F32", 4, 0, {0, 0}, 0, 0},
         {sb_head_inputs[2], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[3], "F32", 4, 0, {0, 0}, 0, 0},
-        {NAMES_TENSOR, "U8", 1, 0, {0, 0}, 0, 0},
+        {SB_CLASS_FILE_NAMES, "U8", 1, 0, {0, 0}, 0, 0},
     };
     const int fd = open(path, O_RDONLY | O_NONBLOCK); /* not blocking on a FIFO: it is refused below */
     snprintf(source, sizeof source, "class file '%s'", path);
@@ -586,7 +639,12 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         (rc = check_tensors(&j, t, size - 8 - n, id, source, err, errlen)) != SB_OK) {  /* 4, 5. offsets, shapes */
         goto done;
     }
-    rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen);                        /* 5, 6. names, values */
+    double temperature, threshold;
+    if ((rc = read_open_set(&j, source, &temperature, &threshold, err, errlen)) != SB_OK) goto done;  /* 7. open set */
+    if ((rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen)) == SB_OK) {             /* 5, 6. names, values */
+        (*out)->temperature = temperature;
+        (*out)->threshold = threshold;
+    }
 done:
     json_free(&j);
     free(header);

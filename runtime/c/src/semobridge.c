@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <onnxruntime_c_api.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "classes.h"
+#include "contract.h"
 #include "frames.h"
 #include "json.h"
 
@@ -118,6 +120,22 @@ struct sb_params sb_default_params(void) {
         .classes_path = NULL,
     };
     return p;
+}
+
+/* The metadata's format_version: a version this library reads (1 up to SB_METADATA_FORMAT_VERSION, as the Python
+ * runtime's semobridge_runtime.metadata), else SB_EMODEL saying whether to upgrade or to re-export. */
+static int check_format_version(struct sb_model * m, const struct json * meta) {
+    size_t value;
+    uint64_t version = 0;
+    if (json_get(meta, 0, "format_version", &value) != 1 || !json_uint(meta, value, &version) || version < 1) {
+        return fail(m, SB_EMODEL, "the model's metadata has no usable format_version (1 up to %d); re-export the model",
+                    SB_METADATA_FORMAT_VERSION);
+    }
+    if (version > SB_METADATA_FORMAT_VERSION) {
+        return fail(m, SB_EMODEL, "the model's metadata is format %llu, newer than this library reads (%d); upgrade "
+                    "libsemobridge (semobridge-runtime)", (unsigned long long) version, SB_METADATA_FORMAT_VERSION);
+    }
+    return SB_OK;
 }
 
 /* A positive number at `key` of JSON object `object`: the number, 0 when absent, -1 when not a positive number. */
@@ -225,7 +243,7 @@ static int graph_classes(struct sb_model * m, const struct json * meta, int64_t 
     size_t ndims = 0, bytes;
     int64_t dims[4];
     void * blank = NULL;
-    const char * output = "scores";
+    const char * output = SB_OUTPUT_SCORES;
     const double size = json_positive(meta, 0, "image_size");
 
     ORT_TRY(m, api->SessionGetInputTypeInfo(m->session, 0, &type_info), "reading the input type");
@@ -263,9 +281,9 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
     int rc;
     int64_t scores_width = -1, embedding_width = -1, unused = -1;
     const double meta_dim = json_positive(meta, 0, "embedding_dim");
-    if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width)) != SB_OK ||
-        (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused)) != SB_OK ||
-        (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
+    if ((rc = read_output(m, alloc, SB_OUTPUT_SCORES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_LABEL, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_EMBEDDING, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width)) != SB_OK) {
         return rc;
     }
     if (meta_dim > 0 && embedding_width > 0 && (double) embedding_width != meta_dim) {
@@ -455,9 +473,9 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     ORT_TRY(m, api->CreateCpuMemoryInfo(OrtDeviceAllocator, OrtMemTypeDefault, &m->mem), "creating memory info");
     ORT_TRY(m, api->GetAllocatorWithDefaultOptions(&alloc), "getting the default allocator");
     ORT_TRY(m, api->SessionGetModelMetadata(m->session, &meta), "reading model metadata");
-    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge.class_names", &names),
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, SB_CLASS_NAMES_KEY, &names),
             "reading model metadata");
-    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &text), "reading model metadata");
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, SB_METADATA_KEY, &text), "reading model metadata");
     if (!names || !text) {
         rc = fail(m, SB_EMODEL, "'%s' has no semobridge metadata: not a semobridge export; "
                   "export the model with semobridge", path);
@@ -473,6 +491,7 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
             goto done;
         }
     }
+    if ((rc = check_format_version(m, &json)) != SB_OK) goto done;
     {
         char err[SB_ERR_LEN];
         if ((rc = classes_fitted(m, names, &m->fitted, err, sizeof err)) != SB_OK) {
@@ -802,6 +821,14 @@ void sb_release_classes(struct sb_classes * classes) { classes_release(classes);
 
 int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
 
+int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold) {
+    if (!classes) return -1;
+    if (isnan(classes->temperature)) return 0;
+    if (temperature) *temperature = classes->temperature;
+    if (threshold) *threshold = classes->threshold;
+    return 1;
+}
+
 const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
 }
@@ -812,8 +839,8 @@ static int classify(struct sb_model * m, const struct sb_classes * c, const uint
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
     const struct sb_output outs[2] = {
-        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
-        {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
+        {SB_OUTPUT_SCORES, scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
+        {SB_OUTPUT_LABEL, labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
     };
     const struct sb_images images = {rgb, stride, NULL};
     return run(m, c, &images, n, h, w, outs, 2);
@@ -850,7 +877,7 @@ int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int 
     if (!m) return SB_EINVAL;
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
-    const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
+    const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     const struct sb_images images = {rgb, stride, NULL};
     return run(m, NULL, &images, n, h, w, &out, 1); /* the embedding does not depend on the class set */
@@ -862,8 +889,8 @@ static int classify_frames(struct sb_model * m, const struct sb_classes * c, con
     if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
     if (!scores_out || !labels_out) return fail(m, SB_EINVAL, "scores_out and labels_out must not be NULL");
     const struct sb_output outs[2] = {
-        {"scores", scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
-        {"label", labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
+        {SB_OUTPUT_SCORES, scores_out, (size_t) c->count, sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
+        {SB_OUTPUT_LABEL, labels_out, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64},
     };
     const struct sb_images images = {NULL, 0, frames};
     return run(m, c, &images, n, h, w, outs, 2);
@@ -891,7 +918,7 @@ int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, 
     if (!m) return SB_EINVAL;
     if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
-    const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
+    const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     const struct sb_images images = {NULL, 0, frames};
     return run(m, NULL, &images, n, h, w, &out, 1);

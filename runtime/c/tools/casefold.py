@@ -1,32 +1,51 @@
-"""Write runtime/c/src/casefold.h: Python's str.casefold as tables for the C library.
+"""Write the class-name rule's Unicode tables (docs/classes.md, "Class names") for Python and C.
 
-The C class-file reader compares class names ignoring case exactly as the Python runtime
-does (`name.strip().casefold()`), so both refuse the same duplicates. Run it with the Python
-whose Unicode version the tables should follow (tests/runtime/test_c_classes.py checks the
-committed file against the running Python when their Unicode versions agree):
+The rule (semobridge_runtime/names.py) strips white space, refuses some characters and compares names
+case-folded. Its character data is pinned to one Unicode version, so that every Python (3.10 has
+Unicode 13, 3.14 has 16) and the C library give the same verdict on the same names. This tool writes
+that data from the running Python's `unicodedata` / `str.casefold`:
 
-    python runtime/c/tools/casefold.py > runtime/c/src/casefold.h
+    python runtime/c/tools/casefold.py        # both files, from this Python's Unicode version
+
+- runtime/semobridge_runtime/unicode_tables.py, which the Python rule uses;
+- runtime/c/src/casefold.h, the same tables for the C library, written from the Python module (never
+  from anything else), so the two cannot differ. Both are committed: building needs no Python.
+
+tests/runtime/test_class_name_rule.py regenerates both and compares them with the committed files.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import unicodedata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+RUNTIME = Path(__file__).resolve().parents[2]
+PY_TABLES = RUNTIME / "semobridge_runtime" / "unicode_tables.py"
+C_TABLES = RUNTIME / "c" / "src" / "casefold.h"
+
+#: General categories no class name may hold, and how messages name them. Cf (format characters: zero-width
+#: space, byte order mark, bidirectional overrides, soft hyphen...) is invisible; ZWNJ and ZWJ (U+200C, U+200D)
+#: are allowed, as scripts (Persian, Indic) and emoji sequences need them.
+FORBIDDEN = {"Cc": "a control character", "Cf": "an invisible format character", "Cs": "a lone surrogate",
+             "Zl": "a line separator", "Zp": "a paragraph separator"}
+ALLOWED_FORMAT = (0x200C, 0x200D)
 
 
-def foldings() -> tuple[list[tuple[int, int]], list[tuple[int, list[int]]]]:
-    """(code point, folded) for those folding to one other code point, and to two or three."""
-    single, multi = [], []
-    for cp in range(0x110000):
-        if 0xD800 <= cp < 0xE000:
-            continue
-        folded = [ord(c) for c in chr(cp).casefold()]
-        if folded != [cp]:
-            (single if len(folded) == 1 else multi).append((cp, folded) if len(folded) > 1 else (cp, folded[0]))
-    return single, multi
+def _ranges(points: list[int]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for cp in points:
+        if out and out[-1][1] == cp - 1:
+            out[-1][1] = cp
+        else:
+            out.append([cp, cp])
+    return [(a, b) for a, b in out]
 
 
-def runs(single: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+def _runs(single: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
     """(first, last, delta, step): consecutive entries with one delta, every code point or every other."""
     out: list[list[int]] = []
     for cp, to in single:
@@ -40,24 +59,135 @@ def runs(single: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
     return [(first, last, delta, step or 1) for first, last, delta, step in out]
 
 
-def header() -> str:
-    single, multi = foldings()
+def tables() -> dict[str, Any]:
+    """The rule's tables from the running Python's Unicode data."""
+    single, multi, space, forbidden = [], [], [], []
+    for cp in range(0x110000):
+        ch = chr(cp)
+        if ch.isspace():  # what str.strip() removes
+            space.append(cp)
+        category = unicodedata.category(ch)
+        if category in FORBIDDEN and cp not in ALLOWED_FORMAT:
+            forbidden.append((cp, category))
+        if category == "Cs":
+            continue
+        folded = [ord(c) for c in ch.casefold()]
+        if folded != [cp]:
+            if len(folded) == 1:
+                single.append((cp, folded[0]))
+            else:
+                multi.append((cp, tuple(folded)))
+    by_kind: list[tuple[int, int, str]] = []
+    for cp, category in forbidden:
+        if by_kind and by_kind[-1][1] == cp - 1 and by_kind[-1][2] == category:
+            by_kind[-1] = (by_kind[-1][0], cp, category)
+        else:
+            by_kind.append((cp, cp, category))
+    return {"UNICODE_VERSION": unicodedata.unidata_version, "SPACE": tuple(_ranges(space)),
+            "FORBIDDEN": tuple(by_kind), "KINDS": dict(FORBIDDEN), "FOLD_RUNS": tuple(_runs(single)),
+            "FOLD_MULTI": tuple(multi)}
+
+
+def _rows(items: list[str], per_line: int, indent: str = "    ") -> list[str]:
+    return [indent + ", ".join(items[i:i + per_line]) + "," for i in range(0, len(items), per_line)]
+
+
+def python_module(t: dict[str, Any]) -> str:
     lines = [
-        "/* casefold.h - generated by runtime/c/tools/casefold.py from Python's str.casefold; do not edit. */",
-        f'#define SB_CASEFOLD_UNICODE "{unicodedata.unidata_version}"',
+        '"""The class-name rule\'s character data (names.py), Unicode ' + t["UNICODE_VERSION"] + ".",
         "",
-        "/* Code points first..last (every `step`-th) fold to cp + delta. */",
-        "static const struct casefold_run { uint32_t first, last; int32_t delta; uint32_t step; } casefold_runs[] = {",
+        "Generated by runtime/c/tools/casefold.py from Python's unicodedata and str.casefold; do not edit.",
+        "runtime/c/src/casefold.h holds the same tables for the C library.",
+        '"""',
+        "",
+        f'UNICODE_VERSION = "{t["UNICODE_VERSION"]}"',
+        "",
+        "#: (first, last): the white space str.strip() removes",
+        "SPACE = (",
+        *_rows([f"(0x{a:X}, 0x{b:X})" for a, b in t["SPACE"]], 6),
+        ")",
+        "",
+        "#: general category -> how a message names it",
+        "KINDS = {",
+        *_rows([f'"{k}": "{v}"' for k, v in t["KINDS"].items()], 2),
+        "}",
+        "",
+        "#: (first, last, category): code points no class name may hold",
+        "FORBIDDEN = (",
+        *_rows([f'(0x{a:X}, 0x{b:X}, "{c}")' for a, b, c in t["FORBIDDEN"]], 4),
+        ")",
+        "",
+        "#: (first, last, delta, step): code points first..last (every step-th) fold to cp + delta",
+        "FOLD_RUNS = (",
+        *_rows([f"(0x{a:X}, 0x{b:X}, {d}, {s})" for a, b, d, s in t["FOLD_RUNS"]], 4),
+        ")",
+        "",
+        "#: (cp, folded): code points that fold to two or three (full case folding, e.g. U+00DF to ss)",
+        "FOLD_MULTI = (",
+        *_rows([f"(0x{cp:X}, ({', '.join(f'0x{c:X}' for c in to)}))" for cp, to in t["FOLD_MULTI"]], 3),
+        ")",
+        "",
     ]
-    items = [f"{{0x{a:X}, 0x{b:X}, {d}, {s}}}" for a, b, d, s in runs(single)]
-    lines += ["    " + ", ".join(items[i:i + 4]) + "," for i in range(0, len(items), 4)]
-    lines += ["};", "", "/* Code points that fold to two or three code points (full case folding, e.g. U+00DF to ss). */",
-              "static const struct casefold_multi { uint32_t cp, to[3]; } casefold_multi[] = {"]
-    items = [f"{{0x{cp:X}, {{{', '.join(f'0x{c:X}' for c in (to + [0] * 3)[:3])}}}}}" for cp, to in multi]
-    lines += ["    " + ", ".join(items[i:i + 3]) + "," for i in range(0, len(items), 3)]
-    lines += ["};", ""]
     return "\n".join(lines)
 
 
+def c_header(t: dict[str, Any]) -> str:
+    kinds = list(t["KINDS"])
+    lines = [
+        "/* casefold.h - the class-name rule's character data (docs/classes.md, \"Class names\"), Unicode "
+        + t["UNICODE_VERSION"] + ".",
+        " * Generated by runtime/c/tools/casefold.py from semobridge_runtime/unicode_tables.py (the Python rule's own",
+        " * tables); do not edit. */",
+        "#ifndef SB_CASEFOLD_H",
+        "#define SB_CASEFOLD_H",
+        "",
+        "#include <stdint.h>",
+        "",
+        f'#define SB_CASEFOLD_UNICODE "{t["UNICODE_VERSION"]}"',
+        "",
+        "/* How messages name what a class name may not hold, by the kind in forbidden_ranges. */",
+        "static const char * const forbidden_kinds[] = {" + ", ".join(f'"{t["KINDS"][k]}"' for k in kinds) + "};",
+        "",
+        "/* Code points first..last no class name may hold (ascending, disjoint). */",
+        "static const struct forbidden_range { uint32_t first, last; uint8_t kind; } forbidden_ranges[] = {",
+        *_rows([f"{{0x{a:X}, 0x{b:X}, {kinds.index(c)}}}" for a, b, c in t["FORBIDDEN"]], 4),
+        "};",
+        "",
+        "/* The white space Python's str.strip() removes (ascending, disjoint). */",
+        "static const struct space_range { uint32_t first, last; } space_ranges[] = {",
+        *_rows([f"{{0x{a:X}, 0x{b:X}}}" for a, b in t["SPACE"]], 6),
+        "};",
+        "",
+        "/* Code points first..last (every `step`-th) fold to cp + delta. */",
+        "static const struct casefold_run { uint32_t first, last; int32_t delta; uint32_t step; } casefold_runs[] = {",
+        *_rows([f"{{0x{a:X}, 0x{b:X}, {d}, {s}}}" for a, b, d, s in t["FOLD_RUNS"]], 4),
+        "};",
+        "",
+        "/* Code points that fold to two or three code points (full case folding, e.g. U+00DF to ss). */",
+        "static const struct casefold_multi { uint32_t cp, to[3]; } casefold_multi[] = {",
+        *_rows([f"{{0x{cp:X}, {{{', '.join(f'0x{c:X}' for c in (list(to) + [0] * 3)[:3])}}}}}"
+                for cp, to in t["FOLD_MULTI"]], 3),
+        "};",
+        "",
+        "#endif /* SB_CASEFOLD_H */",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def committed() -> dict[str, Any]:
+    """The tables of the committed Python module (read as a file: no import of the runtime package needed)."""
+    spec = importlib.util.spec_from_file_location("unicode_tables", PY_TABLES)
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {k: getattr(module, k) for k in ("UNICODE_VERSION", "SPACE", "FORBIDDEN", "KINDS", "FOLD_RUNS", "FOLD_MULTI")}
+
+
+def main() -> None:
+    PY_TABLES.write_text(python_module(tables()), encoding="utf-8")
+    C_TABLES.write_text(c_header(committed()), encoding="utf-8")
+    print(f"wrote {PY_TABLES} and {C_TABLES} (Unicode {unicodedata.unidata_version})", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    sys.stdout.write(header())
+    main()

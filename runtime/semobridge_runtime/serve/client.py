@@ -18,11 +18,11 @@ import numpy as np
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
-from ..limits import ImageLimits
+from ..contract import RUN_OUTPUTS
+from ..metadata import ModelInfo
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
 T = TypeVar("T")
-_RUN_OUTPUTS = ("scores", "label", "embedding")
 _REFUSED = {"400", "StatusCode.INVALID_ARGUMENT"}
 _NOT_FOUND = {"404", "StatusCode.NOT_FOUND"}
 
@@ -55,11 +55,11 @@ class RemoteClassifier:
         self._client = self._call(lambda: triton.InferenceServerClient(address, **options))
         config = self._call(lambda: self._client.get_model_config(model_name, **({} if self._http else {"as_json": True})))
         config = config if self._http else config["config"]
-        self.metadata: dict[str, Any] = parameter(config, METADATA)
-        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.info = ModelInfo.from_dict(parameter(config, METADATA), f"model {model_name!r} at {url}")
+        self.class_names: list[str] = list(self.info.class_names)
         # the probabilities' temperature, as Classifier.load reads it (the server answers no "unknown" yet)
-        self.temperature = float((self.metadata.get("open_set") or {}).get("temperature", 1.0))
-        self.limits = ImageLimits(**self.metadata.get("limits", {}))
+        self.temperature = self.info.open_set.decision.temperature if self.info.open_set is not None else 1.0
+        self.limits = self.info.limits
         self.max_batch: int = int(config.get("max_batch_size", 0)) or 1
 
     def __repr__(self) -> str:
@@ -97,7 +97,7 @@ class RemoteClassifier:
 
     def _gather(self, count: int, groups: list[tuple[np.ndarray, str, np.ndarray]]) -> list[np.ndarray]:
         """Run every group in requests of at most max_batch images; outputs in the caller's order."""
-        results: list[np.ndarray | None] = [None] * len(_RUN_OUTPUTS)
+        results: list[np.ndarray | None] = [None] * len(RUN_OUTPUTS)
         for indices, name, batch in groups:
             for start in range(0, len(batch), self.max_batch):
                 values = self._infer(name, batch[start:start + self.max_batch])
@@ -111,10 +111,10 @@ class RemoteClassifier:
         triton = self._triton
         tensor = triton.InferInput(name, list(batch.shape), "UINT8" if name == IMAGE else "BYTES")
         tensor.set_data_from_numpy(batch)
-        outputs = [triton.InferRequestedOutput(n) for n in _RUN_OUTPUTS]
+        outputs = [triton.InferRequestedOutput(n) for n in RUN_OUTPUTS]
         timeout = {} if self._http else {"client_timeout": self._timeout_s}
         result = self._call(lambda: self._client.infer(self.model_name, [tensor], outputs=outputs, **timeout))
-        scores, label, embedding = (result.as_numpy(n) for n in _RUN_OUTPUTS)
+        scores, label, embedding = (result.as_numpy(n) for n in RUN_OUTPUTS)
         return [scores, label.reshape(len(batch)), embedding]
 
     def _call(self, request: Callable[[], T]) -> T:
