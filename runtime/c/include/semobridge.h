@@ -151,7 +151,7 @@ struct sb_params {
     /* Fields are only ever appended (ABI): those below came with the image limits. */
     int max_side;                /* longest image side; 0: the model's limit (metadata), else SB_MAX_SIDE */
     int64_t max_pixels;          /* h * w; 0: the model's limit, else SB_MAX_PIXELS */
-    double max_aspect;           /* longest / shortest side; 0: the model's limit, else SB_MAX_ASPECT */
+    double max_aspect;           /* longest / shortest side, at least 1; 0: the model's limit, else SB_MAX_ASPECT */
     /* Those below came with class sets. */
     const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
 };

@@ -316,7 +316,11 @@ static int read_limits(struct sb_model * m, const struct json * meta, struct sb_
     for (int i = 0; i < 3; i++) {
         values[i] = found ? json_positive(meta, limits, keys[i]) : 0;
         if (values[i] == 0) values[i] = defaults[i];
-        if (values[i] < 0) return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number; re-export it", keys[i]);
+        if (values[i] < 1) {  /* the rule of semobridge_runtime.limits: a finite number >= 1 */
+            return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number (at least 1); "
+                        "re-export it", keys[i]);
+        }
+        if (i < 2 && values[i] > 0x1p62) values[i] = 0x1p62;  /* beyond any image; the cast below stays defined */
     }
     m->max_side = p.max_side > 0 ? p.max_side : (int64_t) values[0];
     m->max_pixels = p.max_pixels > 0 ? p.max_pixels : (int64_t) values[1];
@@ -406,8 +410,10 @@ static int check_params(struct sb_model * m, struct sb_params p) {
         return fail(m, SB_EINVAL, "thread counts must be 0..%d (0: ONNX Runtime's default), got intra_op_num_threads=%d "
                     "and inter_op_num_threads=%d", SB_MAX_THREADS, p.intra_op_num_threads, p.inter_op_num_threads);
     }
-    if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect >= 0 && p.max_aspect <= DBL_MAX)) {
-        return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be >= 0 (0: the model's limit)");
+    if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect == 0 || (p.max_aspect >= 1 && p.max_aspect <= DBL_MAX))) {
+        return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be 0 (the model's limit) or at least 1, got "
+                    "max_side=%d, max_pixels=%lld and max_aspect=%g; max_aspect is the longest side over the shortest "
+                    "(1: square images only)", p.max_side, (long long) p.max_pixels, p.max_aspect);
     }
     return SB_OK;
 }
