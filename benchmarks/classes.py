@@ -58,6 +58,7 @@ from semobridge_export.fused import FusedClassifier
 from semobridge_export.onnx_graph import save_model, to_onnx, trace
 from semobridge_runtime import Classifier, head
 from semobridge_runtime.backends.session import CPU, SessionSettings, open_session
+from semobridge_runtime.contract import LABEL, SCORES
 from semobridge_runtime.enrol import SHOT_OUTPUTS, class_tensors
 
 OVERHEAD_TARGET = 0.03
@@ -74,7 +75,7 @@ class HeadOnly(FusedClassifier):
     """The fused classifier's head alone: image embeddings q [N, d] (and the class set) -> scores, label.
     Its graphs, baked and as data, time what the class set as data adds without the encoder's noise."""
 
-    output_names = ("scores", "label")
+    output_names = (SCORES, LABEL)
 
     def __init__(self, fused: FusedClassifier):
         nn.Module.__init__(self)

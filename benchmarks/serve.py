@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/serve.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from semobridge_runtime.contract import RUN_OUTPUTS
 
 from benchmarks.common import (add_out_options, benchmark_head, fmt, free_ports, machine, markdown_table, parse_ints,
                                results_folder, save_figure, write_report)
@@ -105,7 +106,7 @@ async def _grpc_clients(url: str, concurrency: int, budget_s: float, images: np.
         return [tensor]
 
     inputs = [request(i) for i in range(len(images))]
-    outputs = [InferRequestedOutput(n) for n in ("scores", "label", "embedding")]
+    outputs = [InferRequestedOutput(n) for n in RUN_OUTPUTS]
     latencies: list[float] = []
     client = aio.InferenceServerClient(url)
     try:

@@ -29,16 +29,28 @@ MIX = ((64, 64, 1), (224, 224, 16), (480, 640, 4), (1024, 1024, 2), (2048, 2048,
 MIB = 1 << 20
 
 
-def tree_pss(pid: int) -> int:
-    """Summed PSS in bytes of a process and all its descendants (Linux /proc)."""
-    total, todo = 0, [pid]
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc: each thread's children)."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
         try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = [int(child) for child in (task / "children").read_text().split()]
+                found += children
+                todo += children
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def tree_pss(pid: int) -> int:
+    """Summed PSS in bytes of a process and all its descendants (Linux /proc)."""
+    total = 0
+    for current in (pid, *descendants(pid)):
+        try:
             with open(f"/proc/{current}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(child) for child in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, StopIteration):
             continue
     return total

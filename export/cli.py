@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from semobridge import __version__
 from semobridge.cli import fit_options, fit_with_options, json_log, parse_params, source_options, with_options
-from semobridge.clitools import command, version_option
 from semobridge.errors import InputError, ModelError
 from semobridge.validate import image_size, output_file, parse_hw
+from semobridge_runtime.commandline import ModelFile, command, model_argument, out_option, version_option
 
 from .formats import DEFAULT_FORMATS, FORMATS, format_table, resolve_formats, unused_options
 from .tensorrt import Profile
@@ -135,12 +136,13 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
     return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
 
 
-@click.command(epilog="\b\nFormats:\n" + format_table() + "\n\nThe TensorRT path was written from TensorRT 10's documentation and has not been run.")
+@command("semobridge-export",
+         epilog="\b\nFormats:\n" + format_table() + "\n\nThe TensorRT path was written from TensorRT 10's documentation and has not been run.")
 @with_options(source_options(export=True))
 @with_options(fit_options)
-@click.option("--from-model", type=click.Path(exists=True, dir_okay=False), help="Export this fitted model (.safetensors) instead of fitting.")
-@click.option("--out", default="artifacts", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder: new, empty, or holding an earlier export (replaced as a whole).")
+@click.option("--from-model", type=ModelFile(), help="Export this fitted model (.safetensors) instead of fitting.")
+@out_option("Output folder: new, empty, or holding an earlier export (replaced as a whole).", default="artifacts",
+            show_default=True, dir_okay=True, file_okay=False)
 @click.option("--formats", default=",".join(DEFAULT_FORMATS), show_default=True, help=f"Comma-separated formats: {', '.join(FORMATS)}.")
 @click.option("--input", "input_kind", default="uint8", show_default=True, type=click.Choice(["uint8", "float"]),
               help="uint8: raw RGB NHWC pixels, preprocessing in the graph; float: normalised NCHW [N,3,S,S].")
@@ -149,13 +151,12 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
 @click.option("--int8-cpu", is_flag=True, help="Also write a dynamic-int8 ONNX graph for CPU/ARM.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT fp16 engine on this machine (TensorRT 10; unverified, see below).")
 @profile_options
-@version_option
+@version_option(__version__)
 @click.pass_context
-@command
 def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, engine, batch, sizes, class_counts, log_json, **fit):
     """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores.
 
-    Every option of `semobridge fit` applies (the same definitions), but -o: the artifacts go to --out."""
+    Every option of `semobridge fit` applies (the same definitions); -o/--out names the folder the artifacts go to."""
     from .exporter import check_out_dir, export
     from .tensorrt import _import_tensorrt
 
@@ -194,9 +195,9 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
     click.echo("\n" + _summary(head, backbone, written))
 
 
-@click.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Engine file [default: MODEL_trt.engine].")
+@command("semobridge-build-engine")
+@model_argument(metavar="MODEL")
+@out_option("Engine file [default: MODEL_trt.engine].")
 @click.option("--fp16/--fp32", default=True, show_default=True, help="fp16 with LayerNorm, softmax, preprocessing and blend pinned to fp32.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Keep built engines and TensorRT's timing cache here (keyed by GPU, TensorRT version and ONNX hash) [default: none].")
@@ -204,9 +205,8 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
               help="Run on this DLA core (Jetson AGX Orin: 0 or 1; Orin NX: 0, or 0 or 1), the layers DLA lacks on the GPU; "
                    "fp16 only; UNVERIFIED [default: GPU only].")
 @profile_options
-@version_option
-@command
-def build_engine_main(model, output, fp16, cache_dir, dla_core, batch, sizes, class_counts):
+@version_option(__version__)
+def build_engine_main(model, out, fp16, cache_dir, dla_core, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
@@ -214,7 +214,7 @@ def build_engine_main(model, output, fp16, cache_dir, dla_core, batch, sizes, cl
     """
     from .tensorrt import build_engine
 
-    path = build_engine(model, output, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir,
+    path = build_engine(model, out, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir,
                         dla_core=dla_core, log=click.echo)
     click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
 

@@ -156,6 +156,10 @@ def _foreign(out_dir: Path, ours: set[str]) -> list[str]:
     return found
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
     """The output folder may be new, empty, or hold exactly an earlier export, unchanged (which is then replaced
     as a whole): never files of someone else's. Checked before the fit."""
@@ -166,8 +170,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
         foreign = _foreign(out_dir, _ours(out_dir))
         if foreign:
             raise InputError(
-                f"--out {out_dir} holds files that no semobridge export wrote there: "
-                + ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else ""),
+                f"--out {out_dir} holds files that no semobridge export wrote there: {_names(foreign)}",
                 hint="choose a new or empty folder (an earlier export's folder is replaced as a whole, if its files "
                      "are as the export wrote them)",
             )
@@ -204,9 +207,15 @@ def _rmdir(folder: Path, out_dir: Path) -> None:
 
 def _move_into(stage: Path, out_dir: Path, written: dict[str, Path]) -> dict[str, Path]:
     """Replace out_dir's contents by the staged export: new artifacts in, stale ones of an earlier export out,
-    the manifest last. Only what the earlier manifest lists, unchanged, is removed (see _ours)."""
+    the manifest last. Only what the earlier manifest lists, unchanged, is removed (see _ours). A file of someone
+    else's that appeared during the export stops it before anything is placed (one in the instant of placing
+    stops it there: it is left alone, see _remove)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ours = _ours(out_dir)
+    foreign = _foreign(out_dir, ours)
+    if foreign:
+        raise InputError(f"--out {out_dir} changed during the export: {_names(foreign)} are not files of a semobridge "
+                         "export; nothing was placed (the folder is as it was)", hint="move them away and export again")
     staged = [p for p in stage.iterdir() if p.name != STAGE_MARKER]
     tops = {name.split("/")[0] for name in ours} | {MANIFEST}
     for path in sorted(staged, key=lambda p: p.name == MANIFEST):

@@ -1,29 +1,27 @@
 """The table of export formats and one function per format (Ultralytics exporter style)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import onnx_ir
-from torch.export import ExportedProgram
+from semobridge_runtime.contract import ENROLMENT_FILES, INT8_SUFFIX, TEXT_METADATA_KEY, sidecar_path
+from semobridge_runtime.metadata import Int8Check, ModelInfo, OpenVinoCheck, TextInfo
 
-from semobridge.backbones import Backbone
 from semobridge.errors import InputError
 from semobridge.files import atomic_output
 
-from .fused import FusedClassifier
-from .metadata import ENROLMENT_FILES, TEXT_METADATA_KEY, metadata_props, sidecar_path, text_metadata, with_precision
-from .onnx_graph import module_scope, save_model, to_onnx, trace
-from .precision import label_agreement, openvino_agreement, quantize_matmuls, set_metadata, to_fp16, to_int8
-from .program import save_program
-from .reference import reference_scores, session, text_drift
-from .tensorrt import Profile, build_engine, engine_path_for
-from .text import TEXT_OUTPUTS, TOWER_SCOPE, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
-from .triton import write_repository
+from .tensorrt import Profile, engine_path_for
+
+if TYPE_CHECKING:  # the writers import torch and the exporter's modules when they run, so --help does not
+    from torch.export import ExportedProgram
+
+    from semobridge.backbones import Backbone
+
+    from .fused import FusedClassifier
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Job:
     """One export: the module, its metadata, where artifacts are staged, and what was written."""
 
     fused: FusedClassifier
-    meta: dict[str, Any]
+    meta: ModelInfo
     stage: Path
     stem: str = "model"
     fixed_size: tuple[int, int] | None = None
@@ -47,24 +45,29 @@ class Job:
     def program(self) -> ExportedProgram:
         """The torch.export trace with the class set as inputs, made once for the ONNX graph."""
         if self._program is None:
+            from .onnx_graph import trace
+
             self._program = trace(self.fused, self.fixed_size)
         return self._program
 
     def path(self, name: str) -> Path:
         return self.stage / FORMATS[name].filename.format(stem=self.stem)
 
-    def write_sidecar(self, artifact: Path, meta: dict[str, Any]) -> Path:
+    def write_sidecar(self, artifact: Path, meta: ModelInfo) -> Path:
         path = sidecar_path(artifact)
         with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            tmp.write_text(meta.to_json(indent=2), encoding="utf-8")
         self.written[f"{artifact.name} metadata"] = path
         return path
 
 
 def export_onnx(job: Job) -> Path:
     """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set, a temperature and a
-    threshold -> scores, label, embedding, features, probabilities, known; the class-set inputs default to the
-    fitted classes, the temperature and threshold to the fit's calibration."""
+    threshold -> scores, label, embedding, features, bridged_features, probabilities, known; the class-set inputs
+    default to the fitted classes, the temperature and threshold to the fit's calibration."""
+    from .metadata import metadata_props
+    from .onnx_graph import save_model, to_onnx
+
     model = to_onnx(job.program, job.fused.output_names, defaults=job.fused.graph_defaults())
     path = save_model(model, job.path("onnx"), metadata_props(job.meta))
     job.write_sidecar(path, job.meta)
@@ -73,6 +76,10 @@ def export_onnx(job: Job) -> Path:
 
 def export_onnx_fp16(job: Job) -> Path:
     """fp16 encoder; LayerNorm, softmax, reductions, preprocessing and the blend stay fp32."""
+    from .metadata import with_precision
+    from .precision import to_fp16
+    from .reference import reference_scores, session
+
     path = to_fp16(job.written["onnx"], job.path("onnx-fp16"))
     job.write_sidecar(path, with_precision(job.meta, "fp16"))
     if job.check_images:
@@ -88,12 +95,15 @@ def export_onnx_fp16(job: Job) -> Path:
 def export_onnx_int8(job: Job) -> Path:
     """The CPU int8 artifact (see precision.to_int8), with its label agreement with the fp32 graph measured on the
     fit images (else the check images) and recorded in its metadata as "int8"."""
+    from .metadata import with_precision
+    from .precision import label_agreement, set_metadata, to_int8
+
     meta = with_precision(job.meta, "int8")
     path = to_int8(job.written["onnx"], job.path("onnx-int8"), meta)
     images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
     if images:
         agree = label_agreement(job.written["onnx"], path, images)
-        meta = {**meta, "int8": {"label_agreement": round(agree, 4), "images": len(images), "measured_on": source}}
+        meta = dataclasses.replace(meta, int8=Int8Check(round(agree, 4), len(images), source))
         set_metadata(path, meta)
         job.log(f"int8: label agreement with fp32 = {agree:.1%} on {len(images)} {source}")
         record_openvino(job, images, source)
@@ -104,10 +114,12 @@ def export_onnx_int8(job: Job) -> Path:
 def record_openvino(job: Job, images: list[np.ndarray], source: str) -> None:
     """With openvino installed: OpenVINO's labels and embeddings against the fp32 graph's on `images`, recorded in
     the fp32 model's metadata as "openvino" (Classifier.load's auto choice reads it; runtime backends/choice.py)."""
+    from .precision import openvino_agreement, set_metadata
+
     measured = openvino_agreement(job.written["onnx"], images)
     if measured is None:
         return
-    job.meta = {**job.meta, "openvino": {**measured, "images": len(images), "measured_on": source}}
+    job.meta = dataclasses.replace(job.meta, openvino=OpenVinoCheck(**measured, images=len(images), measured_on=source))
     set_metadata(job.written["onnx"], job.meta)
     job.write_sidecar(job.written["onnx"], job.meta)
     job.log(f"openvino {measured['precision']}: label agreement with fp32 = {measured['label_agreement']:.1%}, "
@@ -117,6 +129,9 @@ def record_openvino(job: Job, images: list[np.ndarray], source: str) -> None:
 def export_pt2(job: Job) -> Path:
     """torch.export program of the same fused module with the fitted classes as constants
     (torch.export.load(...).module()(image))."""
+    from .onnx_graph import trace
+    from .program import save_program
+
     path = save_program(trace(job.fused, job.fixed_size, head_as_data=False), job.path("pt2"), job.meta)
     job.write_sidecar(path, job.meta)
     return path
@@ -126,12 +141,16 @@ def export_text(job: Job) -> Path:
     """What class enrolment needs beside the graph: the text tower (token ids -> text embeddings n(e W)),
     the tokenizer's vocabulary (with its licence) and the fitted head (semobridge's model file: enrolment reads its
     fitted classes)."""
+    from .metadata import text_metadata
+    from .onnx_graph import save_model, to_onnx
+    from .text import TEXT_OUTPUTS, VOCABULARY_LICENSE, TextTower, tokenizer_spec, vocabulary_file
+
     if job.backbone is None:
         raise ValueError("the text format needs the backbone (export(head, backbone, ...))")
     tower = TextTower(job.backbone)
     meta = text_metadata(job.backbone, tokenizer_spec(job.backbone), job.fused.embedding_dim)
-    path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: json.dumps(meta)})
-    vocabulary = job.stage / meta["tokenizer"]["vocabulary"]
+    path = save_model(to_onnx(tower.trace(), TEXT_OUTPUTS), job.path("text"), {TEXT_METADATA_KEY: meta.to_json()})
+    vocabulary = job.stage / meta.tokenizer.vocabulary
     shutil.copyfile(vocabulary_file(), vocabulary)
     licence = shutil.copyfile(VOCABULARY_LICENSE, vocabulary.with_name(f"{vocabulary.name}.LICENSE.txt"))
     job.written |= {"text vocabulary": vocabulary, "text vocabulary licence": Path(licence)}
@@ -142,20 +161,29 @@ def export_text(job: Job) -> Path:
 def export_text_int8(job: Job) -> Path:
     """Dynamic int8 quantisation of the text transformer's matrix products (CPU/ARM enrolment); the projection
     W stays fp32."""
+    import onnx_ir
+
+    from .onnx_graph import module_scope, save_model
+    from .precision import quantize_matmuls
+    from .reference import text_drift
+    from .text import TOWER_SCOPE
+
     path = job.path("text-int8")
     graph = onnx_ir.load(str(job.written["text"])).graph
     projection = [n.name for n in graph if module_scope(n.metadata_props).split(".")[0] != TOWER_SCOPE]
     with atomic_output(path) as tmp:
         quantize_matmuls(job.written["text"], tmp, exclude=projection)
         model = onnx_ir.load(str(tmp))
-        meta = json.loads(model.metadata_props[TEXT_METADATA_KEY])
-        save_model(model, tmp, {TEXT_METADATA_KEY: json.dumps({**meta, "precision": "int8"})})
+        meta = TextInfo.from_json(model.metadata_props.get(TEXT_METADATA_KEY), str(job.written["text"]))
+        save_model(model, tmp, {TEXT_METADATA_KEY: dataclasses.replace(meta, precision="int8").to_json()})
     job.log(f"int8 text tower: min cosine similarity to fp32 = {text_drift(job.written['text'], path):.5f} on the example prompts")
     return path
 
 
 def export_engine(job: Job) -> Path:
     """TensorRT fp16 engine built here from the fp32 ONNX graph (only valid on this GPU and TensorRT)."""
+    from .tensorrt import build_engine
+
     path = build_engine(job.written["onnx"], job.path("engine"), job.profile, fp16=True, log=job.log)
     job.written[f"{path.name} metadata"] = sidecar_path(path)
     return path
@@ -164,6 +192,9 @@ def export_engine(job: Job) -> Path:
 def export_triton(job: Job) -> Path:
     """Triton model repository for the official container: the ONNX Runtime model and, with --engine, a TensorRT
     plan with the fitted classes built in (Triton batches every input, and the class set is not per image)."""
+    from .tensorrt import build_engine
+    from .triton import write_repository
+
     plan = None
     if "engine" in job.written:
         plan = build_engine(job.written["onnx"], job.stage / ".triton-plan" / "model.plan", job.profile, fp16=True,
@@ -193,14 +224,14 @@ FORMATS: dict[str, Format] = {
     for f in (
         Format("onnx", "{stem}.onnx", "CPU, GPU (ONNX Runtime, any ONNX runtime)", ("--input", "--fixed-size"),
                "semobridge-run {path} photo.jpg   (or onnxruntime: session.run(None, {{'image': uint8 NxHxWx3}}))", export_onnx),
-        Format("text", "text.onnx", "class enrolment (add_class): + vocabulary, head.safetensors", (),
-               "semobridge-classes add shop.classes NAME IMAGE... --model {onnx}   "
+        Format("text", ENROLMENT_FILES["text_model"], "class enrolment (add_class): + vocabulary, head.safetensors", (),
+               "semobridge-classes add {onnx} shop.classes NAME IMAGE...   "
                "(enrol a class; then semobridge-run {onnx} --classes shop.classes IMAGE)", export_text),
         Format("onnx-fp16", "{stem}_fp16.onnx", "GPU (CUDA/TensorRT EPs, DirectML)", ("--half",),
                "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, "onnx"),
-        Format("onnx-int8", "{stem}_int8.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
+        Format("onnx-int8", f"{{stem}}{INT8_SUFFIX}.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
                "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, "onnx"),
-        Format("text-int8", "text_int8.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
+        Format("text-int8", f"text{INT8_SUFFIX}.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
                "Classifier.load('{onnx}', text_model='{path}')   (enrol with the int8 text tower)", export_text_int8, "text"),
         Format("pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", ("--input", "--fixed-size"),
                "torch.export.load('{path}').module()(torch.from_numpy(uint8 NxHxWx3))", export_pt2),

@@ -1,55 +1,49 @@
-"""The `semobridge` metadata every exported model carries (in the file and as `<stem>.json`)."""
+"""The `semobridge` metadata every exported model carries (in the file and as `<stem>.json`), built from the
+fitted head as the runtime's schema (semobridge_runtime.metadata: ModelInfo, TextInfo) that every reader uses."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from semobridge.backbones import Backbone
-from semobridge.modelfile import METADATA_KEY
+from semobridge_runtime.contract import (BRIDGED_FEATURES, CLASS_FILE_FORMAT, CLASS_NAMES_KEY, EMBEDDING, FEATURES,
+                                         IMAGE_INPUT, LABEL, METADATA_KEY, SCORES, TEXT_EMBEDDING, TEXT_METADATA_KEY,
+                                         TEXT_TOKENS, sidecar_path)
+from semobridge_runtime.limits import ImageLimits
+from semobridge_runtime.metadata import (FORMAT_VERSION, PRECISIONS, Backbone, Calibration, Enrolment, InputSpec,
+                                         ModelInfo, Prompts, TensorSpec, TextInfo, TokenizerSpec)
+
+from semobridge.backbones import Backbone as ClipBackbone
 from semobridge.modelfile import read_export_metadata as read_metadata  # noqa: F401  (export's name for it)
 from semobridge.validate import limits
 
 from .fused import FusedClassifier
 
-FORMAT_VERSION = 1
-CLASS_NAMES_KEY = "semobridge.class_names"  # class names joined by "\n", for the C runtime
-TEXT_METADATA_KEY = "semobridge.text"  # the text tower's metadata (text.onnx)
-PRECISIONS = ("fp32", "fp16", "int8")
-CLASS_FILE_FORMAT = "semobridge-classes/1"  # docs/classes.md
-#: what class enrolment reads beside the model (paths relative to the model file)
-ENROLMENT_FILES = {"head": "head.safetensors", "text_model": "text.onnx"}
+__all__ = ["CLASS_NAMES_KEY", "FORMAT_VERSION", "METADATA_KEY", "PRECISIONS", "TEXT_METADATA_KEY", "ModelInfo", "TextInfo",
+           "build_metadata", "metadata_props", "read_metadata", "sidecar_path", "text_metadata", "with_precision"]
 
 
-def input_spec(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def input_spec(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None) -> InputSpec:
     """Name, kind, shape (strings for dynamic dims) and layout of the graph input."""
     S = fused.image_size
     if fused.input_kind == "float":
-        return {"name": "image", "kind": "float", "dtype": "float32", "shape": ["N", 3, S, S], "layout": "NCHW"}
+        return InputSpec(name=IMAGE_INPUT, kind="float", dtype="float32", shape=("N", 3, S, S), layout="NCHW")
     h, w = fixed_size if fixed_size else ("H", "W")
-    return {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", h, w, 3], "layout": "NHWC"}
+    return InputSpec(name=IMAGE_INPUT, kind="uint8", dtype="uint8", shape=("N", h, w, 3), layout="NHWC")
 
 
-def output_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
+def output_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:
     d = fused.embedding_dim
-    return [
-        {"name": "scores", "dtype": "float32", "shape": ["N", "C"]},
-        {"name": "label", "dtype": "int64", "shape": ["N"]},
-        {"name": "embedding", "dtype": "float32", "shape": ["N", d]},
-        {"name": "features", "dtype": "float32", "shape": ["N", d]},
-        {"name": "bridged_features", "dtype": "float32", "shape": ["N", d]},
-        {"name": "probabilities", "dtype": "float32", "shape": ["N", "C"]},  # the open-set decision (fused.py)
-        {"name": "known", "dtype": "bool", "shape": ["N"]},
-    ]
+    return (TensorSpec(SCORES, "float32", ("N", "C")), TensorSpec(LABEL, "int64", ("N",)),
+            TensorSpec(EMBEDDING, "float32", ("N", d)), TensorSpec(FEATURES, "float32", ("N", d)),
+            TensorSpec(BRIDGED_FEATURES, "float32", ("N", d)),
+            TensorSpec("probabilities", "float32", ("N", "C")), TensorSpec("known", "bool", ("N",)))  # the decision
 
 
-def head_input_specs(fused: FusedClassifier) -> list[dict[str, Any]]:
+def head_input_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:
     """The class-set inputs (float32, C classes; the fitted classes are their defaults)."""
-    return [
-        {"name": name, "dtype": "float32", "shape": ["C", *tensor.shape[1:]]}
-        for name, tensor in fused.fitted_classes().items()
-    ]
+    return tuple(TensorSpec(name, "float32", ("C", *tensor.shape[1:])) for name, tensor in fused.fitted_classes().items())
 
 
 def bridge_hash(fused: FusedClassifier) -> str:
@@ -58,63 +52,58 @@ def bridge_hash(fused: FusedClassifier) -> str:
     return hashlib.sha256(pinv.astype("<f4").tobytes()).hexdigest()[:16]
 
 
-def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """The metadata dict of an export of `fused`."""
+def build_metadata(fused: FusedClassifier, fixed_size: tuple[int, int] | None = None, precision: str = "fp32") -> ModelInfo:
+    """The metadata of an export of `fused`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     info = fused.head.info
-    return {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(info.class_names),
-        "num_classes": fused.num_classes,
-        "embedding_dim": fused.embedding_dim,
-        "input": input_spec(fused, fixed_size),
-        "outputs": output_specs(fused),
-        "image_size": fused.image_size,
-        "mean": [float(v) for v in info.mean],
-        "std": [float(v) for v in info.std],
-        "resize": fused.preprocess.describe() if fused.preprocess is not None else "none (input already preprocessed)",
-        "backbone": {**info.backbone, "pretrained": Path(info.backbone["pretrained"]).name},  # no user paths
-        "shots": info.shots,
-        "variant": info.variant,
-        "params": dict(info.params),
-        "val_accuracy": info.val_accuracy,
-        "open_set": info.open_set,  # temperature and "unknown" threshold (semobridge_runtime.openset); None: not calibrated
-        "library_version": info.library_version,
-        "precision": precision,
-        "limits": limits(),
-        "head_inputs": head_input_specs(fused),
-        "bridge_hash": bridge_hash(fused),
-        "class_file_format": CLASS_FILE_FORMAT,
-        "prompts": {"templates": list(info.templates), "descriptions": dict(info.descriptions)},
-        "enrolment": dict(ENROLMENT_FILES),
-    }
+    return ModelInfo(
+        format_version=FORMAT_VERSION,
+        class_names=tuple(info.class_names),
+        embedding_dim=fused.embedding_dim,
+        input=input_spec(fused, fixed_size),
+        outputs=output_specs(fused),
+        image_size=fused.image_size,
+        mean=tuple(float(v) for v in info.mean),
+        std=tuple(float(v) for v in info.std),
+        resize=fused.preprocess.describe() if fused.preprocess is not None else "none (input already preprocessed)",
+        backbone=Backbone(info.backbone["name"], Path(info.backbone["pretrained"]).name, info.backbone["weights_hash"]),
+        shots=info.shots,
+        variant=info.variant,
+        params=dict(info.params),
+        val_accuracy=info.val_accuracy,
+        # temperature and "unknown" threshold (semobridge_runtime.openset); None: not calibrated
+        open_set=Calibration.from_dict(info.open_set, "the fitted head") if info.open_set is not None else None,
+        library_version=info.library_version,
+        precision=precision,
+        limits=ImageLimits(**limits()),
+        head_inputs=head_input_specs(fused),
+        bridge_hash=bridge_hash(fused),
+        class_file_format=CLASS_FILE_FORMAT,
+        prompts=Prompts(tuple(info.templates), {k: tuple(v) for k, v in info.descriptions.items()}),
+        enrolment=Enrolment(),
+    )
 
 
-def text_metadata(backbone: Backbone, tokenizer: dict[str, Any], embedding_dim: int,
-                  precision: str = "fp32") -> dict[str, Any]:
+def text_metadata(backbone: ClipBackbone, tokenizer: dict[str, Any], embedding_dim: int,
+                  precision: str = "fp32") -> TextInfo:
     """The metadata of the text tower (text.onnx): what the runtime needs to tokenize and check it."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "backbone": backbone.identity(),
-        "input": {"name": "tokens", "dtype": "int64", "shape": ["M", tokenizer["context_length"]]},
-        "output": {"name": "text_embedding", "dtype": "float32", "shape": ["M", embedding_dim]},
-        "tokenizer": tokenizer,
-        "precision": precision,
-    }
+    return TextInfo(
+        format_version=FORMAT_VERSION,
+        backbone=Backbone(**backbone.identity()),
+        input=TensorSpec(TEXT_TOKENS, "int64", ("M", tokenizer["context_length"])),
+        output=TensorSpec(TEXT_EMBEDDING, "float32", ("M", embedding_dim)),
+        tokenizer=TokenizerSpec(**tokenizer),
+        precision=precision,
+    )
 
 
-def with_precision(meta: dict[str, Any], precision: str) -> dict[str, Any]:
+def with_precision(meta: ModelInfo, precision: str) -> ModelInfo:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    return {**meta, "precision": precision}
+    return dataclasses.replace(meta, precision=precision)
 
 
-def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
+def metadata_props(meta: ModelInfo) -> dict[str, str]:
     """The ONNX metadata_props entries for `meta`."""
-    return {METADATA_KEY: json.dumps(meta), CLASS_NAMES_KEY: "\n".join(meta["class_names"])}
-
-
-def sidecar_path(model_path: Path) -> Path:
-    """`model.onnx` -> `model.json`, `model_fp16.engine` -> `model_fp16.json`."""
-    return Path(model_path).with_suffix(".json")
+    return {METADATA_KEY: meta.to_json(), CLASS_NAMES_KEY: "\n".join(meta.class_names)}

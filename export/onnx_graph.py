@@ -11,6 +11,7 @@ from typing import Mapping
 import onnx
 import onnx_ir
 import torch
+from semobridge_runtime.contract import IMAGE_INPUT, TEXT_TOKENS
 from torch.export import Dim, ExportedProgram
 
 from semobridge.files import atomic_output
@@ -27,7 +28,7 @@ ENCODER_SCOPE = "encoder"  # the FusedClassifier attribute holding the image enc
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # per-node metadata written by the dynamo exporter
 #: names of the dynamic dims per graph input: uint8 image [N, H, W, 3] (float input has only N),
 #: head inputs [C, ...], the text tower's token ids [M, context]
-INPUT_DIM_NAMES = {"image": {0: "N", 1: "H", 2: "W"}, **{name: {0: "C"} for name in HEAD_INPUTS}, "tokens": {0: "M"}}
+INPUT_DIM_NAMES = {IMAGE_INPUT: {0: "N", 1: "H", 2: "W"}, **{name: {0: "C"} for name in HEAD_INPUTS}, TEXT_TOKENS: {0: "M"}}
 
 
 def dynamic_shapes(fused: FusedClassifier, fixed_size: tuple[int, int] | None, head_as_data: bool = True) -> dict[str, dict[int, Dim]]:

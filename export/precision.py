@@ -1,7 +1,6 @@
 """Reduced-precision copies of an exported fp32 graph: fp16 (GPU) and dynamic int8 (CPU/ARM, ONNX Runtime only)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -11,7 +10,7 @@ import onnx_ir as ir
 from semobridge.files import atomic_output
 from semobridge.logs import quiet_logger, quiet_root_logger
 
-from .metadata import METADATA_KEY, metadata_props, with_precision
+from .metadata import METADATA_KEY, ModelInfo, metadata_props, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
 from .rewrites import sink_input_casts
 #: Encoder ops that run in fp16. Everything else stays fp32: LayerNorm (the known source of CLIP's
@@ -75,7 +74,7 @@ def half_encoder(model: ir.Model) -> ir.Model:
 
 def _props(model: ir.Model, precision: str) -> dict[str, str]:
     """The model's metadata entries with `precision` set."""
-    return metadata_props(with_precision(json.loads(model.metadata_props[METADATA_KEY]), precision))
+    return metadata_props(with_precision(ModelInfo.from_json(model.metadata_props.get(METADATA_KEY), "the graph"), precision))
 
 
 def to_fp16(src: Path, dst: Path) -> Path:
@@ -122,7 +121,7 @@ def fuse_for_onnxruntime(model: ir.Model) -> None:
         optimize(model)
 
 
-def to_int8(src: Path, dst: Path, meta: dict | None = None) -> Path:
+def to_int8(src: Path, dst: Path, meta: ModelInfo | None = None) -> Path:
     """The CPU int8 artifact: the encoder's attention and GELU as ONNX Runtime operators, its matrix products
     quantised dynamically (int8 weights, uint8 activations per call), and the input Cast moved below the resize's
     window cuts. `meta`: its metadata (default: the source's, precision int8)."""
@@ -144,7 +143,7 @@ def to_int8(src: Path, dst: Path, meta: dict | None = None) -> Path:
     return Path(dst)
 
 
-def set_metadata(path: Path, meta: dict) -> Path:
+def set_metadata(path: Path, meta: ModelInfo) -> Path:
     """Rewrite an exported graph's `semobridge` metadata."""
     model = ir.load(str(path))
     return save_model(model, path, metadata_props(meta))

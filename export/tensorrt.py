@@ -9,19 +9,19 @@ also unverified: no DLA here).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from semobridge_runtime.contract import ENGINE_SUFFIXES
+from semobridge_runtime.metadata import ModelInfo, TensorRTBuild
 
 from semobridge.errors import BackendError, InputError
 from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
-
-from .metadata import read_metadata, sidecar_path, with_precision
-from .onnx_graph import ENCODER_SCOPE, module_scope
 
 WORKSPACE_BYTES = 2 << 30
 FP32_ONNX_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2")
@@ -40,24 +40,24 @@ class Profile:
     sizes: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((32, 32), (480, 640), (1080, 1920))
     classes: tuple[int, int, int] = (1, 100, 4096)
 
-    def input_shapes(self, meta: dict, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    def input_shapes(self, meta: ModelInfo, class_inputs: bool = True) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """min, opt and max shapes of every engine input: the image, then the class-set inputs ([C, ...]) unless
         the classes are built in (class_inputs=False)."""
         if not 1 <= self.classes[0] <= self.classes[1] <= self.classes[2]:
             raise InputError(f"class-count profile {self.classes} must satisfy 1 <= min <= opt <= max")
-        shapes = {meta["input"].get("name", "image"): self.shapes(meta)}
-        for spec in meta.get("head_inputs", []) if class_inputs else []:
-            shapes[spec["name"]] = tuple((c, *spec["shape"][1:]) for c in self.classes)  # type: ignore[assignment]
+        shapes = {meta.input_name: self.shapes(meta)}
+        for spec in meta.head_inputs if class_inputs else ():
+            shapes[spec.name] = tuple((c, *spec.shape[1:]) for c in self.classes)  # type: ignore[assignment]
         return shapes
 
-    def shapes(self, meta: dict) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    def shapes(self, meta: ModelInfo) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """min, opt and max shapes of the input described by the model's metadata."""
         if not self.batch[0] <= self.batch[1] <= self.batch[2] or self.batch[0] < 1:
             raise InputError(f"batch profile {self.batch} must satisfy 1 <= min <= opt <= max")
-        shape = meta["input"]["shape"]
+        shape = meta.input.shape
         out = []
         for n, (h, w) in zip(self.batch, self.sizes):
-            if meta["input"]["kind"] == "float":
+            if meta.input_kind == "float":
                 out.append((n, *shape[1:]))
             else:
                 out.append((n, shape[1] if isinstance(shape[1], int) else h, shape[2] if isinstance(shape[2], int) else w, 3))
@@ -76,6 +76,8 @@ def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tu
 def fp32_layer_names(onnx_path: Path) -> list[str]:
     """ONNX nodes (= parsed TensorRT layer names) pinned to fp32: LayerNorm, softmax, reductions,
     and every float node outside the encoder (preprocessing with its rounding, the head's blend)."""
+    from .onnx_graph import ENCODER_SCOPE, module_scope  # torch: imported when used (semobridge-export --help)
+
     model = onnx.load(str(onnx_path), load_external_data=False)
     return [
         n.name for n in model.graph.node
@@ -214,7 +216,7 @@ def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_laye
 
 def engine_path_for(onnx_path: Path) -> Path:
     """model.onnx -> model_trt.engine (its metadata: model_trt.json, apart from model.json)."""
-    return onnx_path.with_name(f"{onnx_path.stem}_trt.engine")
+    return onnx_path.with_name(f"{onnx_path.stem}_trt{ENGINE_SUFFIXES[0]}")
 
 
 def _slug(text: str) -> str:
@@ -237,6 +239,8 @@ def build_engine(
     leaving the image its only input (for servers that batch every input, as Triton does).
     dla_core: build for that DLA core (fp16 only), with the layers DLA cannot run on the GPU; the runtime
     loads the engine onto the same core (its metadata's tensorrt.dla_core)."""
+    from .metadata import read_metadata, sidecar_path, with_precision  # torch: imported when used
+
     check_dla_core(dla_core, fp16)
     onnx_path = Path(onnx_path)
     engine_path = output_file(engine_path if engine_path else engine_path_for(onnx_path), "engine file")
@@ -268,9 +272,8 @@ def build_engine(
                 tmp.write_bytes(data)
     with atomic_output(engine_path, "engine file") as tmp:
         tmp.write_bytes(data)
-    meta = with_precision(meta, "fp16" if fp16 else "fp32")
-    meta["tensorrt"] = {"version": trt.__version__, "profile": shapes, "cache_key": key,
-                        **({"dla_core": dla_core} if dla_core is not None else {})}
+    meta = dataclasses.replace(with_precision(meta, "fp16" if fp16 else "fp32"),
+                               tensorrt=TensorRTBuild(trt.__version__, shapes, key, dla_core))
     with atomic_output(sidecar_path(engine_path), "engine metadata") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.write_text(meta.to_json(indent=2), encoding="utf-8")
     return engine_path

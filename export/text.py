@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 
 import torch
+from semobridge_runtime.contract import TEXT_EMBEDDING
 from torch import nn
 from torch.export import Dim, ExportedProgram
 
@@ -19,7 +20,7 @@ from semobridge.prototypes import prompt_embeddings
 VOCABULARY = "bpe_simple_vocab_16e6.txt.gz"  # open_clip's (and OpenAI CLIP's) BPE merges
 VOCABULARY_LICENSE = Path(__file__).parent / "licenses" / "clip-bpe-vocabulary.txt"
 PROMPT_MAX = 1 << 16
-TEXT_OUTPUTS = ("text_embedding",)  # not "embedding": the name of a value inside open_clip's tower
+TEXT_OUTPUTS = (TEXT_EMBEDDING,)  # not "embedding": the name of a value inside open_clip's tower
 TOWER_SCOPE = "model"  # the TextTower attribute holding open_clip's text side (the projection is outside it)
 #: open_clip's text cleaning functions -> the names the runtime's tokenizer knows
 CLEAN_KINDS = {"_clean_lower": "lower", "_clean_whitespace": "whitespace", "_clean_canonicalize": "canonicalize"}

@@ -5,8 +5,12 @@ its two constants from the data of the fit, never from test data (docs/method.md
 
 - the temperature T minimises the negative log-likelihood of the validation images under
   softmax(z / T) (of the leave-one-out shots when there is no validation split);
-- the threshold accepts `accept` of the held-out known images: the validation images and every
-  shot scored leave-one-out (its own class's prototypes recomputed without it).
+- the threshold accepts `accept` of the held-out known images: the validation images (at most
+  MAX_VALIDATION_PER_CLASS a class) and every shot scored leave-one-out (its own class's prototypes
+  recomputed without it).
+
+The fit stores these images' embeddings with the model (calibration_data), so that a class set edited
+on the device recalibrates in closed form (semobridge_runtime.calibration) without the image encoder.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from semobridge_runtime.openset import ACCEPT, OpenSet
 from .blend import blend
 from .features import FeatureSet
 from .model import SeMoBridge
+
+MAX_VALIDATION_PER_CLASS = 32  # validation images per class kept for calibration (and stored with the model)
 
 
 @torch.no_grad()
@@ -66,22 +72,51 @@ class Calibration:
 
 
 @torch.no_grad()
-def calibrate(head: SeMoBridge, features: FeatureSet, accept: float = ACCEPT) -> Calibration | None:
-    """Temperature and threshold from the fit's own images; None when there are no held-out known images
-    (one shot per class and no validation split: the model then has no "unknown")."""
-    loo_z, loo_y = leave_one_out_scores(head, features.shot_image.cpu(), features.shot_label.cpu())
-    parts, sources = [(loo_z, loo_y)], [f"{len(loo_y)} leave-one-out shots"]
-    if features.has_val:
-        parts.insert(0, (head(features.val_image.cpu()), features.val_label.cpu()))
-        sources.insert(0, f"{len(features.val_label)} validation images")
-    z = np.concatenate([p[0].numpy() for p in parts]).astype(np.float64)
-    y = np.concatenate([p[1].numpy() for p in parts])
-    if not len(y):
+def calibration_data(head: SeMoBridge, features: FeatureSet) -> dict[str, torch.Tensor]:
+    """What the class set keeps to recalibrate after edits (semobridge_runtime.calibration, its tensor names): every
+    shot and the first MAX_VALIDATION_PER_CLASS validation images of each class (a bounded file for large
+    validation splits), their features F and bridged features bridge(F, b = 0) (the graph's outputs)."""
+    shots, shot_labels = features.shot_image.cpu().float(), features.shot_label.cpu()
+    val = features.val_image.cpu().float() if features.has_val else shots[:0]
+    val_labels = features.val_label.cpu() if features.has_val else shot_labels[:0]
+    if len(val_labels):
+        rank = torch.zeros_like(val_labels)
+        for c in val_labels.unique():
+            where = torch.nonzero(val_labels == c).flatten()
+            rank[where] = torch.arange(len(where))
+        keep = rank < MAX_VALIDATION_PER_CLASS
+        val, val_labels = val[keep], val_labels[keep]
+    F = torch.cat([val, shots])
+    return {"calibration_features": F, "calibration_bridged_features": head.bridge(F).float(),
+            "calibration_labels": torch.cat([val_labels, shot_labels]),
+            "calibration_shot": torch.cat([torch.zeros(len(val_labels), dtype=torch.uint8),
+                                           torch.ones(len(shot_labels), dtype=torch.uint8)])}
+
+
+@torch.no_grad()
+def calibrate_on(head: SeMoBridge, data: dict[str, torch.Tensor], accept: float = ACCEPT) -> Calibration | None:
+    """Temperature and threshold from calibration data (calibration_data's tensors): the validation images
+    scored by the head, the shots leave-one-out (openset.calibrated); None when nothing is held out."""
+    shot = data["calibration_shot"].bool()
+    features, labels = data["calibration_features"], data["calibration_labels"]
+    loo_z, loo_y = leave_one_out_scores(head, features[shot], labels[shot])
+    val = (head(features[~shot]).numpy().astype(np.float64), labels[~shot].numpy()) if (~shot).any() else None
+    loo = (loo_z.numpy().astype(np.float64), loo_y.numpy())
+    found = openset.calibrated(val, loo, accept)
+    if found is None:
         return None
-    fit_z, fit_y = parts[0][0].numpy().astype(np.float64), parts[0][1].numpy()
-    temperature = openset.fit_temperature(fit_z, fit_y)
+    temperature, threshold = found
+    fit_z, fit_y = val if val is not None else loo
     before = openset.ece(openset.probabilities(fit_z, 1.0), fit_y)
     after = openset.ece(openset.probabilities(fit_z, temperature), fit_y)
-    threshold = openset.threshold_at(openset.abstention_score(openset.probabilities(z, temperature)), accept)
+    sources = [f"{len(loo_y)} leave-one-out shots"]
+    if val is not None:
+        sources.insert(0, f"{len(val[1])} validation images")
     source = f"{sources[0]}; threshold: " + " and ".join(sources) if len(sources) > 1 else f"{sources[0]}"
-    return Calibration(OpenSet(temperature, threshold, accept, source), before, after, len(y))
+    return Calibration(OpenSet(temperature, threshold, accept, source), before, after, len(loo_y) + (len(val[1]) if val else 0))
+
+
+def calibrate(head: SeMoBridge, features: FeatureSet, accept: float = ACCEPT) -> Calibration | None:
+    """Temperature and threshold from the fit's own images (calibration_data); None when there are no held-out
+    known images (one shot per class and no validation split: the model then has no "unknown")."""
+    return calibrate_on(head, calibration_data(head, features), accept)

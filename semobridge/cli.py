@@ -14,7 +14,9 @@ from typing import Iterator
 
 import click
 
-from .clitools import command, version_option
+from semobridge_runtime.commandline import group, model_argument, out_option, version_option
+
+from . import __version__
 from .errors import InputError
 from .files import read_text
 from .params import SEARCH_METHODS, BlendParams
@@ -68,9 +70,9 @@ def report_random(pretrained: str) -> None:
         click.secho(RANDOM_WARNING, fg="red", bold=True, err=True)
 
 
-def check_outputs(output: str, log_json: str | None) -> None:
+def check_outputs(out: str, log_json: str | None) -> None:
     """Before any work: every file we will write can be written."""
-    output_file(output, "model file (-o)")
+    output_file(out, "model file (-o)")
     if log_json is not None:
         output_file(log_json, "--log-json file")
 
@@ -117,7 +119,7 @@ fit_options = [
     ),
     click.option("--log-json", type=click.Path(dir_okay=False), help="Write the training loss terms, one JSON line per step."),
 ]
-output_option = click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
+output_option = out_option("Model file to write (.safetensors).", required=True)
 
 
 def with_options(options):
@@ -144,8 +146,8 @@ def fit_with_options(*, data, shots, model, pretrained, classnames, dataset_name
     )
 
 
-@click.group()
-@version_option
+@group("semobridge")
+@version_option(__version__)
 def main() -> None:
     """Few-shot CLIP classification with SeMoBridge (ICLR 2026)."""
 
@@ -154,21 +156,20 @@ def main() -> None:
 @with_options(source_options())
 @with_options(fit_options)
 @output_option
-@command
-def fit_cmd(output, log_json, **options) -> None:
+def fit_cmd(out, log_json, **options) -> None:
     """Fit on K images per class of a dataset and save the model file."""
-    check_outputs(output, log_json)
+    check_outputs(out, log_json)
     options["params"] = parse_params(options["params"])
     with json_log(log_json) as log:
         head, backbone, _ = fit_with_options(**options, log=log)
-        head.save(output)
+        head.save(out)
     click.echo(head.info.describe())
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {out}")
     report_random(backbone.pretrained)
 
 
 @main.command("eval")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@model_argument("model_file", metavar="MODEL")
 @click.option("--data", required=True, type=click.Path(exists=True), help="The dataset the model was fitted on (its test split by default).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]), help="Split to evaluate on.")
 @click.option("--pretrained", help="Where to find the backbone weights now (tag or file) [default: as recorded].")
@@ -184,7 +185,6 @@ def fit_cmd(output, log_json, **options) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every figure to this JSON file.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the per-class figures to this CSV file.")
 @click.option("--confusion", "confusion_out", type=click.Path(dir_okay=False), help="Plot the confusion matrix to this PNG.")
-@command
 def eval_cmd(model_file, data, split, pretrained, cache_dir, device, ood_of, open_set, json_out, csv_out, confusion_out) -> None:
     """Top-1 accuracy of a fitted model, with zero-shot CLIP beside it; per-class accuracy, macro-F1, the confusion
     matrix and, with --open-set, how well it tells its classes from others."""
@@ -294,13 +294,12 @@ def plot_confusion(result: dict, path: Path) -> None:
 @click.option("--device", help="cpu or cuda [default: cuda when present].")
 @with_options(fit_options)
 @output_option
-@command
 def fit_features_cmd(features, model, pretrained, device, seed, params, search_trials, search, train, steps, csb, protocol, log_json,
-                     output) -> None:
+                     out) -> None:
     """Fit from CLIP embeddings you already have (FEATURES.npz)."""
     if pretrained is not None and model is None:
         raise InputError("--pretrained needs --model (the open_clip model the features come from)")
-    check_outputs(output, log_json)
+    check_outputs(out, log_json)
     params = parse_params(params)
     from .backbones import best_device
     from .features import FeatureSet
@@ -319,21 +318,20 @@ def fit_features_cmd(features, model, pretrained, device, seed, params, search_t
     with json_log(log_json) as log:
         head = fit_features(feats, info, params=params, search_trials=search_trials, search=search, train=train,
                             steps=steps, csb=csb, seed=seed, log=log, device=device or best_device(), protocol=protocol)
-        head.save(output)
+        head.save(out)
     click.echo(head.info.describe())
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {out}")
     if backbone is not None:
         report_random(backbone.pretrained)
 
 
 @main.command("predict-features")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@model_argument("model_file", metavar="MODEL")
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="SCORES.npy to write.")
-@command
-def predict_features_cmd(model_file, queries, output) -> None:
+@out_option("SCORES.npy to write.", required=True)
+def predict_features_cmd(model_file, queries, out) -> None:
     """Blend scores z [Nq, C] for query embeddings (QUERIES.npz, key `image`)."""
-    output_file(output, "scores file (-o)")
+    output_file(out, "scores file (-o)")
     import numpy as np
     import torch
 
@@ -345,22 +343,21 @@ def predict_features_cmd(model_file, queries, output) -> None:
     q = load_queries(queries, head.text_classifier.shape[1])
     with torch.no_grad():
         scores = head(q).numpy().astype(np.float32)
-    with atomic_output(Path(output), "scores file (-o)") as tmp, open(tmp, "wb") as f:
+    with atomic_output(Path(out), "scores file (-o)") as tmp, open(tmp, "wb") as f:
         np.save(f, scores)
-    click.echo(f"wrote {output} {scores.shape}")
+    click.echo(f"wrote {out} {scores.shape}")
 
 
 @main.command("info")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@model_argument("model_file", metavar="MODEL")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded metadata as JSON.")
-@command
 def info_cmd(model_file, as_json) -> None:
     """What a model file (.safetensors) or an exported graph (.onnx) records."""
     from .modelfile import describe_export, read_export_metadata, read_info
 
     if Path(model_file).suffix.lower() == ".onnx":
         meta = read_export_metadata(model_file)
-        click.echo(json.dumps(meta, indent=2) if as_json else describe_export(meta))
+        click.echo(meta.to_json(indent=2) if as_json else describe_export(meta))
         return
     info = read_info(model_file)
     click.echo(json.dumps(asdict(info), indent=2) if as_json else info.describe())

@@ -8,7 +8,7 @@ import torch
 
 from .blend import BlendParams
 from .bridge import Bridge
-from .calibrate import calibrate
+from .calibrate import calibrate_on, calibration_data
 from .features import FeatureSet
 from .model import ModelInfo, SeMoBridge
 from .prototypes import bridged_prototypes, class_kl, image_prototypes, text_side
@@ -104,7 +104,8 @@ def fit_features(
     if features.has_val:
         head.info.val_accuracy = accuracy(head, features.val_image, features.val_label)
     head = head.cpu()
-    calibration = calibrate(head, features.to("cpu"))
+    head.calibration = calibration_data(head, features.to("cpu"))
+    calibration = calibrate_on(head, head.calibration)
     if calibration is not None:
         head.info.open_set = {**calibration.open_set.to_dict(), "ece_before": calibration.ece_before,
                               "ece_after": calibration.ece_after}

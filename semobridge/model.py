@@ -8,6 +8,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from semobridge_runtime.calibration import TENSORS as CALIBRATION  # kept for the runtime to recalibrate
+
 from .blend import BlendParams, affinities, blend
 from .bridge import Bridge
 from .files import atomic_output
@@ -37,6 +39,9 @@ class SeMoBridge(nn.Module):
         self.register_buffer("params", BlendParams.from_dict(info.params).to_tensor())
         self.class_bias = class_bias.detach().float() if class_bias is not None else None
         self.info = info
+        #: the embeddings the open set was calibrated on (semobridge.calibrate.calibration_data), saved with the
+        #: model so that the runtime recalibrates edited class sets; None: not kept (nothing recalibrates)
+        self.calibration: dict[str, torch.Tensor] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +82,8 @@ class SeMoBridge(nn.Module):
         if self.class_bias is not None:
             tensors["class_bias"] = self.class_bias
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+        if self.calibration is not None:  # labels int64, the shot flags uint8: as the runtime reads them
+            tensors.update({k: v.detach().cpu().contiguous() for k, v in self.calibration.items()})
         path = Path(path)
         with atomic_output(path, "model file") as tmp:
             save_file(tensors, str(tmp), metadata=self.info.to_metadata())
@@ -86,10 +93,10 @@ class SeMoBridge(nn.Module):
     def load(cls, path: str | Path) -> "SeMoBridge":
         """Read a model file written by `save`, validated (metadata, tensor names and shapes) before use."""
         info, arrays = read_model(path)
-        tensors = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in arrays.items()}
+        tensors = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in arrays.items() if name not in CALIBRATION}
         W = tensors["bridge.text_projection"]
         bridge = Bridge(W, float(tensors["bridge.eos_length"][0]), pinv=tensors["bridge.pinv"])
-        return cls(
+        head = cls(
             bridge,
             tensors["text_classifier"],
             tensors["bridged_prototypes"],
@@ -98,6 +105,9 @@ class SeMoBridge(nn.Module):
             info,
             tensors.get("class_bias"),
         )
+        if all(name in arrays for name in CALIBRATION):
+            head.calibration = {name: torch.from_numpy(np.array(arrays[name])) for name in CALIBRATION}
+        return head
 
     def check_backbone(self, backbone) -> None:
         """Refuse a backbone other than the one the model was fitted on."""

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 from semobridge_runtime import tensorfile
+from semobridge_runtime.contract import METADATA_KEY, MODEL_FILE_FORMAT
 from semobridge_runtime.errors import SemobridgeError as RuntimeSemobridgeError
+from semobridge_runtime.metadata import ModelInfo as ExportInfo
 from semobridge_runtime.openset import OpenSet
 
 from . import __version__
@@ -22,8 +24,7 @@ from .files import GRAPH_BYTES, read_bytes
 from .params import RANGES
 from .validate import MAX_SIDE, MIN_FIT_CLASSES, blend_values, class_names
 
-FORMAT = "semobridge-model/1"
-METADATA_KEY = "semobridge"  # the key of our metadata, in model files and in exported graphs
+FORMAT = MODEL_FILE_FORMAT
 
 
 class ModelFileError(ModelError):
@@ -187,8 +188,9 @@ def read_model(path: str | Path) -> tuple[ModelInfo, dict[str, np.ndarray]]:
     return info, tensors
 
 
-def read_export_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata an exported ONNX graph carries (semobridge-export), without its weights."""
+def read_export_metadata(path: str | Path) -> ExportInfo:
+    """The metadata an exported ONNX graph carries (semobridge-export), without its weights; ModelError unless it is
+    metadata of a format this version reads (semobridge_runtime.metadata)."""
     import onnx
 
     path = Path(path)
@@ -198,31 +200,26 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ModelError(f"{path} is not a readable ONNX file ({type(exc).__name__})", hint="export it again") from None
     props = {p.key: p.value for p in model.metadata_props}
-    try:
-        meta = json.loads(props[METADATA_KEY])
-        if not isinstance(meta, dict):
-            raise ValueError
-    except (KeyError, ValueError, RecursionError):  # RecursionError: nested too deep
+    if METADATA_KEY not in props:
         raise ModelError(f"{path} has no readable {METADATA_KEY!r} metadata: it was not written by semobridge-export",
-                         hint="export the model with semobridge-export") from None
-    return meta
+                         hint="export the model with semobridge-export")
+    return ExportInfo.from_json(props[METADATA_KEY], str(path))
 
 
-def describe_export(meta: dict[str, Any]) -> str:
+def describe_export(meta: ExportInfo) -> str:
     """A few lines for people about an exported graph."""
-    backbone = meta.get("backbone") or {}
-    names = list(meta.get("class_names") or [])
-    spec = meta.get("input") or {}
+    names, spec, b = list(meta.class_names), meta.input, meta.backbone
+    limits = asdict(meta.limits)
     rows = [
         ("classes", f"{len(names)}: " + ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")),
-        ("variant", f"{meta.get('variant')} SeMoBridge, {meta.get('shots')} shots, {meta.get('precision')}"),
-        ("backbone", f"{backbone.get('name')} ({backbone.get('pretrained')}, weights {backbone.get('weights_hash')})"),
-        ("input", f"{spec.get('name')} {spec.get('dtype')} {spec.get('shape')} {spec.get('layout')}"),
-        ("resize", str(meta.get("resize"))),
-        ("limits", ", ".join(f"{k} {v:,}" for k, v in (meta.get("limits") or {}).items()) or "n/a"),
-        ("val accuracy", percent(meta.get("val_accuracy"))),
-        ("unknown", _describe_open_set(meta.get("open_set")).split("unknown: ")[-1]),
-        ("library", str(meta.get("library_version"))),
+        ("variant", f"{meta.variant} SeMoBridge, {meta.shots} shots, {meta.precision}"),
+        ("backbone", f"{b.name} ({b.pretrained}, weights {b.weights_hash})" if b is not None else "None"),
+        ("input", f"{spec.name} {spec.dtype} {list(spec.shape)} {spec.layout}"),
+        ("resize", meta.resize),
+        ("limits", ", ".join(f"{k} {v:,}" for k, v in limits.items())),
+        ("val accuracy", percent(meta.val_accuracy)),
+        ("unknown", _describe_open_set(meta.open_set.to_dict() if meta.open_set else None).split("unknown: ")[-1]),
+        ("library", meta.library_version),
     ]
     return "\n".join(f"{k:<13} {v}" for k, v in rows)
 

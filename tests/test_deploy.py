@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semobridge_runtime.serve.cli import _parser
+from semobridge_runtime.serve.cli import parse_args
 from semobridge_runtime.serve.server import Endpoints
 
 yaml = pytest.importorskip("yaml", reason="PyYAML reads the manifests")
@@ -65,7 +65,7 @@ def test_manifest_probes_ports_and_metrics(name: str) -> None:
 def test_serve_manifest_runs_valid_options_and_waits_for_the_drain(name: str) -> None:
     pod = documents(name)["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    args = _parser().parse_args(resolved_args(container))  # the command's own parser: no stale option
+    args = parse_args(resolved_args(container))  # the command's own parser: no stale option
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + args.drain_timeout
     assert args.model.startswith("/models/")
@@ -126,7 +126,7 @@ def test_dockerfile_runs_valid_options() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     assert re.search(r'^ENTRYPOINT \["semobridge-serve"\]$', text, re.M)
-    args = _parser().parse_args(cmd)
+    args = parse_args(cmd)
     assert args.model == "/models/model.onnx" and args.http_port == PORTS["http"]
     assert '"/src/runtime[serve]"' in text and "/v2/health/ready" in text
     assert re.search(r"^FROM python:3\.(1[0-3])-slim", text, re.M)  # a Python nvidia-pytriton 0.7 has a stub for

@@ -29,7 +29,7 @@ def refused(*args, code: int = INPUT_EXIT, says: str) -> str:
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == code, result.output + repr(result.exception)
     assert says in result.output, result.output
-    assert "Traceback" not in result.output and "Error: " in result.output
+    assert "Traceback" not in result.output and "semobridge: error: " in result.output
     return result.output
 
 
@@ -376,12 +376,9 @@ def test_short_npz_class_names_are_named(tmp_path):
 
 
 def test_ctrl_c_says_interrupted_and_exits_130():
-    import click
+    from semobridge_runtime.commandline import command
 
-    from semobridge.clitools import command
-
-    @click.command()
-    @command
+    @command("slow")
     def slow():
         raise KeyboardInterrupt
 

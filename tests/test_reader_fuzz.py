@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from semobridge.errors import InputError, ModelError
 from semobridge.model import SeMoBridge
-from semobridge.modelfile import METADATA_KEY, ModelInfo, read_export_metadata, read_info
+from semobridge.modelfile import METADATA_KEY, ExportInfo, ModelInfo, read_export_metadata, read_info
 from semobridge.params import BlendParams
 from semobridge_export.exporter import MANIFEST, check_out_dir
 from tests.runtime.contract_model import build_contract_model, contract_metadata
@@ -99,7 +99,7 @@ def graph(folder: Path) -> onnx.ModelProto:
                       st.builds(json.dumps, st.just(contract_metadata(["a", "b"], "uint8", ["N", "H", "W", 3], 8)))),
        raw=st.binary(max_size=256))
 @example(text="[" * 5000 + "]" * 5000, raw=b"")
-def test_export_metadata_gives_a_dict_or_a_model_error(folder: Path, graph: onnx.ModelProto, text: str, raw: bytes) -> None:
+def test_export_metadata_gives_metadata_or_a_model_error(folder: Path, graph: onnx.ModelProto, text: str, raw: bytes) -> None:
     path = folder / "graph.onnx"
     for data in (raw, None):
         if data is None:
@@ -108,7 +108,7 @@ def test_export_metadata_gives_a_dict_or_a_model_error(folder: Path, graph: onnx
             data = graph.SerializeToString()
         path.write_bytes(data)
         try:
-            assert isinstance(read_export_metadata(path), dict)
+            assert isinstance(read_export_metadata(path), ExportInfo)
         except ModelError:
             pass
 

@@ -7,25 +7,33 @@ at the same time); the KL of every class is recomputed over the whole new set fr
 softmax denominators Σ_j exp(I_c · T_j), which an edit updates (and the first edit recovers
 from the KL itself), so one edit costs O(C·d) instead of a C x C product.
 
-A class file is a safetensors file; docs/classes.md gives its exact byte layout.
+A class set also carries its open-set `temperature` and `threshold` (semobridge_runtime.openset) and the
+embeddings they were calibrated on (semobridge_runtime.calibration), which the enrolment recalibrates
+after every edit. A class file is a safetensors file; docs/classes.md gives its exact byte layout.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import head, tensorfile
+from . import head, openset, tensorfile
+from .calibration import CalibrationData
+from .contract import CLASS_FILE_FORMAT as FORMAT
+from .contract import CLASS_FILE_NAMES as NAMES_TENSOR
+from .contract import CLASS_FILE_OPEN_SET
+from .contract import HEAD_INPUTS as TENSORS  # per-class tensors, named as the fused graph's head inputs, in file order
 from .errors import InputError, ModelError
 from .names import check_name, check_names, key
 
-FORMAT = "semobridge-classes/1"
-#: per-class tensors, named as the fused graph's head inputs, in file order
-TENSORS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
-NAMES_TENSOR = "class_names"  # uint8: the UTF-8 class names joined by "\n"
+if TYPE_CHECKING:
+    from .metadata import ModelInfo
+
+DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a class file's temperature and threshold (and C's)
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,12 @@ class Identity:
     embedding_dim: int
 
     @classmethod
-    def of(cls, raw: dict[str, Any], source: str) -> "Identity":
+    def of(cls, info: ModelInfo, source: str) -> "Identity":
         """From an exported model's metadata."""
-        if "bridge_hash" not in raw or "head_inputs" not in raw:
+        if info.bridge_hash is None or not info.head_inputs or info.backbone is None:
             raise ModelError(f"{source} was exported before class sets existed (its classes are fixed); "
                              "re-export it with semobridge-export to add or remove classes")
-        return cls(str(raw["backbone"]["name"]), str(raw["backbone"]["weights_hash"]), str(raw["bridge_hash"]),
-                   int(raw["embedding_dim"]))
+        return cls(info.backbone.name, info.backbone.weights_hash, info.bridge_hash, info.embedding_dim)
 
 
 def _frozen(array: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -64,6 +71,11 @@ class ClassSet:
     image_prototypes: np.ndarray  # I [C, d]
     class_kl: np.ndarray  # D [C], bits
     sums: np.ndarray | None = field(default=None, repr=False, compare=False)  # Σ_j exp(I_c·T_j), float64 [C]
+    #: the open set of this class set (openset.decide); None: the model's calibration applies
+    temperature: float | None = None
+    threshold: float | None = None
+    #: what they were calibrated on; None: not kept (a set from before it was stored): edits keep T and θ as they are
+    calibration: CalibrationData | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in TENSORS:
@@ -71,6 +83,15 @@ class ClassSet:
         C, shapes = len(self.names), [getattr(self, n).shape for n in TENSORS]
         if [len(s) for s in shapes] != [2, 2, 2, 1] or len({s[1] for s in shapes[:3]}) != 1 or any(s[0] != C for s in shapes):
             raise ModelError(f"class tensors of shapes {shapes} do not fit {C} classes")
+        if (self.temperature is None) != (self.threshold is None):
+            raise ModelError("a class set has both an open-set temperature and a threshold, or neither")
+        if self.temperature is not None:
+            openset.OpenSet(self.temperature, self.threshold)  # their ranges (ModelError, InputError)
+
+    def is_name_only(self, name: str) -> bool:
+        """Whether class `name` was enrolled from its name alone (stand-in prototypes; known only where the set keeps
+        its calibration data, which holds every class's shots)."""
+        return self.calibration is not None and self.calibration.shots_of(self.index(name)) == 0
 
     def __len__(self) -> int:
         return len(self.names)
@@ -98,15 +119,37 @@ class ClassSet:
         found = head.sums_from_kl(self.image_prototypes, self.text_classifier, self.class_kl)
         return found if found is not None else head.affinity_sums(self.image_prototypes, self.text_classifier)
 
-    def added(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray) -> "ClassSet":
-        """This set with one more class at the end; every class's KL recomputed, in O(C·d)."""
+    def added(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray,
+              shots: tuple[np.ndarray, np.ndarray] | None = None) -> "ClassSet":
+        """This set with one more class at the end; every class's KL recomputed, in O(C·d). `shots`: the features
+        F [K, d] and bridged features [K, d] its prototypes came from (kept with the calibration data; None: a
+        class from its name). The temperature and threshold are kept as they were (Enrolment recalibrates)."""
         check_name(name, self.names)
         T = np.vstack([self.text_classifier, text_classifier[None].astype(np.float32)])
         I = np.vstack([self.image_prototypes, image_prototype[None].astype(np.float32)])
         P = np.vstack([self.bridged_prototypes, bridged_prototype[None].astype(np.float32)])
         column, row = (np.exp(a.astype(np.float64)) for a in (I[:-1] @ T[-1], T @ I[-1]))
         sums = np.append(self._sums() + column, row.sum())
-        return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums)
+        data = self.calibration
+        if data is not None and shots is not None:
+            data = data.with_shots(len(self), *shots)
+        return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
+
+    def upgraded(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray,
+                 shots: tuple[np.ndarray, np.ndarray]) -> "ClassSet":
+        """This set with class `name` (enrolled from its name alone) given the prototypes of its shots (features and
+        bridged features [K, d]) and `text_classifier`, in its place; every class's KL recomputed, in O(C·d)."""
+        r = self.index(name)
+        if not self.is_name_only(name):
+            raise InputError(f"there is already a class named {name!r} (enrolled from images)",
+                             hint="choose another name, or remove that class first")
+        T, P, I = (np.array(a, np.float32) for a in (self.text_classifier, self.bridged_prototypes, self.image_prototypes))
+        old_t = T[r].copy()
+        T[r], P[r], I[r] = text_classifier, bridged_prototype, image_prototype
+        sums = self._sums() + np.exp((I @ T[r]).astype(np.float64)) - np.exp((I @ old_t).astype(np.float64))
+        sums[r] = np.exp((T @ I[r]).astype(np.float64)).sum()
+        data = self.calibration.with_shots(r, *shots)  # is_name_only: there is calibration data
+        return ClassSet(self.names, T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
 
     def removed(self, name: str) -> "ClassSet":
         """This set without class `name`; every remaining class's KL recomputed, in O(C·d)."""
@@ -117,7 +160,9 @@ class ClassSet:
         sums = (self._sums() - np.exp((self.image_prototypes @ self.text_classifier[r]).astype(np.float64)))[keep]
         T, I = self.text_classifier[keep], self.image_prototypes[keep]
         names = tuple(n for n in self.names if n != name)
-        return ClassSet(names, T, self.bridged_prototypes[keep], I, head.class_kl(I, T, sums), sums)
+        data = self.calibration.without(r) if self.calibration is not None else None
+        return ClassSet(names, T, self.bridged_prototypes[keep], I, head.class_kl(I, T, sums), sums, self.temperature,
+                        self.threshold, data)
 
     def renamed(self, old: str, new: str) -> "ClassSet":
         """This set with class `old` called `new` (its tensors unchanged)."""
@@ -133,8 +178,11 @@ class ClassSet:
             "format": FORMAT, "backbone": identity.backbone, "weights_hash": identity.weights_hash,
             "bridge_hash": identity.bridge_hash, "num_classes": str(len(self)), "embedding_dim": str(self.embedding_dim),
         }
+        if self.temperature is not None:  # repr: the shortest decimal that reads back as the same float64 (C: strtod)
+            meta.update(temperature=repr(float(self.temperature)), threshold=repr(float(self.threshold)))
         names = np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8)
-        return tensorfile.encode({**self.feeds(), NAMES_TENSOR: names}, meta)
+        calibration = self.calibration.tensors() if self.calibration is not None else {}
+        return tensorfile.encode({**self.feeds(), NAMES_TENSOR: names, **calibration}, meta)
 
     def save(self, path: str | os.PathLike, identity: Identity) -> None:
         """Write the class file under the output rule (files.atomic_output): atomic, only a regular writable
@@ -169,4 +217,25 @@ class ClassSet:
         classes = cls(names, *(tensors[n] for n in TENSORS))
         if classes.embedding_dim != identity.embedding_dim:
             raise ModelError(f"{source} has {classes.embedding_dim}-wide prototypes; this model's are {identity.embedding_dim}")
-        return classes  # NaN and infinite values: refused by tensorfile.read
+        data = CalibrationData.of(tensors, len(names), identity.embedding_dim, source)
+        return replace(classes, calibration=data, **open_set_of(meta, source))  # NaN, infinities: refused by tensorfile.read
+
+
+def open_set_of(meta: dict[str, str], source: str) -> dict[str, float | None]:
+    """The `temperature` and `threshold` of a class file's metadata (both None when it has neither: a file written
+    before class sets carried them; the model's calibration then applies)."""
+    given = [k for k in CLASS_FILE_OPEN_SET if k in meta]
+    if not given:
+        return {"temperature": None, "threshold": None}
+    try:
+        if len(given) != 2:
+            raise ValueError(f"it has a {given[0]} but no {({'temperature', 'threshold'} - set(given)).pop()}")
+        bad = [k for k in given if not DECIMAL.fullmatch(meta[k])]
+        if bad:
+            raise ValueError(f"{bad[0]} {meta[bad[0]]!r:.40} is not a decimal number")
+        t, h = float(meta["temperature"]), float(meta["threshold"])
+        openset.OpenSet(t, h)
+    except (ValueError, InputError, ModelError) as exc:
+        raise ModelError(f"{source} has an unusable open-set calibration ({exc})",
+                         hint="write it again with Classifier.save_classes or semobridge-classes") from None
+    return {"temperature": t, "threshold": h}

@@ -14,6 +14,7 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
+from .contract import EMBEDDING, RUN_OUTPUTS
 from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
@@ -83,8 +84,7 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bo
     probability threshold of one's own. A model exported without calibration, or before its graph computed the
     decision (`decides` False: no probabilities and known outputs), runs with unknown off and, for "auto", says so
     once (a warning); its probabilities are softmax(scores / T) with the metadata's T, else T = 1."""
-    calibration = info.raw.get("open_set")
-    fitted = openset.OpenSet.from_dict(calibration, source) if calibration is not None else None
+    fitted = info.open_set.decision if info.open_set is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
         if fitted is None or not decides:
@@ -119,8 +119,8 @@ class Classifier:
         self._backend = backend
         self._limits = limits
         self._path = path
-        self._temperature, self._threshold = 1.0, None  # the open-set decision (load sets it)
-        self._auto = True  # unknown="auto": a class set's own threshold, where it has one, wins
+        self._temperature, self._threshold = 1.0, None  # the model's open-set decision (load sets it)
+        self._auto = False  # unknown="auto": a class set's own calibration replaces the model's threshold
         self._decides = set(openset.DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
                                      text_model, sessions)
@@ -189,7 +189,7 @@ class Classifier:
         clf = cls(loaded, limits, path, text_model, sessions)
         clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path), clf._decides)
-        clf._auto = isinstance(unknown, str)
+        clf._auto = isinstance(unknown, str)  # "auto" (anything else was refused)
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
@@ -205,15 +205,23 @@ class Classifier:
         """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
         return self._path
 
+    def _decision(self, classes: ClassSet | None) -> tuple[float, float | None]:
+        """(T, θ) for predictions with `classes`: the class set's calibration where it carries one (recomputed by
+        every edit), else the model's; θ as `unknown` said (the calibrated one for "auto")."""
+        if classes is None or classes.temperature is None:
+            return self._temperature, self._threshold
+        return classes.temperature, classes.threshold if self._auto else self._threshold
+
     @property
     def temperature(self) -> float:
-        """T of the probabilities softmax(scores / T)."""
-        return self._temperature
+        """T of the probabilities softmax(scores / T) (the class set's, recomputed when classes are edited)."""
+        return self._decision(self._enrolment.classes)[0]
 
     @property
     def threshold(self) -> float | None:
-        """The top probability below which an image is unknown; None: unknown is off."""
-        return self._threshold
+        """The top probability below which an image is unknown (the class set's for unknown="auto", recomputed when
+        classes are edited); None: unknown is off."""
+        return self._decision(self._enrolment.classes)[1]
 
     @property
     def class_names(self) -> list[str]:
@@ -231,8 +239,8 @@ class Classifier:
         Its text classifier comes from the fit's prompt templates (and descriptions) filled with
         `name`, or from `prompts` if given; its prototypes from the images' embeddings, computed by
         this model's own graph; without images, from its text classifier (docs/method.md, "A class from
-        its name"; add it again with images, after remove_class, to upgrade it). Every class's weight is
-        recomputed over the new class set.
+        its name"; add it again with images to upgrade it in place). Every class's weight, and the set's open-set
+        temperature and threshold (docs/classes.md, "Unknown"), are recomputed over the new class set.
         """
         if images is None or (isinstance(images, (list, tuple)) and not images):
             self._enrolment.add(name, None, prompts)
@@ -284,11 +292,10 @@ class Classifier:
         return self._backend.max_batch
 
     def __repr__(self) -> str:
-        raw = self.info.raw
-        agreement = (raw.get("int8") or {}).get("label_agreement")
+        agreement = self.info.int8.label_agreement if self.info.int8 is not None else None
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={raw.get('precision', 'fp32')!r}"
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}"
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
                 + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
@@ -304,21 +311,16 @@ class Classifier:
         classes = self._enrolment.classes  # one class set for the whole call, whatever edits happen meanwhile
         names = classes.names if classes is not None else self.info.class_names
         if not self._decides:  # exported before the graph decided: closed set, probabilities from the scores
-            scores, labels, embeddings = self._run(images, ("scores", "label", "embedding"), classes)
-            _, known, probs = openset.decide(scores, self._temperature, None, labels)
+            scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
+            _, known, probs = openset.decide(scores, self._decision(classes)[0], None, labels)
             return Prediction.of(scores, labels, embeddings, names, top_k, probs, known)
-        outputs = self._run(images, ("scores", "label", "embedding", *openset.DECISION_OUTPUTS), classes)
+        outputs = self._run(images, (*RUN_OUTPUTS, *openset.DECISION_OUTPUTS), classes)
         return Prediction.of(*outputs[:3], names, top_k, *outputs[3:])
 
-    def _decision(self, classes: ClassSet | None = None) -> dict[str, np.ndarray]:
-        """The temperature and threshold the graph is fed (openset.DECISION_INPUTS, float32 scalars) for a class set:
-        its own calibration where it carries one (enrolment's, class files: its temperature always, its threshold with
-        unknown="auto"), else the model's; unknown off feeds openset.THRESHOLD_OFF."""
-        temperature, threshold = self._temperature, self._threshold
-        own_t, own_threshold = getattr(classes, "temperature", None), getattr(classes, "threshold", None)
-        temperature = own_t if own_t is not None else temperature
-        if self._auto and own_threshold is not None:
-            threshold = own_threshold
+    def _decision_feeds(self, classes: ClassSet | None) -> dict[str, np.ndarray]:
+        """The graph's temperature and threshold inputs (openset.DECISION_INPUTS, float32 scalars) for `classes`
+        (see _decision); unknown off feeds openset.THRESHOLD_OFF."""
+        temperature, threshold = self._decision(classes)
         off = openset.THRESHOLD_OFF if threshold is None else threshold
         return {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
 
@@ -338,13 +340,13 @@ class Classifier:
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
-        return self._run(images, ("embedding",), self._enrolment.classes)[0]
+        return self._run(images, (EMBEDDING,), self._enrolment.classes)[0]
 
     def _run(self, images: Any, outputs: Sequence[str], classes: ClassSet | None) -> list[np.ndarray]:
         backend = self._backend
         feeds = classes.feeds() if classes is not None else None
         if self._decides:
-            feeds = {**(feeds or {}), **self._decision(classes)}
+            feeds = {**(feeds or {}), **self._decision_feeds(classes)}
         if self.info.input_kind == "float":
             size = backend.fixed_hw[0] if backend.fixed_hw else self.info.image_size
             batch = float_batch(images, size)

@@ -8,82 +8,72 @@ Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.m
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import sys
 from pathlib import Path
 
+import click
+
 from . import __version__
 from .backends.choice import BACKENDS
 from .classifier import Classifier, Prediction
-from .errors import InputError, SemobridgeError, report
+from .commandline import command, model_argument, spin_option, threads_option, unknown_option, version_option
+from .errors import InputError
 from .images import IMAGE_SUFFIXES
-from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE, MAX_THREADS
-from .video_cli import add_video_options, run_video, video_source
+from .limits import MAX_ASPECT, MAX_PIXELS, MAX_SIDE
+from .video_cli import run_video, video_options, video_source
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semobridge-run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="exported .onnx model or TensorRT .engine/.plan")
-    parser.add_argument("images", nargs="+",
-                        help="image files, directories (their image files, sorted, not recursive) or quoted globs")
-    parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                        help="inference library (default auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with "
-                             "AMX where the export measured it, else ONNX Runtime)")
-    parser.add_argument("--fast-jpeg", action="store_true",
-                        help="decode JPEG files DCT-scaled (shorter side >= 2x the model's input) before the exact resize: "
-                             "several times faster on camera photos, pixels slightly off a full decode")
-    add_load_options(parser)
-    add_video_options(parser)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
+def load_options(fn):
+    """--classes, --no-int8, --threads, --spin and the image limits: Classifier.load's options
+    (semobridge-run, semobridge-serve)."""
+    for decorate in reversed((
+        click.option("--classes", metavar="FILE",
+                     help="Class file to use instead of the fitted classes (written by semobridge-classes or save_classes)."),
+        click.option("--no-int8", is_flag=True,
+                     help="Run MODEL as given; by default, on the CPU, model_int8.onnx beside it runs instead when its "
+                          "export measured the same labels as fp32 on >= 99% of the fit images."),
+        threads_option,
+        spin_option,
+        click.option("--max-side", type=int, default=None,
+                     help=f"Refuse images whose longest side exceeds this [default: the model's, else {MAX_SIDE}]."),
+        click.option("--max-pixels", type=int, default=None,
+                     help=f"Refuse images with more pixels than this [default: the model's, else {MAX_PIXELS}]."),
+        click.option("--max-aspect", type=float, default=None,
+                     help=f"Refuse images whose longest/shortest side exceeds this [default: the model's, else {MAX_ASPECT}]."),
+    )):
+        fn = decorate(fn)
+    return fn
 
 
-def add_load_options(parser: argparse.ArgumentParser, spinning: bool = True) -> None:
-    """--classes, --unknown, --no-int8, --threads, spinning and the image limits: Classifier.load's options
-    (semobridge-run, semobridge-serve).
-
-    spinning: the default for ONNX Runtime's intra-op spinning; the option offered turns it the other way
-    (--no-spinning, dest no_spinning; or --spinning, dest spinning).
-    """
-    parser.add_argument("--classes", metavar="FILE",
-                        help="class file to use instead of the fitted classes (written by semobridge-classes or save_classes)")
-    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
-                        help="answer 'unknown' for an image whose top calibrated probability is below the model's "
-                             "calibrated threshold (auto, the default), never (off), or below VALUE in [0, 1]")
-    parser.add_argument("--no-int8", action="store_true",
-                        help="run MODEL as given; by default, on the CPU, model_int8.onnx beside it runs instead when its "
-                             "export measured the same labels as fp32 on >= 99%% of the fit images")
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"ONNX Runtime intra-op threads, 0..{MAX_THREADS} (default 0: one per core)")
-    if spinning:
-        parser.add_argument("--no-spinning", action="store_true",
-                            help="let ONNX Runtime's CPU threads sleep between calls instead of spinning")
-    else:
-        parser.add_argument("--spinning", action="store_true",
-                            help="let ONNX Runtime's CPU threads spin between calls (default: they sleep, leaving "
-                                 "the cores to the server's network threads)")
-    parser.add_argument("--max-side", type=int, default=None,
-                        help=f"refuse images whose longest side exceeds this (default: the model's, else {MAX_SIDE})")
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help=f"refuse images with more pixels than this (default: the model's, else {MAX_PIXELS})")
-    parser.add_argument("--max-aspect", type=float, default=None,
-                        help=f"refuse images whose longest/shortest side exceeds this (default: the model's, "
-                             f"else {MAX_ASPECT})")
-
-
-def unknown_option(text: str) -> str | float | None:
-    """--unknown: "auto", "off" (None) or a threshold (checked by Classifier.load)."""
-    if text in ("auto", "off"):
-        return None if text == "off" else text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not auto, off or a number in [0, 1]") from None
+@command("semobridge-run", help=__doc__.replace("`", ""))
+@model_argument(metavar="MODEL")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--top-k", type=int, default=5, show_default=True, help="Classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+@unknown_option
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(list(BACKENDS)),
+              help="Inference library (auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with AMX where the "
+                   "export measured it, else ONNX Runtime).")
+@click.option("--fast-jpeg", is_flag=True,
+              help="Decode JPEG files DCT-scaled (shorter side >= 2x the model's input) before the exact resize: "
+                   "several times faster on camera photos, pixels slightly off a full decode.")
+@load_options
+@video_options
+@version_option(__version__)
+def cli(model, images, top_k, as_json, unknown, backend, fast_jpeg, classes, no_int8, threads, spin, max_side,
+        max_pixels, max_aspect, every, fps, smooth, video_options) -> int:
+    video = video_source(list(images), every, fps, smooth, video_options)
+    paths = image_paths(list(images)) if video is None else []
+    classifier = Classifier.load(model, backend=backend, intra_op_num_threads=threads, allow_spinning=spin,
+                                 prefer_int8=not no_int8, classes=classes, max_side=max_side, max_pixels=max_pixels,
+                                 max_aspect=max_aspect, unknown=unknown, fast_jpeg=fast_jpeg)
+    if video is not None:
+        return run_video(classifier, *video)
+    result = classifier.predict(paths, top_k=top_k)
+    print(_as_json(paths, result) if as_json else _as_text(paths, result))
+    return 0
 
 
 def image_paths(arguments: list[str]) -> list[str]:
@@ -131,22 +121,8 @@ def _as_text(images: list[str], result: Prediction) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        video = video_source(args)
-        images = image_paths(args.images) if video is None else []
-        classifier = Classifier.load(args.model, backend=args.backend, intra_op_num_threads=args.threads,
-                                     allow_spinning=not args.no_spinning, prefer_int8=not args.no_int8,
-                                     classes=args.classes, max_side=args.max_side,
-                                     max_pixels=args.max_pixels, max_aspect=args.max_aspect, unknown=args.unknown,
-                                     fast_jpeg=args.fast_jpeg)
-        if video is not None:
-            return run_video(classifier, *video)
-        result = classifier.predict(images, top_k=args.top_k)
-    except SemobridgeError as exc:
-        return report("semobridge-run", exc)
-    print(_as_json(images, result) if args.json else _as_text(images, result))
-    return 0
+    """The console script; returns the exit code (docs/errors.md)."""
+    return cli.main(argv, standalone_mode=False)
 
 
 if __name__ == "__main__":

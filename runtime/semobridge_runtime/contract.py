@@ -1,4 +1,9 @@
-"""The fused graph's interface, checked at load: one image input, `scores`/`label`/`embedding` outputs.
+"""The exported model's contract: the names every artifact, runtime and the C library share, and the fused
+graph's interface, checked at load (one image input, `scores`/`label`/`embedding` outputs).
+
+The names are defined here once; export writes them, the runtimes read them, and runtime/c/src/contract.h
+(generated from this module by runtime/c/tools/contract_header.py) gives them to the C library
+(tests/test_contract.py keeps the header equal to this module). The metadata's schema is in metadata.py.
 
 A graph that carries semobridge metadata but whose tensors do not match it (edited by hand,
 exported by another tool, metadata copied from another model) is refused here with a
@@ -8,10 +13,51 @@ ModelError, instead of failing inside the inference library at the first predict
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import ModelError
-from .metadata import ModelInfo
+
+if TYPE_CHECKING:
+    from .metadata import ModelInfo
+
+# ------------------------------------------------------------------ metadata keys and file formats
+METADATA_KEY = "semobridge"  # our metadata's key: ONNX metadata_props, safetensors __metadata__, Triton parameters
+CLASS_NAMES_KEY = "semobridge.class_names"  # ONNX metadata_props: the class names joined by "\n" (for C)
+TEXT_METADATA_KEY = "semobridge.text"  # the text tower's (text.onnx) metadata
+MODEL_FILE_FORMAT = "semobridge-model/1"  # semobridge's model file (`semobridge fit`; head.safetensors)
+CLASS_FILE_FORMAT = "semobridge-classes/1"  # class files (docs/classes.md)
+CLASS_FILE_NAMES = "class_names"  # a class file's uint8 tensor of the UTF-8 class names joined by "\n"
+CLASS_FILE_OPEN_SET = ("temperature", "threshold")  # a class file's open-set metadata keys (decimal strings)
+
+# ------------------------------------------------------------------ the fused graph's tensors
+IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, S]
+#: the class-set inputs ([C, d], [C, d], [C, d], [C]), in class-file order (docs/classes.md)
+HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
+SCORES, LABEL, EMBEDDING, FEATURES = "scores", "label", "embedding", "features"
+BRIDGED_FEATURES = "bridged_features"  # bridge(q), what enrolment averages into P_c
+OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES)  # the fused graph's outputs, in graph order
+RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
+TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)
+
+# ------------------------------------------------------------------ artifact file names
+SIDECAR_SUFFIX = ".json"  # `<stem>.json` beside every artifact: its metadata
+INT8_SUFFIX = "_int8"  # `<stem>_int8.onnx`: the CPU int8 artifact beside `<stem>.onnx`
+ENGINE_SUFFIXES = (".engine", ".plan")  # TensorRT engines
+#: what class enrolment reads beside the model (metadata "enrolment"; paths relative to the model file)
+ENROLMENT_FILES = {"head": "head.safetensors", "text_model": "text.onnx"}
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """`model.onnx` -> `model.json`, `model_fp16.engine` -> `model_fp16.json`."""
+    return Path(model_path).with_suffix(SIDECAR_SUFFIX)
+
+
+def int8_path(model_path: str | Path) -> Path:
+    """`model.onnx` -> `model_int8.onnx`."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}{INT8_SUFFIX}{path.suffix}")
+
 
 _REEXPORT = "re-export the model with semobridge-export (its metadata must describe this graph)"
 
@@ -37,8 +83,8 @@ def check_graph(info: ModelInfo, inputs: Sequence[Tensor], outputs: Sequence[Ten
                          f"expected one ({_describe(want_input)})", hint=_REEXPORT)
     _check(inputs[0], want_input, "input", source)
     found = {t.name: t for t in outputs}
-    for want in (Tensor("scores", "float32", (None, info.num_classes)), Tensor("label", "int64", (None,)),
-                 Tensor("embedding", "float32", (None, info.embedding_dim))):
+    for want in (Tensor(SCORES, "float32", (None, info.num_classes)), Tensor(LABEL, "int64", (None,)),
+                 Tensor(EMBEDDING, "float32", (None, info.embedding_dim))):
         if want.name not in found:
             raise ModelError(f"{source}: the graph has no '{want.name}' output (it has {sorted(found)}); "
                              f"a semobridge model outputs scores, label and embedding", hint=_REEXPORT)

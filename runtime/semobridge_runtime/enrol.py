@@ -12,32 +12,33 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
+from dataclasses import replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import files, head, tensorfile
+from . import calibration, files, head, openset, tensorfile
 from .classes import ClassSet, Identity, check_name
+from .contract import (BRIDGED_FEATURES, FEATURES, HEAD_INPUTS, METADATA_KEY, MODEL_FILE_FORMAT, TEXT_EMBEDDING,
+                       TEXT_METADATA_KEY)
 from .errors import InputError, ModelError
-from .metadata import ModelInfo
+from .metadata import ModelInfo, TextInfo
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # imported on first use: the import of onnxruntime takes a while
     from .backends.session import SessionSettings
 
-HEAD_FORMAT = "semobridge-model/1"  # semobridge's model file (semobridge/model.py)
-TEXT_METADATA_KEY = "semobridge.text"
-TEXT_OUTPUT = "text_embedding"  # the text tower's output: n(e W) per prompt
-SHOT_OUTPUTS = ("features", "bridged_features")  # what enrolment runs the model for: F and bridge(F) per shot
+TEXT_OUTPUT = TEXT_EMBEDDING  # the text tower's output: n(e W) per prompt
+SHOT_OUTPUTS = (FEATURES, BRIDGED_FEATURES)  # what enrolment runs the model for: F and bridge(F) per shot
 
 
 def _enrolment_path(model_path: Path, info: ModelInfo, key: str) -> Path:
-    files = info.raw.get("enrolment") or {}
-    if key not in files:
+    if info.enrolment is None:
         raise ModelError(f"{model_path} was exported without class enrolment; re-export it with semobridge-export")
-    path = model_path.parent / files[key]
+    path = model_path.parent / getattr(info.enrolment, key)
     if not path.is_file():
         raise ModelError(f"{path} is missing: adding, removing and renaming classes need it beside {model_path.name} "
                          "(semobridge-export writes it with the default formats, onnx,text)")
@@ -51,17 +52,33 @@ class FittedHead:
         path = _enrolment_path(model_path, info, "head")
         tensors, meta = tensorfile.read(path, "model head")
         try:
-            fields = json.loads(meta.get("semobridge", "{}"))
-            if not isinstance(fields, dict) or fields.get("format") != HEAD_FORMAT:
+            fields = json.loads(meta.get(METADATA_KEY, "{}"))
+            if not isinstance(fields, dict) or fields.get("format") != MODEL_FILE_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             names = tuple(fields["class_names"])
-            fitted = ClassSet(names, *(tensors[n] for n in ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")))
+            self.blend = calibration.Blend(tuple(float(fields["params"][k]) for k in calibration.PARAMS))
+            fitted = ClassSet(names, *(tensors[n] for n in HEAD_INPUTS))
         except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ModelError(f"{path} is not the head of this model ({exc}); re-export the model") from exc
         backbone = fields.get("backbone")
-        if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != info.raw["backbone"]["weights_hash"]:
+        weights = info.backbone.weights_hash if info.backbone is not None else None
+        if names != info.class_names or not isinstance(backbone, dict) or backbone.get("weights_hash") != weights:
             raise ModelError(f"{path} belongs to another export than {model_path.name}; re-export the model")
-        self.fitted = fitted
+        data = calibration.CalibrationData.of(tensors, len(names), fitted.embedding_dim, str(path))
+        fitted_open = info.open_set.decision if info.open_set is not None else None
+        self.accept = fitted_open.accept if fitted_open is not None else openset.ACCEPT
+        #: the fitted classes with the model's calibration and, from exports that keep them, its calibration data
+        self.fitted = ClassSet(names, fitted.text_classifier, fitted.bridged_prototypes, fitted.image_prototypes,
+                               fitted.class_kl, None, *((fitted_open.temperature, fitted_open.threshold) if fitted_open
+                                                        else (None, None)), data)
+
+    def recalibrated(self, classes: ClassSet) -> ClassSet:
+        """`classes` with T and θ recomputed from its calibration data (calibration.recalibrate); a set without
+        calibration data keeps its T and θ; a set whose data holds no held-out image gets none (the model's apply)."""
+        if classes.calibration is None:
+            return classes
+        found = calibration.recalibrate(classes, classes.calibration, self.blend, self.accept)
+        return replace(classes, temperature=found[0] if found else None, threshold=found[1] if found else None)
 
 
 class TextSide:
@@ -74,21 +91,21 @@ class TextSide:
 
         self._session = open_session(path, settings, "text model")
         try:
-            meta = json.loads(self._session.get_modelmeta().custom_metadata_map[TEXT_METADATA_KEY])
-            tokenizer = meta["tokenizer"]
+            text = self._session.get_modelmeta().custom_metadata_map.get(TEXT_METADATA_KEY)
         except Exception as exc:  # ORT raises several unrelated types for unreadable files
             raise ModelError(f"{path} is not a semobridge text model ({exc}); re-export the model") from exc
-        if meta["backbone"]["weights_hash"] != info.raw["backbone"]["weights_hash"]:
+        meta = TextInfo.from_json(text, str(path))
+        if info.backbone is None or meta.backbone.weights_hash != info.backbone.weights_hash:
             raise ModelError(f"{path} is the text tower of another backbone than {model_path.name}'s; use the one exported with it")
         if TEXT_OUTPUT not in {o.name for o in self._session.get_outputs()}:
             raise ModelError(f"{path} is the text tower of an older export (it has no '{TEXT_OUTPUT}' output: it "
                              "gives the pooled token before the projection, whose maths the runtime no longer holds)",
                              hint="re-export the model with semobridge-export (class files made with it still load)")
-        self._tokenizer = Tokenizer(path.parent / tokenizer["vocabulary"], tokenizer["context_length"], tokenizer["clean"])
+        tokenizer = meta.tokenizer
+        self._tokenizer = Tokenizer(path.parent / tokenizer.vocabulary, tokenizer.context_length, tokenizer.clean)
         self._input = self._session.get_inputs()[0].name
-        prompts = info.raw.get("prompts") or {}
-        self.templates: list[str] = list(prompts.get("templates", []))
-        self.descriptions: dict[str, list[str]] = dict(prompts.get("descriptions", {}))
+        self.templates: list[str] = list(info.prompts.templates)
+        self.descriptions: dict[str, list[str]] = {k: list(v) for k, v in info.prompts.descriptions.items()}
 
     def prompts(self, name: str) -> list[str]:
         """The fit's templates filled with `name`, then the fit's descriptions of it (if any)."""
@@ -146,7 +163,7 @@ class Enrolment:
     def identity(self) -> Identity:
         if not self._head_inputs:
             raise ModelError(f"{self._path} has its classes baked in; re-export it with semobridge-export to change them")
-        return Identity.of(self._info.raw, str(self._path))
+        return Identity.of(self._info, str(self._path))
 
     def fitted(self) -> FittedHead:
         if self._fitted is None:
@@ -165,8 +182,12 @@ class Enrolment:
     def add(self, name: str, shots: Callable[[], Sequence[np.ndarray]] | None,
             prompts: Sequence[str] | None = None) -> None:
         """Enrol `name` from its prompts and its shots: `shots()` runs the model on them for SHOT_OUTPUTS (None: from
-        its name and prompts alone)."""
-        check_name(name, self.names())
+        its name and prompts alone). A class of that name enrolled from its name alone is upgraded in place: its
+        stand-in prototypes replaced by its shots' (its text classifier kept unless `prompts` are given)."""
+        current = self.current() if self.classes is not None or self._head_inputs else None
+        upgrade = current is not None and name in current.names and current.is_name_only(name)
+        if not upgrade:
+            check_name(name, self.names())
         self.fitted()  # baked-in classes or a missing head file: refused before the images run
         missing = [o for o in SHOT_OUTPUTS if o not in self._outputs] if shots is not None else []
         if missing:
@@ -174,8 +195,17 @@ class Enrolment:
                              "before enrolment took the bridge from the model's graph",
                              hint="re-export it with semobridge-export (removing, renaming and class files work as "
                                   "they are)")
-        ran, T = shots() if shots is not None else None, self.text().classifier(name, prompts)
-        self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes)))
+        if upgrade:
+            if shots is None:
+                raise InputError(f"{name!r} is already a class from its name alone",
+                                 hint="pass images of it to give it real prototypes, or remove it first")
+            ran = tuple(shots())
+            T = self.text().classifier(name, prompts) if prompts is not None else None  # None: its own stays
+            self._edit(lambda classes: classes.upgraded(name, *class_tensors(
+                classes.text_classifier[classes.index(name)] if T is None else T, ran, classes), shots=ran))
+            return
+        ran, T = tuple(shots()) if shots is not None else None, self.text().classifier(name, prompts)
+        self._edit(lambda classes: classes.added(name, *class_tensors(T, ran, classes), shots=ran))
 
     def text(self) -> TextSide:
         """The text tower (read on first use)."""
@@ -190,15 +220,24 @@ class Enrolment:
         self._edit(lambda classes: classes.removed(name))
 
     def rename(self, old: str, new: str) -> None:
-        self._edit(lambda classes: classes.renamed(old, new))
+        self._edit(lambda classes: classes.renamed(old, new), recalibrate=False)
 
     def save(self, path: str | PathLike) -> None:
         self.current().save(path, self.identity())
 
     def load(self, path: str | PathLike) -> None:
+        """Use a class file's set with the T and θ it carries; a file without them (written before class files
+        carried them) uses the model's, and keeps them through edits (said once, as a warning)."""
         classes = ClassSet.load(path, self.identity())
-        self._edit(lambda _: classes)
+        if classes.temperature is None and classes.calibration is None:
+            fitted = self.fitted().fitted
+            warnings.warn(f"class file {path} carries no open-set calibration (written before class files kept it): the "
+                          "model's temperature and threshold apply, also after edits; enrol its classes again from the "
+                          "model's own to recalibrate", stacklevel=4)
+            classes = replace(classes, temperature=fitted.temperature, threshold=fitted.threshold)
+        self._edit(lambda _: classes, recalibrate=False)
 
-    def _edit(self, change: Callable[[ClassSet], ClassSet]) -> None:
+    def _edit(self, change: Callable[[ClassSet], ClassSet], recalibrate: bool = True) -> None:
         with self._lock:
-            self.classes = change(self.current())
+            changed = change(self.current())
+            self.classes = self.fitted().recalibrated(changed) if recalibrate else changed

@@ -10,36 +10,21 @@ Exit codes: 0 done, 2 input error, 3 model error, 4 runtime error (docs/errors.m
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
-from . import evaluation, tensorfile
+from . import __version__, evaluation, tensorfile
 from .classifier import Classifier
-from .cli import unknown_option
-from .errors import InputError, SemobridgeError, report
+from .commandline import command, model_argument, unknown_option, version_option
+from .errors import InputError
 from .images import IMAGE_SUFFIXES
 
 BATCH = 32
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semobridge-eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="exported .onnx model")
-    parser.add_argument("data", help="folder of class folders, or of split folders holding them")
-    parser.add_argument("--split", default="test", help="split folder to use when DATA has one (default test)")
-    parser.add_argument("--unknown", default="auto", metavar="auto|off|VALUE", type=unknown_option,
-                        help="the operating point, as semobridge-run's --unknown")
-    parser.add_argument("--open-set", action="store_true", help="also the leave-classes-out open-set figures")
-    parser.add_argument("--json", metavar="FILE", help="write every figure to this JSON file")
-    parser.add_argument("--csv", metavar="FILE", help="write the per-class figures to this CSV file")
-    parser.add_argument("--no-int8", action="store_true", help="evaluate MODEL as given (not model_int8.onnx beside it)")
-    return parser
 
 
 def labelled_images(data: Path, split: str, names: list[str]) -> tuple[list[str], np.ndarray]:
@@ -69,19 +54,20 @@ def predict(clf: Classifier, paths: list[str]) -> tuple[np.ndarray, np.ndarray, 
             np.concatenate([p.embeddings for p in parts]))
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(model: str, data: str, split: str = "test", unknown: str | float | None = "auto", open_set: bool = False,
+             no_int8: bool = False) -> dict[str, Any]:
     def load() -> Classifier:
-        return Classifier.load(args.model, prefer_int8=not args.no_int8, unknown=args.unknown)
+        return Classifier.load(model, prefer_int8=not no_int8, unknown=unknown)
 
     clf = load()
     names = clf.class_names
-    paths, labels = labelled_images(Path(args.data), args.split, names)
+    paths, labels = labelled_images(Path(data), split, names)
     scores, decided, embeddings = predict(clf, paths)
     result: dict[str, Any] = {"model": str(clf.path), "images": len(labels), "class_names": names,
                               **evaluation.closed_set(labels, scores.argmax(1), names),
                               "threshold": clf.threshold, "accepted": float((decided >= 0).mean()),
                               "accuracy_at_operating_point": float((decided == labels).mean())}
-    if args.open_set:
+    if open_set:
         per_fold = []
         for unknown_fold in evaluation.folds(len(names)):
             fold = load()
@@ -114,18 +100,29 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        result = evaluate(args)
-        if args.json:
-            tensorfile.write_atomic(args.json, json.dumps(result, indent=2).encode("utf-8"))
-        if args.csv:
-            tensorfile.write_atomic(args.csv, evaluation.per_class_csv(result).encode("utf-8"))
-    except SemobridgeError as exc:
-        return report("semobridge-eval", exc)
+@command("semobridge-eval", help=__doc__.replace("`", ""))
+@model_argument(metavar="MODEL")
+@click.argument("data")
+@click.option("--split", default="test", show_default=True, help="Split folder to use when DATA has one.")
+@unknown_option
+@click.option("--open-set", is_flag=True, help="Also the leave-classes-out open-set figures.")
+@click.option("--json", "json_out", metavar="FILE", help="Write every figure to this JSON file.")
+@click.option("--csv", "csv_out", metavar="FILE", help="Write the per-class figures to this CSV file.")
+@click.option("--no-int8", is_flag=True, help="Evaluate MODEL as given (not model_int8.onnx beside it).")
+@version_option(__version__)
+def cli(model: str, data: str, split: str, unknown, open_set: bool, json_out: str | None, csv_out: str | None,
+        no_int8: bool) -> None:
+    result = evaluate(model, data, split, unknown, open_set, no_int8)
+    if json_out:
+        tensorfile.write_atomic(json_out, json.dumps(result, indent=2).encode("utf-8"))
+    if csv_out:
+        tensorfile.write_atomic(csv_out, evaluation.per_class_csv(result).encode("utf-8"))
     print(describe(result))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script; returns the exit code (docs/errors.md)."""
+    return cli.main(argv, standalone_mode=False)
 
 
 if __name__ == "__main__":

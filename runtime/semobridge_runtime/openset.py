@@ -113,23 +113,41 @@ def nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(scores: np.ndarray, labels: np.ndarray, iterations: int = 100) -> float:
-    """The T minimising the NLL (Guo et al., 2017): golden-section search on log T over TEMPERATURE_RANGE
-    (the NLL is convex in 1/T, so unimodal in log T)."""
+    """The T minimising the NLL (Guo et al., 2017) over TEMPERATURE_RANGE: the NLL is convex in β = 1/T, with
+    derivative mean(E_p[z] - z_y) and second derivative mean(Var_p[z]) under p = softmax(β z); safeguarded Newton
+    steps on β (a geometric bisection of the bracket where a step would leave it) find the root of the derivative
+    in about ten passes over the scores, or the end of the range the NLL falls towards."""
+    z = np.asarray(scores, np.float64)
     labels = np.asarray(labels, np.int64)
-    a, b = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
-    g = (np.sqrt(5) - 1) / 2
-    c, d = b - g * (b - a), a + g * (b - a)
-    fc, fd = nll(scores, labels, np.exp(c)), nll(scores, labels, np.exp(d))
+    own = z[np.arange(len(labels)), labels]
+    z = z - z.max(axis=1, keepdims=True)  # shifts z and z_y alike: the derivatives do not change
+    own = own - (np.asarray(scores, np.float64).max(axis=1))
+
+    def slope(beta: float) -> tuple[float, float]:
+        e = np.exp(beta * z)
+        p = e / e.sum(axis=1, keepdims=True)
+        mean = (p * z).sum(axis=1)
+        return float((mean - own).mean()), float(((p * z * z).sum(axis=1) - mean * mean).mean())
+
+    lo, hi = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
+    if slope(lo)[0] >= 0:
+        return TEMPERATURE_RANGE[1]
+    if slope(hi)[0] <= 0:
+        return TEMPERATURE_RANGE[0]
+    beta = 1.0
     for _ in range(iterations):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - g * (b - a)
-            fc = nll(scores, labels, np.exp(c))
+        g, h = slope(beta)
+        if g > 0:
+            hi = beta
         else:
-            a, c, fc = c, d, fd
-            d = a + g * (b - a)
-            fd = nll(scores, labels, np.exp(d))
-    return float(np.exp((a + b) / 2))
+            lo = beta
+        step = beta - g / h if h > 0 else 0.0
+        following = step if lo < step < hi else float(np.sqrt(lo * hi))
+        if abs(following - beta) <= 1e-12 * beta:
+            beta = following
+            break
+        beta = following
+    return float(1 / beta)
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -151,6 +169,33 @@ def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
     if not len(s):
         raise InputError("no known images to calibrate the threshold on")
     return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
+
+
+def conformal_threshold(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
+    """The split-conformal threshold (Vovk et al., 2005; Angelopoulos and Bates, 2021): the k-th smallest of n
+    held-out known scores, k = floor((n + 1)(1 - accept)), so that a new known image exchangeable with them is
+    accepted with probability (n + 1 - k) / (n + 1), in [accept, accept + 1 / (n + 1)). With k = 0 (fewer than
+    1 / (1 - accept) - 1 images: 19 at 95 %) no threshold keeps that promise but 0, which accepts every image."""
+    s = np.sort(np.asarray(known_scores, np.float64))
+    if not len(s):
+        raise InputError("no known images to calibrate the threshold on")
+    k = int(np.floor((len(s) + 1) * (1 - accept) + 1e-9))
+    return float(s[k - 1]) if k >= 1 else 0.0
+
+
+def calibrated(val: tuple[np.ndarray, np.ndarray] | None, loo: tuple[np.ndarray, np.ndarray],
+               accept: float = ACCEPT) -> tuple[float, float] | None:
+    """(T, θ) from the blend scores z and labels of the held-out known images (docs/method.md, "The open set"):
+    T minimises the NLL of the validation images (of the leave-one-out shots when there are none); θ accepts
+    `accept` of all of them, conformally (conformal_threshold). None when there is no held-out image. The one
+    rule of the fit's calibration (semobridge.calibrate) and of an edited class set's
+    (semobridge_runtime.calibration)."""
+    parts = [p for p in (val, loo) if p is not None and len(p[1])]
+    if not parts:
+        return None
+    temperature = fit_temperature(np.asarray(parts[0][0], np.float64), parts[0][1])
+    z = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
+    return temperature, conformal_threshold(abstention_score(probabilities(z, temperature)), accept)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:

@@ -7,49 +7,52 @@ exits 130).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
+from typing import Callable, Iterable
+
+import click
 
 from .classifier import Classifier
 from .errors import InputError
 from .video import Sampling, check_source, elapsed_report, import_av, is_video_source
 
 
-def add_video_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "videos, streams and cameras",
-        "a video file, an rtsp://... (or http, rtmp, udp, srt) URL or a /dev/videoN camera instead of images\n"
-        "(one source; needs the runtime's video extra): one JSON line per classified frame")
-    group.add_argument("--every", type=int, default=None, metavar="N", help="classify every N-th frame (frames 0, N, 2N...)")
-    group.add_argument("--fps", type=float, default=None, metavar="F",
-                       help="classify F frames a second of video (the first frame at or after each 1/F s); "
-                            "default: every frame")
-    group.add_argument("--smooth", type=float, default=None, metavar="A",
-                       help="exponential moving average of the scores over classified frames, s = A p + (1 - A) s "
-                            "(0 < A <= 1; 1 is none, 0.3 averages over about 3 frames)")
-    group.add_argument("--video-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="an FFmpeg option for the source, repeatable: rtsp_transport=udp, video_size=1280x720, "
-                            "input_format=mjpeg, framerate=30")
+def video_options(fn: Callable) -> Callable:
+    """--every, --fps, --smooth and --video-option (semobridge-run)."""
+    for decorate in reversed((
+        click.option("--every", type=int, default=None, metavar="N", help="Video: classify every N-th frame (frames 0, N, 2N...)."),
+        click.option("--fps", type=float, default=None, metavar="F",
+                     help="Video: classify F frames a second of video (the first frame at or after each 1/F s) "
+                          "[default: every frame]."),
+        click.option("--smooth", type=float, default=None, metavar="A",
+                     help="Video: exponential moving average of the scores over classified frames, s = A p + (1 - A) s "
+                          "(0 < A <= 1; 1 is none, 0.3 averages over about 3 frames)."),
+        click.option("--video-option", "video_options", multiple=True, metavar="KEY=VALUE",
+                     help="Video: an FFmpeg option for the source, repeatable: rtsp_transport=udp, video_size=1280x720, "
+                          "input_format=mjpeg, framerate=30."),
+    )):
+        fn = decorate(fn)
+    return fn
 
 
-def video_source(args: argparse.Namespace) -> tuple[str, Sampling, dict[str, str]] | None:
+def video_source(sources: list[str], every: int | None, fps: float | None, smooth: float | None,
+                 video_options: tuple[str, ...]) -> tuple[str, Sampling, dict[str, str]] | None:
     """The one video source, its sampling and FFmpeg options (all checked), or None when the arguments are images."""
-    asked = args.every is not None or args.fps is not None or args.smooth is not None or args.video_option
-    if not asked and not any(is_video_source(a) for a in args.images):
+    asked = every is not None or fps is not None or smooth is not None or video_options
+    if not asked and not any(is_video_source(a) for a in sources):
         return None
-    if len(args.images) != 1:
-        raise InputError(f"{len(args.images)} sources given; semobridge-run reads one video, stream or camera at a time",
+    if len(sources) != 1:
+        raise InputError(f"{len(sources)} sources given; semobridge-run reads one video, stream or camera at a time",
                          hint="run it once per video; --every, --fps, --smooth and --video-option apply to videos only")
-    source, sampling, options = args.images[0], Sampling(args.every, args.fps, args.smooth), _options(args.video_option)
+    source, sampling, options = sources[0], Sampling(every, fps, smooth), _options(video_options)
     check_source(source)  # before the model loads: a typo costs no model load
     import_av()
     return source, sampling, options
 
 
-def _options(pairs: list[str]) -> dict[str, str]:
+def _options(pairs: Iterable[str]) -> dict[str, str]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -69,9 +72,7 @@ def run_video(classifier: Classifier, source: str, sampling: Sampling, options: 
             print(json.dumps(record.as_dict()), flush=True)
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:  # the reader stopped (| head): no more output, no traceback at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
+    finally:  # also when the reader of stdout went away (| head): the command ends with 141, no traceback
         stream.close()
         print(f"semobridge-run: {elapsed_report(stream, time.perf_counter() - start)}", file=sys.stderr)
     return code

@@ -64,9 +64,11 @@ def test_fit_and_export_in_one_go(image_folder, tmp_path):
 
 
 def test_export_takes_every_fit_option():
-    """One definition: `semobridge-export` has each option of `semobridge fit` (but -o: it writes --out), the same."""
-    fit = {p.name: p for p in fit_command.params if p.name != "output"}
+    """One definition: `semobridge-export` has each option of `semobridge fit`, the same (-o/--out: fit writes a
+    model file, export a folder)."""
+    fit = {p.name: p for p in fit_command.params if p.name != "out"}
     export = {p.name: p for p in main.params}
+    assert export["out"].opts == [p for p in fit_command.params if p.name == "out"][0].opts == ["-o", "--out", "--output"]
     assert set(fit) <= set(export), set(fit) - set(export)
     for name, option in fit.items():
         theirs = export[name]

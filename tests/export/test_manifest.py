@@ -102,10 +102,13 @@ def test_only_unchanged_files_of_the_manifest_are_removed(tmp_path):
     (stage / "model.onnx").write_bytes(b"new graph")
     _manifest(stage, {"model.onnx": _entry(b"new graph")})
     (out / "triton" / "1" / "notes.txt").write_text("added during the export")  # not ours: kept, and said so
-    with pytest.raises(InputError, match="holds files that are not ours"):
+    with pytest.raises(InputError, match="changed during the export: triton/1/notes.txt .* nothing was placed"):
         _move_into(stage, out, {})
     assert (out / "triton" / "1" / "notes.txt").read_text() == "added during the export"
-    assert (out / "model.onnx").read_bytes() == b"new graph" and not (out / "model_int8.onnx").exists()
+    for name, data in files.items():  # nothing placed, nothing removed (the new graph was placed, int8 removed)
+        assert (out / name).read_bytes() == data
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx", "model_int8.onnx", "triton"]
+    assert (stage / "model.onnx").read_bytes() == b"new graph"
 
     (out / "model.onnx").write_bytes(b"edited by hand")
     with pytest.raises(InputError, match="no semobridge export wrote there: model.onnx"):

@@ -95,7 +95,7 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     props = {p.key: p.value for p in model.metadata_props}
     meta = json.loads(props[METADATA_KEY])
     assert props[CLASS_NAMES_KEY].split("\n") == tiny_head.info.class_names
-    assert json.loads((exported_onnx / "model.json").read_text()) == meta == read_metadata(exported_onnx / "model.onnx")
+    assert json.loads((exported_onnx / "model.json").read_text()) == meta == read_metadata(exported_onnx / "model.onnx").to_dict()
     assert meta["format_version"] == 1
     assert meta["class_names"] == tiny_head.info.class_names and meta["num_classes"] == 5
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
@@ -115,7 +115,7 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["variant"] == "training-free" and meta["precision"] == "fp32"
     assert {"val_accuracy", "library_version"} <= set(meta)
     for name, precision in [("model_fp16", "fp16"), ("model_int8", "int8")]:
-        written = read_metadata(exported_onnx / f"{name}.onnx")
+        written = read_metadata(exported_onnx / f"{name}.onnx").to_dict()
         fp32 = {k: v for k, v in meta.items() if k != "openvino"}  # OpenVINO's measurement is of model.onnx only
         assert {k: v for k, v in written.items() if k != "int8"} == {**fp32, "precision": precision}
         assert ("int8" in written) == (precision == "int8")  # the int8 artifact's label agreement with fp32
@@ -132,12 +132,12 @@ def test_float_input_and_fixed_size_variants(tiny_head, tiny_backbone, tmp_path)
 
     out = export(tiny_head, tiny_backbone, tmp_path / "float", input_kind="float", log=lambda _: None)
     meta = read_metadata(out["onnx"])
-    assert meta["input"]["kind"] == "float" and meta["input"]["shape"] == ["N", 3, 224, 224]
+    assert meta.input_kind == "float" and meta.input.shape == ("N", 3, 224, 224)
     assert np.abs(reference_scores(out["onnx"], pixels)["scores"] - expected).max() <= 1e-4
 
     out = export(tiny_head, tiny_backbone, tmp_path / "fixed", fixed_size=(120, 160), log=lambda _: None)
     dims = [d.dim_param or d.dim_value for d in onnx.load(str(out["onnx"])).graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["N", 120, 160, 3] and read_metadata(out["onnx"])["input"]["shape"] == ["N", 120, 160, 3]
+    assert dims == ["N", 120, 160, 3] and read_metadata(out["onnx"]).input.shape == ("N", 120, 160, 3)
     assert np.abs(reference_scores(out["onnx"], images)["scores"] - expected).max() <= 1e-4
     with pytest.raises(ValueError, match="fixed-size"):
         export(tiny_head, tiny_backbone, tmp_path / "bad", input_kind="float", fixed_size=(1, 1))

@@ -64,11 +64,11 @@ def test_export_reports_fp16_drift_and_records_int8_agreement(tiny_head, tiny_ba
     assert any(line.startswith("fp16: max |score difference| against fp32") for line in lines)
     reported = [line for line in lines if line.startswith("int8: label agreement with fp32")]
     assert len(reported) == 1 and reported[0].endswith("on 2 few-shot images")  # the fit images, not the check images
-    recorded = read_metadata(out / "model_int8.onnx")["int8"]
+    recorded = read_metadata(out / "model_int8.onnx").to_dict()["int8"]
     agreement = label_agreement(out / "model.onnx", out / "model_int8.onnx", images[4:])
     assert recorded == {"label_agreement": round(agreement, 4), "images": 2, "measured_on": "few-shot images"}
     assert json.loads((out / "model_int8.json").read_text())["int8"] == recorded
-    assert "int8" not in read_metadata(out / "model.onnx")
+    assert read_metadata(out / "model.onnx").int8 is None
 
 
 def test_int8_artifact_runs_onnxruntime_operators_the_fp32_graph_stays_standard(exported_onnx):

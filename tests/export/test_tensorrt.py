@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from semobridge_runtime.metadata import InputSpec, ModelInfo
 
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
@@ -12,9 +13,15 @@ from semobridge_export.tensorrt import (
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
-META_DYNAMIC = {"input": {"kind": "uint8", "shape": ["N", "H", "W", 3]}}
-META_FIXED = {"input": {"kind": "uint8", "shape": ["N", 480, 640, 3]}}
-META_FLOAT = {"input": {"kind": "float", "shape": ["N", 3, 224, 224]}}
+
+
+def _meta(kind: str, shape: tuple) -> ModelInfo:
+    return ModelInfo(class_names=("a",), embedding_dim=8, image_size=224, input=InputSpec(kind=kind, shape=shape))
+
+
+META_DYNAMIC = _meta("uint8", ("N", "H", "W", 3))
+META_FIXED = _meta("uint8", ("N", 480, 640, 3))
+META_FLOAT = _meta("float", ("N", 3, 224, 224))
 
 
 def test_profile_shapes():
@@ -84,15 +91,18 @@ def test_build_engine_refuses_dla_in_fp32_before_anything(exported_onnx, tmp_pat
     assert not lines and not list(tmp_path.iterdir())
 
 
-def test_the_runtime_reads_the_dla_core_from_the_engine_metadata(tmp_path):
-    from semobridge_runtime.backends.trt import _dla_core
+def test_the_runtime_reads_the_dla_core_from_the_engine_metadata():
     from semobridge_runtime.errors import ModelError
 
-    assert _dla_core({}, tmp_path) is None and _dla_core({"tensorrt": {"version": "10.3"}}, tmp_path) is None
-    assert _dla_core({"tensorrt": {"dla_core": 1}}, tmp_path) == 1
-    for bad in ({"tensorrt": {"dla_core": "1"}}, {"tensorrt": {"dla_core": -1}}, {"tensorrt": {"dla_core": True}}):
-        with pytest.raises(ModelError, match="not a DLA core number"):
-            _dla_core(bad, tmp_path)
+    def read(tensorrt: dict | None) -> ModelInfo:
+        return ModelInfo.from_dict({**META_DYNAMIC.to_dict(), **({"tensorrt": tensorrt} if tensorrt is not None else {})},
+                                   "model_trt.json")
+
+    assert read(None).tensorrt is None and read({"version": "10.3"}).tensorrt.dla_core is None
+    assert read({"dla_core": 1}).tensorrt.dla_core == 1
+    for bad in ({"dla_core": "1"}, {"dla_core": -1}, {"dla_core": True}, {"dla_core": 1.0}):
+        with pytest.raises(ModelError, match="dla_core"):
+            read(bad)
 
 
 def test_class_count_profile_and_class_set_inputs(exported_onnx):

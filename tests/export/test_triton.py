@@ -3,6 +3,7 @@ model-config schema and the graph it serves. The container itself cannot run her
 no GPU): what the ONNX Runtime and TensorRT backends do with these configs is unverified."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from google.protobuf import json_format, text_format
+from semobridge_runtime.metadata import ModelInfo
 
 from semobridge_export.formats import resolve_formats, unused_options
 from semobridge_export.tensorrt import Profile
@@ -31,7 +33,7 @@ def graph_dims(onnx_path: Path) -> dict[str, list]:
 
 @pytest.fixture(scope="module")
 def repository(exported_onnx: Path, tmp_path_factory) -> Path:
-    meta = json.loads((exported_onnx / "model.json").read_text())
+    meta = ModelInfo.from_json((exported_onnx / "model.json").read_text(), "model.json")
     engine = tmp_path_factory.mktemp("engine") / "model_trt.engine"
     engine.write_bytes(b"stands in for a TensorRT engine")  # only copied, never opened
     return write_repository(tmp_path_factory.mktemp("triton") / "triton", exported_onnx / "model.onnx", meta,
@@ -82,7 +84,7 @@ def test_the_served_graph_has_the_fitted_classes_as_constants(repository, export
 def test_with_an_engine_the_plan_is_built_with_the_classes_inside(exported_onnx, tmp_path, monkeypatch) -> None:
     """TensorRT is not installed here: what the triton format asks the builder for (the classes built in, the
     export's profile) is checked; tests/export/test_tensorrt.py checks that request's shapes."""
-    from semobridge_export import formats
+    from semobridge_export import formats, tensorrt
 
     asked = {}
 
@@ -92,8 +94,8 @@ def test_with_an_engine_the_plan_is_built_with_the_classes_inside(exported_onnx,
         engine_path.write_bytes(b"a plan")
         return engine_path
 
-    monkeypatch.setattr(formats, "build_engine", build)
-    meta = json.loads((exported_onnx / "model.json").read_text())
+    monkeypatch.setattr(tensorrt, "build_engine", build)  # export_triton imports it when it runs
+    meta = ModelInfo.from_json((exported_onnx / "model.json").read_text(), "model.json")
     job = formats.Job(None, meta, tmp_path, profile=Profile((1, 2, 8)), log=lambda _: None,
                       written={"onnx": exported_onnx / "model.onnx", "engine": tmp_path / "model_trt.engine"})
     root = formats.export_triton(job)
@@ -127,7 +129,7 @@ def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) ->
     from semobridge_runtime.serve.settings import ServeSettings, load_classifier
     from semobridge_runtime.serve.triton_config import Batching
 
-    meta = json.loads((exported_onnx / "model.json").read_text())
+    meta = ModelInfo.from_json((exported_onnx / "model.json").read_text(), "model.json")
     settings = ServeSettings(str(exported_onnx / "model.onnx"), prefer_int8=False)
     clf = load_classifier(settings)
     assert isinstance(clf, Classifier) and clf.path.name == "model.onnx"
@@ -161,8 +163,8 @@ def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) ->
 
 @pytest.mark.parametrize("shape, kind", [(["N", 240, 320, 3], "uint8"), (["N", 3, 224, 224], "float")])
 def test_fixed_size_and_float_inputs(exported_onnx, shape, kind) -> None:
-    meta = json.loads((exported_onnx / "model.json").read_text())
-    meta["input"] = {**meta["input"], "kind": kind, "shape": shape}
+    meta = ModelInfo.from_json((exported_onnx / "model.json").read_text(), "model.json")
+    meta = dataclasses.replace(meta, input=dataclasses.replace(meta.input, kind=kind, shape=tuple(shape)))
     config = text_format.Parse(config_text(meta, Profile((1, 4, 8))), model_config_pb2.ModelConfig())
     assert list(config.input[0].dims) == shape[1:] and config.max_batch_size == 8
     assert config.input[0].data_type == (model_config_pb2.TYPE_UINT8 if kind == "uint8" else model_config_pb2.TYPE_FP32)

@@ -2,7 +2,8 @@
 
 The graph is a toy classifier (resize to 32x32 -> linear embedding -> L2 norm ->
 cosine against class prototypes -> softmax -> argmax) with the same inputs,
-outputs and metadata as the real exporter's output. With `head_as_data` its head takes
+outputs and metadata as the real exporter's output: its names come from semobridge_runtime.contract and
+its metadata is a semobridge_runtime.metadata.ModelInfo, written as the exporter writes it. With `head_as_data` its head takes
 the class set as inputs, as the exporter's graphs do (docs/classes.md): the four tensors
 are initializers that are also graph inputs, and every one of them changes the scores.
 """
@@ -16,12 +17,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from semobridge_runtime.classes import Identity
+from semobridge_runtime.contract import (CLASS_FILE_FORMAT, CLASS_NAMES_KEY, EMBEDDING, HEAD_INPUTS, IMAGE_INPUT, LABEL,
+                                         METADATA_KEY, SCORES)
+from semobridge_runtime.metadata import Backbone, InputSpec, ModelInfo, TensorSpec
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
 SIZE = 32
 BRIDGE_HASH = "b" * 16  # the toy's bridge hash (its metadata's `bridge_hash`)
-HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 TOY_IDENTITY = Identity("toy", "0" * 16, BRIDGE_HASH, 8)  # what class files for a head_as_data toy model must match
 
 #: Models whose graph does not match their metadata, for the load-time checks of both runtimes:
@@ -29,32 +32,31 @@ TOY_IDENTITY = Identity("toy", "0" * 16, BRIDGE_HASH, 8)  # what class files for
 MISMATCHED = {
     "embedding width": {"meta_changes": {"embedding_dim": 9}},
     "class count": {"meta_changes": {"class_names": ["a", "b", "c", "d"]}},
-    "label renamed": {"rename_outputs": {"label": "argmax"}},
-    "label is float": {"cast_outputs": {"label": TensorProto.FLOAT}},
-    "scores are double": {"cast_outputs": {"scores": TensorProto.DOUBLE}},
+    "label renamed": {"rename_outputs": {LABEL: "argmax"}},
+    "label is float": {"cast_outputs": {LABEL: TensorProto.FLOAT}},
+    "scores are double": {"cast_outputs": {SCORES: TensorProto.DOUBLE}},
     "float input of another size": {"kind": "float", "meta_changes": {"image_size": 64}},
 }
 
 
+def contract_info(class_names: list[str], kind: str, shape: list, embedding_dim: int, head_as_data: bool = False) -> ModelInfo:
+    """The toy's metadata; with head_as_data, what class sets need (head inputs, bridge hash, class-file format)."""
+    head = {"head_inputs": tuple(TensorSpec(name, "float32", ("C", embedding_dim)[:1 if name == "class_kl" else 2])
+                                 for name in HEAD_INPUTS),
+            "bridge_hash": BRIDGE_HASH, "class_file_format": CLASS_FILE_FORMAT} if head_as_data else {}
+    return ModelInfo(
+        class_names=tuple(class_names), embedding_dim=embedding_dim, image_size=SIZE,
+        input=InputSpec(name=IMAGE_INPUT, kind=kind, dtype="uint8" if kind == "uint8" else "float32", shape=tuple(shape),
+                        layout="NHWC" if kind == "uint8" else "NCHW"),
+        outputs=(TensorSpec(SCORES, "float32", ("N", "C")), TensorSpec(LABEL, "int64", ("N",)),
+                 TensorSpec(EMBEDDING, "float32", ("N", embedding_dim))),
+        mean=tuple(MEAN), std=tuple(STD), backbone=Backbone("toy", "none", "0" * 16), variant="toy", shots=1,
+        library_version="0.0.0", **head)
+
+
 def contract_metadata(class_names: list[str], kind: str, shape: list, embedding_dim: int) -> dict:
-    """The `semobridge` metadata dict the exporter writes."""
-    return {
-        "format_version": 1,
-        "class_names": class_names,
-        "input": {"name": "image", "kind": kind, "shape": shape,
-                  "layout": "NHWC" if kind == "uint8" else "NCHW"},
-        "image_size": SIZE,
-        "mean": MEAN,
-        "std": STD,
-        "num_classes": len(class_names),
-        "embedding_dim": embedding_dim,
-        "backbone": {"name": "toy", "pretrained": "none", "weights_hash": "0" * 16},
-        "variant": "toy",
-        "shots": 1,
-        "params": {},
-        "val_accuracy": None,
-        "library_version": "0.0.0",
-    }
+    """The `semobridge` metadata dict the exporter writes (contract_info's JSON object)."""
+    return contract_info(class_names, kind, shape, embedding_dim).to_dict()
 
 
 def build_contract_model(
@@ -91,9 +93,9 @@ def build_contract_model(
     if kind == "uint8":
         h, w = fixed_size if fixed_size else ("H", "W")
         shape = [n_dim, h, w, 3]
-        inp = helper.make_tensor_value_info("image", TensorProto.UINT8, shape)
+        inp = helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, shape)
         nodes += [
-            helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", [IMAGE_INPUT], ["f"], to=TensorProto.FLOAT),
             helper.make_node("Resize", ["f", "", "", const("sizes", np.array([SIZE, SIZE], np.int64))],
                              ["r"], mode="linear", axes=[1, 2]),
             helper.make_node("Div", ["r", const("c255", np.array(255.0, np.float32))], ["u"]),
@@ -102,8 +104,8 @@ def build_contract_model(
         ]
     elif kind == "float":
         shape = [n_dim, 3, SIZE, SIZE]
-        inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
-        nodes.append(helper.make_node("Identity", ["image"], ["x"]))
+        inp = helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.FLOAT, shape)
+        nodes.append(helper.make_node("Identity", [IMAGE_INPUT], ["x"]))
     else:
         raise ValueError(f"unknown kind {kind!r}")
 
@@ -113,7 +115,7 @@ def build_contract_model(
     nodes += [
         helper.make_node("Reshape", ["x", const("flat", np.array([0, -1], np.int64))], ["v"]),
         helper.make_node("MatMul", ["v", const("proj", proj)], ["e"]),
-        helper.make_node("LpNormalization", ["e"], ["embedding"], axis=1, p=2),
+        helper.make_node("LpNormalization", ["e"], [EMBEDDING], axis=1, p=2),
     ]
     head_inputs = []
     if head_as_data:
@@ -121,28 +123,28 @@ def build_contract_model(
             const(name, value)
             head_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["C", embedding_dim][:value.ndim]))
         nodes += [
-            helper.make_node("Gemm", ["embedding", "text_classifier"], ["qt"], transB=1),
-            helper.make_node("Gemm", ["embedding", "bridged_prototypes"], ["qp"], transB=1, alpha=0.5),
-            helper.make_node("Gemm", ["embedding", "image_prototypes"], ["qi"], transB=1, alpha=0.25),
+            helper.make_node("Gemm", [EMBEDDING, HEAD_INPUTS[0]], ["qt"], transB=1),
+            helper.make_node("Gemm", [EMBEDDING, HEAD_INPUTS[1]], ["qp"], transB=1, alpha=0.5),
+            helper.make_node("Gemm", [EMBEDDING, HEAD_INPUTS[2]], ["qi"], transB=1, alpha=0.25),
             helper.make_node("Sum", ["qt", "qp", "qi"], ["cos"]),
-            helper.make_node("Div", ["class_kl", const("ten", np.array(10.0, np.float32))], ["kl10"]),
+            helper.make_node("Div", [HEAD_INPUTS[3], const("ten", np.array(10.0, np.float32))], ["kl10"]),
             helper.make_node("Exp", ["kl10"], ["weight"]),
             helper.make_node("Mul", ["cos", "weight"], ["weighted"]),
             helper.make_node("Mul", ["weighted", const("scale", np.array(20.0, np.float32))], ["logits"]),
         ]
     else:
         nodes += [
-            helper.make_node("MatMul", ["embedding", const("protos", protos)], ["cos"]),
+            helper.make_node("MatMul", [EMBEDDING, const("protos", protos)], ["cos"]),
             helper.make_node("Mul", ["cos", const("scale", np.array(20.0, np.float32))], ["logits"]),
         ]
     nodes += [
-        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
-        helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        helper.make_node("Softmax", ["logits"], [SCORES], axis=1),
+        helper.make_node("ArgMax", [SCORES], [LABEL], axis=1, keepdims=0),
     ]
     outputs = [
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [n_dim, "C" if head_as_data else num_classes]),
-        helper.make_tensor_value_info("label", TensorProto.INT64, [n_dim]),
-        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [n_dim, embedding_dim]),
+        helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, [n_dim, "C" if head_as_data else num_classes]),
+        helper.make_tensor_value_info(LABEL, TensorProto.INT64, [n_dim]),
+        helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, [n_dim, embedding_dim]),
     ]
     for name, elem_type in (cast_outputs or {}).items():
         for node in nodes:
@@ -156,14 +158,9 @@ def build_contract_model(
     graph = helper.make_graph(nodes, "semobridge_contract", [inp, *head_inputs], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     model.ir_version = 9
-    meta = contract_metadata(class_names, kind, shape, embedding_dim)
-    if head_as_data:
-        meta |= {"bridge_hash": BRIDGE_HASH, "class_file_format": "semobridge-classes/1",
-                 "head_inputs": [{"name": t.name, "dtype": "float32"} for t in head_inputs]}
-    meta |= meta_changes or {}
+    meta = contract_info(class_names, kind, shape, embedding_dim, head_as_data).to_dict() | (meta_changes or {})
     if metadata:
-        helper.set_model_props(model, {"semobridge": json.dumps(meta),
-                                       "semobridge.class_names": "\n".join(meta["class_names"])})
+        helper.set_model_props(model, {METADATA_KEY: json.dumps(meta), CLASS_NAMES_KEY: "\n".join(meta["class_names"])})
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     onnx.save(model, path)

@@ -125,8 +125,8 @@ def test_openvino_preprocessing_is_exact(exported_onnx: Path, precision: str) ->
     from semobridge_runtime.backends.openvino import OpenVINOBackend
 
     backend = OpenVINOBackend(exported_onnx / "model.onnx", precision)
-    size, meta = backend.info.image_size, backend.info.raw
-    mean, std = (np.array(meta[k], np.float32).reshape(3, 1, 1) * 255 for k in ("mean", "std"))
+    size, info = backend.info.image_size, backend.info
+    mean, std = (np.array(v, np.float32).reshape(3, 1, 1) * 255 for v in (info.mean, info.std))
     for photo in [*photos(4, seed=3), photos(1, seed=4)[0][:, :40]]:
         got = backend.preprocess(photo[None])[0] * std + mean
         diff = np.abs(got - pil_reference(photo, size))
@@ -145,7 +145,7 @@ def test_openvino_refuses_images_its_32_bit_indices_cannot_resize(exported_onnx:
         backend.run(np.zeros((1, 16, 16384, 3), np.uint8), ("label",))
     assert "backend='onnxruntime'" in err.value.hint
     photo = np.asarray(Image.fromarray(photos(1, seed=5)[0]).resize((16384, 64), Image.BICUBIC))  # just inside: exact
-    mean, std = (np.array(backend.info.raw[k], np.float32).reshape(3, 1, 1) * 255 for k in ("mean", "std"))
+    mean, std = (np.array(v, np.float32).reshape(3, 1, 1) * 255 for v in (backend.info.mean, backend.info.std))
     assert np.abs(backend.preprocess(photo[None])[0] * std + mean - pil_reference(photo, S)).max() <= 1.0 + 1e-3
 
 
@@ -156,7 +156,7 @@ def test_export_records_openvino_against_fp32(exported_onnx: Path) -> None:
     assert measured["precision"] in ("bf16", "f32") and measured["images"] > 0
     # the random-weight tiny model's classes are near ties: bf16 flips a few (auto then keeps ONNX Runtime)
     assert 0.5 <= measured["label_agreement"] <= 1.0 and 0.999 < measured["min_cosine"] <= 1.0
-    assert Classifier.load(exported_onnx / "model.onnx", prefer_int8=False).info.raw["openvino"] == measured
+    assert Classifier.load(exported_onnx / "model.onnx", prefer_int8=False).info.to_dict()["openvino"] == measured
 
 
 @pytest.fixture()

@@ -166,7 +166,7 @@ def test_c_runs_the_int8_artifact_as_python(clib, request, tmp_path) -> None:
     except (pytest.FixtureLookupError, ImportError):
         pytest.skip("needs the full install (semobridge, semobridge-export, torch) to export the tiny model")
     python = Classifier.load(int8, prefer_int8=False, unknown=None)  # C: no "unknown" yet
-    assert python.info.raw["precision"] == "int8"
+    assert python.info.precision == "int8"
     images = np.random.default_rng(5).integers(0, 256, (3, 40, 36, 3), np.uint8)
     fitted = python.class_names, python.predict(images)
     python.remove_class(python.class_names[0])

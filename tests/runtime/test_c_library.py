@@ -6,6 +6,7 @@ Building needs a C compiler, make, and (first time) apt access to fetch ONNX Run
 from __future__ import annotations
 
 import ctypes
+import math
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from semobridge_runtime import ERROR_TABLE, Classifier, SemobridgeError
+from semobridge_runtime import ERROR_TABLE, Classifier, InputError, ModelError, SemobridgeError
+from semobridge_runtime.limits import ImageLimits, overrides
 
 from .conftest import C_DIR
 from .contract_model import MISMATCHED
@@ -244,6 +246,21 @@ def test_c_limits_from_metadata_and_params(lib: ctypes.CDLL, make_model) -> None
         assert c_classify(lib, handle, wide)[0] == 0 and c_classify(lib, handle, big)[0] == 0
     finally:
         lib.sb_close(handle)
+
+
+@pytest.mark.parametrize("value", [0.5, 0.999, -1.0, float("nan"), float("inf")])
+def test_c_and_python_refuse_an_aspect_limit_below_one(lib: ctypes.CDLL, make_model, value: float) -> None:
+    """max_aspect 0.5 was taken, and then every image refused: both runtimes refuse it, the caller's (input error)
+    and the model's metadata's (model error)."""
+    with pytest.raises(InputError, match="at least 1"):
+        overrides(max_aspect=value)
+    rc, handle, err = c_load(lib, make_model(), max_aspect=value)
+    assert (rc, handle.value) == (-1, None) and "or at least 1" in err and "square images only" in err, err
+    if math.isfinite(value):  # JSON holds no NaN or infinity
+        with pytest.raises(ModelError, match="at least 1"):
+            ImageLimits.from_metadata({"max_aspect": value}, "model.onnx")
+        rc, handle, err = c_load(lib, make_model(meta_changes={"limits": {"max_aspect": value}}))
+        assert (rc, handle.value) == (-2, None) and "'max_aspect' is not a positive number (at least 1)" in err, err
 
 
 def python_kind(action) -> type[SemobridgeError]:

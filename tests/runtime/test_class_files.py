@@ -34,10 +34,12 @@ def test_byte_layout(shop, enrol_export) -> None:
     assert (8 + n) % 8 == 0 and data[8:9] == b"{" and data[8 + n - 1: 8 + n] in (b"}", b" ")
     header = json.loads(data[8:8 + n])
     meta = json.loads(enrol_export.with_suffix(".json").read_text())
-    assert list(header) == ["__metadata__", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl", "class_names"]
+    assert list(header) == ["__metadata__", "text_classifier", "bridged_prototypes", "image_prototypes", "class_kl", "class_names",
+                            "calibration_features", "calibration_bridged_features", "calibration_labels", "calibration_shot"]
     assert header["__metadata__"] == {
         "format": "semobridge-classes/1", "backbone": "semobridge-tiny", "weights_hash": meta["backbone"]["weights_hash"],
         "bridge_hash": meta["bridge_hash"], "num_classes": "4", "embedding_dim": "64",
+        "temperature": repr(clf.temperature), "threshold": repr(clf.threshold),
     }
     body, C, d, offset = data[8 + n:], 4, 64, 0
     for name, shape in [("text_classifier", [C, d]), ("bridged_prototypes", [C, d]), ("image_prototypes", [C, d]), ("class_kl", [C])]:
@@ -47,9 +49,22 @@ def test_byte_layout(shop, enrol_export) -> None:
         np.testing.assert_array_equal(np.frombuffer(body[spec["data_offsets"][0]:offset], "<f4").reshape(shape),
                                       getattr(clf.classes, name))
     spec = header["class_names"]
-    assert spec["dtype"] == "U8" and spec["data_offsets"] == [offset, len(body)]
-    assert body[offset:].decode("utf-8").split("\n") == clf.class_names
-    assert data.isascii() is False and data[:8 + n].isascii()  # the header is ASCII; names are raw UTF-8 in the data
+    assert spec["dtype"] == "U8" and spec["data_offsets"][0] == offset
+    offset = spec["data_offsets"][1]
+    assert body[spec["data_offsets"][0]:offset].decode("utf-8").split("\n") == clf.class_names
+    M = 3 * 3 + 3 * 3 + 3  # the fit's shots and validation images, white swan's shots
+    kept = clf.classes.calibration
+    for name, dtype, shape, value in [("calibration_features", "<f4", [M, d], kept.features),
+                                      ("calibration_bridged_features", "<f4", [M, d], kept.bridged),
+                                      ("calibration_labels", "<i8", [M], kept.labels),
+                                      ("calibration_shot", "u1", [M], kept.shot)]:
+        spec = header[name]
+        assert spec["dtype"] == {"<f4": "F32", "<i8": "I64", "u1": "U8"}[dtype] and spec["shape"] == shape
+        assert spec["data_offsets"][0] == offset
+        offset = spec["data_offsets"][1]
+        np.testing.assert_array_equal(np.frombuffer(body[spec["data_offsets"][0]:offset], dtype).reshape(shape), value)
+    assert offset == len(body)
+    assert data.isascii() is False and data[8:8 + n].isascii()  # the header is ASCII; names are raw UTF-8 in the data
 
 
 def test_safetensors_reads_ours_and_we_read_safetensors(shop, tmp_path) -> None:

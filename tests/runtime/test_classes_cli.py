@@ -53,7 +53,7 @@ def test_errors_leave_the_file_as_it_was(enrol_export, enrol_pool, tmp_path, cap
         (["add", str(file), "fox", *map(str, shots(enrol_pool, "red fox")), "--model", model], 2, "already a class named 'fox'"),
         (["remove", str(file), "fox", "blue whale", "green tree", "--model", model], 2, "last class"),
         (["rename", str(file), "lion", "cat", "--model", model], 2, "no class named 'lion'"),
-        (["rename", str(file), "fox", "cat", "--model", str(tmp_path / "missing.onnx")], 3, "model file not found"),
+        (["rename", str(file), "fox", "cat", "--model", str(tmp_path / "missing.onnx")], 3, "missing.onnx: it does not exist"),
     ]:
         assert classes_main(argv) == code, argv
         assert message in capsys.readouterr().err

@@ -34,13 +34,13 @@ def export_folder(exported_onnx: Path, tmp_path: Path):
 def test_int8_is_picked_on_the_cpu_when_its_labels_agree(export_folder, exported_onnx: Path) -> None:
     path = export_folder(0.995)
     classifier = Classifier.load(path)
-    assert classifier.info.raw["precision"] == "int8"
+    assert classifier.info.precision == "int8"
     measured = json.loads((exported_onnx / "model_int8.json").read_text())["int8"]["label_agreement"]  # also in the file
     assert f"precision='int8', int8_label_agreement={measured:.1%}" in repr(classifier)
     direct = Classifier.load(path.with_name("model_int8.onnx"))
     images = np.random.default_rng(3).integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
     np.testing.assert_array_equal(classifier.predict(images).scores, direct.predict(images).scores)
-    assert Classifier.load(path, providers=["CPUExecutionProvider"]).info.raw["precision"] == "int8"
+    assert Classifier.load(path, providers=["CPUExecutionProvider"]).info.precision == "int8"
 
 
 @pytest.mark.parametrize("agreement, changes", [
@@ -51,11 +51,11 @@ def test_int8_is_picked_on_the_cpu_when_its_labels_agree(export_folder, exported
 ])
 def test_fp32_is_kept_otherwise(export_folder, agreement, changes) -> None:
     classifier = Classifier.load(export_folder(agreement, **changes))
-    assert classifier.info.raw["precision"] == "fp32" and "precision='fp32'" in repr(classifier)
+    assert classifier.info.precision == "fp32" and "precision='fp32'" in repr(classifier)
 
 
 def test_the_choice_can_be_turned_off(export_folder) -> None:
-    assert Classifier.load(export_folder(1.0), prefer_int8=False).info.raw["precision"] == "fp32"
+    assert Classifier.load(export_folder(1.0), prefer_int8=False).info.precision == "fp32"
 
 
 def test_semobridge_run_keeps_fp32_with_no_int8(export_folder, tmp_path: Path, capsys) -> None:
@@ -71,6 +71,6 @@ def test_semobridge_run_keeps_fp32_with_no_int8(export_folder, tmp_path: Path, c
         printed[bool(options)] = [entry["score"] for entry in json.loads(capsys.readouterr().out)[0]["top_k"]]
     for no_int8, precision in ((False, "int8"), (True, "fp32")):
         reference = Classifier.load(path, prefer_int8=not no_int8)
-        assert reference.info.raw["precision"] == precision
+        assert reference.info.precision == precision
         np.testing.assert_allclose(printed[no_int8], reference.predict(image).top_k.scores[0], rtol=0, atol=1e-6)
     assert printed[False] != printed[True]  # the two precisions tell apart

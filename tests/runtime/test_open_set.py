@@ -108,14 +108,13 @@ def test_a_model_exported_before_calibration_runs_closed_set_and_says_so(contrac
 
 
 def test_a_damaged_calibration_is_a_model_error(calibrated) -> None:
-    from semobridge_runtime.classifier import unknown_threshold
     from semobridge_runtime.metadata import parse_metadata
 
     raw = json.loads((calibrated.with_suffix(".json")).read_text())
-    for bad in ({**raw["open_set"], "score": "energy"}, {**raw["open_set"], "threshold": 2.0}, {"temperature": "x"}, []):
-        info = parse_metadata(json.dumps({**raw, "open_set": bad}), "model.json")
-        with pytest.raises(ModelError):
-            unknown_threshold("auto", info, "model.json")
+    for bad in ({**raw["open_set"], "score": "energy"}, {**raw["open_set"], "threshold": 2.0}, {"temperature": "x"}, [],
+                {**raw["open_set"], "ece_after": "low"}):
+        with pytest.raises(ModelError, match="open_set"):
+            parse_metadata(json.dumps({**raw, "open_set": bad}), "model.json")
 
 
 def test_semobridge_run_unknown_option(calibrated, tmp_path, capsys) -> None:
@@ -135,8 +134,7 @@ def test_semobridge_run_unknown_option(calibrated, tmp_path, capsys) -> None:
     assert all(r["known"] and r["label"] is not None for r in json.loads(capsys.readouterr().out))
     assert run_main([str(calibrated), "--no-int8", "--unknown", "2", paths[0]]) == 2
     assert "[0, 1]" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run_main([str(calibrated), "--unknown", "maybe", paths[0]])
+    assert run_main([str(calibrated), "--unknown", "maybe", paths[0]]) == 2
 
 
 # ---------------------------------------------------------------- a class from its name alone, text embeddings

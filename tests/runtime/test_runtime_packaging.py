@@ -25,8 +25,9 @@ def test_declared_dependencies_have_no_torch() -> None:
     project = tomllib.loads((RUNTIME / "pyproject.toml").read_text())["project"]
     assert project["name"] == "semobridge-runtime"
     # Pillow: image files decode out of the box (the README's clf.predict("photo.jpg")); ftfy and regex:
-    # open_clip's exact tokenizer, to enrol classes
-    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "ftfy", "numpy", "onnxruntime", "regex"]
+    # open_clip's exact tokenizer, to enrol classes; click: the command lines (pure Python)
+    assert sorted(d.split(">")[0] for d in project["dependencies"]) == ["Pillow", "click", "ftfy", "numpy", "onnxruntime",
+                                                                         "regex"]
     every = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     assert not any("torch" in d.lower() for d in every)
     installed = metadata.requires("semobridge-runtime") or []

@@ -38,7 +38,7 @@ def test_engine_matches_onnxruntime(onnx_model: Path, tmp_path: Path, images: li
     config.add_optimization_profile(profile)
     engine = tmp_path / "model.engine"
     engine.write_bytes(builder.build_serialized_network(network, config))
-    (tmp_path / "model.json").write_text(json.dumps(Classifier.load(onnx_model).info.raw))
+    (tmp_path / "model.json").write_text(Classifier.load(onnx_model).info.to_json())
 
     trt_result = Classifier.load(engine).predict(images)
     ort_result = Classifier.load(onnx_model).predict(images)

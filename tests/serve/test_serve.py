@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
+import stat
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_soak import descendants
 from semobridge_runtime import BackendError, InputError, ModelError
 from semobridge_runtime.serve import RemoteClassifier
 
@@ -73,8 +78,8 @@ def test_plain_http_request_and_model_metadata(server, local, photos) -> None:
     assert status == 200 and config["max_batch_size"] == 16 and "dynamic_batching" in config
     parameters = {key: json.loads(value["string_value"]) for key, value in config["parameters"].items()}
     assert parameters["class_names"] == local.class_names
-    assert parameters["backbone"] == local.info.raw["backbone"]["name"] == "semobridge-tiny"
-    assert parameters["shots"] == local.info.raw["shots"] and parameters["library_version"]
+    assert parameters["backbone"] == local.info.backbone.name == "semobridge-tiny"
+    assert parameters["shots"] == local.info.shots and parameters["library_version"]
     assert parameters["semobridge"]["limits"] == {"max_side": 16384, "max_pixels": 1 << 26, "max_aspect": 32}
     status, meta = http_json(f"{server.http}/v2/models/semobridge")
     assert status == 200 and {t["name"] for t in meta["inputs"]} == {"image", "encoded"}
@@ -145,11 +150,9 @@ def test_remote_errors_keep_the_error_model(server, photos) -> None:
 
 
 def test_bad_options_and_model_fail_before_start(serve_model, tmp_path) -> None:
-    import subprocess
-
     from .conftest import SERVE
 
-    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "model file not found"),
+    cases = [([str(tmp_path / "missing.onnx")], ModelError.exit_code, "missing.onnx: it does not exist"),
              ([str(serve_model), "--max-batch", "0"], InputError.exit_code, "--max-batch must be from 1"),
              ([str(serve_model), "--threads", "100000"], InputError.exit_code, "intra_op_num_threads"),
              ([str(serve_model), "--model-name", "a/b"], InputError.exit_code, "--model-name"),
@@ -194,3 +197,63 @@ def test_refusals_are_counted_on_the_metrics_port(server) -> None:
             remote.predict_encoded(b"not an image")  # the model's, over gRPC
     assert (metric(server, gate), metric(server, model), metric(server, triton)) == \
         (before[0] + 1, before[1] + 2, before[2] + 1)
+
+
+def _tcp_listeners() -> set[str]:
+    """Inodes of the TCP sockets listening on this machine (state 0A in /proc/net/tcp, tcp6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def _sockets(pid: int) -> set[str]:
+    """Inodes of the sockets a process holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads the process list from Linux's /proc")
+def test_no_credential_in_the_process_list_and_triton_reachable_by_this_user_only(server) -> None:
+    """`ps` shows every user each command line: Triton's keys were on tritonserver's, and its loopback ports
+    took any local user's request with them."""
+    processes = [server.process.pid, *descendants(server.process.pid)]
+    lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in processes}
+    triton = next(pid for pid, argv in lines.items() if argv[0].endswith("tritonserver"))
+    for pid, argv in lines.items():
+        assert not any(re.search(r"[0-9a-f]{32}|restricted|semobridge-gate", arg) for arg in argv), argv
+    assert not _sockets(triton) & _tcp_listeners()  # Triton listens on no TCP port: Unix sockets only
+    workspace = Path(next(arg for arg in lines[triton] if arg.startswith("--model-repository=")).split("=", 1)[1]).parent
+    assert stat.S_IMODE(workspace.stat().st_mode) == 0o700
+    assert {"http", "metrics", "grpc:1"} <= {p.name for p in workspace.iterdir()}
+    if os.geteuid() == 0:  # another user may not connect to them
+        assert [_connect_as_nobody(workspace / name) for name in ("http", "metrics", "grpc:1")] == ["refused"] * 3
+
+
+def _connect_as_nobody(path: Path) -> str:
+    """Connect to a Unix socket from a child process running as the user nobody (uid 65534)."""
+    child = os.fork()
+    if child == 0:
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            socket.socket(socket.AF_UNIX).connect(str(path))
+            code = 0
+        except PermissionError:
+            code = 1
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+    return {0: "connected", 1: "refused", 2: "failed"}.get(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), "?")

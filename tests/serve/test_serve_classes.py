@@ -45,7 +45,7 @@ def test_the_server_runs_and_publishes_the_class_file(serve_model, class_file, p
         assert f"({len(expected_names)} classes)" in served.stdout[-1]
         for url in (served.grpc, served.http):
             with RemoteClassifier(url) as remote:
-                assert remote.class_names == expected_names and remote.metadata["num_classes"] == len(expected_names)
+                assert remote.class_names == expected_names and remote.info.num_classes == len(expected_names)
                 got, want = remote.predict(photos, top_k=3), reference.predict(photos, top_k=3)
                 assert got.scores.shape == (len(photos), len(expected_names))
                 assert np.abs(got.scores - want.scores).max() <= TOL

@@ -7,14 +7,16 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from semobridge_runtime.serve.cli import _parser
+import click
+
+from semobridge_runtime.serve.cli import cli
 from semobridge_runtime.serve.server import Distribution, TritonServer, python_library_dir
 
 from .conftest import SERVE
 
 
 def test_every_option_has_help_and_version_works() -> None:
-    undocumented = [a.dest for a in _parser()._actions if not a.help]
+    undocumented = [p.name for p in cli.params if isinstance(p, click.Option) and not p.help]
     assert not undocumented
     done = subprocess.run([*SERVE, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("semobridge-serve ")

@@ -3,13 +3,15 @@ the ports are free again at once, and a port already in use gives one clear line
 
 from __future__ import annotations
 
-import signal
+import os
 import re
+import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -86,3 +88,31 @@ def test_a_port_in_use_gives_one_clear_line(serve_model) -> None:
     assert errors == [f"semobridge-serve: error: cannot listen on 127.0.0.1:{grpc} (--grpc-port): "
                       "Address already in use"], done.stderr
     assert "hint: stop the program that uses port" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_closed_stdout_stops_triton_too(serve_model) -> None:
+    """`semobridge-serve MODEL | head -0`: the ready line meets a closed pipe; the command exits 141 and takes its
+    Triton process with it (before, Triton was left running, its ports taken)."""
+    mark = f"semobridge-test-{time.monotonic_ns()}"
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen([*SERVE, str(serve_model), "--address", "127.0.0.1", "--http-port", str(http),
+                                "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               env={**os.environ, "SEMOBRIDGE_TEST_MARK": mark})
+    process.stdout.close()  # the reader of stdout is gone before the ready line
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 141, stderr.decode()
+    assert b"Traceback" not in stderr
+    assert marked(mark) == [], "a process of this server outlived semobridge-serve"
+
+
+def marked(mark: str) -> list[int]:
+    """The processes whose environment carries `mark`."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"SEMOBRIDGE_TEST_MARK={mark}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found

@@ -14,8 +14,9 @@ from semobridge_runtime.serve import RemoteClassifier
 # The Python backend's shared-memory pool grows in 16 MiB steps to the largest batch in flight and never
 # shrinks (here about the 48 MiB of the largest request); the allocators' own noise was +-30 MiB over soaks of
 # 30 to 120 s. After the fix this test measured +34 MiB; before it, +250 MiB (ONNX Runtime's arena, Triton's
-# pool of gRPC buffers, the heap's high-water mark), and +700 MiB after 40 s of the whole mix.
-TOLERANCE = 120 * MIB
+# pool of gRPC buffers, the heap's high-water mark), and +700 MiB after 40 s of the whole mix. With the gRPC door
+# (a second process) it measured -3 to +123 MiB over runs under load: 160 MiB still tells a leak of the old kind.
+TOLERANCE = 160 * MIB
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads PSS from Linux /proc")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from semobridge_runtime.precision import INT8_MIN_AGREEMENT
-from semobridge_runtime.serve.cli import _parser, settings_of
+from semobridge_runtime.serve.cli import parse_args, settings_of
 from semobridge_runtime.serve.repository import model_parameters
 from semobridge_runtime.serve.settings import load_classifier
 
@@ -20,7 +20,7 @@ def sha256(path: Path) -> str:
 
 
 def published(argv: list[str]) -> dict:
-    settings = settings_of(_parser().parse_args(argv))
+    settings = settings_of(parse_args(argv))
     return {key: json.loads(value) for key, value in model_parameters(load_classifier(settings), settings).items()}
 
 
@@ -37,6 +37,6 @@ def test_the_int8_choice_is_the_runtimes_and_the_config_names_the_file_that_runs
 
 def test_a_class_file_is_carried_to_the_instances_by_its_absolute_path(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = settings_of(_parser().parse_args(["model.onnx", "--classes", "shop.classes"]))
+    settings = settings_of(parse_args(["model.onnx", "--classes", "shop.classes"]))
     assert settings.classes == str(tmp_path / "shop.classes") and settings.model == str(tmp_path / "model.onnx")
-    assert settings_of(_parser().parse_args(["model.onnx"])).classes is None
+    assert settings_of(parse_args(["model.onnx"])).classes is None

@@ -172,7 +172,7 @@ struct sb_params {
     /* Fields are only ever appended (ABI): those below came with the image limits. */
     int max_side;                /* longest image side; 0: the model's limit (metadata), else SB_MAX_SIDE */
     int64_t max_pixels;          /* h * w; 0: the model's limit, else SB_MAX_PIXELS */
-    double max_aspect;           /* longest / shortest side; 0: the model's limit, else SB_MAX_ASPECT */
+    double max_aspect;           /* longest / shortest side, at least 1; 0: the model's limit, else SB_MAX_ASPECT */
     /* Those below came with class sets. */
     const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
     /* Those below came with the open-set decision. */
@@ -236,6 +236,10 @@ SB_API struct sb_classes * sb_get_classes(struct sb_model * model);
 SB_API void sb_release_classes(struct sb_classes * classes);             /* NULL is allowed */
 SB_API int sb_classes_count(const struct sb_classes * classes);          /* -1 if classes is NULL */
 SB_API const char * sb_classes_name(const struct sb_classes * classes, int i); /* NULL if out of range */
+/* The open set a class file carries (its metadata `temperature` and `threshold`, docs/classes.md): 1 with both written,
+ * 0 when the set carries none (the fitted classes, or a file written before: the model's calibration applies), -1 if
+ * classes is NULL. */
+SB_API int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold);
 
 /* sb_classify with class set `classes` (from sb_get_classes(model)); scores_out: n * sb_classes_count(classes) floats. */
 SB_API int sb_classify_with(struct sb_model * model, const struct sb_classes * classes, const uint8_t * rgb, int n,

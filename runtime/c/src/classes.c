@@ -19,12 +19,10 @@
 #include "semobridge.h"
 #include "utf8.h"
 
-#define FORMAT "semobridge-classes/1"
 #define MAX_HEADER 100000000u  /* bytes of JSON header, as the safetensors library allows */
 #define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
-#define NAMES_TENSOR "class_names"
 
-const char * const sb_head_inputs[SB_HEAD_INPUTS] = {"text_classifier", "bridged_prototypes", "image_prototypes", "class_kl"};
+const char * const sb_head_inputs[SB_HEAD_INPUTS] = SB_HEAD_INPUT_NAMES;
 
 static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     va_list ap;
@@ -85,6 +83,7 @@ static struct sb_classes * classes_new(const void * owner, const char * names, s
     if (!c) return NULL;
     atomic_init(&c->refs, 1);
     c->owner = owner;
+    c->temperature = c->threshold = NAN;
     c->count = count;
     c->names_buf = malloc(len + 1);
     c->names = malloc(sizeof(char *) * (size_t) count);
@@ -406,10 +405,10 @@ static int check_header(const struct json * j, const struct class_identity * id,
     char * backbone = meta_string(j, meta, "backbone", &backbone_len, &nomem);
     if (nomem) {
         rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
-    } else if (!format || strcmp(format, FORMAT) != 0 || format_len != strlen(FORMAT)) {
+    } else if (!format || strcmp(format, SB_CLASS_FILE_FORMAT) != 0 || format_len != strlen(SB_CLASS_FILE_FORMAT)) {
         rc = say(err, errlen, SB_EMODEL, "%s is not a semobridge class file (format %s, expected '%s'); write one with "
                  "Classifier.save_classes or semobridge-classes", source, format ? quoted(q, format, format_len) : "none",
-                 FORMAT);
+                 SB_CLASS_FILE_FORMAT);
     } else if (!weights || weights_len != id->weights_hash_len || memcmp(weights, id->weights_hash, weights_len) != 0) {
         rc = say(err, errlen, SB_EMODEL, "%s was made for the backbone %s with weights %s, but this model's backbone is "
                  "%s with weights %s; enrol the classes again with this model", source,
@@ -424,6 +423,49 @@ static int check_header(const struct json * j, const struct class_identity * id,
     free(weights);
     free(bridge);
     free(backbone);
+    return rc;
+}
+
+/* The open set's `temperature` and `threshold` (step 7): both absent (NAN: the model's apply) or both numbers in
+ * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges). */
+static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold, char * err,
+                         size_t errlen) {
+    static const char * const keys[2] = SB_CLASS_FILE_OPEN_SET;
+    static const double low[2] = {SB_TEMPERATURE_MIN, 0.0}, high[2] = {SB_TEMPERATURE_MAX, 1.0};
+    double * out[2] = {temperature, threshold};
+    size_t meta = 0;
+    bool nomem = false;
+    int given = 0;
+    char * text[2];
+    size_t len[2] = {0, 0};
+    *temperature = *threshold = NAN;
+    if (json_get(j, 0, "__metadata__", &meta) != 1) meta = 0;
+    for (int i = 0; i < 2; i++) {
+        text[i] = meta_string(j, meta, keys[i], &len[i], &nomem);
+        given += text[i] != NULL;
+    }
+    int rc = SB_OK;
+    if (nomem) {
+        rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    } else if (given == 1) {
+        rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
+                 "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
+    }
+    for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
+        char * end = NULL;
+        const double v = strtod(text[i], &end); /* decimal only: no space, hex, inf or nan (as Python's reader) */
+        if (strspn(text[i], "0123456789.eE+-") != len[i] || end == text[i] || end != text[i] + len[i] || !isfinite(v) ||
+            !(v >= low[i] && v <= high[i])) {
+            char q[80];
+            rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not a number in [%g, %g]); "
+                     "write it again with Classifier.save_classes or semobridge-classes", source, keys[i],
+                     quoted(q, text[i], len[i]), low[i], high[i]);
+        }
+        *out[i] = v;
+    }
+    if (rc != SB_OK) *temperature = *threshold = NAN;
+    free(text[0]);
+    free(text[1]);
     return rc;
 }
 
@@ -547,7 +589,7 @@ int classes_read(const void * owner, const char * path, const struct class_ident
     struct tensor t[5] = {
         {sb_head_inputs[0], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[1], "F32", 4, 0, {0, 0}, 0, 0},
         {sb_head_inputs[2], "F32", 4, 0, {0, 0}, 0, 0}, {sb_head_inputs[3], "F32", 4, 0, {0, 0}, 0, 0},
-        {NAMES_TENSOR, "U8", 1, 0, {0, 0}, 0, 0},
+        {SB_CLASS_FILE_NAMES, "U8", 1, 0, {0, 0}, 0, 0},
     };
     const int fd = open(path, O_RDONLY | O_NONBLOCK); /* not blocking on a FIFO: it is refused below */
     snprintf(source, sizeof source, "class file '%s'", path);
@@ -597,7 +639,12 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         (rc = check_tensors(&j, t, size - 8 - n, id, source, err, errlen)) != SB_OK) {  /* 4, 5. offsets, shapes */
         goto done;
     }
-    rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen);                        /* 5, 6. names, values */
+    double temperature, threshold;
+    if ((rc = read_open_set(&j, source, &temperature, &threshold, err, errlen)) != SB_OK) goto done;  /* 7. open set */
+    if ((rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen)) == SB_OK) {             /* 5, 6. names, values */
+        (*out)->temperature = temperature;
+        (*out)->threshold = threshold;
+    }
 done:
     json_free(&j);
     free(header);

@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define SB_HEAD_INPUTS 4
+#include "contract.h" /* SB_HEAD_INPUTS, SB_HEAD_INPUT_NAMES */
 
 /* The graph inputs of a class set, in the order of `values` (docs/classes.md). */
 extern const char * const sb_head_inputs[SB_HEAD_INPUTS];
@@ -23,6 +23,7 @@ struct sb_classes {
                             one after the other; NULL for the fitted classes (the graph's defaults) */
     char * names_buf;    /* the names, each NUL-terminated */
     char ** names;
+    double temperature, threshold; /* the set's open set (a class file's metadata); NAN: none, the model's applies */
 };
 
 /* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
+#include <math.h>
 #include <onnxruntime_c_api.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "classes.h"
+#include "contract.h"
 #include "frames.h"
 #include "json.h"
 
@@ -39,6 +41,7 @@ struct sb_model {
     size_t weights_hash_len, bridge_hash_len;
     bool decides;                 /* the graph computes the open-set decision: outputs probabilities, known */
     bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
+    bool unknown_auto;            /* SB_UNKNOWN_AUTO: a class set's own threshold (class files), where it has one, wins */
     float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
     double threshold_in_force;    /* sb_unknown_threshold: -1 when unknown is off */
     struct sb_classes * fitted;   /* the fitted classes (the graph's defaults) */
@@ -124,6 +127,22 @@ struct sb_params sb_default_params(void) {
         .unknown_threshold = 0.0,
     };
     return p;
+}
+
+/* The metadata's format_version: a version this library reads (1 up to SB_METADATA_FORMAT_VERSION, as the Python
+ * runtime's semobridge_runtime.metadata), else SB_EMODEL saying whether to upgrade or to re-export. */
+static int check_format_version(struct sb_model * m, const struct json * meta) {
+    size_t value;
+    uint64_t version = 0;
+    if (json_get(meta, 0, "format_version", &value) != 1 || !json_uint(meta, value, &version) || version < 1) {
+        return fail(m, SB_EMODEL, "the model's metadata has no usable format_version (1 up to %d); re-export the model",
+                    SB_METADATA_FORMAT_VERSION);
+    }
+    if (version > SB_METADATA_FORMAT_VERSION) {
+        return fail(m, SB_EMODEL, "the model's metadata is format %llu, newer than this library reads (%d); upgrade "
+                    "libsemobridge (semobridge-runtime)", (unsigned long long) version, SB_METADATA_FORMAT_VERSION);
+    }
+    return SB_OK;
 }
 
 /* A positive number at `key` of JSON object `object`: the number, 0 when absent, -1 when not a positive number. */
@@ -234,7 +253,7 @@ static int graph_classes(struct sb_model * m, const struct json * meta, int64_t 
     size_t ndims = 0, bytes;
     int64_t dims[4];
     void * blank = NULL;
-    const char * output = "scores";
+    const char * output = SB_OUTPUT_SCORES;
     const double size = json_positive(meta, 0, "image_size");
 
     ORT_TRY(m, api->SessionGetInputTypeInfo(m->session, 0, &type_info), "reading the input type");
@@ -273,9 +292,9 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
     int64_t scores_width = -1, embedding_width = -1, unused = -1;
     bool probabilities = false, known = false;
     const double meta_dim = json_positive(meta, 0, "embedding_dim");
-    if ((rc = read_output(m, alloc, "scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width, NULL)) != SB_OK ||
-        (rc = read_output(m, alloc, "label", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused, NULL)) != SB_OK ||
-        (rc = read_output(m, alloc, "embedding", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width, NULL)) != SB_OK ||
+    if ((rc = read_output(m, alloc, SB_OUTPUT_SCORES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width, NULL)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_LABEL, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused, NULL)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_EMBEDDING, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width, NULL)) != SB_OK ||
         (rc = read_output(m, alloc, "probabilities", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &unused, &probabilities)) != SB_OK ||
         (rc = read_output(m, alloc, "known", ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK) {
         return rc;
@@ -311,7 +330,11 @@ static int read_limits(struct sb_model * m, const struct json * meta, struct sb_
     for (int i = 0; i < 3; i++) {
         values[i] = found ? json_positive(meta, limits, keys[i]) : 0;
         if (values[i] == 0) values[i] = defaults[i];
-        if (values[i] < 0) return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number; re-export it", keys[i]);
+        if (values[i] < 1) {  /* the rule of semobridge_runtime.limits: a finite number >= 1 */
+            return fail(m, SB_EMODEL, "the model's metadata limit '%s' is not a positive number (at least 1); "
+                        "re-export it", keys[i]);
+        }
+        if (i < 2 && values[i] > 0x1p62) values[i] = 0x1p62;  /* beyond any image; the cast below stays defined */
     }
     m->max_side = p.max_side > 0 ? p.max_side : (int64_t) values[0];
     m->max_pixels = p.max_pixels > 0 ? p.max_pixels : (int64_t) values[1];
@@ -401,8 +424,10 @@ static int check_params(struct sb_model * m, struct sb_params p) {
         return fail(m, SB_EINVAL, "thread counts must be 0..%d (0: ONNX Runtime's default), got intra_op_num_threads=%d "
                     "and inter_op_num_threads=%d", SB_MAX_THREADS, p.intra_op_num_threads, p.inter_op_num_threads);
     }
-    if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect >= 0 && p.max_aspect <= DBL_MAX)) {
-        return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be >= 0 (0: the model's limit)");
+    if (p.max_side < 0 || p.max_pixels < 0 || !(p.max_aspect == 0 || (p.max_aspect >= 1 && p.max_aspect <= DBL_MAX))) {
+        return fail(m, SB_EINVAL, "max_side, max_pixels and max_aspect must be 0 (the model's limit) or at least 1, got "
+                    "max_side=%d, max_pixels=%lld and max_aspect=%g; max_aspect is the longest side over the shortest "
+                    "(1: square images only)", p.max_side, (long long) p.max_pixels, p.max_aspect);
     }
     if (p.unknown != SB_UNKNOWN_AUTO && p.unknown != SB_UNKNOWN_OFF && p.unknown != SB_UNKNOWN_THRESHOLD) {
         return fail(m, SB_EINVAL, "unknown=%d is not SB_UNKNOWN_AUTO, SB_UNKNOWN_OFF or SB_UNKNOWN_THRESHOLD", (int) p.unknown);
@@ -426,6 +451,7 @@ static int read_decision(struct sb_model * m, const struct json * meta, struct s
         calibrated = -1;
     }
     m->threshold_in_force = -1;
+    m->unknown_auto = p.unknown == SB_UNKNOWN_AUTO;
     if (!m->decides && p.unknown == SB_UNKNOWN_THRESHOLD) {
         return fail(m, SB_EMODEL, "'%s' was exported before its graph decided 'unknown': it cannot apply "
                     "unknown_threshold; re-export it with semobridge-export, or open it with SB_UNKNOWN_OFF", m->path);
@@ -500,9 +526,9 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
     ORT_TRY(m, api->CreateCpuMemoryInfo(OrtDeviceAllocator, OrtMemTypeDefault, &m->mem), "creating memory info");
     ORT_TRY(m, api->GetAllocatorWithDefaultOptions(&alloc), "getting the default allocator");
     ORT_TRY(m, api->SessionGetModelMetadata(m->session, &meta), "reading model metadata");
-    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge.class_names", &names),
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, SB_CLASS_NAMES_KEY, &names),
             "reading model metadata");
-    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, "semobridge", &text), "reading model metadata");
+    ORT_TRY(m, api->ModelMetadataLookupCustomMetadataMap(meta, alloc, SB_METADATA_KEY, &text), "reading model metadata");
     if (!names || !text) {
         rc = fail(m, SB_EMODEL, "'%s' has no semobridge metadata: not a semobridge export; "
                   "export the model with semobridge", path);
@@ -518,6 +544,7 @@ static int load(struct sb_model * m, const char * path, struct sb_params p) {
             goto done;
         }
     }
+    if ((rc = check_format_version(m, &json)) != SB_OK) goto done;
     {
         char err[SB_ERR_LEN];
         if ((rc = classes_fitted(m, names, &m->fitted, err, sizeof err)) != SB_OK) {
@@ -732,9 +759,15 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
-    const char * input_names[2 + SB_HEAD_INPUTS] = {m->input_name};
-    OrtValue * inputs[2 + SB_HEAD_INPUTS] = {NULL};
-    const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1, ninputs = nclass + (m->feed_threshold ? 1 : 0);
+    const char * input_names[3 + SB_HEAD_INPUTS] = {m->input_name};
+    OrtValue * inputs[3 + SB_HEAD_INPUTS] = {NULL};
+    /* the open set: the class set's own temperature (class files), and threshold with SB_UNKNOWN_AUTO, where it has one */
+    const bool own_t = m->decides && c && !isnan(c->temperature);
+    const bool own_threshold = m->decides && m->unknown_auto && c && !isnan(c->threshold);
+    const float temperature = own_t ? (float) c->temperature : 1.0f;
+    const float threshold = own_threshold ? (float) c->threshold : m->threshold;
+    const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
+    const size_t nthreshold = nclass + (own_t ? 1 : 0), ninputs = nthreshold + (m->feed_threshold || own_threshold ? 1 : 0);
     const int chunk = m->batch > 0 && m->batch < n ? (int) m->batch : n;
     const int64_t rows = m->batch > 0 ? m->batch : chunk; /* images per run, padding included */
     const size_t image_bytes = (size_t) h * (size_t) w * 3, row_bytes = (size_t) w * 3;
@@ -752,10 +785,16 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
     if (!mul_size((size_t) rows, image_bytes, &input_bytes)) return fail(m, SB_EINVAL, "batch is too large");
     for (size_t k = 1; k < nclass; k++) input_names[k] = sb_head_inputs[k - 1];
     if (nclass > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
-    if (m->feed_threshold) { /* a float32 scalar over the model's value (ORT does not write to inputs) */
-        input_names[nclass] = "threshold";
-        ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, &m->threshold, sizeof(float), NULL, 0,
+    if (own_t) { /* float32 scalars over these locals (ORT does not write to inputs) */
+        input_names[nclass] = "temperature";
+        ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &temperature, sizeof(float), NULL, 0,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nclass]),
+                "creating the temperature input");
+    }
+    if (ninputs > nthreshold) {
+        input_names[nthreshold] = "threshold";
+        ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &threshold, sizeof(float), NULL, 0,
+                                                        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nthreshold]),
                 "creating the threshold input");
     }
     for (int start = 0; start < n; start += chunk) {
@@ -854,6 +893,14 @@ void sb_release_classes(struct sb_classes * classes) { classes_release(classes);
 
 int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
 
+int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold) {
+    if (!classes) return -1;
+    if (isnan(classes->temperature)) return 0;
+    if (temperature) *temperature = classes->temperature;
+    if (threshold) *threshold = classes->threshold;
+    return 1;
+}
+
 const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
 }
@@ -873,13 +920,13 @@ static int predict(struct sb_model * m, const struct sb_classes * c, const struc
                     "semobridge-export", m->path);
     }
     if (r->labels && m->decides && !(known = malloc((size_t) n))) return fail(m, SB_ENOMEM, "out of memory");
-    if (r->scores) outs[k++] = (struct sb_output){"scores", r->scores, (size_t) c->count, sizeof(float),
+    if (r->scores) outs[k++] = (struct sb_output){SB_OUTPUT_SCORES, r->scores, (size_t) c->count, sizeof(float),
                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    if (r->labels) outs[k++] = (struct sb_output){"label", r->labels, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
+    if (r->labels) outs[k++] = (struct sb_output){SB_OUTPUT_LABEL, r->labels, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
     if (known) outs[k++] = (struct sb_output){"known", known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
     if (r->probabilities) outs[k++] = (struct sb_output){"probabilities", r->probabilities, (size_t) c->count,
                                                          sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    if (r->embeddings) outs[k++] = (struct sb_output){"embedding", r->embeddings, (size_t) m->embedding_dim,
+    if (r->embeddings) outs[k++] = (struct sb_output){SB_OUTPUT_EMBEDDING, r->embeddings, (size_t) m->embedding_dim,
                                                       sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     rc = run(m, c, images, n, h, w, outs, k);
     for (int i = 0; rc == SB_OK && known && i < n; i++) {
@@ -930,7 +977,7 @@ int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int 
     if (!m) return SB_EINVAL;
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
-    const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
+    const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     const struct sb_images images = {rgb, stride, NULL};
     return run(m, NULL, &images, n, h, w, &out, 1); /* the embedding does not depend on the class set */
@@ -984,7 +1031,7 @@ int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, 
     if (!m) return SB_EINVAL;
     if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
-    const struct sb_output out = {"embedding", emb_out, (size_t) m->embedding_dim, sizeof(float),
+    const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     const struct sb_images images = {NULL, 0, frames};
     return run(m, NULL, &images, n, h, w, &out, 1);

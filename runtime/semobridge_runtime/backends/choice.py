@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..contract import ENGINE_SUFFIXES
 from ..errors import InputError
 from ..precision import INT8_MIN_AGREEMENT, int8_beside, sidecar
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
-ENGINE_SUFFIXES = (".engine", ".plan")
 CPU_ONLY = ["CPUExecutionProvider"]
 
 
@@ -57,13 +57,14 @@ def openvino_verdict(path: Path) -> tuple[bool, str]:
         return False, "openvino not installed"
     if not has_matrix_engines():
         return False, "no AMX on this CPU (there OpenVINO measured slower than ONNX Runtime int8)"
-    measured = ((sidecar(path) or {}).get("openvino") or {})
-    agreement = measured.get("label_agreement")
-    if not isinstance(agreement, (int, float)):
+    info = sidecar(path)
+    measured = info.openvino if info is not None else None
+    if measured is None or measured.label_agreement is None:
         return False, "the export did not measure OpenVINO (export with --int8-cpu and openvino installed)"
+    agreement = measured.label_agreement
     if agreement < INT8_MIN_AGREEMENT:
         return False, f"OpenVINO's labels agreed with fp32 on only {agreement:.1%} of the fit images"
-    return True, f"AMX; OpenVINO {measured.get('precision', 'bf16')} agreed with fp32 on {agreement:.1%} of the fit images"
+    return True, f"AMX; OpenVINO {measured.precision} agreed with fp32 on {agreement:.1%} of the fit images"
 
 
 def choose(path: Path, backend: str, providers: Sequence[str] | None, prefer_int8: bool) -> Choice:

@@ -22,7 +22,8 @@ import numpy as np
 from ..contract import Tensor, check_graph
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
-from ..metadata import METADATA_KEY, ModelInfo, parse_metadata
+from ..contract import METADATA_KEY
+from ..metadata import ModelInfo, parse_metadata
 from ..openset import DECISION_INPUTS
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")  # "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16)
@@ -177,10 +178,10 @@ class OpenVINOBackend:
                              "corrupt or not ONNX: re-export or re-download it") from exc
         self._path = path
         self.info = info = _metadata(model, str(path))
-        if info.raw.get("precision", "fp32") != "fp32":
-            raise ModelError(f"{path} is the {info.raw['precision']} artifact; OpenVINO takes the fp32 model.onnx "
+        if info.precision != "fp32":
+            raise ModelError(f"{path} is the {info.precision} artifact; OpenVINO takes the fp32 model.onnx "
                              "and runs it at its own precision", hint="load model.onnx with backend='openvino'")
-        self.head_inputs = tuple(spec["name"] for spec in info.raw.get("head_inputs", []))
+        self.head_inputs = info.head_input_names
         self._defaults = _class_inputs(ov, model, self.head_inputs)
         self._image_input = info.input_kind == "uint8"
         pre, rest = _split(ov, model, info) if self._image_input else (None, model)

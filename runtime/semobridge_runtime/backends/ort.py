@@ -7,9 +7,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..contract import Tensor, check_graph
+from ..contract import METADATA_KEY, SCORES, Tensor, check_graph
 from ..errors import BackendError
-from ..metadata import METADATA_KEY, parse_metadata
+from ..metadata import parse_metadata
 from ..openset import DECISION_INPUTS
 from .session import SessionSettings, open_session, ort
 
@@ -58,7 +58,7 @@ class OnnxRuntimeBackend:
         dims = [d if d is not None else size for d in image.shape[1:]] if self.info.input_kind == "float" else \
             [d if d is not None else 1 for d in image.shape[1:]]
         try:
-            scores = self._session.run(["scores"], {image.name: np.zeros((0, *dims), image.dtype)})[0]
+            scores = self._session.run([SCORES], {image.name: np.zeros((0, *dims), image.dtype)})[0]
         except Exception:  # noqa: BLE001  (ORT's own types; the graph's shape rules are its own)
             return None
         return int(scores.shape[1]) if scores.ndim == 2 else None

@@ -1,7 +1,7 @@
 """Every ONNX Runtime session semobridge opens goes through `open_session`: the fused model, `model_int8.onnx`,
 the enrolment text tower, and the export's reference sessions. One place decides the execution providers, the
 intra-op threads and their spinning, the graph optimisation, the log level and the telemetry opt-out, so that
-`--threads`, `--no-spinning` and `providers=` apply to each of them alike (Immich-ML's sessions/ort.py idea).
+`--threads`, `--spin` and `providers=` apply to each of them alike (Immich-ML's sessions/ort.py idea).
 
 The OpenVINO backend is not an ONNX Runtime session: it takes the same thread count (INFERENCE_NUM_THREADS) and
 stops OpenVINO's telemetry itself (backends/openvino.py); the TensorRT backend runs engines (backends/trt.py).

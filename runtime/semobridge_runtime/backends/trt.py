@@ -29,13 +29,13 @@ class TensorRTBackend:
     def __init__(self, path: Path) -> None:
         import_tensorrt()  # a missing TensorRT first: without it nothing else can be fixed
         self.info = read_sidecar(path)
-        self._io = io = EngineIO(path, _dla_core(self.info.raw, path))
+        self._io = io = EngineIO(path, self.info.tensorrt.dla_core if self.info.tensorrt else None)
         engine = io.engine
 
         def tensor(name: str) -> Tensor:
             return Tensor(name, io.dtypes[name].name, tuple(d if d >= 0 else None for d in engine.get_tensor_shape(name)))
 
-        head = {spec["name"] for spec in self.info.raw.get("head_inputs", [])}  # the class set: real engine inputs
+        head = set(self.info.head_input_names)  # the class set: real engine inputs
         self._decision = tuple(n for n in io.inputs if n in DECISION_INPUTS)  # the open-set scalars: inputs too
         images = [tensor(n) for n in io.inputs if n not in head and n not in DECISION_INPUTS]
         check_graph(self.info, images, [tensor(n) for n in io.outputs], str(path))
@@ -56,12 +56,3 @@ class TensorRTBackend:
             return self._io.run({self._input: batch, **{name: classes[name] for name in (*self.head_inputs, *self._decision)}},
                                 outputs)
 
-
-def _dla_core(raw: dict, path: Path) -> int | None:
-    """The DLA core the engine was built for (its metadata's tensorrt.dla_core), or None for the GPU."""
-    built = raw.get("tensorrt")
-    core = built.get("dla_core") if isinstance(built, dict) else None
-    if core is not None and (isinstance(core, bool) or not isinstance(core, int) or core < 0):
-        raise ModelError(f"{path}: metadata tensorrt.dla_core {core!r} is not a DLA core number",
-                         hint="rebuild the engine with semobridge-build-engine")
-    return core

@@ -3,8 +3,7 @@
 HTTP/REST and gRPC (KServe v2 protocol), dynamic batching, health (/v2/health/ready, /v2/health/live),
 statistics (/v2/models/NAME/stats) and Prometheus metrics (/metrics on the metrics port).
 Inputs per request: `image` uint8 [B,H,W,3] RGB or `encoded` BYTES [B,1] (JPEG/PNG files);
-outputs: scores, label (-1: unknown), embedding, class_name ("" for unknown), probabilities, known.
---unknown auto|off|VALUE as semobridge-run (default auto: the model's calibrated threshold). --classes FILE serves a class file's classes (semobridge-classes)
+outputs: scores, label, embedding, class_name. --classes FILE serves a class file's classes (semobridge-classes)
 instead of the fitted ones. SIGTERM or Ctrl-C: stop accepting requests, finish those in flight (up to
 --drain-timeout), exit.
 Exit codes: 0 stopped, 2 input error, 3 model error, 4 runtime error (docs/errors.md).
@@ -12,15 +11,18 @@ Exit codes: 0 stopped, 2 input error, 3 model error, 4 runtime error (docs/error
 
 from __future__ import annotations
 
-import argparse
 import re
 import signal
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from .. import __version__
-from ..errors import BackendError, InputError, ModelError, SemobridgeError, report
-from ..cli import add_load_options
+from ..cli import load_options
+from ..commandline import command, model_argument, parse_options, unknown_option, version_option
+from ..errors import BackendError, InputError, ModelError, SemobridgeError
 from .admission import MIB, Budget
 from .protocol import MODEL_NAME
 from .repository import Batching
@@ -31,42 +33,47 @@ MAX_BATCH, MAX_INSTANCES, MAX_DELAY_US, MAX_MB = 1024, 64, 10_000_000, 1 << 20
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a folder name in Triton's repository, never '.' or '..'
 
 
-def _parser() -> argparse.ArgumentParser:
-    defaults, batching, budget = Endpoints(), Batching(), Budget()
-    p = argparse.ArgumentParser(prog="semobridge-serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="exported .onnx model (uint8 input)")
-    p.add_argument("--http-port", type=int, default=defaults.http_port, help="HTTP/REST port (default %(default)s)")
-    p.add_argument("--grpc-port", type=int, default=defaults.grpc_port, help="gRPC port (default %(default)s)")
-    p.add_argument("--metrics-port", type=int, default=defaults.metrics_port,
-                   help="Prometheus metrics port, GET /metrics (default %(default)s)")
-    p.add_argument("--address", default=defaults.address,
-                   help="address to listen on (default %(default)s: all; 127.0.0.1: this machine only)")
-    p.add_argument("--model-name", default=MODEL_NAME, help="name clients use for the model (default %(default)s)")
-    p.add_argument("--max-batch", type=int, default=batching.max_batch,
-                   help=f"most images per model run and per request, 1..{MAX_BATCH} (default %(default)s); "
-                        "1 turns dynamic batching off")
-    p.add_argument("--max-queue-delay-us", type=int, default=batching.max_queue_delay_us,
-                   help="microseconds a request may wait for others to fill a batch (default %(default)s: "
-                        "batches form only from requests that queue while the model is busy)")
-    p.add_argument("--instances", type=int, default=batching.instances,
-                   help=f"model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own "
-                        "ONNX Runtime session of --threads threads (default %(default)s)")
-    add_load_options(p, spinning=False)  # --classes, --unknown, --no-int8, --threads (per instance), --spinning, limits
-    p.add_argument("--max-request-mb", type=int, default=budget.request_bytes // MIB,
-                   help="MiB one request may carry (its body, and the tensors it declares); larger ones are refused "
-                        "with HTTP 400 before they are read (default %(default)s)")
-    p.add_argument("--max-inflight-mb", type=int, default=budget.inflight_bytes // MIB,
-                   help="MiB all HTTP requests in flight may hold together; beyond, requests are refused with "
-                        "HTTP 429, to retry (default %(default)s)")
-    p.add_argument("--drain-timeout", type=int, default=30,
-                   help="seconds to finish in-flight requests after SIGTERM before exiting (default %(default)s)")
-    p.add_argument("--verbose", action="store_true", help="show Triton's own log")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
+_DEFAULTS, _BATCHING, _BUDGET = Endpoints(), Batching(), Budget()
 
 
-def _check(args: argparse.Namespace) -> None:
+@command("semobridge-serve", help=__doc__.replace("`", ""))
+@model_argument(metavar="MODEL")
+@click.option("--http-port", type=int, default=_DEFAULTS.http_port, show_default=True, help="HTTP/REST port.")
+@click.option("--grpc-port", type=int, default=_DEFAULTS.grpc_port, show_default=True, help="gRPC port.")
+@click.option("--metrics-port", type=int, default=_DEFAULTS.metrics_port, show_default=True,
+              help="Prometheus metrics port, GET /metrics.")
+@click.option("--address", default=_DEFAULTS.address, show_default=True,
+              help="Address to listen on (0.0.0.0: all; 127.0.0.1: this machine only).")
+@click.option("--model-name", default=MODEL_NAME, show_default=True, help="Name clients use for the model.")
+@click.option("--max-batch", type=int, default=_BATCHING.max_batch, show_default=True,
+              help=f"Most images per model run and per request, 1..{MAX_BATCH}; 1 turns dynamic batching off.")
+@click.option("--max-queue-delay-us", type=int, default=_BATCHING.max_queue_delay_us, show_default=True,
+              help="Microseconds a request may wait for others to fill a batch (0: batches form only from requests "
+                   "that queue while the model is busy).")
+@click.option("--instances", type=int, default=_BATCHING.instances, show_default=True,
+              help=f"Model instances running in parallel, 1..{MAX_INSTANCES}, each a process with its own ONNX Runtime "
+                   "session of --threads threads.")
+@load_options  # --classes, --no-int8, --threads (per instance), --spin, the image limits
+@unknown_option  # label -1 and an empty class_name for an unknown image (default auto: the model's threshold)
+@click.option("--max-request-mb", type=int, default=_BUDGET.request_bytes // MIB, show_default=True,
+              help="MiB one request may carry (its body, and the tensors it declares); larger ones are refused with "
+                   "HTTP 400 before they are read.")
+@click.option("--max-inflight-mb", type=int, default=_BUDGET.inflight_bytes // MIB, show_default=True,
+              help="MiB all HTTP requests in flight may hold together; beyond, requests are refused with HTTP 429, to retry.")
+@click.option("--drain-timeout", type=int, default=30, show_default=True,
+              help="Seconds to finish in-flight requests after SIGTERM before exiting.")
+@click.option("--verbose", is_flag=True, help="Show Triton's own log.")
+@version_option(__version__)
+def cli(**options) -> int:
+    return serve(SimpleNamespace(**options))
+
+
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    """A command line's options as the command parses them, without opening MODEL (deploy manifests, tests)."""
+    return SimpleNamespace(**parse_options(cli, argv))
+
+
+def _check(args: SimpleNamespace) -> None:
     for option, value, low, high in (("--max-batch", args.max_batch, 1, MAX_BATCH),
                                      ("--instances", args.instances, 1, MAX_INSTANCES),
                                      ("--max-queue-delay-us", args.max_queue_delay_us, 0, MAX_DELAY_US),
@@ -80,16 +87,16 @@ def _check(args: argparse.Namespace) -> None:
                          hint="use 1 to 128 letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
-def settings_of(args: argparse.Namespace) -> ServeSettings:
+def settings_of(args: SimpleNamespace) -> ServeSettings:
     """How every instance loads the model, from the command line (paths made absolute: Triton runs elsewhere)."""
     classes = str(Path(args.classes).resolve()) if args.classes is not None else None
-    return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spinning,
+    return ServeSettings(str(Path(args.model).resolve()), threads=args.threads, allow_spinning=args.spin,
                          prefer_int8=not args.no_int8, max_side=args.max_side, max_pixels=args.max_pixels,
                          max_aspect=args.max_aspect, classes=classes, max_request_bytes=args.max_request_mb * MIB,
                          unknown=args.unknown)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: SimpleNamespace) -> int:
     """Load the model once (to fail early), start Triton, wait for a signal or its exit."""
     _check(args)
     settings = settings_of(args)
@@ -121,10 +128,13 @@ def serve(args: argparse.Namespace) -> int:
         raise
     classes, host = len(classifier.class_names), endpoints.address
     del classifier  # the instances hold their own sessions
-    print(f"semobridge-serve: ready: model '{args.model_name}' ({classes} classes) on HTTP {host}:{endpoints.http_port}, "
-          f"gRPC {host}:{endpoints.grpc_port}, metrics http://{host}:{endpoints.metrics_port}/metrics", flush=True)
-    code = server.wait()
-    server.stop()
+    try:  # a closed stdout (exit 141) or any other error must not leave Triton running
+        print(f"semobridge-serve: ready: model '{args.model_name}' ({classes} classes) on HTTP {host}:"
+              f"{endpoints.http_port}, gRPC {host}:{endpoints.grpc_port}, metrics http://{host}:"
+              f"{endpoints.metrics_port}/metrics", flush=True)
+        code = server.wait()
+    finally:
+        server.stop()
     if not stopping:
         raise BackendError(f"Triton exited unexpectedly (code {code}): {server.failure()}",
                            hint="run with --verbose to see Triton's log")
@@ -133,11 +143,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return serve(args)
-    except SemobridgeError as exc:
-        return report("semobridge-serve", exc)
+    """The console script; returns the exit code (docs/errors.md)."""
+    return cli.main(argv, standalone_mode=False)
 
 
 def _say(text: str) -> None:

@@ -19,11 +19,11 @@ from .. import openset
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
-from ..limits import ImageLimits
+from ..contract import RUN_OUTPUTS
+from ..metadata import ModelInfo
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
 T = TypeVar("T")
-_RUN_OUTPUTS = ("scores", "label", "embedding")  # then the decision's (openset.DECISION_OUTPUTS), where served
 _REFUSED = {"400", "StatusCode.INVALID_ARGUMENT"}
 _NOT_FOUND = {"404", "StatusCode.NOT_FOUND"}
 
@@ -56,13 +56,13 @@ class RemoteClassifier:
         self._client = self._call(lambda: triton.InferenceServerClient(address, **options))
         config = self._call(lambda: self._client.get_model_config(model_name, **({} if self._http else {"as_json": True})))
         config = config if self._http else config["config"]
-        self.metadata: dict[str, Any] = parameter(config, METADATA)
-        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.info = ModelInfo.from_dict(parameter(config, METADATA), f"model {model_name!r} at {url}")
+        self.class_names: list[str] = list(self.info.class_names)
         served = {output.get("name") for output in config.get("output", [])}
-        self._outputs = _RUN_OUTPUTS + tuple(n for n in openset.DECISION_OUTPUTS if n in served)
+        self._outputs = (*RUN_OUTPUTS, *(n for n in openset.DECISION_OUTPUTS if n in served))  # the decision, if served
         # a server of a model exported before the graph decided: closed set, probabilities at the metadata's T
-        self.temperature = float((self.metadata.get("open_set") or {}).get("temperature", 1.0))
-        self.limits = ImageLimits(**self.metadata.get("limits", {}))
+        self.temperature = self.info.open_set.decision.temperature if self.info.open_set is not None else 1.0
+        self.limits = self.info.limits
         self.max_batch: int = int(config.get("max_batch_size", 0)) or 1
 
     def __repr__(self) -> str:

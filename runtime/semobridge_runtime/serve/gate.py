@@ -5,8 +5,8 @@ per-request budget before a byte of the body is read, its bytes against the serv
 and an inference body's JSON (shapes, counts, ranges) before Triton allocates for it. Refused requests get
 400 (or 429 when the in-flight budget is spent) with '<kind>: <message>; hint: <hint>' in Triton's error
 format, and are counted on the metrics port (`semobridge_http_refused_total`). Only the endpoints clients
-need are forwarded (health, metadata, config, statistics, inference); Triton's HTTP port accepts requests
-only with a key that the gate alone holds.
+need are forwarded (health, metadata, config, statistics, inference), to Triton's HTTP and metrics endpoints
+on Unix sockets in a folder only this user may enter (server.py): no key to guard them, none in `ps`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from ..errors import BackendError, InputError, SemobridgeError
 from .admission import Budget, Busy, InFlight, TooLarge, check_infer_body, check_length
 from .protocol import error_text
 
-KEY_HEADER = "semobridge-gate"
 IDLE_TIMEOUT_S = 60  # a connection silent this long (idle, or a body trickling in) is closed
 UPSTREAM_TIMEOUT_S = 600  # a request may queue in Triton this long
 MAX_CONNECTIONS = 512
@@ -33,19 +32,40 @@ SMALL_BODY = 64 << 10  # requests other than inference carry no body worth more
 _INFER = re.compile(r"^/v2/models/[^/]+(/versions/[0-9]+)?/infer$")
 _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/versions/[0-9]+)?(/(ready|config|stats))?)?/?$")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
-        "content-length", "expect", KEY_HEADER}
+        "content-length", "expect"}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
+GRPC_REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
-class Gate:
-    """The two front-door servers (API and metrics) and what they share: the budget, the key, the counters."""
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to a server on a Unix socket (Triton's endpoints behind the gate)."""
 
-    def __init__(self, address: str, http_port: int, metrics_port: int, upstream_http: int, upstream_metrics: int,
-                 budget: Budget, key: str) -> None:
-        self.budget, self.key, self.inflight = budget, key, InFlight(budget.inflight_bytes)
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        try:
+            self.sock.connect(self._path)
+        except OSError:
+            self.sock.close()
+            raise
+
+
+class Gate:
+    """The two front-door servers (API and metrics) and what they share: the budget, Triton's sockets, the counters.
+
+    `upstream_http`, `upstream_metrics`: the Unix sockets of Triton's HTTP and metrics endpoints."""
+
+    def __init__(self, address: str, http_port: int, metrics_port: int, upstream_http: str, upstream_metrics: str,
+                 budget: Budget) -> None:
+        self.budget, self.inflight = budget, InFlight(budget.inflight_bytes)
         self.upstream_http, self.upstream_metrics = upstream_http, upstream_metrics
         self.refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
+        self.grpc_refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in GRPC_REASONS})
         self._lock = threading.Lock()
         api = _Server((address, http_port), _ApiHandler, self)
         try:
@@ -66,19 +86,24 @@ class Gate:
                 server.shutdown()
             server.server_close()
 
-    def count(self, reason: str) -> None:
+    def count(self, reason: str, protocol: str = "http") -> None:
         with self._lock:
-            self.refused[reason] += 1
+            (self.refused if protocol == "http" else self.grpc_refused)[reason] += 1
 
     def metrics(self) -> str:
         """The gate's counters in Prometheus text format."""
         with self._lock:
-            refused = dict(self.refused)
+            refused, grpc_refused = dict(self.refused), dict(self.grpc_refused)
         lines = ["# HELP semobridge_http_refused_total HTTP requests refused before the model saw them: by "
                  "semobridge-serve's front door, or (reason triton) by Triton",
                  "# TYPE semobridge_http_refused_total counter",
                  *(f'semobridge_http_refused_total{{reason="{r}"}} {n}' for r, n in refused.items()),
-                 "# HELP semobridge_inflight_bytes Bytes of HTTP requests in flight (budget: --max-inflight-mb)",
+                 "# HELP semobridge_grpc_refused_total gRPC requests refused before the model saw them: by "
+                 "semobridge-serve's gRPC door (invalid: a call without its message; too_large: over --max-request-mb, "
+                 "or cancelled while arriving), or (reason triton) by Triton",
+                 "# TYPE semobridge_grpc_refused_total counter",
+                 *(f'semobridge_grpc_refused_total{{reason="{r}"}} {n}' for r, n in grpc_refused.items()),
+                 "# HELP semobridge_inflight_bytes Bytes of HTTP and gRPC requests in flight (budget: --max-inflight-mb)",
                  "# TYPE semobridge_inflight_bytes gauge",
                  f"semobridge_inflight_bytes {self.inflight.used}",
                  "# HELP semobridge_inflight_budget_bytes The server's in-flight budget (--max-inflight-mb)",
@@ -114,6 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version, sys_version = "semobridge-serve", ""
     timeout = IDLE_TIMEOUT_S
+    disable_nagle_algorithm = True  # the answer is two writes (headers, body): Nagle held the body ~40 ms
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (no access log)
@@ -152,9 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _ApiHandler(_Handler):
-    """The public HTTP port: KServe v2 requests, checked, then forwarded to Triton with the gate's key."""
+    """The public HTTP port: KServe v2 requests, checked, then forwarded to Triton."""
 
-    _upstream: http.client.HTTPConnection | None = None
+    _upstream: UnixHTTPConnection | None = None
 
     def do_GET(self) -> None:  # noqa: N802
         self._serve()
@@ -238,11 +264,10 @@ class _ApiHandler(_Handler):
         # The type is ours: Triton (its libevhtp) has died of large bodies sent as form data.
         binary = "Inference-Header-Content-Length" in self.headers
         headers["Content-Type"] = "application/octet-stream" if binary else "application/json"
-        headers[KEY_HEADER] = gate.key
         for attempt in range(2):
             reused = self._upstream is not None
             if not reused:
-                self._upstream = http.client.HTTPConnection("127.0.0.1", gate.upstream_http, timeout=UPSTREAM_TIMEOUT_S)
+                self._upstream = UnixHTTPConnection(gate.upstream_http, timeout=UPSTREAM_TIMEOUT_S)
             try:
                 self._upstream.request(self.command, self.path, body=body, headers=headers)
                 response = self._upstream.getresponse()
@@ -269,7 +294,7 @@ class _MetricsHandler(_Handler):
             self.refuse(404, f"semobridge-serve's metrics port serves GET /metrics, not {self.path[:100]}", "not_found")
             return
         gate = self.server.gate
-        connection = http.client.HTTPConnection("127.0.0.1", gate.upstream_metrics, timeout=30)
+        connection = UnixHTTPConnection(gate.upstream_metrics, timeout=30)
         try:
             connection.request("GET", "/metrics")
             triton = connection.getresponse().read()

@@ -14,14 +14,16 @@ import json
 import re
 from typing import Any
 
+from ..contract import METADATA_KEY, RUN_OUTPUTS
 from ..errors import ERROR_TABLE, ModelError, SemobridgeError
+from ..openset import DECISION_OUTPUTS
 
 MODEL_NAME = "semobridge"
 IMAGE, ENCODED = "image", "encoded"
-OUTPUTS = ("scores", "label", "embedding", "probabilities", "known", "class_name")
+OUTPUTS = (*RUN_OUTPUTS, *DECISION_OUTPUTS, "class_name")
 LABELS_FILE = "labels.txt"  # one class name per line, for Triton's classification extension on `scores`
 
-METADATA = "semobridge"  # config parameter: the model's metadata JSON, with the limits in force
+METADATA = METADATA_KEY  # config parameter: the model's metadata JSON, with the limits in force
 SETTINGS = "semobridge_serve"  # config parameter: how each model instance loads the model (ServeSettings)
 
 _KINDS = {row.kind: row.python for row in ERROR_TABLE}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .. import __version__
@@ -21,8 +21,7 @@ MODEL_PY = "from semobridge_runtime.serve.model import TritonPythonModel  # noqa
 def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[str, str]:
     """What the config's `parameters` publish: the metadata (the classes and limits in force) and the identity
     of the model and of its class file."""
-    names = classifier.class_names
-    meta = {**classifier.info.raw, "class_names": names, "num_classes": len(names), "limits": asdict(classifier.limits)}
+    meta = replace(classifier.info, class_names=tuple(classifier.class_names), limits=classifier.limits)
     return {
         **metadata_parameters(meta),
         "runtime_version": json.dumps(__version__),

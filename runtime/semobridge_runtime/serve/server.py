@@ -4,7 +4,11 @@
 stop), checks the ports, starts `tritonserver` with the environment its Python backend needs,
 waits until the model is ready, and stops it by SIGTERM, on which Triton closes its endpoints, finishes
 the requests it has accepted (up to the drain timeout) and exits. The public HTTP and metrics ports are
-the gate's (gate.py), which checks each request before Triton, listening on loopback ports of its own, sees it.
+the gate's (gate.py), which checks each request before Triton sees it; the public gRPC port is the gRPC door's
+(grpc_door.py), on the same budget. Triton itself listens on no port: its HTTP, gRPC and metrics endpoints
+are Unix sockets in the workspace, a folder only this user may enter (mode 0700), so that no other user of
+the machine reaches them, and no key is needed (Triton takes its restricted-API keys on its command line
+only, where every user sees them with `ps`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import http.client
 import os
 import shutil
 import signal
@@ -22,7 +27,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +34,14 @@ from ..classifier import Classifier
 from ..errors import BackendError, InputError
 from .admission import Budget
 from .distribution import Distribution  # the tritonserver in nvidia-pytriton's wheel: why, in there
-from .gate import KEY_HEADER, Gate
+from .gate import Gate, UnixHTTPConnection
+from .grpc_door import GrpcDoor
 from .repository import Batching, write_repository
 from .settings import ServeSettings
 
 STARTUP_TIMEOUT_S = 300.0
 MMAP_THRESHOLD = 1 << 20
+_SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, with its NUL)
 # What tritonserver says on every machine without a GPU: not worth showing in an error summary.
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA memory pool", "GPU metrics")
 
@@ -51,6 +57,34 @@ class Endpoints:
 
     def ports(self) -> dict[str, int]:
         return {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """Triton's own endpoints: Unix sockets in `folder` (its port options still want numbers: gRPC appends
+    ':<port>' to the socket's name, evhtp ignores it)."""
+
+    folder: Path
+
+    @property
+    def http(self) -> str:
+        return str(self.folder / "http")
+
+    @property
+    def metrics(self) -> str:
+        return str(self.folder / "metrics")
+
+    @property
+    def grpc(self) -> str:
+        return str(self.folder / "grpc")
+
+    def arguments(self) -> list[str]:
+        return [f"--http-address=unix:{self.http}", "--http-port=1", f"--grpc-address=unix:{self.grpc}",
+                "--grpc-port=1", f"--metrics-address=unix:{self.metrics}", "--metrics-port=2"]
+
+    @property
+    def grpc_target(self) -> str:
+        return f"unix:{self.grpc}:1"
 
 
 def python_library_dir() -> Path:
@@ -102,9 +136,9 @@ class TritonServer:
         self.name, self.endpoints = name, endpoints
         self._settings, self._batching = settings, batching
         self._budget = budget or Budget(max_batch=batching.max_batch)
-        self._key = os.urandom(16).hex()  # what Triton's HTTP port wants from the gate
         self._gate: Gate | None = None
-        self._upstream = Endpoints("127.0.0.1", 0, endpoints.grpc_port, 0)  # Triton's own ports, picked at start
+        self._door: GrpcDoor | None = None
+        self._upstream: Sockets | None = None  # Triton's own endpoints, in the workspace
         self._classifier: Classifier | None = classifier
         self._drain_timeout_s, self._verbose = drain_timeout_s, verbose
         self._process: subprocess.Popen[str] | None = None
@@ -115,10 +149,12 @@ class TritonServer:
         """Start tritonserver and return once the model is ready; raise (and clean up) if it does not get there."""
         dist, libpython = Distribution.find(), python_library_dir()
         check_ports(self.endpoints)
-        http, metrics = _free_loopback_ports(2)
-        self._upstream = Endpoints("127.0.0.1", http, self.endpoints.grpc_port, metrics)
-        self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))
+        self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))  # mode 0700
+        self._upstream = Sockets(self._workspace)
         try:
+            if len(os.fsencode(self._upstream.grpc_target.removeprefix("unix:"))) > _SUN_PATH_MAX:
+                raise BackendError(f"the temporary folder {self._workspace} has too long a path for Triton's Unix "
+                                   f"sockets (at most {_SUN_PATH_MAX} bytes)", hint="set TMPDIR to a shorter folder")
             self._gate = self._open_gate()
             repository = write_repository(self._workspace / "models", self.name, self._classifier,
                                           self._settings, self._batching)
@@ -131,6 +167,7 @@ class TritonServer:
                 preexec_fn=_die_with_parent)
             threading.Thread(target=self._read_log, name="tritonserver-log", daemon=True).start()
             self._gate.start()  # health/ready answers (not ready, from Triton) while the model loads
+            self._door.start()
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -154,24 +191,37 @@ class TritonServer:
         return code
 
     def signal(self, signum: int) -> None:
-        """Forward a signal (SIGTERM, SIGINT) to tritonserver, and close the gate's ports."""
-        self._close_gate()
+        """Forward a signal (SIGTERM, SIGINT) to tritonserver, and close the gate's ports (the gRPC door refuses
+        new requests, and closes once Triton has answered those it forwarded: stop)."""
+        self._close_gate(drain=True)
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signum)
 
     def _open_gate(self) -> Gate:
         e, up = self.endpoints, self._upstream
         try:
-            return Gate(e.address, e.http_port, e.metrics_port, up.http_port, up.metrics_port, self._budget, self._key)
+            gate = Gate(e.address, e.http_port, e.metrics_port, up.http, up.metrics, self._budget)
         except OSError as exc:  # taken since check_ports looked
             raise InputError(f"cannot listen on {e.address}:{e.http_port} or :{e.metrics_port}: {exc.strerror or exc}",
                              hint="stop the program that uses the port, or choose others with --http-port and "
                                   "--metrics-port") from None
+        try:
+            self._door = GrpcDoor(gate, e.address, e.grpc_port, up.grpc_target)
+        except OSError as exc:
+            gate.close()
+            raise _port_error("--grpc-port", e.grpc_port, e.address, exc.strerror or str(exc)) from None
+        return gate
 
-    def _close_gate(self) -> None:
+    def _close_gate(self, drain: bool = False) -> None:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+        if self._door is not None:
+            if drain:
+                self._door.drain()
+            else:
+                self._door.close()
+                self._door = None
 
     def wait(self) -> int:
         """Block until tritonserver exits; its exit code."""
@@ -193,20 +243,15 @@ class TritonServer:
         return folder.parent
 
     def _arguments(self, repository: Path, backends: Path, dist: Distribution) -> list[str]:
-        e, up = self.endpoints, self._upstream
-        # APIs a client has no business with; the token is never shown, so they are closed. The APIs clients
-        # use reach Triton's HTTP port only through the gate, which holds their key.
-        closed = f"model-repository,shared-memory,trace,logging:semobridge-admin={os.urandom(16).hex()}"
-        gated = f"health,metadata,inference,model-config,statistics:{KEY_HEADER}={self._key}"
+        # No --http-restricted-api / --grpc-restricted-protocol: their keys would be on the command line, which
+        # every user of the machine reads (`ps`). Only this user reaches Triton's sockets; the gate and the gRPC
+        # door forward the APIs clients use (not model repository, shared memory, trace, logging).
         return [
             f"--model-repository={repository}", f"--backend-directory={backends}", f"--cache-directory={dist.caches}",
-            f"--http-address={up.address}", f"--http-port={up.http_port}",
-            f"--grpc-address={e.address}", f"--grpc-port={e.grpc_port}",
-            f"--metrics-address={up.address}", f"--metrics-port={up.metrics_port}",
+            *self._upstream.arguments(),
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={self._drain_timeout_s}",
             f"--log-info={str(self._verbose).lower()}", "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # the Python backend exchanges CPU tensors through shared memory
-            f"--http-restricted-api={closed}", f"--http-restricted-api={gated}", f"--grpc-restricted-protocol={closed}",
             # shared-memory regions unique to this server, so that several run side by side
             f"--backend-config=python,shm-region-prefix-name=semobridge{os.getpid()}x{self.endpoints.http_port}_",
             "--backend-config=python,shm-growth-byte-size=16777216",
@@ -241,42 +286,31 @@ class TritonServer:
 
     def _wait_ready(self) -> None:
         """Until Triton says the model itself is ready (its health/ready alone would be true with no model)."""
-        url = urllib.request.Request(f"http://127.0.0.1:{self._upstream.http_port}/v2/models/{self.name}/ready",
-                                     headers={KEY_HEADER: self._key})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 time.sleep(0.2)  # let the log reader catch up
                 raise self._startup_error()
+            connection = UnixHTTPConnection(self._upstream.http, timeout=1)
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
+                connection.request("GET", f"/v2/models/{self.name}/ready")
+                if connection.getresponse().status == 200:
+                    return
+            except (OSError, http.client.HTTPException):
                 pass
+            finally:
+                connection.close()
             time.sleep(0.1)
         raise BackendError(f"Triton was not ready after {STARTUP_TIMEOUT_S:.0f} s: {self.failure()}",
                            hint="run with --verbose to see Triton's log")
 
     def _startup_error(self) -> Exception:
         said = "\n".join(self._log)
-        for option, port in {**self.endpoints.ports(), **self._upstream.ports()}.items():
+        for option, port in self.endpoints.ports().items():
             if f":{port}' already in use" in said or f":{port} already in use" in said:
                 return _port_error(option, port, self.endpoints.address, "address already in use")
         return BackendError(f"Triton exited during start-up (code {self._process.returncode}): {self.failure()}",
                             hint="run with --verbose to see Triton's log")
-
-
-def _free_loopback_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 now, for Triton's own HTTP and metrics endpoints behind the gate."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def _die_with_parent() -> None:

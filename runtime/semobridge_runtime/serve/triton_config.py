@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
+from ..contract import EMBEDDING, LABEL, SCORES
+from ..metadata import ModelInfo
 from .protocol import LABELS_FILE, METADATA
 
 
@@ -50,18 +52,18 @@ def model_outputs(num_classes: int, embedding_dim: int, label_reshaped: bool) ->
     in the export's repository, is the argmax beside `known`).
     label_reshaped: the model's label and known are [N] (the fused graph's), which Triton shows as [N, 1]."""
     reshape = 'reshape: { shape: [ ] }' if label_reshaped else ""
-    return [TensorConfig("scores", "TYPE_FP32", [num_classes], f"label_filename: {text_literal(LABELS_FILE)}"),
-            TensorConfig("label", "TYPE_INT64", [1], reshape),
-            TensorConfig("embedding", "TYPE_FP32", [embedding_dim]),
+    return [TensorConfig(SCORES, "TYPE_FP32", [num_classes], f"label_filename: {text_literal(LABELS_FILE)}"),
+            TensorConfig(LABEL, "TYPE_INT64", [1], reshape),
+            TensorConfig(EMBEDDING, "TYPE_FP32", [embedding_dim]),
             TensorConfig("probabilities", "TYPE_FP32", [num_classes]),
             TensorConfig("known", "TYPE_BOOL", [1], reshape)]
 
 
-def metadata_parameters(meta: Mapping[str, Any]) -> dict[str, str]:
+def metadata_parameters(meta: ModelInfo) -> dict[str, str]:
     """The parameters every semobridge config publishes: the metadata JSON and, for a glance, its headline fields."""
-    return {METADATA: json.dumps(meta), "class_names": json.dumps(meta["class_names"]),
-            "backbone": json.dumps((meta.get("backbone") or {}).get("name")), "shots": json.dumps(meta.get("shots")),
-            "library_version": json.dumps(meta.get("library_version"))}
+    return {METADATA: meta.to_json(), "class_names": json.dumps(list(meta.class_names)),
+            "backbone": json.dumps(meta.backbone.name if meta.backbone is not None else None),
+            "shots": json.dumps(meta.shots), "library_version": json.dumps(meta.library_version)}
 
 
 def config_text(name: str, runtime: tuple[str, str], inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
