@@ -30,7 +30,7 @@ from .preprocess import Preprocess
 #: two into I_c and P_c, so the runtime holds no copy of the bridge; then the open-set decision
 #: (openset.DECISION_OUTPUTS): probabilities softmax(scores / T) [N, C] and known [N] (top probability >= threshold);
 #: the head's per-class inputs (contract.HEAD_INPUTS: all float32, class count C first), in forward's order
-OUTPUT_NAMES = (*OUTPUTS, *DECISION_OUTPUTS)
+OUTPUT_NAMES = OUTPUTS
 
 
 class FusedClassifier(nn.Module):

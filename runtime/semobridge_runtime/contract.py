@@ -36,7 +36,11 @@ IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, 
 HEAD_INPUTS = ("text_classifier", "bridged_prototypes", "image_prototypes", "class_kl")
 SCORES, LABEL, EMBEDDING, FEATURES = "scores", "label", "embedding", "features"
 BRIDGED_FEATURES = "bridged_features"  # bridge(q), what enrolment averages into P_c
-OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES)  # the fused graph's outputs, in graph order
+#: the open-set decision the graph computes (openset.py): calibrated probabilities [N, C] and known [N] (bool), from
+#: float32 scalar inputs that default to the fit's calibration; graphs exported before it have neither
+DECISION_OUTPUTS = ("probabilities", "known")
+DECISION_INPUTS = ("temperature", "threshold")
+OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES, *DECISION_OUTPUTS)  # the fused graph's, in order
 RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
 TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)
 

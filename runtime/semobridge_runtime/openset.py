@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .contract import DECISION_INPUTS, DECISION_OUTPUTS  # noqa: F401  (the decision's graph names, here too)
 from .errors import InputError, ModelError
 
 SCORE = "max_probability"  # the documented abstention score (benchmarks/open_set.py compares the others)
@@ -30,10 +31,6 @@ UNKNOWN = -1  # the label of an unknown image
 ACCEPT = 0.95  # the default operating point: this fraction of held-out known images is accepted
 TEMPERATURE_RANGE = (1e-3, 1e3)
 ECE_BINS = 15
-#: the fused graph computes the decision (export/fused.py): these inputs (float32 scalars, defaults: the fit's
-#: calibration) and outputs (probabilities float32 [N, C], known bool [N]); graphs exported before it have none
-DECISION_INPUTS = ("temperature", "threshold")
-DECISION_OUTPUTS = ("probabilities", "known")
 THRESHOLD_OFF = 0.0  # the threshold fed for unknown=None: every top probability is >= 0, every image known
 
 
