@@ -226,22 +226,22 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
 
     import onnx.helper
     import onnx.utils
-    import onnxruntime as ort
+
+    from semobridge_runtime.backends.session import SessionSettings, open_session
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 224, 224, 3), np.uint8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # one core each: steadier on a shared machine
+    settings = SessionSettings(("CPUExecutionProvider",), 1)  # one core each: steadier on a shared machine
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "decision.onnx"
         onnx.utils.extract_model(str(model), str(part), ["scores", *openset.DECISION_INPUTS], list(openset.DECISION_OUTPUTS))
-        decision = ort.InferenceSession(str(part), options, providers=["CPUExecutionProvider"])
+        decision = open_session(part, settings, "decision part")
     copy = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["scores"], ["copy"])], "copy",
         [onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", "C"])],
         [onnx.helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, ["N", "C"])]), opset_imports=[onnx.helper.make_opsetid("", 18)])
-    overhead = ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    whole = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    overhead = open_session(copy.SerializeToString(), settings, "copy graph")
+    whole = open_session(model, settings)
     d = int(next(i for i in whole.get_overridable_initializers() if i.name == "text_classifier").shape[1])
     unit = [F.normalize(torch.from_numpy(rng.normal(size=(1000, d)).astype(np.float32)), dim=-1).numpy() for _ in range(3)]
     wide = {**dict(zip(("text_classifier", "bridged_prototypes", "image_prototypes"), unit)),
