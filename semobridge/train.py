@@ -6,7 +6,6 @@ products, and selects the kept state in the order of a protocol (semobridge.prot
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Callable
 
