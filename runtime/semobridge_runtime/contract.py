@@ -38,8 +38,10 @@ SCORES, LABEL, EMBEDDING, FEATURES = "scores", "label", "embedding", "features"
 BRIDGED_FEATURES = "bridged_features"  # bridge(q), what enrolment averages into P_c
 #: the open-set decision the graph computes (openset.py): calibrated probabilities [N, C] and known [N] (bool), from
 #: float32 scalar inputs that default to the fit's calibration; graphs exported before it have neither
-DECISION_OUTPUTS = ("probabilities", "known")
-DECISION_INPUTS = ("temperature", "threshold")
+PROBABILITIES, KNOWN = "probabilities", "known"
+DECISION_OUTPUTS = (PROBABILITIES, KNOWN)
+TEMPERATURE, THRESHOLD = "temperature", "threshold"
+DECISION_INPUTS = (TEMPERATURE, THRESHOLD)
 OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES, *DECISION_OUTPUTS)  # the fused graph's, in order
 RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
 TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)

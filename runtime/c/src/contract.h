@@ -11,6 +11,10 @@
 #define SB_OUTPUT_SCORES "scores"
 #define SB_OUTPUT_LABEL "label"
 #define SB_OUTPUT_EMBEDDING "embedding"
+#define SB_OUTPUT_PROBABILITIES "probabilities"
+#define SB_OUTPUT_KNOWN "known"
+#define SB_INPUT_TEMPERATURE "temperature"
+#define SB_INPUT_THRESHOLD "threshold"
 
 /* The class-set inputs of the graph, in class-file order (docs/classes.md). */
 #define SB_HEAD_INPUTS 4

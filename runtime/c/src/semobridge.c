@@ -295,8 +295,8 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
     if ((rc = read_output(m, alloc, SB_OUTPUT_SCORES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width, NULL)) != SB_OK ||
         (rc = read_output(m, alloc, SB_OUTPUT_LABEL, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused, NULL)) != SB_OK ||
         (rc = read_output(m, alloc, SB_OUTPUT_EMBEDDING, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width, NULL)) != SB_OK ||
-        (rc = read_output(m, alloc, "probabilities", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &unused, &probabilities)) != SB_OK ||
-        (rc = read_output(m, alloc, "known", ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK) {
+        (rc = read_output(m, alloc, SB_OUTPUT_PROBABILITIES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &unused, &probabilities)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_KNOWN, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK) {
         return rc;
     }
     m->decides = probabilities && known;
@@ -786,13 +786,13 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
     for (size_t k = 1; k < nclass; k++) input_names[k] = sb_head_inputs[k - 1];
     if (nclass > 1 && (rc = class_inputs(m, c, inputs + 1)) != SB_OK) goto done;
     if (own_t) { /* float32 scalars over these locals (ORT does not write to inputs) */
-        input_names[nclass] = "temperature";
+        input_names[nclass] = SB_INPUT_TEMPERATURE;
         ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &temperature, sizeof(float), NULL, 0,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nclass]),
                 "creating the temperature input");
     }
     if (ninputs > nthreshold) {
-        input_names[nthreshold] = "threshold";
+        input_names[nthreshold] = SB_INPUT_THRESHOLD;
         ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &threshold, sizeof(float), NULL, 0,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nthreshold]),
                 "creating the threshold input");
@@ -923,8 +923,8 @@ static int predict(struct sb_model * m, const struct sb_classes * c, const struc
     if (r->scores) outs[k++] = (struct sb_output){SB_OUTPUT_SCORES, r->scores, (size_t) c->count, sizeof(float),
                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     if (r->labels) outs[k++] = (struct sb_output){SB_OUTPUT_LABEL, r->labels, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
-    if (known) outs[k++] = (struct sb_output){"known", known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
-    if (r->probabilities) outs[k++] = (struct sb_output){"probabilities", r->probabilities, (size_t) c->count,
+    if (known) outs[k++] = (struct sb_output){SB_OUTPUT_KNOWN, known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
+    if (r->probabilities) outs[k++] = (struct sb_output){SB_OUTPUT_PROBABILITIES, r->probabilities, (size_t) c->count,
                                                          sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
     if (r->embeddings) outs[k++] = (struct sb_output){SB_OUTPUT_EMBEDDING, r->embeddings, (size_t) m->embedding_dim,
                                                       sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};

@@ -19,7 +19,7 @@ from .. import openset
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
-from ..contract import RUN_OUTPUTS
+from ..contract import KNOWN, LABEL, RUN_OUTPUTS
 from ..metadata import ModelInfo
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
@@ -124,7 +124,7 @@ class RemoteClassifier:
         timeout = {} if self._http else {"client_timeout": self._timeout_s}
         result = self._call(lambda: self._client.infer(self.model_name, [tensor], outputs=outputs, **timeout))
         values = [result.as_numpy(n) for n in self._outputs]
-        return [v.reshape(len(batch)) if n in ("label", "known") else v for n, v in zip(self._outputs, values)]
+        return [v.reshape(len(batch)) if n in (LABEL, KNOWN) else v for n, v in zip(self._outputs, values)]
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one client call; map what goes wrong onto the runtime's error model."""

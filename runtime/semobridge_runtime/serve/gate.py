@@ -34,7 +34,6 @@ _READ = re.compile(r"^/v2(/health/(live|ready)|/models/stats|/models/[^/]+(/vers
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
         "content-length", "expect"}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
-GRPC_REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
 
 
@@ -65,7 +64,7 @@ class Gate:
         self.budget, self.inflight = budget, InFlight(budget.inflight_bytes)
         self.upstream_http, self.upstream_metrics = upstream_http, upstream_metrics
         self.refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
-        self.grpc_refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in GRPC_REASONS})
+        self.grpc_refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
         self._lock = threading.Lock()
         api = _Server((address, http_port), _ApiHandler, self)
         try:

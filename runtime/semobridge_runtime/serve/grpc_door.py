@@ -119,8 +119,8 @@ class GrpcDoor:
             call = self._channel.unary_unary(method)
             try:
                 response, outcome = call.with_call(message, metadata=metadata,
-                                                   timeout=min(remaining, UPSTREAM_TIMEOUT_S) if remaining else
-                                                   UPSTREAM_TIMEOUT_S)
+                                                   timeout=UPSTREAM_TIMEOUT_S if remaining is None else
+                                                   max(0.0, min(remaining, UPSTREAM_TIMEOUT_S)))
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.UNAVAILABLE:

@@ -152,7 +152,8 @@ class TritonServer:
         self._workspace = Path(tempfile.mkdtemp(prefix="semobridge-serve-"))  # mode 0700
         self._upstream = Sockets(self._workspace)
         try:
-            if len(os.fsencode(self._upstream.grpc_target.removeprefix("unix:"))) > _SUN_PATH_MAX:
+            up = self._upstream
+            if max(len(os.fsencode(p)) for p in (up.http, up.metrics, up.grpc_target.removeprefix("unix:"))) > _SUN_PATH_MAX:
                 raise BackendError(f"the temporary folder {self._workspace} has too long a path for Triton's Unix "
                                    f"sockets (at most {_SUN_PATH_MAX} bytes)", hint="set TMPDIR to a shorter folder")
             self._gate = self._open_gate()

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..contract import EMBEDDING, LABEL, SCORES
+from ..contract import EMBEDDING, KNOWN, LABEL, PROBABILITIES, SCORES
 from ..metadata import ModelInfo
 from .protocol import LABELS_FILE, METADATA
 
@@ -55,8 +55,8 @@ def model_outputs(num_classes: int, embedding_dim: int, label_reshaped: bool) ->
     return [TensorConfig(SCORES, "TYPE_FP32", [num_classes], f"label_filename: {text_literal(LABELS_FILE)}"),
             TensorConfig(LABEL, "TYPE_INT64", [1], reshape),
             TensorConfig(EMBEDDING, "TYPE_FP32", [embedding_dim]),
-            TensorConfig("probabilities", "TYPE_FP32", [num_classes]),
-            TensorConfig("known", "TYPE_BOOL", [1], reshape)]
+            TensorConfig(PROBABILITIES, "TYPE_FP32", [num_classes]),
+            TensorConfig(KNOWN, "TYPE_BOOL", [1], reshape)]
 
 
 def metadata_parameters(meta: ModelInfo) -> dict[str, str]:
