@@ -9,6 +9,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from semobridge_runtime.calibration import TENSORS as CALIBRATION  # kept for the runtime to recalibrate
+from semobridge_runtime.calibration import CalibrationData
+from semobridge_runtime.errors import ModelError
 
 from .blend import BlendParams, affinities, blend
 from .bridge import Bridge
@@ -105,7 +107,11 @@ class SeMoBridge(nn.Module):
             info,
             tensors.get("class_bias"),
         )
-        if all(name in arrays for name in CALIBRATION):
+        try:  # the runtime's own check: a partial or malformed set is refused here, not at a later enrolment
+            data = CalibrationData.of(arrays, *head.text_classifier.shape, str(path))
+        except ModelError as exc:
+            raise ModelFileError(str(exc), hint=exc.hint) from None
+        if data is not None:
             head.calibration = {name: torch.from_numpy(np.array(arrays[name])) for name in CALIBRATION}
         return head
 

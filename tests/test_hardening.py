@@ -396,3 +396,20 @@ def test_fifos_given_as_model_or_feature_files_are_refused_without_blocking(mode
     within_timeout(lambda: refused("predict-features", model_file, fifo, "-o", tmp_path / "s.npy",
                                    says="is a pipe (FIFO)"), fifo)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.safetensors"]
+
+
+def test_a_model_file_with_partial_calibration_data_is_refused_on_load(model_file, tmp_path):
+    """The calibration tensors go through the runtime's own check (calibration.CalibrationData.of) when the library
+    loads a model file: a partial set was dropped silently, a malformed one written on into head.safetensors."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v for k, v in load_file(str(model_file)).items() if not k.startswith("calibration_")}
+    with safe_open(str(model_file), "pt") as f:
+        meta = f.metadata()
+    save_file({**tensors, "calibration_labels": torch.zeros(3, dtype=torch.int64)}, str(tmp_path / "m.safetensors"),
+              metadata=meta)
+    refused("predict-features", tmp_path / "m.safetensors", model_file, "-o", tmp_path / "s.npy", code=MODEL_EXIT,
+            says="unusable calibration data")
+    assert not (tmp_path / "s.npy").exists()

@@ -189,7 +189,8 @@ class Classifier:
         clf = cls(loaded, limits, path, text_model, sessions)
         clf._why = choice.reason
         clf._temperature, clf._threshold = unknown_threshold(unknown, loaded.info, str(path), clf._decides)
-        clf._auto = isinstance(unknown, str)  # "auto" (anything else was refused)
+        # "auto" (anything else was refused), on a graph that decides: clf.threshold is then the one applied
+        clf._auto = isinstance(unknown, str) and clf._decides
         if classes is not None:
             clf.load_classes(classes)
         elif loaded.needs_classes:  # no defaults in the graph: feed the fitted classes
