@@ -53,7 +53,7 @@ from semobridge.fit import build_head
 from semobridge.model import SeMoBridge
 from semobridge.prototypes import class_kl
 from semobridge_runtime import head as np_head
-from semobridge_runtime import openset
+from semobridge_runtime import contract, openset
 
 SCORES = ("max_probability", "max_blend", "margin", "prototype_cosine", "mcm")
 SYNTHETIC_BACKBONE = {"name": "synthetic", "pretrained": "none", "weights_hash": "0"}
@@ -202,14 +202,14 @@ def without_decision(model: Path, out: Path) -> Path:
     import onnx
 
     proto = onnx.load(str(model))
-    for field, names in ((proto.graph.output, openset.DECISION_OUTPUTS), (proto.graph.input, openset.DECISION_INPUTS)):
+    for field, names in ((proto.graph.output, contract.DECISION_OUTPUTS), (proto.graph.input, contract.DECISION_INPUTS)):
         kept = [value for value in field if value.name not in names]
         del field[:]
         field.extend(kept)
     for prop in proto.metadata_props:
         if prop.key == "semobridge":
             meta = json.loads(prop.value)
-            meta["outputs"] = [o for o in meta.get("outputs", []) if o["name"] not in openset.DECISION_OUTPUTS]
+            meta["outputs"] = [o for o in meta.get("outputs", []) if o["name"] not in contract.DECISION_OUTPUTS]
             prop.value = json.dumps(meta)
     onnx.save(proto, str(out))
     return out
@@ -234,7 +234,7 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
     settings = SessionSettings(("CPUExecutionProvider",), 1)  # one core each: steadier on a shared machine
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "decision.onnx"
-        onnx.utils.extract_model(str(model), str(part), ["scores", *openset.DECISION_INPUTS], list(openset.DECISION_OUTPUTS))
+        onnx.utils.extract_model(str(model), str(part), ["scores", *contract.DECISION_INPUTS], list(contract.DECISION_OUTPUTS))
         decision = open_session(part, settings, "decision part")
     copy = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["scores"], ["copy"])], "copy",
@@ -247,7 +247,7 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
     wide = {**dict(zip(("text_classifier", "bridged_prototypes", "image_prototypes"), unit)),
             "class_kl": rng.random(1000).astype(np.float32)}
     calibration = {"temperature": np.array(0.2, np.float32), "threshold": np.array(0.5, np.float32)}
-    outputs = ["scores", "label", "embedding", *openset.DECISION_OUTPUTS]
+    outputs = ["scores", "label", "embedding", *contract.DECISION_OUTPUTS]
     result: dict[str, Any] = {"model": str(model), "batch": batch, "repeats": repeats, "machine": machine()}
     for case, classes in (("fitted classes", {}), ("1000 classes", wide)):
         times: dict[str, list[float]] = {"whole": [], "decision": [], "overhead": []}

@@ -14,12 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from semobridge.backbones import Backbone
-from semobridge_runtime.contract import HEAD_INPUTS, OUTPUTS
+from semobridge_runtime.contract import DECISION_INPUTS, DECISION_OUTPUTS, HEAD_INPUTS, OUTPUTS
 from semobridge_runtime.metadata import INPUT_KINDS
 
 from semobridge.blend import affinities, blend
 from semobridge.model import SeMoBridge
-from semobridge_runtime.openset import DECISION_INPUTS, DECISION_OUTPUTS
 
 from .attention import with_standard_attention
 from .preprocess import Preprocess
@@ -28,7 +27,7 @@ from .preprocess import Preprocess
 #: decision: plain ONNX Runtime users index names with it), n(q) [N, d], the image embedding q itself [N, d]
 #: (docs/method.md's F, NOT normalised) and bridge(q) [N, d] (b = 0, not normalised): class enrolment averages these
 #: two into I_c and P_c, so the runtime holds no copy of the bridge; then the open-set decision
-#: (openset.DECISION_OUTPUTS): probabilities softmax(scores / T) [N, C] and known [N] (top probability >= threshold);
+#: (contract.DECISION_OUTPUTS): probabilities softmax(scores / T) [N, C] and known [N] (top probability >= threshold);
 #: the head's per-class inputs (contract.HEAD_INPUTS: all float32, class count C first), in forward's order
 OUTPUT_NAMES = OUTPUTS
 

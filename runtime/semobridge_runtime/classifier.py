@@ -14,7 +14,7 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
-from .contract import EMBEDDING, RUN_OUTPUTS
+from .contract import DECISION_OUTPUTS, EMBEDDING, RUN_OUTPUTS
 from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
@@ -121,7 +121,7 @@ class Classifier:
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the model's open-set decision (load sets it)
         self._auto = False  # unknown="auto": a class set's own calibration replaces the model's threshold
-        self._decides = set(openset.DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
+        self._decides = set(DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
                                      text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
@@ -315,11 +315,11 @@ class Classifier:
             scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
             _, known, probs = openset.decide(scores, self._decision(classes)[0], None, labels)
             return Prediction.of(scores, labels, embeddings, names, top_k, probs, known)
-        outputs = self._run(images, (*RUN_OUTPUTS, *openset.DECISION_OUTPUTS), classes)
+        outputs = self._run(images, (*RUN_OUTPUTS, *DECISION_OUTPUTS), classes)
         return Prediction.of(*outputs[:3], names, top_k, *outputs[3:])
 
     def _decision_feeds(self, classes: ClassSet | None) -> dict[str, np.ndarray]:
-        """The graph's temperature and threshold inputs (openset.DECISION_INPUTS, float32 scalars) for `classes`
+        """The graph's temperature and threshold inputs (contract.DECISION_INPUTS, float32 scalars) for `classes`
         (see _decision); unknown off feeds openset.THRESHOLD_OFF."""
         temperature, threshold = self._decision(classes)
         off = openset.THRESHOLD_OFF if threshold is None else threshold

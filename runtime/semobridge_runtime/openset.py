@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .contract import DECISION_INPUTS, DECISION_OUTPUTS  # noqa: F401  (the decision's graph names, here too)
 from .errors import InputError, ModelError
 
 SCORE = "max_probability"  # the documented abstention score (benchmarks/open_set.py compares the others)

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from semobridge_runtime import Classifier, ModelError, openset
+from semobridge_runtime import Classifier, ModelError, contract, openset
 
 from .test_c_library import parse_classify, write_ppm
 
@@ -89,7 +89,7 @@ def test_python_feeds_the_graph_its_decision(onnx_model: Path, photos, python) -
     check(q.labels, q.known, q.probabilities, q.scores, auto.temperature, auto.threshold)
     session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
     defaults = {i.name for i in session.get_overridable_initializers()}
-    assert set(openset.DECISION_INPUTS) <= defaults
+    assert set(contract.DECISION_INPUTS) <= defaults
     off = one_by_one(Classifier.load(onnx_model, unknown=None), photos)
     assert off.known.all() and (off.labels == off.scores.argmax(1)).all()
     np.testing.assert_allclose(off.probabilities, p.probabilities, rtol=0, atol=TOL)

@@ -19,12 +19,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import Tensor, check_graph
+from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
-from ..contract import METADATA_KEY
 from ..metadata import ModelInfo, parse_metadata
-from ..openset import DECISION_INPUTS
 
 PRECISIONS = ("auto", "f32", "bf16", "f16")  # "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16)
 INDEX_LIMIT = 2**31  # OpenVINO's CPU plugin computes int64 graph arithmetic in int32
@@ -77,7 +75,7 @@ def _metadata(model: Any, source: str) -> ModelInfo:
 
 def _class_inputs(ov: Any, model: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Replace the constants OpenVINO folded the class-set inputs into by parameters of the same names (the class
-    count dynamic), and those of the open-set decision's scalars where the graph has them (openset.DECISION_INPUTS);
+    count dynamic), and those of the open-set decision's scalars where the graph has them (contract.DECISION_INPUTS);
     return their values, the fitted classes and calibration (in place)."""
     defaults, params = {}, []
     for op in model.get_ordered_ops():

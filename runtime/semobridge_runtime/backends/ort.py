@@ -10,7 +10,7 @@ import numpy as np
 from ..contract import METADATA_KEY, SCORES, Tensor, check_graph
 from ..errors import BackendError
 from ..metadata import parse_metadata
-from ..openset import DECISION_INPUTS
+from ..contract import DECISION_INPUTS
 from .session import SessionSettings, open_session, ort
 
 _DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64",

@@ -16,7 +16,7 @@ import numpy as np
 from ..contract import Tensor, check_graph
 from ..errors import ModelError
 from ..metadata import read_sidecar
-from ..openset import DECISION_INPUTS
+from ..contract import DECISION_INPUTS
 from .engine_io import EngineIO, import_tensorrt
 
 

@@ -19,7 +19,7 @@ from .. import openset
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
-from ..contract import KNOWN, LABEL, RUN_OUTPUTS
+from ..contract import DECISION_OUTPUTS, KNOWN, LABEL, RUN_OUTPUTS
 from ..metadata import ModelInfo
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
@@ -59,7 +59,7 @@ class RemoteClassifier:
         self.info = ModelInfo.from_dict(parameter(config, METADATA), f"model {model_name!r} at {url}")
         self.class_names: list[str] = list(self.info.class_names)
         served = {output.get("name") for output in config.get("output", [])}
-        self._outputs = (*RUN_OUTPUTS, *(n for n in openset.DECISION_OUTPUTS if n in served))  # the decision, if served
+        self._outputs = (*RUN_OUTPUTS, *(n for n in DECISION_OUTPUTS if n in served))  # the decision, if served
         # a server of a model exported before the graph decided: closed set, probabilities at the metadata's T
         self.temperature = self.info.open_set.decision.temperature if self.info.open_set is not None else 1.0
         self.limits = self.info.limits

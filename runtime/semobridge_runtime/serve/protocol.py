@@ -16,7 +16,7 @@ from typing import Any
 
 from ..contract import METADATA_KEY, RUN_OUTPUTS
 from ..errors import ERROR_TABLE, ModelError, SemobridgeError
-from ..openset import DECISION_OUTPUTS
+from ..contract import DECISION_OUTPUTS
 
 MODEL_NAME = "semobridge"
 IMAGE, ENCODED = "image", "encoded"
