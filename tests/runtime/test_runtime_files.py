@@ -190,7 +190,7 @@ def _edited_model(src: Path, dst: Path, **changes: Any) -> Path:
     (["a", "b", "c", "d"], "the graph holds 3 classes"),
     (["a", "", "c"], "is empty"),
     (["a", "a\nb", "c"], "contains a control character"),
-    (["a", "B", "b"], "already a class named 'B'"),
+    (["a", "B", "b"], "duplicate class name 'b' \\(class 2 repeats class 1, 'B'"),
 ])
 def test_class_names_in_the_metadata_are_checked_at_load(enrol_export, tmp_path, names, says) -> None:
     bad = _edited_model(enrol_export, tmp_path / "model.onnx", class_names=names)
