@@ -15,14 +15,8 @@
 
 #include "classes.h"
 #include "semobridge.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "fuzz_classes: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                  \
-        }                                                                             \
-    } while (0)
 
 static const struct class_identity TOY = {"toy", "0000000000000000", 16, "bbbbbbbbbbbbbbbb", 16, 8};
 

@@ -12,14 +12,8 @@
 
 #include "frames.h"
 #include "semobridge.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "fuzz_frames: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                  \
-        }                                                                             \
-    } while (0)
 
 #define MAX_PLANE (1u << 18) /* bytes per plane the target allocates */
 #define MAX_RGB (1u << 20)   /* bytes of output */

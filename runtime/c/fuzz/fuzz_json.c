@@ -11,14 +11,8 @@
 #include <string.h>
 
 #include "json.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "fuzz_json: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                  \
-        }                                                                             \
-    } while (0)
 
 /* Token t and everything in it: returns the token after it (what t.next must say). */
 static size_t walk(const struct json * j, size_t t, size_t len) {

@@ -9,14 +9,8 @@
 
 #include "classes.h"
 #include "semobridge.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "fuzz_names: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            abort();                                                                  \
-        }                                                                             \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t * data, size_t size) {
     static const int owner = 0;
