@@ -29,6 +29,7 @@ MODEL_FILE_FORMAT = "semobridge-model/1"  # semobridge's model file (`semobridge
 CLASS_FILE_FORMAT = "semobridge-classes/1"  # class files (docs/classes.md)
 CLASS_FILE_NAMES = "class_names"  # a class file's uint8 tensor of the UTF-8 class names joined by "\n"
 CLASS_FILE_OPEN_SET = ("temperature", "threshold")  # a class file's open-set metadata keys (decimal strings)
+CLASS_FILE_SCORE = "score"  # a class file's abstention score (one of openset.SCORES; absent: "max_probability")
 
 # ------------------------------------------------------------------ the fused graph's tensors
 IMAGE_INPUT = "image"  # the image input: uint8 [N, H, W, 3] or float [N, 3, S, S]
@@ -42,6 +43,9 @@ PROBABILITIES, KNOWN = "probabilities", "known"
 DECISION_OUTPUTS = (PROBABILITIES, KNOWN)
 TEMPERATURE, THRESHOLD = "temperature", "threshold"
 DECISION_INPUTS = (TEMPERATURE, THRESHOLD)
+#: the chosen abstention score (openset.open_set_score): its value [N] (float32), the input that selects it (float32
+#: scalar: 0 the top calibrated probability, 1 MCM; openset.mcm_weight); graphs exported before it have neither
+OPEN_SET_SCORE, MCM_WEIGHT = "open_set_score", "mcm_weight"
 OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES, *DECISION_OUTPUTS)  # the fused graph's, in order
 RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
 TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)

@@ -3,7 +3,9 @@
 The definition, from the blend scores z [N, C] alone (the library's fit calibrates its constants):
 
 - probabilities = softmax(z / T), T fitted on validation by negative log-likelihood;
-- the abstention score is the top class's calibrated probability, max_c softmax(z / T)_c;
+- the abstention score is one of SCORES, chosen per model by the fit: the top class's calibrated probability
+  max_c softmax(z / T)_c, or Maximum Concept Matching (MCM, Ming et al., 2022) max_c softmax(n(q)·T_c / MCM_TAU)_c
+  on the image-text cosines; the graph computes (1 - w)·max probability + w·MCM, fed w = mcm_weight(score);
 - an image is known when its score >= the threshold (calibrated so that a chosen fraction of
   held-out known images is accepted); an unknown image gets label -1.
 
@@ -25,7 +27,9 @@ import numpy as np
 
 from .errors import InputError, ModelError
 
-SCORE = "max_probability"  # the documented abstention score (benchmarks/open_set.py compares the others)
+SCORE = "max_probability"  # the abstention score of models and class files that name none
+SCORES = ("max_probability", "mcm")  # the abstention scores a model may choose (benchmarks/open_set.py compares more)
+MCM_TAU = 1.0  # MCM's temperature on the cosines (Ming et al., 2022)
 UNKNOWN = -1  # the label of an unknown image
 ACCEPT = 0.95  # the default operating point: this fraction of held-out known images is accepted
 TEMPERATURE_RANGE = (1e-3, 1e3)
@@ -42,8 +46,28 @@ def probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def abstention_score(probs: np.ndarray) -> np.ndarray:
-    """The score thresholded for "unknown": the top class's calibrated probability [N]."""
+    """The top class's calibrated probability [N] (SCORE "max_probability")."""
     return probs.max(axis=1)
+
+
+def mcm(text_cosines: np.ndarray) -> np.ndarray:
+    """Maximum Concept Matching [N]: max_c softmax(n(q)·T_c / MCM_TAU)_c from the image-text cosines [N, C]."""
+    return abstention_score(probabilities(text_cosines, MCM_TAU))
+
+
+def mcm_weight(score: str) -> float:
+    """The graph's MCM_WEIGHT input for an abstention score: 0.0 max_probability, 1.0 mcm."""
+    return float(SCORES.index(score))
+
+
+def open_set_score(probs: np.ndarray, text_cosines: np.ndarray | None, score: str) -> np.ndarray:
+    """The abstention score `score` [N] (float32) from the calibrated probabilities [N, C] and, for "mcm", the
+    image-text cosines [N, C]; the graph's OPEN_SET_SCORE output is (1 - w)·max probability + w·MCM."""
+    if score == "mcm":
+        if text_cosines is None:
+            raise ValueError("the MCM score needs the image-text cosines")
+        return mcm(text_cosines).astype(np.float32)
+    return abstention_score(probs).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -51,28 +75,31 @@ class OpenSet:
     """The calibration a model carries (metadata "open_set"): temperature, threshold and how they were found."""
 
     temperature: float
-    threshold: float  # on SCORE, in [0, 1]
+    threshold: float  # on `score`, in [0, 1]
     accept: float = ACCEPT  # the target acceptance of known images the threshold was calibrated for
     source: str = ""  # which images calibrated it
+    score: str = SCORE  # the abstention score (one of SCORES) the threshold applies to
 
     def __post_init__(self) -> None:
         t, h = self.temperature, self.threshold
         if not (isinstance(t, (int, float)) and not isinstance(t, bool) and TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]):
             raise ModelError(f"open-set temperature {t!r} is outside {TEMPERATURE_RANGE}", hint="re-export the model")
         check_threshold(h, "the calibrated threshold")
+        if self.score not in SCORES:
+            raise ModelError(f"open-set score {self.score!r} is not one of {SCORES}", hint="re-export the model, or update semobridge-runtime")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": SCORE, "temperature": float(self.temperature), "threshold": float(self.threshold),
+        return {"score": self.score, "temperature": float(self.temperature), "threshold": float(self.threshold),
                 "accept": float(self.accept), "source": self.source}
 
     @classmethod
     def from_dict(cls, values: Any, source: str) -> "OpenSet":
         """From metadata; ModelError when it is not one this runtime understands."""
         try:
-            if values.get("score") != SCORE:
-                raise ValueError(f"score {values.get('score')!r}, this runtime knows {SCORE!r}")
+            if values.get("score") not in SCORES:
+                raise ValueError(f"score {values.get('score')!r}, this runtime knows {SCORES}")
             return cls(float(values["temperature"]), float(values["threshold"]), float(values.get("accept", ACCEPT)),
-                       str(values.get("source", "")))
+                       str(values.get("source", "")), values["score"])
         except (AttributeError, KeyError, TypeError, ValueError, InputError, ModelError) as exc:
             raise ModelError(f"{source}: unusable 'open_set' calibration ({exc})",
                              hint="re-export the model with semobridge-export, or load it with unknown=None") from None
@@ -87,14 +114,16 @@ def check_threshold(value: Any, what: str = "unknown") -> float:
 
 
 def decide(scores: np.ndarray, temperature: float, threshold: float | None,
-           labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           labels: np.ndarray | None = None, score: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels int64 [N], known bool [N], probabilities float32 [N, C]) from blend scores z [N, C].
 
     `labels`: the graph's argmax labels (computed here when not given); an unknown image's becomes
-    UNKNOWN (-1). threshold None: every image is known (the closed-set behaviour)."""
+    UNKNOWN (-1). `score`: the abstention score [N] (open_set_score; the graph's OPEN_SET_SCORE output), the
+    top calibrated probability when not given. threshold None: every image is known (the closed-set behaviour)."""
     probs = probabilities(scores, temperature)
     labels = np.argmax(scores, axis=1).astype(np.int64) if labels is None else np.asarray(labels, np.int64)
-    known = np.ones(len(labels), bool) if threshold is None else abstention_score(probs) >= threshold
+    score = abstention_score(probs) if score is None else np.asarray(score)
+    known = np.ones(len(labels), bool) if threshold is None else score >= threshold
     return np.where(known, labels, UNKNOWN), known, probs
 
 
