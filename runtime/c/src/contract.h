@@ -15,6 +15,9 @@
 #define SB_OUTPUT_KNOWN "known"
 #define SB_INPUT_TEMPERATURE "temperature"
 #define SB_INPUT_THRESHOLD "threshold"
+#define SB_OUTPUT_OPEN_SET_SCORE "open_set_score"
+#define SB_INPUT_MCM_WEIGHT "mcm_weight"
+#define SB_CLASS_FILE_SCORE "score"
 
 /* The class-set inputs of the graph, in class-file order (docs/classes.md). */
 #define SB_HEAD_INPUTS 4
@@ -25,5 +28,10 @@
 #define SB_CLASS_FILE_OPEN_SET {"temperature", "threshold"}
 #define SB_TEMPERATURE_MIN 0.001
 #define SB_TEMPERATURE_MAX 1000.0
+
+/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES); a score's index
+ * is the graph's mcm_weight input for it (openset.mcm_weight). */
+#define SB_OPEN_SET_SCORES 2
+#define SB_OPEN_SET_SCORE_NAMES {"max_probability", "mcm"}
 
 #endif
