@@ -93,14 +93,14 @@ def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onn
     inputs = [(i.name, i.type, i.shape) for i in fp32.get_overridable_initializers()]
     rng = np.random.default_rng(0)  # a random 7-class set
     classes = {name: rng.random((7, 64) if name != "class_kl" else (7,), dtype=np.float32) for name, *_ in inputs
-               if name not in ("temperature", "threshold")}
+               if name not in ("temperature", "threshold", "mcm_weight")}
     for variant in ("model_fp16.onnx", "model_int8.onnx"):
         sess = session(exported_onnx / variant)
         assert [(i.name, i.type, i.shape) for i in sess.get_overridable_initializers()] == inputs
         assert [(o.name, o.type) for o in sess.get_outputs()] == [
             ("scores", "tensor(float)"), ("label", "tensor(int64)"), ("embedding", "tensor(float)"),
             ("features", "tensor(float)"), ("bridged_features", "tensor(float)"), ("probabilities", "tensor(float)"),
-            ("known", "tensor(bool)")]
+            ("known", "tensor(bool)"), ("open_set_score", "tensor(float)")]
         fed = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": images, **classes})))
         assert fed["scores"].shape == (3, 7)
         reference = dict(zip([o.name for o in fp32.get_outputs()], fp32.run(None, {"image": images, **classes})))

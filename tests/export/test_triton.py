@@ -145,7 +145,7 @@ def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) ->
     assert served.output[-1].name == "class_name"
     del served.output[-1]
     reshaped = [o.name for o in exported.output if o.HasField("reshape")]
-    assert reshaped == ["label", "known"]  # the graph's [N] outputs
+    assert reshaped == ["label", "known", "open_set_score"]  # the graph's [N] outputs
     for output in exported.output:
         output.ClearField("reshape")
     kind = model_config_pb2.ModelInstanceGroup
@@ -158,7 +158,7 @@ def test_semobridge_serve_and_the_export_build_the_same_config(exported_onnx) ->
     assert served_meta == exported_meta
     del served.parameters["semobridge"], exported.parameters["semobridge"]
     assert served == exported
-    assert exported.max_batch_size == 12 and exported.HasField("dynamic_batching") and len(exported.output) == 5
+    assert exported.max_batch_size == 12 and exported.HasField("dynamic_batching") and len(exported.output) == 6
 
 
 @pytest.mark.parametrize("shape, kind", [(["N", 240, 320, 3], "uint8"), (["N", 3, 224, 224], "float")])

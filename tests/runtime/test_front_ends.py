@@ -190,6 +190,15 @@ def test_openvino_keeps_the_decision_inputs(decided, photos, score: str) -> None
     np.testing.assert_array_equal(got.known, d.p.known)
     off = one_by_one(Classifier.load(d.model, backend="openvino", openvino_precision="f32", unknown=None), photos)
     assert off.known.all()
+    from semobridge_runtime.backends.openvino import OpenVINOBackend
+
+    other = openset.SCORES[1 - openset.SCORES.index(score)]  # the graph fed the other score's mcm_weight
+    backend, fed = OpenVINOBackend(d.model, "f32"), {contract.MCM_WEIGHT: np.array(openset.mcm_weight(other), np.float32)}
+    names = (contract.SCORES, contract.EMBEDDING, contract.OPEN_SET_SCORE)
+    scores, embeddings, abstain = (np.concatenate(c) for c in zip(*(backend.run(image[None], names, fed) for image in photos)))
+    want = reference(scores, embeddings, d.T, d.clf.temperature, None, other)[3]
+    np.testing.assert_allclose(abstain, want, rtol=0, atol=TOL)
+    assert np.abs(abstain - got.open_set_score).max() > 1e-2  # the fed weight, not the folded default, decided
 
 
 def test_c_library_agrees(c_build: Path, onnx_model: Path, photos, python, split: float, tmp_path: Path) -> None:

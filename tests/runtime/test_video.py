@@ -151,6 +151,26 @@ def test_smoothing_is_an_exponential_moving_average(contract_onnx: Path, lossles
         assert not np.allclose([r.scores for r in records], raw, atol=1e-3)
 
 
+def test_smoothing_decides_on_the_averaged_open_set_score(onnx_model: Path, lossless) -> None:
+    """With smoothing, the abstention score (the model's open_set_score) is averaged like the scores, and a frame is
+    unknown (label -1) where its average is below the threshold, whatever that frame's own score."""
+    path, frames = lossless
+    picked, alpha = range(0, COUNT, 2), 0.3
+    alone = [Classifier.load(onnx_model, unknown=None).predict(frames[i]) for i in picked]
+    scores, average = [alone[0].scores[0].astype(np.float64)], [float(alone[0].open_set_score[0])]
+    for p in alone[1:]:
+        scores.append(alpha * p.scores[0] + (1 - alpha) * scores[-1])
+        average.append(alpha * float(p.open_set_score[0]) + (1 - alpha) * average[-1])
+    ordered = np.sort(average)
+    i = int(np.argmax(np.diff(ordered)[2:-2])) + 2  # the widest gap with a few frames on either side
+    threshold = float((ordered[i] + ordered[i + 1]) / 2)
+    records = list(Classifier.load(onnx_model, unknown=threshold).stream(path, every=2, smooth=alpha))
+    np.testing.assert_allclose([r.open_set_score for r in records], average, atol=1e-6)
+    assert [r.label for r in records] == [int(np.argmax(z)) if a >= threshold else -1 for z, a in zip(scores, average)]
+    own = [float(p.open_set_score[0]) >= threshold for p in alone]
+    assert own != [a >= threshold for a in average], "the smoothing changed no decision: the test would pass without it"
+
+
 def test_cli_prints_one_json_line_per_classified_frame(contract_onnx: Path, lossless, capsys) -> None:
     path, frames = lossless
     assert main([str(contract_onnx), str(path), "--every", "5"]) == 0

@@ -83,7 +83,8 @@ def test_plain_http_request_and_model_metadata(server, local, photos) -> None:
     assert parameters["semobridge"]["limits"] == {"max_side": 16384, "max_pixels": 1 << 26, "max_aspect": 32}
     status, meta = http_json(f"{server.http}/v2/models/semobridge")
     assert status == 200 and {t["name"] for t in meta["inputs"]} == {"image", "encoded"}
-    assert {t["name"] for t in meta["outputs"]} == {"scores", "label", "embedding", "probabilities", "known", "class_name"}
+    assert {t["name"] for t in meta["outputs"]} == {"scores", "label", "embedding", "probabilities", "known",
+                                                           "open_set_score", "class_name"}
     status, _ = http_json(f"{server.http}/v2/health/ready")
     assert status == 200
 
