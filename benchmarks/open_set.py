@@ -217,7 +217,8 @@ def without_decision(model: Path, out: Path) -> Path:
 
 def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, Any]:
     """What the graph's open-set decision adds to a prediction: the fastest ONNX Runtime run (CPU, one thread) of the
-    decision's own nodes (onnx.utils.extract_model: scores, temperature, threshold -> probabilities, known) against
+    decision's own nodes (onnx.utils.Extractor: scores, the text cosines, temperature, threshold, mcm_weight ->
+    probabilities, known, open_set_score, both scores computed whatever the weight) against
     the fastest run of the whole graph on `batch` random 224x224 images, alternating in one loop, less the fastest run
     of a graph that only copies the scores (ONNX Runtime's own cost per run, which the decision inside the whole graph
     does not pay); with the model's classes and with 1000 random classes. (Timing the whole graph with and without the decision against each other
@@ -232,9 +233,12 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, 224, 224, 3), np.uint8)
     settings = SessionSettings(("CPUExecutionProvider",), 1)  # one core each: steadier on a shared machine
+    cosines = _mcm_input(model)
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "decision.onnx"
-        onnx.utils.extract_model(str(model), str(part), ["scores", *contract.DECISION_INPUTS], list(contract.DECISION_OUTPUTS))
+        cut = onnx.utils.Extractor(onnx.load(str(model))).extract_model(["scores", cosines, *contract.DECISION_INPUTS],
+                                                                        list(contract.DECISION_OUTPUTS))
+        onnx.save(cut, str(part))  # (onnx.utils.extract_model's shape inference pulls the image's Shape nodes in)
         decision = open_session(part, settings, "decision part")
     copy = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node("Identity", ["scores"], ["copy"])], "copy",
@@ -246,7 +250,8 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
     unit = [F.normalize(torch.from_numpy(rng.normal(size=(1000, d)).astype(np.float32)), dim=-1).numpy() for _ in range(3)]
     wide = {**dict(zip(("text_classifier", "bridged_prototypes", "image_prototypes"), unit)),
             "class_kl": rng.random(1000).astype(np.float32)}
-    calibration = {"temperature": np.array(0.2, np.float32), "threshold": np.array(0.5, np.float32)}
+    calibration = {"temperature": np.array(0.2, np.float32), "threshold": np.array(0.5, np.float32),
+                   contract.MCM_WEIGHT: np.array(1.0, np.float32)}
     outputs = ["scores", "label", "embedding", *contract.DECISION_OUTPUTS]
     result: dict[str, Any] = {"model": str(model), "batch": batch, "repeats": repeats, "machine": machine()}
     for case, classes in (("fitted classes", {}), ("1000 classes", wide)):
@@ -255,7 +260,7 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
             t0 = time.perf_counter()
             scores = whole.run(outputs, {"image": images, **classes, **calibration})[0]
             t1 = time.perf_counter()
-            decision.run(None, {"scores": scores, **calibration})
+            decision.run(None, {"scores": scores, cosines: scores, **calibration})  # values of the cosines' shape
             t2 = time.perf_counter()
             overhead.run(None, {"scores": scores})
             times["whole"].append(t1 - t0)
@@ -266,6 +271,25 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
         result[case] = {"classes": int(scores.shape[1]), "whole_ms": whole_ms, "decision_ms": net,
                         "run_overhead_ms": overhead_ms, "ratio_over_today": net / (whole_ms - net)}
     return result
+
+
+def _mcm_input(model: Path) -> str:
+    """The graph's tensor of the text cosines n(q)·T_c [N, C] that MCM's softmax reads (export/fused.py): the input
+    of the Softmax nearest open_set_score but the probabilities' (before its division by MCM_TAU, where one is left)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    made = {out: node for node in graph.node for out in node.output}
+    todo = [contract.OPEN_SET_SCORE]
+    while todo:  # breadth first, never past a Softmax: the encoder's attention has them too
+        node = made.get(todo.pop(0))
+        if node is None or contract.PROBABILITIES in node.output:
+            continue
+        if node.op_type == "Softmax":
+            name = node.input[0]
+            return made[name].input[0] if name in made and made[name].op_type == "Div" else name
+        todo += list(node.input)
+    raise ValueError(f"{model} has no MCM softmax before '{contract.OPEN_SET_SCORE}': re-export it")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
