@@ -102,7 +102,7 @@ def _is_image_file(path: Path) -> bool:
 
 def _as_json(images: list[str], result: Prediction) -> str:
     rows = [{"image": image, "label": result.class_names[i], "index": int(result.labels[i]), "known": bool(result.known[i]),
-             "probability": float(result.top_k.probabilities[i][0]),
+             "probability": float(result.top_k.probabilities[i][0]), "open_set_score": float(result.open_set_score[i]),
              "top_k": [{"index": int(c), "class": name, "score": float(s), "probability": float(p)}
                        for c, name, s, p in zip(result.top_k.indices[i], result.top_k.names[i], result.top_k.scores[i],
                                                 result.top_k.probabilities[i])],

@@ -244,5 +244,5 @@ class _Unknown(click.ParamType):
 
 unknown_option = click.option(
     "--unknown", type=_Unknown(), default="auto", show_default=True,
-    help="Answer 'unknown' for an image whose top calibrated probability is below the model's calibrated threshold "
-         "(auto), never (off), or below VALUE in [0, 1].")
+    help="Answer 'unknown' for an image whose abstention score (the model's choice: its top calibrated probability, "
+         "or MCM) is below the model's calibrated threshold (auto), never (off), or below VALUE in [0, 1].")

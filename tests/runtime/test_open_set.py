@@ -128,6 +128,7 @@ def test_semobridge_run_unknown_option(calibrated, tmp_path, capsys) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert all(r["label"] is None and r["index"] == -1 and not r["known"] for r in rows)
     assert all(abs(sum(r["probabilities"]) - 1) < 1e-5 and r["top_k"][0]["probability"] == r["probability"] for r in rows)
+    assert all(0 < r["open_set_score"] < 1 for r in rows)  # below the threshold 1: unknown
     assert run_main([str(calibrated), "--no-int8", "--unknown", "1", paths[0]]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"{paths[0]}  unknown"
     assert run_main([str(calibrated), "--no-int8", "--json", "--unknown", "off", *paths]) == 0
