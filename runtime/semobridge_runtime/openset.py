@@ -6,16 +6,17 @@ The definition, from the blend scores z [N, C] alone (the library's fit calibrat
 - the abstention score is one of SCORES, chosen per model by the fit: the top class's calibrated probability
   max_c softmax(z / T)_c, or Maximum Concept Matching (MCM, Ming et al., 2022) max_c softmax(n(q)·T_c / MCM_TAU)_c
   on the image-text cosines; the graph computes (1 - w)·max probability + w·MCM, fed w = mcm_weight(score);
-- an image is known when its score >= the threshold (calibrated so that a chosen fraction of
-  held-out known images is accepted); an unknown image gets label -1.
+- an image is known when its score >= the threshold (calibrated so that a new known image is accepted with a
+  chosen probability); an unknown image gets label -1.
 
 The exported graph computes it (export/fused.py: outputs probabilities and known, fed T and the
 threshold), so every front-end (this runtime, C, semobridge-serve, Triton) reads one answer; `decide`
 here is its reference (tests/runtime/test_front_ends.py checks each front-end against it), and what
 evaluation, video smoothing and graphs exported before the decision use.
 
-Also here, for the fit and for evaluation: the temperature fit, the expected calibration error,
-the threshold at an acceptance rate, AUROC and the false-positive rate at a true-positive rate.
+Also here, for the fit, enrolment and evaluation: `calibrated` (the one rule: the temperature fit, the score's
+choice by leave-one-class-out, the threshold at an expected acceptance), the expected calibration error, AUROC and
+the false-positive rate at a true-positive rate.
 """
 
 from __future__ import annotations

@@ -280,6 +280,20 @@ def test_bad_open_set_in_a_class_file_is_refused_by_python(enrol_export, shop_fi
     assert "write it again" in err.value.hint
 
 
+def test_a_class_file_carries_its_score(enrol_export, shop_file, tmp_path) -> None:
+    """'score' is one of openset.SCORES; absent: max_probability (files written before the choice); else refused."""
+    _, meta = tensorfile.read(shop_file, "class file")
+    assert meta["score"] == Classifier.load(enrol_export, classes=shop_file).classes.score
+    for given, read in (("mcm", "mcm"), ("max_probability", "max_probability"), (None, "max_probability")):
+        path = rewritten(shop_file, tmp_path / "score.classes", {"score": given})
+        assert Classifier.load(enrol_export, classes=path).classes.score == read
+    for bad in ("energy", "MCM", " mcm", ""):
+        path = rewritten(shop_file, tmp_path / "bad.classes", {"score": bad})
+        with pytest.raises(ModelError, match="open-set calibration") as err:
+            Classifier.load(enrol_export, classes=path)
+        assert str(path) in str(err.value) and "max_probability, mcm" in str(err.value) and "write it again" in err.value.hint
+
+
 def test_bad_calibration_data_is_refused(enrol_export, shop_file, tmp_path) -> None:
     tensors, meta = tensorfile.read(shop_file, "class file")
     for change in [{"calibration_labels": np.full_like(tensors["calibration_labels"], 9)},

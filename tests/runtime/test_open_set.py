@@ -286,5 +286,7 @@ def test_semobridge_eval_on_the_artifact_matches_the_library(enrol_export, enrol
         assert runtime[key] == pytest.approx(library[key], abs=1e-9)
     for key in ("auroc", "mcm_auroc", "known_accuracy_at_operating_point"):
         assert runtime["open_set"][key] == pytest.approx(library["open_set"][key], abs=1e-6), key
+    for fold in runtime["open_set"]["folds"]:  # each fold's own (recalibrated) score, beside MCM
+        assert fold["chosen_auroc"] == fold["auroc" if fold["score"] == "max_probability" else "mcm_auroc"]
     assert eval_main([str(enrol_export), str(enrol_pool)]) == 2  # folders of classes the model lacks
     assert "not one of the model's classes" in capsys.readouterr().err
