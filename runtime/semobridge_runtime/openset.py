@@ -196,13 +196,15 @@ def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: floa
     1 / C for both SCORES) and s_n above rank n. For exchangeable continuous scores, s_k is below a new score with
     probability k / (n + 1); the interpolation carries that to every fractional rank (exactly where the scores'
     distribution is uniform between s_k and s_(k+1)), so small n has no cliff: the split-conformal k-th order
-    statistic accepted between `accept` and `accept` + 1 / (n + 1), and every image below 19 images at 95 %.
-    One model's acceptance still varies around it by about sqrt(a (1 - a) / (n + 2)) (docs/method.md)."""
+    statistic accepted between `accept` and `accept` + 1 / (n + 1), and every image below 19 images at 95 %. Below
+    that (r < 1) θ lies between `lowest` and s_1: exact only where the density is flat down to `lowest`; scores
+    that sit well above it are accepted more often (docs/method.md). One model's acceptance still varies around
+    the expectation by about sqrt(a (1 - a) / (n + 2))."""
     s = np.sort(np.asarray(known_scores, np.float64))
     if not len(s):
         raise InputError("no known images to calibrate the threshold on")
     s = np.concatenate([[min(lowest, s[0])], s])
-    r = (len(s)) * (1 - accept)  # (n + 1)(1 - accept)
+    r = len(s) * (1 - accept)  # (n + 1)(1 - accept)
     k = int(np.floor(r + 1e-9))
     if k >= len(s) - 1:
         return float(s[-1])
@@ -212,32 +214,40 @@ def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: floa
 CHOICE_SE = 2.0  # the blend's probability is chosen over MCM when its mean LOCO AUROC gain exceeds this many standard errors
 
 
+LOCO_COLUMNS = 64  # classes whose dropped-column scores loco_aurocs computes at once ([M, 64] float64)
+
+
 def loco_aurocs(scores: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
     """Leave-one-class-out AUROCs [C] of the top softmax(scores / T) probability: class c plays the unknown, its
     column dropped (every other image known); NaN where class c has no image or is the only one, and for C < 3 (one
-    column left: a constant score). In O(M·C) time and
-    O(M) memory for M images: with the top value m1, its column a1, the second m2, S1 = Σ_j e^(z_j - m1) and
-    S2 = Σ_(j != a1) e^(z_j - m2) of each image (z = scores / T), dropping column c leaves the top probability
-    1 / (S1 - e^(z_c - m1)), or 1 / S2 where c = a1."""
-    z = np.asarray(scores, np.float64) / temperature
-    labels = np.asarray(labels)
+    column left: a constant score). In O(M·C) arithmetic and one sort of M scores per class, for M images: with the
+    top value m1, its column a1, the second m2, S1 = Σ_j e^(z_j - m1) and S2 = Σ_(j != a1) e^(z_j - m2) of each
+    image (z = scores / T), dropping column c leaves the top probability 1 / (S1 - e^(z_c - m1)), or 1 / S2 where
+    c = a1 (S1 - e^(z_c - m1) >= 1 there: no cancellation)."""
+    order = np.argsort(np.asarray(labels), kind="stable")  # each class's images contiguous
+    z, labels = np.asarray(scores, np.float64)[order] / temperature, np.asarray(labels)[order]
     M, C = z.shape
+    out = np.full(C, np.nan)
+    if C < 3:
+        return out
+    bounds = np.searchsorted(labels, np.arange(C + 1))
     rows = np.arange(M)
     a1 = z.argmax(1)
     m1 = z[rows, a1]
     s1 = np.exp(z - m1[:, None]).sum(1)
-    if C > 2:
-        rest = z.copy()
-        rest[rows, a1] = -np.inf
-        m2 = rest.max(1)
-        s2 = np.exp(rest - m2[:, None]).sum(1)
-    out = np.full(C, np.nan)
-    for c in range(C):
-        unknown = labels == c
-        if C < 3 or not unknown.any() or unknown.all():
-            continue
-        top = 1 / np.where(a1 == c, s2, s1 - np.exp(z[:, c] - m1))  # s1 - e^(z_c - m1) >= 1 where c != a1
-        out[c] = auroc(top[~unknown], top[unknown])
+    rest = z.copy()
+    rest[rows, a1] = -np.inf
+    m2 = rest.max(1)
+    s2 = np.exp(rest - m2[:, None]).sum(1)
+    del rest
+    for start in range(0, C, LOCO_COLUMNS):
+        columns = np.arange(start, min(start + LOCO_COLUMNS, C))
+        top = np.ascontiguousarray((1 / np.where(a1[:, None] == columns[None], s2[:, None],
+                                                 s1[:, None] - np.exp(z[:, columns] - m1[:, None]))).T)
+        for j, c in enumerate(columns):
+            lo, hi = bounds[c], bounds[c + 1]
+            if 0 < hi - lo < M:
+                out[c] = auroc(np.concatenate([top[j, :lo], top[j, hi:]]), top[j, lo:hi])
     return out
 
 
@@ -302,11 +312,17 @@ def calibrated(val: Held | None, loo: Held, accept: float = ACCEPT) -> Calibrate
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
-    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U)."""
-    u = np.sort(np.asarray(unknown, np.float64))
-    k = np.asarray(known, np.float64)
-    below, at_most = np.searchsorted(u, k, "left"), np.searchsorted(u, k, "right")
-    return float((below + at_most).mean() / (2 * len(u)))
+    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U): the smaller set's
+    scores searched in the larger one's, sorted (O((n_k + n_u) log) either way; leave-one-class-out calls it with
+    one class's few images against all others)."""
+    k, u = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(u) <= len(k):
+        s = np.sort(k)
+        below, at_most = np.searchsorted(s, u, "left"), np.searchsorted(s, u, "right")
+        return float(1 - (below + at_most).sum() / (2 * len(k) * len(u)))
+    s = np.sort(u)
+    below, at_most = np.searchsorted(s, k, "left"), np.searchsorted(s, k, "right")
+    return float((below + at_most).sum() / (2 * len(k) * len(u)))
 
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:

@@ -43,6 +43,7 @@ def test_ece_auroc_fpr_and_threshold_against_direct_computations() -> None:
     known, unknown = RNG.normal(1, 1, 200).round(1), RNG.normal(0, 1, 150).round(1)  # rounded: ties
     pairs = (known[:, None] > unknown[None]).mean() + 0.5 * (known[:, None] == unknown[None]).mean()
     assert openset.auroc(known, unknown) == pytest.approx(pairs, abs=1e-12)
+    assert openset.auroc(unknown, known) == pytest.approx(1 - pairs, abs=1e-12)  # the other set searched
 
     t = openset.threshold_at(known, 0.95)
     assert (known >= t).mean() >= 0.95 and (known > t).mean() < 0.95  # the largest threshold that keeps 95 %
