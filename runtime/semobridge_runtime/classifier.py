@@ -234,9 +234,8 @@ class Classifier:
         by every edit), else the model's; θ as `unknown` said (the calibrated one for "auto"), on `score`."""
         if classes is None or classes.temperature is None:
             return self._temperature, self._threshold, self._score
-        score = getattr(classes, "score", openset.SCORE)
-        check_scored(score, self._scored, f"{self._path}'s class set")
-        return classes.temperature, classes.threshold if self._auto else self._threshold, score
+        check_scored(classes.score, self._scored, f"{self._path}'s class set")
+        return classes.temperature, classes.threshold if self._auto else self._threshold, classes.score
 
     @property
     def temperature(self) -> float:

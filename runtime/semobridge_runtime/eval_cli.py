@@ -76,9 +76,9 @@ def evaluate(model: str, data: str, split: str = "test", unknown: str | float | 
             kept = [c for c in range(len(names)) if c not in unknown_fold]
             z, _, q = predict(fold, paths)
             figures = evaluation.open_set_fold(z, q @ fold.classes.text_classifier.T, kept, labels, fold.temperature,
-                                               fold.threshold, fold.classes.score)
+                                               fold.threshold, fold.score)
             per_fold.append({"unknown_classes": [names[c] for c in unknown_fold], **figures})
-        result["open_set"] = evaluation.mean_of_folds(per_fold, clf.temperature, clf.threshold, clf.classes.score)
+        result["open_set"] = evaluation.mean_of_folds(per_fold, clf.temperature, clf.threshold, clf.score)
     return result
 
 
