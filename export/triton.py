@@ -5,7 +5,8 @@
     triton/semobridge/labels.txt        class names, for Triton's classification extension on `scores`
     triton/semobridge/1/model.onnx      the fp32 fused graph with the fitted classes and the open-set calibration
                                         as constants (Triton feeds only `image`; model.onnx.data, if any, is a
-                                        hard link): `known` and `probabilities` at the fit's threshold and T
+                                        hard link): `known`, `probabilities` and `open_set_score` at the fit's
+                                        threshold, T and abstention score
     triton/semobridge_trt/...           platform tensorrt_plan, when an engine was built (--engine): a plan
                                         with the fitted classes built in, since Triton batches every input
 

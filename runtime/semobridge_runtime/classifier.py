@@ -83,9 +83,9 @@ class Prediction:
 def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bool = True) -> tuple[float, float | None]:
     """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
     threshold of one's own on the model's abstention score (model_score). A model exported without calibration, or
-    before its graph computed the
-    decision (`decides` False: no probabilities and known outputs), runs with unknown off and, for "auto", says so
-    once (a warning); its probabilities are softmax(scores / T) with the metadata's T, else T = 1."""
+    before its graph computed the decision (`decides` False: no probabilities and known outputs), runs with unknown
+    off and, for "auto", says so once (a warning); its probabilities are softmax(scores / T) with the metadata's T,
+    else T = 1."""
     fitted = info.open_set.decision if info.open_set is not None else None
     temperature = fitted.temperature if fitted is not None else 1.0
     if isinstance(unknown, str) and unknown == "auto":
