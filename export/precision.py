@@ -1,8 +1,9 @@
 """Reduced-precision copies of an exported fp32 graph: fp16 (GPU) and dynamic int8 (CPU/ARM, ONNX Runtime only)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -111,7 +112,7 @@ def fuse_for_onnxruntime(model: ir.Model) -> None:
     from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 
     # the optimizer warns that it leaves the class-set inputs (initializers that are graph inputs by design) alone
-    with quiet_logger("onnx_ir.passes.common.initializer_deduplication"):
+    with quiet_logger("onnx_ir.passes.common.initializer_deduplication"), inputs_unfolded(model):
         ShapeInferencePass()(model)
         optimize(model)
         fuse_sdpa(model, apply_shape_inference=True)  # the standard pattern -> one attention function
@@ -119,6 +120,24 @@ def fuse_for_onnxruntime(model: ir.Model) -> None:
         fuse_erfgelu(model)
         fuse_bias_gelu(model)
         optimize(model)
+
+
+@contextmanager
+def inputs_unfolded(model: ir.Model) -> Iterator[None]:
+    """Graph inputs whose defaults are initializers (the class set, the decision's scalars) stay inputs to the
+    optimizer: their defaults are withheld meanwhile, or it folds them as constants (it turned (1 - mcm_weight) into 1,
+    so the graph ignored a fed mcm_weight of 1 there)."""
+    held = [value for value in model.graph.inputs if value.name in model.graph.initializers]
+    defaults = [value.const_value for value in held]
+    for value in held:
+        del model.graph.initializers[value.name]
+        value.const_value = None
+    try:
+        yield
+    finally:
+        for value, default in zip(held, defaults):
+            value.const_value = default
+            model.graph.register_initializer(value)
 
 
 def to_int8(src: Path, dst: Path, meta: ModelInfo | None = None) -> Path:

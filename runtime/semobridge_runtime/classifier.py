@@ -329,10 +329,10 @@ class Classifier:
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
         _, threshold, score = self._decision(self._enrolment.classes)
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}, "
-                f"unknown={'off' if threshold is None else f'{score} < {threshold:.4g}'}"
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}"
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
-                + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
+                + (f", runs={runs!r}" if runs else "")
+                + f", unknown={'off' if threshold is None else f'{score} < {threshold:.4g}'}, why={self._why!r})")
 
     def predict(self, images: Any, top_k: int = 5) -> Prediction:
         """Classify images: one HxWx3 uint8 array, an [N,H,W,3] batch, a list, paths, PIL images or `Frame`s

@@ -9,6 +9,7 @@ import onnx
 from semobridge_export.onnx_graph import ENCODER_SCOPE, module_scope
 from semobridge_export.precision import label_agreement
 from semobridge_export.reference import reference_scores, synthetic_images
+from semobridge_runtime.openset import SCORES, mcm_weight, open_set_score
 from tests.helpers import random_photos
 
 
@@ -106,3 +107,9 @@ def test_reduced_precision_graphs_keep_the_class_set_inputs_in_fp32(exported_onn
         reference = dict(zip([o.name for o in fp32.get_outputs()], fp32.run(None, {"image": images, **classes})))
         for name in ("features", "bridged_features"):
             assert np.abs(fed[name] - reference[name]).max() < 0.05 * np.abs(reference[name]).max(), name
+        for score in SCORES:  # the same decision graph: the chosen score from the graph's own outputs (test_front_ends)
+            weight = {"mcm_weight": np.array(mcm_weight(score), np.float32)}
+            out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": images, **classes, **weight})))
+            cosines = out["embedding"].astype(np.float64) @ classes["text_classifier"].T
+            want = open_set_score(out["probabilities"], cosines, score)
+            np.testing.assert_allclose(out["open_set_score"], want, rtol=0, atol=1e-5, err_msg=f"{variant} {score}")
