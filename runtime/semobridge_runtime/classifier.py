@@ -234,7 +234,6 @@ class Classifier:
         by every edit), else the model's; θ as `unknown` said (the calibrated one for "auto"), on `score`."""
         if classes is None or classes.temperature is None:
             return self._temperature, self._threshold, self._score
-        check_scored(classes.score, self._scored, f"{self._path}'s class set")
         return classes.temperature, classes.threshold if self._auto else self._threshold, classes.score
 
     @property
@@ -301,8 +300,14 @@ class Classifier:
 
     def load_classes(self, path: str | PathLike) -> None:
         """Use the classes of a class file (written for this model's backbone and bridge)."""
+        before = self._enrolment.classes
         self._enrolment.load(path)
-        self._decision(self._enrolment.classes)  # a score this graph cannot compute is refused now
+        try:
+            if self._decides:  # a score this graph cannot compute is refused now, and the classes kept as they were
+                check_scored(self.score, self._scored, f"{self._path} with the class file {path}")
+        except ModelError:
+            self._enrolment.classes = before
+            raise
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -359,6 +364,7 @@ class Classifier:
         """The graph's temperature, threshold and MCM weight inputs (contract.DECISION_INPUTS, float32 scalars; the
         weight where the graph has it) for `classes` (see _decision); unknown off feeds openset.THRESHOLD_OFF."""
         temperature, threshold, score = self._decision(classes)
+        check_scored(score, self._scored, f"{self._path}'s class set")  # (an edit recalibrated it to another score)
         off = openset.THRESHOLD_OFF if threshold is None else threshold
         feeds = {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
         if self._scored:

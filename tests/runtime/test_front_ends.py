@@ -347,6 +347,28 @@ def test_a_model_choosing_mcm_whose_graph_cannot_compute_it_is_refused(models, t
         assert "re-export" in refused.value.hint
 
 
+def mcm_class_file(clf: Classifier, threshold: float, path: Path) -> Path:
+    """The classifier's class set saved as a class file whose calibration chose MCM at `threshold`."""
+    from semobridge_runtime import tensorfile
+
+    clf.save_classes(path)
+    tensors, meta = tensorfile.read(path)
+    path.write_bytes(tensorfile.encode(tensors, {**meta, contract.CLASS_FILE_SCORE: "mcm", "threshold": repr(threshold)}))
+    return path
+
+
+def test_a_class_file_choosing_mcm_on_a_graph_that_cannot_compute_it_is_refused(models, decided, photos,
+                                                                                 tmp_path: Path) -> None:
+    """On a graph exported before the chosen score, a class file that chose MCM is refused when loaded (naming the
+    fix), and the classifier keeps the classes it had."""
+    clf = Classifier.load(variant(models[openset.SCORE], tmp_path / "old", old=True))
+    before = clf.predict(photos[:4])
+    with pytest.raises(ModelError, match="'mcm'.*no 'mcm_weight' input") as refused:
+        clf.load_classes(mcm_class_file(clf, decided["mcm"].split, tmp_path / "mcm.safetensors"))
+    assert "re-export" in refused.value.hint and clf.score == openset.SCORE
+    np.testing.assert_array_equal(clf.predict(photos[:4]).labels, before.labels)
+
+
 def test_a_class_set_choosing_another_score_is_applied(models, decided, photos, tmp_path: Path) -> None:
     """A class file whose calibration chose MCM, loaded into a model that chose the top probability (and the other
     way round): its score is fed to the graph (mcm_weight) and its threshold applies to it, so the predictions are
