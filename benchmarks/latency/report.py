@@ -59,6 +59,7 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
     lines = [
         f"# Latency: {result['model']} (pretrained={result['pretrained']}), {result['classes']} classes",
         "",
+        f"Command: `{result['command']}` ({result['date']}).",
         f"Machine: {m['gpu'] or 'no GPU'}; CPU {m['cpu']} x {m['cpu_count']} (torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
         f"Encoder: {result['encoder_gflop_per_image']:.2f} GFLOP per image at {result['image_size']}"
         + (f"; GPU peak {fmt(result['peak_tflops'])} TFLOPS dense fp16." if result["peak_tflops"] else "."),

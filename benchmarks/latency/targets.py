@@ -10,8 +10,6 @@ from .measure import Row
 
 TARGET_MODEL = "ViT-B-16"
 B1 = {"model": "fused", "input": "224x224", "batch": 1}
-
-
 ISSUE_21_CASES = (("224x224", 1), ("224x224", 8), ("480x640", 1), ("480x640", 8))
 DEFAULT_CPU = {"backend": "onnxruntime-cpu", "precision": "int8", "model": "fused"}  # Classifier.load's CPU path here
 
