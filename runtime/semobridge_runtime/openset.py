@@ -189,26 +189,72 @@ def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
     return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
 
 
+def student_t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with an integer df >= 1 (the closed forms of Abramowitz and Stegun 26.7.3-4)."""
+    theta = np.arctan(abs(t) / np.sqrt(df))
+    c2 = np.cos(theta) ** 2
+    term, total = 1.0, 1.0
+    if df % 2:  # odd: (2 / π)(θ + sin θ cos θ (1 + 2/3 cos² θ + ... + (2·4···(df - 3)) / (1·3···(df - 2)) cos^(df - 3) θ))
+        for j in range(2, df - 1, 2):
+            term *= c2 * j / (j + 1)
+            total += term
+        a = 2 / np.pi * (theta + (np.sin(theta) * np.cos(theta) * total if df > 1 else 0.0))
+    else:  # even: sin θ (1 + 1/2 cos² θ + ... + (1·3···(df - 3)) / (2·4···(df - 2)) cos^(df - 2) θ)
+        for j in range(1, df - 2, 2):
+            term *= c2 * j / (j + 1)
+            total += term
+        a = np.sin(theta) * total
+    return float(0.5 + 0.5 * a if t >= 0 else 0.5 - 0.5 * a)
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The t with P(T <= t) = p (0.5 <= p < 1), by bisection on student_t_cdf."""
+    lo, hi = 0.0, 1.0
+    while student_t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if student_t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: float = 0.0) -> float:
     """The threshold whose expected acceptance of a new known image is `accept`, from n held-out known images'
     scores s_1 <= ... <= s_n: the value at the fractional rank r = (n + 1)(1 - accept), linearly interpolated
     between the order statistics s_k and s_(k+1), k = floor(r), with s_0 = `lowest` (the score's lower bound,
     1 / C for both SCORES) and s_n above rank n. For exchangeable continuous scores, s_k is below a new score with
     probability k / (n + 1); the interpolation carries that to every fractional rank (exactly where the scores'
-    distribution is uniform between s_k and s_(k+1)), so small n has no cliff: the split-conformal k-th order
-    statistic accepted between `accept` and `accept` + 1 / (n + 1), and every image below 19 images at 95 %. Below
-    that (r < 1) θ lies between `lowest` and s_1: exact only where the density is flat down to `lowest`; scores
-    that sit well above it are accepted more often (docs/method.md). One model's acceptance still varies around
-    the expectation by about sqrt(a (1 - a) / (n + 2))."""
+    distribution is uniform between s_k and s_(k+1)), so the split-conformal k-th order statistic's excess (it
+    accepted between `accept` and `accept` + 1 / (n + 1)) is gone.
+
+    Below one rank (r < 1: fewer than 19 images at 95 %) no order statistic lies low enough and no distribution-free
+    rule can place θ under the lowest score; there θ is the normal-theory prediction bound on the scores' logits
+    u = log((s - lowest) / (1 - s)): mean(u) - t_(n-1)(accept) · sd(u) · sqrt(1 + 1 / n), which a new score passes
+    with probability `accept` exactly when u is normal (docs/method.md; with one image, or all equal: `lowest`).
+    One model's acceptance still varies around the expectation by about sqrt(a (1 - a) / (n + 2))."""
     s = np.sort(np.asarray(known_scores, np.float64))
     if not len(s):
         raise InputError("no known images to calibrate the threshold on")
-    s = np.concatenate([[min(lowest, s[0])], s])
-    r = len(s) * (1 - accept)  # (n + 1)(1 - accept)
+    lowest = min(lowest, s[0])
+    r = (len(s) + 1) * (1 - accept)
+    if r < 1 and accept < 1:
+        return prediction_bound(s, accept, lowest)
+    s = np.concatenate([[lowest], s])
     k = int(np.floor(r + 1e-9))
     if k >= len(s) - 1:
         return float(s[-1])
     return float(s[k] + max(r - k, 0.0) * (s[k + 1] - s[k]))
+
+
+def prediction_bound(s: np.ndarray, accept: float, lowest: float) -> float:
+    """threshold_for below one rank: the normal-theory lower prediction bound on the logits of n scores in
+    (lowest, 1), mapped back to the score; `lowest` when n < 2 or the logits do not vary."""
+    eps = 1e-12
+    u = np.log(np.clip(s - lowest, eps, None)) - np.log(np.clip(1 - s, eps, None))
+    if len(u) < 2 or not np.ptp(u) > 0:
+        return float(lowest)
+    bound = u.mean() - student_t_quantile(accept, len(u) - 1) * u.std(ddof=1) * np.sqrt(1 + 1 / len(u))
+    return float(lowest + (1 - lowest) / (1 + np.exp(-bound)))
 
 
 CHOICE_SE = 2.0  # the blend's probability is chosen over MCM when its mean LOCO AUROC gain exceeds this many standard errors

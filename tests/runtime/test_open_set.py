@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from semobridge_runtime import Classifier, InputError, ModelError, openset
+from semobridge_runtime import Classifier, InputError, ModelError, evaluation, openset
 from semobridge_runtime.cli import main as run_main
 
 RNG = np.random.default_rng(7)
@@ -100,6 +100,19 @@ def test_calibrated_thresholds_the_chosen_score() -> None:
     mcm = openset.calibrated(openset.Held(cos, z, y), openset.Held(cos[:0], z[:0], y[:0]), 0.9)  # roles swapped
     assert mcm.score == "mcm" and mcm.threshold == openset.threshold_for(openset.mcm(z), 0.9, 1 / C)
     assert openset.calibrated(None, openset.Held(z[:0], cos[:0], y[:0])) is None
+
+
+def test_an_evaluation_fold_decides_on_the_model_score() -> None:
+    z, cos = RNG.normal(0, 2, (60, 3)), RNG.normal(0, 1, (60, 3))
+    labels = RNG.integers(0, 5, 60)  # classes 3 and 4 not kept: unknown
+    kept, known = [0, 1, 2], labels < 3
+    for score, values in (("mcm", openset.mcm(cos)), ("max_probability", openset.probabilities(z, 0.5).max(1))):
+        theta = float(np.median(values[known]))
+        fold = evaluation.open_set_fold(z, cos, kept, labels, 0.5, theta, score)
+        assert fold["score"] == score and fold["known_accepted"] == pytest.approx((values[known] >= theta).mean())
+        assert fold["chosen_auroc"] == pytest.approx(openset.auroc(values[known], values[~known]))
+        right = known & (values >= theta) & (z.argmax(1) == labels)
+        assert fold["known_accuracy_at_operating_point"] == pytest.approx(right.sum() / known.sum())
 
 
 def test_decide() -> None:
