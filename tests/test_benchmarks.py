@@ -251,19 +251,21 @@ def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, caps
     from benchmarks import preprocess
 
     result = preprocess.main(["--quick", "--sizes", "120x160,480x640", "--out", str(tmp_path)])
-    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, uint8 cuts",
-              "fused fp32, dense", "fused fp32, banded", "fused int8, dense", "fused int8, banded", "PIL resize"}
+    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, Cast first", "fused fp32, dense",
+              "fused fp32, banded", "fused fp32, banded, Cast first", "fused int8, dense", "fused int8, banded", "PIL resize"}
     assert {(r["graph"], r["input"]) for r in result["rows"]} == {(g, s) for g in graphs for s in ("120x160", "480x640")}
     for row in result["rows"]:
         assert row["p50_ms"] > 0 and row["over_floor"] > 0
         assert (row["dense_over_banded"] is not None) == ("banded" in row["graph"])
         assert (row["over_pil"] is not None) == row["graph"].startswith("fused")  # its call minus its call at S x S, over PIL
+        assert (row["cast_first_over"] is not None) == (row["graph"] in ("preprocess banded", "fused fp32, banded"))
     goals = {t[0]: t for t in result["targets"]}
     assert goals["preprocess banded, 3024x4032: p50 <= 10 ms"][2] == "not measured"
     assert goals["fused fp32, banded, 3024x4032: preprocessing in the graph <= 0.5 x PIL's resize"][2] == "not measured"
     assert goals["preprocess banded, 480x640: no slower than dense"][2] in ("met", "NOT met")
     assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
-    assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
+    assert goals["fused fp32, banded, 480x640: no slower than with the Cast first (within 2%)"][2] in ("met", "NOT met")
+    assert "| graph | input | p50 ms | / floor | dense / banded | Cast first / this |" in capsys.readouterr().out
     assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
