@@ -134,6 +134,12 @@ def write_graphs(args: argparse.Namespace, stage: Path) -> tuple[dict[str, Path]
     return graphs, backbone.image_size
 
 
+def paired_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of one timer's call over the other's in the same round: steadier on a shared machine than
+    a ratio of medians (a burst of load hits both calls of a round)."""
+    return statistics.median(a / b for a, b in zip(slow, fast))
+
+
 def measure(graphs: dict[str, Path], sizes, image_size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """p50 of every graph per size and of PIL's resize, all timed in the same rounds (call by call). The fused graphs
     are also timed at S x S in the same rounds: their preprocessing is the difference ("in_graph_ms")."""
@@ -145,13 +151,14 @@ def measure(graphs: dict[str, Path], sizes, image_size: int, args: argparse.Name
         timers = [r.host(images) for r in runners.values()] + [pil_resize(images, image_size)]
         times = sample(timers + [runners[name].host(square) for name in fused], args.warmup, args.iters, args.budget)
         p50 = dict(zip([*runners, "PIL resize"], (statistics.median(t) for t in times)))
+        by_name = dict(zip(runners, times))
         base = dict(zip(fused, (statistics.median(t) for t in times[len(timers):])))
         for name in [*runners, "PIL resize"]:
             in_graph = p50[name] - base[name] if name in base else None
             rows.append({"graph": name, "input": label, "p50_ms": p50[name], "over_floor": p50[name] / p50["floor"],
                          "dense_over_banded": p50[name.replace("banded", "dense").replace(CAST_FIRST, "")] / p50[name]
                          if "banded" in name and not args.no_dense else None,
-                         "cast_first_over": p50[name + CAST_FIRST] / p50[name] if name + CAST_FIRST in p50 else None,
+                         "cast_first_over": paired_ratio(by_name[name + CAST_FIRST], by_name[name]) if name + CAST_FIRST in p50 else None,
                          "in_graph_ms": in_graph, "over_pil": None if in_graph is None else in_graph / p50["PIL resize"],
                          "iters": len(times[0])})
     return rows
@@ -225,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (" (this process's CPU time, --clock cpu: work, not latency)" if args.clock == "cpu" else "")
         + ", all graphs timed in the same rounds. floor = one Cast of the uint8 image to float32 and one read of it. Graphs as exported "
         "(model.onnx, model_int8.onnx): the resize cuts its windows from the uint8 image and converts only them; Cast first = the same graph "
-        "in TensorRT's form (tensorrt_graph: the whole image converted first, model.onnx before issue 21). in graph = a fused graph's call minus its call at "
+        "in TensorRT's form (tensorrt_graph: the whole image converted first, model.onnx before issue 21); Cast first / this = the median over "
+        "rounds of its call over this graph's call in the same round. in graph = a fused graph's call minus its call at "
         f"{image_size}x{image_size} in the same rounds; / PIL = that over PIL's resize (Image.fromarray + resize) of the same image.",
         "",
         markdown_table(["graph", "input", "p50 ms", "/ floor", "dense / banded", "Cast first / this", "in graph ms", "/ PIL"],
