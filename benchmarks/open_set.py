@@ -11,19 +11,22 @@ the validation and leave-one-out shot embeddings only. Compared, on the test emb
 - max_blend: the top blend score max z;
 - margin: the top-1 minus top-2 blend score;
 - prototype_cosine: the nearest image prototype's cosine max n(q) · I_c;
-- mcm: Maximum Concept Matching (Ming et al., 2022), max softmax(n(q) · T_c / tau), tau = 1.
+- mcm: Maximum Concept Matching (Ming et al., 2022), max softmax(n(q) · T_c / tau), tau = 1;
+- chosen: the one of max_probability and mcm that the fit chose by leave-one-class-out on its own held-out
+  images (semobridge_runtime.openset.choose_score), per split and seed.
 
 A second table measures the class enrolled from its name alone (semobridge_runtime.head.stand_in_prototypes:
 P_c and I_c from T_c moved by the class set's mean offsets) against the text prototype only (P_c = T_c,
 I_c = 0) and against the same class enrolled with 1 and with 4 shots (the other classes: 4 shots each),
 on the first three classes in turn: that class's recall and the accuracy over all classes.
 
-Reported: AUROC (known vs unknown), FPR at 95 % TPR, and for the runtime's score at the
-calibrated threshold the acceptance of held-out known images (target: --accept), the fraction
-of unknown images accepted and the accuracy on the accepted known images. Random embeddings:
+Reported: AUROC (known vs unknown), FPR at 95 % TPR, which score the fit chose (the fraction of seeds
+choosing MCM), and for the chosen score at the calibrated threshold the acceptance of held-out known
+images (target: --accept; mean and per-seed standard deviation), the fraction of unknown images accepted
+and the accuracy on the accepted known images. Random embeddings:
 the figures compare scores on data with a known structure, not what CLIP reaches on photos.
 
-    python -m benchmarks.open_set                 # C 10, 40, 200; K 1, 4, 16; seeds 0-2
+    python -m benchmarks.open_set                 # C 10, 40, 200; K 1, 4, 16; seeds 0-9
     python -m benchmarks.open_set --quick         # CI-sized
     python -m benchmarks.open_set --cost model.onnx   # what the decision and probabilities add to a prediction
 """
@@ -101,13 +104,14 @@ def run(classes: int, shots: int, seed: int, args: argparse.Namespace) -> dict[s
     q, y = pool.val_image[test], pool.val_label[test]
     is_known = (y < known).numpy()
     s = scores_of(head, cal.open_set.temperature, q)
-    row: dict[str, Any] = {"classes": classes, "known": known, "shots": shots, "seed": seed,
-                           "temperature": cal.open_set.temperature, "threshold": cal.open_set.threshold,
+    s["chosen"] = s[cal.open_set.score]
+    row: dict[str, Any] = {"classes": classes, "known": known, "shots": shots, "seed": seed, "score": cal.open_set.score,
+                           "loco": cal.loco, "temperature": cal.open_set.temperature, "threshold": cal.open_set.threshold,
                            "ece_before": cal.ece_before, "ece_after": cal.ece_after, "calibration_images": cal.images}
-    for name in SCORES:
+    for name in (*SCORES, "chosen"):
         row[f"auroc_{name}"] = openset.auroc(s[name][is_known], s[name][~is_known])
         row[f"fpr95_{name}"] = openset.fpr_at_tpr(s[name][is_known], s[name][~is_known])
-    accepted = s["max_probability"] >= cal.open_set.threshold
+    accepted = s["chosen"] >= cal.open_set.threshold
     pred = head(q).argmax(1).numpy()
     row["accepted_known"] = float(accepted[is_known].mean())
     row["accepted_unknown"] = float(accepted[~is_known].mean())
@@ -156,28 +160,46 @@ def summary(rows: list[dict[str, Any]]) -> list[list[Any]]:
     for c, k in sorted({(r["classes"], r["shots"]) for r in rows}):
         mine = [r for r in rows if (r["classes"], r["shots"]) == (c, k)]
         mean = lambda key: statistics.fmean(r[key] for r in mine)  # noqa: E731
-        out.append([c // 2, c - c // 2, k, *(f"{100 * mean(f'auroc_{n}'):.1f}" for n in SCORES),
-                    *(f"{100 * mean(f'fpr95_{n}'):.1f}" for n in ("max_probability", "mcm")),
-                    f"{100 * mean('accepted_known'):.1f}", f"{100 * mean('accepted_unknown'):.1f}",
+        spread = statistics.stdev([r["accepted_known"] for r in mine]) if len(mine) > 1 else float("nan")
+        out.append([c // 2, c - c // 2, k, f"{mean('calibration_images'):.0f}",
+                    *(f"{100 * mean(f'auroc_{n}'):.1f}" for n in (*SCORES, "chosen")),
+                    f"{sum(r['score'] == 'mcm' for r in mine)}/{len(mine)}",
+                    *(f"{100 * mean(f'fpr95_{n}'):.1f}" for n in ("max_probability", "mcm", "chosen")),
+                    f"{100 * mean('accepted_known'):.1f} ± {100 * spread:.1f}", f"{100 * mean('accepted_unknown'):.1f}",
                     f"{100 * mean('closed_set_accuracy'):.1f}", f"{100 * mean('accuracy_accepted_known'):.1f}",
                     f"{100 * mean('ece_before'):.1f} -> {100 * mean('ece_after'):.1f}"])
     return out
 
 
 def report(rows: list[dict[str, Any]], names: list[dict[str, Any]], args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    headers = ["known C", "unknown C", "K", *(f"AUROC {n}" for n in SCORES), "FPR95 max_probability", "FPR95 mcm",
-               f"known accepted (target {100 * args.accept:.0f})", "unknown accepted", "closed-set acc", "acc on accepted known",
-               "ECE % before -> after"]
-    worst = {n: min(r[f"auroc_{n}"] - r["auroc_mcm"] for r in rows) for n in SCORES if n != "mcm"}
-    miss = max(abs(r["accepted_known"] - args.accept) for r in rows)
+    headers = ["known C", "unknown C", "K", "held-out n", *(f"AUROC {n}" for n in (*SCORES, "chosen")), "mcm chosen (seeds)",
+               "FPR95 max_probability", "FPR95 mcm", "FPR95 chosen",
+               f"known accepted (target {100 * args.accept:.0f}; mean ± sd over seeds)", "unknown accepted", "closed-set acc",
+               "acc on accepted known", "ECE % before -> after"]
+    splits = sorted({(r["classes"], r["shots"]) for r in rows})
+    per_split = {key: [r for r in rows if (r["classes"], r["shots"]) == key] for key in splits}
+    split_mean = lambda key, name: statistics.fmean(r[name] for r in per_split[key])  # noqa: E731
+    worst = {n: min(split_mean(key, f"auroc_{n}") - split_mean(key, "auroc_mcm") for key in splits) for n in (*SCORES, "chosen")
+             if n != "mcm"}
+    worst_seed = min(r["auroc_chosen"] - r["auroc_mcm"] for r in rows)
+    miss = max(splits, key=lambda key: abs(split_mean(key, "accepted_known") - args.accept))
+    miss_seed = max(abs(r["accepted_known"] - args.accept) for r in rows)
     text = "\n".join([
         f"# Open-set scores on synthetic leave-classes-out splits (d = {args.width}, default blend)", "",
         f"Known half enrolled, other half unknown; {args.test} test embeddings per class; seeds "
         f"{', '.join(map(str, args.seeds))} (means shown, %). Threshold and temperature from the validation and "
         "leave-one-out shot embeddings only. Random embeddings: these compare scores, they are not accuracy on photos.", "",
         markdown_table(headers, summary(rows)), "",
-        "Worst per-split AUROC minus MCM's (points): " + ", ".join(f"{n} {100 * v:+.1f}" for n, v in worst.items()) + ".",
-        f"Largest per-split distance of the known acceptance from its target: {100 * miss:.1f} points.",
+        "Worst per-split mean AUROC minus MCM's (points): " + ", ".join(f"{n} {100 * v:+.1f}" for n, v in worst.items())
+        + f"; worst single seed, chosen minus MCM: {100 * worst_seed:+.1f}.",
+        f"Largest per-split distance of the mean known acceptance from its target: "
+        f"{100 * abs(split_mean(miss, 'accepted_known') - args.accept):.1f} points ({miss[0] // 2} known classes, {miss[1]} shots); "
+        f"largest single seed: {100 * miss_seed:.1f} points.",
+        f"Targets: chosen AUROC >= MCM's on every split: {'met' if worst['chosen'] >= 0 else 'not met'}; mean acceptance "
+        f"within 2 points of {100 * args.accept:.0f} % on every split: "
+        f"{'met' if abs(split_mean(miss, 'accepted_known') - args.accept) <= 0.02 else 'not met'} (one model's acceptance "
+        f"varies by about sqrt(a (1 - a) / (n + 2)) for n held-out images; below n = 19 the threshold lies under the "
+        f"lowest held-out score and accepts more: docs/method.md, \"The open set\").",
     ])
     text += "\n\n" + "\n".join([
         "## A class from its name alone", "",
@@ -272,7 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", type=parse_ints, default=None, help="total classes, half known (default 10,40,200; --quick: 10)")
     p.add_argument("--shots", type=parse_ints, default=None, help="shots (default 1,4,16; --quick: 4)")
-    p.add_argument("--seeds", type=parse_ints, default=None, help="seeds (default 0,1,2; --quick: 0)")
+    p.add_argument("--seeds", type=parse_ints, default=None, help="seeds (default 0-9; --quick: 0)")
     p.add_argument("--width", type=int, default=256, help="d_t = d of the synthetic embeddings (default 256)")
     p.add_argument("--test", type=int, default=100, help="test embeddings per class (default 100)")
     p.add_argument("--accept", type=float, default=openset.ACCEPT, help="target acceptance of known images (default 0.95)")
@@ -283,7 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.classes = args.classes or ((10,) if args.quick else (10, 40, 200))
     args.shots = args.shots or ((4,) if args.quick else (1, 4, 16))
-    args.seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
+    args.seeds = args.seeds or ((0,) if args.quick else tuple(range(10)))
     args.out = results_folder(args.out, "-open-set", quick=args.quick, force=args.force)
     return args
 

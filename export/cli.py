@@ -103,7 +103,8 @@ def _open_set(values: dict | None) -> str:
     """The calibration in one line: the threshold, and the probabilities' ECE before and after temperature scaling."""
     if not values:
         return "off (nothing held out to calibrate on: one shot per class and no validation split)"
-    return (f"top probability < {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images "
+    score = "top probability" if values.get("score", "max_probability") == "max_probability" else "MCM"
+    return (f"{score} < {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images "
             f"accepted); temperature {values['temperature']:.4g}, ECE {100 * values['ece_before']:.2f} % -> "
             f"{100 * values['ece_after']:.2f} %")
 

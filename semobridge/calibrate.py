@@ -1,13 +1,10 @@
-"""Calibrate the open-set decision of a fitted head: the temperature and the "unknown" threshold.
+"""Calibrate the open-set decision of a fitted head: the temperature, the abstention score and the "unknown" threshold.
 
-The decision itself (semobridge_runtime.openset) is shared with the runtimes; this module finds
-its two constants from the data of the fit, never from test data (docs/method.md, "The open set"):
-
-- the temperature T minimises the negative log-likelihood of the validation images under
-  softmax(z / T) (of the leave-one-out shots when there is no validation split);
-- the threshold accepts `accept` of the held-out known images: the validation images (at most
-  MAX_VALIDATION_PER_CLASS a class) and every shot scored leave-one-out (its own class's prototypes
-  recomputed without it).
+The decision itself (semobridge_runtime.openset) is shared with the runtimes; this module scores the
+held-out known images of the fit, never test data, and openset.calibrated finds the constants from them
+(docs/method.md, "The open set"): the validation images (at most MAX_VALIDATION_PER_CLASS a class) and
+every shot scored leave-one-out (its own class's prototypes recomputed without it), with their blend scores
+and image-text cosines.
 
 The fit stores these images' embeddings with the model (calibration_data), so that a class set edited
 on the device recalibrates in closed form (semobridge_runtime.calibration) without the image encoder.
@@ -21,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from semobridge_runtime import openset
-from semobridge_runtime.openset import ACCEPT, OpenSet
+from semobridge_runtime.openset import ACCEPT, Held, OpenSet
 
 from .blend import blend
 from .features import FeatureSet
@@ -63,11 +60,16 @@ class Calibration:
     ece_before: float  # on the images the temperature was fitted on, at T = 1
     ece_after: float
     images: int  # known images the threshold was calibrated on
+    loco: dict[str, float]  # openset.choose_score's figures ({}: no leave-one-class-out)
 
     def describe(self) -> str:
         o = self.open_set
+        what = "top probability" if o.score == "max_probability" else "MCM"
+        chosen = (f"score {o.score} (leave-one-class-out AUROC: max_probability {100 * self.loco['max_probability']:.1f} %, "
+                  f"mcm {100 * self.loco['mcm']:.1f} %)" if self.loco else f"score {o.score} (no leave-one-class-out: "
+                  "fewer than two classes with held-out images)")
         return (f"probabilities: temperature {o.temperature:.4g} (NLL on {o.source.split(';')[0]}), ECE {100 * self.ece_before:.2f} % "
-                f"-> {100 * self.ece_after:.2f} %; unknown below a top probability of {o.threshold:.4f} "
+                f"-> {100 * self.ece_after:.2f} %; {chosen}; unknown below {what} {o.threshold:.4f} "
                 f"({100 * o.accept:.0f} % of {self.images} held-out known images accepted)")
 
 
@@ -95,28 +97,32 @@ def calibration_data(head: SeMoBridge, features: FeatureSet) -> dict[str, torch.
 
 @torch.no_grad()
 def calibrate_on(head: SeMoBridge, data: dict[str, torch.Tensor], accept: float = ACCEPT) -> Calibration | None:
-    """Temperature and threshold from calibration data (calibration_data's tensors): the validation images
-    scored by the head, the shots leave-one-out (openset.calibrated); None when nothing is held out."""
+    """Temperature, score and threshold from calibration data (calibration_data's tensors): the validation images
+    scored by the head, the shots leave-one-out, with their image-text cosines (openset.calibrated); None when
+    nothing is held out."""
     shot = data["calibration_shot"].bool()
     features, labels = data["calibration_features"], data["calibration_labels"]
     loo_z, loo_y = leave_one_out_scores(head, features[shot], labels[shot])
-    val = (head(features[~shot]).numpy().astype(np.float64), labels[~shot].numpy()) if (~shot).any() else None
-    loo = (loo_z.numpy().astype(np.float64), loo_y.numpy())
+    kept = shot.clone()
+    kept[shot] = torch.bincount(labels[shot], minlength=head.num_classes)[labels[shot]] > 1  # the shots scored
+    val = Held(head(features[~shot]).numpy().astype(np.float64), head.zero_shot(features[~shot]).numpy(),
+               labels[~shot].numpy()) if (~shot).any() else None
+    loo = Held(loo_z.numpy().astype(np.float64), head.zero_shot(features[kept]).numpy(), loo_y.numpy())
     found = openset.calibrated(val, loo, accept)
     if found is None:
         return None
-    temperature, threshold = found
-    fit_z, fit_y = val if val is not None else loo
-    before = openset.ece(openset.probabilities(fit_z, 1.0), fit_y)
-    after = openset.ece(openset.probabilities(fit_z, temperature), fit_y)
+    before, after = (openset.ece(openset.probabilities(found.nll_on[0], t), found.nll_on[1]) for t in (1.0, found.temperature))
     sources = [f"{len(loo_y)} leave-one-out shots"]
     if val is not None:
-        sources.insert(0, f"{len(val[1])} validation images")
+        sources.insert(0, f"{len(val.labels)} validation images")
     source = f"{sources[0]}; threshold: " + " and ".join(sources) if len(sources) > 1 else f"{sources[0]}"
-    return Calibration(OpenSet(temperature, threshold, accept, source), before, after, len(loo_y) + (len(val[1]) if val else 0))
+    if found.loco:
+        source += (f"; score by leave-one-class-out AUROC: max_probability {100 * found.loco['max_probability']:.1f} %, "
+                   f"mcm {100 * found.loco['mcm']:.1f} %")
+    return Calibration(found.open_set(source), before, after, found.images, found.loco)
 
 
 def calibrate(head: SeMoBridge, features: FeatureSet, accept: float = ACCEPT) -> Calibration | None:
-    """Temperature and threshold from the fit's own images (calibration_data); None when there are no held-out
+    """Temperature, score and threshold from the fit's own images (calibration_data); None when there are no held-out
     known images (one shot per class and no validation split: the model then has no "unknown")."""
     return calibrate_on(head, calibration_data(head, features), accept)

@@ -231,6 +231,7 @@ def describe_evaluation(result: dict) -> str:
                   f"{'':24}{'AUROC':>9}{'FPR@95TPR':>11}",
                   f"{'top probability':<24}{percent(o['auroc']):>9}{percent(o['fpr_at_95_tpr']):>11}",
                   f"{'MCM (zero-shot)':<24}{percent(o['mcm_auroc']):>9}{percent(o['mcm_fpr_at_95_tpr']):>11}",
+                  f"{'chosen: ' + o['score']:<24}{percent(o['chosen_auroc']):>9}{percent(o['chosen_fpr_at_95_tpr']):>11}",
                   f"known-class accuracy at the operating point: {percent(o['known_accuracy_at_operating_point'])}"
                   + (f" (threshold {o['threshold']:.4f}, {percent(o['known_accepted'])} of known images accepted)"
                      if o["threshold"] is not None else " (the model has no threshold: closed-set)")]

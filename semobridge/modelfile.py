@@ -120,7 +120,11 @@ def _describe_open_set(values: dict | None) -> str:
                 "class and no validation split)")
     return (f"probabilities: temperature {values['temperature']:.4g}, ECE {100 * values.get('ece_before', float('nan')):.2f} % -> "
             f"{100 * values.get('ece_after', float('nan')):.2f} % ({values['source']})\n"
-            f"unknown: top probability below {values['threshold']:.4f} ({100 * values['accept']:.0f} % of held-out known images accepted)")
+            f"unknown: {_SCORE_NAMES.get(values.get('score'), values.get('score'))} below {values['threshold']:.4f} "
+            f"({100 * values['accept']:.0f} % of held-out known images accepted)")
+
+
+_SCORE_NAMES = {"max_probability": "top probability", "mcm": "MCM"}  # openset.SCORES as the descriptions name them
 
 
 _REFIT = "fit the model again with `semobridge fit`"

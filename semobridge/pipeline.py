@@ -206,7 +206,9 @@ def evaluate(
     }
     if head.info.open_set:
         o = head.info.open_set
-        pred, known, _ = openset.decide(scores.numpy(), o["temperature"], o["threshold"])
+        score = openset.open_set_score(openset.probabilities(scores.numpy(), o["temperature"]),
+                                       head.zero_shot(images).numpy(), o["score"])
+        pred, known, _ = openset.decide(scores.numpy(), o["temperature"], o["threshold"], score=score)
         result["accepted"] = float(known.mean())  # of these images, all of enrolled classes
         result["accuracy_at_operating_point"] = float((pred == labels.numpy()).mean())  # refused counts as wrong
     if open_set:
@@ -224,12 +226,12 @@ def open_set_figures(head: SeMoBridge, images: torch.Tensor, labels: torch.Tenso
     if C < 2:
         raise InputError("--open-set needs a model with at least two classes (one fold of them plays the unknown)")
     o = head.info.open_set or {}
-    temperature, threshold = o.get("temperature", 1.0), o.get("threshold")
+    temperature, threshold, score = o.get("temperature", 1.0), o.get("threshold"), o.get("score", openset.SCORE)
     per_fold = []
     for unknown_fold in evaluation.folds(C):
         kept = [c for c in range(C) if c not in unknown_fold]
         h = restrict(head, kept)
         figures = evaluation.open_set_fold(h(images).numpy(), h.zero_shot(images).numpy(), kept, labels.numpy(),
-                                           temperature, threshold)
+                                           temperature, threshold, score)
         per_fold.append({"unknown_classes": [head.info.class_names[c] for c in unknown_fold], **figures})
-    return evaluation.mean_of_folds(per_fold, temperature, threshold)
+    return evaluation.mean_of_folds(per_fold, temperature, threshold, score)

@@ -197,10 +197,13 @@ def test_protocols_quick_trains_three_variants(tmp_path: Path, capsys) -> None:
 def test_open_set_quick_compares_every_score_and_the_class_from_its_name(tmp_path: Path, capsys) -> None:
     result = open_set.main(["--quick", "--test", "20", "--out", str(tmp_path)])
     row = result["rows"][0]
-    assert all(0 <= row[f"auroc_{n}"] <= 1 and 0 <= row[f"fpr95_{n}"] <= 1 for n in open_set.SCORES)
+    assert all(0 <= row[f"auroc_{n}"] <= 1 and 0 <= row[f"fpr95_{n}"] <= 1 for n in (*open_set.SCORES, "chosen"))
+    assert row["auroc_chosen"] == row[f"auroc_{row['score']}"]
     assert 0 < row["threshold"] < 1 and row["temperature"] > 0 and 0 <= row["accepted_known"] <= 1
     assert {r["variant"] for r in result["name_alone"]} == set(open_set.NAME_VARIANTS)
-    assert "AUROC mcm" in capsys.readouterr().out and (tmp_path / "open_set.md").is_file()
+    printed = capsys.readouterr().out
+    assert "AUROC mcm" in printed and "AUROC chosen" in printed and "chosen minus MCM" in printed
+    assert (tmp_path / "open_set.md").is_file()
 
 
 def test_accuracy_on_a_paper_named_folder(tmp_path: Path, capsys) -> None:

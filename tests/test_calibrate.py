@@ -15,6 +15,11 @@ from semobridge.modelfile import ModelFileError
 from semobridge_runtime import openset
 
 BACKBONE = {"name": "synthetic", "pretrained": "none", "weights_hash": "0"}
+
+
+def nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of the true labels under softmax(z / T)."""
+    return float(-np.log(openset.probabilities(scores, temperature)[np.arange(len(labels)), labels].astype(np.float64)).mean())
 PARAMS = BlendParams(smoothness=0.3, alpha=2.0, beta=3.0, gamma=1.5, lambda1=0.4, lambda2=0.7, lambda3=0.2)
 
 
@@ -41,13 +46,19 @@ def test_the_fit_records_a_calibration_that_accepts_its_share_and_lowers_the_nll
     f = synthetic_features(6, 8, 8, 32, 32, seed=1)
     head = fit_features(f, info_for(f, BACKBONE), params=BlendParams())
     o = head.info.open_set
-    assert o["score"] == openset.SCORE and o["accept"] == openset.ACCEPT and 0 < o["threshold"] < 1
+    assert o["score"] in openset.SCORES and o["accept"] == openset.ACCEPT and 0 < o["threshold"] < 1
     z, y = head(f.val_image).detach().numpy().astype(np.float64), f.val_label.numpy()
-    assert openset.nll(z, y, o["temperature"]) <= openset.nll(z, y, 1.0)
+    assert nll(z, y, o["temperature"]) <= nll(z, y, 1.0)
     loo_z, _ = leave_one_out_scores(head, f.shot_image, f.shot_label)
-    pool = openset.abstention_score(openset.probabilities(np.concatenate([z, loo_z.numpy()]), o["temperature"]))
-    assert (pool >= o["threshold"]).mean() >= 0.95
+    held = np.concatenate([z, loo_z.numpy()])
+    cosines = head.zero_shot(torch.cat([f.val_image, f.shot_image])).detach().numpy()
+    expected, loco = openset.choose_score(held, cosines, np.concatenate([y, f.shot_label.numpy()]), o["temperature"])
+    assert o["score"] == expected and f"mcm {100 * loco['mcm']:.1f} %" in o["source"]
+    pool = openset.open_set_score(openset.probabilities(held, o["temperature"]), cosines, o["score"])
+    assert o["threshold"] == openset.threshold_for(pool, 0.95, 1 / 6)
     assert "ECE" in head.info.describe() and "unknown" in head.info.describe()
+    line = calibrate(head, f).describe()
+    assert f"score {o['score']}" in line and "leave-one-class-out AUROC: max_probability" in line
     path = head.save(tmp_path / "m.safetensors")
     assert SeMoBridge.load(path).info.open_set == o
 

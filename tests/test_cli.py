@@ -1,5 +1,6 @@
 """The `semobridge` command end to end: images and embeddings in, model files and scores out."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def test_fit_eval_from_images(image_folder, tmp_path, tiny_backbone):
     model = tmp_path / "model.safetensors"
     out = run("fit", "--data", image_folder, "--shots", 4, *TINY, "--cache-dir", tmp_path / "cache", "-o", model).output
     assert "val accuracy" in out and "RANDOM WEIGHTS" in out
-    assert "probabilities: temperature" in out and "ECE" in out and "unknown: top probability below" in out
+    assert "probabilities: temperature" in out and "ECE" in out and re.search("unknown: (top probability|MCM) below", out)
     head = SeMoBridge.load(model)
     info = head.info
     assert info.class_names == ["blue whale", "green tree", "red fox"] and info.shots == 4 and info.val_source == "whole val split"
@@ -51,6 +52,10 @@ def test_fit_eval_from_images(image_folder, tmp_path, tiny_backbone):
     assert m.shape == (3, 3) and m.sum() == 15 and report["accuracy"] == pytest.approx(np.trace(m) / 15)
     assert [r["accuracy"] for r in report["per_class"]] == pytest.approx(list(np.diag(m) / m.sum(1)))
     assert len(report["open_set"]["folds"]) == 2 and 0 <= report["open_set"]["auroc"] <= 1
+    o = report["open_set"]
+    assert o["score"] == info.open_set["score"] and f"chosen: {o['score']}" in out
+    for fold in o["folds"]:  # the chosen score's figures are those of the model's score
+        assert fold["chosen_auroc"] == fold["auroc" if o["score"] == "max_probability" else "mcm_auroc"]
     assert files["--csv"].read_text().splitlines()[0] == "class,images,accuracy,precision,f1"
     assert files["--confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a re-fit with other hyper-parameters encodes nothing again: every embedding comes from the cache

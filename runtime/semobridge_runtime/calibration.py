@@ -1,12 +1,13 @@
 """An edited class set's open-set calibration, recomputed in closed form without the image encoder.
 
-A class set keeps the embeddings its temperature T and threshold θ were calibrated on (the graph's
+A class set keeps the embeddings its temperature T, abstention score and threshold θ were calibrated on (the graph's
 "features" F, not normalised, and "bridged_features" bridge(F) outputs): the fit's validation images and shots (stored with the model by
 semobridge.calibrate.calibration_data), and the shots of every class enrolled since. After an edit the
 held-out known images are scored against the new set exactly as the fit scores them
 (semobridge.calibrate.calibrate_on: validation images by the blend, each shot leave-one-out against its
-own class's prototypes recomputed without it, the class weights kept), and openset.calibrated gives
-(T, θ): a from-scratch calibration on the same data, in O(M·C·d) for M kept embeddings.
+own class's prototypes recomputed without it, the class weights kept; their image-text cosines against the
+set's text classifier), and openset.calibrated gives (T, score, θ): a from-scratch calibration on the same
+data, in O(M·C·d) for M kept embeddings.
 """
 
 from __future__ import annotations
@@ -105,19 +106,19 @@ class Blend:
         return a1
 
 
-def held_out_scores(classes: ClassSet, data: CalibrationData, blend: Blend) -> tuple[tuple[np.ndarray, np.ndarray] | None,
-                                                                          tuple[np.ndarray, np.ndarray]]:
-    """((z, labels) of the validation images or None, (z, labels) of the shots scored leave-one-out): shots of
-    classes with a single shot are left out."""
+def held_out_scores(classes: ClassSet, data: CalibrationData, blend: Blend) -> tuple[openset.Held | None, openset.Held]:
+    """(the validation images or None, the shots scored leave-one-out), with their blend scores, image-text cosines
+    n(q)·T_c and labels: shots of classes with a single shot are left out."""
     T, P, I, kl = (np.asarray(a, np.float32) for a in (classes.text_classifier, classes.bridged_prototypes,
                                                          classes.image_prototypes, classes.class_kl))
     F, bridged = np.asarray(data.features, np.float32), np.asarray(data.bridged, np.float32)
     q, qb = head.normalize(F), head.normalize(bridged)
     val = ~data.shot
-    val_part = (blend.scores(q[val], qb[val], T, P, I, kl), data.labels[val]) if val.any() else None
+    val_part = openset.Held(blend.scores(q[val], qb[val], T, P, I, kl), q[val] @ T.T, data.labels[val]) if val.any() else None
     shot = data.shot & (np.bincount(data.labels[data.shot], minlength=len(T))[data.labels] > 1)
     y = data.labels[shot]
     a1, a2, a3 = q[shot] @ T.T, q[shot] @ P.T, qb[shot] @ I.T
+    cosines = a1.copy()  # blend works in place
     if len(y):  # own class: prototypes recomputed without the shot
         C, d = len(T), F.shape[1]
         sum_i = np.zeros((C, d), np.float32)
@@ -127,9 +128,9 @@ def held_out_scores(classes: ClassSet, data: CalibrationData, blend: Blend) -> t
         rows = np.arange(len(y))
         a2[rows, y] = np.einsum("md,md->m", q[shot], head.normalize(sum_b[y] - bridged[shot]))
         a3[rows, y] = np.einsum("md,md->m", qb[shot], head.normalize(sum_i[y] - F[shot]))
-    return val_part, (blend.blend(a1, a2, a3, kl), y)
+    return val_part, openset.Held(blend.blend(a1, a2, a3, kl), cosines, y)
 
 
-def recalibrate(classes: ClassSet, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> tuple[float, float] | None:
-    """(T, θ) of `classes` from its calibration data (openset.calibrated); None when nothing is held out."""
+def recalibrate(classes: ClassSet, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> openset.Calibrated | None:
+    """T, score and θ of `classes` from its calibration data (openset.calibrated); None when nothing is held out."""
     return openset.calibrated(*held_out_scores(classes, data, blend), accept)

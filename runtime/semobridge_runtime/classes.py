@@ -7,8 +7,8 @@ at the same time); the KL of every class is recomputed over the whole new set fr
 softmax denominators Σ_j exp(I_c · T_j), which an edit updates (and the first edit recovers
 from the KL itself), so one edit costs O(C·d) instead of a C x C product.
 
-A class set also carries its open-set `temperature` and `threshold` (semobridge_runtime.openset) and the
-embeddings they were calibrated on (semobridge_runtime.calibration), which the enrolment recalibrates
+A class set also carries its open-set `temperature`, `threshold` and abstention `score` (semobridge_runtime.openset)
+and the embeddings they were calibrated on (semobridge_runtime.calibration), which the enrolment recalibrates
 after every edit. A class file is a safetensors file; docs/classes.md gives its exact byte layout.
 """
 
@@ -25,7 +25,7 @@ from . import head, openset, tensorfile
 from .calibration import CalibrationData
 from .contract import CLASS_FILE_FORMAT as FORMAT
 from .contract import CLASS_FILE_NAMES as NAMES_TENSOR
-from .contract import CLASS_FILE_OPEN_SET
+from .contract import CLASS_FILE_OPEN_SET, CLASS_FILE_SCORE
 from .contract import HEAD_INPUTS as TENSORS  # per-class tensors, named as the fused graph's head inputs, in file order
 from .errors import InputError, ModelError
 from .names import check_name, check_names, key
@@ -76,6 +76,8 @@ class ClassSet:
     threshold: float | None = None
     #: what they were calibrated on; None: not kept (a set from before it was stored): edits keep T and θ as they are
     calibration: CalibrationData | None = field(default=None, repr=False, compare=False)
+    #: the abstention score θ applies to (openset.SCORES), chosen with T and θ
+    score: str = openset.SCORE
 
     def __post_init__(self) -> None:
         for name in TENSORS:
@@ -86,7 +88,7 @@ class ClassSet:
         if (self.temperature is None) != (self.threshold is None):
             raise ModelError("a class set has both an open-set temperature and a threshold, or neither")
         if self.temperature is not None:
-            openset.OpenSet(self.temperature, self.threshold)  # their ranges (ModelError, InputError)
+            openset.OpenSet(self.temperature, self.threshold, score=self.score)  # their ranges (ModelError, InputError)
 
     def is_name_only(self, name: str) -> bool:
         """Whether class `name` was enrolled from its name alone (stand-in prototypes; known only where the set keeps
@@ -133,7 +135,8 @@ class ClassSet:
         data = self.calibration
         if data is not None and shots is not None:
             data = data.with_shots(len(self), *shots)
-        return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
+        return ClassSet((*self.names, name), T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data,
+                        self.score)
 
     def upgraded(self, name: str, text_classifier: np.ndarray, bridged_prototype: np.ndarray, image_prototype: np.ndarray,
                  shots: tuple[np.ndarray, np.ndarray]) -> "ClassSet":
@@ -149,7 +152,7 @@ class ClassSet:
         sums = self._sums() + np.exp((I @ T[r]).astype(np.float64)) - np.exp((I @ old_t).astype(np.float64))
         sums[r] = np.exp((T @ I[r]).astype(np.float64)).sum()
         data = self.calibration.with_shots(r, *shots)  # is_name_only: there is calibration data
-        return ClassSet(self.names, T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data)
+        return ClassSet(self.names, T, P, I, head.class_kl(I, T, sums), sums, self.temperature, self.threshold, data, self.score)
 
     def removed(self, name: str) -> "ClassSet":
         """This set without class `name`; every remaining class's KL recomputed, in O(C·d)."""
@@ -162,7 +165,7 @@ class ClassSet:
         names = tuple(n for n in self.names if n != name)
         data = self.calibration.without(r) if self.calibration is not None else None
         return ClassSet(names, T, self.bridged_prototypes[keep], I, head.class_kl(I, T, sums), sums, self.temperature,
-                        self.threshold, data)
+                        self.threshold, data, self.score)
 
     def renamed(self, old: str, new: str) -> "ClassSet":
         """This set with class `old` called `new` (its tensors unchanged)."""
@@ -179,7 +182,8 @@ class ClassSet:
             "bridge_hash": identity.bridge_hash, "num_classes": str(len(self)), "embedding_dim": str(self.embedding_dim),
         }
         if self.temperature is not None:  # repr: the shortest decimal that reads back as the same float64 (C: strtod)
-            meta.update(temperature=repr(float(self.temperature)), threshold=repr(float(self.threshold)))
+            meta.update(temperature=repr(float(self.temperature)), threshold=repr(float(self.threshold)),
+                        **{CLASS_FILE_SCORE: self.score})
         names = np.frombuffer("\n".join(self.names).encode("utf-8"), np.uint8)
         calibration = self.calibration.tensors() if self.calibration is not None else {}
         return tensorfile.encode({**self.feeds(), NAMES_TENSOR: names, **calibration}, meta)
@@ -221,12 +225,17 @@ class ClassSet:
         return replace(classes, calibration=data, **open_set_of(meta, source))  # NaN, infinities: refused by tensorfile.read
 
 
-def open_set_of(meta: dict[str, str], source: str) -> dict[str, float | None]:
-    """The `temperature` and `threshold` of a class file's metadata (both None when it has neither: a file written
-    before class sets carried them; the model's calibration then applies)."""
+def open_set_of(meta: dict[str, str], source: str) -> dict[str, float | str | None]:
+    """The `temperature`, `threshold` and `score` of a class file's metadata (temperature and threshold both None
+    when it has neither: a file written before class sets carried them; the model's calibration then applies).
+    The score: absent, "max_probability" (files written before the choice); else exactly one of openset.SCORES."""
+    score = meta.get(CLASS_FILE_SCORE, openset.SCORE)
+    if score not in openset.SCORES:
+        raise ModelError(f"{source} has an unusable open-set calibration (its {CLASS_FILE_SCORE} {score!r:.40} is not one "
+                         f"of {', '.join(openset.SCORES)})", hint="write it again with Classifier.save_classes or semobridge-classes")
     given = [k for k in CLASS_FILE_OPEN_SET if k in meta]
     if not given:
-        return {"temperature": None, "threshold": None}
+        return {"temperature": None, "threshold": None, "score": openset.SCORE}
     try:
         if len(given) != 2:
             raise ValueError(f"it has a {given[0]} but no {({'temperature', 'threshold'} - set(given)).pop()}")
@@ -238,4 +247,4 @@ def open_set_of(meta: dict[str, str], source: str) -> dict[str, float | None]:
     except (ValueError, InputError, ModelError) as exc:
         raise ModelError(f"{source} has an unusable open-set calibration ({exc})",
                          hint="write it again with Classifier.save_classes or semobridge-classes") from None
-    return {"temperature": t, "threshold": h}
+    return {"temperature": t, "threshold": h, "score": score}

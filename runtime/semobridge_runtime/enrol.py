@@ -70,15 +70,19 @@ class FittedHead:
         #: the fitted classes with the model's calibration and, from exports that keep them, its calibration data
         self.fitted = ClassSet(names, fitted.text_classifier, fitted.bridged_prototypes, fitted.image_prototypes,
                                fitted.class_kl, None, *((fitted_open.temperature, fitted_open.threshold) if fitted_open
-                                                        else (None, None)), data)
+                                                        else (None, None)), data,
+                               fitted_open.score if fitted_open else openset.SCORE)
 
     def recalibrated(self, classes: ClassSet) -> ClassSet:
-        """`classes` with T and θ recomputed from its calibration data (calibration.recalibrate); a set without
-        calibration data keeps its T and θ; a set whose data holds no held-out image gets none (the model's apply)."""
+        """`classes` with T, score and θ recomputed from its calibration data (calibration.recalibrate); a set without
+        calibration data keeps its T, score and θ; a set whose data holds no held-out image gets none (the model's
+        apply)."""
         if classes.calibration is None:
             return classes
         found = calibration.recalibrate(classes, classes.calibration, self.blend, self.accept)
-        return replace(classes, temperature=found[0] if found else None, threshold=found[1] if found else None)
+        if found is None:
+            return replace(classes, temperature=None, threshold=None, score=openset.SCORE)
+        return replace(classes, temperature=found.temperature, threshold=found.threshold, score=found.score)
 
 
 class TextSide:
@@ -234,7 +238,7 @@ class Enrolment:
             warnings.warn(f"class file {path} carries no open-set calibration (written before class files kept it): the "
                           "model's temperature and threshold apply, also after edits; enrol its classes again from the "
                           "model's own to recalibrate", stacklevel=4)
-            classes = replace(classes, temperature=fitted.temperature, threshold=fitted.threshold)
+            classes = replace(classes, temperature=fitted.temperature, threshold=fitted.threshold, score=fitted.score)
         self._edit(lambda _: classes, recalibrate=False)
 
     def _edit(self, change: Callable[[ClassSet], ClassSet], recalibrate: bool = True) -> None:

@@ -76,9 +76,9 @@ def evaluate(model: str, data: str, split: str = "test", unknown: str | float | 
             kept = [c for c in range(len(names)) if c not in unknown_fold]
             z, _, q = predict(fold, paths)
             figures = evaluation.open_set_fold(z, q @ fold.classes.text_classifier.T, kept, labels, fold.temperature,
-                                               fold.threshold)
+                                               fold.threshold, fold.classes.score)
             per_fold.append({"unknown_classes": [names[c] for c in unknown_fold], **figures})
-        result["open_set"] = evaluation.mean_of_folds(per_fold, clf.temperature, clf.threshold)
+        result["open_set"] = evaluation.mean_of_folds(per_fold, clf.temperature, clf.threshold, clf.classes.score)
     return result
 
 
@@ -96,6 +96,8 @@ def describe(result: dict[str, Any]) -> str:
         lines += ["", "open set, leave-classes-out (mean of two folds):",
                   f"  top probability: AUROC {pct(o['auroc'])}, FPR at 95 % TPR {pct(o['fpr_at_95_tpr'])}",
                   f"  MCM (zero-shot): AUROC {pct(o['mcm_auroc'])}, FPR at 95 % TPR {pct(o['mcm_fpr_at_95_tpr'])}",
+                  f"  chosen ({'/'.join(sorted({f['score'] for f in o['folds']}))}): AUROC {pct(o['chosen_auroc'])}, "
+                  f"FPR at 95 % TPR {pct(o['chosen_fpr_at_95_tpr'])}",
                   f"  known-class accuracy at the operating point: {pct(o['known_accuracy_at_operating_point'])}"]
     return "\n".join(lines)
 

@@ -49,28 +49,34 @@ def folds(num_classes: int) -> list[list[int]]:
 
 
 def open_set_fold(scores: np.ndarray, text_cosines: np.ndarray, kept: Sequence[int], labels: np.ndarray,
-                  temperature: float, threshold: float | None) -> dict[str, Any]:
+                  temperature: float, threshold: float | None, score: str = openset.SCORE) -> dict[str, Any]:
     """The figures of one fold: blend scores z and zero-shot cosines n(q) · T_c [N, len(kept)] against the kept
     classes only, the true labels [N] in the full class set's indices. AUROC and FPR at 95 % TPR of the top
-    calibrated probability and of MCM (max softmax of the cosines, τ = 1); at `threshold`, the known images
-    accepted and the accuracy on them (a refused known image counts as wrong)."""
+    calibrated probability, of MCM (max softmax of the cosines, τ = 1) and of the model's abstention `score`
+    ("chosen_", one of them); at `threshold` on that score, the known images accepted and the accuracy on them
+    (a refused known image counts as wrong)."""
     is_known = np.isin(labels, kept)
-    pred, known, probs = openset.decide(scores, temperature, threshold)
-    msp = openset.abstention_score(probs)
-    e = np.exp(text_cosines - text_cosines.max(1, keepdims=True))
-    mcm = (e / e.sum(1, keepdims=True)).max(1)
+    probs = openset.probabilities(scores, temperature)
+    values = {name: openset.open_set_score(probs, text_cosines, name) for name in openset.SCORES}
+    pred, known, _ = openset.decide(scores, temperature, threshold, score=values[score])
+    msp, mcm, chosen = values["max_probability"], values["mcm"], values[score]
     mapped = np.where(pred >= 0, np.asarray(kept)[np.maximum(pred, 0)], -1)
     return {
         **open_set(msp[is_known], msp[~is_known]),
         **{f"mcm_{k}": v for k, v in open_set(mcm[is_known], mcm[~is_known]).items()},
+        "score": score,
+        **{f"chosen_{k}": v for k, v in open_set(chosen[is_known], chosen[~is_known]).items()},
         "known_accepted": float(known[is_known].mean()) if threshold is not None else None,
         "known_accuracy_at_operating_point": float((mapped[is_known] == labels[is_known]).mean()),
     }
 
 
-def mean_of_folds(per_fold: list[dict[str, Any]], temperature: float, threshold: float | None) -> dict[str, Any]:
+def mean_of_folds(per_fold: list[dict[str, Any]], temperature: float, threshold: float | None,
+                  score: str = openset.SCORE) -> dict[str, Any]:
+    """The model's calibration (`score`: its abstention score), the folds, and the mean of each figure over them
+    (chosen_*: of each fold's own score, which a recalibrated fold chooses again)."""
     numbers = [k for k, v in per_fold[0].items() if isinstance(v, float)]
-    return {"threshold": threshold, "temperature": temperature, "folds": per_fold,
+    return {"threshold": threshold, "temperature": temperature, "score": score, "folds": per_fold,
             **{k: float(np.mean([f[k] for f in per_fold])) for k in numbers}}
 
 

@@ -6,16 +6,17 @@ The definition, from the blend scores z [N, C] alone (the library's fit calibrat
 - the abstention score is one of SCORES, chosen per model by the fit: the top class's calibrated probability
   max_c softmax(z / T)_c, or Maximum Concept Matching (MCM, Ming et al., 2022) max_c softmax(n(q)·T_c / MCM_TAU)_c
   on the image-text cosines; the graph computes (1 - w)·max probability + w·MCM, fed w = mcm_weight(score);
-- an image is known when its score >= the threshold (calibrated so that a chosen fraction of
-  held-out known images is accepted); an unknown image gets label -1.
+- an image is known when its score >= the threshold (calibrated so that a new known image is accepted with a
+  chosen probability); an unknown image gets label -1.
 
 The exported graph computes it (export/fused.py: outputs probabilities and known, fed T and the
 threshold), so every front-end (this runtime, C, semobridge-serve, Triton) reads one answer; `decide`
 here is its reference (tests/runtime/test_front_ends.py checks each front-end against it), and what
 evaluation, video smoothing and graphs exported before the decision use.
 
-Also here, for the fit and for evaluation: the temperature fit, the expected calibration error,
-the threshold at an acceptance rate, AUROC and the false-positive rate at a true-positive rate.
+Also here, for the fit, enrolment and evaluation: `calibrated` (the one rule: the temperature fit, the score's
+choice by leave-one-class-out, the threshold at an expected acceptance), the expected calibration error, AUROC and
+the false-positive rate at a true-positive rate.
 """
 
 from __future__ import annotations
@@ -129,14 +130,6 @@ def decide(scores: np.ndarray, temperature: float, threshold: float | None,
 
 # ------------------------------------------------------------------ calibration (used by the fit and eval)
 
-def nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of the true labels under softmax(z / T)."""
-    z = np.asarray(scores, np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_p[np.arange(len(labels)), labels].mean())
-
-
 def fit_temperature(scores: np.ndarray, labels: np.ndarray, iterations: int = 100) -> float:
     """The T minimising the NLL (Guo et al., 2017) over TEMPERATURE_RANGE: the NLL is convex in β = 1/T, with
     derivative mean(E_p[z] - z_y) and second derivative mean(Var_p[z]) under p = softmax(β z); safeguarded Newton
@@ -196,39 +189,186 @@ def threshold_at(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
     return float(s[int(np.floor((1 - accept) * len(s) + 1e-9))] if accept < 1 else s[0])
 
 
-def conformal_threshold(known_scores: np.ndarray, accept: float = ACCEPT) -> float:
-    """The split-conformal threshold (Vovk et al., 2005; Angelopoulos and Bates, 2021): the k-th smallest of n
-    held-out known scores, k = floor((n + 1)(1 - accept)), so that a new known image exchangeable with them is
-    accepted with probability (n + 1 - k) / (n + 1), in [accept, accept + 1 / (n + 1)). With k = 0 (fewer than
-    1 / (1 - accept) - 1 images: 19 at 95 %) no threshold keeps that promise but 0, which accepts every image."""
+def student_t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with an integer df >= 1 (the closed forms of Abramowitz and Stegun 26.7.3-4)."""
+    theta = np.arctan(abs(t) / np.sqrt(df))
+    c2 = np.cos(theta) ** 2
+    term, total = 1.0, 1.0
+    if df % 2:  # odd: (2 / π)(θ + sin θ cos θ (1 + 2/3 cos² θ + ... + (2·4···(df - 3)) / (1·3···(df - 2)) cos^(df - 3) θ))
+        for j in range(2, df - 1, 2):
+            term *= c2 * j / (j + 1)
+            total += term
+        a = 2 / np.pi * (theta + (np.sin(theta) * np.cos(theta) * total if df > 1 else 0.0))
+    else:  # even: sin θ (1 + 1/2 cos² θ + ... + (1·3···(df - 3)) / (2·4···(df - 2)) cos^(df - 2) θ)
+        for j in range(1, df - 2, 2):
+            term *= c2 * j / (j + 1)
+            total += term
+        a = np.sin(theta) * total
+    return float(0.5 + 0.5 * a if t >= 0 else 0.5 - 0.5 * a)
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The t with P(T <= t) = p (0.5 <= p < 1), by bisection on student_t_cdf."""
+    lo, hi = 0.0, 1.0
+    while student_t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if student_t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: float = 0.0) -> float:
+    """The threshold whose expected acceptance of a new known image is `accept`, from n held-out known images'
+    scores s_1 <= ... <= s_n: the value at the fractional rank r = (n + 1)(1 - accept), linearly interpolated
+    between the order statistics s_k and s_(k+1), k = floor(r), with s_0 = `lowest` (the score's lower bound,
+    1 / C for both SCORES) and s_n above rank n. For exchangeable continuous scores, s_k is below a new score with
+    probability k / (n + 1); the interpolation carries that to every fractional rank (exactly where the scores'
+    distribution is uniform between s_k and s_(k+1)), so the split-conformal k-th order statistic's excess (it
+    accepted between `accept` and `accept` + 1 / (n + 1)) is gone.
+
+    Below one rank (r < 1: fewer than 19 images at 95 %) no order statistic lies low enough and no distribution-free
+    rule can place θ under the lowest score; there θ is the normal-theory prediction bound on the scores' logits
+    u = log((s - lowest) / (1 - s)): mean(u) - t_(n-1)(accept) · sd(u) · sqrt(1 + 1 / n), which a new score passes
+    with probability `accept` exactly when u is normal (docs/method.md; with one image, or all equal: `lowest`).
+    One model's acceptance still varies around the expectation by about sqrt(a (1 - a) / (n + 2))."""
     s = np.sort(np.asarray(known_scores, np.float64))
     if not len(s):
         raise InputError("no known images to calibrate the threshold on")
-    k = int(np.floor((len(s) + 1) * (1 - accept) + 1e-9))
-    return float(s[k - 1]) if k >= 1 else 0.0
+    lowest = min(lowest, s[0])
+    r = (len(s) + 1) * (1 - accept)
+    if r < 1 and accept < 1:
+        return prediction_bound(s, accept, lowest)
+    s = np.concatenate([[lowest], s])
+    k = int(np.floor(r + 1e-9))
+    if k >= len(s) - 1:
+        return float(s[-1])
+    return float(s[k] + max(r - k, 0.0) * (s[k + 1] - s[k]))
 
 
-def calibrated(val: tuple[np.ndarray, np.ndarray] | None, loo: tuple[np.ndarray, np.ndarray],
-               accept: float = ACCEPT) -> tuple[float, float] | None:
-    """(T, θ) from the blend scores z and labels of the held-out known images (docs/method.md, "The open set"):
-    T minimises the NLL of the validation images (of the leave-one-out shots when there are none); θ accepts
-    `accept` of all of them, conformally (conformal_threshold). None when there is no held-out image. The one
-    rule of the fit's calibration (semobridge.calibrate) and of an edited class set's
-    (semobridge_runtime.calibration)."""
-    parts = [p for p in (val, loo) if p is not None and len(p[1])]
+def prediction_bound(s: np.ndarray, accept: float, lowest: float) -> float:
+    """threshold_for below one rank: the normal-theory lower prediction bound on the logits of n scores in
+    (lowest, 1), mapped back to the score; `lowest` when n < 2 or the logits do not vary."""
+    eps = 1e-12
+    u = np.log(np.clip(s - lowest, eps, None)) - np.log(np.clip(1 - s, eps, None))
+    if len(u) < 2 or not np.ptp(u) > 0:
+        return float(lowest)
+    bound = u.mean() - student_t_quantile(accept, len(u) - 1) * u.std(ddof=1) * np.sqrt(1 + 1 / len(u))
+    return float(lowest + (1 - lowest) / (1 + np.exp(-bound)))
+
+
+CHOICE_SE = 2.0  # the blend's probability is chosen over MCM when its mean LOCO AUROC gain exceeds this many standard errors
+
+
+LOCO_COLUMNS = 64  # classes whose dropped-column scores loco_aurocs computes at once ([M, 64] float64)
+
+
+def loco_aurocs(scores: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+    """Leave-one-class-out AUROCs [C] of the top softmax(scores / T) probability: class c plays the unknown, its
+    column dropped (every other image known); NaN where class c has no image or is the only one, and for C < 3 (one
+    column left: a constant score). In O(M·C) arithmetic and one sort of M scores per class, for M images: with the
+    top value m1, its column a1, the second m2, S1 = Σ_j e^(z_j - m1) and S2 = Σ_(j != a1) e^(z_j - m2) of each
+    image (z = scores / T), dropping column c leaves the top probability 1 / (S1 - e^(z_c - m1)), or 1 / S2 where
+    c = a1 (S1 - e^(z_c - m1) >= 1 there: no cancellation)."""
+    order = np.argsort(np.asarray(labels), kind="stable")  # each class's images contiguous
+    z, labels = np.asarray(scores, np.float64)[order] / temperature, np.asarray(labels)[order]
+    M, C = z.shape
+    out = np.full(C, np.nan)
+    if C < 3:
+        return out
+    bounds = np.searchsorted(labels, np.arange(C + 1))
+    rows = np.arange(M)
+    a1 = z.argmax(1)
+    m1 = z[rows, a1]
+    s1 = np.exp(z - m1[:, None]).sum(1)
+    rest = z.copy()
+    rest[rows, a1] = -np.inf
+    m2 = rest.max(1)
+    s2 = np.exp(rest - m2[:, None]).sum(1)
+    del rest
+    for start in range(0, C, LOCO_COLUMNS):
+        columns = np.arange(start, min(start + LOCO_COLUMNS, C))
+        top = np.ascontiguousarray((1 / np.where(a1[:, None] == columns[None], s2[:, None],
+                                                 s1[:, None] - np.exp(z[:, columns] - m1[:, None]))).T)
+        for j, c in enumerate(columns):
+            lo, hi = bounds[c], bounds[c + 1]
+            if 0 < hi - lo < M:
+                out[c] = auroc(np.concatenate([top[j, :lo], top[j, hi:]]), top[j, lo:hi])
+    return out
+
+
+def choose_score(z: np.ndarray, text_cosines: np.ndarray, labels: np.ndarray, temperature: float) -> tuple[str, dict[str, float]]:
+    """(the abstention score, its LOCO figures): each class with held-out images plays the unknown in turn
+    (loco_aurocs, of the top probability at T and of MCM); the top probability is chosen when the mean of the
+    per-class AUROC differences exceeds CHOICE_SE standard errors of them, else MCM (the published zero-shot
+    baseline; also where LOCO cannot tell: fewer than two classes with images, or two classes, where one column
+    is left). Figures: the mean LOCO AUROC of each of SCORES and the standard error of the difference ({} without
+    LOCO)."""
+    p, m = loco_aurocs(z, labels, temperature), loco_aurocs(text_cosines, labels, MCM_TAU)
+    done = ~np.isnan(p)
+    if done.sum() < 2:
+        return "mcm", {}
+    d = p[done] - m[done]
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    figures = {"max_probability": float(p[done].mean()), "mcm": float(m[done].mean()), "se": se}
+    return ("max_probability" if d.mean() > CHOICE_SE * se else "mcm"), figures
+
+
+@dataclass(frozen=True)
+class Held:
+    """Held-out known images: their blend scores z [M, C], image-text cosines n(q)·T_c [M, C] and labels [M]."""
+
+    scores: np.ndarray
+    text_cosines: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What openset.calibrated found, and what it was found on."""
+
+    temperature: float
+    threshold: float  # on `score`
+    score: str  # one of SCORES
+    accept: float
+    loco: dict[str, float]  # choose_score's figures ({}: no LOCO)
+    nll_on: tuple[np.ndarray, np.ndarray]  # (z, labels) the temperature minimises the NLL of
+    images: int  # held-out images the threshold was calibrated on
+
+    def open_set(self, source: str) -> OpenSet:
+        return OpenSet(self.temperature, self.threshold, self.accept, source, self.score)
+
+
+def calibrated(val: Held | None, loo: Held, accept: float = ACCEPT) -> Calibrated | None:
+    """The open set from the held-out known images (docs/method.md, "The open set"): T minimises the NLL of the
+    validation images (of the leave-one-out shots when there are none); the score is chosen by leave-one-class-out
+    on all of them (choose_score); θ on that score accepts `accept` of a new known image in expectation
+    (threshold_for, lowest 1 / C). None when there is no held-out image. The one rule of the fit's calibration
+    (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration)."""
+    parts = [p for p in (val, loo) if p is not None and len(p.labels)]
     if not parts:
         return None
-    temperature = fit_temperature(np.asarray(parts[0][0], np.float64), parts[0][1])
-    z = np.concatenate([np.asarray(p[0], np.float64) for p in parts])
-    return temperature, conformal_threshold(abstention_score(probabilities(z, temperature)), accept)
+    nll_on = (np.asarray(parts[0].scores, np.float64), np.asarray(parts[0].labels))
+    temperature = fit_temperature(*nll_on)
+    z, cos, y = (np.concatenate([np.asarray(getattr(p, n), np.float64) for p in parts]) for n in ("scores", "text_cosines", "labels"))
+    score, loco = choose_score(z, cos, y.astype(np.int64), temperature)
+    values = open_set_score(probabilities(z, temperature), cos, score)
+    threshold = threshold_for(values, accept, 1 / z.shape[1])
+    return Calibrated(temperature, threshold, score, accept, loco, nll_on, len(y))
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
-    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U)."""
-    u = np.sort(np.asarray(unknown, np.float64))
-    k = np.asarray(known, np.float64)
-    below, at_most = np.searchsorted(u, k, "left"), np.searchsorted(u, k, "right")
-    return float((below + at_most).mean() / (2 * len(u)))
+    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney U): the smaller set's
+    scores searched in the larger one's, sorted (O((n_k + n_u) log) either way; leave-one-class-out calls it with
+    one class's few images against all others)."""
+    k, u = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(u) <= len(k):
+        s = np.sort(k)
+        below, at_most = np.searchsorted(s, u, "left"), np.searchsorted(s, u, "right")
+        return float(1 - (below + at_most).sum() / (2 * len(k) * len(u)))
+    s = np.sort(u)
+    below, at_most = np.searchsorted(s, k, "left"), np.searchsorted(s, k, "right")
+    return float((below + at_most).sum() / (2 * len(k) * len(u)))
 
 
 def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:

@@ -39,8 +39,9 @@ def test_byte_layout(shop, enrol_export) -> None:
     assert header["__metadata__"] == {
         "format": "semobridge-classes/1", "backbone": "semobridge-tiny", "weights_hash": meta["backbone"]["weights_hash"],
         "bridge_hash": meta["bridge_hash"], "num_classes": "4", "embedding_dim": "64",
-        "temperature": repr(clf.temperature), "threshold": repr(clf.threshold),
+        "temperature": repr(clf.temperature), "threshold": repr(clf.threshold), "score": clf.classes.score,
     }
+    assert list(header["__metadata__"])[-3:] == ["temperature", "threshold", "score"]
     body, C, d, offset = data[8 + n:], 4, 64, 0
     for name, shape in [("text_classifier", [C, d]), ("bridged_prototypes", [C, d]), ("image_prototypes", [C, d]), ("class_kl", [C])]:
         spec = header[name]

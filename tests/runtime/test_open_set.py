@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from semobridge_runtime import Classifier, InputError, ModelError, openset
+from semobridge_runtime import Classifier, InputError, ModelError, evaluation, openset
 from semobridge_runtime.cli import main as run_main
 
 RNG = np.random.default_rng(7)
@@ -43,10 +43,76 @@ def test_ece_auroc_fpr_and_threshold_against_direct_computations() -> None:
     known, unknown = RNG.normal(1, 1, 200).round(1), RNG.normal(0, 1, 150).round(1)  # rounded: ties
     pairs = (known[:, None] > unknown[None]).mean() + 0.5 * (known[:, None] == unknown[None]).mean()
     assert openset.auroc(known, unknown) == pytest.approx(pairs, abs=1e-12)
+    assert openset.auroc(unknown, known) == pytest.approx(1 - pairs, abs=1e-12)  # the other set searched
 
     t = openset.threshold_at(known, 0.95)
     assert (known >= t).mean() >= 0.95 and (known > t).mean() < 0.95  # the largest threshold that keeps 95 %
     assert openset.fpr_at_tpr(known, unknown, 0.95) == pytest.approx((unknown >= t).mean())
+
+
+def test_leave_one_class_out_aurocs_equal_dropping_the_column() -> None:
+    z = RNG.normal(0, 3, (90, 6))
+    y = RNG.integers(0, 5, 90)  # class 5 has no image: NaN
+    got = openset.loco_aurocs(z, y, 0.7)
+    for c in range(6):
+        if c == 5:
+            assert np.isnan(got[c])
+            continue
+        top = openset.abstention_score(openset.probabilities(np.delete(z, c, axis=1), 0.7))
+        assert got[c] == pytest.approx(openset.auroc(top[y != c], top[y == c]), abs=1e-12)
+
+
+def test_the_score_is_the_top_probability_only_when_it_wins_leave_one_class_out_with_confidence() -> None:
+    """Class c's images: blend scores peaked on c (the top probability tells a class that is not enrolled: its
+    images spread over the others) or flat; cosines peaked on c, weaker. MCM wins ties and where it is better."""
+    C, per = 8, 30
+    y = np.repeat(np.arange(C), per)
+    onehot = np.eye(C)[y]
+
+    def chosen(blend_peak: float, cosine_peak: float) -> tuple[str, dict]:
+        rng = np.random.default_rng(1)
+        z = blend_peak * onehot + rng.normal(0, 1, (len(y), C))
+        cos = cosine_peak * onehot + rng.normal(0, 1, (len(y), C))
+        return openset.choose_score(z, cos, y, 1.0)
+
+    score, figures = chosen(4.0, 1.0)
+    assert score == "max_probability" and figures["max_probability"] > figures["mcm"] + 2 * figures["se"]
+    assert chosen(1.0, 4.0)[0] == "mcm"
+    assert chosen(2.0, 2.0)[0] == "mcm"  # the same data: a tie goes to MCM
+    assert openset.choose_score(np.ones((4, 1)), np.ones((4, 1)), np.zeros(4, np.int64), 1.0) == ("mcm", {})  # one class
+    two = np.repeat([0, 1], 5)
+    assert openset.choose_score(RNG.normal(size=(10, 2)), RNG.normal(size=(10, 2)), two, 1.0)[0] == "mcm"
+
+
+def test_calibrated_thresholds_the_chosen_score() -> None:
+    C, per = 6, 20
+    y = np.repeat(np.arange(C), per)
+    z = 4 * np.eye(C)[y] + RNG.normal(0, 1, (len(y), C))
+    cos = 0.5 * np.eye(C)[y] + RNG.normal(0, 1, (len(y), C))
+    val = openset.Held(z[::2], cos[::2], y[::2])
+    loo = openset.Held(z[1::2], cos[1::2], y[1::2])
+    found = openset.calibrated(val, loo, 0.9)
+    assert found.score == "max_probability" and found.temperature == openset.fit_temperature(z[::2], y[::2])
+    np.testing.assert_array_equal(found.nll_on[0], z[::2])
+    all_z = np.concatenate([z[::2], z[1::2]])
+    values = openset.abstention_score(openset.probabilities(all_z, found.temperature))
+    assert found.threshold == openset.threshold_for(values, 0.9, 1 / C) and found.images == len(y)
+    mcm = openset.calibrated(openset.Held(cos, z, y), openset.Held(cos[:0], z[:0], y[:0]), 0.9)  # roles swapped
+    assert mcm.score == "mcm" and mcm.threshold == openset.threshold_for(openset.mcm(z), 0.9, 1 / C)
+    assert openset.calibrated(None, openset.Held(z[:0], cos[:0], y[:0])) is None
+
+
+def test_an_evaluation_fold_decides_on_the_model_score() -> None:
+    z, cos = RNG.normal(0, 2, (60, 3)), RNG.normal(0, 1, (60, 3))
+    labels = RNG.integers(0, 5, 60)  # classes 3 and 4 not kept: unknown
+    kept, known = [0, 1, 2], labels < 3
+    for score, values in (("mcm", openset.mcm(cos)), ("max_probability", openset.probabilities(z, 0.5).max(1))):
+        theta = float(np.median(values[known]))
+        fold = evaluation.open_set_fold(z, cos, kept, labels, 0.5, theta, score)
+        assert fold["score"] == score and fold["known_accepted"] == pytest.approx((values[known] >= theta).mean())
+        assert fold["chosen_auroc"] == pytest.approx(openset.auroc(values[known], values[~known]))
+        right = known & (values >= theta) & (z.argmax(1) == labels)
+        assert fold["known_accuracy_at_operating_point"] == pytest.approx(right.sum() / known.sum())
 
 
 def test_decide() -> None:
@@ -234,5 +300,7 @@ def test_semobridge_eval_on_the_artifact_matches_the_library(enrol_export, enrol
         assert runtime[key] == pytest.approx(library[key], abs=1e-9)
     for key in ("auroc", "mcm_auroc", "known_accuracy_at_operating_point"):
         assert runtime["open_set"][key] == pytest.approx(library["open_set"][key], abs=1e-6), key
+    for fold in runtime["open_set"]["folds"]:  # each fold's own (recalibrated) score, beside MCM
+        assert fold["chosen_auroc"] == fold["auroc" if fold["score"] == "max_probability" else "mcm_auroc"]
     assert eval_main([str(enrol_export), str(enrol_pool)]) == 2  # folders of classes the model lacks
     assert "not one of the model's classes" in capsys.readouterr().err
