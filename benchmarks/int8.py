@@ -2,9 +2,8 @@
 artifact (`model_int8.onnx`, the CPU default), ONNX Runtime fp32 and OpenVINO bf16.
 
 Every variant runs the same fused graph (uint8 pixels -> scores), timed call by call in the same interleaved rounds
-(p50 per batch) beside the CPU floors of benchmarks.latency (limits.CpuFloor: one matrix product of the encoder's
-largest shape in each library and precision; its rate turns the encoder's FLOPs into the least time that precision
-allows). On the fit images, each variant's label agreement with fp32, its smallest embedding cosine, and how far the
+(p50 per batch) beside the CPU floors of benchmarks.latency (floors.CpuFloors: the encoder's own matrix products at
+the batch, weights constant, in each library and precision: the least time that precision allows). On the fit images, each variant's label agreement with fp32, its smallest embedding cosine, and how far the
 pixels its encoder sees are from PIL's (open_clip's resize and crop; grey levels, <= 1 is the rule).
 
   onnxruntime fp32          model.onnx
@@ -47,9 +46,9 @@ from PIL import Image
 
 from benchmarks.common import add_out_options, machine, markdown_table, parse_ints, results_folder, write_report
 from benchmarks.jpeg import crop
-from benchmarks.latency.limits import CpuFloor
+from benchmarks.latency.floors import CpuFloors, encoder_products
 from benchmarks.latency.measure import random_images
-from benchmarks.latency.models import build_models, encoder_flops
+from benchmarks.latency.models import build_models
 from benchmarks.latency.runners import OrtRunner
 from benchmarks.latency.timing import CLOCKS, Timer, sample, use_clock, wall_clock
 from semobridge.logs import quiet_root_logger
@@ -143,7 +142,7 @@ def with_pixels_output(src: Path, dst: Path) -> Path:
 
 @dataclass
 class Variant:
-    """One way to run the model: its name, the floor that applies (CpuFloor library and precision), a timer factory,
+    """One way to run the model: its name, the floor that applies (CpuFloors library and precision), a timer factory,
     and a probe (images -> label, embedding, encoder pixels) for the quality columns."""
 
     name: str
@@ -242,16 +241,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 backend = nncf_backend(fp32, fit)
                 variants.append(openvino_variant("openvino int8 nncf", backend, ("openvino", "int8"), time.perf_counter() - start))
         checks = {v.name: quality(v, variants[0], fit, mean, std, meta.image_size) for v in variants}
-        floor = CpuFloor(models.modules["fused"].encoder, stage)
+        fused_model = models.modules["fused"]
+        products = CpuFloors(encoder_products(fused_model.encoder, fused_model.image_size), stage)
         floor_names = sorted({v.floor for v in variants})
-        flops = encoder_flops(models.modules["fused"])
         rows = []
         for batch in args.batches:
             images = random_images(batch, (args.size, args.size))
-            timers = [v.timer(images) for v in variants] + [floor.timer(*f) for f in floor_names]
-            sampled = sample(timers, warmup, iters, budget)
-            times = [statistics.median(t) for t in sampled]
-            floors = {f: flops * batch / (floor.flop / t) for f, t in zip(floor_names, times[len(variants):])}
+            cases = [products.case(*f, batch) for f in floor_names]
+            sampled = sample([v.timer(images) for v in variants] + [t for c in cases for t in c.timers], warmup, iters, budget)
+            times = [statistics.median(t) for t in sampled[:len(variants)]]
+            floors, left = {}, sampled[len(variants):]
+            for f, case in zip(floor_names, cases):
+                floors[f], left = case.ms(left[:len(case.timers)]), left[len(case.timers):]
             dynamic = times[1]
             for v, t in zip(variants, times):
                 rows.append({"variant": v.name, "batch": batch, "p50_ms": t, "x_dynamic_int8": t / dynamic,
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model, "pretrained": "none", "classes": args.classes,
         "input": f"{args.size}x{args.size}", "fit_images": len(fit), "machine": machine(), "cpu_flags": cpu_flags(),
         "clock": args.clock, "settings": {"warmup": warmup, "iters": iters, "budget_s": budget},
-        "encoder_gflop_per_image": flops / 1e9, "cpu_matmul_shape": floor.shape,
+        "cpu_floor": products.summary(),
         "build_s": {v.name: v.build_s for v in variants if v.build_s}, "quality": checks, "skipped": skipped, "rows": rows,
     }
     text = report(result)
@@ -286,9 +287,9 @@ def report(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`", "",
         f"Machine: CPU {m['cpu']} x {m['cpu_count']}; flags {' '.join(result['cpu_flags']) or 'none found'} "
         f"(onnxruntime {m['onnxruntime']}, openvino {m['openvino']}). Times: p50 of {clock}, every variant and floor timed "
-        f"call by call in the same rounds; floor = the encoder's {result['encoder_gflop_per_image']:.2f} GFLOP per image "
-        f"at the rate of one {'x'.join(map(str, result['cpu_matmul_shape']))} matrix product in that library and precision "
-        "(benchmarks/latency/limits.py). Provisional on a shared machine: compare ratios within this run only.", "",
+        f"call by call in the same rounds; floor = the encoder's own matrix products ({result['cpu_floor']['gflop_per_image']:.2f} "
+        "GFLOP per image, attention core left out) at the batch in that library and precision, weights constant "
+        "(benchmarks/latency/floors.py). Provisional on a shared machine: compare ratios within this run only.", "",
         markdown_table(["variant", "batch", "p50 ms", "x dynamic int8", "floor ms", "x floor"], times), "",
         f"On {result['fit_images']} fit images (one per run): label agreement and smallest embedding cosine with ONNX Runtime "
         "fp32; the largest distance of the pixels the encoder sees from PIL's resize and crop, and from the fp32 graph's "

@@ -14,7 +14,8 @@ from benchmarks import accuracy, classes, fit_time, latency, open_set, protocols
 from tests.helpers import write_image_folder
 
 ROW_FIELDS = {"backend", "precision", "device", "model", "input", "batch", "iters", "p50_ms", "p90_ms", "p99_ms",
-              "images_per_s", "device_p50_ms", "device_p90_ms", "device_p99_ms", "device_images_per_s", "peak_fraction", "fused_over_bare", "cpu_matmul_gflop_per_s", "status"}
+              "images_per_s", "device_p50_ms", "device_p90_ms", "device_p99_ms", "device_images_per_s", "peak_fraction", "fused_over_bare", "floor_ms", "over_floor", "over_bf16_floor",
+              "over_int8_floor", "status"}
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +41,16 @@ def test_latency_writes_table_json_csv_and_plot(quick_latency) -> None:
     assert ran == {(b, "fp32", m, n) for b in ("torch-eager", "onnxruntime-cpu") for m in ("fused", "bare") for n in (1, 2)}
     fused = [r for r in saved["rows"] if r["model"] == "fused"]
     assert all(r["fused_over_bare"] > 0 for r in fused)
-    assert saved["cpu_matmul_shape"] == [latency.MATMUL_ROWS, 64, 256]  # semobridge-tiny's MLP: width 64 -> 256
-    for r in fused:  # on the CPU, % of peak = the encoder's FLOP rate over the reference MatMul's, timed with the case
-        assert r["cpu_matmul_gflop_per_s"] > 0
-        assert r["peak_fraction"] == pytest.approx(saved["encoder_gflop_per_image"] * r["images_per_s"] / r["cpu_matmul_gflop_per_s"])
-    assert "CPU reference: one 256x64x256 matrix product" in printed and "PyTorch fp32" in printed
+    floor = saved["cpu_floor"]
+    assert {(p["rows"], p["k"], p["n"]) for p in floor["products"]} >= {(50, 64, 256), (50, 256, 64)}  # tiny's MLP at 50 tokens
+    machine = floor["machine_floors_ms"]
+    assert set(machine) == {"1", "2"} and all(ms > 0 for ms in machine["1"].values())
+    for r in fused:  # on the CPU, % of peak = the encoder's FLOP rate over its products' rate in the case's floor
+        assert r["floor_ms"] > 0 and r["over_floor"] == pytest.approx(r["p50_ms"] / r["floor_ms"])
+        rate = floor["gflop_per_image"] * r["batch"] / r["floor_ms"]
+        assert r["peak_fraction"] == pytest.approx(saved["encoder_gflop_per_image"] * r["images_per_s"] / rate / 1e3)
+        assert r["over_bf16_floor"] == pytest.approx(r["p50_ms"] / min(ms for k, ms in machine[str(r["batch"])].items() if k.endswith("bf16")))
+    assert "CPU floors: the encoder's own weight products" in printed and "Machine floors at batch 1" in printed
     for header in ("| backend | precision | device | input | batch | p50 ms | p90 ms | p99 ms | images/s", "fused/bare",
                    "## Skipped backends", "## Targets"):
         assert header in printed
@@ -63,12 +69,12 @@ def test_latency_lists_skipped_backends_with_reasons(quick_latency) -> None:
 
 
 def test_cpu_targets_name_the_machine_floor() -> None:
-    rows = [latency.Row("onnxruntime-cpu", p, "cpu", "fused", "224x224", 1, p50_ms=ms, cpu_matmul_gflop_per_s=rate)
-            for p, ms, rate in (("int8", 120.0, 350.0), ("fp32", 130.0, 390.0))]
-    found = {t["target"]: t for t in latency.targets(rows, "ViT-B-16", None, 2, 35e9)}
+    rows = [latency.Row("onnxruntime-cpu", p, "cpu", "fused", "224x224", 1, p50_ms=ms, floor_ms=floor)
+            for p, ms, floor in (("int8", 120.0, 100.0), ("fp32", 130.0, 89.7))]
+    found = {t["target"]: t for t in latency.targets(rows, "ViT-B-16", None, 2)}
     int8 = found["CPU (2 cores) ViT-B/16 fused int8, batch 1, 224x224: p50 <= 50 ms"]
     fp32 = found["CPU (2 cores) ViT-B/16 fused fp32, batch 1, 224x224: p50 <= 140 ms"]
-    assert int8["met"] is False and "floor of 100 ms" in int8["note"]  # 35 GFLOP at 350 GOP/s
+    assert int8["met"] is False and "floor of 100 ms" in int8["note"]
     assert fp32["met"] is True and fp32["note"] == ""  # 90 ms floor, under the 140 ms target: no note
     # the same rows against their own floors: int8 120 ms over 100 ms, fp32 130 ms over 89.7 ms
     int8 = found["CPU ViT-B/16 fused int8, batch 1, 224x224: p50 <= 1.3 x its floor"]
@@ -77,8 +83,67 @@ def test_cpu_targets_name_the_machine_floor() -> None:
     assert fp32["met"] is False and fp32["measured"].startswith("1.45 x")
 
 
+def test_issue_21_targets_per_case_against_the_machine_floors() -> None:
+    rows = [latency.Row("onnxruntime-cpu", "int8", "cpu", "fused", size, n, p50_ms=10.0 * n, over_bf16_floor=ratio,
+                        over_int8_floor=2 * ratio) for size, n, ratio in (("224x224", 1, 1.4), ("480x640", 8, 1.6))]
+    found = {t["target"]: t for t in latency.targets(rows, "ViT-B-16", None, 2, "AMD EPYC (x86_64: avx512_bf16)")}
+    bf16 = [t for name, t in found.items() if "1.5 x the machine's bf16 floor" in name]
+    assert [t["met"] for t in bf16] == [True, None, None, False]  # 224x224 x1, 224x224 x8, 480x640 x1, 480x640 x8
+    assert bf16[0]["measured"] == "1.40 x (10.0 ms over 7.1 ms)" and bf16[1]["note"] == "not measured"
+    assert bf16[0]["note"] == "set for a CPU with AMX; this CPU has none"
+    amx = latency.targets(rows, "ViT-B-16", None, 2, "Intel Xeon (x86_64: amx_bf16 amx_int8)")
+    assert all(t["note"] == "" for t in amx if "stretch" in t["target"] and t["met"] is not None)
+
+
+def test_cpu_floor_is_the_sum_of_the_encoders_products(tiny_backbone, tiny_head, tmp_path, monkeypatch) -> None:
+    from benchmarks.latency.floors import machine_floor
+    from benchmarks.latency.measure import Settings, add_ratios, measure
+    from benchmarks.latency.models import encoder_flops
+    from semobridge_export.fused import FusedClassifier
+
+    model, visual = FusedClassifier(tiny_head, tiny_backbone), tiny_backbone.model.visual
+    tokens, patch = visual.positional_embedding.shape[0], visual.patch_size[0]
+    assert tokens == (model.image_size // patch) ** 2 + 1  # the class token and the patches, read from the model
+    width, layers = visual.transformer.width, visual.transformer.layers
+    mlp = visual.transformer.resblocks[0].mlp.c_fc.out_features
+    products = latency.encoder_products(model.encoder, model.image_size)
+    expected = {
+        (tokens - 1, 3 * patch * patch, width): 1,  # the patch embedding as its im2col product
+        (tokens, width, 3 * width): layers,  # query, key and value: one product of the same input
+        (tokens, width, width): layers, (tokens, width, mlp): layers, (tokens, mlp, width): layers,
+        (1, width, visual.proj.shape[1]): 1}  # the projection of the class token
+    assert {(p.rows, p.k, p.n): p.count for p in products} == expected
+    attention_core = layers * 4 * tokens * tokens * width  # QK^T and AV, left out
+    assert sum(p.flop() for p in products) + attention_core == encoder_flops(model)
+
+    rates = {"torch": 40.0, "onnxruntime": 50.0, "openvino": 80.0}  # GFLOP/s: a fake library's fixed rate per call
+    monkeypatch.setattr(latency.CpuFloors, "timer", lambda self, library, precision, p, batch:
+                        lambda: 2.0 * batch * p.rows * p.k * p.n / rates[library] / 1e6)
+    floors = latency.CpuFloors(products, tmp_path)
+
+    class Fixed:  # a model that takes 9 ms
+        def host(self, images):
+            return lambda: 9.0
+
+        def device(self, images):
+            return None
+
+    batch = 8
+    row = latency.Row("onnxruntime-cpu", "int8", "cpu", "fused", "224x224", batch)
+    measure([row], [Fixed()], latency.random_images(batch, (8, 8)), Settings(0, 3, 1.0), floors.case("onnxruntime", "int8", batch))
+    flops = sum(count * 2.0 * batch * rows * k * n for (rows, k, n), count in expected.items())
+    assert row.floor_ms == pytest.approx(flops / 50.0 / 1e6)
+    machine = floors.machine((1, batch), 0, 3, 1.0)
+    assert machine[batch]["torch bf16"] == pytest.approx(flops / 40.0 / 1e6)
+    fastest = "openvino" if "openvino bf16" in machine[batch] else "torch"
+    assert machine_floor(machine[batch], "bf16") == pytest.approx((flops / rates[fastest] / 1e6, fastest))
+    add_ratios([row], encoder_flops(model), None, floors.gflop_per_image * 1e9, machine)
+    assert row.over_bf16_floor == pytest.approx(9.0 / (flops / rates[fastest] / 1e6))
+    assert row.over_floor == pytest.approx(9.0 / row.floor_ms)
+
+
 def test_every_target_comes_from_the_table() -> None:
-    names = [t["target"] for t in latency.targets([], "ViT-B-16", None, 2, 35e9)]
+    names = [t["target"] for t in latency.targets([], "ViT-B-16", None, 2)]
     assert names == [t.name for t in latency.TARGETS if t.kind != "overhead"]  # no overhead rows without rows
 
 

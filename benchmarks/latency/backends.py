@@ -41,7 +41,7 @@ def _tensorrt() -> str | None:
     return _no_cuda()
 
 
-def _openvino(precision: str) -> Callable[[], str | None]:
+def openvino_missing(precision: str) -> Callable[[], str | None]:
     """Absent without openvino; bf16 also on CPUs that do not compute bf16 (OpenVINO would run f32 there)."""
     def missing() -> str | None:
         if importlib.util.find_spec("openvino") is None:
@@ -101,8 +101,8 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("torch-export", "torch", "fp32", "cpu", lambda: None, lambda m, k: TorchRunner(load_program(m.artifact(k, "pt2"))[0], "cpu")),
     Backend("onnxruntime-cpu", "onnxruntime", "fp32", "cpu", lambda: None, _ort("onnx", "cpu")),
     Backend("onnxruntime-cpu", "onnxruntime", "int8", "cpu", lambda: None, _ort("onnx-int8", "cpu")),
-    Backend("openvino-cpu", "openvino", "fp32", "cpu", _openvino("fp32"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "f32")),
-    Backend("openvino-cpu", "openvino", "bf16", "cpu", _openvino("bf16"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "bf16")),
+    Backend("openvino-cpu", "openvino", "fp32", "cpu", openvino_missing("fp32"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "f32")),
+    Backend("openvino-cpu", "openvino", "bf16", "cpu", openvino_missing("bf16"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "bf16")),
     Backend("torch-eager", "torch", "fp32", "cuda", _no_cuda, lambda m, k: TorchRunner(copy.deepcopy(m.modules[k]).cuda(), "cuda")),
     Backend("torch-eager", "torch", "fp16", "cuda", _no_cuda, lambda m, k: TorchRunner(with_half_encoder(m.modules[k]).cuda(), "cuda")),
     Backend("torch-cuda-graph", "torch", "fp16", "cuda", _no_cuda, lambda m, k: CudaGraphRunner(with_half_encoder(m.modules[k]).cuda())),

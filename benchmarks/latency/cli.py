@@ -15,7 +15,8 @@ from benchmarks.common import add_out_options, machine, parse_ints, results_fold
 
 from . import __doc__ as DOC
 from .backends import select_backends
-from .limits import CpuFloor, peak_tflops
+from .floors import CpuFloors, encoder_products
+from .limits import peak_tflops
 from .measure import Row, Settings, add_ratios, parse_sizes, run_backend, short_error
 from .models import KINDS, build_models, encoder_flops
 from .report import plot, report
@@ -66,8 +67,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = Settings(args.warmup, args.iters, args.budget)
     with tempfile.TemporaryDirectory(prefix="semobridge-latency-") as tmp:
         models = build_models(args.model, args.pretrained, args.classes, args.seed, Path(tmp), [hw for _, hw in sizes], all_batches)
-        floor = CpuFloor(models.modules["bare"].encoder, Path(tmp))
-        flops = encoder_flops(models.modules["bare"])
+        bare = models.modules["bare"]
+        cpu = any(b.device == "cpu" for b in backends)
+        floors = CpuFloors(encoder_products(bare.encoder, bare.image_size), Path(tmp)) if cpu else None
+        flops = encoder_flops(bare)
         info = machine()
         peak = peak_tflops(info["gpu"])
         rows: list[Row] = []
@@ -75,24 +78,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tqdm(total=total, desc="latency", file=sys.stderr) as bar:
             for backend in backends:
                 try:
-                    rows += run_backend(backend, models, floor, sizes, batches_of[backend.id], settings, bar)
+                    rows += run_backend(backend, models, floors, sizes, batches_of[backend.id], settings, bar)
                 except Exception as exc:  # could not load or export for this backend: say so, go on
                     skipped.append({"backend": backend.name, "precision": backend.precision, "device": backend.device,
                                     "reason": f"failed to load: {short_error(exc)}"})
-        floors = floor.rates(args.warmup, args.iters, args.budget) if any(b.device == "cpu" for b in backends) else {}
-    add_ratios(rows, flops, peak)
+        cpu_batches = tuple(sorted({n for b in backends if b.device == "cpu" for n in batches_of[b.id]}))
+        machine_floors = floors.machine(cpu_batches, args.warmup, args.iters, args.budget) if floors else {}
+    add_ratios(rows, flops, peak, floors.gflop_per_image * 1e9 if floors else None, machine_floors)
     result = {
         "benchmark": "latency", "command": " ".join(["python -m benchmarks.latency", *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, "pretrained": args.pretrained,
         "classes": args.classes, "image_size": models.modules["fused"].image_size, "machine": info,
         "encoder_gflop_per_image": flops / 1e9, "peak_tflops": peak,
-        "cpu_matmul_shape": floor.shape if any(r.cpu_matmul_gflop_per_s for r in rows) else None,
-        "cpu_floors_gflop_per_s": floors,
+        "cpu_floor": {**floors.summary(), "machine_floors_ms": machine_floors} if floors else None,
         "settings": {"warmup": args.warmup, "iters": args.iters, "budget_s": args.budget, "sizes": args.sizes, "batches": batches_of,
                      "clock": args.clock},
         "skipped": skipped, "rows": [asdict(r) for r in rows],
     }
-    result["targets"] = targets(rows, args.model, info["gpu"], info["cpu_count"], flops)
+    result["targets"] = targets(rows, args.model, info["gpu"], info["cpu_count"], info["cpu"])
     text = report(result, rows)
     print(text)
     out.mkdir(parents=True, exist_ok=True)

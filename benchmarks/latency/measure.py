@@ -1,7 +1,6 @@
 """Cases and rows: every (input size, batch) of a backend, the fused model and the bare encoder timed in turn."""
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +8,7 @@ import numpy as np
 from semobridge.validate import parse_hw
 
 from .backends import Backend
-from .limits import CpuFloor
+from .floors import CaseFloor, CpuFloors, machine_floor
 from .models import KINDS, ExportCache
 from .runners import Runner
 from .timing import Timer, sample
@@ -36,7 +35,10 @@ class Row:
     device_images_per_s: float | None = None
     peak_fraction: float | None = None
     fused_over_bare: float | None = None
-    cpu_matmul_gflop_per_s: float | None = None  # the CPU reference MatMul's rate, timed interleaved with this case
+    floor_ms: float | None = None  # CPU: the encoder's products at this batch, its library and precision, same rounds
+    over_floor: float | None = None  # p50 / floor_ms
+    over_bf16_floor: float | None = None  # p50 / the machine's bf16 floor at this batch (the fastest library's)
+    over_int8_floor: float | None = None  # p50 / the machine's int8 floor at this batch
     status: str = "ok"
 
     def case(self) -> tuple:
@@ -77,17 +79,17 @@ def percentiles(times: list[float]) -> tuple[float, float, float]:
 
 
 def measure(rows: list[Row], runners: list[Runner], images: np.ndarray, settings: Settings,
-            reference: tuple[Timer, float] | None = None) -> list[Row]:
+            floor: CaseFloor | None = None) -> list[Row]:
     """Fill `rows` (one per runner, calls interleaved) with host and device percentiles; a failure is recorded, not raised.
-    `reference` (a timer and its FLOPs) is timed in the same rounds; its rate goes to every row."""
+    `floor` (the case's products) is timed in the same rounds; its time goes to every row."""
     try:
-        timers = [r.host(images) for r in runners] + ([reference[0]] if reference else [])
+        timers: list[Timer] = [r.host(images) for r in runners] + (floor.timers if floor else [])
         host = sample(timers, settings.warmup, settings.iters, settings.budget_s)
-        if reference:
-            rate = reference[1] / statistics.median(host.pop()) * 1e3
+        if floor:
+            floor_ms = floor.ms(host[len(runners):])
             for row in rows:
-                row.cpu_matmul_gflop_per_s = rate / 1e9
-        for row, times in zip(rows, host):
+                row.floor_ms = floor_ms
+        for row, times in zip(rows, host[:len(runners)]):
             row.iters = len(times)
             row.p50_ms, row.p90_ms, row.p99_ms = percentiles(times)
             row.images_per_s = row.batch * 1e3 / row.p50_ms
@@ -102,24 +104,26 @@ def measure(rows: list[Row], runners: list[Runner], images: np.ndarray, settings
     return rows
 
 
-def run_backend(backend: Backend, models: ExportCache, floor: CpuFloor, sizes, batches: tuple[int, ...], settings: Settings,
-                bar) -> list[Row]:
+def run_backend(backend: Backend, models: ExportCache, floors: CpuFloors | None, sizes, batches: tuple[int, ...],
+                settings: Settings, bar) -> list[Row]:
     """Every case of one backend, the fused model and the bare encoder timed in turn (and on the CPU the floor)."""
     runners = [backend.load(models, kind) for kind in KINDS]
-    reference = (floor.timer(backend.library, backend.precision), floor.flop) if backend.device == "cpu" else None
     rows = []
     for label, hw in sizes:
         for batch in batches:
             bar.set_postfix_str(f"{backend.id} {label} x{batch}")
             case = [Row(backend.name, backend.precision, backend.device, kind, label, batch) for kind in KINDS]
-            rows += measure(case, runners, random_images(batch, hw), settings, reference)
+            floor = floors.case(backend.library, backend.precision, batch) if floors and backend.device == "cpu" else None
+            rows += measure(case, runners, random_images(batch, hw), settings, floor)
             bar.update(len(KINDS))
     return rows
 
 
-def add_ratios(rows: list[Row], flops: float, peak: float | None) -> None:
-    """Fused/bare ratio on fused rows (device time where measured), and the fraction of the peak: the GPU's
-    datasheet fp16 peak, or on the CPU the reference MatMul's rate timed with the case."""
+def add_ratios(rows: list[Row], flops: float, peak: float | None, product_flops: float | None = None,
+               machine: dict[int, dict[str, float]] | None = None) -> None:
+    """Fused/bare ratio on fused rows (device time where measured); the fraction of the peak: the GPU's datasheet fp16
+    peak, or on the CPU the rate of the encoder's products (`product_flops` per image) in the case's floor; on the CPU
+    p50 over the case's floor and over the machine's bf16 and int8 floors at its batch (`machine`: batch -> floors)."""
     bare = {r.case(): r for r in rows if r.model == "bare" and r.status == "ok"}
     for r in rows:
         if r.status != "ok":
@@ -127,8 +131,14 @@ def add_ratios(rows: list[Row], flops: float, peak: float | None) -> None:
         throughput = r.device_images_per_s or r.images_per_s
         if r.device == "cuda" and peak:
             r.peak_fraction = flops * throughput / (peak * 1e12)
-        elif r.cpu_matmul_gflop_per_s:
-            r.peak_fraction = flops * throughput / (r.cpu_matmul_gflop_per_s * 1e9)
+        elif r.floor_ms and product_flops:
+            r.peak_fraction = flops * throughput / (product_flops * r.batch / r.floor_ms * 1e3)
+        if r.floor_ms:
+            r.over_floor = r.p50_ms / r.floor_ms
+        for precision in ("bf16", "int8"):
+            floor = machine_floor((machine or {}).get(r.batch, {}), precision) if r.device == "cpu" else None
+            if floor:
+                setattr(r, f"over_{precision}_floor", r.p50_ms / floor[0])
         other = bare.get(r.case())
         if r.model == "fused" and other is not None and other.best_p50:
             r.fused_over_bare = r.best_p50 / other.best_p50

@@ -1,41 +1,47 @@
 """The markdown report (the fused rows with their bare ratio, failures, skipped backends, targets) and the plot."""
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import fmt, markdown_table, save_figure
 
-from .backends import LIBRARY
+from .floors import machine_floor
 from .measure import Row
 from .targets import find, status_text
 
 LIBRARY_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 
 TABLE_HEADERS = ["backend", "precision", "device", "input", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                 "device p50 ms", "device images/s", "% of peak", "bare p50 ms", "fused/bare"]
+                 "device p50 ms", "device images/s", "% of peak", "bare p50 ms", "fused/bare", "floor ms", "x floor",
+                 "x bf16 floor", "x int8 floor"]
 
 
-def cpu_rate_lines(result: dict[str, Any], rows: list[Row]) -> list[str]:
-    """The CPU reference MatMul's median rate per precision and the encoder floor it implies (none if no CPU row)."""
-    shape = result.get("cpu_matmul_shape")
-    rates: dict[str, list[float]] = {}
-    for r in rows:
-        if r.cpu_matmul_gflop_per_s and r.model == "fused":
-            library = LIBRARY_NAMES[LIBRARY[r.backend]]
-            rates.setdefault(f"{library} {r.precision}", []).append(r.cpu_matmul_gflop_per_s)
-    if not shape or not rates:
+def cpu_floor_lines(result: dict[str, Any]) -> list[str]:
+    """What the CPU floors are, and the machine's floors per batch (none if no CPU backend ran)."""
+    floor = result.get("cpu_floor")
+    if not floor:
         return []
-    flops = result["encoder_gflop_per_image"]
-    parts = [f"{p} {fmt(statistics.median(v))} {'GOP/s' if p.endswith('int8') else 'GFLOP/s'} (encoder floor "
-             f"{fmt(1e3 * flops / statistics.median(v))} ms per image)" for p, v in sorted(rates.items())]
-    lines = [f"CPU reference: one {'x'.join(map(str, shape))} matrix product in the backend's library and precision, timed in "
-             f"the same rounds as each CPU case (medians over cases): {'; '.join(parts)}. On the CPU, % of peak is against this rate."]
-    floors = result.get("cpu_floors_gflop_per_s") or {}
-    if floors:
-        every = "; ".join(f"{name} {fmt(rate)} ({fmt(1e3 * flops / rate)} ms)" for name, rate in floors.items())
-        lines.append(f"CPU floors, every library and precision timed in the same rounds (G(FL)OP/s, encoder floor per image): {every}.")
+    products = ", ".join(f"{p['rows']}x{p['k']}x{p['n']}" + (f" x{p['count']}" if p["count"] > 1 else "") for p in floor["products"])
+    rest = result["encoder_gflop_per_image"] - floor["gflop_per_image"]
+    lines = [
+        f"CPU floors: the encoder's own weight products at the case's batch (per image, rows x k x n x count: {products}; "
+        f"{fmt(floor['gflop_per_image'])} GFLOP of the encoder's {fmt(result['encoder_gflop_per_image'])}; left out: the "
+        f"attention core's QK^T and AV, {fmt(rest)} GFLOP, and the elementwise work), each timed as one call with constant, "
+        "pre-packed weights: PyTorch through oneDNN's packed linear (weights reordered once), ONNX Runtime's MatMul "
+        "(int8: quantised as the export is), OpenVINO compiled with constant weights (int8: u8 x s8). A case's floor "
+        "(`floor ms`) = the sum over the products of count x one call's median time, in its library and precision, timed "
+        "in the same rounds as the case; `x floor` = p50 over it. On the CPU, % of peak is the encoder's FLOP rate over "
+        "the products' rate in that floor.",
+    ]
+    machine = floor.get("machine_floors_ms") or {}
+    for batch, floors in machine.items():
+        best = [f"{p} {fmt(found[0] / int(batch))} ms ({LIBRARY_NAMES[found[1]]})" for p in ("fp32", "bf16", "int8")
+                if (found := machine_floor(floors, p))]
+        every = "; ".join(f"{name} {fmt(ms / int(batch))}" for name, ms in floors.items())
+        lines.append(f"Machine floors at batch {batch}, per image (the fastest library of each precision; one set of rounds "
+                     f"after the cases): {', '.join(best)}. Every library: {every} ms. `x bf16 floor` and `x int8 floor` "
+                     "compare each case with these.")
     return lines
 
 
@@ -45,19 +51,21 @@ def report(result: dict[str, Any], rows: list[Row]) -> str:
     table = [
         [r.backend, r.precision, r.device, r.input, r.batch, r.p50_ms, r.p90_ms, r.p99_ms, r.images_per_s,
          r.device_p50_ms, r.device_images_per_s, f"{100 * r.peak_fraction:.1f}" if r.peak_fraction is not None else "n/a",
-         bare[r.case()].best_p50 if r.case() in bare else None, r.fused_over_bare]
+         bare[r.case()].best_p50 if r.case() in bare else None, r.fused_over_bare, r.floor_ms, r.over_floor,
+         r.over_bf16_floor, r.over_int8_floor]
         for r in rows if r.model == "fused" and r.status == "ok"
     ]
     m = result["machine"]
     lines = [
         f"# Latency: {result['model']} (pretrained={result['pretrained']}), {result['classes']} classes",
         "",
+        f"Command: `{result['command']}` ({result['date']}).",
         f"Machine: {m['gpu'] or 'no GPU'}; CPU {m['cpu']} x {m['cpu_count']} (torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
         f"Encoder: {result['encoder_gflop_per_image']:.2f} GFLOP per image at {result['image_size']}"
         + (f"; GPU peak {fmt(result['peak_tflops'])} TFLOPS dense fp16." if result["peak_tflops"] else "."),
-        *cpu_rate_lines(result, rows),
+        *cpu_floor_lines(result),
         "Times: host uint8 images in (input = HEIGHTxWIDTH), host outputs back (preprocessing included)"
-        + ("" if result["settings"].get("clock", "wall") == "wall" else ", as this process's CPU time (--clock cpu), not latency")
+        + ("" if result["settings"].get("clock", "wall") == "wall" else ", as this process's CPU time (--clock cpu), not latency; the floors' products on one thread")
         + "; device = CUDA events on device-resident input. "
         "fused/bare = fused model over the bare encoder, same backend and run, calls interleaved (device time where measured).",
         "",

@@ -81,12 +81,13 @@ class OrtRunner:
 
     CPU sessions run with intra-op spinning off unless `spinning`: the benchmark interleaves sessions call by
     call, and a session's spinning threads slow the next session's call down (benchmarks/spinning.py measures it).
+    `threads`: intra-op threads (None: one per core).
     """
 
-    def __init__(self, path: Path, providers: list, cuda: bool, spinning: bool = False):
+    def __init__(self, path: Path, providers: list, cuda: bool, spinning: bool = False, threads: int | None = None):
         from semobridge_runtime.backends.session import SessionSettings, open_session
 
-        self.session = open_session(path, SessionSettings(tuple(providers), allow_spinning=spinning or cuda))
+        self.session = open_session(path, SessionSettings(tuple(providers), threads, allow_spinning=spinning or cuda))
         self.input = self.session.get_inputs()[0].name
         self.cuda = cuda
 

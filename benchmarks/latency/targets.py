@@ -10,19 +10,24 @@ from .measure import Row
 
 TARGET_MODEL = "ViT-B-16"
 B1 = {"model": "fused", "input": "224x224", "batch": 1}
+ISSUE_21_CASES = (("224x224", 1), ("224x224", 8), ("480x640", 1), ("480x640", 8))
+DEFAULT_CPU = {"backend": "onnxruntime-cpu", "precision": "int8", "model": "fused"}  # Classifier.load's CPU path here
 
 
 @dataclass(frozen=True)
 class Target:
     """`kind` says what is compared with `limit`: "p50" (ms, at most), "floor" (p50 over the floor measured with it,
-    at most), "device p50" (ms, the best backend, at most), "throughput" (images/s, the best backend, at least),
-    "overhead" (median fused/bare per backend, below), "reference" (shown, not a target)."""
+    at most), "bf16 floor" / "int8 floor" (p50 over the machine's floor of that precision at the case's batch, at
+    most, one line per case of `cases`), "device p50" (ms, the best backend, at most), "throughput" (images/s, the
+    best backend, at least), "overhead" (median fused/bare per backend, below), "reference" (shown, not a target)."""
 
     name: str
     kind: str
     limit: float
     rows: dict[str, Any] = field(default_factory=dict)  # the fields the rows it reads have
     gpu: str | None = None  # a target for this GPU only
+    cases: tuple[tuple[str, int], ...] = ()  # (input, batch) of a per-case target
+    amx: bool = False  # set for a CPU with AMX: said so on CPUs without
 
 
 TARGETS: tuple[Target, ...] = (
@@ -34,6 +39,10 @@ TARGETS: tuple[Target, ...] = (
            {"backend": "onnxruntime-cpu", "precision": "int8", **B1}),
     Target("CPU ViT-B/16 fused fp32, batch 1, 224x224: p50 <= 1.05 x its floor", "floor", 1.05,
            {"backend": "onnxruntime-cpu", "precision": "fp32", **B1}),
+    Target("CPU default path (int8 artifact, ONNX Runtime) ViT-B/16 fused: p50 <= 1.5 x the machine's bf16 floor "
+           "(issue 21)", "bf16 floor", 1.5, DEFAULT_CPU, cases=ISSUE_21_CASES, amx=True),
+    Target("CPU default path (int8 artifact, ONNX Runtime) ViT-B/16 fused: p50 <= 1.2 x the machine's int8 floor "
+           "(issue 21, stretch)", "int8 floor", 1.2, DEFAULT_CPU, cases=ISSUE_21_CASES, amx=True),
     Target("H200 ViT-B/16 fused fp16, batch 1, 224x224: device p50 <= 0.5 ms", "device p50", 0.5,
            {"device": "cuda", "precision": "fp16", **B1}, gpu="H200"),
     Target("H200 ViT-B/16 fused fp16, batch 256, 224x224: >= 15,000 images/s", "throughput", 15000.0,
@@ -49,14 +58,27 @@ def find(rows: list[Row], **match: Any) -> list[Row]:
     return [r for r in rows if r.status == "ok" and all(getattr(r, k) == v for k, v in match.items())]
 
 
-def _floor_ms(row: Row, flops: float) -> float | None:
-    """The encoder's FLOPs at the rate of the CPU reference product timed with the row."""
-    return flops / (row.cpu_matmul_gflop_per_s * 1e6) if row.cpu_matmul_gflop_per_s else None
+def _per_case(target: Target, found: list[Row], cpu: str) -> list[tuple[str, str, bool | None, str]]:
+    """One line per case of a target against the machine's floor of a precision."""
+    precision = target.kind.split()[0]
+    note = "set for a CPU with AMX; this CPU has none" if target.amx and "amx" not in cpu.lower() else ""
+    out = []
+    for size, batch in target.cases:
+        name = f"{target.name}, {size} batch {batch}"
+        row = next((r for r in found if (r.input, r.batch) == (size, batch)), None)
+        ratio = getattr(row, f"over_{precision}_floor") if row else None
+        if ratio is None:
+            out.append((name, "n/a", None, "not measured" if row is None else f"no {precision} floor measured"))
+        else:
+            out.append((name, f"{ratio:.2f} x ({row.p50_ms:.1f} ms over {row.p50_ms / ratio:.1f} ms)", ratio <= target.limit, note))
+    return out
 
 
-def _evaluate(target: Target, rows: list[Row], cores: int | None, flops: float) -> list[tuple[str, str, bool | None, str]]:
-    """(name, measured, met, note) for one target; several for "overhead" (one per backend)."""
+def _evaluate(target: Target, rows: list[Row], cores: int | None, cpu: str) -> list[tuple[str, str, bool | None, str]]:
+    """(name, measured, met, note) for one target; several for "overhead" (one per backend) and per-case targets."""
     found = find(rows, **target.rows)
+    if target.kind in ("bf16 floor", "int8 floor") and found:
+        return _per_case(target, found, cpu)
     if target.kind == "reference":
         return [(target.name, f"{found[0].best_p50:.3f} ms" if found else "n/a", None, "reference, not a target")]
     if target.kind == "overhead":
@@ -76,7 +98,7 @@ def _evaluate(target: Target, rows: list[Row], cores: int | None, flops: float) 
         best = max(found, key=lambda r: r.device_images_per_s or r.images_per_s)
         rate = best.device_images_per_s or best.images_per_s
         return [(target.name, f"{rate:,.0f} images/s ({best.backend})", rate >= target.limit, "")]
-    row, floor = found[0], _floor_ms(found[0], flops)
+    row, floor = found[0], found[0].floor_ms
     notes = [] if cores == 2 else [f"measured with {cores} cores"]
     if target.kind == "floor":
         if floor is None:
@@ -84,19 +106,20 @@ def _evaluate(target: Target, rows: list[Row], cores: int | None, flops: float) 
         ratio = row.p50_ms / floor
         return [(target.name, f"{ratio:.2f} x ({row.p50_ms:.1f} ms over a {floor:.1f} ms floor)", ratio <= target.limit, "")]
     if floor is not None and floor > target.limit:
-        notes.append(f"below this machine's floor of {floor:.0f} ms: the encoder's FLOPs at the measured {row.precision} "
-                     "matrix-product rate")
+        notes.append(f"below this machine's floor of {floor:.0f} ms: the encoder's matrix products alone, "
+                     f"{row.precision}, in the same rounds")
     return [(target.name, f"{row.p50_ms:.1f} ms", row.p50_ms <= target.limit, "; ".join(notes))]
 
 
-def targets(rows: list[Row], model: str, gpu: str | None, cores: int | None, flops: float) -> list[dict[str, Any]]:
-    """Every target of TARGETS with what was measured and met / not met / n/a (None)."""
+def targets(rows: list[Row], model: str, gpu: str | None, cores: int | None, cpu: str = "") -> list[dict[str, Any]]:
+    """Every target of TARGETS with what was measured and met / not met / n/a (None); `cpu` names the CPU and its
+    flags (benchmarks.common.cpu_model)."""
     out = []
     for target in TARGETS:
         why_not = "" if model == TARGET_MODEL else f"targets are for {TARGET_MODEL}, this run is {model}"
         if not why_not and target.gpu and (gpu is None or target.gpu not in gpu.upper()):
             why_not = f"targets are for an {target.gpu}, this machine has {gpu or 'no GPU'}"
-        for name, measured, met, note in _evaluate(target, rows, cores, flops):
+        for name, measured, met, note in _evaluate(target, rows, cores, cpu):
             if why_not and target.kind != "reference":
                 met, note = None, why_not
             out.append({"target": name, "measured": measured if not why_not or target.kind == "overhead" else "n/a",

@@ -19,6 +19,11 @@ def use_clock(name: str) -> None:
     _host_clock = CLOCKS[name]
 
 
+def counts_work() -> bool:
+    """Whether host calls are timed by CPU time (--clock cpu)."""
+    return _host_clock is CLOCKS["cpu"]
+
+
 def wall_clock(fn: Callable[[], Any]) -> Timer:
     """Host-to-host time of `fn` (which must return only when its results are on the host), by the clock in use."""
 
