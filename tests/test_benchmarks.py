@@ -180,7 +180,7 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
                 "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
-                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"]}
+                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"], "int8": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -366,3 +366,18 @@ def test_jpeg_measures_the_fast_path_against_a_full_decode(tmp_path: Path) -> No
     assert 0 < result["max_grey_difference"] <= 6 and result["mean_grey_difference"] < 1  # a real, small difference
     assert result["entropy_floor_ms"] > 0 and result["speedup_bound"] == result["full_decode_resize_ms"] / result["entropy_floor_ms"]
     assert (tmp_path / "jpeg.md").is_file() and (tmp_path / "jpeg.json").is_file()
+
+
+def test_int8_compares_static_with_dynamic_and_keeps_the_preprocessing_float(tmp_path: Path) -> None:
+    from benchmarks import int8
+
+    result = int8.main(["--quick", "--batches", "1", "--iters", "1", "--fit-images", "4", "--out", str(tmp_path)])
+    quality = result["quality"]
+    assert {"onnxruntime fp32", "onnxruntime int8 dynamic", "onnxruntime int8 static", "onnxruntime int8 static fused"} <= set(quality)
+    for name in ("onnxruntime int8 static", "onnxruntime int8 static fused"):  # only the encoder is quantised
+        assert quality[name]["max_grey_from_fp32_graph"] == 0.0 and quality[name]["max_grey_from_pil"] <= 1.001  # float rounding
+        assert 0.99 < quality[name]["min_cosine"] < 1.0 and result["build_s"][name] > 0
+    timed = {r["variant"]: r for r in result["rows"] if "p50_ms" in r}
+    assert timed["onnxruntime int8 dynamic"]["x_dynamic_int8"] == 1.0
+    assert all(r["floor_ms"] > 0 for r in result["rows"]) and result["cpu_flags"] == int8.cpu_flags()
+    assert (tmp_path / "int8.md").read_text().count("| onnxruntime int8 static") == 4  # two tables, two static variants
