@@ -205,19 +205,22 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
 @click.option("--dla-core", type=int, default=None,
               help="Run on this DLA core (Jetson AGX Orin: 0 or 1; Orin NX: 0, or 0 or 1), the layers DLA lacks on the GPU; "
                    "fp16 only; UNVERIFIED [default: GPU only].")
+@click.option("--onnx-only", is_flag=True,
+              help="Only write MODEL_tensorrt.onnx beside MODEL, the graph TensorRT builds from (the image's Cast first, "
+                   "the class set as inputs), for the printed trtexec command; needs no TensorRT.")
 @profile_options
 @version_option(__version__)
-def build_engine_main(model, out, fp16, cache_dir, dla_core, batch, sizes, class_counts):
+def build_engine_main(model, out, fp16, cache_dir, dla_core, onnx_only, batch, sizes, class_counts):
     """Build a TensorRT engine from an exported MODEL.onnx on the GPU that will run it (e.g. a Jetson).
 
     UNVERIFIED: written from TensorRT 10's Python API documentation; it has not been run.
-    The equivalent trtexec command is printed first.
+    The equivalent trtexec command is printed first; trtexec builds from MODEL_tensorrt.onnx (--onnx-only), not MODEL.
     """
     from .tensorrt import build_engine
 
     path = build_engine(model, out, parse_profile(batch, sizes, class_counts), fp16=fp16, cache_dir=cache_dir,
-                        dla_core=dla_core, log=click.echo)
-    click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
+                        dla_core=dla_core, log=click.echo, onnx_only=onnx_only)
+    click.echo(f"wrote {path}" if onnx_only else f"wrote {path} and {path.with_suffix('.json').name}")
 
 
 if __name__ == "__main__":

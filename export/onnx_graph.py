@@ -17,7 +17,7 @@ from torch.export import Dim, ExportedProgram
 from semobridge.files import atomic_output
 
 from .fused import HEAD_INPUTS, OUTPUT_NAMES, FusedClassifier
-from .rewrites import fuse_slices
+from .rewrites import fuse_slices, sink_input_casts
 
 OPSET = 18  # LayerNormalization as one op
 PROTOBUF_LIMIT = 2**31 - 2**26  # beyond this (2 GB less a margin) the weights go to external data
@@ -70,6 +70,8 @@ def to_onnx(
 
     Inputs: `image`, then the head inputs if the program takes them; `defaults` (name -> tensor)
     become initializers of those inputs, so a caller who feeds only `image` gets these values.
+    The image's Cast to float comes after the resize's window cuts (rewrites.sink_input_casts; TensorRT builds
+    from the same graph with the Cast first: tensorrt.tensorrt_graph).
     """
     input_names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     with warnings.catch_warnings():
@@ -80,6 +82,7 @@ def to_onnx(
         )
     model = onnx_program.model
     fuse_slices(model)  # the resize's window cuts: one copy each instead of two
+    sink_input_casts(model)  # the cuts move uint8 pixels; only the windows are converted
     _name_input_dims(model, INPUT_DIM_NAMES)
     for value in model.graph.inputs:
         if defaults and value.name in defaults:

@@ -13,7 +13,6 @@ from semobridge.logs import quiet_logger, quiet_root_logger
 
 from .metadata import METADATA_KEY, ModelInfo, metadata_props, with_precision
 from .onnx_graph import ENCODER_SCOPE, module_scope, save_model
-from .rewrites import sink_input_casts
 #: Encoder ops that run in fp16. Everything else stays fp32: LayerNorm (the known source of CLIP's
 #: fp16 drift), softmax, reductions, and all of preprocessing, the head and the outputs.
 FP16_OPS = frozenset({
@@ -142,8 +141,8 @@ def inputs_unfolded(model: ir.Model) -> Iterator[None]:
 
 def to_int8(src: Path, dst: Path, meta: ModelInfo | None = None) -> Path:
     """The CPU int8 artifact: the encoder's attention and GELU as ONNX Runtime operators, its matrix products
-    quantised dynamically (int8 weights, uint8 activations per call), and the input Cast moved below the resize's
-    window cuts. `meta`: its metadata (default: the source's, precision int8)."""
+    quantised dynamically (int8 weights, uint8 activations per call); the preprocessing as in the source (its
+    input Cast below the resize's window cuts, onnx_graph.to_onnx). `meta`: its metadata (default: the source's, precision int8)."""
     graph = ir.load(str(src)).graph
     encoder = {n.name for n in encoder_nodes(graph)}
     exclude = [n.name for n in graph if n.name not in encoder]
@@ -157,7 +156,6 @@ def to_int8(src: Path, dst: Path, meta: ModelInfo | None = None) -> Path:
             for path in (fused, fused.with_name(f"{fused.name}.data")):
                 path.unlink(missing_ok=True)
         model = ir.load(str(tmp))
-        sink_input_casts(model)
         save_model(model, tmp, metadata_props(meta) if meta else _props(model, "int8"))
     return Path(dst)
 

@@ -152,7 +152,7 @@ class Preprocess(nn.Module):
     def pixels(self, image: torch.Tensor) -> torch.Tensor:
         """The resized, cropped image as float grey levels 0..255 [N, 3, S, S] (no normalisation)."""
         S = self.image_size
-        x = image.to(torch.float32)  # cast first: TensorRT takes uint8 only into a Cast
+        x = image.to(torch.float32)  # in ONNX after the window cuts (onnx_graph.to_onnx), first for TensorRT
         h, w = x.shape[1], x.shape[2]
         down, across = self.bands(h, w)
         rows = down.starts()  # the vertical pass reads rows [rows[0], rows[-1] + down.length) of the horizontal one

@@ -57,8 +57,9 @@ DATA_MOVEMENT = frozenset({"Slice", "Transpose", "Reshape", "Squeeze", "Unsqueez
 def sink_input_casts(model: ir.Model) -> int:
     """Move each Cast of a graph input below the data-movement ops that follow it: they then move the input's
     narrow elements (uint8 pixels, not float32), and the Cast converts only what they keep (the resize's
-    windows, not the whole image). For ONNX Runtime only: TensorRT takes uint8 only into a Cast. Returns the
-    number of ops the Casts moved past."""
+    windows, not the whole image). Every exported graph is written so (to_onnx); TensorRT takes a uint8 input
+    only into a Cast, so its graph is this one undone (hoist_input_casts). Returns the number of ops the Casts
+    moved past."""
     graph, moved = model.graph, 0
     work = [n for n in graph if n.op_type == "Cast" and n.inputs[0] in graph.inputs]
     while work:
@@ -84,3 +85,55 @@ def sink_input_casts(model: ir.Model) -> int:
         if not result.uses() and result not in graph.outputs:
             graph.remove(cast, safe=True)
     return moved
+
+
+def _cast_region(source: ir.Value) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]] | None:
+    """The data-movement ops that carry `source`'s elements, the Casts that end them and the Shape ops that read
+    them; None unless those are all its users (nothing else reads the input's own elements)."""
+    moves, casts, shapes, stack = [], [], [], [source]
+    while stack:
+        for use in stack.pop().uses():
+            node = use.node
+            if node.op_type == "Shape":
+                shapes.append(node)
+            elif node.op_type == "Cast" and use.idx == 0:
+                casts.append(node)
+            elif node.op_type in DATA_MOVEMENT and use.idx == 0 and len(node.outputs) == 1:
+                moves.append(node)
+                stack.append(node.outputs[0])
+            else:
+                return None
+    return moves, casts, shapes
+
+
+def hoist_input_casts(model: ir.Model) -> int:
+    """sink_input_casts undone: each graph input that reaches the rest of the graph only through data-movement
+    ops ending in Casts to one type gets a single Cast as its only user, and those ops move the converted
+    elements. The form TensorRT requires (a uint8 network input may only feed a Cast). Returns the number of
+    Casts removed below the input (in place)."""
+    graph, removed = model.graph, 0
+    for source in graph.inputs:
+        region = _cast_region(source)
+        if region is None:
+            continue
+        moves, casts, shapes = region
+        targets = {cast.attributes["to"].as_int() for cast in casts}
+        ends = [cast.outputs[0] for cast in casts] + [node.outputs[0] for node in moves]
+        if len(targets) != 1 or any(value in graph.outputs for value in ends):
+            continue
+        if len(casts) == 1 and casts[0].inputs[0] is source and not moves and not shapes:
+            continue  # already a single Cast first
+        dtype = ir.DataType(targets.pop())
+        first = ir.node("Cast", [source], attributes={"to": dtype}, name=f"{source.name}_to_{dtype.name.lower()}")
+        first.outputs[0].name, first.outputs[0].type, first.outputs[0].shape = first.name, ir.TensorType(dtype), source.shape
+        graph.insert_before(graph[0], first)
+        for node in [*moves, *shapes, *casts]:
+            if node.inputs[0] is source:
+                node.replace_input_with(0, first.outputs[0])
+        for node in moves:
+            node.outputs[0].type = ir.TensorType(dtype)
+        for cast in casts:
+            ir.convenience.replace_all_uses_with(cast.outputs[0], cast.inputs[0])
+            graph.remove(cast, safe=True)
+            removed += 1
+    return removed

@@ -4,6 +4,8 @@ UNVERIFIED: written from the TensorRT 10 Python API documentation; TensorRT coul
 installed where this was developed. The parts that need no TensorRT (profile shapes, cache
 keys, the trtexec command line, the ONNX model without class-set defaults) are tested;
 building is not. The class set is an engine input with its own profile range (--class-counts).
+TensorRT builds from `tensorrt_graph`: model.onnx with the image's Cast to float first (TensorRT takes a uint8
+network input only into a Cast; model.onnx converts after the resize's window cuts, faster on ONNX Runtime).
 A DLA core (Jetson AGX/NX Orin, Xavier) takes the layers DLA supports, the GPU the rest (`dla_core`,
 also unverified: no DLA here).
 """
@@ -16,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 from semobridge_runtime.contract import ENGINE_SUFFIXES
 from semobridge_runtime.metadata import ModelInfo, TensorRTBuild
 
 from semobridge.errors import BackendError, InputError
 from semobridge.files import GRAPH_BYTES, atomic_output, file_sha256, read_bytes
 from semobridge.validate import output_dir, output_file
+
+from .rewrites import hoist_input_casts
 
 WORKSPACE_BYTES = 2 << 30
 FP32_ONNX_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2")
@@ -73,12 +78,12 @@ def cache_key(onnx_hash: str, gpu_name: str, trt_version: str, shapes: dict | tu
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def fp32_layer_names(onnx_path: Path) -> list[str]:
-    """ONNX nodes (= parsed TensorRT layer names) pinned to fp32: LayerNorm, softmax, reductions,
-    and every float node outside the encoder (preprocessing with its rounding, the head's blend)."""
+def fp32_layer_names(graph: bytes) -> list[str]:
+    """Nodes of the graph TensorRT parses (tensorrt_graph; their names are the layers') pinned to fp32: LayerNorm,
+    softmax, reductions, and every float node outside the encoder (preprocessing with its rounding, the head's blend)."""
     from .onnx_graph import ENCODER_SCOPE, module_scope  # torch: imported when used (semobridge-export --help)
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = onnx.load_from_string(graph)
     return [
         n.name for n in model.graph.node
         if n.op_type in FP32_ONNX_OPS or module_scope({p.key: p.value for p in n.metadata_props}) != ENCODER_SCOPE
@@ -87,11 +92,10 @@ def fp32_layer_names(onnx_path: Path) -> list[str]:
 
 def trtexec_command(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple], fp16: bool, timing_cache: Path | None,
                     fp32_layers: list[str], dla_core: int | None = None) -> str:
-    """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes).
-
-    trtexec takes the class-set inputs as weights while they have initializers (their defaults);
-    build_engine removes those first, and so must whoever runs this command for an engine that takes the
-    class set (see class_set_graph).
+    """The equivalent trtexec command line (`shapes`: input name -> min, opt, max shapes) on `onnx_path`, which
+    must be the graph TensorRT builds from (tensorrt_graph, written by build_engine(onnx_only=True)), not model.onnx:
+    TensorRT refuses model.onnx's uint8 cuts, and takes the class-set inputs as weights while they have
+    initializers (their defaults).
     """
     def dims(i: int) -> str:
         return ",".join(f"{name}:" + "x".join(str(d) for d in s[i]) for name, s in shapes.items())
@@ -147,7 +151,7 @@ def _import_tensorrt():
     return trt
 
 
-def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
+def _class_set_model(onnx_path: Path, as_inputs: bool) -> onnx.ModelProto:
     """The ONNX model with its class set (the graph inputs that have initializers: the fitted classes as
     defaults) as inputs only, without those initializers (as_inputs=True: TensorRT's parser turns an input
     that has an initializer into a constant, so the class set becomes a real engine input only without
@@ -159,7 +163,27 @@ def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
     kept = [value for value in field if value.name not in defaults]
     del field[:]
     field.extend(kept)
-    return model.SerializeToString()
+    return model
+
+
+def class_set_graph(onnx_path: Path, as_inputs: bool = True) -> bytes:
+    """_class_set_model serialised (see there)."""
+    return _class_set_model(onnx_path, as_inputs).SerializeToString()
+
+
+def tensorrt_graph(onnx_path: Path, class_inputs: bool = True) -> bytes:
+    """The graph TensorRT builds from: class_set_graph's, with the image's Cast to float first
+    (rewrites.hoist_input_casts): a uint8 network input may feed nothing but a Cast in TensorRT, and model.onnx
+    cuts the resize's windows from the uint8 image before converting them. The same values."""
+    model = ir.from_proto(_class_set_model(onnx_path, class_inputs))
+    hoist_input_casts(model)
+    return ir.to_proto(model).SerializeToString()
+
+
+def tensorrt_graph_path(onnx_path: Path) -> Path:
+    """model.onnx -> model_tensorrt.onnx, where build_engine(onnx_only=True) writes tensorrt_graph (beside the model,
+    so that weights kept in a .data file next to it are found)."""
+    return onnx_path.with_name(f"{onnx_path.stem}_tensorrt.onnx")
 
 
 def _use_dla(trt, builder, config, dla_core: int) -> None:
@@ -172,13 +196,13 @@ def _use_dla(trt, builder, config, dla_core: int) -> None:
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
-def _build(trt, onnx_path: Path, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str], timing_cache: Path | None,
-           class_inputs: bool, dla_core: int | None = None) -> bytes:
+def _build(trt, onnx_path: Path, graph: bytes, shapes: dict[str, tuple], fp16: bool, fp32_layers: set[str],
+           timing_cache: Path | None, dla_core: int | None = None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(class_set_graph(onnx_path, class_inputs), str(onnx_path)):
+    if not parser.parse(graph, str(onnx_path)):
         errors = "\n".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT cannot parse {onnx_path}:\n{errors}")
     config = builder.create_builder_config()
@@ -232,13 +256,16 @@ def build_engine(
     log=print,
     class_inputs: bool = True,
     dla_core: int | None = None,
+    onnx_only: bool = False,
 ) -> Path:
     """Build a TensorRT engine and write it with its `<stem>.json` metadata. With `cache_dir`, built
     engines and TensorRT's timing cache are kept there and reused (nothing is cached otherwise).
     class_inputs=False builds the fitted classes (the graph's defaults) into the engine as constants,
     leaving the image its only input (for servers that batch every input, as Triton does).
     dla_core: build for that DLA core (fp16 only), with the layers DLA cannot run on the GPU; the runtime
-    loads the engine onto the same core (its metadata's tensorrt.dla_core)."""
+    loads the engine onto the same core (its metadata's tensorrt.dla_core).
+    onnx_only: write only the graph TensorRT builds from (tensorrt_graph, beside the model: tensorrt_graph_path) and
+    print the trtexec command that builds the engine from it; needs no TensorRT; returns that graph's path."""
     from .metadata import read_metadata, sidecar_path, with_precision  # torch: imported when used
 
     check_dla_core(dla_core, fp16)
@@ -247,26 +274,38 @@ def build_engine(
     meta = read_metadata(onnx_path)
     shapes = profile.input_shapes(meta, class_inputs)
     cache = Path(output_dir(cache_dir, "--cache-dir")) if cache_dir is not None else None
-    fp32_layers = fp32_layer_names(onnx_path)
+    graph = tensorrt_graph(onnx_path, class_inputs)
+    fp32_layers = fp32_layer_names(graph)
+    graph_file = tensorrt_graph_path(onnx_path)
+
+    def equivalent(timing_cache: Path | None, note: bool = True) -> None:
+        log("equivalent: " + trtexec_command(graph_file, engine_path, shapes, fp16, timing_cache, fp32_layers, dla_core))
+        if note:
+            log(f"(trtexec builds from {graph_file.name}: write it with `semobridge-build-engine {onnx_path} --onnx-only`)")
+
+    if onnx_only:
+        with atomic_output(output_file(graph_file, "TensorRT graph"), "TensorRT graph") as tmp:
+            tmp.write_bytes(graph)
+        equivalent(cache and cache / "timing.cache", note=False)
+        return graph_file
     try:
         trt = _import_tensorrt()
     except TensorRTError:
-        log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, cache and cache / "timing.cache", fp32_layers,
-                                             dla_core))
+        equivalent(cache and cache / "timing.cache")
         raise
     if dla_core is not None and any(low != high for low, _, high in shapes.values()):
         log("note: DLA runs fixed shapes; with a dynamic profile TensorRT may leave layers to the GPU. For DLA give "
             "min = opt = max: --batch N,N,N --sizes HxW,HxW,HxW --class-counts C,C,C")
     gpu = gpu_name()
     timing_cache = cache / f"timing-{_slug(gpu)}-trt{trt.__version__}.cache" if cache else None
-    log("equivalent: " + trtexec_command(onnx_path, engine_path, shapes, fp16, timing_cache, fp32_layers, dla_core))
+    equivalent(timing_cache)
     key = cache_key(file_sha256(onnx_path), gpu, trt.__version__, shapes, fp16, dla_core)
     cached = cache / f"{key}.engine" if cache else None
     if cached is not None and cached.is_file():
         log(f"engine cache hit: {cached}")
         data = read_bytes(cached, "cached engine", GRAPH_BYTES)
     else:
-        data = _build(trt, onnx_path, shapes, fp16, set(fp32_layers), timing_cache, class_inputs, dla_core)
+        data = _build(trt, onnx_path, graph, shapes, fp16, set(fp32_layers), timing_cache, dla_core)
         if cached is not None:
             with atomic_output(cached, "cached engine") as tmp:
                 tmp.write_bytes(data)

@@ -180,7 +180,7 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
                 "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
-                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"]}
+                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"], "int8": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -319,19 +319,21 @@ def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, caps
     from benchmarks import preprocess
 
     result = preprocess.main(["--quick", "--sizes", "120x160,480x640", "--out", str(tmp_path)])
-    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, uint8 cuts",
-              "fused fp32, dense", "fused fp32, banded", "fused int8, dense", "fused int8, banded", "PIL resize"}
+    graphs = {"floor", "preprocess dense", "preprocess banded", "preprocess banded, Cast first", "fused fp32, dense",
+              "fused fp32, banded", "fused fp32, banded, Cast first", "fused int8, dense", "fused int8, banded", "PIL resize"}
     assert {(r["graph"], r["input"]) for r in result["rows"]} == {(g, s) for g in graphs for s in ("120x160", "480x640")}
     for row in result["rows"]:
         assert row["p50_ms"] > 0 and row["over_floor"] > 0
         assert (row["dense_over_banded"] is not None) == ("banded" in row["graph"])
         assert (row["over_pil"] is not None) == row["graph"].startswith("fused")  # its call minus its call at S x S, over PIL
+        assert (row["cast_first_over"] is not None) == (row["graph"] in ("preprocess banded", "fused fp32, banded"))
     goals = {t[0]: t for t in result["targets"]}
     assert goals["preprocess banded, 3024x4032: p50 <= 10 ms"][2] == "not measured"
     assert goals["fused fp32, banded, 3024x4032: preprocessing in the graph <= 0.5 x PIL's resize"][2] == "not measured"
     assert goals["preprocess banded, 480x640: no slower than dense"][2] in ("met", "NOT met")
     assert goals["fused int8, banded, 480x640: no slower than dense (within 2%)"][2] in ("met", "NOT met")
-    assert "| graph | input | p50 ms | / floor | dense / banded |" in capsys.readouterr().out
+    assert goals["fused fp32, banded, 480x640: no slower than with the Cast first (within 2%)"][2] in ("met", "NOT met")
+    assert "| graph | input | p50 ms | / floor | dense / banded | Cast first / this |" in capsys.readouterr().out
     assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
@@ -364,3 +366,18 @@ def test_jpeg_measures_the_fast_path_against_a_full_decode(tmp_path: Path) -> No
     assert 0 < result["max_grey_difference"] <= 6 and result["mean_grey_difference"] < 1  # a real, small difference
     assert result["entropy_floor_ms"] > 0 and result["speedup_bound"] == result["full_decode_resize_ms"] / result["entropy_floor_ms"]
     assert (tmp_path / "jpeg.md").is_file() and (tmp_path / "jpeg.json").is_file()
+
+
+def test_int8_compares_static_with_dynamic_and_keeps_the_preprocessing_float(tmp_path: Path) -> None:
+    from benchmarks import int8
+
+    result = int8.main(["--quick", "--batches", "1", "--iters", "1", "--fit-images", "4", "--out", str(tmp_path)])
+    quality = result["quality"]
+    assert {"onnxruntime fp32", "onnxruntime int8 dynamic", "onnxruntime int8 static", "onnxruntime int8 static fused"} <= set(quality)
+    for name in ("onnxruntime int8 static", "onnxruntime int8 static fused"):  # only the encoder is quantised
+        assert quality[name]["max_grey_from_fp32_graph"] == 0.0 and quality[name]["max_grey_from_pil"] <= 1.001  # float rounding
+        assert 0.99 < quality[name]["min_cosine"] < 1.0 and result["build_s"][name] > 0
+    timed = {r["variant"]: r for r in result["rows"] if "p50_ms" in r}
+    assert timed["onnxruntime int8 dynamic"]["x_dynamic_int8"] == 1.0
+    assert all(r["floor_ms"] > 0 for r in result["rows"]) and result["cpu_flags"] == int8.cpu_flags()
+    assert (tmp_path / "int8.md").read_text().count("| onnxruntime int8 static") == 4  # two tables, two static variants

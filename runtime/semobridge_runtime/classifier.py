@@ -329,6 +329,13 @@ class Classifier:
         """Images per model run (larger inputs are split); None when unlimited."""
         return self._backend.max_batch
 
+    @property
+    def precision(self) -> str:
+        """The precision the encoder runs at: the file's (fp32, fp16, int8), or under OpenVINO the one it compiled
+        (bf16 on CPUs that compute bf16)."""
+        runs = getattr(self._backend, "precision", None)  # OpenVINO's name: "f32", "bf16", "f16"
+        return {"f32": "fp32", "f16": "fp16"}.get(runs, runs) if runs else self.info.precision
+
     def __repr__(self) -> str:
         agreement = self.info.int8.label_agreement if self.info.int8 is not None else None
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at

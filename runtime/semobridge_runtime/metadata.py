@@ -41,7 +41,7 @@ from .openset import OpenSet
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "PRECISIONS", "ModelInfo", "TextInfo", "parse_metadata", "read_sidecar"]
 
 FORMAT_VERSION = 1  # what this runtime reads at most, and what semobridge-export writes
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # bf16: what OpenVINO runs (a served config says it; no file is bf16)
 INPUT_KINDS = ("uint8", "float")  # NHWC RGB pixels, or normalised NCHW floats
 _OMIT = {"omit_if_none": True}  # a field written only when set (absent keys read as None)
 _REEXPORT = "re-export the model with semobridge-export"

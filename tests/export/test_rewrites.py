@@ -1,4 +1,4 @@
-"""Graph rewrites compute the same outputs: fused slices, and the input Cast moved below data movement."""
+"""Graph rewrites compute the same outputs: fused slices, and the input Cast moved below data movement and back."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from semobridge_export.rewrites import fuse_slices, sink_input_casts
+from semobridge_export.rewrites import fuse_slices, hoist_input_casts, sink_input_casts
 
 
 def _model() -> ir.Model:
@@ -43,3 +43,23 @@ def test_rewrites_keep_the_outputs():
     assert [n.op_type for n in model.graph if n.op_type != "Concat"] == ["Slice", "Transpose", "Cast", "MatMul", "Shape"]
     for got, want in zip(_run(model, image), expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_hoisting_undoes_the_sinking():
+    """TensorRT's form: the uint8 input's only user is one Cast (its Shape reads the converted tensor), the data
+    movement runs on floats, the same outputs; a graph already in that form is left as it is."""
+    image = np.random.default_rng(2).integers(0, 256, (2, 6, 7, 3), dtype=np.uint8)
+    expected = _run(_model(), image)
+    model = _model()
+    fuse_slices(model)
+    sink_input_casts(model)
+    assert hoist_input_casts(model) == 1
+    source = model.graph.inputs[0]
+    assert [use.node.op_type for use in source.uses()] == ["Cast"]
+    cast = source.uses()[0].node
+    assert sorted(use.node.op_type for use in cast.outputs[0].uses()) == ["Shape", "Slice"]
+    assert [n.op_type for n in model.graph if n.op_type == "Cast"] == ["Cast"]
+    for got, want in zip(_run(model, image), expected):
+        np.testing.assert_array_equal(got, want)
+    assert hoist_input_casts(model) == 0
+    assert hoist_input_casts(_model()) == 0  # written in that form

@@ -9,7 +9,7 @@ from semobridge_runtime.metadata import InputSpec, ModelInfo
 from semobridge_export.metadata import read_metadata
 from semobridge_export.tensorrt import (
     Profile, TensorRTError, build_engine, cache_key, check_dla_core, class_set_graph, fp32_layer_names, gpu_name,
-    trtexec_command,
+    tensorrt_graph, trtexec_command,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -51,8 +51,8 @@ def test_cache_key_changes_with_gpu_version_onnx_profile_and_precision():
 
 def test_trtexec_command(exported_onnx, tmp_path):
     onnx_path = exported_onnx / "model.onnx"
-    pins = fp32_layer_names(onnx_path)
-    assert pins and any("layer_norm" in n for n in pins)
+    pins = fp32_layer_names(tensorrt_graph(onnx_path))
+    assert pins and any("layer_norm" in n for n in pins) and "image_to_float" in pins  # the image's Cast too
     shapes = Profile(batch=(1, 8, 32)).input_shapes(read_metadata(onnx_path))
     cmd = trtexec_command(onnx_path, tmp_path / "m.engine", shapes, True, tmp_path / "t.cache", pins)
     assert cmd.startswith(f"trtexec --onnx={onnx_path} --saveEngine={tmp_path / 'm.engine'}")
@@ -129,8 +129,45 @@ def test_without_tensorrt_build_engine_says_how_to_get_it(exported_onnx, tmp_pat
     lines: list[str] = []
     with pytest.raises(TensorRTError, match="TensorRT is not installed.*semobridge-build-engine"):
         build_engine(exported_onnx / "model.onnx", tmp_path / "m.engine", cache_dir=tmp_path, log=lines.append)
-    assert lines and lines[0].startswith("equivalent: trtexec --onnx=")
+    assert lines and lines[0].startswith(f"equivalent: trtexec --onnx={exported_onnx / 'model_tensorrt.onnx'} ")
+    assert "--onnx-only" in lines[1]
     assert not (tmp_path / "m.engine").exists()
+
+
+def test_the_tensorrt_graph_takes_the_image_into_a_cast_and_computes_model_onnx_s_tensors(exported_onnx, tmp_path):
+    """model.onnx cuts the resize's windows from the uint8 image (ONNX Runtime's fast form); the graph TensorRT builds
+    from has the uint8 input feeding one Cast and nothing else (TensorRT's rule), and gives the same tensors.
+    --onnx-only writes it beside the model for trtexec, without TensorRT."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from click.testing import CliRunner
+    from onnx import numpy_helper
+
+    from semobridge_export.cli import build_engine_main
+
+    model = onnx.load(str(exported_onnx / "model.onnx"))
+    assert {n.op_type for n in model.graph.node if "image" in n.input} == {"Slice", "Shape"}  # the cuts read uint8
+    folder = shutil.copytree(exported_onnx, tmp_path / "export", ignore=shutil.ignore_patterns("*.pt2"))
+    result = CliRunner().invoke(build_engine_main, [str(folder / "model.onnx"), "--onnx-only"])
+    assert result.exit_code == 0, result.output
+    assert f"trtexec --onnx={folder / 'model_tensorrt.onnx'} " in result.output
+    assert not list(folder.glob("*.engine"))
+    trt_graph = onnx.load(str(folder / "model_tensorrt.onnx"))
+    assert (folder / "model_tensorrt.onnx").read_bytes() == tensorrt_graph(exported_onnx / "model.onnx")
+    users = [n for n in trt_graph.graph.node if "image" in n.input]
+    assert [(n.op_type, n.attribute[0].i) for n in users] == [("Cast", onnx.TensorProto.FLOAT)]
+    defaults = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    feeds = {"image": np.random.default_rng(0).integers(0, 256, (2, 333, 517, 3), dtype=np.uint8)}
+    feeds |= {i.name: defaults[i.name] for i in trt_graph.graph.input if i.name != "image"}
+    cpu = ["CPUExecutionProvider"]
+    want = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, feeds)
+    got = ort.InferenceSession(trt_graph.SerializeToString(), providers=cpu).run(None, feeds)
+    assert len(got) == len(want) == len(model.graph.output)
+    for name, a, b in zip([o.name for o in model.graph.output], got, want):
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")

@@ -134,6 +134,39 @@ def test_openvino_preprocessing_is_exact(exported_onnx: Path, precision: str) ->
 
 
 @needs_openvino
+def test_openvino_transform_gets_the_model_past_the_preprocessing(exported_onnx: Path) -> None:
+    """`transform` (benchmarks/int8.py: NNCF) sees the model whose inputs are the pixels and the class set, and what
+    it returns is what runs; fitted_inputs are the graph's own defaults (its initializers), as writeable copies."""
+    import onnx
+    from onnx import numpy_helper
+
+    from semobridge_runtime.backends.openvino import PIXELS, OpenVINOBackend
+
+    seen = []
+
+    def halve_scores(model):  # a visible change: every output named scores is multiplied by 0.5
+        seen.append(sorted(name for p in model.get_parameters() for name in p.output(0).get_names()))
+        from semobridge_runtime.backends.openvino import import_openvino
+
+        ops = import_openvino().opset13
+        result = next(r for r in model.get_results() if "scores" in r.input_value(0).get_names())
+        half = ops.multiply(result.input_value(0), ops.constant(np.float32(0.5)))
+        result.input(0).replace_source_output(half.output(0))
+        return model
+
+    path = exported_onnx / "model.onnx"
+    plain, changed = OpenVINOBackend(path, "f32"), OpenVINOBackend(path, "f32", transform=halve_scores)
+    assert seen == [sorted([PIXELS, *plain.fitted_inputs])]
+    image = photos(1, seed=5)[0][None]
+    np.testing.assert_allclose(changed.run(image, ("scores",))[0], 0.5 * plain.run(image, ("scores",))[0], rtol=1e-6)
+    defaults = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    for name, value in plain.fitted_inputs.items():
+        np.testing.assert_array_equal(value, defaults[name])
+        value[...] = 0  # a copy: the backend's defaults are not changed
+    assert all(np.array_equal(v, defaults[k]) for k, v in plain.fitted_inputs.items())
+
+
+@needs_openvino
 def test_openvino_refuses_images_its_32_bit_indices_cannot_resize(exported_onnx: Path) -> None:
     """16x16384 came out wrong on 99 % of its pixels (OpenVINO computes the int64 index arithmetic in int32)."""
     from semobridge_runtime.backends.openvino import INDEX_LIMIT, OpenVINOBackend, resize_index_bound

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,26 @@ def test_a_class_file_is_carried_to_the_instances_by_its_absolute_path(tmp_path:
     settings = settings_of(parse_args(["model.onnx", "--classes", "shop.classes"]))
     assert settings.classes == str(tmp_path / "shop.classes") and settings.model == str(tmp_path / "model.onnx")
     assert settings_of(parse_args(["model.onnx"])).classes is None
+
+
+def test_the_config_publishes_the_precision_of_the_backend_that_runs(exported_onnx: Path, tmp_path: Path, monkeypatch) -> None:
+    """On an AMX CPU `auto` runs OpenVINO (bf16 where the CPU computes it): the config says so, not the file's fp32.
+    The choice is forced here: AMX through choice.cpu_flags, and OpenVINO's agreement as the export records it
+    (the tiny random model's bf16 labels differ on some fit images)."""
+    pytest.importorskip("openvino", reason="the OpenVINO backend needs openvino (pip install 'semobridge-runtime[openvino]')")
+    from semobridge_runtime.backends import choice
+
+    for name in ("model.onnx", "model.json", "model_int8.onnx", "model_int8.json"):
+        shutil.copy(exported_onnx / name, tmp_path / name)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["openvino"] = {"precision": "bf16", "label_agreement": 1.0, "min_cosine": 0.9999}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(choice, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+    settings = settings_of(parse_args([str(tmp_path / "model.onnx")]))
+    classifier = load_classifier(settings)
+    assert classifier._backend.name == "openvino", repr(classifier)
+    runs = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[classifier._backend.precision]  # OpenVINO's own word for it
+    published = {key: json.loads(value) for key, value in model_parameters(classifier, settings).items()}
+    assert published["semobridge"]["precision"] == runs  # was the file's fp32
+    assert classifier.precision == runs
+    assert published["model_sha256"] == sha256(tmp_path / "model.onnx")

@@ -15,7 +15,7 @@ import queue
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -155,6 +155,8 @@ class OpenVINOBackend:
     precision: "auto" (OpenVINO's choice: bf16 on CPUs that compute bf16), "f32", "bf16" or "f16".
     cache_dir: OpenVINO's model cache (compiled blobs, later loads start faster); None writes nothing.
     contract: refuse a graph whose outputs are not the fused classifier's (False: e.g. the benchmarks' bare encoder).
+    transform: applied to the model past the preprocessing before it is compiled (e.g. NNCF's post-training
+        quantisation, benchmarks/int8.py); None: compiled as read.
     """
 
     name = "openvino"
@@ -164,7 +166,8 @@ class OpenVINOBackend:
     fixed_hw = None
 
     def __init__(self, path: Path, precision: str = "auto", threads: int | None = None,
-                 cache_dir: str | Path | None = None, contract: bool = True) -> None:
+                 cache_dir: str | Path | None = None, contract: bool = True,
+                 transform: Callable[[Any], Any] | None = None) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown OpenVINO precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
         ov = import_openvino()
@@ -183,6 +186,8 @@ class OpenVINOBackend:
         self._defaults = _class_inputs(ov, model, self.head_inputs)
         self._image_input = info.input_kind == "uint8"
         pre, rest = _split(ov, model, info) if self._image_input else (None, model)
+        if transform is not None:
+            rest = transform(rest)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = check_threads(threads, "threads")
@@ -202,6 +207,12 @@ class OpenVINOBackend:
             check_graph(info, [_tensor(first, info.input_name)], [_tensor(o, o.get_any_name()) for o in self._main.outputs],
                         str(path))
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    @property
+    def fitted_inputs(self) -> dict[str, np.ndarray]:
+        """The class-set and decision inputs past the preprocessing with their fitted values (what `run` feeds when
+        no class set is given)."""
+        return {name: value.copy() for name, value in self._defaults.items()}
 
     @contextmanager
     def _request(self) -> Iterator[tuple[Any, Any]]:

@@ -19,9 +19,10 @@ MODEL_PY = "from semobridge_runtime.serve.model import TritonPythonModel  # noqa
 
 
 def model_parameters(classifier: Classifier, settings: ServeSettings) -> dict[str, str]:
-    """What the config's `parameters` publish: the metadata (the classes and limits in force) and the identity
-    of the model and of its class file."""
-    meta = replace(classifier.info, class_names=tuple(classifier.class_names), limits=classifier.limits)
+    """What the config's `parameters` publish: the metadata (the classes, limits and precision in force: OpenVINO's
+    where the runtime chose it) and the identity of the model and of its class file."""
+    meta = replace(classifier.info, class_names=tuple(classifier.class_names), limits=classifier.limits,
+                   precision=classifier.precision)
     return {
         **metadata_parameters(meta),
         "runtime_version": json.dumps(__version__),
