@@ -24,6 +24,7 @@ struct sb_classes {
     char * names_buf;    /* the names, each NUL-terminated */
     char ** names;
     double temperature, threshold; /* the set's open set (a class file's metadata); NAN: none, the model's applies */
+    int score;                     /* the abstention score its threshold is on (index into SB_OPEN_SET_SCORES); -1: none */
 };
 
 /* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */
@@ -44,6 +45,9 @@ int classes_fitted(const void * owner, const char * joined, struct sb_classes **
  * err and *out untouched. */
 int classes_read(const void * owner, const char * path, const struct class_identity * id, struct sb_classes ** out,
                  char * err, size_t errlen);
+
+/* The index of abstention score name[0, len) in SB_OPEN_SET_SCORES, or -1 (NULL or another name). */
+int classes_score_index(const char * name, size_t len);
 
 void classes_retain(struct sb_classes * c);
 void classes_release(struct sb_classes * c); /* frees the set with its last reference; NULL is allowed */

@@ -15,6 +15,9 @@
 #define SB_OUTPUT_KNOWN "known"
 #define SB_INPUT_TEMPERATURE "temperature"
 #define SB_INPUT_THRESHOLD "threshold"
+#define SB_OUTPUT_OPEN_SET_SCORE "open_set_score"
+#define SB_INPUT_MCM_WEIGHT "mcm_weight"
+#define SB_CLASS_FILE_SCORE "score"
 
 /* The class-set inputs of the graph, in class-file order (docs/classes.md). */
 #define SB_HEAD_INPUTS 4
@@ -25,5 +28,12 @@
 #define SB_CLASS_FILE_OPEN_SET {"temperature", "threshold"}
 #define SB_TEMPERATURE_MIN 0.001
 #define SB_TEMPERATURE_MAX 1000.0
+
+/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES), the graph's
+ * mcm_weight input for each (openset.mcm_weight), and the score of those that name none (openset.SCORE). */
+#define SB_OPEN_SET_SCORE_COUNT 2
+#define SB_OPEN_SET_SCORES {"max_probability", "mcm"}
+#define SB_OPEN_SET_MCM_WEIGHTS {0.0f, 1.0f}
+#define SB_OPEN_SET_SCORE_DEFAULT 0 /* max_probability */
 
 #endif
