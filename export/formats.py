@@ -62,9 +62,10 @@ class Job:
 
 
 def export_onnx(job: Job) -> Path:
-    """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set, a temperature and a
-    threshold -> scores, label, embedding, features, bridged_features, probabilities, known; the class-set inputs
-    default to the fitted classes, the temperature and threshold to the fit's calibration."""
+    """fp32 ONNX graph: uint8 pixels (or normalised floats) and optionally a class set, a temperature, a
+    threshold and an MCM weight -> scores, label, embedding, features, bridged_features, probabilities, known,
+    open_set_score; the class-set inputs default to the fitted classes, the decision's scalars to the fit's
+    calibration."""
     from .metadata import metadata_props
     from .onnx_graph import save_model, to_onnx
 

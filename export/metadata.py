@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from semobridge_runtime.contract import (BRIDGED_FEATURES, CLASS_FILE_FORMAT, CLASS_NAMES_KEY, EMBEDDING, FEATURES,
-                                         IMAGE_INPUT, KNOWN, LABEL, METADATA_KEY, PROBABILITIES, SCORES, TEXT_EMBEDDING,
+                                         IMAGE_INPUT, KNOWN, LABEL, METADATA_KEY, OPEN_SET_SCORE, PROBABILITIES, SCORES,
+                                         TEXT_EMBEDDING,
                                          TEXT_METADATA_KEY, TEXT_TOKENS, sidecar_path)
 from semobridge_runtime.limits import ImageLimits
 from semobridge_runtime.metadata import (FORMAT_VERSION, PRECISIONS, Backbone, Calibration, Enrolment, InputSpec,
@@ -38,7 +39,8 @@ def output_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:
     return (TensorSpec(SCORES, "float32", ("N", "C")), TensorSpec(LABEL, "int64", ("N",)),
             TensorSpec(EMBEDDING, "float32", ("N", d)), TensorSpec(FEATURES, "float32", ("N", d)),
             TensorSpec(BRIDGED_FEATURES, "float32", ("N", d)),
-            TensorSpec(PROBABILITIES, "float32", ("N", "C")), TensorSpec(KNOWN, "bool", ("N",)))  # the decision
+            TensorSpec(PROBABILITIES, "float32", ("N", "C")), TensorSpec(KNOWN, "bool", ("N",)),  # the decision
+            TensorSpec(OPEN_SET_SCORE, "float32", ("N",)))
 
 
 def head_input_specs(fused: FusedClassifier) -> tuple[TensorSpec, ...]:

@@ -40,12 +40,13 @@ BRIDGED_FEATURES = "bridged_features"  # bridge(q), what enrolment averages into
 #: the open-set decision the graph computes (openset.py): calibrated probabilities [N, C] and known [N] (bool), from
 #: float32 scalar inputs that default to the fit's calibration; graphs exported before it have neither
 PROBABILITIES, KNOWN = "probabilities", "known"
-DECISION_OUTPUTS = (PROBABILITIES, KNOWN)
 TEMPERATURE, THRESHOLD = "temperature", "threshold"
-DECISION_INPUTS = (TEMPERATURE, THRESHOLD)
 #: the chosen abstention score (openset.open_set_score): its value [N] (float32), the input that selects it (float32
-#: scalar: 0 the top calibrated probability, 1 MCM; openset.mcm_weight); graphs exported before it have neither
+#: scalar: 0 the top calibrated probability, 1 MCM; openset.mcm_weight); graphs exported before it have neither (their
+#: decision's score is the top calibrated probability)
 OPEN_SET_SCORE, MCM_WEIGHT = "open_set_score", "mcm_weight"
+DECISION_OUTPUTS = (PROBABILITIES, KNOWN, OPEN_SET_SCORE)
+DECISION_INPUTS = (TEMPERATURE, THRESHOLD, MCM_WEIGHT)
 OUTPUTS = (SCORES, LABEL, EMBEDDING, FEATURES, BRIDGED_FEATURES, *DECISION_OUTPUTS)  # the fused graph's, in order
 RUN_OUTPUTS = (SCORES, LABEL, EMBEDDING)  # what the runtimes and the servers return
 TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (text.onnx) input and output: n(e W)

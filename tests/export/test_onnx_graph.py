@@ -81,13 +81,14 @@ def test_graph_signature_and_checker(exported_onnx):
     assert dims == ["N", "H", "W", 3]
     assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in head] == [
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"]),
-        ("temperature", []), ("threshold", []),  # the open-set decision's (tests/runtime/test_front_ends.py)
+        ("temperature", []), ("threshold", []), ("mcm_weight", []),  # the open-set decision's (tests/runtime/test_front_ends.py)
     ]
     assert {i.name for i in model.graph.initializer} >= {i.name for i in head}  # defaults: the fitted classes, calibration
     assert [o.name for o in model.graph.output] == ["scores", "label", "embedding", "features", "bridged_features",
-                                                    "probabilities", "known"]
+                                                    "probabilities", "known", "open_set_score"]
     types = [o.type.tensor_type.elem_type for o in model.graph.output]
-    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64] + [onnx.TensorProto.FLOAT] * 4 + [onnx.TensorProto.BOOL]
+    assert types == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT64] + [onnx.TensorProto.FLOAT] * 4 + [
+        onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT]
 
 
 def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_backbone):
@@ -101,7 +102,7 @@ def test_metadata_in_the_graph_and_beside_it(exported_onnx, tiny_head, tiny_back
     assert meta["embedding_dim"] == 64 and meta["image_size"] == 224
     assert meta["input"] == {"name": "image", "kind": "uint8", "dtype": "uint8", "shape": ["N", "H", "W", 3], "layout": "NHWC"}
     assert [o["name"] for o in meta["outputs"]] == ["scores", "label", "embedding", "features", "bridged_features",
-                                                    "probabilities", "known"]
+                                                    "probabilities", "known", "open_set_score"]
     assert meta["outputs"][0]["shape"] == ["N", "C"] and meta["outputs"][1]["dtype"] == "int64"
     assert [(h["name"], h["shape"]) for h in meta["head_inputs"]] == [
         ("text_classifier", ["C", 64]), ("bridged_prototypes", ["C", 64]), ("image_prototypes", ["C", 64]), ("class_kl", ["C"])

@@ -23,6 +23,7 @@
 #define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
 
 const char * const sb_head_inputs[SB_HEAD_INPUTS] = SB_HEAD_INPUT_NAMES;
+const char * const sb_open_set_scores[SB_OPEN_SET_SCORES] = SB_OPEN_SET_SCORE_NAMES;
 
 static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     va_list ap;
@@ -428,16 +429,15 @@ static int check_header(const struct json * j, const struct class_identity * id,
 }
 
 int classes_score_index(const char * name, size_t len) {
-    static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
-    for (int i = 0; name && i < SB_OPEN_SET_SCORE_COUNT; i++) {
-        if (len == strlen(scores[i]) && memcmp(name, scores[i], len) == 0) return i;
+    for (int i = 0; name && i < SB_OPEN_SET_SCORES; i++) {
+        if (len == strlen(sb_open_set_scores[i]) && memcmp(name, sb_open_set_scores[i], len) == 0) return i;
     }
     return -1;
 }
 
 /* The open set's `temperature` and `threshold` (step 7): both absent (NAN: the model's apply) or both numbers in
  * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges); and its
- * `score`, one of SB_OPEN_SET_SCORES wherever it is written (absent: SB_OPEN_SET_SCORE_DEFAULT), into *score as its
+ * `score`, one of SB_OPEN_SET_SCORE_NAMES wherever it is written (absent: SB_OPEN_SET_SCORE_DEFAULT), into *score as its
  * index (-1 with no temperature and threshold: the model's score applies). */
 static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold,
                          int * score, char * err, size_t errlen) {
@@ -465,11 +465,10 @@ static int read_open_set(const struct json * j, const char * source, double * te
         rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
                  "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
     } else if (index < 0) {
-        static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
         char q[80];
         rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not one of %s, %s); write it "
                  "again with Classifier.save_classes or semobridge-classes, or update libsemobridge", source,
-                 SB_CLASS_FILE_SCORE, quoted(q, named, score_len), scores[0], scores[SB_OPEN_SET_SCORE_COUNT - 1]);
+                 SB_CLASS_FILE_SCORE, quoted(q, named, score_len), sb_open_set_scores[0], sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
     }
     for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
         char * end = NULL;

@@ -29,11 +29,10 @@
 #define SB_TEMPERATURE_MIN 0.001
 #define SB_TEMPERATURE_MAX 1000.0
 
-/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES), the graph's
- * mcm_weight input for each (openset.mcm_weight), and the score of those that name none (openset.SCORE). */
-#define SB_OPEN_SET_SCORE_COUNT 2
-#define SB_OPEN_SET_SCORES {"max_probability", "mcm"}
-#define SB_OPEN_SET_MCM_WEIGHTS {0.0f, 1.0f}
-#define SB_OPEN_SET_SCORE_DEFAULT 0 /* max_probability */
+/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES); a score's index
+ * is the graph's mcm_weight input for it (openset.mcm_weight). */
+#define SB_OPEN_SET_SCORES 2
+#define SB_OPEN_SET_SCORE_NAMES {"max_probability", "mcm"}
+#define SB_OPEN_SET_SCORE_DEFAULT 0 /* max_probability: of models and class files that name none */
 
 #endif

@@ -42,7 +42,7 @@ struct sb_model {
     bool decides;                 /* the graph computes the open-set decision: outputs probabilities, known */
     bool scores_open_set;         /* the graph outputs open_set_score (the abstention score known is decided on) */
     bool has_mcm_weight;          /* the graph takes mcm_weight (which abstention score; older graphs: max_probability) */
-    int score;                    /* the model's abstention score (metadata open_set.score: SB_OPEN_SET_SCORES index) */
+    int score;                    /* the model's abstention score (metadata open_set.score: SB_OPEN_SET_SCORE_NAMES index) */
     bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
     bool unknown_auto;            /* SB_UNKNOWN_AUTO: a class set's own threshold (class files), where it has one, wins */
     float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
@@ -464,12 +464,10 @@ static int check_params(struct sb_model * m, struct sb_params p) {
     return SB_OK;
 }
 
-/* The model's abstention score into m->score (an SB_OPEN_SET_SCORES index): its metadata's open_set.score, which a
+/* The model's abstention score into m->score (an SB_OPEN_SET_SCORE_NAMES index): its metadata's open_set.score, which a
  * calibrated model names (SB_OPEN_SET_SCORE_DEFAULT without calibration); SB_EMODEL for a score missing or unknown to
  * this library, as semobridge_runtime.openset.OpenSet.from_dict, or one its graph cannot compute. */
 static int read_score(struct sb_model * m, const struct json * meta, size_t open_set) {
-    static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
-    static const float weights[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_MCM_WEIGHTS;
     size_t value = 0, len = 0;
     char * name = NULL;
     m->score = SB_OPEN_SET_SCORE_DEFAULT;
@@ -483,11 +481,11 @@ static int read_score(struct sb_model * m, const struct json * meta, size_t open
     if (m->score < 0) {
         return fail(m, SB_EMODEL, "'%s' names no open-set score this library knows (its metadata's open_set.score is not "
                     "one of %s, %s); update libsemobridge (semobridge-runtime), or re-export the model", m->path,
-                    scores[0], scores[SB_OPEN_SET_SCORE_COUNT - 1]);
+                    sb_open_set_scores[0], sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
     }
-    if (weights[m->score] != 0.0f && !m->has_mcm_weight) {
+    if (m->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
         return fail(m, SB_EMODEL, "'%s' names the open-set score '%s' but its graph has no '%s' input to compute it (an "
-                    "export of another version?); re-export it with semobridge-export", m->path, scores[m->score],
+                    "export of another version?); re-export it with semobridge-export", m->path, sb_open_set_scores[m->score],
                     SB_INPUT_MCM_WEIGHT);
     }
     return SB_OK;
@@ -836,7 +834,6 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
-    static const float weights[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_MCM_WEIGHTS;
     const char * input_names[4 + SB_HEAD_INPUTS] = {m->input_name};
     OrtValue * inputs[4 + SB_HEAD_INPUTS] = {NULL};
     /* the open set: the class set's own temperature and score (class files), and threshold with SB_UNKNOWN_AUTO, where
@@ -845,7 +842,7 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
     const bool own_threshold = own_t && m->unknown_auto;
     const float temperature = own_t ? (float) c->temperature : 1.0f;
     const float threshold = own_threshold ? (float) c->threshold : m->threshold;
-    const float mcm_weight = weights[own_t ? c->score : m->score];
+    const float mcm_weight = (float) (own_t ? c->score : m->score); /* a score's index is its weight (contract.h) */
     const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
     const size_t nthreshold = nclass + (own_t ? 1 : 0);
     const size_t nweight = nthreshold + (m->feed_threshold || own_threshold ? 1 : 0);
@@ -972,9 +969,8 @@ int sb_set_classes(struct sb_model * m, const char * path) {
                                       m->bridge_hash_len, m->embedding_dim};
     if ((rc = classes_read(m, path, &id, &c, err, sizeof err)) != SB_OK) return fail(m, rc, "%s", err);
     if (own_open_set(m, c) && c->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
-        static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
         rc = fail(m, SB_EMODEL, "class file '%s' is calibrated on the open-set score '%s', which the graph of '%s' cannot "
-                  "compute (no '%s' input); re-export the model with semobridge-export", path, scores[c->score], m->path,
+                  "compute (no '%s' input); re-export the model with semobridge-export", path, sb_open_set_scores[c->score], m->path,
                   SB_INPUT_MCM_WEIGHT);
         classes_release(c);
         return rc;
@@ -990,8 +986,7 @@ void sb_release_classes(struct sb_classes * classes) { classes_release(classes);
 int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
 
 const char * sb_classes_score(const struct sb_classes * classes) {
-    static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
-    return classes && classes->score >= 0 ? scores[classes->score] : NULL;
+    return classes && classes->score >= 0 ? sb_open_set_scores[classes->score] : NULL;
 }
 
 int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold) {
@@ -1142,12 +1137,11 @@ double sb_unknown_threshold(const struct sb_model * m) {
 }
 
 const char * sb_unknown_score(const struct sb_model * m) {
-    static const char * const scores[SB_OPEN_SET_SCORE_COUNT] = SB_OPEN_SET_SCORES;
     if (!m) return NULL;
     struct sb_classes * c = current(m);
     const int score = own_open_set(m, c) ? c->score : m->score;
     classes_release(c);
-    return scores[score];
+    return sb_open_set_scores[score];
 }
 
 int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * emb_out) {

@@ -1,5 +1,5 @@
 """Write runtime/c/src/contract.h: the exported model's contract (semobridge_runtime.contract and the metadata
-format version of semobridge_runtime.metadata, the open-set temperature range and scores) as C macros, so the C library uses the names the exporter writes
+format version of semobridge_runtime.metadata, the open-set temperature range) as C macros, so the C library uses the names the exporter writes
 and the Python runtime reads instead of copies (tests/test_contract.py checks the committed file):
 
     python runtime/c/tools/contract_header.py > runtime/c/src/contract.h
@@ -24,6 +24,8 @@ def _string(text: str) -> str:
 
 
 def header() -> str:
+    if [mcm_weight(score) for score in SCORES] != list(range(len(SCORES))):
+        raise ValueError("openset.mcm_weight is no longer a score's index in SCORES: update SB_OPEN_SET_SCORE_NAMES")
     strings = {
         "SB_METADATA_KEY": contract.METADATA_KEY,
         "SB_CLASS_NAMES_KEY": contract.CLASS_NAMES_KEY,
@@ -59,12 +61,11 @@ def header() -> str:
         f"#define SB_TEMPERATURE_MIN {float(TEMPERATURE_RANGE[0])!r}",
         f"#define SB_TEMPERATURE_MAX {float(TEMPERATURE_RANGE[1])!r}",
         "",
-        "/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES), the graph's",
-        " * mcm_weight input for each (openset.mcm_weight), and the score of those that name none (openset.SCORE). */",
-        f"#define SB_OPEN_SET_SCORE_COUNT {len(SCORES)}",
-        "#define SB_OPEN_SET_SCORES {" + ", ".join(_string(s) for s in SCORES) + "}",
-        "#define SB_OPEN_SET_MCM_WEIGHTS {" + ", ".join(f"{mcm_weight(s)!r}f" for s in SCORES) + "}",
-        f"#define SB_OPEN_SET_SCORE_DEFAULT {SCORES.index(SCORE)} /* {SCORE} */",
+        "/* The abstention scores a model or class file may name (semobridge_runtime.openset.SCORES); a score's index",
+        " * is the graph's mcm_weight input for it (openset.mcm_weight). */",
+        f"#define SB_OPEN_SET_SCORES {len(SCORES)}",
+        "#define SB_OPEN_SET_SCORE_NAMES {" + ", ".join(_string(n) for n in SCORES) + "}",
+        f"#define SB_OPEN_SET_SCORE_DEFAULT {SCORES.index(SCORE)} /* {SCORE}: of models and class files that name none */",
         "",
         "#endif",
         "",

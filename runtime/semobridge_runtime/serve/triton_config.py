@@ -3,7 +3,7 @@ semobridge-serve's Python-backend model (serve/repository.py) and for `semobridg
 ONNX Runtime and TensorRT-plan models (export/triton.py).
 
 Both publish the same outputs (`scores` with `labels.txt`, `label` [1], `embedding`, and the open-set decision's
-`probabilities` and `known` [1]), the same batching and
+`probabilities`, `known` [1] and `open_set_score` [1]), the same batching and
 instance text for the same `Batching`, and the same metadata parameters, so RemoteClassifier reads either
 server alike. What differs is what runs the model: semobridge-serve's Python backend also takes `encoded` files
 and returns `class_name`, on CPU instances (the Classifier picks its own execution providers inside); the
@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..contract import EMBEDDING, KNOWN, LABEL, PROBABILITIES, SCORES
+from ..contract import EMBEDDING, KNOWN, LABEL, OPEN_SET_SCORE, PROBABILITIES, SCORES
 from ..metadata import ModelInfo
 from .protocol import LABELS_FILE, METADATA
 
@@ -48,15 +48,18 @@ class TensorConfig:
 
 def model_outputs(num_classes: int, embedding_dim: int, label_reshaped: bool) -> list[TensorConfig]:
     """`scores` [C] (with labels.txt, for Triton's classification extension), `label` [1], `embedding` [d], and the
-    open-set decision: `probabilities` [C] and `known` [1] (semobridge-serve's label is -1 for unknown; the graph's,
-    in the export's repository, is the argmax beside `known`).
-    label_reshaped: the model's label and known are [N] (the fused graph's), which Triton shows as [N, 1]."""
+    open-set decision: `probabilities` [C], `known` [1] and `open_set_score` [1], the model's chosen abstention score
+    that `known` thresholds (semobridge-serve's label is -1 for unknown; the graph's, in the export's repository, is
+    the argmax beside `known`).
+    label_reshaped: the model's label, known and open_set_score are [N] (the fused graph's), which Triton shows as
+    [N, 1]."""
     reshape = 'reshape: { shape: [ ] }' if label_reshaped else ""
     return [TensorConfig(SCORES, "TYPE_FP32", [num_classes], f"label_filename: {text_literal(LABELS_FILE)}"),
             TensorConfig(LABEL, "TYPE_INT64", [1], reshape),
             TensorConfig(EMBEDDING, "TYPE_FP32", [embedding_dim]),
             TensorConfig(PROBABILITIES, "TYPE_FP32", [num_classes]),
-            TensorConfig(KNOWN, "TYPE_BOOL", [1], reshape)]
+            TensorConfig(KNOWN, "TYPE_BOOL", [1], reshape),
+            TensorConfig(OPEN_SET_SCORE, "TYPE_FP32", [1], reshape)]
 
 
 def metadata_parameters(meta: ModelInfo) -> dict[str, str]:
