@@ -228,6 +228,15 @@ def header_edit(good: Path, old: str, new: str) -> bytes:
     return join(header.replace(old, new, 1), body)
 
 
+CALIBRATED = {"temperature": "0.5", "threshold": "0.25", "score": "mcm"}  # a class file's open set
+
+
+def scored(good: Path, score: str) -> bytes:
+    """The class file `good` with CALIBRATED's open set, its score written as the JSON `score` ('"score":...')."""
+    header, body = split(encoded(good, meta=CALIBRATED))
+    return join(header.replace('"score":"mcm"', score, 1), body)
+
+
 def with_value(good: Path, tensor: str, index: tuple, value: float) -> bytes:
     array = np.array(tensorfile.read(good)[0][tensor])
     array[index] = value
@@ -256,6 +265,10 @@ BAD_FILES: dict[str, Callable[[Path], tuple[bytes, str, bool]]] = {
     "another format": lambda a: (encoded(a, meta={"format": "something/1"}), "is not a semobridge class file (format \"something/1\"", True),
     "no metadata": lambda a: (header_edit(a, '"__metadata__"', '"__nometadata__"'), "is not a semobridge class file (format none", True),
     "metadata value not a string": lambda a: (header_edit(a, '"num_classes":"4"', '"num_classes":4'), "a __metadata__ value is not a string", True),
+    "an unknown open-set score": lambda a: (encoded(a, meta={**CALIBRATED, "score": "energy"}),
+                                            'open-set calibration (score "energy" is not one of max_probability, mcm)', True),
+    "an empty open-set score": lambda a: (encoded(a, meta={**CALIBRATED, "score": ""}), 'score "" is not one of', True),
+    "an open-set score not a string": lambda a: (scored(a, '"score":1'), "a __metadata__ value is not a string", True),
     "another backbone": lambda a: (encoded(a, meta={"weights_hash": "0123456789abcdef", "backbone": "ViT-B-16"}),
                                    "was made for the backbone \"ViT-B-16\" with weights \"0123456789abcdef\", but this model's backbone is \"toy\"", True),
     "another bridge": lambda a: (encoded(a, meta={"bridge_hash": "fedcba9876543210"}), "was bridged with another W+ (bridge \"fedcba9876543210\"", True),
