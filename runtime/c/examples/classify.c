@@ -106,7 +106,8 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
             printf("\n");
         }
         if (print_open_set) {
-            printf("  open_set_score %.9g %s %.9g\n", open_set_score, sb_unknown_score(model), sb_unknown_threshold(model));
+            printf("  open_set_score %.9g %s %.9g\n", open_set_score, sb_unknown_score(model),
+                   sb_unknown_threshold(model));
         }
         rc = 0;
     }

@@ -185,7 +185,7 @@ struct sb_params {
     const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
     /* Those below came with the open-set decision. */
     enum sb_unknown unknown;     /* when an image is unknown (label -1); default SB_UNKNOWN_AUTO */
-    double unknown_threshold;    /* SB_UNKNOWN_THRESHOLD: unknown below this open-set score (sb_unknown_score), in [0, 1] */
+    double unknown_threshold;    /* SB_UNKNOWN_THRESHOLD: unknown below this open-set score (sb_unknown_score), 0..1 */
 };
 
 /* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits, unknown by the

@@ -468,7 +468,8 @@ static int read_open_set(const struct json * j, const char * source, double * te
         char q[80];
         rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not one of %s, %s); write it "
                  "again with Classifier.save_classes or semobridge-classes, or update libsemobridge", source,
-                 SB_CLASS_FILE_SCORE, quoted(q, named, score_len), sb_open_set_scores[0], sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
+                 SB_CLASS_FILE_SCORE, quoted(q, named, score_len), sb_open_set_scores[0],
+                 sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
     }
     for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
         char * end = NULL;

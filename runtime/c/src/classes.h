@@ -26,7 +26,7 @@ struct sb_classes {
     char * names_buf;    /* the names, each NUL-terminated */
     char ** names;
     double temperature, threshold; /* the set's open set (a class file's metadata); NAN: none, the model's applies */
-    int score;                     /* the abstention score its threshold is on (index into SB_OPEN_SET_SCORE_NAMES); -1: none */
+    int score;                     /* the abstention score of that threshold (sb_open_set_scores index); -1: none */
 };
 
 /* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */

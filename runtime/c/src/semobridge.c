@@ -42,7 +42,7 @@ struct sb_model {
     bool decides;                 /* the graph computes the open-set decision: outputs probabilities, known */
     bool scores_open_set;         /* the graph outputs open_set_score (the abstention score known is decided on) */
     bool has_mcm_weight;          /* the graph takes mcm_weight (which abstention score; older graphs: max_probability) */
-    int score;                    /* the model's abstention score (metadata open_set.score: SB_OPEN_SET_SCORE_NAMES index) */
+    int score;                    /* the model's abstention score (metadata open_set.score; sb_open_set_scores index) */
     bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
     bool unknown_auto;            /* SB_UNKNOWN_AUTO: a class set's own threshold (class files), where it has one, wins */
     float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
@@ -485,8 +485,8 @@ static int read_score(struct sb_model * m, const struct json * meta, size_t open
     }
     if (m->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
         return fail(m, SB_EMODEL, "'%s' names the open-set score '%s' but its graph has no '%s' input to compute it (an "
-                    "export of another version?); re-export it with semobridge-export", m->path, sb_open_set_scores[m->score],
-                    SB_INPUT_MCM_WEIGHT);
+                    "export of another version?); re-export it with semobridge-export", m->path,
+                    sb_open_set_scores[m->score], SB_INPUT_MCM_WEIGHT);
     }
     return SB_OK;
 }
@@ -970,8 +970,8 @@ int sb_set_classes(struct sb_model * m, const char * path) {
     if ((rc = classes_read(m, path, &id, &c, err, sizeof err)) != SB_OK) return fail(m, rc, "%s", err);
     if (own_open_set(m, c) && c->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
         rc = fail(m, SB_EMODEL, "class file '%s' is calibrated on the open-set score '%s', which the graph of '%s' cannot "
-                  "compute (no '%s' input); re-export the model with semobridge-export", path, sb_open_set_scores[c->score], m->path,
-                  SB_INPUT_MCM_WEIGHT);
+                  "compute (no '%s' input); re-export the model with semobridge-export", path,
+                  sb_open_set_scores[c->score], m->path, SB_INPUT_MCM_WEIGHT);
         classes_release(c);
         return rc;
     }
