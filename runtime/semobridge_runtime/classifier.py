@@ -14,7 +14,7 @@ from . import files, openset
 from .backends import Backend
 from .backends.choice import choose
 from .classes import ClassSet
-from .contract import DECISION_OUTPUTS, EMBEDDING, RUN_OUTPUTS
+from .contract import DECISION_OUTPUTS, EMBEDDING, KNOWN, MCM_WEIGHT, OPEN_SET_SCORE, PROBABILITIES, RUN_OUTPUTS
 from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
@@ -46,7 +46,7 @@ class TopK:
 class Prediction:
     """Results for N images, in the order they were given.
 
-    An image the model calls unknown (its top calibrated probability below the threshold) has
+    An image the model calls unknown (its open_set_score, the model's abstention score, below the threshold) has
     label -1, class name None and known False; its scores, probabilities and top_k are still given.
     """
 
@@ -57,17 +57,18 @@ class Prediction:
     embeddings: np.ndarray  # float32 [N, d], L2-normalised
     known: np.ndarray  # bool [N]
     probabilities: np.ndarray  # float32 [N, C], softmax(scores / T): rows sum to 1
+    open_set_score: np.ndarray  # float32 [N], the abstention score `known` thresholds (Classifier.score names it)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, class_names: Sequence[str],
-           top_k: int, probabilities: np.ndarray, known: np.ndarray) -> Prediction:
+           top_k: int, probabilities: np.ndarray, known: np.ndarray, open_set_score: np.ndarray) -> Prediction:
         """The prediction for a model's outputs (also what RemoteClassifier returns); top_k checked by the caller.
 
-        labels: the graph's argmax (or a server's, -1 already for unknown); probabilities, known: the graph's
-        open-set decision (export/fused.py). An image that is not known gets label -1."""
+        labels: the graph's argmax (or a server's, -1 already for unknown); probabilities, known, open_set_score: the
+        graph's open-set decision (export/fused.py). An image that is not known gets label -1."""
         known = np.asarray(known, bool) & (np.asarray(labels) >= 0)
         labels = np.where(known, labels, openset.UNKNOWN).astype(np.int64)
         probs = np.asarray(probabilities, np.float32)
@@ -76,12 +77,13 @@ class Prediction:
         top = TopK(order, [[class_names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1),
                    np.take_along_axis(probs, order, 1))
         names = [class_names[i] if i >= 0 else None for i in labels]
-        return cls(labels, names, scores, top, embeddings, known, probs)
+        return cls(labels, names, scores, top, embeddings, known, probs, np.asarray(open_set_score, np.float32))
 
 
 def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bool = True) -> tuple[float, float | None]:
     """(temperature, threshold) for Classifier.load's `unknown`: "auto" (the model's calibration), None (off) or a
-    probability threshold of one's own. A model exported without calibration, or before its graph computed the
+    threshold of one's own on the model's abstention score (model_score). A model exported without calibration, or
+    before its graph computed the
     decision (`decides` False: no probabilities and known outputs), runs with unknown off and, for "auto", says so
     once (a warning); its probabilities are softmax(scores / T) with the metadata's T, else T = 1."""
     fitted = info.open_set.decision if info.open_set is not None else None
@@ -106,6 +108,23 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bo
     return temperature, threshold
 
 
+def model_score(info: ModelInfo, scored: bool, source: str) -> str:
+    """The abstention score (openset.SCORES) of a model: its calibration's, max_probability when uncalibrated.
+    `scored`: the graph computes the chosen score (an OPEN_SET_SCORE output, an MCM_WEIGHT input); a graph exported
+    before it decides on the top calibrated probability, so a model whose metadata chose another is refused."""
+    score = info.open_set.decision.score if info.open_set is not None else openset.SCORE
+    check_scored(score, scored, source)
+    return score
+
+
+def check_scored(score: str, scored: bool, source: str) -> None:
+    """ModelError where a graph exported before the chosen score (no MCM_WEIGHT input) would have to apply `score`."""
+    if score != openset.SCORE and not scored:
+        raise ModelError(f"{source} chose the open-set score {score!r}, but its graph was exported before it computed "
+                         f"that score (it has no '{MCM_WEIGHT}' input and no '{OPEN_SET_SCORE}' output)",
+                         hint="re-export the model with semobridge-export")
+
+
 class Classifier:
     """A loaded model and its class set.
 
@@ -121,7 +140,9 @@ class Classifier:
         self._path = path
         self._temperature, self._threshold = 1.0, None  # the model's open-set decision (load sets it)
         self._auto = False  # unknown="auto": a class set's own calibration replaces the model's threshold
-        self._decides = set(DECISION_OUTPUTS) <= set(backend.outputs)  # the graph computes the decision
+        self._decides = {PROBABILITIES, KNOWN} <= set(backend.outputs)  # the graph computes the decision
+        self._scored = OPEN_SET_SCORE in backend.outputs  # ... on the chosen score (fed MCM_WEIGHT); else max probability
+        self._score = model_score(backend.info, self._scored, str(path))  # the model's abstention score
         self._enrolment = Enrolment(path, backend.info, backend.head_inputs, backend.outputs, backend.providers,
                                      text_model, sessions)
         self._why = "given"  # why this backend runs (Classifier.load's choice)
@@ -159,9 +180,11 @@ class Classifier:
         fast_jpeg: decode JPEG files (and PIL JPEGs not yet loaded) DCT-scaled to 1/2, 1/4 or 1/8 while their
             shorter side stays >= twice the model's input side, then resize exactly as always: several times faster
             on camera photos, pixels slightly different from a full decode (runtime/README.md).
-        unknown: "auto": an image whose top calibrated probability is below the model's calibrated threshold
-            is unknown (label -1); None: every image gets a class; a number in [0, 1]: your own threshold on
-            that probability (docs/method.md, "The open set"). Models exported before calibration existed
+        unknown: "auto": an image whose abstention score (`Prediction.open_set_score`) is below the model's
+            calibrated threshold is unknown (label -1); None: every image gets a class; a number in [0, 1]: your
+            own threshold on that score. The score is the one the fit chose for the model (or that a loaded class
+            set names): the top calibrated probability ("max_probability") or MCM ("mcm"); `Classifier.score` and
+            the repr name it (docs/method.md, "The open set"). Models exported before calibration existed
             run with unknown off and say so once.
         """
         from .backends.session import SessionSettings
@@ -206,12 +229,14 @@ class Classifier:
         """The model file loaded (`model_int8.onnx` when prefer_int8 chose it)."""
         return self._path
 
-    def _decision(self, classes: ClassSet | None) -> tuple[float, float | None]:
-        """(T, θ) for predictions with `classes`: the class set's calibration where it carries one (recomputed by
-        every edit), else the model's; θ as `unknown` said (the calibrated one for "auto")."""
+    def _decision(self, classes: ClassSet | None) -> tuple[float, float | None, str]:
+        """(T, θ, score) for predictions with `classes`: the class set's calibration where it carries one (recomputed
+        by every edit), else the model's; θ as `unknown` said (the calibrated one for "auto"), on `score`."""
         if classes is None or classes.temperature is None:
-            return self._temperature, self._threshold
-        return classes.temperature, classes.threshold if self._auto else self._threshold
+            return self._temperature, self._threshold, self._score
+        score = getattr(classes, "score", openset.SCORE)
+        check_scored(score, self._scored, f"{self._path}'s class set")
+        return classes.temperature, classes.threshold if self._auto else self._threshold, score
 
     @property
     def temperature(self) -> float:
@@ -220,9 +245,16 @@ class Classifier:
 
     @property
     def threshold(self) -> float | None:
-        """The top probability below which an image is unknown (the class set's for unknown="auto", recomputed when
-        classes are edited); None: unknown is off."""
+        """The abstention score (`score`) below which an image is unknown (the class set's for unknown="auto",
+        recomputed when classes are edited); None: unknown is off."""
         return self._decision(self._enrolment.classes)[1]
+
+    @property
+    def score(self) -> str:
+        """The abstention score (openset.SCORES) that `threshold` applies to and `Prediction.open_set_score` gives:
+        "max_probability" (the top calibrated probability) or "mcm" (Maximum Concept Matching); the model's, or a
+        loaded class set's."""
+        return self._decision(self._enrolment.classes)[2]
 
     @property
     def class_names(self) -> list[str]:
@@ -271,6 +303,7 @@ class Classifier:
     def load_classes(self, path: str | PathLike) -> None:
         """Use the classes of a class file (written for this model's backbone and bridge)."""
         self._enrolment.load(path)
+        self._decision(self._enrolment.classes)  # a score this graph cannot compute is refused now
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -295,8 +328,10 @@ class Classifier:
     def __repr__(self) -> str:
         agreement = self.info.int8.label_agreement if self.info.int8 is not None else None
         runs = getattr(self._backend, "precision", None)  # OpenVINO: the precision its encoder runs at
+        _, threshold, score = self._decision(self._enrolment.classes)
         return (f"Classifier(backend={self._backend.name!r}, providers={list(self.providers)}, "
-                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}"
+                f"classes={len(self.class_names)}, input={self.info.input_kind!r}, precision={self.info.precision!r}, "
+                f"unknown={'off' if threshold is None else f'{score} < {threshold:.4g}'}"
                 + (f", int8_label_agreement={agreement:.1%}" if agreement is not None else "")
                 + (f", runs={runs!r}" if runs else "") + f", why={self._why!r})")
 
@@ -314,16 +349,22 @@ class Classifier:
         if not self._decides:  # exported before the graph decided: closed set, probabilities from the scores
             scores, labels, embeddings = self._run(images, RUN_OUTPUTS, classes)
             _, known, probs = openset.decide(scores, self._decision(classes)[0], None, labels)
-            return Prediction.of(scores, labels, embeddings, names, top_k, probs, known)
+            return Prediction.of(scores, labels, embeddings, names, top_k, probs, known, openset.abstention_score(probs))
+        if not self._scored:  # exported before the chosen score: the graph decides on the top probability
+            *outputs, probs, known = self._run(images, (*RUN_OUTPUTS, PROBABILITIES, KNOWN), classes)
+            return Prediction.of(*outputs, names, top_k, probs, known, openset.abstention_score(probs))
         outputs = self._run(images, (*RUN_OUTPUTS, *DECISION_OUTPUTS), classes)
         return Prediction.of(*outputs[:3], names, top_k, *outputs[3:])
 
     def _decision_feeds(self, classes: ClassSet | None) -> dict[str, np.ndarray]:
-        """The graph's temperature and threshold inputs (contract.DECISION_INPUTS, float32 scalars) for `classes`
-        (see _decision); unknown off feeds openset.THRESHOLD_OFF."""
-        temperature, threshold = self._decision(classes)
+        """The graph's temperature, threshold and MCM weight inputs (contract.DECISION_INPUTS, float32 scalars; the
+        weight where the graph has it) for `classes` (see _decision); unknown off feeds openset.THRESHOLD_OFF."""
+        temperature, threshold, score = self._decision(classes)
         off = openset.THRESHOLD_OFF if threshold is None else threshold
-        return {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
+        feeds = {"temperature": np.array(temperature, np.float32), "threshold": np.array(off, np.float32)}
+        if self._scored:
+            feeds[MCM_WEIGHT] = np.array(openset.mcm_weight(score), np.float32)
+        return feeds
 
     def stream(self, source: str | PathLike, *, every: int | None = None, fps: float | None = None,
                smooth: float | None = None, options: Mapping[str, str] | None = None,

@@ -47,11 +47,11 @@ def labelled_images(data: Path, split: str, names: list[str]) -> tuple[list[str]
     return paths, np.asarray(labels, np.int64)
 
 
-def predict(clf: Classifier, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, decided labels, embeddings) of every image, in batches."""
+def predict(clf: Classifier, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, decided labels, embeddings, open-set scores) of every image, in batches."""
     parts = [clf.predict(paths[i:i + BATCH], top_k=1) for i in range(0, len(paths), BATCH)]
-    return (np.concatenate([p.scores for p in parts]), np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.embeddings for p in parts]))
+    return tuple(np.concatenate([getattr(p, name) for p in parts])  # type: ignore[return-value]
+                 for name in ("scores", "labels", "embeddings", "open_set_score"))
 
 
 def evaluate(model: str, data: str, split: str = "test", unknown: str | float | None = "auto", open_set: bool = False,
@@ -62,7 +62,7 @@ def evaluate(model: str, data: str, split: str = "test", unknown: str | float | 
     clf = load()
     names = clf.class_names
     paths, labels = labelled_images(Path(data), split, names)
-    scores, decided, embeddings = predict(clf, paths)
+    scores, decided, _, _ = predict(clf, paths)
     result: dict[str, Any] = {"model": str(clf.path), "images": len(labels), "class_names": names,
                               **evaluation.closed_set(labels, scores.argmax(1), names),
                               "threshold": clf.threshold, "accepted": float((decided >= 0).mean()),
@@ -74,9 +74,9 @@ def evaluate(model: str, data: str, split: str = "test", unknown: str | float | 
             for c in unknown_fold:
                 fold.remove_class(names[c])
             kept = [c for c in range(len(names)) if c not in unknown_fold]
-            z, _, q = predict(fold, paths)
+            z, _, q, score = predict(fold, paths)
             figures = evaluation.open_set_fold(z, q @ fold.classes.text_classifier.T, kept, labels, fold.temperature,
-                                               fold.threshold)
+                                               fold.threshold, score)
             per_fold.append({"unknown_classes": [names[c] for c in unknown_fold], **figures})
         result["open_set"] = evaluation.mean_of_folds(per_fold, clf.temperature, clf.threshold)
     return result

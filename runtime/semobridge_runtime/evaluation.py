@@ -49,13 +49,14 @@ def folds(num_classes: int) -> list[list[int]]:
 
 
 def open_set_fold(scores: np.ndarray, text_cosines: np.ndarray, kept: Sequence[int], labels: np.ndarray,
-                  temperature: float, threshold: float | None) -> dict[str, Any]:
+                  temperature: float, threshold: float | None, score: np.ndarray | None = None) -> dict[str, Any]:
     """The figures of one fold: blend scores z and zero-shot cosines n(q) · T_c [N, len(kept)] against the kept
     classes only, the true labels [N] in the full class set's indices. AUROC and FPR at 95 % TPR of the top
     calibrated probability and of MCM (max softmax of the cosines, τ = 1); at `threshold`, the known images
-    accepted and the accuracy on them (a refused known image counts as wrong)."""
+    accepted and the accuracy on them (a refused known image counts as wrong), deciding on `score` [N] (the model's
+    abstention score: the graph's open_set_score) where given, else on the top calibrated probability."""
     is_known = np.isin(labels, kept)
-    pred, known, probs = openset.decide(scores, temperature, threshold)
+    pred, known, probs = openset.decide(scores, temperature, threshold, score=score)
     msp = openset.abstention_score(probs)
     e = np.exp(text_cosines - text_cosines.max(1, keepdims=True))
     mcm = (e / e.sum(1, keepdims=True)).max(1)

@@ -106,9 +106,9 @@ class OpenSet:
 
 
 def check_threshold(value: Any, what: str = "unknown") -> float:
-    """A threshold on SCORE: a number in [0, 1] (a probability)."""
+    """A threshold on an abstention score (one of SCORES, each in [0, 1]): a number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise InputError(f"{what} must be a probability threshold in [0, 1] on the top class's calibrated probability, "
+        raise InputError(f"{what} must be a threshold in [0, 1] on the model's abstention score (a probability), "
                          f"got {value!r}", hint="pass unknown='auto' (the model's threshold), None (off) or a number such as 0.5")
     return float(value)
 

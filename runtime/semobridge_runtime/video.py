@@ -17,7 +17,9 @@ frame's timestamp where the container gives none); a frame without a timestamp t
 frame's time plus one frame at the stream's average rate.
 
 Smoothing (`smooth=a`, 0 < a <= 1): an exponential moving average of the score vectors of the classified
-frames, s_0 = p_0, s_k = a p_k + (1 - a) s_(k-1); label, class_name and score come from s_k (its argmax).
+frames, s_0 = p_0, s_k = a p_k + (1 - a) s_(k-1); label, class_name and score come from s_k (its argmax). The
+abstention score (`open_set_score`) is averaged alike, and the frame is unknown (label -1) when its average is
+below the classifier's threshold (openset.decide).
 a = 1 is no smoothing; a = 0.3 averages over about 1/a = 3 classified frames (the weights of older frames
 fall by 1 - a per classified frame, whatever the time between them).
 
@@ -60,6 +62,7 @@ class FrameResult:
     """One classified frame: its index in the stream (from 0), its time, the best class and its score.
 
     scores: every class's score (float32 [C]), smoothed when the stream smooths.
+    open_set_score: the abstention score that decides "unknown" (Classifier.score names it), smoothed alike.
     """
 
     frame: int
@@ -68,6 +71,7 @@ class FrameResult:
     class_name: str | None  # None: unknown
     score: float
     scores: np.ndarray
+    open_set_score: float
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON line semobridge-run prints: frame, time_s, label, class_name, score."""
@@ -226,7 +230,7 @@ class FrameStream:
         selector, smooth = _Selector(self._sampling), self._sampling.smooth
         start = self._stream.start_time
         step = 1 / Fraction(self._stream.average_rate) if self._stream.average_rate else Fraction(0)
-        time_s, average = Fraction(0), None
+        time_s, average, abstain = Fraction(0), None, 0.0
         for index, frame in enumerate(self._decoded()):
             self.decoded += 1
             if frame.pts is not None:
@@ -237,16 +241,19 @@ class FrameStream:
             if not selector.take(index, time_s):
                 continue
             prediction = self._classifier.predict(frame.to_ndarray(format="rgb24"), top_k=1)
-            scores = prediction.scores[0]
+            scores, score = prediction.scores[0], float(prediction.open_set_score[0])
             label, name = int(prediction.labels[0]), prediction.class_names[0]
             if smooth is not None:
                 same_classes = average is not None and average.shape == scores.shape  # else a class was added or removed
-                average = scores = (smooth * scores + (1 - smooth) * average).astype(np.float32) if same_classes else scores
-                clf = self._classifier  # the open-set decision on the smoothed scores (label -1: unknown)
-                label = int(openset.decide(scores[None], clf.temperature, clf.threshold)[0][0])
+                if same_classes:
+                    scores = (smooth * scores + (1 - smooth) * average).astype(np.float32)
+                    score = float(np.float32(smooth * score + (1 - smooth) * abstain))
+                average, abstain = scores, score
+                clf = self._classifier  # the open-set decision on the smoothed scores and score (label -1: unknown)
+                label = int(openset.decide(scores[None], clf.temperature, clf.threshold, score=np.array([score]))[0][0])
                 name = clf.class_names[label] if label >= 0 else None
             self.classified += 1
-            yield FrameResult(index, float(time_s), label, name, float(scores.max()), scores)
+            yield FrameResult(index, float(time_s), label, name, float(scores.max()), scores, score)
 
     def _decoded(self) -> Iterator[Any]:
         frames = self._container.decode(self._stream)

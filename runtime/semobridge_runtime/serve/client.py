@@ -19,7 +19,7 @@ from .. import openset
 from ..classifier import Prediction, check_top_k
 from ..errors import BackendError, InputError, SemobridgeError
 from ..inputs import uint8_groups
-from ..contract import DECISION_OUTPUTS, KNOWN, LABEL, RUN_OUTPUTS
+from ..contract import DECISION_OUTPUTS, KNOWN, LABEL, OPEN_SET_SCORE, PROBABILITIES, RUN_OUTPUTS
 from ..metadata import ModelInfo
 from .protocol import ENCODED, IMAGE, METADATA, MODEL_NAME, error_from_text, parameter
 
@@ -93,12 +93,15 @@ class RemoteClassifier:
         return self._prediction(self._gather(len(blobs), [(np.arange(len(blobs)), ENCODED, batch)]), top_k)
 
     def _prediction(self, outputs: list[np.ndarray], top_k: int) -> Prediction:
-        scores, labels, embeddings = outputs[:3]
-        if len(outputs) > 3:
-            probabilities, known = outputs[3:]
+        values = dict(zip(self._outputs, outputs))
+        scores, labels, embeddings = (values[n] for n in RUN_OUTPUTS)
+        if PROBABILITIES in values:
+            probabilities, known = values[PROBABILITIES], values[KNOWN]
         else:
             _, known, probabilities = openset.decide(scores, self.temperature, None, labels)
-        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, probabilities, known)
+        # a server of a graph exported before the chosen score decides on the top probability
+        score = values[OPEN_SET_SCORE] if OPEN_SET_SCORE in values else openset.abstention_score(probabilities)
+        return Prediction.of(scores, labels, embeddings, self.class_names, top_k, probabilities, known, score)
 
     def embed(self, images: Any) -> np.ndarray:
         """L2-normalised image embeddings, float32 [N, d]."""
@@ -124,7 +127,7 @@ class RemoteClassifier:
         timeout = {} if self._http else {"client_timeout": self._timeout_s}
         result = self._call(lambda: self._client.infer(self.model_name, [tensor], outputs=outputs, **timeout))
         values = [result.as_numpy(n) for n in self._outputs]
-        return [v.reshape(len(batch)) if n in (LABEL, KNOWN) else v for n, v in zip(self._outputs, values)]
+        return [v.reshape(len(batch)) if n in (LABEL, KNOWN, OPEN_SET_SCORE) else v for n, v in zip(self._outputs, values)]
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one client call; map what goes wrong onto the runtime's error model."""

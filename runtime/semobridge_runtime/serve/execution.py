@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..classifier import Classifier
+from ..contract import OPEN_SET_SCORE
 from ..errors import InputError, SemobridgeError
 from ..images import decode_image
 from ..inputs import uint8_groups
@@ -59,7 +60,8 @@ def run_batch(classifier: Classifier, requests: list[Request], pool: ThreadPoolE
         start = rows.stop
         results[i] = {"scores": prediction.scores[rows], "label": prediction.labels[rows, None],
                       "embedding": prediction.embeddings[rows], "probabilities": prediction.probabilities[rows],
-                      "known": prediction.known[rows, None], "class_name": names[rows, None]}
+                      "known": prediction.known[rows, None], OPEN_SET_SCORE: prediction.open_set_score[rows, None],
+                      "class_name": names[rows, None]}
     return results
 
 

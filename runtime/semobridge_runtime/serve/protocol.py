@@ -2,8 +2,9 @@
 
 A request carries one of two inputs: `image`, uint8 [B, H, W, 3] RGB pixels (B images of one size), or
 `encoded`, BYTES [B, 1] (JPEG, PNG, ... files, decoded on the server). The outputs are the fused
-graph's `scores` [B, C], `label` [B, 1] (-1: unknown), `embedding` [B, d], `probabilities` [B, C] and `known`
-BOOL [B, 1] (the open-set decision the graph computes), and `class_name` BYTES [B, 1] (empty for unknown).
+graph's `scores` [B, C], `label` [B, 1] (-1: unknown), `embedding` [B, d], `probabilities` [B, C], `known`
+BOOL [B, 1] and `open_set_score` [B, 1] (the open-set decision the graph computes: `known` is open_set_score, the
+model's chosen abstention score, >= the threshold), and `class_name` BYTES [B, 1] (empty for unknown).
 A Triton repository of `semobridge-export --formats triton` serves the graph itself: the same outputs but
 `class_name`, its `label` the argmax whatever `known` says (RemoteClassifier gives -1 for both servers).
 """
