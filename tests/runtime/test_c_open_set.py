@@ -132,8 +132,10 @@ def load(olib: ctypes.CDLL, model: Path, **params) -> tuple[int, ctypes.c_void_p
     return rc, handle, err.value.decode()
 
 
-def predict(olib: ctypes.CDLL, handle, images: np.ndarray, **want: bool) -> tuple[int, dict[str, np.ndarray], str]:
-    """sb_predict over packed RGB frames: (rc, the outputs asked for, sb_last_error)."""
+def predict(olib: ctypes.CDLL, handle, images: np.ndarray, embeddings: int = 0,
+            **want: bool) -> tuple[int, dict[str, np.ndarray], str]:
+    """sb_predict over packed RGB frames: (rc, the outputs asked for (want: name -> False leaves one out; embeddings:
+    their width, 0 for none), sb_last_error)."""
     n, h, w, _ = images.shape
     images = np.ascontiguousarray(images)
     frames = (Frame * n)()
@@ -145,6 +147,8 @@ def predict(olib: ctypes.CDLL, handle, images: np.ndarray, **want: bool) -> tupl
     out = {"scores": np.zeros((n, classes), np.float32), "labels": np.zeros(n, np.int64),
            "probabilities": np.zeros((n, classes), np.float32), "open_set_score": np.zeros(n, np.float32)}
     out = {k: v for k, v in out.items() if want.get(k, True)}
+    if embeddings:
+        out["embeddings"] = np.zeros((n, embeddings), np.float32)
     result = Result(**{k: v.ctypes.data for k, v in out.items()})
     rc = olib.sb_predict(handle, None, frames, n, ctypes.byref(result))
     return rc, out, olib.sb_last_error(handle).decode()

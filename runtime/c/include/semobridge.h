@@ -306,7 +306,8 @@ struct sb_result {
     float * embeddings;    /* n * sb_embedding_dim floats, L2-normalised */
     /* Those below came with the choice of the open-set score. */
     float * open_set_score; /* n open-set scores (sb_unknown_score's): an image is unknown below the threshold
-                               (sb_unknown_threshold); SB_EMODEL for a model exported before its graph computed it */
+                               (sb_unknown_threshold); a graph exported before the score was a choice decides on the
+                               top probability, which this gives; SB_EMODEL as for probabilities */
 };
 
 /* Classify n frames (sb_classify_frames' rules; a packed RGB batch is a frame per image, layout SB_LAYOUT_RGB) with

@@ -1001,12 +1001,17 @@ const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
 }
 
-/* Run the model once for the outputs `r` asks for; an image the graph decides is not known gets label -1. */
+/* Run the model once for the outputs `r` asks for; an image the graph decides is not known gets label -1. A graph
+ * exported before it computed open_set_score decides on the top probability (max_probability): that is its score, as
+ * semobridge_runtime's Classifier gives it (openset.abstention_score). */
 static int predict(struct sb_model * m, const struct sb_classes * c, const struct sb_images * images, int n, int h,
                    int w, const struct sb_result * r) {
     struct sb_output outs[SB_MAX_OUTPUTS];
     size_t k = 0;
     uint8_t * known = NULL; /* ONNX bool: one byte per image */
+    float * probabilities = r->probabilities;
+    const bool top = r->open_set_score && !m->scores_open_set; /* the score from the probabilities */
+    size_t values = 0;
     int rc;
     if (!r->scores && !r->labels && !r->probabilities && !r->embeddings && !r->open_set_score) {
         return fail(m, SB_EINVAL, "the result asks for nothing: set scores, labels, probabilities, embeddings or "
@@ -1016,26 +1021,40 @@ static int predict(struct sb_model * m, const struct sb_classes * c, const struc
         return fail(m, SB_EMODEL, "'%s' was exported before its graph computed probabilities; re-export it with "
                     "semobridge-export", m->path);
     }
-    if (r->open_set_score && !(m->decides && m->scores_open_set)) {
-        return fail(m, SB_EMODEL, "'%s' was exported before its graph computed the open-set score; re-export it with "
+    if (r->open_set_score && !m->decides) {
+        return fail(m, SB_EMODEL, "'%s' was exported before its graph computed the open-set decision; re-export it with "
                     "semobridge-export", m->path);
     }
-    if (r->labels && m->decides && !(known = malloc((size_t) n))) return fail(m, SB_ENOMEM, "out of memory");
+    if (top && !probabilities && (!mul_size((size_t) n, (size_t) c->count, &values) || values > SIZE_MAX / sizeof(float) ||
+                                  !(probabilities = malloc(values * sizeof(float))))) {
+        return fail(m, SB_ENOMEM, "out of memory for %d x %d probabilities", n, c->count);
+    }
+    if (r->labels && m->decides && !(known = malloc((size_t) n))) {
+        if (probabilities != r->probabilities) free(probabilities);
+        return fail(m, SB_ENOMEM, "out of memory");
+    }
     if (r->scores) outs[k++] = (struct sb_output){SB_OUTPUT_SCORES, r->scores, (size_t) c->count, sizeof(float),
                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
     if (r->labels) outs[k++] = (struct sb_output){SB_OUTPUT_LABEL, r->labels, 1, sizeof(int64_t),
                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1};
     if (known) outs[k++] = (struct sb_output){SB_OUTPUT_KNOWN, known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1};
-    if (r->probabilities) outs[k++] = (struct sb_output){SB_OUTPUT_PROBABILITIES, r->probabilities, (size_t) c->count,
-                                                         sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
+    if (probabilities) outs[k++] = (struct sb_output){SB_OUTPUT_PROBABILITIES, probabilities, (size_t) c->count,
+                                                      sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
     if (r->embeddings) outs[k++] = (struct sb_output){SB_OUTPUT_EMBEDDING, r->embeddings, (size_t) m->embedding_dim,
                                                       sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
-    if (r->open_set_score) outs[k++] = (struct sb_output){SB_OUTPUT_OPEN_SET_SCORE, r->open_set_score, 1, sizeof(float),
-                                                          ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 1};
+    if (r->open_set_score && !top) outs[k++] = (struct sb_output){SB_OUTPUT_OPEN_SET_SCORE, r->open_set_score, 1,
+                                                                  sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 1};
     rc = run(m, c, images, n, h, w, outs, k);
     for (int i = 0; rc == SB_OK && known && i < n; i++) {
         if (!known[i]) r->labels[i] = -1;
     }
+    for (size_t i = 0; rc == SB_OK && top && i < (size_t) n; i++) {
+        const float * row = probabilities + i * (size_t) c->count;
+        float best = row[0];
+        for (int j = 1; j < c->count; j++) best = row[j] > best ? row[j] : best;
+        r->open_set_score[i] = best;
+    }
+    if (probabilities != r->probabilities) free(probabilities);
     free(known);
     return rc;
 }
