@@ -59,12 +59,14 @@ def olib(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def with_decision(model: Path, *, score: str | None = "max_probability", threshold: float | None = 0.5,
                   temperature: float = 0.5, weight_input: bool = True, probabilities_dims: list | None = None,
-                  narrow: bool = False, known_dims: list | None = None, score_dims: list | None = None) -> Path:
+                  narrow: bool = False, known_dims: list | None = None, score_dims: list | None = None,
+                  score_output: bool = True) -> Path:
     """The contract model `model` (rewritten in place) with the decision the exporter's graphs compute: overridable
     float32 scalar inputs temperature, threshold (the metadata's) and, with `weight_input`, mcm_weight (default the
     metadata score's weight); outputs probabilities, known and open_set_score. The metadata's open_set names `score`
     (None: the key left out) unless `threshold` is None (no calibration). `narrow`: probabilities lose their last
-    column; *_dims: the declared output shapes."""
+    column; *_dims: the declared output shapes; without `score_output` (and `weight_input`): a graph exported before
+    the score was a choice."""
     proto = onnx.load(str(model))
     g = proto.graph
     default_weight = openset.mcm_weight(score) if score in openset.SCORES else 0.0
@@ -101,7 +103,7 @@ def with_decision(model: Path, *, score: str | None = "max_probability", thresho
         helper.make_tensor_value_info(contract.PROBABILITIES, TensorProto.FLOAT, probabilities_dims or [n, "C"]),
         helper.make_tensor_value_info(contract.KNOWN, TensorProto.BOOL, known_dims or [n]),
         helper.make_tensor_value_info(contract.OPEN_SET_SCORE, TensorProto.FLOAT, score_dims or [n]),
-    ])
+    ][:3 if score_output else 2])
     props = {p.key: p.value for p in proto.metadata_props}
     meta = json.loads(props[contract.METADATA_KEY])
     if threshold is not None:

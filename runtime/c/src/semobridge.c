@@ -870,7 +870,7 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nclass]),
                 "creating the temperature input");
     }
-    if (ninputs > nthreshold) {
+    if (nweight > nthreshold) {
         input_names[nthreshold] = SB_INPUT_THRESHOLD;
         ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &threshold, sizeof(float), NULL, 0,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nthreshold]),
