@@ -373,7 +373,8 @@ def uncalibrated(model: Path, out: Path) -> Path:
 def test_uncalibrated_model_with_a_calibrated_class_file_as_python(olib, real, tmp_path) -> None:
     """An export fitted without calibration, opened with unknown "auto" and a class file that carries its own (written
     by Python after an edit): Python and C both warn that every image gets a class unless a class file brings its
-    own, then apply the file's temperature, threshold and score, with the same labels and open-set scores."""
+    own, then apply the file's temperature, threshold and score, with the same labels and open-set scores. (Both
+    said that every image gets a class, which the class file then contradicted.)"""
     from PIL import Image
 
     from semobridge_runtime import Classifier
@@ -390,6 +391,7 @@ def test_uncalibrated_model_with_a_calibrated_class_file_as_python(olib, real, t
     with pytest.warns(UserWarning, match="no open-set calibration") as said:
         clf = Classifier.load(model)
     assert clf.threshold is None and "every image gets a class" in str(said[0].message)
+    assert "unless a class file brings its own calibration" in str(said[0].message)
     clf.load_classes(path)
     assert (clf.temperature, clf.threshold) == (editor.temperature, editor.threshold) and clf.threshold > 0
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((pool / "test").rglob("*.png"))])
