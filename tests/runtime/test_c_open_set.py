@@ -23,27 +23,23 @@ from semobridge_runtime.openset import OpenSet
 from .contract_model import TOY_IDENTITY, toy_class_set
 from .test_c_classes import encoded
 from .test_c_library import lib  # noqa: F401  (fixture)
+from .test_frames import CFrame
 
-SB_EINVAL, SB_EMODEL = -1, -2
+SB_EMODEL = -2
 MCM_STAND_IN = 0.25  # what the toy graph's open_set_score is with mcm_weight 1
 CLASSES = 5
 
 
 class Result(ctypes.Structure):
-    """struct sb_result, fields in the header's order."""
+    """struct sb_result, field for field."""
+
     _fields_ = [("scores", ctypes.c_void_p), ("labels", ctypes.c_void_p), ("probabilities", ctypes.c_void_p),
                 ("embeddings", ctypes.c_void_p), ("open_set_score", ctypes.c_void_p)]
 
 
-class Frame(ctypes.Structure):
-    """struct sb_frame."""
-    _fields_ = [("data", ctypes.c_void_p * 2), ("size", ctypes.c_size_t * 2), ("stride", ctypes.c_int * 2),
-                ("width", ctypes.c_int), ("height", ctypes.c_int), ("layout", ctypes.c_int), ("full_range", ctypes.c_bool)]
-
-
 @pytest.fixture(scope="module")
 def olib(lib: ctypes.CDLL) -> ctypes.CDLL:
-    lib.sb_predict.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(Frame), ctypes.c_int, ctypes.POINTER(Result)]
+    lib.sb_predict.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(CFrame), ctypes.c_int, ctypes.POINTER(Result)]
     lib.sb_unknown_threshold.restype = ctypes.c_double
     lib.sb_unknown_threshold.argtypes = [ctypes.c_void_p]
     lib.sb_unknown_score.restype = ctypes.c_char_p
@@ -140,7 +136,7 @@ def predict(olib: ctypes.CDLL, handle, images: np.ndarray, embeddings: int = 0,
     their width, 0 for none), sb_last_error)."""
     n, h, w, _ = images.shape
     images = np.ascontiguousarray(images)
-    frames = (Frame * n)()
+    frames = (CFrame * n)()
     for i in range(n):
         frames[i].data[0] = images[i].ctypes.data
         frames[i].size[0] = h * w * 3
