@@ -228,8 +228,10 @@ SB_API const char * sb_class_name(const struct sb_model * model, int i);
  * sb_set_classes makes the class file at `path` (written by semobridge_runtime's Classifier.save_classes or
  * semobridge-classes) the model's class set; path NULL returns to the fitted classes. The file is read and checked
  * whole first (truncation, format, the model's backbone weights and bridge hashes, tensor offsets and shapes, names,
- * finite values): on failure it returns SB_EMODEL (SB_EINVAL for a NULL model, SB_ENOMEM) with the reason in
- * sb_last_error, and the model keeps its class set. A model exported with its classes baked in refuses (SB_EMODEL).
+ * finite values, the open set's temperature, threshold and score): on failure it returns SB_EMODEL (SB_EINVAL for a
+ * NULL model, SB_ENOMEM) with the reason in sb_last_error, and the model keeps its class set. A model exported with its
+ * classes baked in refuses (SB_EMODEL), and so does one whose graph cannot compute the file's open-set score ("mcm" on
+ * an export from before the score was a choice: re-export it).
  *
  * Swaps are atomic with respect to calls in other threads: each sb_classify uses the set that was current when it
  * began, whole, for the whole call, so its scores are those of the old set or of the new one, never a mix. A set is

@@ -457,7 +457,7 @@ static int check_params(struct sb_model * m, struct sb_params p) {
         return fail(m, SB_EINVAL, "unknown=%d is not SB_UNKNOWN_AUTO, SB_UNKNOWN_OFF or SB_UNKNOWN_THRESHOLD", (int) p.unknown);
     }
     if (p.unknown == SB_UNKNOWN_THRESHOLD && !(p.unknown_threshold >= 0 && p.unknown_threshold <= 1)) {
-        return fail(m, SB_EINVAL, "unknown_threshold=%g is not a probability in [0, 1] (on the top class's calibrated "
+        return fail(m, SB_EINVAL, "unknown_threshold=%g is not a threshold in [0, 1] on the model's open-set score (a "
                     "probability); or set unknown to SB_UNKNOWN_AUTO (the model's threshold) or SB_UNKNOWN_OFF",
                     p.unknown_threshold);
     }
