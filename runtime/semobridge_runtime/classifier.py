@@ -91,7 +91,8 @@ def unknown_threshold(unknown: object, info: ModelInfo, source: str, decides: bo
     if isinstance(unknown, str) and unknown == "auto":
         if fitted is None or not decides:
             why = ("carries no open-set calibration (exported before it existed, or fitted without held-out images): "
-                   "every image gets a class, and probabilities are uncalibrated (T = 1)" if fitted is None else
+                   "every image gets a class, and probabilities are uncalibrated (T = 1)"
+                   + (", unless a class file brings its own calibration" if decides else "") if fitted is None else
                    "was exported before its graph decided 'unknown': every image gets a class")
             warnings.warn(f"{source} {why}; re-export the model to answer 'unknown'", stacklevel=3)
             return temperature, None

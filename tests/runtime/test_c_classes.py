@@ -228,6 +228,15 @@ def header_edit(good: Path, old: str, new: str) -> bytes:
     return join(header.replace(old, new, 1), body)
 
 
+CALIBRATED = {"temperature": "0.5", "threshold": "0.25", "score": "mcm"}  # a class file's open set
+
+
+def scored(good: Path, score: str) -> bytes:
+    """The class file `good` with CALIBRATED's open set, its score written as the JSON `score` ('"score":...')."""
+    header, body = split(encoded(good, meta=CALIBRATED))
+    return join(header.replace('"score":"mcm"', score, 1), body)
+
+
 def with_value(good: Path, tensor: str, index: tuple, value: float) -> bytes:
     array = np.array(tensorfile.read(good)[0][tensor])
     array[index] = value
@@ -256,6 +265,10 @@ BAD_FILES: dict[str, Callable[[Path], tuple[bytes, str, bool]]] = {
     "another format": lambda a: (encoded(a, meta={"format": "something/1"}), "is not a semobridge class file (format \"something/1\"", True),
     "no metadata": lambda a: (header_edit(a, '"__metadata__"', '"__nometadata__"'), "is not a semobridge class file (format none", True),
     "metadata value not a string": lambda a: (header_edit(a, '"num_classes":"4"', '"num_classes":4'), "a __metadata__ value is not a string", True),
+    "an unknown open-set score": lambda a: (encoded(a, meta={**CALIBRATED, "score": "energy"}),
+                                            'open-set calibration (score "energy" is not one of max_probability, mcm)', True),
+    "an empty open-set score": lambda a: (encoded(a, meta={**CALIBRATED, "score": ""}), 'score "" is not one of', True),
+    "an open-set score not a string": lambda a: (scored(a, '"score":1'), "a __metadata__ value is not a string", True),
     "another backbone": lambda a: (encoded(a, meta={"weights_hash": "0123456789abcdef", "backbone": "ViT-B-16"}),
                                    "was made for the backbone \"ViT-B-16\" with weights \"0123456789abcdef\", but this model's backbone is \"toy\"", True),
     "another bridge": lambda a: (encoded(a, meta={"bridge_hash": "fedcba9876543210"}), "was bridged with another W+ (bridge \"fedcba9876543210\"", True),
@@ -400,7 +413,7 @@ def sanitizers_work() -> bool:
 
 
 @pytest.mark.skipif(not sanitizers_work(), reason="the C compiler lacks ASan/UBSan runtimes (apt-get install libasan8 libubsan1)")
-def test_sanitizers_clean(c_build, toy, toy_files, bad_files, error_case_args) -> None:
+def test_sanitizers_clean(c_build, toy, toy_files, bad_files, error_case_args, make_model, tmp_path) -> None:
     """AddressSanitizer + UndefinedBehaviorSanitizer (leaks included), and ThreadSanitizer on the concurrent swaps."""
     made = subprocess.run(["make", "-C", str(C_DIR), "sanitize", f"PYTHON={sys.executable}"], capture_output=True, text=True,
                           timeout=900)
@@ -412,3 +425,22 @@ def test_sanitizers_clean(c_build, toy, toy_files, bad_files, error_case_args) -
     assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout[-3000:] + done.stderr[-5000:]
     done = run_test_classes([sanitize / "tsan_test_classes"], toy, toy_files, {}, 50)
     assert done.returncode == 0 and "ThreadSanitizer" not in done.stderr, done.stdout[-3000:] + done.stderr[-5000:]
+    sanitized_open_set(sanitize / "classify", make_model, tmp_path)
+
+
+def sanitized_open_set(classify: Path, make_model, folder: Path) -> None:
+    """The classify example, sanitized, through the open-set paths of sb_predict: a graph deciding on each score (the
+    metadata's, a class file's), fed a threshold or not, and one exported before the score (its score from the
+    probabilities)."""
+    from .test_c_open_set import class_file, with_decision, write_images
+
+    images = write_images(np.random.default_rng(3).integers(0, 256, (2, 21, 17, 3), np.uint8), folder)
+    mcm = with_decision(make_model(head_as_data=True, seed=4), score="mcm")
+    old = with_decision(make_model(seed=4), weight_input=False, score_output=False)
+    own = class_file(folder / "own.classes", {**CALIBRATED, "score": "max_probability"})
+    for flags, model in ((["--unknown", "0.3"], mcm), (["--unknown", "off", "--classes", own], mcm), ([], old),
+                         (["--classes", own], mcm)):
+        done = subprocess.run([classify, "--open-set-score", "--probabilities", *flags, model, *images],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.count("  open_set_score ") == 2, done.stdout + done.stderr[-5000:]
+        assert "Sanitizer" not in done.stderr and "runtime error" not in done.stderr, done.stderr[-5000:]

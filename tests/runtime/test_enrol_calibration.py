@@ -268,6 +268,9 @@ BAD_OPEN_SETS = {
     "spaces": ({"threshold": " 0.5"}, ()),
     "underscore": ({"temperature": "1_0"}, ()),
     "threshold alone": ({"temperature": None}, ()),
+    "unknown score": ({"score": "energy"}, ()),  # the score: exactly one of openset.SCORES (absent: max_probability)
+    "empty score": ({"score": ""}, ()),
+    "score in capitals": ({"score": "MCM"}, ()),
 }
 
 

@@ -24,7 +24,8 @@ import pytest
 
 from semobridge_runtime import Classifier, ModelError, contract, openset
 
-from .test_c_library import parse_classify, write_ppm
+from .test_c_library import lib, parse_classify, write_ppm  # noqa: F401  (lib: a fixture)
+from .test_c_open_set import olib  # noqa: F401  (a fixture)
 
 TOL = 1e-6  # probabilities; each front-end runs one image per model run (ORT's scores move ~1e-7 with the batch)
 # The Triton graph holds the class set as constants, which ONNX Runtime folds: its scores differ from the graph's with
@@ -139,18 +140,6 @@ def decided(models: dict[str, Path], photos) -> dict[str, SimpleNamespace]:
     return found
 
 
-@pytest.fixture(scope="module")
-def python(onnx_model: Path, decided) -> tuple[Classifier, SimpleNamespace]:
-    """The prediction of the exported model itself (its fit's score) at the split threshold (the C library's part)."""
-    score = Classifier.load(onnx_model, unknown=None).score
-    return decided[score].clf, decided[score].p
-
-
-@pytest.fixture(scope="module")
-def split(onnx_model: Path, decided) -> float:
-    return decided[Classifier.load(onnx_model, unknown=None).score].split
-
-
 def test_the_two_scores_decide_differently(decided) -> None:
     """The models of the two scores are the same graph fed a different mcm_weight: same scores and probabilities,
     open_set_score the top probability for one and MCM for the other (else the test of one would pass for the other)."""
@@ -201,24 +190,29 @@ def test_openvino_keeps_the_decision_inputs(decided, photos, score: str) -> None
     assert np.abs(abstain - got.open_set_score).max() > 1e-2  # the fed weight, not the folded default, decided
 
 
-def test_c_library_agrees(c_build: Path, onnx_model: Path, photos, python, split: float, tmp_path: Path) -> None:
-    clf, p = python
+@pytest.mark.parametrize("score", openset.SCORES)
+def test_c_library_agrees(c_build: Path, decided, photos, tmp_path: Path, score: str) -> None:
+    """The classify example (sb_predict) on the model of each score at its split threshold: labels, probabilities and
+    open_set_score equal Python's and the reference's; the score it names and the threshold are the model's."""
+    d = decided[score]
     paths = [write_ppm(tmp_path / f"img{i}.ppm", image) for i, image in enumerate(photos)]
-    done = subprocess.run([c_build / "examples" / "classify", "--scores", "--probabilities", "--unknown", repr(split),
-                           onnx_model, *paths], capture_output=True, text=True, check=True)
+    done = subprocess.run([c_build / "examples" / "classify", "--scores", "--probabilities", "--open-set-score",
+                           "--unknown", repr(d.split), d.model, *paths], capture_output=True, text=True, check=True)
     results = parse_classify(done.stdout)
-    probabilities = {}
-    for line in done.stdout.splitlines():  # parse_classify keeps labels and scores; the probabilities line here
-        if line.startswith("  probabilities"):
-            probabilities[len(probabilities)] = np.array(line.split()[1:], np.float64)
-    labels = np.array([results[str(path)]["label"] for path in paths])
-    scores = np.stack([results[str(path)]["scores"] for path in paths])
-    got = np.stack([probabilities[i] for i in range(len(paths))])
-    np.testing.assert_array_equal(labels, p.labels)
-    np.testing.assert_allclose(got, p.probabilities, rtol=0, atol=TOL)
-    c = SimpleNamespace(labels=labels, known=labels >= 0, probabilities=got, scores=scores)
-    check(c, clf.classes.text_classifier, clf.temperature, split, clf.score, embeddings=p.embeddings)
-    auto = subprocess.run([c_build / "examples" / "classify", onnx_model, *paths[:2]], capture_output=True, text=True,
+    lines = {kind: [line.split()[1:] for line in done.stdout.splitlines() if line.startswith(f"  {kind} ")]
+             for kind in ("probabilities", "open_set_score")}  # parse_classify keeps labels and scores
+    assert len(lines["open_set_score"]) == len(paths)
+    assert all(row[1:] == [score, f"{d.split:.9g}"] for row in lines["open_set_score"]), lines["open_set_score"]
+    c = SimpleNamespace(labels=np.array([results[str(path)]["label"] for path in paths]),
+                        scores=np.stack([results[str(path)]["scores"] for path in paths]),
+                        probabilities=np.array(lines["probabilities"], np.float64),
+                        open_set_score=np.array([row[0] for row in lines["open_set_score"]], np.float64))
+    c.known = c.labels >= 0
+    np.testing.assert_array_equal(c.labels, d.p.labels)
+    np.testing.assert_allclose(c.probabilities, d.p.probabilities, rtol=0, atol=TOL)
+    np.testing.assert_allclose(c.open_set_score, d.p.open_set_score, rtol=0, atol=TOL)
+    check(c, d.T, d.clf.temperature, d.split, score, embeddings=d.p.embeddings)
+    auto = subprocess.run([c_build / "examples" / "classify", d.model, *paths[:2]], capture_output=True, text=True,
                           check=True)
     assert "unknown" not in auto.stderr  # a calibrated model decides silently
 
@@ -390,3 +384,72 @@ def test_a_class_set_choosing_another_score_is_applied(models, decided, photos, 
         check(got, want.T, clf.temperature, want.split, file_score)
         for name in OUTPUTS:
             np.testing.assert_allclose(getattr(got, name), getattr(want.p, name), rtol=0, atol=TOL, err_msg=name)
+
+
+# ---------------------------------------------------------------- the C library on the same models (sb_predict)
+
+def c_one_by_one(olib, model: Path, photos, **params) -> SimpleNamespace:
+    """labels, known, probabilities, scores, embeddings and open_set_score from the C library (sb_predict through
+    ctypes), each image run alone; with `score` and `threshold`: the ones it says are in force."""
+    from .test_c_open_set import load, predict
+
+    rc, handle, err = load(olib, model, **params)
+    assert rc == 0, err
+    try:
+        runs = []
+        for image in photos:
+            rc, out, err = predict(olib, handle, image[None], embeddings=olib.sb_embedding_dim(handle))
+            assert rc == 0, err
+            runs.append(out)
+        got = SimpleNamespace(**{name: np.concatenate([run[name] for run in runs]) for name in runs[0]})
+        got.known, got.score = got.labels >= 0, olib.sb_unknown_score(handle).decode()
+        got.threshold = olib.sb_unknown_threshold(handle)
+        return got
+    finally:
+        olib.sb_close(handle)
+
+
+def assert_c_equals(got: SimpleNamespace, want: SimpleNamespace) -> None:
+    np.testing.assert_array_equal(got.labels, want.labels)
+    for name in ("probabilities", "open_set_score", "embeddings"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=0, atol=TOL, err_msg=name)
+
+
+def test_c_on_an_export_before_the_chosen_score(olib, models, decided, photos, tmp_path: Path, capfd) -> None:
+    """The C side of test_an_export_before_the_chosen_score_decides_on_the_top_probability: such a graph opens
+    silently, decides on the top probability, and sb_predict's open_set_score gives it, as Python's."""
+    d = decided[openset.SCORE]
+    old = variant(models[openset.SCORE], tmp_path / "old", old=True)
+    got = c_one_by_one(olib, old, photos, unknown=2, unknown_threshold=d.split)
+    assert (got.score, got.threshold) == (openset.SCORE, d.split) and "semobridge" not in capfd.readouterr().err
+    assert_c_equals(got, d.p)
+    check(got, d.T, d.clf.temperature, d.split, openset.SCORE)
+
+
+def test_c_refuses_mcm_on_a_graph_that_cannot_compute_it(olib, models, tmp_path: Path) -> None:
+    """The C side of test_a_model_choosing_mcm_whose_graph_cannot_compute_it_is_refused, for every `unknown`."""
+    from .test_c_open_set import load
+
+    old = variant(models["mcm"], tmp_path / "old", old=True)
+    for params in ({}, {"unknown": 2, "unknown_threshold": 0.5}, {"unknown": 1}):
+        rc, handle, err = load(olib, old, **params)
+        assert (rc, handle.value) == (-2, None), err
+        assert "'mcm'" in err and "no 'mcm_weight' input" in err and "re-export" in err, err
+
+
+def test_c_applies_a_class_set_choosing_another_score(olib, models, decided, photos, tmp_path: Path) -> None:
+    """The C side of test_a_class_set_choosing_another_score_is_applied: the class file's score reaches the graph's
+    mcm_weight and its threshold decides, so C predicts as the model that chose that score (and as Python)."""
+    from semobridge_runtime import tensorfile
+
+    for model_score, file_score in zip(openset.SCORES, reversed(openset.SCORES)):
+        Classifier.load(models[model_score]).save_classes(tmp_path / "fitted.safetensors")
+        tensors, meta = tensorfile.read(tmp_path / "fitted.safetensors")
+        want = decided[file_score]
+        meta.update({contract.CLASS_FILE_SCORE: file_score, "threshold": repr(want.split)})
+        path = tmp_path / f"{file_score}.safetensors"
+        path.write_bytes(tensorfile.encode(tensors, meta))
+        got = c_one_by_one(olib, models[model_score], photos, classes_path=str(path).encode())
+        assert (got.score, got.threshold) == (file_score, want.split)
+        assert_c_equals(got, want.p)
+        check(got, want.T, want.clf.temperature, want.split, file_score)

@@ -1,11 +1,13 @@
 /* classify - print the top-k classes of binary PPM (P6) images with a semobridge model.
  *
- *   classify [--top-k K] [--scores] [--probabilities] [--unknown auto|off|VALUE] [--classes FILE] [--threads N]
- *            [--no-spinning] [--version] MODEL IMAGE.ppm...
+ *   classify [--top-k K] [--scores] [--probabilities] [--open-set-score] [--unknown auto|off|VALUE] [--classes FILE]
+ *            [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...
  *
  * Per image:  "<path>", "  label <index> <name>" ("  label -1 unknown" for an image of no enrolled class), then k
- * lines "  top <index> <score> <name>", with --scores one line "  scores <s0> <s1> ..." with every class score, and
- * with --probabilities one line "  probabilities <p0> <p1> ..." (calibrated, summing to 1).
+ * lines "  top <index> <score> <name>", with --scores one line "  scores <s0> <s1> ..." with every class score,
+ * with --probabilities one line "  probabilities <p0> <p1> ..." (calibrated, summing to 1), and with --open-set-score
+ * one line "  open_set_score <value> <score> <threshold>": the value of the model's open-set score (max_probability or
+ * mcm) the image is called unknown on, below the threshold (-1: unknown is off).
  * Exit codes (docs/errors.md): 0 ok, 2 input error, 3 model error, 4 runtime error; with several
  * images, the first failure's.
  */
@@ -56,7 +58,8 @@ static uint8_t * read_ppm(const char * path, int * w, int * h) {
 static int exit_code(int rc) { return rc == SB_EINVAL ? 2 : rc == SB_EMODEL ? 3 : 4; }
 
 /* Classify one image and print its classes; returns 0 or an exit code. */
-static int classify(struct sb_model * model, const char * path, int top_k, int print_scores, int print_probabilities) {
+static int classify(struct sb_model * model, const char * path, int top_k, int print_scores, int print_probabilities,
+                    int print_open_set) {
     int w = 0, h = 0, rc = 2, status;
     struct sb_classes * set = sb_get_classes(model); /* one class set for the scores and the names */
     const int classes = sb_classes_count(set);
@@ -65,13 +68,15 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
     float * probabilities = malloc(sizeof(float) * (size_t) classes);
     int * order = malloc(sizeof(int) * (size_t) classes);
     int64_t label = -1;
+    float open_set_score = 0;
     struct sb_frame frame = sb_default_frame(); /* packed RGB */
     frame.data[0] = rgb;
     frame.size[0] = (size_t) w * (size_t) h * 3;
     frame.width = w;
     frame.height = h;
     const struct sb_result result = {.scores = scores, .labels = &label,
-                                     .probabilities = print_probabilities ? probabilities : NULL};
+                                     .probabilities = print_probabilities ? probabilities : NULL,
+                                     .open_set_score = print_open_set ? &open_set_score : NULL};
     if (!rgb) {
         fprintf(stderr, "classify: %s: not a readable binary PPM (P6, maxval 255, at most %lld pixels)\n", path,
                 (long long) SB_MAX_PIXELS);
@@ -100,6 +105,10 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
             for (int i = 0; i < classes; i++) printf(" %.9g", probabilities[i]);
             printf("\n");
         }
+        if (print_open_set) {
+            printf("  open_set_score %.9g %s %.9g\n", open_set_score, sb_unknown_score(model),
+                   sb_unknown_threshold(model));
+        }
         rc = 0;
     }
     sb_release_classes(set);
@@ -111,13 +120,14 @@ static int classify(struct sb_model * model, const char * path, int top_k, int p
 }
 
 static const char usage[] =
-    "usage: classify [--top-k K] [--scores] [--probabilities] [--unknown auto|off|VALUE] [--classes FILE] [--threads N]\n"
-    "                [--no-spinning] [--version] MODEL IMAGE.ppm...\n"
+    "usage: classify [--top-k K] [--scores] [--probabilities] [--open-set-score] [--unknown auto|off|VALUE]\n"
+    "                [--classes FILE] [--threads N] [--no-spinning] [--version] MODEL IMAGE.ppm...\n"
     "  --top-k K      classes to print per image (default 5)\n"
     "  --scores       also print every class score\n"
     "  --probabilities also print every class's calibrated probability\n"
+    "  --open-set-score also print the open-set score unknown is decided on, its name and the threshold\n"
     "  --unknown auto|off|VALUE  label -1 (unknown) below the model's calibrated threshold (auto, the default), never\n"
-    "                 (off), or below VALUE in [0, 1], on the top calibrated probability\n"
+    "                 (off), or below VALUE in [0, 1], on the model's open-set score (--open-set-score)\n"
     "  --classes FILE a class file (semobridge-classes, Classifier.save_classes) instead of the fitted classes\n"
     "  --threads N    ONNX Runtime intra-op threads, 0..256 (default 0: one per core)\n"
     "  --no-spinning  let ONNX Runtime's threads sleep between calls instead of spinning\n"
@@ -127,11 +137,12 @@ static const char usage[] =
 int main(int argc, char ** argv) {
     struct sb_params params = sb_default_params();
     struct sb_model * model = NULL;
-    int top_k = 5, print_scores = 0, print_probabilities = 0, i = 1, failure = 0, rc;
+    int top_k = 5, print_scores = 0, print_probabilities = 0, print_open_set = 0, i = 1, failure = 0, rc;
     char err[512];
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--scores") == 0) print_scores = 1;
         else if (strcmp(argv[i], "--probabilities") == 0) print_probabilities = 1;
+        else if (strcmp(argv[i], "--open-set-score") == 0) print_open_set = 1;
         else if (strcmp(argv[i], "--unknown") == 0 && i + 1 < argc) {
             const char * value = argv[++i];
             char * end = NULL;
@@ -165,7 +176,7 @@ int main(int argc, char ** argv) {
         return exit_code(rc);
     }
     for (i++; i < argc; i++) {
-        rc = classify(model, argv[i], top_k, print_scores, print_probabilities);
+        rc = classify(model, argv[i], top_k, print_scores, print_probabilities, print_open_set);
         failure = failure ? failure : rc;
     }
     sb_close(model);

@@ -28,9 +28,12 @@
  *     struct sb_frame image = sb_default_frame();  // packed RGB
  *     image.data[0] = rgb; image.size[0] = (size_t) h * stride; image.stride[0] = stride;
  *     image.width = w; image.height = h;
- *     struct sb_result result = {.labels = labels, .probabilities = probabilities};  // NULL fields: not computed
+ *     float open_set_score;  // what "unknown" is decided on: unknown below sb_unknown_threshold(model)
+ *     struct sb_result result = {.labels = labels, .probabilities = probabilities,
+ *                                .open_set_score = &open_set_score};  // NULL fields: not computed
  *     if (sb_predict(model, NULL, &image, 1, &result) == SB_OK && labels[0] >= 0) {
- *         printf("%s %.1f %%\n", sb_class_name(model, (int) labels[0]), 100 * probabilities[labels[0]]);
+ *         printf("%s %.1f %% (%s %.3f)\n", sb_class_name(model, (int) labels[0]), 100 * probabilities[labels[0]],
+ *                sb_unknown_score(model), open_set_score);
  *     }
  *
  *     // Class sets (docs/classes.md): use a class file written by semobridge_runtime (Classifier.save_classes,
@@ -152,11 +155,16 @@ enum sb_graph_opt {
 };
 
 /* The open-set decision (docs/method.md, "The open set"), computed in the model's graph exactly as in Python and
- * serving: probabilities = softmax(scores / T); an image whose top probability is below the threshold is unknown and
- * gets label -1. Models exported before the graph computed it open with unknown off and say so once (one line on
- * stderr, at sb_load, for SB_UNKNOWN_AUTO); SB_UNKNOWN_THRESHOLD refuses them (SB_EMODEL). */
+ * serving: probabilities = softmax(scores / T); an image whose open-set score is below the threshold is unknown and
+ * gets label -1. The open-set score is the one the model's fit chose (its metadata's open_set.score, sb_unknown_score):
+ * "max_probability", the top calibrated probability, or "mcm", Maximum Concept Matching (the top of the softmax of the
+ * image-text cosines); a class file that carries its own calibration brings its own score. Models exported before the
+ * graph computed it open with unknown off and say so once (one line on stderr, at sb_load, for SB_UNKNOWN_AUTO);
+ * SB_UNKNOWN_THRESHOLD refuses them (SB_EMODEL). A model fitted without calibration says so too, and every image gets a
+ * class unless a class file brings its own calibration (SB_UNKNOWN_AUTO applies that one, as Python does). */
 enum sb_unknown {
-    SB_UNKNOWN_AUTO = 0,      /* the model's calibrated threshold (off for a model exported without calibration) */
+    SB_UNKNOWN_AUTO = 0,      /* the calibrated threshold: a class file's own, else the model's (off for a model exported
+                                 without calibration, unless the class file brings one) */
     SB_UNKNOWN_OFF = 1,       /* every image gets a class */
     SB_UNKNOWN_THRESHOLD = 2, /* sb_params.unknown_threshold */
 };
@@ -177,7 +185,7 @@ struct sb_params {
     const char * classes_path;   /* a class file to open the model with (as sb_set_classes); NULL: the fitted classes */
     /* Those below came with the open-set decision. */
     enum sb_unknown unknown;     /* when an image is unknown (label -1); default SB_UNKNOWN_AUTO */
-    double unknown_threshold;    /* SB_UNKNOWN_THRESHOLD: unknown below this top calibrated probability, in [0, 1] */
+    double unknown_threshold;    /* SB_UNKNOWN_THRESHOLD: unknown below this open-set score (sb_unknown_score), 0..1 */
 };
 
 /* Defaults: ORT thread counts, CPU only, all graph optimisations, spinning threads, the model's limits, unknown by the
@@ -220,8 +228,10 @@ SB_API const char * sb_class_name(const struct sb_model * model, int i);
  * sb_set_classes makes the class file at `path` (written by semobridge_runtime's Classifier.save_classes or
  * semobridge-classes) the model's class set; path NULL returns to the fitted classes. The file is read and checked
  * whole first (truncation, format, the model's backbone weights and bridge hashes, tensor offsets and shapes, names,
- * finite values): on failure it returns SB_EMODEL (SB_EINVAL for a NULL model, SB_ENOMEM) with the reason in
- * sb_last_error, and the model keeps its class set. A model exported with its classes baked in refuses (SB_EMODEL).
+ * finite values, the open set's temperature, threshold and score): on failure it returns SB_EMODEL (SB_EINVAL for a
+ * NULL model, SB_ENOMEM) with the reason in sb_last_error, and the model keeps its class set. A model exported with its
+ * classes baked in refuses (SB_EMODEL), and so does one whose graph cannot compute the file's open-set score ("mcm" on
+ * an export from before the score was a choice: re-export it).
  *
  * Swaps are atomic with respect to calls in other threads: each sb_classify uses the set that was current when it
  * began, whole, for the whole call, so its scores are those of the old set or of the new one, never a mix. A set is
@@ -240,6 +250,9 @@ SB_API const char * sb_classes_name(const struct sb_classes * classes, int i); /
  * 0 when the set carries none (the fitted classes, or a file written before: the model's calibration applies), -1 if
  * classes is NULL. */
 SB_API int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold);
+/* The open-set score that open set's threshold is on ("max_probability" or "mcm": the file's `score`, "max_probability"
+ * where it names none); NULL when the set carries no open set (sb_classes_open_set 0) or classes is NULL. */
+SB_API const char * sb_classes_score(const struct sb_classes * classes);
 
 /* sb_classify with class set `classes` (from sb_get_classes(model)); scores_out: n * sb_classes_count(classes) floats. */
 SB_API int sb_classify_with(struct sb_model * model, const struct sb_classes * classes, const uint8_t * rgb, int n,
@@ -293,6 +306,10 @@ struct sb_result {
     float * probabilities; /* n * C calibrated probabilities softmax(scores / T), each row summing to 1 (SB_EMODEL for
                               a model exported before its graph computed them: re-export it) */
     float * embeddings;    /* n * sb_embedding_dim floats, L2-normalised */
+    /* Those below came with the choice of the open-set score. */
+    float * open_set_score; /* n open-set scores (sb_unknown_score's): an image is unknown below the threshold
+                               (sb_unknown_threshold); a graph exported before the score was a choice decides on the
+                               top probability, which this gives; SB_EMODEL as for probabilities */
 };
 
 /* Classify n frames (sb_classify_frames' rules; a packed RGB batch is a frame per image, layout SB_LAYOUT_RGB) with
@@ -301,9 +318,14 @@ struct sb_result {
 SB_API int sb_predict(struct sb_model * model, const struct sb_classes * classes, const struct sb_frame * frames, int n,
                       const struct sb_result * result);
 
-/* The top calibrated probability below which an image is unknown (sb_params.unknown), or -1 when unknown is off;
- * -2 if model is NULL. */
+/* The open-set score below which an image is unknown (sb_params.unknown) with the model's current class set (a class
+ * file's own with SB_UNKNOWN_AUTO, where it brings one), or -1 when unknown is off; -2 if model is NULL. */
 SB_API double sb_unknown_threshold(const struct sb_model * model);
+
+/* The open-set score of the model's current class set ("max_probability" or "mcm": the class file's where it brings its
+ * own calibration, else the model's), what sb_unknown_threshold and sb_result.open_set_score are on; NULL if model is
+ * NULL. A static string. */
+SB_API const char * sb_unknown_score(const struct sb_model * model);
 
 /* Message of the most recent failure on this model ("" if none); owned by the model. */
 SB_API const char * sb_last_error(const struct sb_model * model);

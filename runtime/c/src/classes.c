@@ -23,6 +23,7 @@
 #define MAX_NAME_LENGTH 256    /* code points: semobridge_runtime.names (tests/class_names.json holds C to it) */
 
 const char * const sb_head_inputs[SB_HEAD_INPUTS] = SB_HEAD_INPUT_NAMES;
+const char * const sb_open_set_scores[SB_OPEN_SET_SCORES] = SB_OPEN_SET_SCORE_NAMES;
 
 static int say(char * err, size_t errlen, int code, const char * fmt, ...) {
     va_list ap;
@@ -84,6 +85,7 @@ static struct sb_classes * classes_new(const void * owner, const char * names, s
     atomic_init(&c->refs, 1);
     c->owner = owner;
     c->temperature = c->threshold = NAN;
+    c->score = -1;
     c->count = count;
     c->names_buf = malloc(len + 1);
     c->names = malloc(sizeof(char *) * (size_t) count);
@@ -426,30 +428,48 @@ static int check_header(const struct json * j, const struct class_identity * id,
     return rc;
 }
 
+int classes_score_index(const char * name, size_t len) {
+    for (int i = 0; name && i < SB_OPEN_SET_SCORES; i++) {
+        if (len == strlen(sb_open_set_scores[i]) && memcmp(name, sb_open_set_scores[i], len) == 0) return i;
+    }
+    return -1;
+}
+
 /* The open set's `temperature` and `threshold` (step 7): both absent (NAN: the model's apply) or both numbers in
- * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges). */
-static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold, char * err,
-                         size_t errlen) {
+ * semobridge_runtime.openset's ranges (tests/runtime/test_c_classes.py holds C to Python on their edges); and its
+ * `score`, one of SB_OPEN_SET_SCORE_NAMES wherever it is written (absent: SB_OPEN_SET_SCORE_DEFAULT), into *score as its
+ * index (-1 with no temperature and threshold: the model's score applies). */
+static int read_open_set(const struct json * j, const char * source, double * temperature, double * threshold,
+                         int * score, char * err, size_t errlen) {
     static const char * const keys[2] = SB_CLASS_FILE_OPEN_SET;
     static const double low[2] = {SB_TEMPERATURE_MIN, 0.0}, high[2] = {SB_TEMPERATURE_MAX, 1.0};
     double * out[2] = {temperature, threshold};
-    size_t meta = 0;
+    size_t meta = 0, score_len = 0;
     bool nomem = false;
     int given = 0;
     char * text[2];
     size_t len[2] = {0, 0};
     *temperature = *threshold = NAN;
+    *score = -1;
     if (json_get(j, 0, "__metadata__", &meta) != 1) meta = 0;
     for (int i = 0; i < 2; i++) {
         text[i] = meta_string(j, meta, keys[i], &len[i], &nomem);
         given += text[i] != NULL;
     }
+    char * named = meta_string(j, meta, SB_CLASS_FILE_SCORE, &score_len, &nomem);
+    const int index = named ? classes_score_index(named, score_len) : SB_OPEN_SET_SCORE_DEFAULT;
     int rc = SB_OK;
     if (nomem) {
         rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
     } else if (given == 1) {
         rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
                  "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
+    } else if (index < 0) {
+        char q[80];
+        rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (%s %s is not one of %s, %s); write it "
+                 "again with Classifier.save_classes or semobridge-classes, or update libsemobridge", source,
+                 SB_CLASS_FILE_SCORE, quoted(q, named, score_len), sb_open_set_scores[0],
+                 sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
     }
     for (int i = 0; given == 2 && rc == SB_OK && i < 2; i++) {
         char * end = NULL;
@@ -464,8 +484,10 @@ static int read_open_set(const struct json * j, const char * source, double * te
         *out[i] = v;
     }
     if (rc != SB_OK) *temperature = *threshold = NAN;
+    else if (given == 2) *score = index;
     free(text[0]);
     free(text[1]);
+    free(named);
     return rc;
 }
 
@@ -640,10 +662,12 @@ int classes_read(const void * owner, const char * path, const struct class_ident
         goto done;
     }
     double temperature, threshold;
-    if ((rc = read_open_set(&j, source, &temperature, &threshold, err, errlen)) != SB_OK) goto done;  /* 7. open set */
+    int score;
+    if ((rc = read_open_set(&j, source, &temperature, &threshold, &score, err, errlen)) != SB_OK) goto done; /* 7 */
     if ((rc = read_set(owner, fd, 8 + n, t, source, out, err, errlen)) == SB_OK) {             /* 5, 6. names, values */
         (*out)->temperature = temperature;
         (*out)->threshold = threshold;
+        (*out)->score = score;
     }
 done:
     json_free(&j);

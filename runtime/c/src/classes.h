@@ -10,10 +10,12 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#include "contract.h" /* SB_HEAD_INPUTS, SB_HEAD_INPUT_NAMES */
+#include "contract.h" /* SB_HEAD_INPUTS, SB_HEAD_INPUT_NAMES, SB_OPEN_SET_SCORES */
 
 /* The graph inputs of a class set, in the order of `values` (docs/classes.md). */
 extern const char * const sb_head_inputs[SB_HEAD_INPUTS];
+/* The abstention scores a model or class file may name; a score's index is the graph's mcm_weight for it. */
+extern const char * const sb_open_set_scores[SB_OPEN_SET_SCORES];
 
 struct sb_classes {
     atomic_int refs;
@@ -24,6 +26,7 @@ struct sb_classes {
     char * names_buf;    /* the names, each NUL-terminated */
     char ** names;
     double temperature, threshold; /* the set's open set (a class file's metadata); NAN: none, the model's applies */
+    int score;                     /* the abstention score of that threshold (sb_open_set_scores index); -1: none */
 };
 
 /* What a class file must match: the model's backbone (name for messages), weights and bridge hashes, and width. */
@@ -44,6 +47,9 @@ int classes_fitted(const void * owner, const char * joined, struct sb_classes **
  * err and *out untouched. */
 int classes_read(const void * owner, const char * path, const struct class_identity * id, struct sb_classes ** out,
                  char * err, size_t errlen);
+
+/* The index of abstention score name[0, len) in SB_OPEN_SET_SCORE_NAMES, or -1 (NULL or another name). */
+int classes_score_index(const char * name, size_t len);
 
 void classes_retain(struct sb_classes * c);
 void classes_release(struct sb_classes * c); /* frees the set with its last reference; NULL is allowed */

@@ -33,5 +33,6 @@
  * is the graph's mcm_weight input for it (openset.mcm_weight). */
 #define SB_OPEN_SET_SCORES 2
 #define SB_OPEN_SET_SCORE_NAMES {"max_probability", "mcm"}
+#define SB_OPEN_SET_SCORE_DEFAULT 0 /* max_probability: of models and class files that name none */
 
 #endif

@@ -20,7 +20,7 @@
 #include "json.h"
 
 #define SB_ERR_LEN 512
-#define SB_MAX_OUTPUTS 5
+#define SB_MAX_OUTPUTS 6
 
 struct sb_model {
     const OrtApi * api;
@@ -40,6 +40,9 @@ struct sb_model {
     char * bridge_hash;
     size_t weights_hash_len, bridge_hash_len;
     bool decides;                 /* the graph computes the open-set decision: outputs probabilities, known */
+    bool scores_open_set;         /* the graph outputs open_set_score (the abstention score known is decided on) */
+    bool has_mcm_weight;          /* the graph takes mcm_weight (which abstention score; older graphs: max_probability) */
+    int score;                    /* the model's abstention score (metadata open_set.score; sb_open_set_scores index) */
     bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
     bool unknown_auto;            /* SB_UNKNOWN_AUTO: a class set's own threshold (class files), where it has one, wins */
     float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
@@ -51,13 +54,15 @@ struct sb_model {
     char err[SB_ERR_LEN];
 };
 
-/* One output to copy back from a run: name, destination, values per image, element size and type. */
+/* One output to copy back from a run: name, destination, values per image, element size and type, rank (1: [N], 2:
+ * [N, per_image]). */
 struct sb_output {
     const char * name;
     void * dst;
     size_t per_image;
     size_t elem_size;
     ONNXTensorElementDataType type;
+    size_t rank;
 };
 
 static int fail(struct sb_model * m, int code, const char * fmt, ...) {
@@ -207,7 +212,7 @@ done:
 }
 
 /* Check output `name` is a `type` tensor of `ndims` dims; store dim 1 (-1 if dynamic or ndims < 2) in *width. With
- * `present`, a missing output is no error: *present says whether the graph has it. */
+ * `present`, a missing output is no error: *present says whether the graph has it (and *width stays as it was). */
 static int read_output(struct sb_model * m, OrtAllocator * alloc, const char * name,
                        ONNXTensorElementDataType want_type, size_t want_ndims, int64_t * width, bool * present) {
     const OrtApi * api = m->api;
@@ -286,17 +291,22 @@ done:
     return rc;
 }
 
-/* The outputs: scores float [N, classes], label int64 [N], embedding float [N, d] with d as in the metadata. */
+/* The outputs: scores float [N, C], label int64 [N], embedding float [N, d] with d as in the metadata, C as the class
+ * names; where the graph has them (newer exports), probabilities float [N, C], known bool [N] and open_set_score float
+ * [N]. Each run's outputs are checked again against these shapes (copy_output) before a value is read. */
 static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct json * meta) {
     int rc;
-    int64_t scores_width = -1, embedding_width = -1, unused = -1;
+    int64_t scores_width = -1, embedding_width = -1, probabilities_width = -1, unused = -1;
     bool probabilities = false, known = false;
     const double meta_dim = json_positive(meta, 0, "embedding_dim");
     if ((rc = read_output(m, alloc, SB_OUTPUT_SCORES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &scores_width, NULL)) != SB_OK ||
         (rc = read_output(m, alloc, SB_OUTPUT_LABEL, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1, &unused, NULL)) != SB_OK ||
         (rc = read_output(m, alloc, SB_OUTPUT_EMBEDDING, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &embedding_width, NULL)) != SB_OK ||
-        (rc = read_output(m, alloc, SB_OUTPUT_PROBABILITIES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &unused, &probabilities)) != SB_OK ||
-        (rc = read_output(m, alloc, SB_OUTPUT_KNOWN, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK) {
+        (rc = read_output(m, alloc, SB_OUTPUT_PROBABILITIES, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2, &probabilities_width,
+                          &probabilities)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_KNOWN, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1, &unused, &known)) != SB_OK ||
+        (rc = read_output(m, alloc, SB_OUTPUT_OPEN_SET_SCORE, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 1, &unused,
+                          &m->scores_open_set)) != SB_OK) {
         return rc;
     }
     m->decides = probabilities && known;
@@ -313,6 +323,10 @@ static int read_outputs(struct sb_model * m, OrtAllocator * alloc, const struct 
     if (scores_width != m->fitted->count) {
         return fail(m, SB_EMODEL, "the model's scores have %lld classes but its metadata names %d; re-export it",
                     (long long) scores_width, m->fitted->count);
+    }
+    if (probabilities_width > 0 && probabilities_width != scores_width) {
+        return fail(m, SB_EMODEL, "the model's probabilities have %lld classes but its scores %lld; re-export it",
+                    (long long) probabilities_width, (long long) scores_width);
     }
     return SB_OK;
 }
@@ -349,7 +363,8 @@ static char * json_text(const struct json * j, size_t object, const char * key, 
 }
 
 /* The class-set inputs (docs/classes.md): the graph takes them when it has all four as overridable initializers, float32
- * [C, d] and [C]. The metadata's backbone and bridge hashes are what a class file must match. */
+ * [C, d] and [C]. The metadata's backbone and bridge hashes are what a class file must match. And the abstention
+ * score's input mcm_weight (float32 scalar) where the graph has it. */
 static int read_head_inputs(struct sb_model * m, const struct json * meta) {
     const OrtApi * api = m->api;
     int rc = SB_OK, found = 0;
@@ -362,16 +377,25 @@ static int read_head_inputs(struct sb_model * m, const struct json * meta) {
         int k = 0;
         ORT_TRY(m, api->SessionGetOverridableInitializerName(m->session, i, alloc, &name), "reading a class-set input");
         while (k < SB_HEAD_INPUTS && strcmp(name, sb_head_inputs[k]) != 0) k++;
+        const bool mcm_weight = strcmp(name, SB_INPUT_MCM_WEIGHT) == 0;
         ort_free(api, alloc, name);
-        if (k == SB_HEAD_INPUTS) continue;
+        if (k == SB_HEAD_INPUTS && !mcm_weight) continue;
         OrtTypeInfo * type_info = NULL;
         ONNXTensorElementDataType type;
         size_t ndims = 0;
         int64_t dims[4];
-        ORT_TRY(m, api->SessionGetOverridableInitializerTypeInfo(m->session, i, &type_info), "reading a class-set input");
-        rc = tensor_shape(m, type_info, sb_head_inputs[k], &type, &ndims, dims);
+        ORT_TRY(m, api->SessionGetOverridableInitializerTypeInfo(m->session, i, &type_info), "reading a graph input");
+        rc = tensor_shape(m, type_info, mcm_weight ? SB_INPUT_MCM_WEIGHT : sb_head_inputs[k], &type, &ndims, dims);
         api->ReleaseTypeInfo(type_info);
         if (rc != SB_OK) goto done;
+        if (mcm_weight) {
+            if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ndims != 0) {
+                rc = fail(m, SB_EMODEL, "the model's input '%s' is not a float32 scalar; re-export it", SB_INPUT_MCM_WEIGHT);
+                goto done;
+            }
+            m->has_mcm_weight = true;
+            continue;
+        }
         if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || ndims != (k < 3 ? 2u : 1u) ||
             (k < 3 && dims[1] > 0 && dims[1] != m->embedding_dim)) {
             rc = fail(m, SB_EMODEL, "the model's class-set input '%s' is not float32 %s; re-export it", sb_head_inputs[k],
@@ -433,32 +457,69 @@ static int check_params(struct sb_model * m, struct sb_params p) {
         return fail(m, SB_EINVAL, "unknown=%d is not SB_UNKNOWN_AUTO, SB_UNKNOWN_OFF or SB_UNKNOWN_THRESHOLD", (int) p.unknown);
     }
     if (p.unknown == SB_UNKNOWN_THRESHOLD && !(p.unknown_threshold >= 0 && p.unknown_threshold <= 1)) {
-        return fail(m, SB_EINVAL, "unknown_threshold=%g is not a probability in [0, 1] (on the top class's calibrated "
+        return fail(m, SB_EINVAL, "unknown_threshold=%g is not a threshold in [0, 1] on the model's open-set score (a "
                     "probability); or set unknown to SB_UNKNOWN_AUTO (the model's threshold) or SB_UNKNOWN_OFF",
                     p.unknown_threshold);
     }
     return SB_OK;
 }
 
+/* The model's abstention score into m->score (an SB_OPEN_SET_SCORE_NAMES index): its metadata's open_set.score, which a
+ * calibrated model names (SB_OPEN_SET_SCORE_DEFAULT without calibration); SB_EMODEL for a score missing or unknown to
+ * this library, as semobridge_runtime.openset.OpenSet.from_dict, or one its graph cannot compute. */
+static int read_score(struct sb_model * m, const struct json * meta, size_t open_set) {
+    size_t value = 0, len = 0;
+    char * name = NULL;
+    m->score = SB_OPEN_SET_SCORE_DEFAULT;
+    if (open_set == 0) return SB_OK;
+    if (json_get(meta, open_set, "score", &value) == 1 && meta->tokens[value].type == JSON_STRING &&
+        !(name = json_string(meta, value, &len))) {
+        return fail(m, SB_ENOMEM, "out of memory reading the model's metadata");
+    }
+    m->score = classes_score_index(name, len);
+    free(name);
+    if (m->score < 0) {
+        return fail(m, SB_EMODEL, "'%s' names no open-set score this library knows (its metadata's open_set.score is not "
+                    "one of %s, %s); update libsemobridge (semobridge-runtime), or re-export the model", m->path,
+                    sb_open_set_scores[0], sb_open_set_scores[SB_OPEN_SET_SCORES - 1]);
+    }
+    if (m->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
+        return fail(m, SB_EMODEL, "'%s' names the open-set score '%s' but its graph has no '%s' input to compute it (an "
+                    "export of another version?); re-export it with semobridge-export", m->path,
+                    sb_open_set_scores[m->score], SB_INPUT_MCM_WEIGHT);
+    }
+    return SB_OK;
+}
+
 /* The open-set decision in force (sb_params.unknown): whether and what to feed the graph's `threshold`, and the
  * threshold sb_unknown_threshold reports (with SB_UNKNOWN_AUTO the metadata's calibrated one, the graph's default).
- * A model whose graph does not decide, or that carries no calibration, runs with unknown off and says so once. */
+ * A model whose graph does not decide runs with unknown off and says so once; one that carries no calibration (T = 1,
+ * threshold 0: every image known) too, except with a class set that carries its own (a class file's), as in Python
+ * (semobridge_runtime.classifier.unknown_threshold). */
 static int read_decision(struct sb_model * m, const struct json * meta, struct sb_params p) {
     size_t open_set = 0, value = 0;
     double calibrated = -1;
-    if (json_get(meta, 0, "open_set", &open_set) == 1 && meta->tokens[open_set].type == JSON_OBJECT &&
-        json_get(meta, open_set, "threshold", &value) == 1 && !json_double(meta, value, &calibrated)) {
+    int rc;
+    if (json_get(meta, 0, "open_set", &open_set) != 1 || meta->tokens[open_set].type != JSON_OBJECT) open_set = 0;
+    if (open_set && json_get(meta, open_set, "threshold", &value) == 1 && !json_double(meta, value, &calibrated)) {
         calibrated = -1;
     }
+    if ((rc = read_score(m, meta, open_set)) != SB_OK) return rc;
     m->threshold_in_force = -1;
     m->unknown_auto = p.unknown == SB_UNKNOWN_AUTO;
     if (!m->decides && p.unknown == SB_UNKNOWN_THRESHOLD) {
         return fail(m, SB_EMODEL, "'%s' was exported before its graph decided 'unknown': it cannot apply "
                     "unknown_threshold; re-export it with semobridge-export, or open it with SB_UNKNOWN_OFF", m->path);
     }
-    if (p.unknown == SB_UNKNOWN_AUTO && (!m->decides || !(calibrated >= 0 && calibrated <= 1))) {
-        fprintf(stderr, "semobridge: '%s' %s: every image gets a class; re-export the model to answer 'unknown'\n",
-                m->path, m->decides ? "carries no open-set calibration" : "was exported before its graph decided 'unknown'");
+    if (p.unknown == SB_UNKNOWN_AUTO && !m->decides) {
+        fprintf(stderr, "semobridge: '%s' was exported before its graph decided 'unknown': every image gets a class; "
+                "re-export the model to answer 'unknown'\n", m->path);
+        return SB_OK;
+    }
+    if (p.unknown == SB_UNKNOWN_AUTO && !(calibrated >= 0 && calibrated <= 1)) {
+        fprintf(stderr, "semobridge: '%s' carries no open-set calibration (exported before it existed, or fitted without "
+                "held-out images): every image gets a class, and probabilities are uncalibrated (T = 1), unless a class "
+                "file brings its own calibration; re-export the model to answer 'unknown'\n", m->path);
         return SB_OK;
     }
     if (p.unknown == SB_UNKNOWN_AUTO) {
@@ -469,6 +530,12 @@ static int read_decision(struct sb_model * m, const struct json * meta, struct s
         if (p.unknown == SB_UNKNOWN_THRESHOLD) m->threshold_in_force = p.unknown_threshold;
     }
     return SB_OK;
+}
+
+/* Whether class set c carries its own open set (a class file's temperature, threshold and score) that this model
+ * applies: its temperature and score always, its threshold with SB_UNKNOWN_AUTO. */
+static bool own_open_set(const struct sb_model * m, const struct sb_classes * c) {
+    return m->decides && c && !isnan(c->temperature);
 }
 
 static int load(struct sb_model * m, const char * path, struct sb_params p) {
@@ -703,7 +770,8 @@ static int check_frames(struct sb_model * m, const struct sb_frame * frames, int
     return SB_OK;
 }
 
-/* Copy one run's output values for `count` images into out->dst at image `start`. */
+/* Copy one run's output values for `count` images into out->dst at image `start`, once its type and whole shape are
+ * the ones expected ([rows] or [rows, per_image]): a graph that gives another never has more or less read. */
 static int copy_output(struct sb_model * m, OrtValue * value, const struct sb_output * out,
                        int64_t rows, int start, int count) {
     const OrtApi * api = m->api;
@@ -717,9 +785,16 @@ static int copy_output(struct sb_model * m, OrtValue * value, const struct sb_ou
     ORT_TRY(m, api->GetTensorTypeAndShape(value, &info), "reading an output");
     ORT_TRY(m, api->GetTensorElementType(info, &type), "reading an output");
     ORT_TRY(m, api->GetDimensionsCount(info, &ndims), "reading an output");
-    if (ndims == 1 || ndims == 2) ORT_TRY(m, api->GetDimensions(info, dims, ndims), "reading an output");
-    if (type != out->type || dims[0] != rows || (size_t) dims[1] != out->per_image) {
-        rc = fail(m, SB_EMODEL, "output '%s' has an unexpected type or shape; re-export the model", out->name);
+    if (ndims == out->rank) ORT_TRY(m, api->GetDimensions(info, dims, ndims), "reading an output");
+    if (type != out->type || ndims != out->rank || dims[0] != rows || dims[1] < 0 || (size_t) dims[1] != out->per_image) {
+        char want[48], got[48];
+        if (out->rank == 1) snprintf(want, sizeof want, "[%lld]", (long long) rows);
+        else snprintf(want, sizeof want, "[%lld, %zu]", (long long) rows, out->per_image);
+        if (ndims != out->rank) snprintf(got, sizeof got, "of %zu dims", ndims);
+        else if (ndims == 1) snprintf(got, sizeof got, "[%lld]", (long long) dims[0]);
+        else snprintf(got, sizeof got, "[%lld, %lld]", (long long) dims[0], (long long) dims[1]);
+        rc = fail(m, SB_EMODEL, "output '%s' is %s with element type %d, expected %s with element type %d; re-export the "
+                  "model", out->name, got, (int) type, want, (int) out->type);
         goto done;
     }
     ORT_TRY(m, api->GetTensorMutableData(value, &data), "reading an output");
@@ -759,15 +834,19 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                const struct sb_output * outs, size_t nouts) {
     const OrtApi * api = m->api;
     int rc = SB_OK;
-    const char * input_names[3 + SB_HEAD_INPUTS] = {m->input_name};
-    OrtValue * inputs[3 + SB_HEAD_INPUTS] = {NULL};
-    /* the open set: the class set's own temperature (class files), and threshold with SB_UNKNOWN_AUTO, where it has one */
-    const bool own_t = m->decides && c && !isnan(c->temperature);
-    const bool own_threshold = m->decides && m->unknown_auto && c && !isnan(c->threshold);
+    const char * input_names[4 + SB_HEAD_INPUTS] = {m->input_name};
+    OrtValue * inputs[4 + SB_HEAD_INPUTS] = {NULL};
+    /* the open set: the class set's own temperature and score (class files), and threshold with SB_UNKNOWN_AUTO, where
+     * it has one; the model's score otherwise (fed always where the graph takes it: run(NULL) embeds only) */
+    const bool own_t = own_open_set(m, c);
+    const bool own_threshold = own_t && m->unknown_auto;
     const float temperature = own_t ? (float) c->temperature : 1.0f;
     const float threshold = own_threshold ? (float) c->threshold : m->threshold;
+    const float mcm_weight = (float) (own_t ? c->score : m->score); /* a score's index is its weight (contract.h) */
     const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
-    const size_t nthreshold = nclass + (own_t ? 1 : 0), ninputs = nthreshold + (m->feed_threshold || own_threshold ? 1 : 0);
+    const size_t nthreshold = nclass + (own_t ? 1 : 0);
+    const size_t nweight = nthreshold + (m->feed_threshold || own_threshold ? 1 : 0);
+    const size_t ninputs = nweight + (m->has_mcm_weight && c ? 1 : 0);
     const int chunk = m->batch > 0 && m->batch < n ? (int) m->batch : n;
     const int64_t rows = m->batch > 0 ? m->batch : chunk; /* images per run, padding included */
     const size_t image_bytes = (size_t) h * (size_t) w * 3, row_bytes = (size_t) w * 3;
@@ -791,11 +870,17 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nclass]),
                 "creating the temperature input");
     }
-    if (ninputs > nthreshold) {
+    if (nweight > nthreshold) {
         input_names[nthreshold] = SB_INPUT_THRESHOLD;
         ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &threshold, sizeof(float), NULL, 0,
                                                         ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nthreshold]),
                 "creating the threshold input");
+    }
+    if (ninputs > nweight) {
+        input_names[nweight] = SB_INPUT_MCM_WEIGHT;
+        ORT_TRY(m, api->CreateTensorWithDataAsOrtValue(m->mem, (void *) &mcm_weight, sizeof(float), NULL, 0,
+                                                        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[nweight]),
+                "creating the mcm_weight input");
     }
     for (int start = 0; start < n; start += chunk) {
         const int count = n - start < chunk ? n - start : chunk;
@@ -883,6 +968,13 @@ int sb_set_classes(struct sb_model * m, const char * path) {
     const struct class_identity id = {m->backbone, m->weights_hash, m->weights_hash_len, m->bridge_hash,
                                       m->bridge_hash_len, m->embedding_dim};
     if ((rc = classes_read(m, path, &id, &c, err, sizeof err)) != SB_OK) return fail(m, rc, "%s", err);
+    if (own_open_set(m, c) && c->score != SB_OPEN_SET_SCORE_DEFAULT && !m->has_mcm_weight) {
+        rc = fail(m, SB_EMODEL, "class file '%s' is calibrated on the open-set score '%s', which the graph of '%s' cannot "
+                  "compute (no '%s' input); re-export the model with semobridge-export", path,
+                  sb_open_set_scores[c->score], m->path, SB_INPUT_MCM_WEIGHT);
+        classes_release(c);
+        return rc;
+    }
     publish(m, c);
     return SB_OK;
 }
@@ -892,6 +984,10 @@ struct sb_classes * sb_get_classes(struct sb_model * m) { return m ? current(m) 
 void sb_release_classes(struct sb_classes * classes) { classes_release(classes); }
 
 int sb_classes_count(const struct sb_classes * classes) { return classes ? classes->count : -1; }
+
+const char * sb_classes_score(const struct sb_classes * classes) {
+    return classes && classes->score >= 0 ? sb_open_set_scores[classes->score] : NULL;
+}
 
 int sb_classes_open_set(const struct sb_classes * classes, double * temperature, double * threshold) {
     if (!classes) return -1;
@@ -905,33 +1001,60 @@ const char * sb_classes_name(const struct sb_classes * classes, int i) {
     return classes && i >= 0 && i < classes->count ? classes->names[i] : NULL;
 }
 
-/* Run the model once for the outputs `r` asks for; an image the graph decides is not known gets label -1. */
+/* Run the model once for the outputs `r` asks for; an image the graph decides is not known gets label -1. A graph
+ * exported before it computed open_set_score decides on the top probability (max_probability): that is its score, as
+ * semobridge_runtime's Classifier gives it (openset.abstention_score). */
 static int predict(struct sb_model * m, const struct sb_classes * c, const struct sb_images * images, int n, int h,
                    int w, const struct sb_result * r) {
     struct sb_output outs[SB_MAX_OUTPUTS];
     size_t k = 0;
     uint8_t * known = NULL; /* ONNX bool: one byte per image */
+    float * probabilities = r->probabilities;
+    const bool top = r->open_set_score && !m->scores_open_set; /* the score from the probabilities */
+    size_t values = 0;
     int rc;
-    if (!r->scores && !r->labels && !r->probabilities && !r->embeddings) {
-        return fail(m, SB_EINVAL, "the result asks for nothing: set scores, labels, probabilities or embeddings");
+    if (!r->scores && !r->labels && !r->probabilities && !r->embeddings && !r->open_set_score) {
+        return fail(m, SB_EINVAL, "the result asks for nothing: set scores, labels, probabilities, embeddings or "
+                    "open_set_score");
     }
     if (r->probabilities && !m->decides) {
         return fail(m, SB_EMODEL, "'%s' was exported before its graph computed probabilities; re-export it with "
                     "semobridge-export", m->path);
     }
-    if (r->labels && m->decides && !(known = malloc((size_t) n))) return fail(m, SB_ENOMEM, "out of memory");
+    if (r->open_set_score && !m->decides) {
+        return fail(m, SB_EMODEL, "'%s' was exported before its graph computed the open-set decision; re-export it with "
+                    "semobridge-export", m->path);
+    }
+    if (top && !probabilities && (!mul_size((size_t) n, (size_t) c->count, &values) || values > SIZE_MAX / sizeof(float) ||
+                                  !(probabilities = malloc(values * sizeof(float))))) {
+        return fail(m, SB_ENOMEM, "out of memory for %d x %d probabilities", n, c->count);
+    }
+    if (r->labels && m->decides && !(known = malloc((size_t) n))) {
+        if (probabilities != r->probabilities) free(probabilities);
+        return fail(m, SB_ENOMEM, "out of memory");
+    }
     if (r->scores) outs[k++] = (struct sb_output){SB_OUTPUT_SCORES, r->scores, (size_t) c->count, sizeof(float),
-                                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    if (r->labels) outs[k++] = (struct sb_output){SB_OUTPUT_LABEL, r->labels, 1, sizeof(int64_t), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
-    if (known) outs[k++] = (struct sb_output){SB_OUTPUT_KNOWN, known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
-    if (r->probabilities) outs[k++] = (struct sb_output){SB_OUTPUT_PROBABILITIES, r->probabilities, (size_t) c->count,
-                                                         sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+                                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
+    if (r->labels) outs[k++] = (struct sb_output){SB_OUTPUT_LABEL, r->labels, 1, sizeof(int64_t),
+                                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 1};
+    if (known) outs[k++] = (struct sb_output){SB_OUTPUT_KNOWN, known, 1, 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL, 1};
+    if (probabilities) outs[k++] = (struct sb_output){SB_OUTPUT_PROBABILITIES, probabilities, (size_t) c->count,
+                                                      sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
     if (r->embeddings) outs[k++] = (struct sb_output){SB_OUTPUT_EMBEDDING, r->embeddings, (size_t) m->embedding_dim,
-                                                      sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+                                                      sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
+    if (r->open_set_score && !top) outs[k++] = (struct sb_output){SB_OUTPUT_OPEN_SET_SCORE, r->open_set_score, 1,
+                                                                  sizeof(float), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 1};
     rc = run(m, c, images, n, h, w, outs, k);
     for (int i = 0; rc == SB_OK && known && i < n; i++) {
         if (!known[i]) r->labels[i] = -1;
     }
+    for (size_t i = 0; rc == SB_OK && top && i < (size_t) n; i++) {
+        const float * row = probabilities + i * (size_t) c->count;
+        float best = row[0];
+        for (int j = 1; j < c->count; j++) best = row[j] > best ? row[j] : best;
+        r->open_set_score[i] = best;
+    }
+    if (probabilities != r->probabilities) free(probabilities);
     free(known);
     return rc;
 }
@@ -978,7 +1101,7 @@ int sb_embed(struct sb_model * m, const uint8_t * rgb, int n, int h, int w, int 
     if ((rc = check_images(m, rgb, n, h, w, stride)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
     const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
-                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
     const struct sb_images images = {rgb, stride, NULL};
     return run(m, NULL, &images, n, h, w, &out, 1); /* the embedding does not depend on the class set */
 }
@@ -1024,7 +1147,21 @@ int sb_predict(struct sb_model * m, const struct sb_classes * classes, const str
     return rc;
 }
 
-double sb_unknown_threshold(const struct sb_model * m) { return m ? m->threshold_in_force : -2; }
+double sb_unknown_threshold(const struct sb_model * m) {
+    if (!m) return -2;
+    struct sb_classes * c = current(m);
+    const double threshold = own_open_set(m, c) && m->unknown_auto ? c->threshold : m->threshold_in_force;
+    classes_release(c);
+    return threshold;
+}
+
+const char * sb_unknown_score(const struct sb_model * m) {
+    if (!m) return NULL;
+    struct sb_classes * c = current(m);
+    const int score = own_open_set(m, c) ? c->score : m->score;
+    classes_release(c);
+    return sb_open_set_scores[score];
+}
 
 int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, float * emb_out) {
     int rc, h = 0, w = 0;
@@ -1032,7 +1169,7 @@ int sb_embed_frames(struct sb_model * m, const struct sb_frame * frames, int n, 
     if ((rc = check_frames(m, frames, n, &h, &w)) != SB_OK) return rc;
     if (!emb_out) return fail(m, SB_EINVAL, "emb_out must not be NULL");
     const struct sb_output out = {SB_OUTPUT_EMBEDDING, emb_out, (size_t) m->embedding_dim, sizeof(float),
-                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 2};
     const struct sb_images images = {NULL, 0, frames};
     return run(m, NULL, &images, n, h, w, &out, 1);
 }

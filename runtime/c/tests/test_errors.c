@@ -222,12 +222,19 @@ int main(int argc, char ** argv) {
         frame.width = frame.height = 8;
         frame.data[0] = rgb;
         frame.size[0] = 8 * 8 * 3;
-        const struct sb_result nothing = {0}, probabilities = {.probabilities = scores};
+        float open_set_score[1];
+        const struct sb_result nothing = {0}, probabilities = {.probabilities = scores},
+                               score = {.open_set_score = open_set_score};
         expect_call_fails(m, "predict NULL result", sb_predict(m, NULL, &frame, 1, NULL), SB_EINVAL);
         expect_call_fails(m, "predict asking for nothing", sb_predict(m, NULL, &frame, 1, &nothing), SB_EINVAL);
         expect(sb_predict(m, NULL, &frame, 1, &probabilities) == SB_EMODEL &&
                strstr(sb_last_error(m), "re-export") != NULL, "no probabilities from an old model", sb_last_error(m));
+        expect(sb_predict(m, NULL, &frame, 1, &score) == SB_EMODEL && strstr(sb_last_error(m), "re-export") != NULL,
+               "no open-set score from an old model", sb_last_error(m));
     }
+    expect(sb_unknown_score(NULL) == NULL && sb_classes_score(NULL) == NULL, "score getters accept NULL", "");
+    expect(sb_unknown_score(m) != NULL && strcmp(sb_unknown_score(m), "max_probability") == 0,
+           "an old model's score is the top probability", sb_unknown_score(m));
     frame_cases(m, scores, labels, emb);
     sb_close(m);
 

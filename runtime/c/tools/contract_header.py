@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # runtime/: the pa
 
 from semobridge_runtime import contract  # noqa: E402
 from semobridge_runtime.metadata import FORMAT_VERSION  # noqa: E402
-from semobridge_runtime.openset import SCORES, TEMPERATURE_RANGE, mcm_weight  # noqa: E402
+from semobridge_runtime.openset import SCORE, SCORES, TEMPERATURE_RANGE, mcm_weight  # noqa: E402
 
 
 def _string(text: str) -> str:
@@ -65,6 +65,7 @@ def header() -> str:
         " * is the graph's mcm_weight input for it (openset.mcm_weight). */",
         f"#define SB_OPEN_SET_SCORES {len(SCORES)}",
         "#define SB_OPEN_SET_SCORE_NAMES {" + ", ".join(_string(n) for n in SCORES) + "}",
+        f"#define SB_OPEN_SET_SCORE_DEFAULT {SCORES.index(SCORE)} /* {SCORE}: of models and class files that name none */",
         "",
         "#endif",
         "",
