@@ -13,7 +13,7 @@ data, in O(M·C·d) for M kept embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -131,6 +131,8 @@ def held_out_scores(classes: ClassSet, data: CalibrationData, blend: Blend) -> t
     return val_part, openset.Held(blend.blend(a1, a2, a3, kl), cosines, y)
 
 
-def recalibrate(classes: ClassSet, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT) -> openset.Calibrated | None:
-    """T, score and θ of `classes` from its calibration data (openset.calibrated); None when nothing is held out."""
-    return openset.calibrated(*held_out_scores(classes, data, blend), accept)
+def recalibrate(classes: ClassSet, data: CalibrationData, blend: Blend, accept: float = openset.ACCEPT,
+                scores: Sequence[str] = openset.SCORES) -> openset.Calibrated | None:
+    """T, score and θ of `classes` from its calibration data (openset.calibrated, choosing among `scores`: those
+    the graph can compute); None when nothing is held out."""
+    return openset.calibrated(*held_out_scores(classes, data, blend), accept, scores)

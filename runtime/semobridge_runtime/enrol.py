@@ -22,7 +22,7 @@ import numpy as np
 
 from . import calibration, files, head, openset, tensorfile
 from .classes import ClassSet, Identity, check_name
-from .contract import (BRIDGED_FEATURES, FEATURES, HEAD_INPUTS, METADATA_KEY, MODEL_FILE_FORMAT, TEXT_EMBEDDING,
+from .contract import (BRIDGED_FEATURES, FEATURES, HEAD_INPUTS, METADATA_KEY, MODEL_FILE_FORMAT, OPEN_SET_SCORE, TEXT_EMBEDDING,
                        TEXT_METADATA_KEY)
 from .errors import InputError, ModelError
 from .metadata import ModelInfo, TextInfo
@@ -73,13 +73,13 @@ class FittedHead:
                                                         else (None, None)), data,
                                fitted_open.score if fitted_open else openset.SCORE)
 
-    def recalibrated(self, classes: ClassSet) -> ClassSet:
-        """`classes` with T, score and θ recomputed from its calibration data (calibration.recalibrate); a set without
-        calibration data keeps its T, score and θ; a set whose data holds no held-out image gets none (the model's
-        apply)."""
+    def recalibrated(self, classes: ClassSet, scores: Sequence[str] = openset.SCORES) -> ClassSet:
+        """`classes` with T, score (one of `scores`: those the graph computes) and θ recomputed from its calibration
+        data (calibration.recalibrate); a set without calibration data keeps its T, score and θ; a set whose data
+        holds no held-out image gets none (the model's apply)."""
         if classes.calibration is None:
             return classes
-        found = calibration.recalibrate(classes, classes.calibration, self.blend, self.accept)
+        found = calibration.recalibrate(classes, classes.calibration, self.blend, self.accept, scores)
         if found is None:
             return replace(classes, temperature=None, threshold=None, score=openset.SCORE)
         return replace(classes, temperature=found.temperature, threshold=found.threshold, score=found.score)
@@ -244,4 +244,5 @@ class Enrolment:
     def _edit(self, change: Callable[[ClassSet], ClassSet], recalibrate: bool = True) -> None:
         with self._lock:
             changed = change(self.current())
-            self.classes = self.fitted().recalibrated(changed) if recalibrate else changed
+            scores = openset.SCORES if OPEN_SET_SCORE in self._outputs else (openset.SCORE,)  # an older graph: no MCM
+            self.classes = self.fitted().recalibrated(changed, scores) if recalibrate else changed

@@ -22,7 +22,7 @@ the false-positive rate at a true-positive rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -297,13 +297,16 @@ def loco_aurocs(scores: np.ndarray, labels: np.ndarray, temperature: float) -> n
     return out
 
 
-def choose_score(z: np.ndarray, text_cosines: np.ndarray, labels: np.ndarray, temperature: float) -> tuple[str, dict[str, float]]:
+def choose_score(z: np.ndarray, text_cosines: np.ndarray, labels: np.ndarray, temperature: float,
+                 scores: Sequence[str] = SCORES) -> tuple[str, dict[str, float]]:
     """(the abstention score, its LOCO figures): each class with held-out images plays the unknown in turn
     (loco_aurocs, of the top probability at T and of MCM); the top probability is chosen when the mean of the
     per-class AUROC differences exceeds CHOICE_SE standard errors of them, else MCM (the published zero-shot
     baseline; also where LOCO cannot tell: fewer than two classes with images, or two classes, where one column
-    is left). Figures: the mean LOCO AUROC of each of SCORES and the standard error of the difference ({} without
-    LOCO)."""
+    is left). `scores`: those the graph can compute (a graph exported before the choice: max_probability only).
+    Figures: the mean LOCO AUROC of each of SCORES and the standard error of the difference ({} without LOCO)."""
+    if "mcm" not in scores:
+        return SCORE, {}
     p, m = loco_aurocs(z, labels, temperature), loco_aurocs(text_cosines, labels, MCM_TAU)
     done = ~np.isnan(p)
     if done.sum() < 2:
@@ -339,19 +342,20 @@ class Calibrated:
         return OpenSet(self.temperature, self.threshold, self.accept, source, self.score)
 
 
-def calibrated(val: Held | None, loo: Held, accept: float = ACCEPT) -> Calibrated | None:
+def calibrated(val: Held | None, loo: Held, accept: float = ACCEPT, scores: Sequence[str] = SCORES) -> Calibrated | None:
     """The open set from the held-out known images (docs/method.md, "The open set"): T minimises the NLL of the
     validation images (of the leave-one-out shots when there are none); the score is chosen by leave-one-class-out
     on all of them (choose_score); θ on that score accepts `accept` of a new known image in expectation
     (threshold_for, lowest 1 / C). None when there is no held-out image. The one rule of the fit's calibration
-    (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration)."""
+    (semobridge.calibrate) and of an edited class set's (semobridge_runtime.calibration); `scores`: those the
+    graph can compute (choose_score)."""
     parts = [p for p in (val, loo) if p is not None and len(p.labels)]
     if not parts:
         return None
     nll_on = (np.asarray(parts[0].scores, np.float64), np.asarray(parts[0].labels))
     temperature = fit_temperature(*nll_on)
     z, cos, y = (np.concatenate([np.asarray(getattr(p, n), np.float64) for p in parts]) for n in ("scores", "text_cosines", "labels"))
-    score, loco = choose_score(z, cos, y.astype(np.int64), temperature)
+    score, loco = choose_score(z, cos, y.astype(np.int64), temperature, scores)
     values = open_set_score(probabilities(z, temperature), cos, score)
     threshold = threshold_for(values, accept, 1 / z.shape[1])
     return Calibrated(temperature, threshold, score, accept, loco, nll_on, len(y))

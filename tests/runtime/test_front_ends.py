@@ -453,3 +453,17 @@ def test_c_applies_a_class_set_choosing_another_score(olib, models, decided, pho
         assert (got.score, got.threshold) == (file_score, want.split)
         assert_c_equals(got, want.p)
         check(got, want.T, want.clf.temperature, want.split, file_score)
+
+
+def test_enrolment_on_a_graph_before_the_chosen_score_chooses_among_the_scores_it_computes(models, photos,
+                                                                                          tmp_path: Path) -> None:
+    """An edit recalibrates the class set and may choose MCM (it does here on the current graph); on a graph exported
+    before the score became a choice it chooses the top probability, the one score that graph computes (it chose
+    MCM, and every prediction after the edit raised the graph's ModelError)."""
+    new = Classifier.load(models[openset.SCORE])
+    old = Classifier.load(variant(models[openset.SCORE], tmp_path / "old", old=True))
+    for clf in (new, old):
+        clf.remove_class(clf.class_names[-1])
+    assert new.score == "mcm" and old.score == openset.SCORE
+    got = old.predict(photos[:4])
+    assert got.known.dtype == bool and len(got.labels) == 4
