@@ -119,9 +119,9 @@ def test_class_count_profile_and_class_set_inputs(exported_onnx):
     stripped = onnx.load_from_string(class_set_graph(exported_onnx / "model.onnx"))
     initializers = {t.name for t in stripped.graph.initializer}
     assert [i.name for i in stripped.graph.input] == ["image", "text_classifier", "bridged_prototypes", "image_prototypes",
-                                                      "class_kl", "temperature", "threshold"]
+                                                      "class_kl", "temperature", "threshold", "mcm_weight"]
     assert not initializers & {i.name for i in stripped.graph.input}
-    assert len(initializers) == len(onnx.load(str(exported_onnx / "model.onnx")).graph.initializer) - 6
+    assert len(initializers) == len(onnx.load(str(exported_onnx / "model.onnx")).graph.initializer) - 7
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed")
