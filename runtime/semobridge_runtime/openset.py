@@ -228,16 +228,16 @@ def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: floa
     accepted between `accept` and `accept` + 1 / (n + 1)) is gone.
 
     Below one rank (r < 1: fewer than 19 images at 95 %) no order statistic lies low enough and no distribution-free
-    rule can place θ under the lowest score; there θ is the normal-theory prediction bound on the scores' logits
-    u = log((s - lowest) / (1 - s)): mean(u) - t_(n-1)(accept) · sd(u) · sqrt(1 + 1 / n), which a new score passes
-    with probability `accept` exactly when u is normal (docs/method.md; with one image, or all equal: `lowest`).
+    rule can place θ under the lowest score; there θ is the normal-theory prediction bound on u = log(s - lowest):
+    exp(mean(u) - t_(n-1)(accept) · sd(u) · sqrt(1 + 1 / n)) above `lowest`, which a new score passes with probability
+    `accept` exactly when u is normal (docs/method.md; a single image: the interpolation above).
     One model's acceptance still varies around the expectation by about sqrt(a (1 - a) / (n + 2))."""
     s = np.sort(np.asarray(known_scores, np.float64))
     if not len(s):
         raise InputError("no known images to calibrate the threshold on")
     lowest = min(lowest, s[0])
     r = (len(s) + 1) * (1 - accept)
-    if r < 1 and accept < 1:
+    if r < 1 - 1e-9 and len(s) >= 2 and accept < 1:
         return prediction_bound(s, accept, lowest)
     s = np.concatenate([[lowest], s])
     k = int(np.floor(r + 1e-9))
@@ -246,15 +246,16 @@ def threshold_for(known_scores: np.ndarray, accept: float = ACCEPT, lowest: floa
     return float(s[k] + max(r - k, 0.0) * (s[k + 1] - s[k]))
 
 
+PREDICTION_FLOOR = 1e-6  # s - lowest below this counts as this in prediction_bound (no log of 0)
+
+
 def prediction_bound(s: np.ndarray, accept: float, lowest: float) -> float:
-    """threshold_for below one rank: the normal-theory lower prediction bound on the logits of n scores in
-    (lowest, 1), mapped back to the score; `lowest` when n < 2 or the logits do not vary."""
-    eps = 1e-12
-    u = np.log(np.clip(s - lowest, eps, None)) - np.log(np.clip(1 - s, eps, None))
-    if len(u) < 2 or not np.ptp(u) > 0:
-        return float(lowest)
+    """threshold_for below one rank (n >= 2 scores): the normal-theory lower prediction bound on u = log(s - lowest),
+    mapped back to the score (s_1 where the scores do not vary). The log spreads MCM's values just above 1/C and is
+    nearly linear for top probabilities near 1, so a score that saturates at 1.0 does not pull the bound down."""
+    u = np.log(np.maximum(np.asarray(s, np.float64) - lowest, PREDICTION_FLOOR))
     bound = u.mean() - student_t_quantile(accept, len(u) - 1) * u.std(ddof=1) * np.sqrt(1 + 1 / len(u))
-    return float(lowest + (1 - lowest) / (1 + np.exp(-bound)))
+    return float(lowest + np.exp(bound))
 
 
 CHOICE_SE = 2.0  # the blend's probability is chosen over MCM when its mean LOCO AUROC gain exceeds this many standard errors

@@ -363,17 +363,24 @@ def test_the_threshold_accepts_the_target_of_new_known_images_in_expectation(n) 
 
 
 @pytest.mark.parametrize("n", [3, 5, 12])
-def test_below_one_rank_the_prediction_bound_accepts_the_target_where_logits_are_normal(n) -> None:
-    """Fewer than 19 held-out images at 95 %: scores whose logits log((s - 1/C) / (1 - s)) are normal, bunched near 1
-    as a confident model's are; the new one is accepted 95 % of the time (the interpolation towards 1/C accepted
-    every image but a few per thousand)."""
+def test_below_one_rank_the_prediction_bound_accepts_the_target_where_log_scores_are_normal(n) -> None:
+    """Fewer than 19 held-out images at 95 %: scores whose log(s - 1/C) is normal (MCM's values sit just above 1/C);
+    the new one is accepted 95 % of the time (the interpolation towards 1/C accepted all but a few per thousand)."""
     rng = np.random.default_rng(n)
     lowest = 1 / 10
-    logits = rng.normal(2.0, 1.0, (40000, n + 1))
-    trials = lowest + (1 - lowest) / (1 + np.exp(-logits))
+    trials = lowest + np.exp(rng.normal(np.log(0.3), 0.4, (40000, n + 1)))
     thresholds = np.array([openset.threshold_for(t[:n], 0.95, lowest) for t in trials])
     accepted = float((trials[:, n] >= thresholds).mean())
     assert abs(accepted - 0.95) < 0.005, (n, accepted)
+
+
+def test_the_prediction_bound_holds_for_saturated_and_equal_scores() -> None:
+    """Top probabilities that round to 1.0 (float32) do not drop the bound to 1/C (on logits they did: 0.1000002 for
+    these five, every unknown accepted); equal scores give that score; an exact rank takes the order statistic."""
+    assert 0.9 < openset.threshold_for(np.array([1, 1, 0.999, 0.99, 0.95], np.float32), 0.95, 0.1) < 0.95
+    assert openset.threshold_for(np.full(5, 0.7), 0.95, 0.1) == pytest.approx(0.7)
+    s = np.linspace(0.5, 0.9, 9)  # accept 0.9, n = 9: rank (n + 1)(1 - accept) = 1 exactly (0.99999... in floats)
+    assert openset.threshold_for(s, 0.9, 0.1) == pytest.approx(0.5)
 
 
 def test_student_t_against_tables() -> None:
@@ -386,8 +393,8 @@ def test_student_t_against_tables() -> None:
 
 def test_the_threshold_interpolates_between_order_statistics() -> None:
     s = np.array([0.9, 0.5, 0.7, 0.3])  # sorted: 0.3 0.5 0.7 0.9; s_0 = 0.2
-    u = np.log((s - 0.2) / (1 - s))  # rank 5 * 0.1 = 0.5 < 1: the prediction bound on the logits, t_0.9(3) = 1.637744
+    u = np.log(s - 0.2)  # rank 5 * 0.1 = 0.5 < 1: the prediction bound on log(s - 0.2), t_0.9(3) = 1.637744
     bound = u.mean() - 1.637744 * u.std(ddof=1) * np.sqrt(1.25)
-    assert openset.threshold_for(s, 0.9, 0.2) == pytest.approx(0.2 + 0.8 / (1 + np.exp(-bound)), abs=1e-6)
+    assert openset.threshold_for(s, 0.9, 0.2) == pytest.approx(0.2 + np.exp(bound), abs=1e-6)
     assert openset.threshold_for(s, 0.7, 0.2) == pytest.approx(0.3 + 0.5 * 0.2)  # rank 1.5
     assert openset.threshold_for(s, 1.0, 0.2) == 0.2 and openset.threshold_for(s, 0.0, 0.2) == 0.9
