@@ -199,7 +199,7 @@ def report(rows: list[dict[str, Any]], names: list[dict[str, Any]], args: argpar
         f"within 2 points of {100 * args.accept:.0f} % on every split: "
         f"{'met' if abs(split_mean(miss, 'accepted_known') - args.accept) <= 0.02 else 'not met'} (one model's acceptance "
         f"varies by about sqrt(a (1 - a) / (n + 2)) for n held-out images; below n = 19 the threshold is a normal-theory "
-        f"prediction bound on the scores' logits: docs/method.md, \"The open set\").",
+        f"prediction bound on log(s - 1/C): docs/method.md, \"The open set\").",
     ])
     text += "\n\n" + "\n".join([
         "## A class from its name alone", "",
