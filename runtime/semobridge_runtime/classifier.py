@@ -232,10 +232,14 @@ class Classifier:
 
     def _decision(self, classes: ClassSet | None) -> tuple[float, float | None, str]:
         """(T, θ, score) for predictions with `classes`: the class set's calibration where it carries one (recomputed
-        by every edit), else the model's; θ as `unknown` said (the calibrated one for "auto"), on `score`."""
+        by every edit), else the model's; θ as `unknown` said (the calibrated one for "auto"), on `score`. A threshold
+        of one's own (unknown=VALUE) stays on the model's score, the one it was given for: a class set that chose
+        another score (MCM's values sit just above 1 / C) would silently turn it into "everything unknown"."""
         if classes is None or classes.temperature is None:
             return self._temperature, self._threshold, self._score
-        return classes.temperature, classes.threshold if self._auto else self._threshold, classes.score
+        own = self._threshold is not None and not self._auto  # unknown=VALUE
+        return (classes.temperature, classes.threshold if self._auto else self._threshold,
+                self._score if own else classes.score)
 
     @property
     def temperature(self) -> float:

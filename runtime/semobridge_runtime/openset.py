@@ -110,7 +110,7 @@ def check_threshold(value: Any, what: str = "unknown") -> float:
     """A threshold on an abstention score (one of SCORES, each in [0, 1]): a number in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
         raise InputError(f"{what} must be a threshold in [0, 1] on the model's abstention score (a probability), "
-                         f"got {value!r}", hint="pass unknown='auto' (the model's threshold), None (off) or a number such as 0.5")
+                         f"got {value!r}", hint="pass unknown='auto' (the model's threshold), None (off) or a number on the model's score (Classifier.score; the top probability spans [1/C, 1], MCM stays just above 1/C)")
     return float(value)
 
 

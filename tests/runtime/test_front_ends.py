@@ -467,3 +467,21 @@ def test_enrolment_on_a_graph_before_the_chosen_score_chooses_among_the_scores_i
     assert new.score == "mcm" and old.score == openset.SCORE
     got = old.predict(photos[:4])
     assert got.known.dtype == bool and len(got.labels) == 4
+
+
+def test_a_threshold_of_ones_own_stays_on_the_models_score(olib, models, decided, photos, tmp_path: Path) -> None:
+    """unknown=VALUE (C: SB_UNKNOWN_THRESHOLD) is a threshold on the model's score: a class file that chose the other
+    score does not move it there (it did: MCM's values sit just above 1/C, so a threshold given for the top
+    probability called every image unknown). Python and C predict as the model itself at that threshold."""
+    d = decided[openset.SCORE]
+    clf = Classifier.load(models[openset.SCORE], unknown=d.split)
+    path = mcm_class_file(clf, decided["mcm"].split, tmp_path / "mcm.safetensors")
+    clf.load_classes(path)
+    assert (clf.score, clf.threshold) == (openset.SCORE, d.split)
+    got = one_by_one(clf, photos)
+    check(got, d.T, clf.temperature, d.split, openset.SCORE)
+    np.testing.assert_array_equal(got.labels, d.p.labels)
+    c = c_one_by_one(olib, models[openset.SCORE], photos, unknown=2, unknown_threshold=d.split,
+                     classes_path=str(path).encode())
+    assert (c.score, c.threshold) == (openset.SCORE, d.split)
+    assert_c_equals(c, d.p)

@@ -124,7 +124,9 @@
 #define SB_API
 #endif
 
-#define SB_VERSION "0.1.0" /* the library version; sb_version() returns the one actually linked */
+#define SB_VERSION "0.2.0" /* the library version; sb_version() returns the one actually linked. Structs grow at
+                             their end between versions (source compatible): an app is built against the header
+                             of the library it links (check sb_version() against SB_VERSION at start-up) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -177,7 +179,7 @@ struct sb_params {
     enum sb_graph_opt graph_optimization_level;
     bool allow_spinning;         /* true: ORT's CPU threads spin between calls (lowest latency); false: they
                                     sleep, leaving the cores to the app's other threads and sessions */
-    /* Fields are only ever appended (ABI): those below came with the image limits. */
+    /* Fields are only ever appended (source compatible; see SB_VERSION): those below came with the image limits. */
     int max_side;                /* longest image side; 0: the model's limit (metadata), else SB_MAX_SIDE */
     int64_t max_pixels;          /* h * w; 0: the model's limit, else SB_MAX_PIXELS */
     double max_aspect;           /* longest / shortest side, at least 1; 0: the model's limit, else SB_MAX_ASPECT */
@@ -192,7 +194,7 @@ struct sb_params {
  * model's calibrated threshold. */
 SB_API struct sb_params sb_default_params(void);
 
-/* Version of the linked library ("0.1.0"; compare with SB_VERSION from the header compiled against). */
+/* Version of the linked library ("0.2.0"; compare with SB_VERSION from the header compiled against). */
 SB_API const char * sb_version(void);
 
 /* Open a model into *out (NULL on failure). Returns SB_OK or an SB_E* code; on failure also writes a
@@ -261,7 +263,7 @@ SB_API int sb_classify_with(struct sb_model * model, const struct sb_classes * c
 /* Frames as cameras and decoders deliver them (V4L2, GStreamer, Argus, OpenCV, Android): padded rows and other
  * layouts than packed RGB, converted to the model's RGB input once (packed RGB is used in place). NV12 is converted by
  * BT.601 in 16-bit fixed point, each U, V pair the chroma of a 2x2 block, as semobridge_runtime/frames.py defines
- * (the reference rule; a test checks this library against it bit for bit). Fields are only ever appended (ABI):
+ * (the reference rule; a test checks this library against it bit for bit). Fields are only ever appended (SB_VERSION):
  * start from sb_default_frame() (or zero) and set the fields. */
 enum sb_layout {
     SB_LAYOUT_RGB = 0,  /* 3 bytes per pixel: R, G, B */
@@ -299,7 +301,7 @@ SB_API int sb_frame_to_rgb(const struct sb_frame * frame, uint8_t * rgb_out, siz
                            size_t errlen);
 
 /* What sb_predict writes for n images: set the outputs wanted, leave the others NULL (not computed). Fields are only
- * ever appended (ABI): start from zero ({0} or memset). */
+ * ever appended (SB_VERSION): start from zero ({0} or memset). */
 struct sb_result {
     float * scores;        /* n * C blend scores, C = the class set's count */
     int64_t * labels;      /* n labels: the top class, or -1 for an image the model calls unknown (sb_params.unknown) */

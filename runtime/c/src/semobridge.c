@@ -45,6 +45,7 @@ struct sb_model {
     int score;                    /* the model's abstention score (metadata open_set.score; sb_open_set_scores index) */
     bool feed_threshold;          /* feed the graph's `threshold` input (else its default: the calibrated one) */
     bool unknown_auto;            /* SB_UNKNOWN_AUTO: a class set's own threshold (class files), where it has one, wins */
+    bool unknown_given;           /* SB_UNKNOWN_THRESHOLD: the caller's threshold, on the model's score always */
     float threshold;              /* what is fed (SB_UNKNOWN_OFF: 0, every top probability is >= 0) */
     double threshold_in_force;    /* sb_unknown_threshold: -1 when unknown is off */
     struct sb_classes * fitted;   /* the fitted classes (the graph's defaults) */
@@ -507,6 +508,7 @@ static int read_decision(struct sb_model * m, const struct json * meta, struct s
     if ((rc = read_score(m, meta, open_set)) != SB_OK) return rc;
     m->threshold_in_force = -1;
     m->unknown_auto = p.unknown == SB_UNKNOWN_AUTO;
+    m->unknown_given = p.unknown == SB_UNKNOWN_THRESHOLD;
     if (!m->decides && p.unknown == SB_UNKNOWN_THRESHOLD) {
         return fail(m, SB_EMODEL, "'%s' was exported before its graph decided 'unknown': it cannot apply "
                     "unknown_threshold; re-export it with semobridge-export, or open it with SB_UNKNOWN_OFF", m->path);
@@ -842,7 +844,8 @@ static int run(struct sb_model * m, const struct sb_classes * c, const struct sb
     const bool own_threshold = own_t && m->unknown_auto;
     const float temperature = own_t ? (float) c->temperature : 1.0f;
     const float threshold = own_threshold ? (float) c->threshold : m->threshold;
-    const float mcm_weight = (float) (own_t ? c->score : m->score); /* a score's index is its weight (contract.h) */
+    /* a score's index is its weight (contract.h); the caller's own threshold stays on the model's score */
+    const float mcm_weight = (float) (own_t && !m->unknown_given ? c->score : m->score);
     const size_t nclass = c && c->values ? 1 + SB_HEAD_INPUTS : 1;
     const size_t nthreshold = nclass + (own_t ? 1 : 0);
     const size_t nweight = nthreshold + (m->feed_threshold || own_threshold ? 1 : 0);
@@ -1158,7 +1161,7 @@ double sb_unknown_threshold(const struct sb_model * m) {
 const char * sb_unknown_score(const struct sb_model * m) {
     if (!m) return NULL;
     struct sb_classes * c = current(m);
-    const int score = own_open_set(m, c) ? c->score : m->score;
+    const int score = own_open_set(m, c) && !m->unknown_given ? c->score : m->score;
     classes_release(c);
     return sb_open_set_scores[score];
 }
