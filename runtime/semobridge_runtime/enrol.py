@@ -52,7 +52,7 @@ class FittedHead:
         path = _enrolment_path(model_path, info, "head")
         tensors, meta = tensorfile.read(path, "model head")
         try:
-            fields = json.loads(meta.get(METADATA_KEY, "{}"))
+            fields = json.loads(meta.get(METADATA_KEY, "{}"), object_pairs_hook=tensorfile.unique_keys)
             if not isinstance(fields, dict) or fields.get("format") != MODEL_FILE_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             names = tuple(fields["class_names"])

@@ -36,6 +36,7 @@ from .names import check_names
 from .contract import ENROLMENT_FILES, IMAGE_INPUT, METADATA_KEY, TEXT_METADATA_KEY, sidecar_path
 from .errors import InputError, ModelError
 from .limits import ImageLimits
+from .tensorfile import unique_keys
 from .openset import OpenSet
 
 __all__ = ["FORMAT_VERSION", "METADATA_KEY", "PRECISIONS", "ModelInfo", "TextInfo", "parse_metadata", "read_sidecar"]
@@ -359,7 +360,7 @@ def _encode(value: Any) -> Any:
 
 def _parse_json(text: str, source: str, key: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
     except (ValueError, RecursionError) as exc:
         raise ModelError(f"{source}: malformed '{key}' metadata ({exc!r}); re-export the model") from exc
 

@@ -81,7 +81,7 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors and string metadata of a safetensors file's bytes; ValueError naming what is wrong."""
     text, body = split(data)
     try:
-        header = json.loads(text.decode("utf-8"))
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys)
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
@@ -91,6 +91,16 @@ def parse(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except (KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:  # OverflowError: int(Infinity)
         raise ValueError(f"malformed header: {exc!r}") from None
     return tensors, dict(meta)
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are unique (JSON leaves a repeated key open: Python kept the last, C refuses it)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {twice!r} appears twice in one JSON object")
+    return out
 
 
 def _tensor(spec: dict, body: memoryview) -> np.ndarray:

@@ -352,13 +352,24 @@ static int read_spec(const struct json * j, size_t token, struct tensor * t, uin
     return SB_OK;
 }
 
-/* A metadata string, decoded (malloc'd; its length in *len), or NULL if absent; *nomem set when out of memory. */
-static char * meta_string(const struct json * j, size_t meta, const char * key, size_t * len, bool * nomem) {
+/* A metadata string, decoded (malloc'd; its length in *len), or NULL if absent; *fault set to SB_ENOMEM when out of
+ * memory, SB_EMODEL when the key appears twice (JSON leaves that open; Python's reader refuses it too). */
+static char * meta_string(const struct json * j, size_t meta, const char * key, size_t * len, int * fault) {
     size_t token;
     char * s;
-    if (meta == 0 || json_get(j, meta, key, &token) != 1) return NULL;
-    if (!(s = json_string(j, token, len))) *nomem = true;
+    if (meta == 0) return NULL;
+    const int found = json_get(j, meta, key, &token);
+    if (found < 0 && *fault == SB_OK) *fault = SB_EMODEL;
+    if (found != 1) return NULL;
+    if (!(s = json_string(j, token, len))) *fault = SB_ENOMEM;
     return s;
+}
+
+/* The error of a meta_string fault. */
+static int meta_fault(int fault, const char * source, char * err, size_t errlen) {
+    if (fault == SB_ENOMEM) return say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    return say(err, errlen, SB_EMODEL, "%s is not a usable class file (a __metadata__ key appears twice); write it "
+               "again with Classifier.save_classes or semobridge-classes", source);
 }
 
 static bool read_at(int fd, void * dst, uint64_t bytes, uint64_t offset) {
@@ -383,7 +394,7 @@ static int check_header(const struct json * j, const struct class_identity * id,
                         size_t errlen) {
     size_t meta = 0;
     char q[80], q2[80], q3[80], q4[80];
-    bool nomem = false;
+    int fault = SB_OK;
     int rc = SB_OK;
     if (j->tokens[0].type != JSON_OBJECT) {
         return say(err, errlen, SB_EMODEL, "%s is truncated or not a safetensors file (its header is not a JSON object)",
@@ -401,12 +412,12 @@ static int check_header(const struct json * j, const struct class_identity * id,
         }
     }
     size_t format_len = 0, weights_len = 0, bridge_len = 0, backbone_len = 0;
-    char * format = meta_string(j, meta, "format", &format_len, &nomem);
-    char * weights = meta_string(j, meta, "weights_hash", &weights_len, &nomem);
-    char * bridge = meta_string(j, meta, "bridge_hash", &bridge_len, &nomem);
-    char * backbone = meta_string(j, meta, "backbone", &backbone_len, &nomem);
-    if (nomem) {
-        rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    char * format = meta_string(j, meta, "format", &format_len, &fault);
+    char * weights = meta_string(j, meta, "weights_hash", &weights_len, &fault);
+    char * bridge = meta_string(j, meta, "bridge_hash", &bridge_len, &fault);
+    char * backbone = meta_string(j, meta, "backbone", &backbone_len, &fault);
+    if (fault != SB_OK) {
+        rc = meta_fault(fault, source, err, errlen);
     } else if (!format || strcmp(format, SB_CLASS_FILE_FORMAT) != 0 || format_len != strlen(SB_CLASS_FILE_FORMAT)) {
         rc = say(err, errlen, SB_EMODEL, "%s is not a semobridge class file (format %s, expected '%s'); write one with "
                  "Classifier.save_classes or semobridge-classes", source, format ? quoted(q, format, format_len) : "none",
@@ -445,7 +456,7 @@ static int read_open_set(const struct json * j, const char * source, double * te
     static const double low[2] = {SB_TEMPERATURE_MIN, 0.0}, high[2] = {SB_TEMPERATURE_MAX, 1.0};
     double * out[2] = {temperature, threshold};
     size_t meta = 0, score_len = 0;
-    bool nomem = false;
+    int fault = SB_OK;
     int given = 0;
     char * text[2];
     size_t len[2] = {0, 0};
@@ -453,14 +464,14 @@ static int read_open_set(const struct json * j, const char * source, double * te
     *score = -1;
     if (json_get(j, 0, "__metadata__", &meta) != 1) meta = 0;
     for (int i = 0; i < 2; i++) {
-        text[i] = meta_string(j, meta, keys[i], &len[i], &nomem);
+        text[i] = meta_string(j, meta, keys[i], &len[i], &fault);
         given += text[i] != NULL;
     }
-    char * named = meta_string(j, meta, SB_CLASS_FILE_SCORE, &score_len, &nomem);
+    char * named = meta_string(j, meta, SB_CLASS_FILE_SCORE, &score_len, &fault);
     const int index = named ? classes_score_index(named, score_len) : SB_OPEN_SET_SCORE_DEFAULT;
     int rc = SB_OK;
-    if (nomem) {
-        rc = say(err, errlen, SB_ENOMEM, "out of memory reading %s", source);
+    if (fault != SB_OK) {
+        rc = meta_fault(fault, source, err, errlen);
     } else if (given == 1) {
         rc = say(err, errlen, SB_EMODEL, "%s has an unusable open-set calibration (it has a %s but no %s); write it again "
                  "with Classifier.save_classes or semobridge-classes", source, keys[text[0] == NULL], keys[text[0] != NULL]);
