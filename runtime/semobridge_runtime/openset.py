@@ -253,9 +253,10 @@ def prediction_bound(s: np.ndarray, accept: float, lowest: float) -> float:
     """threshold_for below one rank (n >= 2 scores): the normal-theory lower prediction bound on u = log(s - lowest),
     mapped back to the score (s_1 where the scores do not vary). The log spreads MCM's values just above 1/C and is
     nearly linear for top probabilities near 1, so a score that saturates at 1.0 does not pull the bound down."""
-    u = np.log(np.maximum(np.asarray(s, np.float64) - lowest, PREDICTION_FLOOR))
+    s = np.asarray(s, np.float64)
+    u = np.log(np.maximum(s - lowest, PREDICTION_FLOOR))
     bound = u.mean() - student_t_quantile(accept, len(u) - 1) * u.std(ddof=1) * np.sqrt(1 + 1 / len(u))
-    return float(lowest + np.exp(bound))
+    return float(min(lowest + np.exp(bound), s.max()))  # PREDICTION_FLOOR must not lift it over every score
 
 
 CHOICE_SE = 2.0  # the blend's probability is chosen over MCM when its mean LOCO AUROC gain exceeds this many standard errors

@@ -147,3 +147,12 @@ def enrol_export(fit_on: Callable, tiny_backbone, tmp_path_factory: pytest.TempP
             path.unlink()
 
     return built_once(tmp_path_factory, "enrol_export", build) / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def real(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """(the tiny open_clip export fitted on three classes, the image pool); skipped with the runtime alone."""
+    try:
+        return request.getfixturevalue("enrol_export"), request.getfixturevalue("enrol_pool")
+    except (pytest.FixtureLookupError, ImportError):
+        pytest.skip("needs the full install (semobridge, semobridge-export, torch) to fit and export the tiny model")

@@ -81,15 +81,6 @@ class CModel:
 # ---------------------------------------------------------------- parity with the Python runtime (tiny open_clip)
 
 @pytest.fixture(scope="module")
-def real(request: pytest.FixtureRequest) -> tuple[Path, Path]:
-    """(the tiny open_clip export fitted on three classes, the image pool); skipped with the runtime alone."""
-    try:
-        return request.getfixturevalue("enrol_export"), request.getfixturevalue("enrol_pool")
-    except (pytest.FixtureLookupError, ImportError):
-        pytest.skip("needs the full install (semobridge, semobridge-export, torch) to fit and export the tiny model")
-
-
-@pytest.fixture(scope="module")
 def python_class_files(real, tmp_path_factory) -> dict[str, tuple[Path, Classifier]]:
     """Class files written by the Python runtime: a fresh set (the fitted classes all replaced) and edits of the fitted one."""
     from .conftest import ENROL_CLASSES

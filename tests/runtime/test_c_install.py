@@ -73,7 +73,7 @@ def check_output(stdout: str, model: Path) -> None:
     rgb = (np.arange(6 * 9 * 3) * 7 % 256).astype(np.uint8).reshape(6, 9, 3)
     expected = Classifier.load(model, unknown=None).predict(rgb)  # C: no "unknown" yet
     words = stdout.split()
-    assert words[:2] == ["0.2.0", str(expected.labels[0])]
+    assert words[:2] == ["0.1.0", str(expected.labels[0])]
     np.testing.assert_allclose(np.array(words[2:], np.float64), expected.scores[0], rtol=0, atol=1e-5)
 
 
@@ -81,7 +81,7 @@ def test_prefix_layout(installed: dict[str, Path]) -> None:
     prefix, libdir = installed["prefix"], installed["libdir"]
     assert libdir == prefix / "lib"
     pc = (libdir / "pkgconfig" / "semobridge.pc").read_text()
-    assert f"prefix={prefix}\n" in pc and "Version: 0.2.0" in pc and "build" not in pc
+    assert f"prefix={prefix}\n" in pc and "Version: 0.1.0" in pc and "build" not in pc
     assert (prefix / "include" / "semobridge.h").is_file()
     link = libdir / "libonnxruntime.so.1"  # the SONAME link, to a real copy of ONNX Runtime beside it
     assert link.is_symlink() and "/" not in os.readlink(link) and link.resolve().parent == libdir

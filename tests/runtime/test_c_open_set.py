@@ -335,15 +335,6 @@ def write_images(images: np.ndarray, folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- the same on the tiny open_clip export, C and Python
 
-@pytest.fixture(scope="module")
-def real(request: pytest.FixtureRequest) -> tuple[Path, Path]:
-    """(the tiny open_clip export fitted on three classes, the image pool); skipped with the runtime alone."""
-    try:
-        return request.getfixturevalue("enrol_export"), request.getfixturevalue("enrol_pool")
-    except (pytest.FixtureLookupError, ImportError):
-        pytest.skip("needs the full install (semobridge, semobridge-export, torch) to fit and export the tiny model")
-
-
 def uncalibrated(model: Path, out: Path) -> Path:
     """A copy of an export (the files beside it too) as fitted without held-out images: no open_set in its metadata,
     the graph's defaults T = 1, threshold 0 (every image known), mcm_weight 0 (export/fused.py)."""

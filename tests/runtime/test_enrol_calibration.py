@@ -379,6 +379,7 @@ def test_the_prediction_bound_holds_for_saturated_and_equal_scores() -> None:
     these five, every unknown accepted); equal scores give that score; an exact rank takes the order statistic."""
     assert 0.9 < openset.threshold_for(np.array([1, 1, 0.999, 0.99, 0.95], np.float32), 0.95, 0.1) < 0.95
     assert openset.threshold_for(np.full(5, 0.7), 0.95, 0.1) == pytest.approx(0.7)
+    assert openset.threshold_for(np.ones(4), 0.95, 1.0) == 1.0  # one class: every score 1 = 1/C (was 1.000001)
     s = np.linspace(0.5, 0.9, 9)  # accept 0.9, n = 9: rank (n + 1)(1 - accept) = 1 exactly (0.99999... in floats)
     assert openset.threshold_for(s, 0.9, 0.1) == pytest.approx(0.5)
 

@@ -124,9 +124,10 @@
 #define SB_API
 #endif
 
-#define SB_VERSION "0.2.0" /* the library version; sb_version() returns the one actually linked. Structs grow at
-                             their end between versions (source compatible): an app is built against the header
-                             of the library it links (check sb_version() against SB_VERSION at start-up) */
+#define SB_VERSION "0.1.0" /* the library version (semobridge-runtime's); sb_version() returns the one actually
+                             linked. Structs grow at their end between versions (source compatible): an app is
+                             built against the header of the library it links (check sb_version() against
+                             SB_VERSION at start-up) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -194,7 +195,7 @@ struct sb_params {
  * model's calibrated threshold. */
 SB_API struct sb_params sb_default_params(void);
 
-/* Version of the linked library ("0.2.0"; compare with SB_VERSION from the header compiled against). */
+/* Version of the linked library ("0.1.0"; compare with SB_VERSION from the header compiled against). */
 SB_API const char * sb_version(void);
 
 /* Open a model into *out (NULL on failure). Returns SB_OK or an SB_E* code; on failure also writes a
