@@ -60,7 +60,6 @@ from semobridge_runtime import contract, openset
 
 SCORES = ("max_probability", "max_blend", "margin", "prototype_cosine", "mcm")
 SYNTHETIC_BACKBONE = {"name": "synthetic", "pretrained": "none", "weights_hash": "0"}
-MCM_TAU = 1.0
 
 
 def known_half(pool: FeatureSet, known: int, val: int) -> FeatureSet:
@@ -80,13 +79,12 @@ def known_half(pool: FeatureSet, known: int, val: int) -> FeatureSet:
 def scores_of(head, temperature: float, q: torch.Tensor) -> dict[str, np.ndarray]:
     z = head(q)
     top2 = z.topk(min(2, z.shape[1]), dim=1).values
-    cos_t = F.normalize(q, dim=-1) @ head.text_classifier.T
     return {
         "max_probability": openset.abstention_score(openset.probabilities(z.numpy(), temperature)),
         "max_blend": top2[:, 0].numpy(),
         "margin": (top2[:, 0] - top2[:, -1]).numpy(),
         "prototype_cosine": (F.normalize(q, dim=-1) @ head.image_prototypes.T).max(1).values.numpy(),
-        "mcm": torch.softmax(cos_t / MCM_TAU, dim=1).max(1).values.numpy(),
+        "mcm": openset.mcm(head.zero_shot(q).numpy()),
     }
 
 
@@ -297,7 +295,7 @@ def decision_cost(model: Path, batch: int = 8, repeats: int = 200) -> dict[str, 
 
 def _mcm_input(model: Path) -> str:
     """The graph's tensor of the text cosines n(q)·T_c [N, C] that MCM's softmax reads (export/fused.py): the input
-    of the Softmax nearest open_set_score but the probabilities' (before its division by MCM_TAU, where one is left)."""
+    of the Softmax nearest open_set_score but the probabilities' (before its division by openset.MCM_TAU, where one is left)."""
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph

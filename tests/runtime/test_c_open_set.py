@@ -22,7 +22,7 @@ from semobridge_runtime.openset import OpenSet
 
 from .contract_model import TOY_IDENTITY, toy_class_set
 from .test_c_classes import encoded
-from .test_c_library import lib  # noqa: F401  (fixture)
+from .test_c_library import c_load, lib  # noqa: F401  (lib: fixture)
 from .test_frames import CFrame
 
 SB_EMODEL = -2
@@ -121,15 +121,6 @@ def reference(scores: np.ndarray, temperature: float, threshold: float | None, w
     return labels, value
 
 
-def load(olib: ctypes.CDLL, model: Path, **params) -> tuple[int, ctypes.c_void_p, str]:
-    options = olib.sb_default_params()
-    for name, value in params.items():
-        setattr(options, name, value)
-    handle, err = ctypes.c_void_p(), ctypes.create_string_buffer(512)
-    rc = olib.sb_load(str(model).encode(), options, ctypes.byref(handle), err, len(err))
-    return rc, handle, err.value.decode()
-
-
 def predict(olib: ctypes.CDLL, handle, images: np.ndarray, embeddings: int = 0,
             **want: bool) -> tuple[int, dict[str, np.ndarray], str]:
     """sb_predict over packed RGB frames: (rc, the outputs asked for (want: name -> False leaves one out; embeddings:
@@ -169,7 +160,7 @@ def test_c_feeds_the_metadata_score_and_returns_the_graph_open_set_score(olib, t
     model = toy_model(score=score, weight_input=True)
     weight = openset.mcm_weight(score)
     for params, threshold in (({}, 0.5), ({"unknown": 2, "unknown_threshold": 0.3}, 0.3), ({"unknown": 1}, None)):
-        rc, handle, err = load(olib, model, **params)
+        rc, handle, err = c_load(olib, model, **params)
         assert rc == 0, err
         try:
             assert olib.sb_unknown_score(handle).decode() == score
@@ -184,7 +175,7 @@ def test_c_feeds_the_metadata_score_and_returns_the_graph_open_set_score(olib, t
 
 def test_the_toy_splits_the_images(olib, toy_model, images) -> None:
     """The max_probability threshold 0.5 calls some images unknown and some known (else the test above proves little)."""
-    rc, handle, err = load(olib, toy_model())
+    rc, handle, err = c_load(olib, toy_model())
     assert rc == 0, err
     try:
         rc, out, err = predict(olib, handle, images)
@@ -194,14 +185,14 @@ def test_the_toy_splits_the_images(olib, toy_model, images) -> None:
 
 
 def test_an_mcm_model_whose_graph_cannot_compute_it_is_refused(olib, toy_model, images) -> None:
-    rc, handle, err = load(olib, toy_model(score="mcm", weight_input=False))
+    rc, handle, err = c_load(olib, toy_model(score="mcm", weight_input=False))
     assert (rc, handle.value) == (SB_EMODEL, None) and "'mcm'" in err and "mcm_weight" in err and "re-export" in err, err
     for score in ("energy", None, ""):  # unknown, missing (calibrated models name theirs), empty: as Python
-        rc, handle, err = load(olib, toy_model(score=score))
+        rc, handle, err = c_load(olib, toy_model(score=score))
         assert (rc, handle.value) == (SB_EMODEL, None) and "no open-set score" in err and "update libsemobridge" in err, err
         with pytest.raises(ModelError, match="open_set"):
             OpenSet.from_dict({"temperature": 0.5, "threshold": 0.5, **({} if score is None else {"score": score})}, "m")
-    rc, handle, err = load(olib, toy_model(score="max_probability", weight_input=False))  # an export from before
+    rc, handle, err = c_load(olib, toy_model(score="max_probability", weight_input=False))  # an export from before
     assert rc == 0, err
     try:
         rc, out, err = predict(olib, handle, images)
@@ -228,7 +219,7 @@ def test_a_class_file_brings_its_own_score(olib, toy_model, images, tmp_path, mo
              "max": ({"temperature": "0.25", "threshold": "0.6", "score": "max_probability"}, 0.25, 0.6, "max_probability"),
              "unnamed": ({"temperature": "0.25", "threshold": "0.6"}, 0.25, 0.6, "max_probability"),
              "none": (None, 0.5, 0.5, model_score)}
-    rc, handle, err = load(olib, model)
+    rc, handle, err = c_load(olib, model)
     assert rc == 0, err
     try:
         for name, (meta, temperature, threshold, score) in files.items():
@@ -251,7 +242,7 @@ def test_a_class_file_brings_its_own_score(olib, toy_model, images, tmp_path, mo
 
 
 def test_an_mcm_class_file_on_a_graph_without_mcm_weight_is_refused(olib, toy_model, tmp_path) -> None:
-    rc, handle, err = load(olib, toy_model(score="max_probability", weight_input=False))
+    rc, handle, err = c_load(olib, toy_model(score="max_probability", weight_input=False))
     assert rc == 0, err
     try:
         path = class_file(tmp_path / "mcm.classes", {"temperature": "1.0", "threshold": "0.5", "score": "mcm"})
@@ -271,7 +262,7 @@ def test_an_mcm_class_file_on_a_graph_without_mcm_weight_is_refused(olib, toy_mo
     ({"score_dims": ["N", 1]}, "output 'open_set_score' has element type 1 and 2 dims, expected 1 and 1"),
 ])
 def test_c_refuses_decision_outputs_of_other_declared_shapes(olib, make_model, options, message) -> None:
-    rc, handle, err = load(olib, with_decision(make_model(seed=5), **options))
+    rc, handle, err = c_load(olib, with_decision(make_model(seed=5), **options))
     assert (rc, handle.value) == (SB_EMODEL, None) and message in err and "re-export" in err, err
 
 
@@ -281,7 +272,7 @@ def test_c_refuses_decision_outputs_of_other_declared_shapes(olib, make_model, o
 def test_c_refuses_decision_outputs_of_other_run_shapes(olib, make_model, images, options, output, got) -> None:
     """A graph that declares dynamic dims (its class count is data) and gives other shapes: SB_EMODEL naming the
     output, nothing read."""
-    rc, handle, err = load(olib, with_decision(make_model(head_as_data=True, seed=5), **options))
+    rc, handle, err = c_load(olib, with_decision(make_model(head_as_data=True, seed=5), **options))
     assert rc == 0, err
     try:
         rc, _, err = predict(olib, handle, images[:3])
@@ -305,7 +296,7 @@ def test_an_uncalibrated_model_applies_a_class_file_calibration_and_says_so(olib
     assert "label -1" not in done.stdout and done.stdout.count("  open_set_score ") == 4
     assert all(line.split()[2:] == ["max_probability", "-1"] for line in done.stdout.splitlines()
                if line.startswith("  open_set_score"))  # unknown off
-    rc, handle, err = load(olib, model)
+    rc, handle, err = c_load(olib, model)
     assert rc == 0, err
     try:
         assert olib.sb_unknown_threshold(handle) == -1
@@ -383,7 +374,7 @@ def test_uncalibrated_model_with_a_calibrated_class_file_as_python(olib, real, t
     assert (clf.temperature, clf.threshold) == (editor.temperature, editor.threshold) and clf.threshold > 0
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((pool / "test").rglob("*.png"))])
     want = clf.predict(images)
-    rc, handle, err = load(olib, model, classes_path=str(path).encode())
+    rc, handle, err = c_load(olib, model, classes_path=str(path).encode())
     assert rc == 0, err
     try:
         assert olib.sb_unknown_threshold(handle) == clf.threshold
@@ -393,7 +384,7 @@ def test_uncalibrated_model_with_a_calibrated_class_file_as_python(olib, real, t
         np.testing.assert_array_equal(out["labels"], want.labels)
         if hasattr(want, "open_set_score"):
             np.testing.assert_allclose(out["open_set_score"], want.open_set_score, rtol=0, atol=1e-6)
-        rc, handle2, err = load(olib, model)  # the fitted classes: every image known
+        rc, handle2, err = c_load(olib, model)  # the fitted classes: every image known
         assert rc == 0, err
         rc, out, err = predict(olib, handle2, images)
         olib.sb_close(handle2)

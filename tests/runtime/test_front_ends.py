@@ -391,9 +391,10 @@ def test_a_class_set_choosing_another_score_is_applied(models, decided, photos, 
 def c_one_by_one(olib, model: Path, photos, **params) -> SimpleNamespace:
     """labels, known, probabilities, scores, embeddings and open_set_score from the C library (sb_predict through
     ctypes), each image run alone; with `score` and `threshold`: the ones it says are in force."""
-    from .test_c_open_set import load, predict
+    from .test_c_library import c_load
+    from .test_c_open_set import predict
 
-    rc, handle, err = load(olib, model, **params)
+    rc, handle, err = c_load(olib, model, **params)
     assert rc == 0, err
     try:
         runs = []
@@ -428,11 +429,11 @@ def test_c_on_an_export_before_the_chosen_score(olib, models, decided, photos, t
 
 def test_c_refuses_mcm_on_a_graph_that_cannot_compute_it(olib, models, tmp_path: Path) -> None:
     """The C side of test_a_model_choosing_mcm_whose_graph_cannot_compute_it_is_refused, for every `unknown`."""
-    from .test_c_open_set import load
+    from .test_c_library import c_load
 
     old = variant(models["mcm"], tmp_path / "old", old=True)
     for params in ({}, {"unknown": 2, "unknown_threshold": 0.5}, {"unknown": 1}):
-        rc, handle, err = load(olib, old, **params)
+        rc, handle, err = c_load(olib, old, **params)
         assert (rc, handle.value) == (-2, None), err
         assert "'mcm'" in err and "no 'mcm_weight' input" in err and "re-export" in err, err
 
