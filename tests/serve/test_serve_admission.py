@@ -92,8 +92,10 @@ class SlowTriton(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         data = self.rfile.read(int(self.headers["Content-Length"]))
         time.sleep(1.0)
-        answer = json.dumps({"bytes": len(data), "type": self.headers.get("Content-Type")}).encode()
-        self.send_response(200)
+        unloaded = self.headers.get("X-Test-Unloaded") is not None  # as Triton answers once SIGTERM unloaded the model
+        answer = json.dumps({"error": "Request for unknown model: 'semobridge' has no available versions"} if unloaded
+                            else {"bytes": len(data), "type": self.headers.get("Content-Type")}).encode()
+        self.send_response(400 if unloaded else 200)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
@@ -152,6 +154,22 @@ def test_gate_forwards_and_refuses_beyond_the_in_flight_budget(gate) -> None:
         time.sleep(0.01)
     assert front.inflight.used == 0 and front.refused["busy"] == 1
     assert post(port, raw, {"Inference-Header-Content-Length": str(len(header))})[0] == 200  # budget given back
+
+
+def test_a_request_that_reaches_triton_after_sigterm_hears_the_server_is_stopping(gate) -> None:
+    front, port = gate
+    body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3],
+                                   "data": [0] * 12}]}).encode()
+    assert post(port, body, {"X-Test-Unloaded": "1"})[0] == 400  # not stopping: Triton's answer as it is
+    answers: list[tuple[int, dict]] = []
+    late = threading.Thread(target=lambda: answers.append(post(port, body, {"X-Test-Unloaded": "1"})))
+    late.start()
+    time.sleep(0.3)  # held upstream
+    front.close()  # SIGTERM: the gate stops listening, Triton unloads the model
+    late.join(timeout=60)
+    assert answers and answers[0][0] == 503, answers
+    assert answers[0][1]["error"].startswith("runtime error: the server is stopping; hint: retry")
+    assert front.refused["unavailable"] == 1 and front.refused["triton"] == 1  # the first, before SIGTERM
 
 
 def headers_only(port: int, headers: bytes) -> str:

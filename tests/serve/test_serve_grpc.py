@@ -25,7 +25,8 @@ BUDGET = Budget(request_bytes=4 * MIB, inflight_bytes=8 * MIB, max_batch=16)
 
 
 REFUSALS = {b"batch": "[request id: <id_unknown>] inference request batch-size must be <= 32 for 'semobridge'",
-            b"image": "[request id: 7] input error: image 0 is not an image file; hint: send JPEG or PNG"}
+            b"image": "[request id: 7] input error: image 0 is not an image file; hint: send JPEG or PNG",
+            b"unloaded": "Request for unknown model: 'semobridge' has no available versions"}  # after SIGTERM
 
 
 class Upstream(grpc.GenericRpcHandler):
@@ -121,6 +122,29 @@ def test_triton_s_own_grpc_refusals_are_counted_the_model_s_are_not(door) -> Non
             infer(request, timeout=30)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in refused.value.details()
     assert front.gate.grpc_refused["triton"] == 1 and sum(front.gate.grpc_refused.values()) == 1
+
+
+def test_a_request_that_reaches_triton_after_sigterm_hears_the_server_is_stopping(door) -> None:
+    """Past the door's check when SIGTERM came, it met the model unloaded: 'unknown model' read as the client's
+    mistake (InputError) where a retry on another replica is the answer (CI failed on it once)."""
+    front, upstream, infer, channel = door
+    late = channel.unary_unary(INFER).future(b"unloaded", timeout=30)
+    assert upstream.arrived.acquire(timeout=30)
+    front.drain()
+    upstream.release.set()
+    with pytest.raises(grpc.RpcError) as refused:
+        late.result()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.details().startswith("runtime error: the server is stopping; hint: retry")
+    assert front.gate.grpc_refused["unavailable"] == 1 and front.gate.grpc_refused["triton"] == 0
+
+
+def test_an_unknown_model_before_sigterm_is_triton_s_answer(door) -> None:
+    front, upstream, infer, _ = door
+    upstream.release.set()
+    with pytest.raises(grpc.RpcError) as refused:
+        infer(b"unloaded", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown model" in refused.value.details()
 
 
 def test_grpc_requests_in_flight_share_the_servers_budget(door) -> None:

@@ -35,6 +35,8 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te
         "content-length", "expect"}
 REASONS = ("invalid", "too_large", "busy", "unavailable", "not_found", "triton")
 _OURS = re.compile(rb'^\{"error":"(\[request id: [^\]]*\] )?(input|model|runtime|internal) error: ')  # the model's
+UNLOADED = "Request for unknown model"  # Triton's answer once SIGTERM has unloaded the model
+STOPPING = BackendError("the server is stopping", hint="retry on another replica, or in a moment")
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -65,6 +67,7 @@ class Gate:
         self.upstream_http, self.upstream_metrics = upstream_http, upstream_metrics
         self.refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
         self.grpc_refused: collections.Counter[str] = collections.Counter({reason: 0 for reason in REASONS})
+        self.stopping = False  # set by close(): Triton is unloading the model
         self._lock = threading.Lock()
         api = _Server((address, http_port), _ApiHandler, self)
         try:
@@ -79,6 +82,7 @@ class Gate:
 
     def close(self) -> None:
         """Stop accepting connections (requests already read are still answered)."""
+        self.stopping = True
         for server in self._servers:
             if server.serving:
                 server.serving = False
@@ -280,6 +284,9 @@ class _ApiHandler(_Handler):
                     self.refuse(503, BackendError("the server is starting, stopping, or its Triton process is gone",
                                                   hint="retry in a moment, or on another replica"), "unavailable")
                     return
+        if response.status >= 400 and gate.stopping and UNLOADED.encode() in data[:200]:  # reached Triton too late
+            self.refuse(503, STOPPING, "unavailable")
+            return
         if response.status >= 400 and not _OURS.match(data):  # Triton's own refusal (dtype, shape against the config)
             gate.count("triton")
         self.send(response.status, data, response.getheaders())

@@ -27,7 +27,7 @@ import grpc
 
 from ..errors import InputError
 from .admission import MIB, Busy, TooLarge
-from .gate import UPSTREAM_TIMEOUT_S, Gate
+from .gate import STOPPING, UNLOADED, UPSTREAM_TIMEOUT_S, Gate
 from .protocol import error_text
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -104,8 +104,7 @@ class GrpcDoor:
                                                               "the server with a larger --max-request-mb")))
         if self.draining:
             gate.count("unavailable", "grpc")
-            context.abort(grpc.StatusCode.UNAVAILABLE, "runtime error: the server is stopping; hint: retry on "
-                                                       "another replica, or in a moment")
+            context.abort(grpc.StatusCode.UNAVAILABLE, error_text(STOPPING))
         held = len(message) if method == INFER else 0
         try:
             gate.inflight.take(held)
@@ -128,6 +127,9 @@ class GrpcDoor:
                     context.abort(code, "runtime error: the server is starting, stopping, or its Triton process "
                                         f"is gone ({(exc.details() or '')[:200]}); hint: retry in a moment, or on another replica")
                 details = exc.details() or ""
+                if self.draining and UNLOADED in details:  # passed the check above, reached Triton after SIGTERM
+                    gate.count("unavailable", "grpc")
+                    context.abort(grpc.StatusCode.UNAVAILABLE, error_text(STOPPING))
                 if code not in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED) and not _OURS.match(details):
                     gate.count("triton", "grpc")  # Triton's own refusal (byte size, batch size against the config)
                 context.set_trailing_metadata(exc.trailing_metadata() or ())
