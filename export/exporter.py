@@ -22,7 +22,8 @@ from semobridge.files import file_sha256, read_text
 from semobridge.model import SeMoBridge
 from semobridge.validate import image_size, output_dir
 
-from .formats import DEFAULT_FORMATS, FORMATS, Job, resolve_formats
+from . import openvino_int8
+from .formats import DEFAULT_FORMATS, FORMATS, Job, format_names, resolve_formats
 from .fused import FusedClassifier
 from .metadata import build_metadata
 from .preprocess import Preprocess
@@ -66,8 +67,13 @@ def export(
         image_size(*fixed_size, "--fixed-size")
     if "engine" in names:
         _import_tensorrt()  # fail before the slow steps
+    if "openvino-int8" in names and (absent := openvino_int8.missing()):
+        if "openvino-int8" in format_names(formats):
+            raise InputError(f"the openvino-int8 format needs {absent}", hint="install them, or leave the format out")
+        names.remove("openvino-int8")  # --int8-cpu: the ONNX Runtime int8 artifacts only
+        log(f"openvino-int8 skipped: {absent}")
     fused = FusedClassifier(head, backbone, input_kind)
-    if check_images is None and {"onnx-fp16", "onnx-int8"} & set(names):
+    if check_images is None and {"onnx-fp16", "onnx-int8", "openvino-int8"} & set(names):
         check_images = synthetic_images(CHECK_IMAGES, seed=0)
     if fixed_size is not None:  # a static input takes only its size: the check and fit images at that size
         check_images, fit_images = ([np.asarray(Image.fromarray(np.asarray(im)).resize(fixed_size[::-1], Image.BICUBIC))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from semobridge_runtime.contract import ENROLMENT_FILES, INT8_SUFFIX, TEXT_METADATA_KEY, sidecar_path
+from semobridge_runtime.contract import ENROLMENT_FILES, INT8_SUFFIX, OPENVINO_INT8_SUFFIX, TEXT_METADATA_KEY, sidecar_path
 from semobridge_runtime.metadata import Int8Check, ModelInfo, OpenVinoCheck, TextInfo
 
 from semobridge.errors import InputError
@@ -120,11 +120,35 @@ def record_openvino(job: Job, images: list[np.ndarray], source: str) -> None:
     measured = openvino_agreement(job.written["onnx"], images)
     if measured is None:
         return
+    del measured["float_precision"]  # the same as its precision
     job.meta = dataclasses.replace(job.meta, openvino=OpenVinoCheck(**measured, images=len(images), measured_on=source))
     set_metadata(job.written["onnx"], job.meta)
     job.write_sidecar(job.written["onnx"], job.meta)
     job.log(f"openvino {measured['precision']}: label agreement with fp32 = {measured['label_agreement']:.1%}, "
             f"min embedding cosine {measured['min_cosine']:.5f} on {len(images)} {source}")
+
+
+def export_openvino_int8(job: Job) -> Path:
+    """OpenVINO static int8 IR of the graph past the preprocessing (export/openvino_int8.py), calibrated on the fit
+    images (else the check images); the fp32 model's metadata records its files' SHA-256 (the runtime pairs the two
+    by them) and its labels and embeddings against the fp32 graph's on the same images ("openvino_int8")."""
+    from .openvino_int8 import write_int8_ir
+    from .precision import openvino_agreement, set_metadata
+
+    images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
+    path = job.path("openvino-int8")
+    pairing = write_int8_ir(job.written["onnx"], path, images)
+    job.written[f"{path.stem}.bin"] = path.with_suffix(".bin")
+    measured = openvino_agreement(job.written["onnx"], images, "int8", pairing)
+    assert measured is not None  # write_int8_ir imported openvino
+    record = dataclasses.replace(pairing, label_agreement=measured["label_agreement"], min_cosine=measured["min_cosine"],
+                                 images=len(images), measured_on=source, float_precision=measured["float_precision"])
+    job.meta = dataclasses.replace(job.meta, openvino_int8=record)
+    set_metadata(job.written["onnx"], job.meta)
+    job.write_sidecar(job.written["onnx"], job.meta)
+    job.log(f"openvino int8 (NNCF, float operations {record.float_precision}): label agreement with fp32 = "
+            f"{record.label_agreement:.1%}, min embedding cosine {record.min_cosine:.5f} on {len(images)} {source}")
+    return path
 
 
 def export_pt2(job: Job) -> Path:
@@ -232,6 +256,10 @@ FORMATS: dict[str, Format] = {
                "semobridge-run {path} photo.jpg   (meant for GPUs: CUDA/TensorRT execution providers)", export_onnx_fp16, "onnx"),
         Format("onnx-int8", f"{{stem}}{INT8_SUFFIX}.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
                "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, "onnx"),
+        Format("openvino-int8", f"{{stem}}{OPENVINO_INT8_SUFFIX}.xml", "CPU (OpenVINO, opt-in; needs nncf to export)",
+               ("--int8-cpu",), "semobridge-run {onnx} photo.jpg --backend openvino --openvino-precision int8   "
+               "(+ .bin; Classifier.load('{onnx}', backend='openvino', openvino_precision='int8'))",
+               export_openvino_int8, "onnx"),
         Format("text-int8", f"text{INT8_SUFFIX}.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),
                "Classifier.load('{onnx}', text_model='{path}')   (enrol with the int8 text tower)", export_text_int8, "text"),
         Format("pt2", "{stem}.pt2", "PyTorch (torch.export), on the device it was exported on", ("--input", "--fixed-size"),
@@ -246,7 +274,7 @@ FORMATS: dict[str, Format] = {
     )
 }
 DEFAULT_FORMATS = ("onnx", "text")
-FLAG_FORMATS = {"half": ("onnx-fp16",), "int8_cpu": ("onnx-int8", "text-int8"), "engine": ("engine",)}
+FLAG_FORMATS = {"half": ("onnx-fp16",), "int8_cpu": ("onnx-int8", "openvino-int8", "text-int8"), "engine": ("engine",)}
 
 
 def format_table() -> str:
@@ -259,10 +287,15 @@ def format_table() -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def format_names(formats: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The format names given ("onnx,pt2" or a list), as given (unchecked)."""
+    return [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+
+
 def resolve_formats(formats: str | list[str] | tuple[str, ...], **flags: bool) -> list[str]:
     """Requested formats plus those the flags ask for, in table order; the format a derived one
     needs (the fp32 ONNX graph, the text tower) is added. Unknown names are refused."""
-    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    names = format_names(formats)
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
         raise InputError(f"unknown format(s) {', '.join(unknown)}", hint=f"choose from {', '.join(FORMATS)}")

@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
+from semobridge_runtime.metadata import OpenVinoInt8
 
 from semobridge.files import atomic_output
 from semobridge.logs import quiet_logger, quiet_root_logger
@@ -180,9 +181,11 @@ def label_agreement(reference: Path, candidate: Path, images: Iterable[np.ndarra
     return float(np.mean(same))
 
 
-def openvino_agreement(reference: Path, images: Iterable[np.ndarray]) -> dict | None:
-    """The runtime's OpenVINO backend (at OpenVINO's precision for this CPU) against the fp32 graph in ONNX Runtime:
-    {"precision", "label_agreement", "min_cosine"} of the labels and embeddings, one image per run; None without
+def openvino_agreement(reference: Path, images: Iterable[np.ndarray], precision: str = "auto",
+                       int8_pairing: OpenVinoInt8 | None = None) -> dict | None:
+    """The runtime's OpenVINO backend at `precision` ("auto": OpenVINO's for this CPU; "int8": the static int8 IR
+    beside `reference`, paired by `int8_pairing`) against the fp32 graph in ONNX Runtime: {"precision",
+    "float_precision", "label_agreement", "min_cosine"} of the labels and embeddings, one image per run; None without
     openvino."""
     import importlib.util
 
@@ -192,7 +195,7 @@ def openvino_agreement(reference: Path, images: Iterable[np.ndarray]) -> dict | 
 
     from .reference import reference_scores, session
 
-    ref, backend = session(reference), OpenVINOBackend(Path(reference))
+    ref, backend = session(reference), OpenVINOBackend(Path(reference), precision, int8_pairing=int8_pairing)
     same, cosines = [], []
     for image in images:
         want = reference_scores(ref, image[None])
@@ -202,4 +205,5 @@ def openvino_agreement(reference: Path, images: Iterable[np.ndarray]) -> dict | 
         cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
     if not same:
         raise ValueError("no images to compare labels on")
-    return {"precision": backend.precision, "label_agreement": round(float(np.mean(same)), 4), "min_cosine": round(min(cosines), 6)}
+    return {"precision": backend.precision, "float_precision": backend.float_precision,
+            "label_agreement": round(float(np.mean(same)), 4), "min_cosine": round(min(cosines), 6)}

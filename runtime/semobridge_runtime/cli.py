@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .backends.choice import BACKENDS
+from .backends.openvino import PRECISIONS as OPENVINO_PRECISIONS
 from .classifier import Classifier, Prediction
 from .commandline import command, model_argument, spin_option, threads_option, unknown_option, version_option
 from .errors import InputError
@@ -56,19 +57,23 @@ def load_options(fn):
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(list(BACKENDS)),
               help="Inference library (auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with AMX where the "
                    "export measured it, else ONNX Runtime).")
+@click.option("--openvino-precision", default="auto", show_default=True, type=click.Choice(list(OPENVINO_PRECISIONS)),
+              help="With --backend openvino: the precision past the f32 preprocessing (auto: bf16 where the CPU computes "
+                   "it; int8: the static int8 IR that semobridge-export --int8-cpu wrote with nncf installed).")
 @click.option("--fast-jpeg", is_flag=True,
               help="Decode JPEG files DCT-scaled (shorter side >= 2x the model's input) before the exact resize: "
                    "several times faster on camera photos, pixels slightly off a full decode.")
 @load_options
 @video_options
 @version_option(__version__)
-def cli(model, images, top_k, as_json, unknown, backend, fast_jpeg, classes, no_int8, threads, spin, max_side,
-        max_pixels, max_aspect, every, fps, smooth, video_options) -> int:
+def cli(model, images, top_k, as_json, unknown, backend, openvino_precision, fast_jpeg, classes, no_int8, threads, spin,
+        max_side, max_pixels, max_aspect, every, fps, smooth, video_options) -> int:
     video = video_source(list(images), every, fps, smooth, video_options)
     paths = image_paths(list(images)) if video is None else []
     classifier = Classifier.load(model, backend=backend, intra_op_num_threads=threads, allow_spinning=spin,
                                  prefer_int8=not no_int8, classes=classes, max_side=max_side, max_pixels=max_pixels,
-                                 max_aspect=max_aspect, unknown=unknown, fast_jpeg=fast_jpeg)
+                                 max_aspect=max_aspect, unknown=unknown, fast_jpeg=fast_jpeg,
+                                 openvino_precision=openvino_precision)
     if video is not None:
         return run_video(classifier, *video)
     result = classifier.predict(paths, top_k=top_k)

@@ -54,6 +54,8 @@ TEXT_TOKENS, TEXT_EMBEDDING = "tokens", "text_embedding"  # the text tower's (te
 # ------------------------------------------------------------------ artifact file names
 SIDECAR_SUFFIX = ".json"  # `<stem>.json` beside every artifact: its metadata
 INT8_SUFFIX = "_int8"  # `<stem>_int8.onnx`: the CPU int8 artifact beside `<stem>.onnx`
+#: `<stem>_openvino_int8.xml` + `.bin`: the OpenVINO static int8 IR beside `<stem>.onnx` (its graph past the preprocessing)
+OPENVINO_INT8_SUFFIX = "_openvino_int8"
 ENGINE_SUFFIXES = (".engine", ".plan")  # TensorRT engines
 #: what class enrolment reads beside the model (metadata "enrolment"; paths relative to the model file)
 ENROLMENT_FILES = {"head": "head.safetensors", "text_model": "text.onnx"}
@@ -68,6 +70,12 @@ def int8_path(model_path: str | Path) -> Path:
     """`model.onnx` -> `model_int8.onnx`."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}{INT8_SUFFIX}{path.suffix}")
+
+
+def openvino_int8_path(model_path: str | Path) -> Path:
+    """`model.onnx` -> `model_openvino_int8.xml` (its weights: the same name with `.bin`)."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}{OPENVINO_INT8_SUFFIX}.xml")
 
 
 _REEXPORT = "re-export the model with semobridge-export (its metadata must describe this graph)"

@@ -15,7 +15,7 @@ ignored. Metadata of format 1 written before a field existed reads with that fie
   backbone: None; bridge_hash, class_file_format, enrolment: None   (classes cannot be changed)
   shots, val_accuracy, open_set: None (open_set None: not calibrated, T = 1, unknown off)
   params: {}; variant, library_version: ""; precision: "fp32"; limits: the defaults (limits.py)
-  prompts: no templates, no descriptions; int8, openvino, tensorrt: None (not measured, not an engine)
+  prompts: no templates, no descriptions; int8, openvino, openvino_int8, tensorrt: None (not measured, not an engine)
 
 Adding a field: give it a type and a default in its dataclass below (JSON key = field name); nested
 dataclasses, `X | None`, tuple[X, ...] and dict[str, X] of str/int/float/bool are decoded and checked by type.
@@ -142,6 +142,23 @@ class OpenVinoCheck:
 
 
 @dataclass(frozen=True)
+class OpenVinoInt8:
+    """The OpenVINO static int8 IR exported beside the model (contract.openvino_int8_path: NNCF's post-training
+    quantisation of the graph past the preprocessing, calibrated on the fit images) ("openvino_int8"): the SHA-256 of
+    its two files, which pair it with this model (an IR of another export is refused), and its labels and embeddings
+    against the fp32 graph's, measured at export with its float operations at `float_precision` (OpenVINO's choice
+    on the exporting CPU: "bf16" or "f32")."""
+
+    xml_sha256: str
+    bin_sha256: str
+    label_agreement: float | None = None
+    min_cosine: float | None = None
+    images: int = 0
+    measured_on: str = ""
+    float_precision: str = ""
+
+
+@dataclass(frozen=True)
 class TensorRTBuild:
     """How a TensorRT engine was built ("tensorrt", in engine sidecars only)."""
 
@@ -185,6 +202,7 @@ class ModelInfo:
     enrolment: Enrolment | None = None  # None: exported without what class enrolment needs
     int8: Int8Check | None = field(default=None, metadata=_OMIT)
     openvino: OpenVinoCheck | None = field(default=None, metadata=_OMIT)
+    openvino_int8: OpenVinoInt8 | None = field(default=None, metadata=_OMIT)
     tensorrt: TensorRTBuild | None = field(default=None, metadata=_OMIT)
 
     #: the order of the keys written (num_classes is derived from class_names, written for people and Triton)

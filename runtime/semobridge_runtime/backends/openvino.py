@@ -7,24 +7,34 @@ classes would be ignored), and it computes the resize's integer indices in 32 bi
 99 % of its pixels). So the graph is split at the encoder's input into two compiled models, the preprocessing
 compiled in f32; the class-set constants become inputs again (their values stay the defaults); and images whose
 resize indices would pass 2**31 are refused before they run.
+
+Static int8 (precision "int8", opt-in): the part past the cut is the IR that semobridge-export --int8-cpu wrote beside
+the model (`model_openvino_int8.xml` + `.bin`: NNCF's post-training quantisation, calibrated on the fit images run
+through this f32 preprocessing). It is read with OpenVINO alone (no NNCF), and only when its two files have the
+SHA-256 that the model's metadata records ("openvino_int8"): an IR of another export, or a truncated one, is refused.
+`auto` (backends/choice.py) never picks it: it stays opt-in until measured on a CPU with AMX int8.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph
+from .. import files
+from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph, openvino_int8_path
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
-from ..metadata import ModelInfo, parse_metadata
+from ..metadata import ModelInfo, OpenVinoInt8, parse_metadata
 
-PRECISIONS = ("auto", "f32", "bf16", "f16")  # "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16)
+#: "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16); "int8": the export's static int8 IR
+PRECISIONS = ("auto", "f32", "bf16", "f16", "int8")
 INDEX_LIMIT = 2**31  # OpenVINO's CPU plugin computes int64 graph arithmetic in int32
 PIXELS = "pixels"  # the encoder's input between the two compiled models
 CONVERTER = "openvino.tools.ovc"  # imported by `import openvino`; sends telemetry (import_openvino)
@@ -148,15 +158,75 @@ def _split(ov: Any, model: Any, info: ModelInfo) -> tuple[Any, Any]:
     return pre, rest
 
 
+@dataclass
+class Parts:
+    """A fused graph as the backend runs it: its metadata, the class-set and decision inputs with their fitted values,
+    the preprocessing (uint8 images -> PIXELS; None for a float-input model), and the rest (PIXELS or the float input,
+    the class-set and decision inputs -> the graph's outputs)."""
+
+    info: ModelInfo
+    defaults: dict[str, np.ndarray]
+    pre: Any | None
+    rest: Any
+
+
+def read_parts(ov: Any, core: Any, path: Path) -> Parts:
+    """`path` (an fp32 fused .onnx) read and cut for the backend (the module's docstring)."""
+    try:
+        model = core.read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError and its own types for unreadable files
+        raise ModelError(f"OpenVINO cannot read {path} ({str(exc).splitlines()[0]}); the file is truncated, "
+                         "corrupt or not ONNX: re-export or re-download it") from exc
+    info = _metadata(model, str(path))
+    if info.precision != "fp32":
+        raise ModelError(f"{path} is the {info.precision} artifact; OpenVINO takes the fp32 model.onnx "
+                         "and runs it at its own precision", hint="load model.onnx with backend='openvino'")
+    defaults = _class_inputs(ov, model, info.head_input_names)
+    pre, rest = _split(ov, model, info) if info.input_kind == "uint8" else (None, model)
+    return Parts(info, defaults, pre, rest)
+
+
+def input_names(model: Any) -> set[str]:
+    return {p.get_friendly_name() for p in model.get_parameters()}
+
+
+def read_int8(ov: Any, core: Any, path: Path, parts: Parts, pairing: OpenVinoInt8 | None = None) -> Any:
+    """The static int8 IR beside `path` in place of `parts.rest`, if its files have the SHA-256 that `pairing` records
+    (default: the model's metadata, "openvino_int8"); read from the bytes that were checked."""
+    pairing = pairing or parts.info.openvino_int8
+    xml_path = openvino_int8_path(path)
+    bin_path = xml_path.with_suffix(".bin")
+    again = ("re-export the model with semobridge-export --int8-cpu, openvino and nncf installed (pip install "
+             "'semobridge[nncf]'), or load it with openvino_precision='auto'")
+    if pairing is None:
+        raise ModelError(f"{path} has no OpenVINO int8 IR: its metadata records none ('openvino_int8'; exported "
+                         "without nncf, or before static int8 existed)", hint=again)
+    xml = files.read_bytes(xml_path, "OpenVINO int8 IR", files.GRAPH_BYTES, ModelError)
+    weights = files.read_bytes(bin_path, "OpenVINO int8 IR's weights", files.GRAPH_BYTES, ModelError)
+    if (hashlib.sha256(xml).hexdigest(), hashlib.sha256(weights).hexdigest()) != (pairing.xml_sha256, pairing.bin_sha256):
+        raise ModelError(f"{xml_path.name} and {bin_path.name} are not the int8 IR exported with {path}: their SHA-256 "
+                         "differs from the one the model's metadata records (the IR of another export, or truncated "
+                         "or changed files)", hint=again)
+    try:
+        model = core.read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8)))
+    except Exception as exc:
+        raise ModelError(f"OpenVINO cannot read {xml_path} ({str(exc).splitlines()[0]})", hint=again) from exc
+    if input_names(model) != input_names(parts.rest):
+        raise ModelError(f"{xml_path.name} takes the inputs {sorted(input_names(model))}, the model's graph past its "
+                         f"preprocessing {sorted(input_names(parts.rest))}", hint=again)
+    return model
+
+
 class OpenVINOBackend:
     """Runs a fused semobridge ONNX graph with OpenVINO on the CPU: two compiled models (preprocessing in f32, the
     rest at `precision`), a pool of infer requests so that several threads may run at once.
 
-    precision: "auto" (OpenVINO's choice: bf16 on CPUs that compute bf16), "f32", "bf16" or "f16".
+    precision: "auto" (OpenVINO's choice: bf16 on CPUs that compute bf16), "f32", "bf16", "f16", or "int8": the
+        export's static int8 IR for the rest (its float operations at OpenVINO's choice; the module's docstring).
     cache_dir: OpenVINO's model cache (compiled blobs, later loads start faster); None writes nothing.
     contract: refuse a graph whose outputs are not the fused classifier's (False: e.g. the benchmarks' bare encoder).
-    transform: applied to the model past the preprocessing before it is compiled (e.g. NNCF's post-training
-        quantisation, benchmarks/int8.py); None: compiled as read.
+    int8_pairing: with "int8", the IR's SHA-256 to check instead of the metadata's (the exporter measures the IR
+        before the model's metadata records it).
     """
 
     name = "openvino"
@@ -167,27 +237,18 @@ class OpenVINOBackend:
 
     def __init__(self, path: Path, precision: str = "auto", threads: int | None = None,
                  cache_dir: str | Path | None = None, contract: bool = True,
-                 transform: Callable[[Any], Any] | None = None) -> None:
+                 int8_pairing: OpenVinoInt8 | None = None) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"unknown OpenVINO precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
         ov = import_openvino()
         core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-        except Exception as exc:  # OpenVINO raises RuntimeError and its own types for unreadable files
-            raise ModelError(f"OpenVINO cannot read {path} ({str(exc).splitlines()[0]}); the file is truncated, "
-                             "corrupt or not ONNX: re-export or re-download it") from exc
+        parts = read_parts(ov, core, path)
         self._path = path
-        self.info = info = _metadata(model, str(path))
-        if info.precision != "fp32":
-            raise ModelError(f"{path} is the {info.precision} artifact; OpenVINO takes the fp32 model.onnx "
-                             "and runs it at its own precision", hint="load model.onnx with backend='openvino'")
+        self.info = info = parts.info
         self.head_inputs = info.head_input_names
-        self._defaults = _class_inputs(ov, model, self.head_inputs)
-        self._image_input = info.input_kind == "uint8"
-        pre, rest = _split(ov, model, info) if self._image_input else (None, model)
-        if transform is not None:
-            rest = transform(rest)
+        self._defaults = parts.defaults
+        self._image_input = parts.pre is not None
+        pre, rest = parts.pre, read_int8(ov, core, path, parts, int8_pairing) if precision == "int8" else parts.rest
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = check_threads(threads, "threads")
@@ -195,12 +256,14 @@ class OpenVINOBackend:
             config["CACHE_DIR"] = str(cache_dir)
         try:
             self._pre = core.compile_model(pre, "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}) if pre else None
-            main = {**config, **({} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision})}
+            main = {**config, **({} if precision in ("auto", "int8") else {"INFERENCE_PRECISION_HINT": precision})}
             self._main = core.compile_model(rest, "CPU", main)
         except Exception as exc:
             raise BackendError(f"OpenVINO failed compiling {path}: {str(exc).splitlines()[0]}",
                                hint="use backend='onnxruntime'") from exc
-        self.precision = self._main.get_property("INFERENCE_PRECISION_HINT").to_string()  # what runs: "bf16", "f32"
+        #: what the float operations past the preprocessing run at ("bf16", "f32"); `precision`: what runs ("int8")
+        self.float_precision = self._main.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = "int8" if precision == "int8" else self.float_precision
         first = (self._pre or self._main).input(0)
         self.outputs = tuple(o.get_any_name() for o in self._main.outputs)
         if contract:
