@@ -13,8 +13,10 @@ pixels its encoder sees are from PIL's (open_clip's resize and crop; grey levels
    ... static fused         the same on the dynamic artifact's graph (its ONNX Runtime attention and GELU fusions):
                             only the quantisation differs from the dynamic artifact
   openvino bf16             the runtime's OpenVINO backend: preprocessing f32, the rest bf16 where the CPU computes it
-  openvino int8 nncf        the same with NNCF's post-training quantisation (nncf.quantize, ModelType.TRANSFORMER) of
-                            the encoder on the preprocessed fit images; the head left out (ignored scope)
+  openvino int8 nncf        the product of semobridge-export --int8-cpu with nncf installed (export/openvino_int8.py):
+                            the part past the f32 preprocessing as an int8 IR quantised by NNCF (ModelType.TRANSFORMER)
+                            on the fit images as that preprocessing computes them, the head left out (ignored scope),
+                            run by the runtime's OpenVINO backend (openvino_precision="int8")
 
 The benchmark's model has no fit images (its head is fitted on random embeddings, benchmarks/common.benchmark_head):
 the export's synthetic check images (smooth random scenes, sides 48-320 px) stand in for them. Random weights: the
@@ -52,6 +54,7 @@ from benchmarks.latency.models import build_models
 from benchmarks.latency.runners import OrtRunner
 from benchmarks.latency.timing import CLOCKS, Timer, sample, use_clock, wall_clock
 from semobridge.logs import quiet_root_logger
+from semobridge_export import openvino_int8
 from semobridge_export.onnx_graph import save_model
 from semobridge_export.precision import encoder_nodes, fuse_for_onnxruntime
 from semobridge_export.rewrites import sink_input_casts
@@ -67,14 +70,6 @@ def cpu_flags() -> list[str]:
         return sorted(set(FLAGS.findall(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace"))))
     except OSError:
         return []
-
-
-def outside_encoder(path: Path) -> list[str]:
-    """Names of the graph's nodes that are not the image encoder's (preprocessing, head), and of their outputs (OpenVINO
-    names a node whose output is a graph output after that output)."""
-    graph = ir.load(str(path)).graph
-    encoder = {n.name for n in encoder_nodes(graph)}
-    return sorted({n.name for n in graph if n.name not in encoder} | {o.name for n in graph if n.name not in encoder for o in n.outputs})
 
 
 class FitImages(CalibrationDataReader):
@@ -109,23 +104,6 @@ def quantize_static_qdq(src: Path, dst: Path, images: list[np.ndarray], fused: b
         sink_input_casts(model)
         save_model(model, dst)
     return dst
-
-
-def nncf_backend(src: Path, images: list[np.ndarray]) -> Any:
-    """The runtime's OpenVINO backend on `src` with the part past the preprocessing quantised by NNCF on the fit images
-    (their pixels as the f32 preprocessing computes them, the fitted class set); the head is left out."""
-    import nncf
-    from semobridge_runtime.backends.openvino import PIXELS, OpenVINOBackend
-
-    f32 = OpenVINOBackend(src, "f32", contract=False)
-    items = [{PIXELS: f32.preprocess(image[None]), **f32.fitted_inputs} for image in images]
-    ignored = nncf.IgnoredScope(names=outside_encoder(src), validate=False)
-
-    def quantize(rest: Any) -> Any:  # a clone: the split shares nodes with the preprocessing, which NNCF cannot follow
-        return nncf.quantize(rest.clone(), nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                             subset_size=len(items), ignored_scope=ignored)
-
-    return OpenVINOBackend(src, "auto", contract=False, transform=quantize)
 
 
 def with_pixels_output(src: Path, dst: Path) -> Path:
@@ -234,11 +212,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from semobridge_runtime.backends.openvino import OpenVINOBackend
 
             variants.append(openvino_variant("openvino bf16", OpenVINOBackend(fp32, "auto", contract=False), ("openvino", "bf16")))
-            if importlib.util.find_spec("nncf") is None:
-                skipped["openvino int8 nncf"] = "nncf not installed (pip install nncf)"
+            absent = openvino_int8.missing()
+            if absent is not None:
+                skipped["openvino int8 nncf"] = absent
             else:
                 start = time.perf_counter()
-                backend = nncf_backend(fp32, fit)
+                models.jobs["fused"].fit_images = fit  # the export's writer calibrates and measures on them
+                models.artifact("fused", "openvino-int8")
+                backend = OpenVINOBackend(fp32, "int8", contract=False)  # paired by the metadata the writer recorded
                 variants.append(openvino_variant("openvino int8 nncf", backend, ("openvino", "int8"), time.perf_counter() - start))
         checks = {v.name: quality(v, variants[0], fit, mean, std, meta.image_size) for v in variants}
         fused_model = models.modules["fused"]

@@ -55,6 +55,26 @@ def openvino_missing(precision: str) -> Callable[[], str | None]:
     return missing
 
 
+def _openvino_int8_missing() -> str | None:
+    from semobridge_export.openvino_int8 import missing
+
+    return missing()
+
+
+def _openvino_int8(models: ExportCache, kind: str) -> Runner:
+    """The static int8 IR as semobridge-export writes it (NNCF past the f32 preprocessing, calibrated on the export's
+    synthetic check images: the benchmark's model has no fit images), run by the runtime's OpenVINO backend."""
+    from semobridge_runtime.contract import openvino_int8_path
+
+    from semobridge_export.exporter import CHECK_IMAGES
+    from semobridge_export.openvino_int8 import write_int8_ir
+    from semobridge_export.reference import synthetic_images
+
+    path = models.artifact(kind, "onnx")
+    pairing = write_int8_ir(path, openvino_int8_path(path), synthetic_images(CHECK_IMAGES, seed=0))
+    return OpenVinoRunner(path, "int8", pairing)
+
+
 def _cuda_providers(stage: Path, fp16: bool, tensorrt: bool, profile: Profile) -> list:
     """ONNX Runtime CUDA (or TensorRT + CUDA) providers on torch's current stream."""
     cuda = {"device_id": 0, "user_compute_stream": str(torch.cuda.current_stream().cuda_stream)}
@@ -103,6 +123,7 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("onnxruntime-cpu", "onnxruntime", "int8", "cpu", lambda: None, _ort("onnx-int8", "cpu")),
     Backend("openvino-cpu", "openvino", "fp32", "cpu", openvino_missing("fp32"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "f32")),
     Backend("openvino-cpu", "openvino", "bf16", "cpu", openvino_missing("bf16"), lambda m, k: OpenVinoRunner(m.artifact(k, "onnx"), "bf16")),
+    Backend("openvino-cpu", "openvino", "int8", "cpu", _openvino_int8_missing, _openvino_int8),
     Backend("torch-eager", "torch", "fp32", "cuda", _no_cuda, lambda m, k: TorchRunner(copy.deepcopy(m.modules[k]).cuda(), "cuda")),
     Backend("torch-eager", "torch", "fp16", "cuda", _no_cuda, lambda m, k: TorchRunner(with_half_encoder(m.modules[k]).cuda(), "cuda")),
     Backend("torch-cuda-graph", "torch", "fp16", "cuda", _no_cuda, lambda m, k: CudaGraphRunner(with_half_encoder(m.modules[k]).cuda())),

@@ -129,10 +129,11 @@ class TensorRTRunner:
 class OpenVinoRunner:
     """The runtime's OpenVINO backend (preprocessing in f32, the encoder at `precision`), fed its fitted class set."""
 
-    def __init__(self, path: Path, precision: str):
+    def __init__(self, path: Path, precision: str, int8_pairing: Any = None):
         from semobridge_runtime.backends.openvino import OpenVINOBackend
 
-        self.backend = OpenVINOBackend(path, precision, contract=False)  # the bare encoder outputs the embedding only
+        # the bare encoder outputs the embedding only; "int8": the IR beside `path` that `int8_pairing` names
+        self.backend = OpenVINOBackend(path, precision, contract=False, int8_pairing=int8_pairing)
 
     def host(self, images: np.ndarray) -> Timer:
         outputs = self.backend.outputs
