@@ -67,11 +67,7 @@ def export(
         image_size(*fixed_size, "--fixed-size")
     if "engine" in names:
         _import_tensorrt()  # fail before the slow steps
-    if "openvino-int8" in names and (absent := openvino_int8.missing()):
-        if "openvino-int8" in format_names(formats):
-            raise InputError(f"the openvino-int8 format needs {absent}", hint="install them, or leave the format out")
-        names.remove("openvino-int8")  # --int8-cpu: the ONNX Runtime int8 artifacts only
-        log(f"openvino-int8 skipped: {absent}")
+    names = without_absent_openvino_int8(names, formats, log)
     fused = FusedClassifier(head, backbone, input_kind)
     if check_images is None and {"onnx-fp16", "onnx-int8", "openvino-int8"} & set(names):
         check_images = synthetic_images(CHECK_IMAGES, seed=0)
@@ -97,6 +93,18 @@ def export(
         return _move_into(stage, out_dir, job.written)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def without_absent_openvino_int8(names: list[str], formats: str | Sequence[str], log: Callable[[str], None]) -> list[str]:
+    """`names` as they can be written here: without openvino and nncf, the openvino-int8 format that --int8-cpu adds
+    is left out with one line saying what to install; asked for by name, it is refused before any work."""
+    absent = openvino_int8.missing() if "openvino-int8" in names else None
+    if absent is None:
+        return names
+    if "openvino-int8" in format_names(formats):
+        raise InputError(f"the openvino-int8 format needs {absent}", hint="install them, or leave the format out")
+    log(f"openvino-int8 skipped: {absent}")
+    return [n for n in names if n != "openvino-int8"]
 
 
 def write_manifest(folder: Path) -> Path:

@@ -30,7 +30,19 @@ BACKENDS = {
     "onnxruntime-int8": ("onnxruntime", "model_int8.onnx", {}, 5e-2),
     "openvino-auto": ("openvino", "model.onnx", {}, 5e-2),  # bf16 on CPUs that compute bf16, else f32
     "openvino-f32": ("openvino", "model.onnx", {"openvino_precision": "f32"}, 1e-4),
+    # static int8: activations clip at the ranges NNCF calibrated on the export's 32 smooth check images, and these
+    # noisy photos lie outside them (measured: |score difference| 0.072, embedding cosine 0.9975 at worst)
+    "openvino-int8": ("openvino", "model.onnx", {"openvino_precision": "int8"}, 0.1),
 }
+MIN_COSINE = {"openvino-int8": 0.995}  # else 0.999
+NO_INT8_IR = "no OpenVINO int8 IR in the export: nncf was not installed (pip install 'semobridge[nncf]')"
+
+
+def skip_without_int8_ir(folder: Path) -> None:
+    if NO_OPENVINO:
+        pytest.skip("openvino not installed (pip install 'semobridge-runtime[openvino]')")
+    if not (folder / "model_openvino_int8.xml").is_file():
+        pytest.skip(NO_INT8_IR)
 
 
 def photos(n: int, seed: int) -> list[np.ndarray]:
@@ -61,6 +73,8 @@ def loaded(request: pytest.FixtureRequest, exported_onnx: Path) -> tuple[str, Cl
     backend, file, options, tolerance = BACKENDS[name]
     if backend == "openvino" and NO_OPENVINO:
         pytest.skip("openvino not installed (pip install 'semobridge-runtime[openvino]')")
+    if options.get("openvino_precision") == "int8":
+        skip_without_int8_ir(exported_onnx)
     return name, Classifier.load(exported_onnx / file, backend=backend, **options), tolerance
 
 
@@ -78,7 +92,7 @@ def test_labels_and_embeddings_agree_with_fp32(loaded, fp32: Classifier) -> None
     clear = top[:, -1] - top[:, -2] > 2 * tolerance  # labels that a difference within the tolerance cannot flip
     np.testing.assert_array_equal(got.labels[clear], want.labels[clear])
     cosine = (got.embeddings * want.embeddings).sum(1)  # both L2-normalised
-    assert cosine.min() > 0.999, f"{name}: {cosine.min()}"
+    assert cosine.min() > MIN_COSINE.get(name, 0.999), f"{name}: {cosine.min()}"
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +133,13 @@ def test_class_sets_are_honoured(loaded, edited_classes: Path, fitted_classes: P
 
 
 @needs_openvino
-@pytest.mark.parametrize("precision", ["auto", "f32"])
+@pytest.mark.parametrize("precision", ["auto", "f32", "int8"])
 def test_openvino_preprocessing_is_exact(exported_onnx: Path, precision: str) -> None:
     """OpenVINO's bf16 ran the in-graph resize in bf16 (12 grey levels off PIL); split off, it stays f32."""
     from semobridge_runtime.backends.openvino import OpenVINOBackend
 
+    if precision == "int8":
+        skip_without_int8_ir(exported_onnx)
     backend = OpenVINOBackend(exported_onnx / "model.onnx", precision)
     size, info = backend.info.image_size, backend.info
     mean, std = (np.array(v, np.float32).reshape(3, 1, 1) * 255 for v in (info.mean, info.std))
@@ -134,31 +150,19 @@ def test_openvino_preprocessing_is_exact(exported_onnx: Path, precision: str) ->
 
 
 @needs_openvino
-def test_openvino_transform_gets_the_model_past_the_preprocessing(exported_onnx: Path) -> None:
-    """`transform` (benchmarks/int8.py: NNCF) sees the model whose inputs are the pixels and the class set, and what
-    it returns is what runs; fitted_inputs are the graph's own defaults (its initializers), as writeable copies."""
+def test_openvino_cuts_the_graph_at_the_encoders_input(exported_onnx: Path) -> None:
+    """The model past the preprocessing (what the export quantises to int8) takes the pixels and the class-set and
+    decision inputs; fitted_inputs are the graph's own defaults (its initializers), as writeable copies."""
     import onnx
     from onnx import numpy_helper
 
-    from semobridge_runtime.backends.openvino import PIXELS, OpenVINOBackend
-
-    seen = []
-
-    def halve_scores(model):  # a visible change: every output named scores is multiplied by 0.5
-        seen.append(sorted(name for p in model.get_parameters() for name in p.output(0).get_names()))
-        from semobridge_runtime.backends.openvino import import_openvino
-
-        ops = import_openvino().opset13
-        result = next(r for r in model.get_results() if "scores" in r.input_value(0).get_names())
-        half = ops.multiply(result.input_value(0), ops.constant(np.float32(0.5)))
-        result.input(0).replace_source_output(half.output(0))
-        return model
+    from semobridge_runtime.backends.openvino import PIXELS, OpenVINOBackend, import_openvino, input_names, read_parts
 
     path = exported_onnx / "model.onnx"
-    plain, changed = OpenVINOBackend(path, "f32"), OpenVINOBackend(path, "f32", transform=halve_scores)
-    assert seen == [sorted([PIXELS, *plain.fitted_inputs])]
-    image = photos(1, seed=5)[0][None]
-    np.testing.assert_allclose(changed.run(image, ("scores",))[0], 0.5 * plain.run(image, ("scores",))[0], rtol=1e-6)
+    ov = import_openvino()
+    parts, plain = read_parts(ov, ov.Core(), path), OpenVINOBackend(path, "f32")
+    assert input_names(parts.rest) == {PIXELS, *plain.fitted_inputs} and len(plain.fitted_inputs) >= 2
+    assert [p.get_friendly_name() for p in parts.pre.get_parameters()] == ["image"]
     defaults = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     for name, value in plain.fitted_inputs.items():
         np.testing.assert_array_equal(value, defaults[name])

@@ -201,8 +201,11 @@ def read_int8(ov: Any, core: Any, path: Path, parts: Parts, pairing: OpenVinoInt
     if pairing is None:
         raise ModelError(f"{path} has no OpenVINO int8 IR: its metadata records none ('openvino_int8'; exported "
                          "without nncf, or before static int8 existed)", hint=again)
-    xml = files.read_bytes(xml_path, "OpenVINO int8 IR", files.GRAPH_BYTES, ModelError)
-    weights = files.read_bytes(bin_path, "OpenVINO int8 IR's weights", files.GRAPH_BYTES, ModelError)
+    try:  # bounded, regular files only (files.py)
+        xml = files.read_bytes(xml_path, "OpenVINO int8 IR", files.GRAPH_BYTES, ModelError)
+        weights = files.read_bytes(bin_path, "OpenVINO int8 IR's weights", files.GRAPH_BYTES, ModelError)
+    except ModelError as exc:
+        raise ModelError(str(exc), hint=again) from None
     if (hashlib.sha256(xml).hexdigest(), hashlib.sha256(weights).hexdigest()) != (pairing.xml_sha256, pairing.bin_sha256):
         raise ModelError(f"{xml_path.name} and {bin_path.name} are not the int8 IR exported with {path}: their SHA-256 "
                          "differs from the one the model's metadata records (the IR of another export, or truncated "
