@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -9,6 +10,7 @@ from semobridge.backbones import RANDOM_WARNING
 from semobridge.cli import fit_cmd as fit_command
 from semobridge.datasets import FLIP, Augment
 from semobridge.modelfile import read_info
+from semobridge_export import openvino_int8
 from semobridge_export.cli import build_engine_main, main
 from semobridge_export.reference import reference_scores
 from tests.helpers import random_photos
@@ -17,9 +19,9 @@ from tests.helpers import random_photos
 def test_help_shows_the_format_table():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for row in ("onnx-fp16  model_fp16.onnx", "onnx-int8  model_int8.onnx", "pt2        model.pt2", "model_trt.engine",
-                "text       text.onnx", "text-int8  text_int8.onnx"):
-        assert row in result.output
+    for row in ("onnx-fp16 model_fp16.onnx", "onnx-int8 model_int8.onnx", "pt2 model.pt2", "model_trt.engine",
+                "text text.onnx", "text-int8 text_int8.onnx", "openvino-int8 model_openvino_int8.xml"):
+        assert re.search(r"\s+".join(map(re.escape, row.split())), result.output), row
 
 
 def test_export_from_a_model_file(tiny_head, tmp_path):
@@ -61,6 +63,8 @@ def test_fit_and_export_in_one_go(image_folder, tmp_path):
     # the int8 label agreement is measured on the 2 x 3 images the head was fitted on
     assert "int8: label agreement with fp32 = " in result.output and "on 6 few-shot images" in result.output
     assert json.loads((out / "model_int8.json").read_text())["int8"]["measured_on"] == "few-shot images"
+    if openvino_int8.missing() is None:  # the static int8 IR is calibrated and measured on them too
+        assert (meta["openvino_int8"]["measured_on"], meta["openvino_int8"]["images"]) == ("few-shot images", 6)
 
 
 def test_export_takes_every_fit_option():
