@@ -7,6 +7,9 @@ least 99 % of the fit images (metadata "openvino", written by semobridge-export 
 installed). Everywhere else ONNX Runtime, with `model_int8.onnx` beside the model where its export measured it
 (precision.int8_beside): on CPUs without AMX (AVX-512 with bf16 and VNNI included), OpenVINO's bf16 measured
 1.6-2.1x slower than ONNX Runtime's int8 (ViT-B/16, benchmarks/results/2026-12-06-cpu2).
+
+OpenVINO's static int8 (the export's NNCF IR, openvino_precision="int8") is never chosen here: it stays opt-in until
+measured on a CPU with AMX int8 (without AMX it beat ONNX Runtime's int8 at batch 8 only; export/README.md).
 """
 
 from __future__ import annotations
