@@ -187,6 +187,7 @@ def read_parts(ov: Any, core: Any, path: Path) -> Parts:
 
 
 def input_names(model: Any) -> set[str]:
+    """The names of an OpenVINO model's parameters."""
     return {p.get_friendly_name() for p in model.get_parameters()}
 
 
