@@ -45,8 +45,7 @@ def import_nncf() -> Any:
     if blocked:
         sys.modules[TELEMETRY] = None  # type: ignore[assignment]  # None makes its import raise ImportError
     try:
-        with quiet_logger("torch.utils.cpp_extension"):  # NNCF imports it; it warns that this machine has no CUDA
-            import nncf
+        import nncf
 
         return nncf
     finally:
@@ -78,7 +77,9 @@ def write_int8_ir(src: Path, dst: Path, images: Sequence[np.ndarray]) -> OpenVin
     items = [{first: p, **f32.fitted_inputs} for p in pixels]
     rest = read_parts(ov, ov.Core(), src).rest.clone()  # a clone: the cut shares nodes with the preprocessing
     ignored = nncf.IgnoredScope(names=outside_encoder(src), validate=False)
-    with quiet_logger("nncf"):  # its INFO lines name every operation it leaves in float
+    # NNCF's INFO lines name every operation it leaves in float; torch's cpp_extension, which it imports while it
+    # quantises, warns that this machine has no CUDA
+    with quiet_logger("nncf"), quiet_logger("torch.utils.cpp_extension"):
         quantized = nncf.quantize(rest, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(items), ignored_scope=ignored)
     weights = dst.with_suffix(".bin")
