@@ -23,6 +23,7 @@ from semobridge_runtime import Classifier, InputError, ModelError
 from semobridge_runtime.cli import main
 
 from .test_backends import photos, skip_without_int8_ir
+from .test_runtime_telemetry import clean_env, written  # noqa: F401  (clean_env: a fixture)
 
 IR = ("model_openvino_int8.xml", "model_openvino_int8.bin")
 
@@ -172,3 +173,14 @@ def test_export_without_nncf_leaves_the_ir_out_with_one_line(monkeypatch, tiny_h
         export(tiny_head, tiny_backbone, tmp_path / "out", formats="onnx,openvino-int8", log=lines.append)
     assert "leave the format out" in err.value.hint
     assert list(tmp_path.iterdir()) == [] and len(lines) == 1
+
+
+def test_the_export_keeps_nncf_from_sending_telemetry(exported: Path, clean_env) -> None:  # noqa: F811
+    """NNCF writes ~/intel/openvino_ga_cid and sends events when it can import openvino_telemetry (outside pytest and
+    CI); the exporter imports it without (an empty HOME stays empty)."""
+    env, folders = clean_env
+    code = ("from unittest.mock import MagicMock; from semobridge_export.openvino_int8 import import_nncf; "
+            "import_nncf(); from nncf.telemetry import wrapper; assert isinstance(wrapper.telemetry, MagicMock)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert written(folders) == []
