@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -180,7 +181,8 @@ def test_results_are_never_overwritten(tmp_path: Path, monkeypatch) -> None:
 
 HARNESS_ARGS = {"latency": ["--quick"], "preprocess": ["--quick"], "fit_time": ["--quick"], "train_time": ["--quick"],
                 "protocols": ["--quick"], "classes": ["--quick"], "spinning": [], "accuracy": ["--root", "."],
-                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"], "int8": ["--quick"]}
+                "open_set": ["--quick"], "video": ["--quick"], "jpeg": ["--quick"], "int8": ["--quick"],
+                "cold_start": ["--quick"]}
 
 
 @pytest.mark.parametrize("name", sorted(HARNESS_ARGS))
@@ -335,6 +337,26 @@ def test_preprocess_times_banded_and_dense_beside_the_floor(tmp_path: Path, caps
     assert goals["fused fp32, banded, 480x640: no slower than with the Cast first (within 2%)"][2] in ("met", "NOT met")
     assert "| graph | input | p50 ms | / floor | dense / banded | Cast first / this |" in capsys.readouterr().out
     assert json.loads((tmp_path / "preprocess.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+
+
+def test_cold_start_times_each_backend_in_a_fresh_process(exported_onnx: Path, tmp_path: Path) -> None:
+    from benchmarks import cold_start
+
+    result = cold_start.main(["--onnx", str(exported_onnx / "model.onnx"), "--rounds", "1", "--out", str(tmp_path)])
+    expected = {"onnxruntime fp32", "onnxruntime int8"}
+    if importlib.util.find_spec("openvino") is not None:
+        expected |= {"openvino", "openvino, cache cold", "openvino, cache warm"}
+        assert result["cache_mb"] > 0, "OpenVINO wrote no cache into the folder it was given"
+    assert set(result["cases"]) == expected
+    for label, shown in result["backends"].items():  # each case ran the backend it is named after
+        assert f"backend='{label.split()[0].rstrip(',')}'" in shown, (label, shown)
+    assert "precision='int8'" in result["backends"]["onnxruntime int8"]
+    assert "precision='fp32'" in result["backends"]["onnxruntime fp32"]
+    for summary in result["cases"].values():
+        assert summary["total_wall_s"] == pytest.approx(sum(summary[f"{p}_wall_s"] for p in cold_start.PHASES))
+        assert 0 < summary["total_wall_s"] < summary["process_s"]
+    assert "| onnxruntime int8 |" in (tmp_path / "cold_start.md").read_text()
+    assert json.loads((tmp_path / "cold_start.json").read_text())["rounds"] == 1
 
 
 def test_video_times_decode_and_classify_against_classify_alone(exported_onnx: Path, tmp_path: Path) -> None:

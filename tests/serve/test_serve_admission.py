@@ -85,12 +85,14 @@ class SlowTriton(BaseHTTPRequestHandler):
     """Stands in for Triton's HTTP port: answers an inference after 1 s, and only with the gate's key."""
 
     protocol_version = "HTTP/1.1"
+    arrived = threading.Semaphore(0)  # released as each request reaches it
 
     def log_message(self, *_args) -> None:
         pass
 
     def do_POST(self) -> None:  # noqa: N802
         data = self.rfile.read(int(self.headers["Content-Length"]))
+        SlowTriton.arrived.release()
         time.sleep(1.0)
         unloaded = self.headers.get("X-Test-Unloaded") is not None  # as Triton answers once SIGTERM unloaded the model
         answer = json.dumps({"error": "Request for unknown model: 'semobridge' has no available versions"} if unloaded
@@ -161,10 +163,12 @@ def test_a_request_that_reaches_triton_after_sigterm_hears_the_server_is_stoppin
     body = json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3],
                                    "data": [0] * 12}]}).encode()
     assert post(port, body, {"X-Test-Unloaded": "1"})[0] == 400  # not stopping: Triton's answer as it is
+    while SlowTriton.arrived.acquire(timeout=0):  # forget the earlier arrivals
+        pass
     answers: list[tuple[int, dict]] = []
     late = threading.Thread(target=lambda: answers.append(post(port, body, {"X-Test-Unloaded": "1"})))
     late.start()
-    time.sleep(0.3)  # held upstream
+    assert SlowTriton.arrived.acquire(timeout=30)  # held upstream
     front.close()  # SIGTERM: the gate stops listening, Triton unloads the model
     late.join(timeout=60)
     assert answers and answers[0][0] == 503, answers
