@@ -257,7 +257,7 @@ FORMATS: dict[str, Format] = {
         Format("onnx-int8", f"{{stem}}{INT8_SUFFIX}.onnx", "CPU, ARM (ONNX Runtime)", ("--int8-cpu",),
                "semobridge-run {path} photo.jpg   (CPU/ARM)", export_onnx_int8, "onnx"),
         Format("openvino-int8", f"{{stem}}{OPENVINO_INT8_SUFFIX}.xml", "CPU (OpenVINO, opt-in; needs nncf to export)",
-               ("--int8-cpu",), "semobridge-run {onnx} photo.jpg --backend openvino --openvino-precision int8   "
+               ("--int8-cpu",), "semobridge-run {onnx} photo.jpg --openvino-precision int8   "
                "(+ .bin; Classifier.load('{onnx}', backend='openvino', openvino_precision='int8'))",
                export_openvino_int8, "onnx"),
         Format("text-int8", f"text{INT8_SUFFIX}.onnx", "class enrolment on CPU, ARM", ("--int8-cpu",),

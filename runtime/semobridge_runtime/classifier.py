@@ -171,7 +171,9 @@ class Classifier:
         classes: a class file (save_classes, semobridge-classes) to use instead of the fitted classes.
         text_model: the text tower for add_class (default: the export's text.onnx; e.g. text_int8.onnx).
         openvino_precision: the OpenVINO encoder's precision ("auto": bf16 where the CPU computes it, "f32",
-            "bf16", "f16"); the preprocessing runs in f32 whatever this says.
+            "bf16", "f16", or "int8": the static int8 IR that semobridge-export --int8-cpu wrote beside the model with
+            nncf installed); the preprocessing runs in f32 whatever this says. Any but "auto" with backend="auto"
+            loads OpenVINO (it is asked for).
         openvino_cache: a folder for OpenVINO's compiled-model cache (faster later loads); None writes nothing.
         max_side, max_pixels, max_aspect: the largest images accepted (longest side, height x width,
             longest / shortest side); None keeps the model's (its metadata's "limits", else 16384,
@@ -192,6 +194,8 @@ class Classifier:
 
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         sessions = SessionSettings(providers, intra_op_num_threads, allow_spinning)  # every ONNX Runtime session's
+        if backend == "auto" and openvino_precision != "auto":  # an OpenVINO precision asks for OpenVINO
+            backend = "openvino"
         choice = choose(path, backend, sessions.providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():
             raise ModelError(f"model file not found: {path}" if not path.is_dir() else

@@ -58,8 +58,8 @@ def load_options(fn):
               help="Inference library (auto: TensorRT for .engine/.plan; for .onnx OpenVINO on CPUs with AMX where the "
                    "export measured it, else ONNX Runtime).")
 @click.option("--openvino-precision", default="auto", show_default=True, type=click.Choice(list(OPENVINO_PRECISIONS)),
-              help="With --backend openvino: the precision past the f32 preprocessing (auto: bf16 where the CPU computes "
-                   "it; int8: the static int8 IR that semobridge-export --int8-cpu wrote with nncf installed).")
+              help="OpenVINO's precision past the f32 preprocessing (auto: bf16 where the CPU computes it; int8: the static "
+                   "int8 IR that semobridge-export --int8-cpu wrote with nncf installed); any but auto runs OpenVINO.")
 @click.option("--fast-jpeg", is_flag=True,
               help="Decode JPEG files DCT-scaled (shorter side >= 2x the model's input) before the exact resize: "
                    "several times faster on camera photos, pixels slightly off a full decode.")

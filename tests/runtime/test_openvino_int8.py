@@ -98,11 +98,17 @@ def test_the_cli_runs_int8(exported: Path, tmp_path: Path, capsys) -> None:
 
     path = tmp_path / "photo.png"
     Image.fromarray(photos(1, seed=12)[0]).save(path)
-    args = [str(exported / "model.onnx"), str(path), "--json", "--backend", "openvino", "--openvino-precision", "int8"]
+    args = [str(exported / "model.onnx"), str(path), "--json", "--openvino-precision", "int8"]  # runs OpenVINO
     assert main(args) == 0
     row = json.loads(capsys.readouterr().out)[0]
     want = Classifier.load(exported / "model.onnx", backend="openvino", openvino_precision="int8").predict(str(path))
     assert row["label"] == want.class_names[0]
+
+
+def test_an_openvino_precision_asks_for_openvino(exported: Path) -> None:
+    """backend="auto" with openvino_precision="int8" runs the IR, not ONNX Runtime (which would ignore the precision)."""
+    clf = Classifier.load(exported / "model.onnx", openvino_precision="int8")
+    assert "backend='openvino'" in repr(clf) and clf.precision == "int8"
 
 
 def load(folder: Path) -> Classifier:
