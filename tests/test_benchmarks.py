@@ -403,3 +403,7 @@ def test_int8_compares_static_with_dynamic_and_keeps_the_preprocessing_float(tmp
     assert timed["onnxruntime int8 dynamic"]["x_dynamic_int8"] == 1.0
     assert all(r["floor_ms"] > 0 for r in result["rows"]) and result["cpu_flags"] == int8.cpu_flags()
     assert (tmp_path / "int8.md").read_text().count("| onnxruntime int8 static") == 4  # two tables, two static variants
+    if "openvino int8 nncf" in quality:  # the export's static int8 IR (openvino and nncf installed)
+        product = quality["openvino int8 nncf"]
+        assert product["max_grey_from_pil"] <= 1.001 and 0.99 < product["min_cosine"] < 1.0
+        assert result["build_s"]["openvino int8 nncf"] > 0 and timed["openvino int8 nncf"]["floor"] == "openvino int8"
