@@ -138,7 +138,7 @@ def export_openvino_int8(job: Job) -> Path:
     images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
     path = job.path("openvino-int8")
     pairing = write_int8_ir(job.written["onnx"], path, images)
-    job.written[f"{path.stem}.bin"] = path.with_suffix(".bin")
+    job.written["openvino-int8 weights"] = path.with_suffix(".bin")
     measured = openvino_agreement(job.written["onnx"], images, "int8", pairing)
     assert measured is not None  # write_int8_ir imported openvino
     record = dataclasses.replace(pairing, label_agreement=measured["label_agreement"], min_cosine=measured["min_cosine"],
