@@ -50,3 +50,12 @@ def test_c_library_writes_nothing(clean_env, c_build: Path, contract_onnx: Path,
     ppm = write_ppm(tmp_path / "img.ppm", np.zeros((8, 8, 3), np.uint8))
     subprocess.run([c_build / "examples" / "classify", contract_onnx, ppm], env=env, check=True, capture_output=True)
     assert written(folders) == []
+
+
+def test_the_int8_harness_writes_nothing_on_import(clean_env) -> None:
+    """benchmarks/int8.py imports onnxruntime.quantization at its top: it wrote ~/.cache/Microsoft before the
+    benchmarks package imported the opt-out (benchmarks/__init__.py)."""
+    env, folders = clean_env
+    subprocess.run([sys.executable, "-c", "import benchmarks.int8"], env=env, check=True, capture_output=True,
+                   cwd=Path(__file__).parents[2])
+    assert written(folders) == []
