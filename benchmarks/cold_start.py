@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a file: python benchmarks/cold_start.py
 from tqdm.auto import tqdm
 
 from benchmarks.common import add_out_options, benchmark_head, machine, markdown_table, results_folder, write_report
+from semobridge_runtime.contract import openvino_int8_path
 
 TARGET_S = 1.5
 PHASES = ("import", "load", "first_predict")
@@ -50,16 +51,24 @@ print(json.dumps({"wall": [b[0] - a[0] for a, b in zip(marks, marks[1:])],
 """
 
 
-def cases(model: Path, cache: Path) -> dict[str, tuple[str, dict[str, Any], bool]]:
-    """{label: (backend, load options, whether the cache folder is emptied before the run)} for what is installed
-    and exported: ONNX Runtime (int8 where the export wrote it, fp32), OpenVINO without and with its cache."""
-    found = {"onnxruntime fp32": ("onnxruntime", {"prefer_int8": False}, False)}
+def cases(model: Path, cache: Path) -> dict[str, tuple[str, dict[str, Any], Path | None]]:
+    """{label: (backend, load options, the cache folder emptied before each run or None)} for what is installed and
+    exported: ONNX Runtime (int8 where the export wrote it, fp32), OpenVINO without and with its cache (and its
+    static int8 IR where the export wrote one, semobridge-export --int8-cpu with nncf)."""
+    found: dict[str, tuple[str, dict[str, Any], Path | None]] = {
+        "onnxruntime fp32": ("onnxruntime", {"prefer_int8": False}, None)}
     if (model.parent / f"{model.stem}_int8.onnx").is_file():
-        found["onnxruntime int8"] = ("onnxruntime", {}, False)
-    if importlib.util.find_spec("openvino") is not None:
-        found["openvino"] = ("openvino", {}, False)
-        found["openvino, cache cold"] = ("openvino", {"openvino_cache": str(cache)}, True)
-        found["openvino, cache warm"] = ("openvino", {"openvino_cache": str(cache)}, False)
+        found["onnxruntime int8"] = ("onnxruntime", {}, None)
+    if importlib.util.find_spec("openvino") is None:
+        return found
+    variants = {"openvino": {}}
+    if openvino_int8_path(model).is_file():
+        variants["openvino int8"] = {"openvino_precision": "int8"}
+    for label, options in variants.items():
+        folder = cache / label.replace(" ", "-")
+        found[label] = ("openvino", options, None)
+        found[f"{label}, cache cold"] = ("openvino", {**options, "openvino_cache": str(folder)}, folder)
+        found[f"{label}, cache warm"] = ("openvino", {**options, "openvino_cache": str(folder)}, None)
     return found
 
 
@@ -110,7 +119,8 @@ def report(result: dict[str, Any]) -> str:
         f"interpreter's own start. Target (issue 21): <= {TARGET_S} s by wall clock, or a cache where the user said.", "",
         markdown_table(["case", "import s", "load s", "first predict s", "total s (wall)", "total s (CPU)",
                         "process s", f"<= {TARGET_S} s"], rows),
-        "", f"Cache folder after the warm loads: {result['cache_mb']:.0f} MB."])
+        "", "Cache folders after the warm loads: " + (", ".join(f"{k} {v:.0f} MB" for k, v in result["cache_mb"].items())
+                                                      or "none (openvino not installed)") + "."])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -133,12 +143,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in todo}
         with tqdm(total=rounds * len(todo), desc="cold start", file=sys.stderr) as bar:
             for _ in range(rounds):
-                for label, (backend, options, empty) in todo.items():
-                    if empty:
-                        shutil.rmtree(cache, ignore_errors=True)
+                for label, (backend, options, emptied) in todo.items():
+                    if emptied is not None:
+                        shutil.rmtree(emptied, ignore_errors=True)
                     runs[label].append(probe(model, backend, options))
                     bar.update()
-        cache_mb = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20 if cache.exists() else 0.0
+        cache_mb = {folder.name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+                    for folder in (cache.iterdir() if cache.exists() else ())}
     label = str(args.onnx) if args.onnx else f"{args.model} (random weights, {args.classes} classes)"
     command = " ".join(["python -m benchmarks.cold_start", *(argv if argv is not None else sys.argv[1:])])
     result = {"benchmark": "cold_start", "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
