@@ -194,7 +194,10 @@ class Classifier:
 
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         sessions = SessionSettings(providers, intra_op_num_threads, allow_spinning)  # every ONNX Runtime session's
-        if backend == "auto" and openvino_precision != "auto":  # an OpenVINO precision asks for OpenVINO
+        if openvino_precision != "auto" and backend != "openvino":  # an OpenVINO precision asks for OpenVINO
+            if backend != "auto":
+                raise InputError(f"openvino_precision={openvino_precision!r} applies to the OpenVINO backend, not "
+                                 f"backend={backend!r}", hint="leave openvino_precision='auto', or use backend='openvino'")
             backend = "openvino"
         choice = choose(path, backend, sessions.providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():

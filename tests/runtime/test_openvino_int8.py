@@ -163,6 +163,27 @@ def test_an_unknown_openvino_precision_is_refused(exported: Path) -> None:
     assert "int8" in err.value.hint
 
 
+def test_an_openvino_precision_with_another_backend_is_refused(exported: Path) -> None:
+    """ONNX Runtime would run and ignore it."""
+    with pytest.raises(InputError, match="openvino_precision='int8' applies to the OpenVINO backend, not "
+                                         "backend='onnxruntime'") as err:
+        Classifier.load(exported / "model.onnx", backend="onnxruntime", openvino_precision="int8")
+    assert "backend='openvino'" in err.value.hint
+
+
+def test_an_ir_that_changed_labels_at_export_runs_and_says_so(exported: Path) -> None:
+    """Asked for, it runs; below the agreement the int8 artifact needs to be chosen, a warning quotes the export's
+    measurement."""
+    from semobridge_runtime.backends.openvino import OpenVINOBackend
+
+    measured = Classifier.load(exported / "model.onnx", backend="openvino", openvino_precision="int8").info.openvino_int8
+    low = dataclasses.replace(measured, label_agreement=0.9, images=20, measured_on="few-shot images")
+    with pytest.warns(UserWarning, match=r"kept the fp32 graph's label on only 90.0% of the 20 few-shot images at "
+                                         r"export .*openvino_precision='auto'"):
+        backend = OpenVINOBackend(exported / "model.onnx", "int8", int8_pairing=low)
+    assert backend.precision == "int8"
+
+
 def test_export_without_nncf_leaves_the_ir_out_with_one_line(monkeypatch, tiny_head, tiny_backbone, tmp_path: Path) -> None:
     """--int8-cpu: the other artifacts, and one line saying what to install; the format asked for by name: refused
     before any work, nothing written."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph, openv
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
 from ..metadata import ModelInfo, OpenVinoInt8, parse_metadata
+from ..precision import INT8_MIN_AGREEMENT
 
 #: "auto": OpenVINO's own choice for this CPU (bf16 where it computes bf16); "int8": the export's static int8 IR
 PRECISIONS = ("auto", "f32", "bf16", "f16", "int8")
@@ -218,6 +220,12 @@ def read_int8(ov: Any, core: Any, path: Path, parts: Parts, pairing: OpenVinoInt
     if input_names(model) != input_names(parts.rest):
         raise ModelError(f"{xml_path.name} takes the inputs {sorted(input_names(model))}, the model's graph past its "
                          f"preprocessing {sorted(input_names(parts.rest))}", hint=again)
+    agreement = pairing.label_agreement
+    if agreement is not None and agreement < INT8_MIN_AGREEMENT:  # asked for: run it, but say what the export measured
+        warnings.warn(f"{xml_path.name} kept the fp32 graph's label on only {agreement:.1%} of the {pairing.images} "
+                      f"{pairing.measured_on} at export (ONNX Runtime's int8 artifact is used only from "
+                      f"{INT8_MIN_AGREEMENT:.0%}); check it on your images, or load with openvino_precision='auto'",
+                      stacklevel=4)
     return model
 
 
