@@ -149,7 +149,8 @@ def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
               help="uint8: raw RGB NHWC pixels, preprocessing in the graph; float: normalised NCHW [N,3,S,S].")
 @click.option("--fixed-size", help="Static input height and width HxW (uint8 input; friendlier to TensorRT).")
 @click.option("--half", is_flag=True, help="Also write an fp16 ONNX graph (LayerNorm, softmax and blend in fp32).")
-@click.option("--int8-cpu", is_flag=True, help="Also write a dynamic-int8 ONNX graph for CPU/ARM.")
+@click.option("--int8-cpu", is_flag=True, help="Also write a dynamic-int8 ONNX graph for CPU/ARM (and, with nncf "
+                                               "installed, OpenVINO's static int8 IR: opt-in at load).")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT fp16 engine on this machine (TensorRT 10; unverified, see below).")
 @profile_options
 @version_option(__version__)
@@ -158,10 +159,11 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
     """Fit SeMoBridge on a few shots per class and export one fused graph: uint8 pixels -> class scores.
 
     Every option of `semobridge fit` applies (the same definitions); -o/--out names the folder the artifacts go to."""
-    from .exporter import check_out_dir, export
+    from .exporter import check_out_dir, export, without_absent_openvino_int8
     from .tensorrt import _import_tensorrt
 
     names = resolve_formats(formats, half=half, int8_cpu=int8_cpu, engine=engine)
+    names = without_absent_openvino_int8(names, formats, lambda _: None)  # asked for by name: refused before the fit
     unused = unused_options(names, [FORMAT_OPTIONS[n] for n in _given(ctx, tuple(FORMAT_OPTIONS))])
     if unused:
         raise InputError(f"{', '.join(unused)} applies to none of the formats requested ({', '.join(names)})",
@@ -190,8 +192,8 @@ def main(ctx, from_model, out, formats, input_kind, fixed_size, half, int8_cpu, 
     else:
         with json_log(log_json) as log:
             head, backbone, split = fit_with_options(**fit, log=log)
-        fit_images = _fit_images(split.shots) if "onnx-int8" in names else None
-    written = export(head, backbone, out, names, fixed_size=size, input_kind=input_kind, profile=profile,
+        fit_images = _fit_images(split.shots) if {"onnx-int8", "openvino-int8"} & set(names) else None
+    written = export(head, backbone, out, formats, half=half, int8_cpu=int8_cpu, engine=engine, fixed_size=size, input_kind=input_kind, profile=profile,
                      check_images=_check_images(fit["data"]), fit_images=fit_images, log=click.echo)
     click.echo("\n" + _summary(head, backbone, written))
 

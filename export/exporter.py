@@ -17,7 +17,7 @@ from PIL import Image
 
 from semobridge import __version__
 from semobridge.backbones import Backbone
-from semobridge.errors import InputError
+from semobridge.errors import InputError, SemobridgeError
 from semobridge.files import file_sha256, read_text
 from semobridge.model import SeMoBridge
 from semobridge.validate import image_size, output_dir
@@ -86,9 +86,15 @@ def export(
     try:
         job = Job(fused, build_metadata(fused, fixed_size), stage, stem, fixed_size, profile, list(check_images or []),
                   list(fit_images or []), log, backbone)
+        implied = "openvino-int8" not in format_names(formats)  # added by --int8-cpu, not asked for by name
         for name in names:
             log(f"writing {name} ...")
-            job.written[name] = FORMATS[name].write(job)
+            try:
+                job.written[name] = FORMATS[name].write(job)
+            except Exception as exc:  # NNCF failing on a graph: the other artifacts are still wanted
+                if name != "openvino-int8" or not implied or isinstance(exc, SemobridgeError):
+                    raise
+                log(f"openvino-int8 skipped: NNCF failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         write_manifest(stage)
         return _move_into(stage, out_dir, job.written)
     finally:
@@ -102,7 +108,8 @@ def without_absent_openvino_int8(names: list[str], formats: str | Sequence[str],
     if absent is None:
         return names
     if "openvino-int8" in format_names(formats):
-        raise InputError(f"the openvino-int8 format needs {absent}", hint="install them, or leave the format out")
+        raise InputError(f"the openvino-int8 format cannot be written here: {absent}",
+                         hint="install it, or leave the format out")
     log(f"openvino-int8 skipped: {absent}")
     return [n for n in names if n != "openvino-int8"]
 

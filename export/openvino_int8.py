@@ -31,7 +31,7 @@ TELEMETRY = "openvino_telemetry"  # NNCF sends usage events through it when it c
 def missing() -> str | None:
     """Why the static int8 IR cannot be written here (openvino or nncf absent), or None."""
     absent = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
-    return f"{' and '.join(absent)} not installed ({INSTALL})" if absent else None
+    return f"{' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed ({INSTALL})" if absent else None
 
 
 def import_nncf() -> Any:

@@ -39,6 +39,24 @@ def test_export_from_a_model_file(tiny_head, tmp_path):
     assert scores.shape == (2, 5)
 
 
+def test_int8_cpu_without_nncf_writes_the_rest_and_says_what_to_install(tiny_head, tmp_path, monkeypatch):
+    """--int8-cpu adds the OpenVINO IR only where nncf is installed (the CLI passed the flag's formats on as if asked
+    for by name: without nncf every --int8-cpu export failed after the fit); asked for by name, it is refused before
+    any work."""
+    absent = "nncf is not installed (pip install 'semobridge[nncf]')"
+    monkeypatch.setattr(openvino_int8, "missing", lambda: absent)
+    model = tiny_head.save(tmp_path / "head.safetensors")
+    base = ["--from-model", str(model), "--pretrained", "none"]
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "out"), "--int8-cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"openvino-int8 skipped: {absent}" in result.output
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "model_int8.onnx" in written and not any("openvino" in name for name in written)
+    named = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "named"), "--formats", "onnx,openvino-int8"])
+    assert named.exit_code == 2 and f"the openvino-int8 format cannot be written here: {absent}" in named.output
+    assert not (tmp_path / "named").exists()
+
+
 def test_fit_and_export_in_one_go(image_folder, tmp_path):
     """Export reaches the fit's options (here params, templates, descriptions, augment and protocol), and the int8 check
     runs on the split the fit drew."""
