@@ -12,9 +12,10 @@ import numpy as np
 
 from . import files, openset
 from .backends import Backend
-from .backends.choice import choose
+from .backends.choice import BACKENDS, choose
 from .classes import ClassSet
-from .contract import DECISION_OUTPUTS, EMBEDDING, KNOWN, MCM_WEIGHT, OPEN_SET_SCORE, PROBABILITIES, RUN_OUTPUTS
+from .contract import (DECISION_OUTPUTS, EMBEDDING, ENGINE_SUFFIXES, KNOWN, MCM_WEIGHT, OPEN_SET_SCORE, PROBABILITIES,
+                       RUN_OUTPUTS)
 from .enrol import SHOT_OUTPUTS, Enrolment
 from .errors import InputError, ModelError
 from .images import FastJpeg
@@ -194,10 +195,11 @@ class Classifier:
 
         path, raised = Path(path), overrides(max_side, max_pixels, max_aspect)
         sessions = SessionSettings(providers, intra_op_num_threads, allow_spinning)  # every ONNX Runtime session's
-        if openvino_precision != "auto" and backend != "openvino":  # an OpenVINO precision asks for OpenVINO
-            if backend != "auto":
-                raise InputError(f"openvino_precision={openvino_precision!r} applies to the OpenVINO backend, not "
-                                 f"backend={backend!r}", hint="leave openvino_precision='auto', or use backend='openvino'")
+        if openvino_precision != "auto" and backend in BACKENDS and backend != "openvino":  # it asks for OpenVINO
+            if backend != "auto" or path.suffix in ENGINE_SUFFIXES:
+                raise InputError(f"openvino_precision={openvino_precision!r} applies to the OpenVINO backend, not to "
+                                 f"{path.name} on backend={backend!r}",
+                                 hint="leave openvino_precision='auto', or load the .onnx model with backend='openvino'")
             backend = "openvino"
         choice = choose(path, backend, sessions.providers, prefer_int8)  # refuses an unknown backend
         if not path.is_file():

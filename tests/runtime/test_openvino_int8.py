@@ -165,10 +165,14 @@ def test_an_unknown_openvino_precision_is_refused(exported: Path) -> None:
 
 def test_an_openvino_precision_with_another_backend_is_refused(exported: Path) -> None:
     """ONNX Runtime would run and ignore it."""
-    with pytest.raises(InputError, match="openvino_precision='int8' applies to the OpenVINO backend, not "
-                                         "backend='onnxruntime'") as err:
+    with pytest.raises(InputError, match="openvino_precision='int8' applies to the OpenVINO backend, not to "
+                                         "model.onnx on backend='onnxruntime'") as err:
         Classifier.load(exported / "model.onnx", backend="onnxruntime", openvino_precision="int8")
     assert "backend='openvino'" in err.value.hint
+    with pytest.raises(InputError, match="not to m.engine on backend='auto'"):  # an engine file is TensorRT's
+        Classifier.load(exported / "m.engine", openvino_precision="int8")
+    with pytest.raises(InputError, match="unknown backend 'openvno'"):  # the first mistake first
+        Classifier.load(exported / "model.onnx", backend="openvno", openvino_precision="int8")
 
 
 def test_an_ir_that_changed_labels_at_export_runs_and_says_so(exported: Path) -> None:
