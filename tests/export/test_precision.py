@@ -53,9 +53,11 @@ def test_int8_label_agreement(exported_onnx):
     assert 0.5 <= agreement <= 1.0  # random weights: the scores are close together, some labels flip
 
 
-def test_export_reports_fp16_drift_and_records_int8_agreement(tiny_head, tiny_backbone, tmp_path):
-    from semobridge_export import export
+def test_export_reports_fp16_drift_and_records_int8_agreement(tiny_head, tiny_backbone, tmp_path, monkeypatch):
+    from semobridge_export import export, formats
     from semobridge_export.metadata import read_metadata
+
+    monkeypatch.setitem(formats.FLAG_FORMATS, "int8_cpu", ("onnx-int8",))  # OpenVINO's IR: tests/runtime/test_openvino_int8.py
 
     lines: list[str] = []
     images = synthetic_images(6, seed=1)
