@@ -165,7 +165,7 @@ def test_predictions_during_edits_see_one_class_set(enrol_export, enrol_pool) ->
     for result in results:
         match = [names for names, s in states.items() if s.shape == result.scores.shape and np.array_equal(s, result.scores)]
         assert match, "a prediction mixed two class sets"
-        assert result.class_names == [match[0][i] for i in result.labels]
+        assert result.class_names == [match[0][i] if i >= 0 else None for i in result.labels]  # -1: unknown
 
 
 def test_without_the_text_packages_enrolment_says_how_to_repair(enrol_export, enrol_pool, tmp_path, monkeypatch) -> None:

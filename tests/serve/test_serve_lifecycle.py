@@ -3,6 +3,7 @@ the ports are free again at once, and a port already in use gives one clear line
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -28,18 +29,35 @@ def pending(served) -> int:
     return int(float(re.search(r'^nv_inference_pending_request_count\{model="semobridge".*\} (\S+)$', text, re.M)[1]))
 
 
+def large_pngs(n: int, hw: tuple[int, int] = (1536, 2048)) -> list[bytes]:
+    """`n` smooth 3-megapixel photos as PNG files: a few kB each to send, a decode and a resize of 3 MP each to run."""
+    from PIL import Image
+
+    rng, files = np.random.default_rng(3), []
+    for _ in range(n):
+        low = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize(hw[::-1], Image.BILINEAR)
+        out = io.BytesIO()
+        low.save(out, "PNG")
+        files.append(out.getvalue())
+    return files
+
+
 def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, local, tmp_path) -> None:
+    from PIL import Image
+
     ports = free_ports(3)
-    # one thread: each request of 8 images is one model run of a fraction of a second, the others wait
+    # one thread: each request of 8 encoded photos is one model run of a fraction of a second (decoding and resizing
+    # on the server) that takes a few kB to send, so the others wait in Triton's queue however fast this machine is
+    # (requests of raw pixels took as long to send as to run, and on a fast machine never queued)
     served = start_server(serve_model, tmp_path, "--max-batch", "8", "--threads", "1", ports=ports)
-    batch = np.random.default_rng(3).integers(0, 256, (8, 960, 1280, 3), dtype=np.uint8)  # runs long enough to queue
-    expected = local.predict(batch)
+    files = large_pngs(8)
+    expected = local.predict([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in files])
     clients = [RemoteClassifier(served.grpc) for _ in range(10)]
     results: list[object] = []
 
     def request(remote: RemoteClassifier) -> None:
         try:
-            results.append(remote.predict(batch))
+            results.append(remote.predict_encoded(files))
         except Exception as exc:
             results.append(exc)
 
@@ -50,8 +68,8 @@ def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, lo
     # poll until 3 are queued; requests answered meanwhile do not end the wait while 3 may still queue
     while waiting < 3 and len(results) <= len(clients) - 3 and time.monotonic() < deadline:
         waiting = pending(served)
-    # under load (the gRPC door, a busy machine) requests may reach Triton one by one: one queued behind the running
-    # one still shows the drain; three are the aim
+    # under load requests may reach Triton one by one: one queued behind the running one still shows the drain; three
+    # are the aim
     assert waiting >= 1, f"the requests never queued (pending {waiting}, answered {len(results)}): the test proves nothing"
     served.process.send_signal(signal.SIGTERM)  # with `waiting` requests accepted and not yet run
     for t in threads:
@@ -72,7 +90,7 @@ def test_sigterm_drains_in_flight_requests_then_restarts_at_once(serve_model, lo
     again = start_server(serve_model, tmp_path, ports=ports)  # same ports, at once
     try:
         with RemoteClassifier(again.grpc) as remote:
-            np.testing.assert_array_equal(remote.predict(batch[:2]).labels, expected.labels[:2])
+            np.testing.assert_array_equal(remote.predict_encoded(files[:2]).labels, expected.labels[:2])
     finally:
         assert again.stop() == 0
 
