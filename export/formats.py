@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from semobridge_runtime.contract import ENROLMENT_FILES, INT8_SUFFIX, OPENVINO_INT8_SUFFIX, TEXT_METADATA_KEY, sidecar_path
+from semobridge_runtime.contract import (ENROLMENT_FILES, INT8_SUFFIX, OPENVINO_INT8_SUFFIX, TEXT_METADATA_KEY, ir_weights_path,
+                                         sidecar_path)
 from semobridge_runtime.metadata import Int8Check, ModelInfo, OpenVinoCheck, TextInfo
 
 from semobridge.errors import InputError
@@ -138,7 +139,7 @@ def export_openvino_int8(job: Job) -> Path:
     images, source = (job.fit_images, "few-shot images") if job.fit_images else (job.check_images, "check images")
     path = job.path("openvino-int8")
     pairing = write_int8_ir(job.written["onnx"], path, images)
-    job.written["openvino-int8 weights"] = path.with_suffix(".bin")
+    job.written["openvino-int8 weights"] = ir_weights_path(path)
     measured = openvino_agreement(job.written["onnx"], images, "int8", pairing)
     assert measured is not None  # write_int8_ir imported openvino
     record = dataclasses.replace(pairing, label_agreement=measured["label_agreement"], min_cosine=measured["min_cosine"],

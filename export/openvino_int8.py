@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx_ir as ir
+from semobridge_runtime.contract import ir_weights_path
 from semobridge_runtime.metadata import OpenVinoInt8
 
 from semobridge.files import file_sha256
@@ -82,7 +83,7 @@ def write_int8_ir(src: Path, dst: Path, images: Sequence[np.ndarray]) -> OpenVin
     with quiet_logger("nncf"), quiet_logger("torch.utils.cpp_extension"):
         quantized = nncf.quantize(rest, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(items), ignored_scope=ignored)
-    weights = dst.with_suffix(".bin")
+    weights = ir_weights_path(dst)
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.", dir=dst.parent) as tmp:  # nothing half-written is left
         ov.save_model(quantized, str(Path(tmp) / dst.name), compress_to_fp16=False)
         for path in (weights, dst):  # the weights first: an IR is never beside weights of another

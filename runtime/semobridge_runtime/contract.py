@@ -73,9 +73,14 @@ def int8_path(model_path: str | Path) -> Path:
 
 
 def openvino_int8_path(model_path: str | Path) -> Path:
-    """`model.onnx` -> `model_openvino_int8.xml` (its weights: the same name with `.bin`)."""
+    """`model.onnx` -> `model_openvino_int8.xml` (its weights: ir_weights_path)."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}{OPENVINO_INT8_SUFFIX}.xml")
+
+
+def ir_weights_path(xml_path: str | Path) -> Path:
+    """An OpenVINO IR's weights file: beside its .xml, the same name with .bin (as openvino.save_model writes it)."""
+    return Path(xml_path).with_suffix(".bin")
 
 
 _REEXPORT = "re-export the model with semobridge-export (its metadata must describe this graph)"

@@ -5,8 +5,9 @@ engines (AMX: there OpenVINO's bf16 measured 1.1-1.4x ONNX Runtime's int8, issue
 the CPU only, openvino is installed, and the export measured OpenVINO's labels equal to the fp32 graph's on at
 least 99 % of the fit images (metadata "openvino", written by semobridge-export --int8-cpu with openvino
 installed). Everywhere else ONNX Runtime, with `model_int8.onnx` beside the model where its export measured it
-(precision.int8_beside): on CPUs without AMX (AVX-512 with bf16 and VNNI included), OpenVINO's bf16 measured
-1.6-2.1x slower than ONNX Runtime's int8 (ViT-B/16, benchmarks/results/2026-12-06-cpu2).
+(precision.int8_beside): on CPUs without AMX (AVX-512 with bf16 and VNNI included), OpenVINO's bf16 measured from
+level to 1.6x slower than ONNX Runtime's int8 at batch 1 and from 0.7x to 1.16x its time at batch 8 (ViT-B/16, quiet
+runs on two VMs, benchmarks/results/2026-12-06-cpu2-latency-quiet and -quiet-2), and it uses more CPU under load.
 
 OpenVINO's static int8 (the export's NNCF IR, openvino_precision="int8") is never chosen here: it stays opt-in until
 measured on a CPU with AMX int8 (without AMX it beat ONNX Runtime's int8 at batch 8 only; export/README.md).

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import files
-from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph, openvino_int8_path
+from ..contract import DECISION_INPUTS, METADATA_KEY, Tensor, check_graph, ir_weights_path, openvino_int8_path
 from ..errors import BackendError, InputError, ModelError
 from ..limits import check_threads
 from ..metadata import ModelInfo, OpenVinoInt8, parse_metadata
@@ -198,7 +198,7 @@ def read_int8(ov: Any, core: Any, path: Path, parts: Parts, pairing: OpenVinoInt
     (default: the model's metadata, "openvino_int8"); read from the bytes that were checked."""
     pairing = pairing or parts.info.openvino_int8
     xml_path = openvino_int8_path(path)
-    bin_path = xml_path.with_suffix(".bin")
+    bin_path = ir_weights_path(xml_path)
     again = ("re-export the model with semobridge-export --int8-cpu, openvino and nncf installed (pip install "
              "'semobridge[nncf]'), or load it with openvino_precision='auto'")
     if pairing is None:
